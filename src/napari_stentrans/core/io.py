@@ -162,9 +162,7 @@ def read_spaceranger(path: str | Path, library_id: str | None = None) -> ad.AnnD
     adata.obs["array_row"] = pos["array_row"].to_numpy(dtype=np.int64)
     adata.obs["array_col"] = pos["array_col"].to_numpy(dtype=np.int64)
     adata.obsm["spatial"] = pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=float)
-    lattice = detect_lattice(
-        adata.obs["array_row"].to_numpy(), adata.obs["array_col"].to_numpy(), hint="hex"
-    )
+    lattice = detect_lattice(adata.obs["array_row"].to_numpy(), adata.obs["array_col"].to_numpy(), hint="hex")
     measured = positions.index.isin(adata.obs_names)
     unmeasured = positions[(positions["in_tissue"] == 1) & ~measured]
     _set_lattice(
@@ -199,9 +197,7 @@ def _read_10x_h5(path: Path) -> ad.AnnData:
             raise ReadError(f"{path}: not a 10x feature-barcode HDF5 file (no 'matrix' group)")
         m = f["matrix"]
         n_genes, n_spots = (int(x) for x in m["shape"][()])
-        counts = sp.csc_matrix(
-            (m["data"][()], m["indices"][()], m["indptr"][()]), shape=(n_genes, n_spots)
-        )
+        counts = sp.csc_matrix((m["data"][()], m["indices"][()], m["indptr"][()]), shape=(n_genes, n_spots))
         barcodes = _decode(m["barcodes"][()])
         feats = m["features"]
         names = _decode(feats["name"][()])
@@ -243,9 +239,7 @@ def _read_10x_mtx(folder: Path) -> ad.AnnData:
             f"{features.name} lists {len(feat)} and {barcodes.name} {len(bc)}"
         )
     names = feat[1] if feat.shape[1] > 1 else feat[0]
-    var = pd.DataFrame(
-        {"gene_ids": feat[0].astype(str).to_numpy()}, index=_unique_names(names.astype(str))
-    )
+    var = pd.DataFrame({"gene_ids": feat[0].astype(str).to_numpy()}, index=_unique_names(names.astype(str)))
     adata = ad.AnnData(X=counts, obs=pd.DataFrame(index=pd.Index(bc)), var=var)
     if feat.shape[1] > 2:
         ftype = feat[2].astype(str).to_numpy()
@@ -264,7 +258,9 @@ def _read_positions(path: Path) -> pd.DataFrame:
         table = pd.read_csv(path, header=0 if has_header else None)
         if not has_header:
             if table.shape[1] != 6:
-                raise ReadError(f"{path}: expected 6 columns ({', '.join(POSITION_COLUMNS)}), found {table.shape[1]}")
+                raise ReadError(
+                    f"{path}: expected 6 columns ({', '.join(POSITION_COLUMNS)}), found {table.shape[1]}"
+                )
             table.columns = POSITION_COLUMNS
     missing = [c for c in POSITION_COLUMNS if c not in table.columns]
     if missing:
@@ -308,7 +304,9 @@ def _read_h5ad(path: Path) -> ad.AnnData:
         row = snap_to_integers(adata.obs["array_row"].to_numpy(dtype=float), f"{path.name} obs['array_row']")
         col = snap_to_integers(adata.obs["array_col"].to_numpy(dtype=float), f"{path.name} obs['array_col']")
         stored = adata.uns.get("stentrans_lattice", {})
-        lattice = detect_lattice(row, col, spatial=spatial, hint=stored.get("kind"), pitch_um=stored.get("pitch_um"))
+        lattice = detect_lattice(
+            row, col, spatial=spatial, hint=stored.get("kind"), pitch_um=stored.get("pitch_um")
+        )
     elif spatial is not None:
         row, col, lattice = lattice_from_positions(spatial)
     else:
@@ -347,7 +345,9 @@ def read_st_table(path: str | Path, coords: str | Path | None = None) -> ad.AnnD
     if numeric.isna().to_numpy().any() and not table.isna().to_numpy().any():
         bad = numeric.isna().stack()
         spot, gene = bad[bad].index[0]
-        raise ReadError(f"{path}: non-numeric count {table.loc[spot, gene]!r} at spot {spot!r}, gene {gene!r}")
+        raise ReadError(
+            f"{path}: non-numeric count {table.loc[spot, gene]!r} at spot {spot!r}, gene {gene!r}"
+        )
     adata = ad.AnnData(
         X=sp.csr_matrix(numeric.to_numpy(dtype=np.float32)),
         obs=pd.DataFrame(index=pd.Index(table.index, dtype=str)),
@@ -414,8 +414,14 @@ def _find_coords(counts_path: Path) -> Path | None:
     folder = counts_path.parent
     patterns = []
     if prefix:
-        patterns += [f"{prefix}_coords.*", f"{prefix}_coordinates.*", f"{prefix}_selection.*",
-                     f"alignment_table_{prefix}.*", f"{prefix}_coor.*", f"{prefix}_positions.*"]
+        patterns += [
+            f"{prefix}_coords.*",
+            f"{prefix}_coordinates.*",
+            f"{prefix}_selection.*",
+            f"alignment_table_{prefix}.*",
+            f"{prefix}_coor.*",
+            f"{prefix}_positions.*",
+        ]
     else:
         patterns += ["coords.*", "coordinates.*", "positions.*"]
     for pattern in patterns:
@@ -480,7 +486,7 @@ def _coord_keys(coords: pd.DataFrame) -> list[str]:
     if first.lower() in ("spot", "barcode", "barcodes", "row.names", "") or first.startswith("Unnamed"):
         return coords[first].astype(str).tolist()
     if {"x", "y"} <= set(coords.columns):
-        return [f"{int(round(x))}x{int(round(y))}" for x, y in zip(coords["x"], coords["y"])]
+        return [f"{int(round(x))}x{int(round(y))}" for x, y in zip(coords["x"], coords["y"], strict=True)]
     return coords.iloc[:, 0].astype(str).tolist()
 
 
@@ -494,7 +500,9 @@ def _attach_coords(adata: ad.AnnData, coords: pd.DataFrame, coords_path: Path) -
     else:
         keyed = coords.copy()
         first = keyed.columns[0]
-        id_column = first.lower() in ("spot", "barcode", "barcodes", "row.names") or first.startswith("Unnamed")
+        id_column = first.lower() in ("spot", "barcode", "barcodes", "row.names") or first.startswith(
+            "Unnamed"
+        )
         if id_column:
             keyed.index = keyed[first].astype(str)
         elif {"x", "y"} <= cols:
@@ -505,7 +513,9 @@ def _attach_coords(adata: ad.AnnData, coords: pd.DataFrame, coords_path: Path) -
         else:
             keyed.index = keyed.iloc[:, 0].astype(str)
         if keyed.index.duplicated().any():
-            raise ReadError(f"{coords_path}: spot {keyed.index[keyed.index.duplicated()][0]!r} is listed twice")
+            raise ReadError(
+                f"{coords_path}: spot {keyed.index[keyed.index.duplicated()][0]!r} is listed twice"
+            )
         missing = ~adata.obs_names.isin(keyed.index)
         if missing.any() and "selected" in keyed.columns:
             # a selection table lists the spots it considered; absent spots were not selected
@@ -540,7 +550,9 @@ def _attach_coords(adata: ad.AnnData, coords: pd.DataFrame, coords_path: Path) -
     elif {"x", "y"} <= cols:
         adata.obsm["spatial"] = matched[["x", "y"]].to_numpy(dtype=float)
     else:
-        adata.obsm["spatial"] = np.column_stack([adata.obs["array_col"], adata.obs["array_row"]]).astype(float)
+        adata.obsm["spatial"] = np.column_stack([adata.obs["array_col"], adata.obs["array_row"]]).astype(
+            float
+        )
     for extra in ("layer", "label", "spatial_cluster_BayesSpace"):
         if extra in cols:
             adata.obs[extra] = matched[extra].astype(str).to_numpy()
@@ -550,7 +562,9 @@ def _attach_coords(adata: ad.AnnData, coords: pd.DataFrame, coords_path: Path) -
 # ----------------------------------------------------------------------------- shared
 
 
-def _set_lattice(adata: ad.AnnData, lattice: Lattice, source: Path, in_tissue_unmeasured: np.ndarray | None = None) -> None:
+def _set_lattice(
+    adata: ad.AnnData, lattice: Lattice, source: Path, in_tissue_unmeasured: np.ndarray | None = None
+) -> None:
     adata.obs["array_row"] = adata.obs["array_row"].astype(np.int64)
     adata.obs["array_col"] = adata.obs["array_col"].astype(np.int64)
     info = {"kind": lattice.kind, "pitch_um": float(lattice.pitch_um), "source": str(source)}
@@ -565,7 +579,9 @@ def lattice_of(adata: ad.AnnData) -> Lattice:
     if info is not None:
         return Lattice(info["kind"], float(info.get("pitch_um", 0.0)))
     spatial = np.asarray(adata.obsm["spatial"], float) if "spatial" in adata.obsm else None
-    return detect_lattice(adata.obs["array_row"].to_numpy(), adata.obs["array_col"].to_numpy(), spatial=spatial)
+    return detect_lattice(
+        adata.obs["array_row"].to_numpy(), adata.obs["array_col"].to_numpy(), spatial=spatial
+    )
 
 
 def _has_non_integer(x) -> bool:

@@ -51,9 +51,7 @@ DEFAULT_PITCH_UM: dict[str, float] = {"square": 200.0, "hex": 100.0, "checkerboa
 _SYMMETRIES: dict[str, tuple[tuple[bool, bool, bool], ...]] = {
     # (transpose, flip_u, flip_v) applied in that order
     "square": tuple((t, a, b) for t in (False, True) for a in (False, True) for b in (False, True)),
-    "checkerboard": tuple(
-        (t, a, b) for t in (False, True) for a in (False, True) for b in (False, True)
-    ),
+    "checkerboard": tuple((t, a, b) for t in (False, True) for a in (False, True) for b in (False, True)),
     # the hex index basis vectors are at 120 degrees: swapping them is a mirror, negating both a
     # rotation by 180 degrees; negating one alone is a shear, not an isometry.
     "hex": ((False, False, False), (False, True, True), (True, False, False), (True, True, True)),
@@ -175,9 +173,7 @@ class Lattice:
         u, v = self.to_index(row, col)
         return self.from_index(u[:, None] + CHILD_OFFSETS[:, 0], v[:, None] + CHILD_OFFSETS[:, 1])
 
-    def half_pitch_children(
-        self, row: np.ndarray, col: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def half_pitch_children(self, row: np.ndarray, col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Half-pitch coordinates ``(n, 4)`` of the four children of each fine site.
 
         Child 0 is the site itself at ``(2r, 2c)``; the others are the new half-pitch sites it

@@ -1,0 +1,281 @@
+"""``stentrans``: command-line front end of the engine.
+
+Every failure caused by the input prints one line ``stentrans: error: ...`` naming the file and
+the problem, exits non-zero and writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+
+EXIT_INPUT = 2
+EXIT_INTERRUPT = 130
+
+
+class CliError(Exception):
+    """An input problem reported as one line."""
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stentrans",
+        description="Spatial transcriptomics enhancement with stEnTrans (2x lattice, lost-spot imputation).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    info = sub.add_parser("info", help="describe a slide: format, lattice, spots, genes")
+    info.add_argument("path", type=Path, help="Space Ranger folder, .h5ad, or ST counts table")
+    info.add_argument("--coords", type=Path, help="coordinates table for a counts table")
+
+    enh = sub.add_parser("enhance", help="train on the slide (or load a model) and write the 2x slide")
+    enh.add_argument("path", type=Path, help="Space Ranger folder, .h5ad, or ST counts table")
+    enh.add_argument("-o", "--output", type=Path, required=True, help="output .h5ad")
+    enh.add_argument("--coords", type=Path, help="coordinates table for a counts table")
+    enh.add_argument("--preset", choices=["default", "published"], default="default")
+    enh.add_argument("--epochs", type=int, help="training epochs (preset default otherwise)")
+    enh.add_argument(
+        "--genes",
+        help="genes to enhance: a number N (most variable), or comma-separated names "
+        "(default: all genes detected in >= 10%% of spots)",
+    )
+    enh.add_argument(
+        "--train-genes", type=int, help="number of most variable genes to train on (default 2000)"
+    )
+    enh.add_argument("--mask", type=Path, help="lost sites: CSV with array_row,array_col or barcode columns")
+    enh.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
+    enh.add_argument("--seed", type=int, help="random seed (default 0)")
+    enh.add_argument("--save-model", type=Path, help="also write the trained model here")
+    enh.add_argument("--model", type=Path, help="apply this saved model instead of training")
+    enh.add_argument("--plot", type=Path, help="write a side-by-side PNG of a few genes")
+    enh.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    enh.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _check_output(path: Path | None, inputs: list[Path], overwrite: bool, suffix: str) -> None:
+    if path is None:
+        return
+    if path.suffix.lower() != suffix:
+        raise CliError(f"{path}: output must be a {suffix} file")
+    resolved = path.resolve()
+    for inp in inputs:
+        if (
+            inp is not None
+            and inp.exists()
+            and (resolved == inp.resolve() or inp.resolve() in resolved.parents)
+        ):
+            raise CliError(f"{path}: output would overwrite or go inside the input {inp}")
+    if not path.parent.resolve().is_dir():
+        raise CliError(f"{path}: output folder {path.parent} does not exist")
+    if path.exists() and not overwrite:
+        raise CliError(f"{path}: output exists; pass --overwrite to replace it")
+
+
+def _read_mask(path: Path):
+    import pandas as pd
+
+    if not path.is_file():
+        raise CliError(f"{path}: mask file not found")
+    try:
+        table = pd.read_csv(path, sep=None, engine="python")
+    except Exception as exc:
+        raise CliError(f"{path}: cannot read mask table ({exc})") from exc
+    cols = {c.strip().lower(): c for c in table.columns}
+    if "array_row" in cols and "array_col" in cols:
+        sites = table[[cols["array_row"], cols["array_col"]]]
+        if sites.isna().any().any() or not all(pd.api.types.is_numeric_dtype(sites[c]) for c in sites):
+            raise CliError(f"{path}: array_row/array_col must be integers")
+        sites.columns = ["array_row", "array_col"]
+        return sites.astype(int)
+    if "barcode" in cols:
+        return table[[cols["barcode"]]].rename(columns={cols["barcode"]: "barcode"})
+    raise CliError(
+        f"{path}: mask table needs array_row,array_col or barcode columns; found {list(table.columns)}"
+    )
+
+
+def _parse_genes(text: str | None):
+    if text is None:
+        return None
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    names = [g.strip() for g in text.split(",") if g.strip()]
+    if not names:
+        raise CliError("--genes: empty gene list")
+    return names
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .core.enhance import output_sites
+    from .core.io import read
+    from .core.slide import slide_from_adata
+
+    adata = read(args.path, coords=args.coords)
+    slide = slide_from_adata(adata)
+    sites = output_sites(slide)
+    kinds = {k: int((sites.kind == k).sum()) for k in ("measured", "imputed", "new")}
+    info = adata.uns["stentrans_lattice"]
+    detected = len(slide.eligible_genes(0.10))
+    libraries = list(adata.uns.get("spatial", {}))
+    images = {lib: sorted(adata.uns["spatial"][lib].get("images", {})) for lib in libraries}
+    lines = [
+        f"path:      {args.path}",
+        f"lattice:   {info['kind']} (pitch {info['pitch_um']:g} um)",
+        f"spots:     {adata.n_obs} measured; array_row {slide.row.min()}..{slide.row.max()}, "
+        f"array_col {slide.col.min()}..{slide.col.max()}",
+        f"genes:     {adata.n_vars} ({detected} detected in >= 10% of spots)",
+        f"depth:     median {np.median(slide.depth):.0f} counts per spot",
+        f"2x output: {kinds['measured']} measured, {kinds['imputed']} imputed, {kinds['new']} new sites",
+        f"images:    {images if libraries else 'none'}",
+    ]
+    if "stentrans_read_note" in adata.uns:
+        lines.append(f"note:      {adata.uns['stentrans_read_note']}")
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_enhance(args: argparse.Namespace) -> int:
+    _check_output(args.output, [args.path, args.coords, args.mask, args.model], args.overwrite, ".h5ad")
+    _check_output(args.save_model, [args.path, args.model], args.overwrite, ".pt")
+    _check_output(args.plot, [args.path], args.overwrite, ".png")
+    if args.model is not None and (args.epochs is not None or args.train_genes is not None):
+        raise CliError("--model applies a trained model: --epochs/--train-genes do not apply")
+    if args.epochs is not None and args.epochs < 1:
+        raise CliError(f"--epochs must be at least 1, got {args.epochs}")
+    genes = _parse_genes(args.genes)
+    mask = _read_mask(args.mask) if args.mask is not None else None
+
+    from .core.checkpoint import load_model, save_model
+    from .core.enhance import enhance
+    from .core.files import write_h5ad
+    from .core.io import lattice_of, read
+    from .core.presets import preset
+
+    model = load_model(args.model) if args.model is not None else None
+    adata = read(args.path, coords=args.coords)
+    stop = threading.Event()
+    bar = _ProgressBar(disabled=args.quiet)
+    config = None
+    if model is None:
+        config = preset(
+            args.preset,
+            lattice_of(adata).kind,
+            epochs=args.epochs,
+            n_train_genes=args.train_genes,
+            seed=args.seed,
+            device=args.device,
+        )
+    try:
+        if model is None:
+            from .core.training import Trainer
+
+            trainer = Trainer(adata, config, mask)
+            for event in trainer.run(stop):
+                bar.update(event)
+            model = trainer.result
+        enhanced = enhance(adata, model, mask=mask, genes=genes, device=args.device, stop=stop)
+    finally:
+        bar.close()
+    from contextlib import ExitStack
+
+    from .core.files import atomic_path
+
+    with ExitStack() as outputs:  # every output appears together, or none does
+        write_h5ad(enhanced, outputs.enter_context(atomic_path(args.output)))
+        if args.save_model is not None:
+            save_model(model, outputs.enter_context(atomic_path(args.save_model)))
+        if args.plot is not None:
+            from .core.plotting import plot_side_by_side
+
+            shown = list(enhanced.var_names[np.argsort(-_variance(enhanced))][:3])
+            plot_side_by_side(adata, enhanced, shown, outputs.enter_context(atomic_path(args.plot)))
+    counts = enhanced.obs["kind"].value_counts()
+    print(
+        f"wrote {args.output}: {enhanced.n_obs} sites ({counts.get('measured', 0)} measured, "
+        f"{counts.get('imputed', 0)} imputed, {counts.get('new', 0)} new) x {enhanced.n_vars} genes"
+        + (f"; model {args.save_model}" if args.save_model else "")
+        + (f"; plot {args.plot}" if args.plot else "")
+    )
+    return 0
+
+
+def _variance(adata) -> np.ndarray:
+    return np.log1p(np.asarray(adata.X)).var(axis=0)
+
+
+class _ProgressBar:
+    """tqdm bar over all training steps with loss and validation in the postfix."""
+
+    def __init__(self, disabled: bool) -> None:
+        self.disabled = disabled
+        self.bar = None
+
+    def update(self, event) -> None:
+        if self.disabled:
+            return
+        from tqdm import tqdm
+
+        if self.bar is None and event.kind == "prepared":
+            self.bar = tqdm(
+                total=event.n_steps * event.n_epochs,
+                desc=f"training on {event.device}",
+                unit="step",
+                file=sys.stderr,
+                dynamic_ncols=True,
+            )
+            self.bar.write(f"stentrans: {event.message}", file=sys.stderr)
+        elif self.bar is not None and event.kind == "step":
+            self.bar.update(1)
+            self.bar.set_postfix(
+                epoch=event.epoch,
+                loss=f"{event.train_loss:.4f}",
+                val="-" if event.best_val_loss is None else f"{event.best_val_loss:.4f}",
+            )
+        elif self.bar is not None and event.kind in ("finished", "stopped"):
+            self.bar.write(
+                f"stentrans: training {event.kind} ({event.message}, {event.elapsed:.1f} s)", file=sys.stderr
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``stentrans`` console script."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    from .core.checkpoint import CheckpointError
+    from .core.enhance import TrainingStopped
+    from .core.io import ReadError
+    from .core.lattice import LatticeError
+
+    handlers = {"info": cmd_info, "enhance": cmd_enhance}
+    try:
+        return handlers[args.command](args)
+    except (CliError, ReadError, LatticeError, CheckpointError) as exc:
+        print(f"stentrans: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except (ValueError, RuntimeError) as exc:
+        print(f"stentrans: error: {args.path}: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except (KeyboardInterrupt, TrainingStopped):
+        print("stentrans: interrupted; nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPT
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

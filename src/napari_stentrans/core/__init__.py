@@ -1,0 +1,1 @@
+"""napari-free engine: lattice geometry, I/O, model, training, enhancement, evaluation."""

@@ -1,0 +1,376 @@
+"""Apply a trained model to a slide: a 2x denser lattice with re-estimated, imputed and new sites.
+
+Output coordinates are **half-pitch lattice coordinates**: the enhanced lattice is the input
+lattice with every array coordinate doubled, so measured spot ``(r, c)`` is at ``(2r, 2c)`` and
+the new sites sit between measured ones (hex: ``(2r, 2c+2)``, ``(2r+1, 2c-1)``, ``(2r+1, 2c+1)``
+are the midpoints to the neighbours ``(r, c+2)``, ``(r+1, c-1)``, ``(r+1, c+1)``).
+``obs["kind"]`` says which sites were measured, imputed (user-declared lost, marked in tissue
+without counts, or enclosed holes) or new (half-pitch sites with at least two known nearest
+lattice sites).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.metadata import version as _package_version
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from scipy import ndimage
+
+from .. import __version__
+from .classical import LowRankBasis, denormalize, kernel_weights, normalize
+from .lattice import CHILD_OFFSETS, BrickRaster, IndexRaster, Lattice, child_support
+from .presets import TrainConfig, preset
+from .slide import MaskLike, Slide, site_keys, slide_from_adata
+from .training import StopFlag, TrainedModel, Trainer, resolve_device
+
+KINDS = ("measured", "imputed", "new")
+GeneChoice = None | int | list[str] | tuple[str, ...] | np.ndarray
+
+
+class TrainingStopped(RuntimeError):
+    """Training was stopped before a model was produced; nothing was changed."""
+
+
+@dataclass
+class OutputSites:
+    """The sites of the enhanced slide.
+
+    ``row``/``col`` are half-pitch coordinates, ``fine_row``/``fine_col`` the fine site that owns
+    each (its parent in the pixel shuffle) and ``child`` the child index 0..3.
+    """
+
+    row: np.ndarray
+    col: np.ndarray
+    fine_row: np.ndarray
+    fine_col: np.ndarray
+    child: np.ndarray
+    kind: np.ndarray
+    spot: np.ndarray  # index of the measured spot, -1 if none
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+
+def _hole_structure(lattice: Lattice) -> np.ndarray:
+    if lattice.kind == "hex":  # index neighbours (+-1, 0), (0, +-1), (1, 1), (-1, -1)
+        return np.array([[1, 1, 0], [1, 1, 1], [0, 1, 1]], dtype=bool)
+    return ndimage.generate_binary_structure(2, 1)
+
+
+def output_sites(slide: Slide) -> OutputSites:
+    """Measured, imputed and new half-pitch sites of a slide (see module docstring)."""
+    lattice = slide.lattice
+    raster = slide.index_raster(pad=2)
+    measured_img = raster.mask(slide.row[slide.usable], slide.col[slide.usable])
+    filled = ndimage.binary_fill_holes(measured_img, structure=_hole_structure(lattice))
+    imputed_img = filled & ~measured_img
+    for sites in (slide.lost_sites, slide.in_tissue_unmeasured):
+        if len(sites):
+            imputed_img |= raster.mask(sites[:, 0], sites[:, 1])
+    imputed_img &= ~measured_img
+    known = measured_img | imputed_img
+    support = child_support(lattice, known)
+    fine_r, fine_c = raster.sites()
+    kind_img = np.full((4,) + raster.shape, -1, dtype=np.int8)
+    kind_img[0][measured_img] = 0
+    kind_img[0][imputed_img] = 1
+    kind_img[1:][support[1:] >= 2] = 2
+    k, p, q = np.nonzero(kind_img >= 0)
+    fr, fc = fine_r[p, q], fine_c[p, q]
+    dr, dc = lattice.from_index(CHILD_OFFSETS[k, 0], CHILD_OFFSETS[k, 1])
+    spot_lookup = pd.Series(np.arange(len(slide.row)), index=site_keys(slide.row, slide.col))
+    spot = spot_lookup.reindex(site_keys(fr, fc)).to_numpy()
+    spot = np.where(k == 0, np.nan_to_num(spot, nan=-1), -1).astype(np.int64)
+    kinds = np.asarray(KINDS)[kind_img[k, p, q]]
+    order = np.lexsort((2 * fc + dc, 2 * fr + dr, kind_img[k, p, q]))
+    return OutputSites(
+        row=(2 * fr + dr)[order],
+        col=(2 * fc + dc)[order],
+        fine_row=fr[order],
+        fine_col=fc[order],
+        child=k[order],
+        kind=kinds[order],
+        spot=spot[order],
+    )
+
+
+def choose_output_genes(slide: Slide, genes: GeneChoice, min_detection: float) -> np.ndarray:
+    """Gene indices to enhance: names, the N most variable detected genes, or all detected."""
+    if genes is None:
+        return slide.eligible_genes(min_detection)
+    if isinstance(genes, int | np.integer):
+        if genes < 1:
+            raise ValueError(f"number of genes must be positive, got {genes}")
+        return slide.most_variable(slide.eligible_genes(min_detection), int(genes))
+    names = pd.Index([str(g) for g in genes])
+    missing = ~names.isin(slide.genes)
+    if missing.any():
+        raise ValueError(
+            f"{int(missing.sum())} requested gene(s) not in the slide, e.g. {names[missing][0]!r}"
+        )
+    return np.sort(slide.genes.get_indexer(names.unique()))
+
+
+def predict(
+    model: TrainedModel,
+    slide: Slide,
+    gene_idx: np.ndarray,
+    sites: OutputSites,
+    device: str = "auto",
+    batch_size: int = 256,
+    stop: StopFlag | None = None,
+) -> np.ndarray:
+    """Predicted counts ``(n_sites, n_genes)`` at the output sites.
+
+    The fine slide (usable spots) is the input at pitch 1; the network's 2x output gives the
+    half-pitch sites. Genes are processed in batches, so memory is bounded by ``batch_size``.
+    """
+    config = model.config
+    dev = resolve_device(device)
+    net = model.build(dev)
+    usable = slide.usable
+    u_row, u_col = slide.row[usable], slide.col[usable]
+    if config.raster == "brick":
+        raster = BrickRaster.covering(
+            slide.lattice,
+            np.concatenate([u_row, sites.fine_row]),
+            np.concatenate([u_col, sites.fine_col]),
+            pad=2,
+        )
+    else:
+        raster = IndexRaster.covering(
+            slide.lattice,
+            np.concatenate([u_row, sites.fine_row]),
+            np.concatenate([u_col, sites.fine_col]),
+            pad=2,
+        )
+    h, w = raster.shape
+    in_flat = raster.flat_index(u_row, u_col)
+    fp, fq = raster.pixels(sites.fine_row, sites.fine_col)
+    du, dv = CHILD_OFFSETS[sites.child, 0], CHILD_OFFSETS[sites.child, 1]
+    out_flat = (2 * fp + du) * (2 * w) + (2 * fq + dv)
+    depth_usable = slide.depth[usable]
+    src_xy = slide.positions(usable)
+    dst_xy = slide.lattice.physical(sites.row, sites.col, scale=2.0) / slide.lattice.pitch_um
+    residual = config.model.residual
+    if residual:
+        weights = kernel_weights(src_xy, dst_xy, model.classical.bandwidth)
+        basis_idx = slide.most_variable(slide.eligible_genes(config.min_detection), config.n_train_genes)
+        basis = LowRankBasis.fit(slide.expression(basis_idx, "log1p", model.target_sum), model.classical.rank)
+        rank = min(model.classical.rank, basis.max_rank)
+        smoothed_scores = weights @ basis.scores[:, :rank]
+        out_depth = np.exp(weights @ np.log(depth_usable))
+    else:
+        out_depth = None
+    result = np.zeros((len(sites), len(gene_idx)), dtype=np.float32)
+    keep_lr = np.zeros(h * w, dtype=np.float32)
+    keep_lr[in_flat] = 1.0
+    with torch.no_grad():
+        for start in range(0, len(gene_idx), batch_size):
+            if stop is not None and stop.is_set():
+                raise TrainingStopped("enhancement stopped by request; nothing was written")
+            chunk = gene_idx[start : start + batch_size]
+            values = slide.expression(chunk, config.normalization, model.target_sum)
+            lr = np.zeros((len(chunk), h * w), dtype=np.float32)
+            lr[:, in_flat] = values.T
+            channels = [lr]
+            base_t = None
+            if residual:
+                mean, coef = basis.loadings(values, rank)
+                base_sites = (smoothed_scores @ coef + mean).astype(np.float32)  # (n_sites, g)
+                base_hr = np.zeros((len(chunk), 4 * h * w), dtype=np.float32)
+                base_hr[:, out_flat] = base_sites.T
+                base_hr = base_hr.reshape(len(chunk), 2 * h, 2 * w)
+                channels += [
+                    np.broadcast_to(keep_lr, lr.shape),
+                    base_hr[:, ::2, ::2].reshape(len(chunk), -1) * keep_lr,
+                ]
+                base_t = torch.from_numpy(base_hr).to(dev)
+            x = torch.from_numpy(np.stack(channels, axis=1).reshape(len(chunk), -1, h, w)).to(dev)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                pred = net(x, base_t)
+            pred = pred.float().reshape(len(chunk), -1)[:, out_flat].cpu().numpy().T
+            if config.normalization == "log1p":
+                # one depth model for every site (measured ones too): a dotted map otherwise
+                pred = denormalize(np.clip(pred, 0.0, None), out_depth, model.target_sum)
+            result[:, start : start + len(chunk)] = pred
+    del net
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def enhance(
+    adata: ad.AnnData,
+    model: TrainedModel | None = None,
+    *,
+    mask: MaskLike = None,
+    genes: GeneChoice = None,
+    config: TrainConfig | None = None,
+    device: str | None = None,
+    stop: StopFlag | None = None,
+    callback=None,
+    **train_options,
+) -> ad.AnnData:
+    """Enhance a slide to a 2x denser lattice and impute lost or missing spots.
+
+    Parameters
+    ----------
+    adata
+        A slide from :func:`napari_stentrans.read` (raw counts, lattice coordinates). It is
+        never modified.
+    model
+        A trained model (:func:`napari_stentrans.train` or :func:`napari_stentrans.load_model`);
+        trained on ``adata`` itself with ``config`` when None.
+    mask
+        Lost sites: never used as input or target, imputed in the output.
+    genes
+        Genes to enhance: names, an integer N (the N most variable detected genes), or None for
+        every gene detected in at least ``min_detection`` of the spots.
+    config
+        Training configuration when ``model`` is None (default preset for the lattice).
+    device
+        Overrides the configuration's device for training and inference.
+    stop
+        Stop flag (``threading.Event``); :class:`TrainingStopped` is raised when it is set.
+    callback
+        Called with every :class:`~napari_stentrans.core.training.TrainEvent`.
+    train_options
+        Overrides of the training configuration (e.g. ``epochs=5``, ``n_train_genes=500``,
+        ``seed=1``); only used when ``model`` is None.
+
+    Returns
+    -------
+    AnnData with one row per output site: ``X`` predicted counts, ``obs`` with half-pitch
+    ``array_row``/``array_col``, ``kind``, ``barcode``; ``obsm["spatial"]`` in the input's
+    image pixels; ``layers["measured"]`` the measured counts; ``uns["stentrans"]`` the run's
+    parameters, versions and training history.
+    """
+    slide = slide_from_adata(adata, mask)
+    if model is None:
+        config = (config or preset("default", slide.lattice.kind)).with_overrides(
+            device=device, **train_options
+        )
+        trainer = Trainer(adata, config, mask)
+        for event in trainer.run(stop):
+            if callback is not None:
+                callback(event)
+        if trainer.result is None:
+            raise TrainingStopped("training stopped by request; nothing was written")
+        model = trainer.result
+    elif train_options:
+        raise TypeError(f"training options {sorted(train_options)} given with a trained model")
+    if model.lattice_kind != slide.lattice.kind:
+        raise ValueError(
+            f"the model was trained on a {model.lattice_kind} lattice but this slide is {slide.lattice.kind}"
+        )
+    gene_idx = choose_output_genes(slide, genes, model.config.min_detection)
+    if len(gene_idx) == 0:
+        raise ValueError("no gene to enhance: none passes the detection threshold")
+    sites = output_sites(slide)
+    counts = predict(model, slide, gene_idx, sites, device=device or model.config.device, stop=stop)
+    return _assemble(adata, slide, model, gene_idx, sites, counts)
+
+
+def _assemble(
+    adata: ad.AnnData,
+    slide: Slide,
+    model: TrainedModel,
+    gene_idx: np.ndarray,
+    sites: OutputSites,
+    counts: np.ndarray,
+) -> ad.AnnData:
+    has_spot = sites.spot >= 0
+    barcodes = np.where(has_spot, slide.barcodes[np.clip(sites.spot, 0, None)], "")
+    names = np.where(
+        has_spot,
+        barcodes,
+        np.char.add(np.char.add("hp_r", sites.row.astype(str)), np.char.add("_c", sites.col.astype(str))),
+    )
+    obs = pd.DataFrame(
+        {
+            "array_row": sites.row,
+            "array_col": sites.col,
+            "kind": pd.Categorical(sites.kind, categories=list(KINDS)),
+            "barcode": barcodes,
+        },
+        index=pd.Index(names, dtype=str),
+    )
+    var = pd.DataFrame(index=pd.Index(slide.genes[gene_idx], dtype=str))
+    var["training_gene"] = var.index.isin(model.training_genes)
+    measured = sp.csr_matrix((len(sites), len(gene_idx)), dtype=np.float32)
+    if has_spot.any():
+        rows = np.flatnonzero(has_spot)
+        measured = (
+            sp.csr_matrix(
+                (np.ones(len(rows), np.float32), (rows, sites.spot[rows])), shape=(len(sites), len(slide.row))
+            )
+            @ slide.counts[:, gene_idx]
+        )
+    out = ad.AnnData(
+        X=counts, obs=obs, var=var, layers={"measured": sp.csr_matrix(measured, dtype=np.float32)}
+    )
+    half = 2.0
+    out.obsm["spatial_um"] = slide.lattice.physical(sites.row, sites.col, scale=half)
+    out.obsm["spatial"] = _image_positions(adata, slide, sites.row / half, sites.col / half)
+    if "spatial" in adata.uns:
+        out.uns["spatial"] = _half_spot_spatial(adata.uns["spatial"])
+    out.uns["stentrans"] = {
+        "version": __version__,
+        "torch_version": str(torch.__version__),
+        "anndata_version": _package_version("anndata"),
+        "lattice": slide.lattice.kind,
+        "input_pitch_um": float(slide.lattice.pitch_um),
+        "pitch_um": float(slide.lattice.pitch_um) / 2.0,
+        "coordinates": "half-pitch: measured spot (r, c) of the input is at (2r, 2c)",
+        "preset": model.config.preset,
+        "config": _plain(model.config.to_dict()),
+        "classical_rank": int(model.classical.rank),
+        "classical_bandwidth": float(model.classical.bandwidth),
+        "target_sum": float(model.target_sum),
+        "n_training_genes": len(model.training_genes),
+        "history": {k: np.asarray(v, dtype=float) for k, v in model.history.items()},
+        "n_lost_sites": int(len(slide.lost_sites)),
+    }
+    return out
+
+
+def _image_positions(adata: ad.AnnData, slide: Slide, row: np.ndarray, col: np.ndarray) -> np.ndarray:
+    """Map (possibly fractional) input array coordinates to the input's ``obsm["spatial"]``."""
+    if "spatial" in adata.obsm and adata.n_obs >= 3:
+        design = np.column_stack([slide.row, slide.col, np.ones(len(slide.row))]).astype(float)
+        coef, _, rank, _ = np.linalg.lstsq(design, np.asarray(adata.obsm["spatial"], float), rcond=None)
+        if rank == 3:
+            return np.column_stack([row, col, np.ones(len(row))]) @ coef
+    return slide.lattice.physical(row, col)
+
+
+def _half_spot_spatial(spatial: dict) -> dict:
+    out = {}
+    for library, entry in spatial.items():
+        entry = dict(entry)
+        scalefactors = dict(entry.get("scalefactors", {}))
+        if "spot_diameter_fullres" in scalefactors:
+            scalefactors["spot_diameter_fullres"] = float(scalefactors["spot_diameter_fullres"]) / 2.0
+        entry["scalefactors"] = scalefactors
+        out[library] = entry
+    return out
+
+
+def _plain(value):
+    """Make a config dict storable in ``uns`` (no None, no tuples)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if value is None:
+        return "none"
+    return value
+
+
+__all__ = ["enhance", "predict", "output_sites", "TrainingStopped", "normalize"]

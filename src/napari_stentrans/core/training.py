@@ -1,0 +1,462 @@
+"""Self-supervised training: pairs from the slide itself and one generator of progress events.
+
+A training pair is (down-sample(slide) -> slide): the input is one coset of the lattice (a
+quarter of the spots, the same lattice type at twice the pitch), the target every usable spot.
+The default preset draws the coset, a lattice symmetry and random blobs of dropped input spots
+at every step; user-declared lost spots are never input nor target.
+
+:meth:`Trainer.run` is the only training loop of the project: the CLI and the napari worker
+both iterate it, and it stops within one batch when the stop flag is set.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import anndata as ad
+import numpy as np
+import torch
+
+from .classical import TARGET_SUM, ClassicalParams, LowRankBasis, kernel_weights, select_classical_params
+from .lattice import BrickRaster, apply_symmetry
+from .model import StEnTransViT
+from .presets import TrainConfig
+from .slide import MaskLike, Slide, slide_from_adata
+
+
+class StopFlag(Protocol):
+    def is_set(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class TrainEvent:
+    """One progress report of :meth:`Trainer.run`.
+
+    ``kind`` is ``"prepared"`` (data ready, before any step), ``"step"``, ``"epoch"`` (after
+    validation), ``"finished"`` or ``"stopped"`` (stop flag; no model is produced).
+    """
+
+    kind: str
+    epoch: int
+    n_epochs: int
+    step: int
+    n_steps: int
+    train_loss: float | None
+    val_loss: float | None
+    best_val_loss: float | None
+    elapsed: float
+    eta: float | None
+    device: str
+    message: str = ""
+
+
+@dataclass
+class TrainedModel:
+    """A trained model with everything needed to apply it to a slide of the same lattice type."""
+
+    config: TrainConfig
+    state_dict: dict[str, torch.Tensor]
+    lattice_kind: str
+    classical: ClassicalParams
+    target_sum: float
+    training_genes: list[str]
+    history: dict[str, list] = field(default_factory=dict)
+
+    def build(self, device: str | torch.device = "cpu") -> StEnTransViT:
+        """The network with the trained weights, in evaluation mode."""
+        model = StEnTransViT(self.config.model)
+        model.load_state_dict(self.state_dict)
+        return model.to(device).eval()
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; explicit names are checked."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available in this PyTorch build")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError(f"device {name!r} requested but MPS is not available")
+    return device
+
+
+def choose_genes(slide: Slide, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(eligible gene indices, training gene indices) by detection rate and variance."""
+    eligible = slide.eligible_genes(config.min_detection)
+    if len(eligible) == 0:
+        raise ValueError(
+            f"no gene is detected in at least {config.min_detection:.0%} of the spots; lower min_detection"
+        )
+    return eligible, slide.most_variable(eligible, config.n_train_genes)
+
+
+# ----------------------------------------------------------------------------- pairs
+
+
+@dataclass
+class Pair:
+    """One batch of (input, base, target) rasters, already as tensors."""
+
+    inputs: torch.Tensor  # (B, C, h, w)
+    base: torch.Tensor | None  # (B, 2h, 2w)
+    target: torch.Tensor  # (B, 2h, 2w)
+    target_mask: torch.Tensor  # (2h, 2w) float
+
+
+class PairSampler:
+    """Builds self-supervised training pairs of a slide for one configuration."""
+
+    def __init__(
+        self, slide: Slide, values: np.ndarray, config: TrainConfig, classical: ClassicalParams
+    ) -> None:
+        self.slide = slide
+        self.values = values  # (n_usable, n_genes) normalised or raw
+        self.config = config
+        self.classical = classical
+        usable_row = slide.row[slide.usable]
+        usable_col = slide.col[slide.usable]
+        if config.raster == "brick":
+            self.raster = BrickRaster.covering(slide.lattice, usable_row, usable_col, pad=2)
+        else:
+            self.raster = slide.index_raster(pad=2)
+        pr, pc = self.raster.pixels(usable_row, usable_col)
+        self.cosets = (2 * (pr % 2) + pc % 2).astype(np.int64)  # raster origins are even
+        self.flat = pr * self.raster.width + pc
+        self.positions = slide.positions(slide.usable)
+        self.bases: dict[int, LowRankBasis] = {}
+        if config.model.residual:
+            for c in range(4):
+                members = self.cosets == c
+                if members.sum() >= 3:
+                    self.bases[c] = LowRankBasis.fit(values[members], classical.rank)
+
+    def available_cosets(self) -> list[int]:
+        if not self.config.cosets:
+            return [0]
+        return [
+            c
+            for c in range(4)
+            if (self.cosets == c).sum() >= 3 and (not self.config.model.residual or c in self.bases)
+        ]
+
+    def blob_drop(self, coset: int, rng: np.random.Generator) -> np.ndarray:
+        """Boolean over the coset's spots: dropped by random blobs (about 15 % of them)."""
+        members = np.flatnonzero(self.cosets == coset)
+        pos = self.positions[members]
+        dropped = np.zeros(len(members), dtype=bool)
+        target = 0.15 * len(members)
+        for _ in range(20):
+            if dropped.sum() >= target:
+                break
+            centre = pos[rng.integers(len(members))]
+            radius = rng.uniform(1.0, 3.0) * 2.0  # in fine pitches: 1-3 input pitches
+            dropped |= np.linalg.norm(pos - centre, axis=1) <= radius
+        if dropped.all():
+            dropped[rng.integers(len(members))] = False
+        return dropped
+
+    def make(
+        self,
+        genes: np.ndarray,
+        coset: int,
+        op: tuple[bool, bool, bool],
+        drop: np.ndarray | None,
+        device: torch.device,
+    ) -> Pair:
+        """Build the pair for a batch of genes (column indices into ``values``)."""
+        h, w = self.raster.shape
+        members = np.flatnonzero(self.cosets == coset)
+        kept = members if drop is None else members[~drop]
+        batch_values = self.values[:, genes]  # (n_usable, B)
+
+        def image(per_site: np.ndarray) -> np.ndarray:
+            img = np.zeros((per_site.shape[1], h * w), dtype=np.float32)
+            img[:, self.flat] = per_site.T
+            return img.reshape(-1, h, w)
+
+        target = image(batch_values)
+        tmask = np.zeros(h * w, dtype=np.float32)
+        tmask[self.flat] = 1.0
+        keep = np.zeros(h * w, dtype=np.float32)
+        keep[self.flat[kept]] = 1.0
+        coset_pixels = np.zeros((h, w), dtype=bool)
+        coset_pixels[coset // 2 :: 2, coset % 2 :: 2] = True
+        stack = [target, tmask.reshape(1, h, w), keep.reshape(1, h, w), coset_pixels[None].astype(np.float32)]
+        if self.config.model.residual:
+            basis = self.bases[coset]
+            rows_in_basis = np.searchsorted(members, kept)
+            weights = kernel_weights(
+                self.positions[kept] / 2.0, self.positions / 2.0, self.classical.bandwidth
+            )
+            scores = weights @ basis.scores[rows_in_basis, : self.classical.rank]
+            estimate = scores @ basis.components[genes, : self.classical.rank].T + basis.mean[genes]
+            stack.append(image(estimate.astype(np.float32)))
+        full = np.concatenate(stack, axis=0)
+        if self.config.symmetries:
+            full = apply_symmetry(full, op)
+        coset_img = full[len(genes) + 2]
+        first = np.argwhere(coset_img > 0.5)
+        du, dv = (int(first[0][0]) % 2, int(first[0][1]) % 2) if len(first) else (0, 0)
+        full = full[:, du:, dv:]
+        hh, ww = full.shape[1] - full.shape[1] % 2, full.shape[2] - full.shape[2] % 2
+        full = np.ascontiguousarray(full[:, :hh, :ww])
+        n = len(genes)
+        target_hr = full[:n]
+        tmask_hr = full[n]
+        keep_lr = full[n + 1, ::2, ::2]
+        lr_values = target_hr[:, ::2, ::2] * keep_lr
+        channels = [lr_values]
+        base = None
+        if self.config.model.residual:
+            base_hr = full[n + 3 :] * tmask_hr
+            channels += [np.broadcast_to(keep_lr, lr_values.shape), base_hr[:, ::2, ::2] * keep_lr]
+            base = torch.from_numpy(np.ascontiguousarray(base_hr)).to(device)
+        inputs = np.stack(channels, axis=1)
+        return Pair(
+            inputs=torch.from_numpy(np.ascontiguousarray(inputs)).to(device),
+            base=base,
+            target=torch.from_numpy(target_hr).to(device),
+            target_mask=torch.from_numpy(np.ascontiguousarray(tmask_hr)).to(device),
+        )
+
+
+def pair_loss(pred: torch.Tensor, pair: Pair, loss_on: str) -> torch.Tensor:
+    """Mean squared error over real spots (default) or over every pixel (published)."""
+    err = (pred.float() - pair.target) ** 2
+    if loss_on == "all":
+        return err.mean()
+    return (err * pair.target_mask).sum() / (pair.target_mask.sum() * pred.shape[0]).clamp_min(1.0)
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+class Trainer:
+    """Trains a model on one slide; iterate :meth:`run` to train.
+
+    Parameters
+    ----------
+    adata
+        The slide (see :func:`napari_stentrans.read`); never modified.
+    config
+        Training configuration (see :func:`napari_stentrans.core.presets.preset`).
+    mask
+        Lost sites (see :func:`napari_stentrans.core.slide.slide_from_adata`).
+    """
+
+    def __init__(self, adata: ad.AnnData, config: TrainConfig, mask: MaskLike = None) -> None:
+        self.slide = slide_from_adata(adata, mask)
+        self.config = config
+        self.result: TrainedModel | None = None
+        self.history: dict[str, list] = {"epoch": [], "train_loss": [], "val_loss": [], "seconds": []}
+
+    def run(self, stop: StopFlag | None = None) -> Iterator[TrainEvent]:
+        """Train, yielding progress events; sets :attr:`result` when training finishes.
+
+        When ``stop.is_set()`` becomes true the run ends within one batch with a
+        ``"stopped"`` event and :attr:`result` stays ``None``.
+        """
+        config = self.config
+        device = resolve_device(config.device)
+        start = time.perf_counter()
+        torch.manual_seed(config.seed)
+        rng = np.random.default_rng(config.seed)
+        slide = self.slide
+        if slide.n_usable < 8:
+            raise ValueError(f"only {slide.n_usable} usable spots: too few to train on")
+        _, train_idx = choose_genes(slide, config)
+        values = slide.expression(train_idx, config.normalization, TARGET_SUM)
+        classical = ClassicalParams()
+        if config.model.residual:
+            keep = slide.lattice.coset(slide.row[slide.usable], slide.col[slide.usable]) == 0
+            classical, _ = select_classical_params(values, slide.positions(slide.usable), keep)
+        sampler = PairSampler(slide, values, config, classical)
+        n_genes = values.shape[1]
+        perm = rng.permutation(n_genes)
+        n_val = int(round(config.val_fraction * n_genes)) if n_genes >= 10 else 0
+        val_genes, fit_genes = np.sort(perm[:n_val]), perm[n_val:]
+        cosets = sampler.available_cosets()
+        ops = (
+            list(slide.lattice.symmetries)
+            if config.symmetries and config.raster == "index"
+            else [(False, False, False)]
+        )
+        val_drop = (
+            sampler.blob_drop(0, np.random.default_rng(config.seed + 1)) if config.blob_fraction > 0 else None
+        )
+
+        model = StEnTransViT(config.model).to(device)
+        optimizer = torch.optim.AdamW(
+            model.parameters(),
+            lr=config.lr,
+            betas=config.betas,
+            eps=config.eps,
+            weight_decay=config.weight_decay,
+        )
+        use_amp = device.type == "cuda"
+        n_steps = max(1, int(np.ceil(len(fit_genes) / config.batch_size)))
+        total_steps = n_steps * config.epochs
+        dev = str(device)
+
+        def validate(net: StEnTransViT) -> float | None:
+            if len(val_genes) == 0:
+                return None
+            net.eval()
+            losses = []
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                for chunk in np.array_split(
+                    val_genes, max(1, int(np.ceil(len(val_genes) / config.batch_size)))
+                ):
+                    pair = sampler.make(chunk, cosets[0], (False, False, False), val_drop, device)
+                    losses.append(
+                        pair_loss(net(pair.inputs, pair.base), pair, config.loss_on).item() * len(chunk)
+                    )
+            net.train()
+            return sum(losses) / len(val_genes)
+
+        best_val = validate(model)
+        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        best_epoch, since_best = 0, 0
+        self._record(0, None, best_val, time.perf_counter() - start)
+        yield TrainEvent(
+            "prepared",
+            0,
+            config.epochs,
+            0,
+            n_steps,
+            None,
+            best_val,
+            best_val,
+            time.perf_counter() - start,
+            None,
+            dev,
+            f"{slide.n_usable} spots, {n_genes} training genes ({len(val_genes)} validation), "
+            f"classical rank {classical.rank}, bandwidth {classical.bandwidth}",
+        )
+        done = 0
+        try:
+            for epoch in range(1, config.epochs + 1):
+                order = rng.permutation(fit_genes)
+                epoch_losses = []
+                for step in range(n_steps):
+                    if stop is not None and stop.is_set():
+                        yield TrainEvent(
+                            "stopped",
+                            epoch,
+                            config.epochs,
+                            step,
+                            n_steps,
+                            None,
+                            None,
+                            best_val,
+                            time.perf_counter() - start,
+                            None,
+                            dev,
+                            "stopped by request",
+                        )
+                        return
+                    genes = np.sort(order[step * config.batch_size : (step + 1) * config.batch_size])
+                    coset = int(rng.choice(cosets))
+                    op = ops[int(rng.integers(len(ops)))]
+                    drop = sampler.blob_drop(coset, rng) if rng.random() < config.blob_fraction else None
+                    pair = sampler.make(genes, coset, op, drop, device)
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                        loss = pair_loss(model(pair.inputs, pair.base), pair, config.loss_on)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    epoch_losses.append(loss.item())
+                    done += 1
+                    elapsed = time.perf_counter() - start
+                    yield TrainEvent(
+                        "step",
+                        epoch,
+                        config.epochs,
+                        step + 1,
+                        n_steps,
+                        epoch_losses[-1],
+                        None,
+                        best_val,
+                        elapsed,
+                        elapsed / done * (total_steps - done),
+                        dev,
+                    )
+                val = validate(model)
+                train_loss = float(np.mean(epoch_losses))
+                elapsed = time.perf_counter() - start
+                self._record(epoch, train_loss, val, elapsed)
+                improved = val is not None and (best_val is None or val < best_val)
+                if improved:
+                    best_val, best_epoch, since_best = val, epoch, 0
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                else:
+                    since_best += 1
+                yield TrainEvent(
+                    "epoch",
+                    epoch,
+                    config.epochs,
+                    n_steps,
+                    n_steps,
+                    train_loss,
+                    val,
+                    best_val,
+                    elapsed,
+                    elapsed / done * (total_steps - done),
+                    dev,
+                )
+                if config.patience is not None and val is not None and since_best >= config.patience:
+                    break
+            if not (config.restore_best and best_val is not None):
+                best_state = model.state_dict()
+            self.result = TrainedModel(
+                config=config,
+                state_dict={k: v.detach().cpu().clone() for k, v in best_state.items()},
+                lattice_kind=slide.lattice.kind,
+                classical=classical,
+                target_sum=TARGET_SUM,
+                training_genes=[str(g) for g in slide.genes[train_idx]],
+                history=dict(self.history, best_epoch=[best_epoch]),
+            )
+            yield TrainEvent(
+                "finished",
+                epoch,
+                config.epochs,
+                n_steps,
+                n_steps,
+                None,
+                None,
+                best_val,
+                time.perf_counter() - start,
+                0.0,
+                dev,
+                f"best epoch {best_epoch}",
+            )
+        finally:
+            model = optimizer = best_state = None  # release parameters and optimiser state
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    def _record(self, epoch: int, train_loss: float | None, val_loss: float | None, seconds: float) -> None:
+        self.history["epoch"].append(epoch)
+        self.history["train_loss"].append(np.nan if train_loss is None else train_loss)
+        self.history["val_loss"].append(np.nan if val_loss is None else val_loss)
+        self.history["seconds"].append(seconds)
+
+
+def train(
+    adata: ad.AnnData, config: TrainConfig, mask: MaskLike = None, stop: StopFlag | None = None, callback=None
+) -> TrainedModel | None:
+    """Run :class:`Trainer` to the end; ``callback(event)`` sees every event. None if stopped."""
+    trainer = Trainer(adata, config, mask)
+    for event in trainer.run(stop):
+        if callback is not None:
+            callback(event)
+    return trainer.result
