@@ -5,8 +5,8 @@ lattice with every array coordinate doubled, so measured spot ``(r, c)`` is at `
 the new sites sit between measured ones (hex: ``(2r, 2c+2)``, ``(2r+1, 2c-1)``, ``(2r+1, 2c+1)``
 are the midpoints to the neighbours ``(r, c+2)``, ``(r+1, c-1)``, ``(r+1, c+1)``).
 ``obs["kind"]`` says which sites were measured, imputed (user-declared lost, marked in tissue
-without counts, or enclosed holes) or new (half-pitch sites with at least two known nearest
-lattice sites).
+without counts, or enclosed holes) or new (half-pitch sites midway between two known lattice
+sites: both ends of an edge, or a diagonal of a square cell; so never outside the tissue edge).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from scipy import ndimage
 
 from .. import __version__
 from .classical import LowRankBasis, denormalize, kernel_weights, normalize
-from .lattice import CHILD_OFFSETS, BrickRaster, IndexRaster, Lattice, child_support
+from .lattice import CHILD_OFFSETS, BrickRaster, IndexRaster, Lattice, child_between
 from .presets import TrainConfig, preset
 from .slide import MaskLike, Slide, site_keys, slide_from_adata
 from .training import StopFlag, TrainedModel, Trainer, resolve_device
@@ -73,13 +73,12 @@ def output_sites(slide: Slide) -> OutputSites:
         if len(sites):
             imputed_img |= raster.mask(sites[:, 0], sites[:, 1])
     imputed_img &= ~measured_img
-    known = measured_img | imputed_img
-    support = child_support(lattice, known)
+    between = child_between(lattice, measured_img | imputed_img)
     fine_r, fine_c = raster.sites()
     kind_img = np.full((4,) + raster.shape, -1, dtype=np.int8)
     kind_img[0][measured_img] = 0
     kind_img[0][imputed_img] = 1
-    kind_img[1:][support[1:] >= 2] = 2
+    kind_img[1:][between[1:]] = 2
     k, p, q = np.nonzero(kind_img >= 0)
     fr, fc = fine_r[p, q], fine_c[p, q]
     dr, dc = lattice.from_index(CHILD_OFFSETS[k, 0], CHILD_OFFSETS[k, 1])

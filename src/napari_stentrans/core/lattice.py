@@ -516,25 +516,39 @@ def apply_symmetry(image: np.ndarray, op: tuple[bool, bool, bool]) -> np.ndarray
     return image
 
 
-def child_support(lattice: Lattice, measured: np.ndarray) -> np.ndarray:
-    """Number of measured nearest fine sites for each of the 4 children of every pixel.
+def child_between(lattice: Lattice, known: np.ndarray) -> np.ndarray:
+    """Which children lie midway between two known fine sites.
+
+    A new half-pitch site is kept only where it is the midpoint of two known nearest lattice
+    sites (both ends of an edge; for a square cell centre, either diagonal), so it lies inside
+    the tissue, never in the half-pitch band just outside its edge.
 
     Parameters
     ----------
     lattice
         The lattice of the index raster.
-    measured
-        Boolean ``(H, W)`` index raster of measured sites.
+    known
+        Boolean ``(H, W)`` index raster of known (measured or imputed) sites.
 
     Returns
     -------
-    Integer array ``(4, H, W)``; entry ``[k, p, q]`` counts the measured sites nearest to child
-    ``k`` of pixel ``(p, q)``. Child 0 is the site itself (count 0 or 1).
+    Boolean array ``(4, H, W)``; entry ``[k, p, q]`` for child ``k`` of pixel ``(p, q)``.
+    Child 0 (the site itself) is ``known``.
     """
-    h, w = measured.shape
-    padded = np.pad(measured, 2).astype(np.int16)
-    out = np.zeros((4, h, w), dtype=np.int16)
+    h, w = known.shape
+    padded = np.pad(known, 2)
+    out = np.zeros((4, h, w), dtype=bool)
+    out[0] = known
+
+    def shifted(du: int, dv: int) -> np.ndarray:
+        return padded[2 + du : 2 + du + h, 2 + dv : 2 + dv + w]
+
     for k, offsets in enumerate(lattice.child_parents()):
-        for du, dv in offsets:
-            out[k] += padded[2 + du : 2 + du + h, 2 + dv : 2 + dv + w]
+        if k == 0:
+            continue
+        target = CHILD_OFFSETS[k]  # superfine index of the child relative to 2 * (p, q)
+        for a in range(len(offsets)):
+            for b in range(a + 1, len(offsets)):
+                if np.array_equal(offsets[a] + offsets[b], target):  # (2a + 2b) / 2: their midpoint
+                    out[k] |= shifted(*offsets[a]) & shifted(*offsets[b])
     return out

@@ -1,0 +1,258 @@
+"""Readers: every shared dataset loads with the right lattice, and hand-built formats round-trip."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from conftest import block_sites, make_slide, shared_data_or_skip
+from napari_stentrans.core.io import ReadError, read
+
+# (path below shared/data, lattice kind, spots after reading)
+DATASETS = [
+    ("visium_mouse_muscle_mckellar2021/Vis5A_2dpi", "hex", 982),
+    ("visium_mouse_muscle_mckellar2021/Vis7B_5dpi", "hex", 1011),
+    ("visium_mouse_embryo_cytassist_coexpressdeconvolve", "hex", 2898),
+    ("visium_tiny_scanpy_testdata", "hex", 100),
+    ("st_melanoma_thrane2018_mel1_rep2/mel1_rep2.h5ad", "square", 293),
+    ("st_melanoma_thrane2018_mel1_rep2/counts.csv.gz", "square", 293),
+    ("st_mouse_olfactory_bulb_stahl2016/mob_stahl2016.h5ad", "square", 262),
+    ("st_mouse_olfactory_bulb_stahl2016/counts.csv.gz", "square", 262),
+    ("st_breast_cancer_layers_stahl2016/layer2_fullgenes.h5ad", "square", 251),
+    ("st_breast_cancer_layers_stahl2016/layer2_fullgenes_counts.csv.gz", "square", 251),
+    ("st_breast_cancer_layers_stahl2016/paste_slice1_counts.csv.gz", "square", 254),
+    ("st_breast_cancer_layers_stahl2016/paste_slice2_counts.csv.gz", "square", 251),
+    ("st_breast_cancer_layers_stahl2016/paste_slice3_counts.csv.gz", "square", 264),
+    ("st_breast_cancer_layers_stahl2016/paste_slice4_counts.csv.gz", "square", 262),
+    *[
+        (f"st_her2st_andersson2021/{s}_counts.tsv.gz", "square", n)
+        for s, n in zip(
+            ["A1", "B1", "C1", "D1", "E1", "F1", "G2", "H1"],
+            [346, 295, 176, 306, 587, 691, 467, 613],
+            strict=True,
+        )
+    ],
+    ("st2k_stutility_mob_hippo/MOB1_counts.tsv.gz", "checkerboard", 379),
+    ("st2k_stutility_mob_hippo/Hippo1_counts.tsv.gz", "checkerboard", 1098),
+]
+
+
+@pytest.mark.parametrize(("relpath", "kind", "n_spots"), DATASETS, ids=[d[0] for d in DATASETS])
+def test_shared_dataset_loads(relpath, kind, n_spots):
+    root = shared_data_or_skip()
+    adata = read(root / relpath)
+    assert adata.n_obs == n_spots
+    assert adata.uns["stentrans_lattice"]["kind"] == kind
+    assert adata.obs["array_row"].dtype == np.int64 and adata.obs["array_col"].dtype == np.int64
+    assert adata.obsm["spatial"].shape == (n_spots, 2)
+    assert not adata.obs[["array_row", "array_col"]].duplicated().any()
+    assert sp.issparse(adata.X) and adata.X.dtype == np.float32 and adata.X.min() >= 0
+    if kind != "square":
+        assert ((adata.obs["array_row"] + adata.obs["array_col"]) % 2 == 0).all()
+    if kind == "hex":
+        library = next(iter(adata.uns["spatial"].values()))
+        assert "lowres" in library["images"] and "tissue_lowres_scalef" in library["scalefactors"]
+
+
+def test_every_shared_dataset_folder_is_covered():
+    root = shared_data_or_skip()
+    covered = {d[0].split("/")[0] for d in DATASETS} | {"visium_human_idc_spatial_only_stentrans"}
+    folders = {p.name for p in root.iterdir() if p.is_dir()}
+    assert folders <= covered, f"add the new dataset(s) {sorted(folders - covered)} to DATASETS"
+
+
+def test_positions_only_visium_folder_is_refused_by_name():
+    root = shared_data_or_skip()
+    with pytest.raises(ReadError, match="no count matrix"):
+        read(root / "visium_human_idc_spatial_only_stentrans")
+
+
+def test_table_and_h5ad_of_the_same_slide_agree():
+    root = shared_data_or_skip() / "st_melanoma_thrane2018_mel1_rep2"
+    a = read(root / "mel1_rep2.h5ad")
+    b = read(root / "counts.csv.gz")
+    assert list(a.obs_names) == list(b.obs_names)
+    np.testing.assert_array_equal(a.obs["array_row"], b.obs["array_row"])
+    np.testing.assert_array_equal(a.obs["array_col"], b.obs["array_col"])
+    assert a.obs.loc["7x15", "array_row"] == 7 and a.obs.loc["7x15", "array_col"] == 15
+    assert (a.X != b.X).nnz == 0
+
+
+# ----------------------------------------------------------------------------- hand-built formats
+
+
+def _write_spaceranger(folder, adata, *, matrix: str, positions: str):
+    """Write a minimal Space Ranger output of ``adata`` (hex lattice)."""
+    spatial = folder / "spatial"
+    spatial.mkdir(parents=True)
+    counts = sp.csc_matrix(adata.X.T).astype(np.int32)
+    barcodes = np.asarray(adata.obs_names)
+    if matrix == "h5":
+        with h5py.File(folder / "filtered_feature_bc_matrix.h5", "w") as f:
+            m = f.create_group("matrix")
+            m["data"], m["indices"], m["indptr"] = counts.data, counts.indices, counts.indptr
+            m["shape"] = np.array(counts.shape)
+            m["barcodes"] = barcodes.astype("S")
+            feats = m.create_group("features")
+            feats["name"] = np.asarray(adata.var_names).astype("S")
+            feats["id"] = np.array([f"ENSG{i:05d}" for i in range(adata.n_vars)]).astype("S")
+            feats["feature_type"] = np.array(["Gene Expression"] * adata.n_vars).astype("S")
+    else:
+        mtx = folder / "filtered_feature_bc_matrix"
+        mtx.mkdir()
+        from scipy.io import mmwrite
+
+        with gzip.open(mtx / "matrix.mtx.gz", "wb") as fh:
+            mmwrite(fh, sp.coo_matrix(counts))
+        pd.DataFrame(
+            {0: [f"ENSG{i:05d}" for i in range(adata.n_vars)], 1: adata.var_names, 2: "Gene Expression"}
+        ).to_csv(mtx / "features.tsv.gz", sep="\t", header=False, index=False)
+        pd.Series(barcodes).to_csv(mtx / "barcodes.tsv.gz", sep="\t", header=False, index=False)
+    table = pd.DataFrame(
+        {
+            "barcode": barcodes,
+            "in_tissue": 1,
+            "array_row": adata.obs["array_row"].to_numpy(),
+            "array_col": adata.obs["array_col"].to_numpy(),
+            "pxl_row_in_fullres": adata.obsm["spatial"][:, 1],
+            "pxl_col_in_fullres": adata.obsm["spatial"][:, 0],
+        }
+    )
+    table = pd.concat(
+        [
+            table,
+            pd.DataFrame(
+                [
+                    {
+                        "barcode": "EMPTY-1",
+                        "in_tissue": 1,
+                        "array_row": 40,
+                        "array_col": 40,
+                        "pxl_row_in_fullres": 1.0,
+                        "pxl_col_in_fullres": 1.0,
+                    }
+                ]
+            ),
+        ]
+    )
+    if positions == "v1":
+        table.to_csv(spatial / "tissue_positions_list.csv", header=False, index=False)
+    elif positions == "v2":
+        table.to_csv(spatial / "tissue_positions.csv", index=False)
+    else:
+        table.to_parquet(spatial / "tissue_positions.parquet")
+    (spatial / "scalefactors_json.json").write_text(
+        json.dumps({"tissue_lowres_scalef": 0.5, "spot_diameter_fullres": 9.0})
+    )
+    from PIL import Image
+
+    Image.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(spatial / "tissue_lowres_image.png")
+
+
+@pytest.mark.parametrize(("matrix", "positions"), [("h5", "v1"), ("mtx", "v2"), ("h5", "parquet")])
+def test_spaceranger_folder_round_trip(tmp_path, matrix, positions):
+    r, c = block_sites("hex", 6, 10)
+    src = make_slide(r, c, "hex")
+    _write_spaceranger(tmp_path / "sr", src, matrix=matrix, positions=positions)
+    adata = read(tmp_path / "sr")
+    assert list(adata.obs_names) == list(src.obs_names)
+    np.testing.assert_array_equal(adata.X.toarray(), src.X.toarray())
+    np.testing.assert_array_equal(adata.obs["array_row"], r)
+    np.testing.assert_allclose(adata.obsm["spatial"], src.obsm["spatial"])
+    assert adata.uns["spatial"]["sr"]["images"]["lowres"].shape == (20, 30, 3)
+    assert adata.uns["spatial"]["sr"]["scalefactors"]["spot_diameter_fullres"] == 9.0
+    # the in-tissue position without counts is remembered for imputation
+    np.testing.assert_array_equal(adata.uns["stentrans_lattice"]["in_tissue_unmeasured"], [[40, 40]])
+
+
+def test_spaceranger_barcode_without_position_names_the_file(tmp_path):
+    r, c = block_sites("hex", 4, 6)
+    src = make_slide(r, c, "hex")
+    _write_spaceranger(tmp_path / "sr", src, matrix="h5", positions="v2")
+    pos = pd.read_csv(tmp_path / "sr/spatial/tissue_positions.csv")
+    pos.iloc[1:].to_csv(tmp_path / "sr/spatial/tissue_positions.csv", index=False)
+    with pytest.raises(ReadError, match=r"tissue_positions.csv: 1 barcode\(s\) .* no position"):
+        read(tmp_path / "sr")
+
+
+def _st_table(tmp_path, ids, counts, name="counts.tsv"):
+    table = pd.DataFrame(counts, index=ids, columns=[f"G{i}" for i in range(counts.shape[1])])
+    table.to_csv(tmp_path / name, sep="\t")
+    return tmp_path / name
+
+
+def test_st_table_spot_ids_rounded_and_transposed_tables(tmp_path):
+    counts = np.arange(12).reshape(4, 3)
+    ids = ["3.02x5.1", "4x5", "3x6", "4.2x6"]  # "{x}x{y}": x is the column
+    a = read(_st_table(tmp_path, ids, counts))
+    np.testing.assert_array_equal(a.obs["array_col"], [3, 4, 3, 4])
+    np.testing.assert_array_equal(a.obs["array_row"], [5, 5, 6, 6])
+    (tmp_path / "t").mkdir()
+    pd.DataFrame(counts.T, index=[f"G{i}" for i in range(3)], columns=ids).to_csv(tmp_path / "t/counts.csv")
+    b = read(tmp_path / "t/counts.csv")
+    np.testing.assert_array_equal(b.X.toarray(), counts)
+    np.testing.assert_array_equal(b.obs["array_row"], a.obs["array_row"])
+
+
+def test_st_table_off_lattice_id_is_refused(tmp_path):
+    with pytest.raises(ReadError, match="on no lattice"):
+        read(_st_table(tmp_path, ["3x5", "4.5x5"], np.ones((2, 2))))
+
+
+def test_st_table_coords_file_is_found_beside_the_counts(tmp_path):
+    _st_table(tmp_path, ["AAA", "CCC", "GGG"], np.ones((3, 2)), name="slideA_counts.tsv")
+    pd.DataFrame({"barcode": ["GGG", "AAA", "CCC"], "array_x": [2, 1, 2], "array_y": [7, 7, 8]}).to_csv(
+        tmp_path / "slideA_coords.csv", index=False
+    )
+    a = read(tmp_path / "slideA_counts.tsv")
+    np.testing.assert_array_equal(a.obs["array_col"], [1, 2, 2])
+    np.testing.assert_array_equal(a.obs["array_row"], [7, 8, 7])
+
+
+def test_st_table_without_any_coordinates_is_refused(tmp_path):
+    with pytest.raises(ReadError, match="no coordinates"):
+        read(_st_table(tmp_path, ["AAA", "CCC"], np.ones((2, 2)), name="x.tsv"))
+
+
+def test_h5ad_without_array_coordinates_recovers_the_lattice(tmp_path):
+    r, c = block_sites("hex", 8, 12)
+    src = make_slide(r, c, "hex")
+    del src.obs["array_row"], src.obs["array_col"], src.uns["stentrans_lattice"]
+    src.write_h5ad(tmp_path / "s.h5ad")
+    a = read(tmp_path / "s.h5ad")
+    assert a.uns["stentrans_lattice"]["kind"] == "hex"
+    xy = a.obsm["spatial"]
+    from napari_stentrans.core.lattice import Lattice
+
+    rec = Lattice("hex").physical(a.obs["array_row"], a.obs["array_col"])
+    d_rec = np.linalg.norm(rec[:, None] - rec[None], axis=-1)
+    d_img = np.linalg.norm(xy[:, None] - xy[None], axis=-1)
+    np.testing.assert_allclose(d_rec / 100.0, d_img / 10.0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"), [(np.nan, "NaN or infinite"), (-1.0, "negative"), (0.5, "non-integer")]
+)
+def test_invalid_counts_are_refused(tmp_path, value, message):
+    r, c = block_sites("square", 3, 3)
+    src = make_slide(r, c, "square")
+    x = src.X.toarray()
+    x[0, 0] = value
+    src.X = sp.csr_matrix(x)
+    src.write_h5ad(tmp_path / "bad.h5ad")
+    with pytest.raises(ReadError, match=message):
+        read(tmp_path / "bad.h5ad")
+
+
+def test_unknown_format_and_missing_path(tmp_path):
+    (tmp_path / "x.xlsx").write_text("nope")
+    with pytest.raises(ReadError, match="unknown format"):
+        read(tmp_path / "x.xlsx")
+    with pytest.raises(ReadError, match="no such file"):
+        read(tmp_path / "missing.h5ad")

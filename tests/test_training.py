@@ -1,0 +1,116 @@
+"""Training: one generator of events, a stop flag honoured within one batch, determinism."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import block_sites, make_slide, tiny_config
+from napari_stentrans.core.presets import preset
+from napari_stentrans.core.training import PairSampler, Trainer, train
+
+
+@pytest.fixture
+def square_slide():
+    r, c = block_sites("square", 12, 14)
+    return make_slide(r, c, "square", n_genes=24)
+
+
+def test_events_report_progress_and_a_model_is_produced(square_slide):
+    trainer = Trainer(square_slide, tiny_config(epochs=3))
+    events = list(trainer.run())
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "prepared" and kinds[-1] == "finished"
+    steps = [e for e in events if e.kind == "step"]
+    assert len(steps) == 3 * events[0].n_steps
+    assert all(e.eta is not None and e.eta >= 0 and e.elapsed > 0 for e in steps)
+    assert steps[-1].eta == 0
+    epochs = [e for e in events if e.kind == "epoch"]
+    assert [e.epoch for e in epochs] == [1, 2, 3] and all(np.isfinite(e.val_loss) for e in epochs)
+    assert trainer.result is not None
+    assert trainer.result.history["epoch"] == [0, 1, 2, 3]
+    assert events[0].device == "cpu"
+
+
+def test_stop_flag_ends_the_run_within_one_batch(square_slide):
+    stop = threading.Event()
+    trainer = Trainer(square_slide, tiny_config(epochs=50))
+    steps_after_stop = 0
+    events = []
+    for event in trainer.run(stop):
+        events.append(event)
+        if stop.is_set() and event.kind == "step":
+            steps_after_stop += 1
+        if event.kind == "step" and event.step == 2:
+            stop.set()
+    assert events[-1].kind == "stopped"
+    assert steps_after_stop == 0
+    assert trainer.result is None
+    assert train(square_slide, tiny_config(), stop=stop) is None  # already set: nothing trained
+
+
+def test_same_seed_gives_identical_weights_on_cpu(square_slide):
+    a = train(square_slide, tiny_config(seed=3))
+    b = train(square_slide, tiny_config(seed=3))
+    c = train(square_slide, tiny_config(seed=4))
+    for key in a.state_dict:
+        assert torch.equal(a.state_dict[key], b.state_dict[key]), key
+    assert any(not torch.equal(a.state_dict[k], c.state_dict[k]) for k in a.state_dict)
+
+
+def test_best_weights_are_never_worse_than_the_classical_start_on_validation(square_slide):
+    model = train(square_slide, tiny_config(epochs=4, lr=0.05))  # a deliberately wild learning rate
+    val = np.asarray(model.history["val_loss"])
+    best_epoch = model.history["best_epoch"][0]
+    assert val[best_epoch] == np.nanmin(val)
+    assert val[best_epoch] <= val[0]
+
+
+def test_lost_sites_are_neither_input_nor_target(square_slide):
+    from napari_stentrans.core.slide import slide_from_adata
+
+    lost = np.array([[5, 5], [5, 6], [6, 5]])
+    slide = slide_from_adata(square_slide, mask=lost)
+    assert slide.n_usable == square_slide.n_obs - 3
+    config = tiny_config()
+    values = slide.expression(np.arange(8), "log1p")
+    from napari_stentrans.core.classical import ClassicalParams
+
+    sampler = PairSampler(slide, values, config, ClassicalParams(rank=2, bandwidth=1.0))
+    lost_flat = sampler.raster.flat_index(lost[:, 0], lost[:, 1])
+    assert not np.isin(lost_flat, sampler.flat).any()
+    for coset in range(4):
+        pair = sampler.make(np.arange(4), coset, (False, False, False), None, torch.device("cpu"))
+        assert pair.target_mask.sum() == slide.n_usable  # every usable spot, none of the lost
+        assert pair.inputs.shape[1] == 3 and pair.base.shape == pair.target.shape
+
+
+def test_training_pair_geometry_is_the_coset_under_every_symmetry(square_slide):
+    """The LR input of a pair is exactly HR[::2, ::2] restricted to the chosen coset's spots."""
+    from napari_stentrans.core.classical import ClassicalParams
+    from napari_stentrans.core.slide import slide_from_adata
+
+    slide = slide_from_adata(square_slide)
+    values = slide.expression(np.arange(4), "log1p")
+    sampler = PairSampler(slide, values, tiny_config(), ClassicalParams(rank=2, bandwidth=1.0))
+    for coset in range(4):
+        for op in slide.lattice.symmetries:
+            pair = sampler.make(np.arange(4), coset, op, None, torch.device("cpu"))
+            lr_mask = pair.inputs[0, 1]
+            assert int(lr_mask.sum()) == int((sampler.cosets == coset).sum())
+            torch.testing.assert_close(pair.inputs[:, 0], pair.target[:, ::2, ::2] * lr_mask)
+
+
+def test_published_preset_trains_on_a_hex_slide_with_the_brick_raster():
+    r, c = block_sites("hex", 16, 30)
+    slide = make_slide(r, c, "hex", n_genes=12)
+    config = preset(
+        "published", "hex", epochs=1, n_train_genes=12, batch_size=6, depth=1, device="cpu", min_detection=0.0
+    )
+    assert config.raster == "brick" and config.normalization == "none"
+    model = train(slide, config)
+    assert model is not None and model.lattice_kind == "hex"
+    assert model.config.model.patch_size == 8
