@@ -28,7 +28,7 @@ def _fields(xy: np.ndarray, centres: np.ndarray, scales: np.ndarray, tilt: np.nd
 
 
 def synthetic_slide(
-    kind: str = "hex", n_genes: int = 300, seed: int = 0, with_truth: bool = True
+    kind: str = "hex", n_genes: int = 300, seed: int = 0, with_truth: bool = True, full_array: bool = False
 ) -> ad.AnnData:
     """A synthetic slide in the reader's conventions.
 
@@ -40,6 +40,8 @@ def synthetic_slide(
         Number of genes.
     seed
         Random seed; the same seed gives the same slide.
+    full_array
+        Every array position is tissue (4,992 spots for Visium): for benchmarks.
     with_truth
         Keep the noise-free expression at every in-tissue half-pitch site in
         ``uns["stentrans_truth"]`` (``array_row``, ``array_col`` in half-pitch coordinates,
@@ -67,6 +69,8 @@ def synthetic_slide(
         angle = np.arctan2(z[:, 1], z[:, 0])
         radius = 0.78 + 0.08 * np.sin(3 * angle + 0.5) + 0.05 * np.cos(5 * angle)
         inside = np.hypot(z[:, 0] * 1.1, z[:, 1]) < radius
+        if full_array:
+            return np.ones(len(xy), dtype=bool)
         for hx, hy, hr in hole_list:
             inside &= np.hypot(z[:, 0] - hx, z[:, 1] - hy) > hr
         return inside

@@ -143,6 +143,7 @@ def read_spaceranger(path: str | Path, library_id: str | None = None) -> ad.AnnD
             f"{path}: no count matrix (filtered_feature_bc_matrix.h5 or "
             "filtered_feature_bc_matrix/) in this Space Ranger folder"
         )
+    _check_not_empty(adata, h5 or mtx_dir)
     spatial_dir = path / "spatial"
     positions_file = _first(
         spatial_dir,
@@ -296,6 +297,7 @@ def _read_h5ad(path: Path) -> ad.AnnData:
     adata = ad.read_h5ad(path)
     if adata.X is None:
         raise ReadError(f"{path}: AnnData has no X matrix")
+    _check_not_empty(adata, path)
     if _has_non_integer(adata.X) and "counts" in adata.layers:
         adata.X = adata.layers["counts"]
     adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
@@ -591,9 +593,13 @@ def _has_non_integer(x) -> bool:
     return bool(finite.size and np.any(finite != np.round(finite)))
 
 
-def _validate_counts(adata: ad.AnnData, path: Path) -> None:
+def _check_not_empty(adata: ad.AnnData, path: Path) -> None:
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise ReadError(f"{path}: empty count matrix ({adata.n_obs} spots x {adata.n_vars} genes)")
+
+
+def _validate_counts(adata: ad.AnnData, path: Path) -> None:
+    _check_not_empty(adata, path)
     data = adata.X.data if sp.issparse(adata.X) else np.asarray(adata.X)
     if not np.all(np.isfinite(data)):
         raise ReadError(f"{path}: count matrix contains NaN or infinite values")

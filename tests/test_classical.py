@@ -1,0 +1,79 @@
+"""Normalisation inverse, low-rank basis, kernel weights and the rank/bandwidth choice."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_stentrans.core.classical import (
+    ClassicalParams,
+    LowRankBasis,
+    classical_estimate,
+    denormalize,
+    kernel_weights,
+    normalize,
+    select_classical_params,
+)
+
+
+def test_normalisation_has_an_exact_inverse_given_depth():
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(3.0, size=(50, 20)).astype(np.float64)
+    depth = counts.sum(1) + 5
+    back = denormalize(normalize(counts, depth), depth)
+    np.testing.assert_allclose(back, counts, rtol=1e-5, atol=1e-4)
+
+
+def test_randomized_basis_matches_exact_svd_subspace():
+    rng = np.random.default_rng(1)
+    latent = rng.normal(size=(300, 6)) * np.array([10, 8, 6, 4, 3, 2])
+    values = latent @ rng.normal(size=(6, 400)) + rng.normal(0, 0.5, size=(300, 400))
+    basis = LowRankBasis.fit(values, 6)
+    _, _, vt = np.linalg.svd(values - values.mean(0), full_matrices=False)
+    overlap = np.linalg.svd(basis.components.T @ vt[:6].T, compute_uv=False)
+    assert overlap.min() > 0.999  # same 6-dimensional subspace
+    np.testing.assert_allclose(basis.components.T @ basis.components, np.eye(6), atol=1e-5)
+    again = LowRankBasis.fit(values, 6)
+    np.testing.assert_array_equal(basis.components, again.components)  # seeded
+
+
+def test_kernel_weights_are_normalised_and_fill_far_targets():
+    src = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    dst = np.array([[0.0, 0.0], [50.0, 50.0]])
+    w = kernel_weights(src, dst, bandwidth=0.5).toarray()
+    np.testing.assert_allclose(w.sum(1), 1.0)
+    assert w[0, 0] == pytest.approx(1 / (1 + 2 * np.exp(-2)))  # neighbours at 1 pitch weigh e^-2
+    assert np.isfinite(w).all() and w[1].max() > 0  # far from every source: still an estimate
+
+
+def test_classical_estimate_reproduces_a_smooth_rank_one_field():
+    xy = np.stack(np.meshgrid(np.arange(20.0), np.arange(20.0)), -1).reshape(-1, 2)
+    field = np.sin(xy[:, 0] / 6.0)
+    values = 2.0 + np.outer(field, np.linspace(0.5, 1.5, 10))
+    keep = (xy[:, 0] % 2 == 0) & (xy[:, 1] % 2 == 0)
+    est, depth = classical_estimate(
+        values[keep],
+        np.zeros(keep.sum()),
+        xy[keep] / 2,
+        xy[~keep] / 2,
+        ClassicalParams(rank=1, bandwidth=0.5),
+    )
+    interior = np.all((xy[~keep] >= 2) & (xy[~keep] <= 16), axis=1)  # no extrapolation at the edge
+    assert np.abs(est - values[~keep])[interior].max() < 0.05
+    np.testing.assert_allclose(depth, 0.0)
+
+
+def test_fast_selection_errors_equal_brute_force():
+    rng = np.random.default_rng(2)
+    xy = np.stack(np.meshgrid(np.arange(16.0), np.arange(16.0)), -1).reshape(-1, 2)
+    values = (np.sin(xy[:, :1] / 4) @ rng.normal(size=(1, 30)) + rng.normal(0, 0.3, (256, 30))).astype(
+        np.float32
+    )
+    keep = (xy[:, 0] % 2 == 0) & (xy[:, 1] % 2 == 0)
+    params, errors = select_classical_params(values, xy, keep, ranks=(1, 3), bandwidths=(0.7, 1.4))
+    basis = LowRankBasis.fit(values[keep], 3)
+    for (r, h), err in errors.items():
+        w = kernel_weights(xy[keep] / 2, xy[~keep] / 2, h)
+        pred = (w @ basis.scores[:, :r]) @ basis.components[:, :r].T + basis.mean
+        assert err == pytest.approx(float(np.mean((pred - values[~keep]) ** 2)), rel=1e-4)
+    assert errors[(params.rank, params.bandwidth)] == min(errors.values())

@@ -1,0 +1,197 @@
+"""The ``stentrans`` CLI: each class of bad input exits non-zero, names the file, writes nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from conftest import block_sites, make_slide
+from napari_stentrans.cli import main
+
+FAST = ["--epochs", "1", "--train-genes", "16", "--quiet", "--device", "cpu"]
+
+
+@pytest.fixture
+def slide_file(tmp_path):
+    r, c = block_sites("square", 10, 10)
+    path = tmp_path / "slide.h5ad"
+    make_slide(r, c, "square", n_genes=20).write_h5ad(path)
+    return path
+
+
+def _files(folder):
+    return sorted(p.name for p in folder.rglob("*"))
+
+
+def run_cli(args, capsys):
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_enhance_writes_output_model_and_plot(slide_file, tmp_path, capsys):
+    code, out, _ = run_cli(
+        [
+            "enhance",
+            slide_file,
+            "-o",
+            tmp_path / "out.h5ad",
+            "--save-model",
+            tmp_path / "m.pt",
+            "--plot",
+            tmp_path / "p.png",
+            "--genes",
+            "5",
+            *FAST,
+        ],
+        capsys,
+    )
+    assert code == 0 and "wrote" in out
+    result = ad.read_h5ad(tmp_path / "out.h5ad")
+    assert result.n_vars == 5 and set(result.obs["kind"].unique()) == {"measured", "new"}
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    # the saved model applies to the slide again without training
+    code, _, _ = run_cli(
+        [
+            "enhance",
+            slide_file,
+            "-o",
+            tmp_path / "again.h5ad",
+            "--model",
+            tmp_path / "m.pt",
+            "--genes",
+            "G1,G2",
+            "--quiet",
+        ],
+        capsys,
+    )
+    assert code == 0 and list(ad.read_h5ad(tmp_path / "again.h5ad").var_names) == ["G1", "G2"]
+    assert not [p for p in _files(tmp_path) if p.endswith(".tmp")]
+
+
+def test_info_describes_the_slide(slide_file, capsys):
+    code, out, _ = run_cli(["info", slide_file], capsys)
+    assert code == 0
+    assert "lattice:   square (pitch 200 um)" in out and "100 measured" in out
+
+
+def _bad_counts(tmp_path, value):
+    r, c = block_sites("square", 4, 4)
+    adata = make_slide(r, c, "square")
+    x = adata.X.toarray()
+    x[1, 1] = value
+    adata.X = sp.csr_matrix(x)
+    adata.write_h5ad(tmp_path / "bad.h5ad")
+    return tmp_path / "bad.h5ad"
+
+
+def _off_lattice(tmp_path):
+    pd.DataFrame(np.ones((2, 2)), index=["1x1", "1.5x2"], columns=["A", "B"]).to_csv(
+        tmp_path / "off.tsv", sep="\t"
+    )
+    return tmp_path / "off.tsv"
+
+
+def _no_coords(tmp_path):
+    pd.DataFrame(np.ones((2, 2)), index=["AAA", "CCC"], columns=["A", "B"]).to_csv(
+        tmp_path / "nc.tsv", sep="\t"
+    )
+    return tmp_path / "nc.tsv"
+
+
+def _empty(tmp_path):
+    adata = ad.AnnData(X=sp.csr_matrix((0, 3), dtype=np.float32))
+    adata.obs["array_row"] = np.zeros(0, int)
+    adata.obs["array_col"] = np.zeros(0, int)
+    adata.write_h5ad(tmp_path / "empty.h5ad")
+    return tmp_path / "empty.h5ad"
+
+
+def _unknown(tmp_path):
+    (tmp_path / "slide.xyz").write_text("x")
+    return tmp_path / "slide.xyz"
+
+
+BAD_INPUTS = {
+    "missing path": (lambda t: t / "nope.h5ad", "no such file"),
+    "unknown format": (_unknown, "unknown format"),
+    "no coordinates": (_no_coords, "no coordinates"),
+    "off-lattice coordinates": (_off_lattice, "on no lattice"),
+    "empty matrix": (_empty, "empty count matrix"),
+    "NaN counts": (lambda t: _bad_counts(t, np.nan), "NaN or infinite"),
+    "inf counts": (lambda t: _bad_counts(t, np.inf), "NaN or infinite"),
+    "negative counts": (lambda t: _bad_counts(t, -3), "negative"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_exits_non_zero_with_one_line_naming_the_file(case, tmp_path, capsys):
+    make, message = BAD_INPUTS[case]
+    path = make(tmp_path)
+    before = _files(tmp_path)
+    code, out, err = run_cli(["enhance", path, "-o", tmp_path / "out.h5ad", *FAST], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("stentrans: error: ")
+    assert message in lines[0] and path.name in lines[0]
+    assert _files(tmp_path) == before
+
+
+def test_output_equal_to_input_is_refused(slide_file, capsys):
+    original = slide_file.read_bytes()
+    code, _, err = run_cli(["enhance", slide_file, "-o", slide_file, "--overwrite", *FAST], capsys)
+    assert code == 2 and "would overwrite or go inside the input" in err
+    assert slide_file.read_bytes() == original
+
+
+def test_existing_output_needs_overwrite(slide_file, tmp_path, capsys):
+    out = tmp_path / "out.h5ad"
+    out.write_bytes(b"previous")
+    code, _, err = run_cli(["enhance", slide_file, "-o", out, *FAST], capsys)
+    assert code == 2 and "out.h5ad: output exists; pass --overwrite" in err
+    assert out.read_bytes() == b"previous"
+    code, _, _ = run_cli(["enhance", slide_file, "-o", out, "--overwrite", *FAST], capsys)
+    assert code == 0 and ad.read_h5ad(out).n_obs > 100
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--mask", "missing.csv"], "missing.csv: mask file not found"),
+        (["--model", "missing.pt"], "missing.pt: model file not found"),
+        (["--genes", "NOPE"], "not in the slide"),
+        (["-o", "no_such_dir/out.h5ad"], "does not exist"),
+        (["-o", "out.csv"], "must be a .h5ad file"),
+    ],
+)
+def test_other_bad_arguments(slide_file, tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    before = _files(tmp_path)
+    out_args = [] if "-o" in args else ["-o", "out.h5ad"]
+    code, _, err = run_cli(["enhance", slide_file, *out_args, *args, "--quiet"], capsys)
+    assert code == 2 and message in err
+    assert _files(tmp_path) == before
+
+
+def test_mask_file_marks_sites_as_imputed(slide_file, tmp_path, capsys):
+    pd.DataFrame({"array_row": [4, 4], "array_col": [4, 5]}).to_csv(tmp_path / "lost.csv", index=False)
+    code, _, _ = run_cli(
+        ["enhance", slide_file, "-o", tmp_path / "o.h5ad", "--mask", tmp_path / "lost.csv", *FAST], capsys
+    )
+    assert code == 0
+    obs = ad.read_h5ad(tmp_path / "o.h5ad").obs
+    imputed = obs[obs["kind"] == "imputed"]
+    assert sorted(zip(imputed["array_row"], imputed["array_col"], strict=True)) == [(8, 8), (8, 10)]
+
+
+def test_console_script_is_installed_and_reports_usage():
+    proc = subprocess.run(
+        [sys.executable, "-m", "napari_stentrans.cli", "enhance"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "required" in proc.stderr
