@@ -195,3 +195,63 @@ def test_console_script_is_installed_and_reports_usage():
         [sys.executable, "-m", "napari_stentrans.cli", "enhance"], capture_output=True, text=True
     )
     assert proc.returncode == 2 and "required" in proc.stderr
+
+
+REAL_SLIDES = [
+    ("visium_mouse_muscle_mckellar2021/Vis7B_5dpi", "hex", 1011),
+    ("st_melanoma_thrane2018_mel1_rep2/mel1_rep2.h5ad", "square", 293),
+]
+
+
+@pytest.mark.parametrize(
+    ("relpath", "kind", "n_spots"), REAL_SLIDES, ids=[s[0].split("/")[0] for s in REAL_SLIDES]
+)
+def test_enhance_real_slides_from_the_command_line(relpath, kind, n_spots, tmp_path, capsys):
+    from conftest import shared_data_or_skip
+    from napari_stentrans.core.io import read
+    from napari_stentrans.core.lattice import Lattice
+
+    path = shared_data_or_skip() / relpath
+    out = tmp_path / "out.h5ad"
+    code, _, err = run_cli(
+        [
+            "enhance",
+            path,
+            "-o",
+            out,
+            "--epochs",
+            "1",
+            "--train-genes",
+            "200",
+            "--genes",
+            "40",
+            "--quiet",
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    result, source = ad.read_h5ad(out), read(path)
+    measured = result.obs[result.obs["kind"] == "measured"]
+    assert len(measured) == n_spots and set(measured["barcode"]) == set(source.obs_names)
+    src = source.obs.loc[measured["barcode"]]
+    np.testing.assert_array_equal(measured["array_row"], 2 * src["array_row"])
+    np.testing.assert_array_equal(measured["array_col"], 2 * src["array_col"])
+    new = result.obs[result.obs["kind"] == "new"]
+    assert len(new) > 2 * n_spots
+    lattice = Lattice(kind)
+    assert lattice.contains(result.obs["array_row"], result.obs["array_col"]).all()
+    # every new site is half a pitch (or a square cell's half diagonal) from a measured spot
+    from scipy.spatial import cKDTree
+
+    d, _ = cKDTree(lattice.physical(src["array_row"], src["array_col"])).query(
+        lattice.physical(new["array_row"], new["array_col"], scale=2.0)
+    )
+    assert d.max() <= lattice.pitch_um * np.sqrt(0.5) + 1e-6
+    rows = source.obs_names.get_indexer(measured["barcode"])
+    np.testing.assert_allclose(
+        result.obsm["spatial"][(result.obs["kind"] == "measured").to_numpy()],
+        source.obsm["spatial"][rows],
+        atol=2.0,
+    )  # pixels; affine fit of the array

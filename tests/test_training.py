@@ -84,7 +84,10 @@ def test_lost_sites_are_neither_input_nor_target(square_slide):
     assert not np.isin(lost_flat, sampler.flat).any()
     for coset in range(4):
         pair = sampler.make(np.arange(4), coset, (False, False, False), None, torch.device("cpu"))
-        assert pair.target_mask.sum() == slide.n_usable  # every usable spot, none of the lost
+        visible = int(pair.inputs[0, 1].sum())
+        # targets: every usable spot hidden from the input; never a lost one, never an input spot
+        assert pair.target_mask.sum() == slide.n_usable - visible
+        assert (pair.target_mask[::2, ::2] * pair.inputs[0, 1]).sum() == 0
         assert pair.inputs.shape[1] == 3 and pair.base.shape == pair.target.shape
 
 

@@ -210,13 +210,17 @@ class PairSampler:
         full = np.ascontiguousarray(full[:, :hh, :ww])
         n = len(genes)
         target_hr = full[:n]
-        tmask_hr = full[n]
+        tmask_hr = full[n].copy()
         keep_lr = full[n + 1, ::2, ::2]
+        if self.config.loss_on == "spots":
+            # a spot visible in the input is its own target at HR (2a, 2b): scoring it would teach
+            # the network to copy noise (the leak of the published protocol, inside the loss)
+            tmask_hr[::2, ::2] *= 1.0 - keep_lr
         lr_values = target_hr[:, ::2, ::2] * keep_lr
         channels = [lr_values]
         base = None
         if self.config.model.residual:
-            base_hr = full[n + 3 :] * tmask_hr
+            base_hr = full[n + 3 :] * full[n]
             channels += [np.broadcast_to(keep_lr, lr_values.shape), base_hr[:, ::2, ::2] * keep_lr]
             base = torch.from_numpy(np.ascontiguousarray(base_hr)).to(device)
         inputs = np.stack(channels, axis=1)
@@ -229,7 +233,7 @@ class PairSampler:
 
 
 def pair_loss(pred: torch.Tensor, pair: Pair, loss_on: str) -> torch.Tensor:
-    """Mean squared error over real spots (default) or over every pixel (published)."""
+    """Mean squared error over real spots hidden from the input (default) or every pixel (published)."""
     err = (pred.float() - pair.target) ** 2
     if loss_on == "all":
         return err.mean()

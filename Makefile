@@ -1,0 +1,36 @@
+# Two entry points, each working on a fresh machine (Python >= 3.11 with venv):
+#   make demo   set up .venv, generate the synthetic sample, enhance it (h5ad + side-by-side PNG)
+#   make test   set up .venv and run the whole test suite
+# GPU users: make demo TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu124"
+
+PYTHON ?= python3
+TORCH_SPEC ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/python sample_data/generate.py
+	mkdir -p out
+	$(BIN)/stentrans enhance sample_data/synthetic_visium.h5ad -o out/synthetic_visium_x2.h5ad \
+		--plot out/synthetic_visium_x2.png --save-model out/synthetic_visium_model.pt --overwrite
+
+test: setup
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python benchmarks/bench_geometry.py
+
+clean:
+	rm -rf $(VENV) out sample_data/*.h5ad
