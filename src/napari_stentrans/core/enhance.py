@@ -98,6 +98,29 @@ def output_sites(slide: Slide) -> OutputSites:
     )
 
 
+def sites_at(slide: Slide, rows: np.ndarray, cols: np.ndarray, kind: str = "new") -> OutputSites:
+    """Output sites at given half-pitch coordinates (e.g. held-out spots for evaluation).
+
+    Each half-pitch site is child ``(du, dv)`` of the fine site ``(u // 2, v // 2)`` of its
+    index coordinates ``(u, v)`` in the (same-type) half-pitch lattice.
+    """
+    u, v = slide.lattice.to_index(rows, cols)
+    fine_row, fine_col = slide.lattice.from_index(u // 2, v // 2)
+    child = 2 * (u % 2) + (v % 2)
+    lookup = pd.Series(np.arange(len(slide.row)), index=site_keys(slide.row, slide.col))
+    spot = lookup.reindex(site_keys(fine_row, fine_col)).to_numpy()
+    spot = np.where(child == 0, np.nan_to_num(spot, nan=-1), -1).astype(np.int64)
+    return OutputSites(
+        row=np.asarray(rows, np.int64),
+        col=np.asarray(cols, np.int64),
+        fine_row=fine_row,
+        fine_col=fine_col,
+        child=child,
+        kind=np.full(len(u), kind),
+        spot=spot,
+    )
+
+
 def choose_output_genes(slide: Slide, genes: GeneChoice, min_detection: float) -> np.ndarray:
     """Gene indices to enhance: names, the N most variable detected genes, or all detected."""
     if genes is None:
@@ -123,11 +146,12 @@ def predict(
     device: str = "auto",
     batch_size: int = 256,
     stop: StopFlag | None = None,
-) -> np.ndarray:
-    """Predicted counts ``(n_sites, n_genes)`` at the output sites.
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Predicted counts ``(n_sites, n_genes)`` at the output sites, and the depth used.
 
     The fine slide (usable spots) is the input at pitch 1; the network's 2x output gives the
     half-pitch sites. Genes are processed in batches, so memory is bounded by ``batch_size``.
+    The depth is ``None`` for raw-count models (the published preset), which predict counts directly.
     """
     config = model.config
     dev = resolve_device(device)
@@ -201,7 +225,7 @@ def predict(
     del net
     if dev.type == "cuda":
         torch.cuda.empty_cache()
-    return result
+    return result, out_depth
 
 
 def enhance(
@@ -272,7 +296,7 @@ def enhance(
     if len(gene_idx) == 0:
         raise ValueError("no gene to enhance: none passes the detection threshold")
     sites = output_sites(slide)
-    counts = predict(model, slide, gene_idx, sites, device=device or model.config.device, stop=stop)
+    counts, _ = predict(model, slide, gene_idx, sites, device=device or model.config.device, stop=stop)
     return _assemble(adata, slide, model, gene_idx, sites, counts)
 
 
