@@ -117,3 +117,25 @@ def test_published_preset_trains_on_a_hex_slide_with_the_brick_raster():
     model = train(slide, config)
     assert model is not None and model.lattice_kind == "hex"
     assert model.config.model.patch_size == 8
+
+
+def test_validation_sites_are_never_training_targets(square_slide):
+    from napari_stentrans.core.classical import ClassicalParams
+    from napari_stentrans.core.slide import slide_from_adata
+
+    slide = slide_from_adata(square_slide)
+    sampler = PairSampler(slide, slide.expression(np.arange(4), "log1p"), tiny_config(), ClassicalParams(2, 1.0))
+    val = sampler.validation_sites(0.2, np.random.default_rng(0))
+    assert 0.2 * slide.n_usable <= val.sum() < 0.5 * slide.n_usable
+    # contiguous: every validation spot has a validation neighbour
+    from scipy.spatial import cKDTree
+
+    d, _ = cKDTree(sampler.positions[val]).query(sampler.positions[val], k=2)
+    assert d[:, 1].max() <= 1.0 + 1e-9
+    train_pair = sampler.make(np.arange(4), 0, (False, False, False), None, torch.device("cpu"), ~val)
+    val_pair = sampler.make(np.arange(4), 0, (False, False, False), None, torch.device("cpu"), val)
+    val_pixels = np.zeros(sampler.raster.shape, dtype=np.float32).ravel()
+    val_pixels[sampler.flat[val]] = 1.0
+    val_pixels = torch.from_numpy(val_pixels.reshape(sampler.raster.shape))
+    assert (train_pair.target_mask * val_pixels).sum() == 0
+    assert val_pair.target_mask.sum() > 0 and (val_pair.target_mask * (1 - val_pixels)).sum() == 0

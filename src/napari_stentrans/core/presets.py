@@ -50,6 +50,9 @@ class TrainConfig:
         Probability of dropping random blobs (about 15 % of the input spots) in a step.
     val_fraction
         Fraction of training genes held out for validation (early stopping, best weights).
+    val_sites
+        Fraction of spots (contiguous blobs) never used as training targets; validation scores
+        the held-out genes only there, so early stopping sees site-specific overfitting.
     patience
         Epochs without validation improvement before stopping; ``None`` never stops early.
     restore_best
@@ -77,6 +80,7 @@ class TrainConfig:
     symmetries: bool = True
     blob_fraction: float = 0.5
     val_fraction: float = 0.1
+    val_sites: float = 0.2
     patience: int | None = 5
     restore_best: bool = True
     seed: int = 0
@@ -152,6 +156,7 @@ def preset(name: str, lattice_kind: str = "square", **overrides) -> TrainConfig:
             blob_fraction=0.0,
             patience=None,
             restore_best=False,
+            val_sites=0.0,
         )
     else:
         raise ValueError(f"unknown preset {name!r}; choose one of {PRESETS}")

@@ -147,6 +147,22 @@ class PairSampler:
             if (self.cosets == c).sum() >= 3 and (not self.config.model.residual or c in self.bases)
         ]
 
+    def validation_sites(self, fraction: float, rng: np.random.Generator) -> np.ndarray:
+        """Boolean over usable spots: contiguous blobs (about ``fraction``) held out as targets.
+
+        Early stopping on held-out genes alone cannot see a correction that memorises
+        site-specific effects shared by all genes; those do not transfer to new sites. Spots in
+        this region are never training targets, and validation scores only them.
+        """
+        n = len(self.positions)
+        chosen = np.zeros(n, dtype=bool)
+        want = max(1, int(round(fraction * n)))
+        radius = max(1.0, np.sqrt(want / 4 / np.pi))
+        while chosen.sum() < want:
+            centre = self.positions[rng.integers(n)]
+            chosen |= np.linalg.norm(self.positions - centre, axis=1) <= radius
+        return chosen
+
     def blob_drop(self, coset: int, rng: np.random.Generator) -> np.ndarray:
         """Boolean over the coset's spots: dropped by random blobs (about 15 % of them)."""
         members = np.flatnonzero(self.cosets == coset)
@@ -170,8 +186,13 @@ class PairSampler:
         op: tuple[bool, bool, bool],
         drop: np.ndarray | None,
         device: torch.device,
+        targets: np.ndarray | None = None,
     ) -> Pair:
-        """Build the pair for a batch of genes (column indices into ``values``)."""
+        """Build the pair for a batch of genes (column indices into ``values``).
+
+        ``targets`` (boolean over the usable spots) restricts which spots the loss scores,
+        e.g. the validation region or everything but it.
+        """
         h, w = self.raster.shape
         members = np.flatnonzero(self.cosets == coset)
         kept = members if drop is None else members[~drop]
@@ -184,12 +205,20 @@ class PairSampler:
 
         target = image(batch_values)
         tmask = np.zeros(h * w, dtype=np.float32)
-        tmask[self.flat] = 1.0
+        tmask[self.flat] = 1.0 if targets is None else targets.astype(np.float32)
+        real = np.zeros(h * w, dtype=np.float32)
+        real[self.flat] = 1.0
         keep = np.zeros(h * w, dtype=np.float32)
         keep[self.flat[kept]] = 1.0
         coset_pixels = np.zeros((h, w), dtype=bool)
         coset_pixels[coset // 2 :: 2, coset % 2 :: 2] = True
-        stack = [target, tmask.reshape(1, h, w), keep.reshape(1, h, w), coset_pixels[None].astype(np.float32)]
+        stack = [
+            target,
+            tmask.reshape(1, h, w),
+            keep.reshape(1, h, w),
+            coset_pixels[None].astype(np.float32),
+            real.reshape(1, h, w),
+        ]
         if self.config.model.residual:
             basis = self.bases[coset]
             rows_in_basis = np.searchsorted(members, kept)
@@ -220,7 +249,7 @@ class PairSampler:
         channels = [lr_values]
         base = None
         if self.config.model.residual:
-            base_hr = full[n + 3 :] * full[n]
+            base_hr = full[n + 4 :] * full[n + 3]
             channels += [np.broadcast_to(keep_lr, lr_values.shape), base_hr[:, ::2, ::2] * keep_lr]
             base = torch.from_numpy(np.ascontiguousarray(base_hr)).to(device)
         inputs = np.stack(channels, axis=1)
@@ -293,9 +322,10 @@ class Trainer:
             if config.symmetries and config.raster == "index"
             else [(False, False, False)]
         )
-        val_drop = (
-            sampler.blob_drop(0, np.random.default_rng(config.seed + 1)) if config.blob_fraction > 0 else None
-        )
+        val_rng = np.random.default_rng(config.seed + 1)
+        val_drop = sampler.blob_drop(0, val_rng) if config.blob_fraction > 0 else None
+        val_sites = sampler.validation_sites(config.val_sites, val_rng) if config.val_sites > 0 else None
+        train_sites = None if val_sites is None else ~val_sites
 
         model = StEnTransViT(config.model).to(device)
         optimizer = torch.optim.AdamW(
@@ -319,7 +349,7 @@ class Trainer:
                 for chunk in np.array_split(
                     val_genes, max(1, int(np.ceil(len(val_genes) / config.batch_size)))
                 ):
-                    pair = sampler.make(chunk, cosets[0], (False, False, False), val_drop, device)
+                    pair = sampler.make(chunk, cosets[0], (False, False, False), val_drop, device, val_sites)
                     losses.append(
                         pair_loss(net(pair.inputs, pair.base), pair, config.loss_on).item() * len(chunk)
                     )
@@ -371,7 +401,7 @@ class Trainer:
                     coset = int(rng.choice(cosets))
                     op = ops[int(rng.integers(len(ops)))]
                     drop = sampler.blob_drop(coset, rng) if rng.random() < config.blob_fraction else None
-                    pair = sampler.make(genes, coset, op, drop, device)
+                    pair = sampler.make(genes, coset, op, drop, device, train_sites)
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                         loss = pair_loss(model(pair.inputs, pair.base), pair, config.loss_on)
                     optimizer.zero_grad(set_to_none=True)
