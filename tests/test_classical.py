@@ -63,17 +63,22 @@ def test_classical_estimate_reproduces_a_smooth_rank_one_field():
     np.testing.assert_allclose(depth, 0.0)
 
 
-def test_fast_selection_errors_equal_brute_force():
+def test_selection_maximises_median_gene_correlation_at_the_targets():
     rng = np.random.default_rng(2)
     xy = np.stack(np.meshgrid(np.arange(16.0), np.arange(16.0)), -1).reshape(-1, 2)
     values = (np.sin(xy[:, :1] / 4) @ rng.normal(size=(1, 30)) + rng.normal(0, 0.3, (256, 30))).astype(
         np.float32
     )
     keep = (xy[:, 0] % 2 == 0) & (xy[:, 1] % 2 == 0)
-    params, errors = select_classical_params(values, xy, keep, ranks=(1, 3), bandwidths=(0.7, 1.4))
+    log_depth = np.log(1000 + 300 * np.cos(xy[:, 1] / 5))
+    params, scores = select_classical_params(
+        values, xy, keep, ranks=(1, 3), bandwidths=(0.7, 1.4), log_depth=log_depth
+    )
     basis = LowRankBasis.fit(values[keep], 3)
-    for (r, h), err in errors.items():
+    for (r, h), score in scores.items():
         w = kernel_weights(xy[keep] / 2, xy[~keep] / 2, h)
         pred = (w @ basis.scores[:, :r]) @ basis.components[:, :r].T + basis.mean
-        assert err == pytest.approx(float(np.mean((pred - values[~keep]) ** 2)), rel=1e-4)
-    assert errors[(params.rank, params.bandwidth)] == min(errors.values())
+        per_gene = [np.corrcoef(pred[:, g], values[~keep][:, g])[0, 1] for g in range(values.shape[1])]
+        assert score == pytest.approx(float(np.median(per_gene)), abs=1e-5)
+    assert scores[(params.rank, params.bandwidth)] == max(scores.values())
+    assert params.depth_bandwidth is not None and params.depth_kernel == params.depth_bandwidth

@@ -124,7 +124,9 @@ def test_validation_sites_are_never_training_targets(square_slide):
     from napari_stentrans.core.slide import slide_from_adata
 
     slide = slide_from_adata(square_slide)
-    sampler = PairSampler(slide, slide.expression(np.arange(4), "log1p"), tiny_config(), ClassicalParams(2, 1.0))
+    sampler = PairSampler(
+        slide, slide.expression(np.arange(4), "log1p"), tiny_config(), ClassicalParams(2, 1.0)
+    )
     val = sampler.validation_sites(0.2, np.random.default_rng(0))
     assert 0.2 * slide.n_usable <= val.sum() < 0.5 * slide.n_usable
     # contiguous: every validation spot has a validation neighbour

@@ -55,6 +55,26 @@ def _build_parser() -> argparse.ArgumentParser:
     enh.add_argument("--plot", type=Path, help="write a side-by-side PNG of a few genes")
     enh.add_argument("--overwrite", action="store_true", help="replace existing output files")
     enh.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    ev = sub.add_parser("evaluate", help="honest accuracy against interpolation and classical baselines")
+    ev.add_argument("path", type=Path, help="Space Ranger folder, .h5ad, or ST counts table")
+    ev.add_argument("--coords", type=Path, help="coordinates table for a counts table")
+    ev.add_argument(
+        "--protocol",
+        choices=["heldout", "lost", "paper"],
+        default="heldout",
+        help="heldout (default, honest), lost (hidden blobs), paper (published, leaky)",
+    )
+    ev.add_argument("--epochs", type=int, help="training epochs for the stEnTrans methods (preset default)")
+    ev.add_argument(
+        "--genes", type=int, help="evaluate the N most variable detected genes (default: all detected)"
+    )
+    ev.add_argument("--methods", help="comma-separated subset of methods (default: all)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--json", type=Path, help="write the full report (per-gene r included) as JSON")
+    ev.add_argument("--plot", type=Path, help="write a box plot of per-gene r per method")
+    ev.add_argument("--overwrite", action="store_true", help="replace existing output files")
     return parser
 
 
@@ -212,6 +232,69 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    _check_output(args.json, [args.path, args.coords], args.overwrite, ".json")
+    _check_output(args.plot, [args.path, args.coords], args.overwrite, ".png")
+    if args.epochs is not None and args.epochs < 1:
+        raise CliError(f"--epochs must be at least 1, got {args.epochs}")
+    import json
+    from contextlib import ExitStack
+
+    from .core.evaluate import DEFAULT_METHODS, evaluate
+    from .core.files import atomic_path
+    from .core.io import read
+
+    methods = tuple(m.strip() for m in args.methods.split(",")) if args.methods else DEFAULT_METHODS
+    adata = read(args.path, coords=args.coords)
+    print(
+        f"{'method':22s} {'median r':>9s} {'mean r':>8s} {'median r (norm)':>16s} {'RMSE (norm)':>12s} "
+        f"{'genes':>6s} {'seconds':>8s}"
+    )
+
+    def show(name: str, s: dict) -> None:
+        print(
+            f"{name:22s} {s['median_pcc']:9.3f} {s['mean_pcc']:8.3f} {s['median_pcc_norm']:16.3f} "
+            f"{s['rmse_norm']:12.3f} {s['n_genes_scored']:6d} {s['seconds']:8.1f}",
+            flush=True,
+        )
+
+    report = evaluate(
+        adata,
+        args.protocol,
+        methods=methods,
+        n_genes=args.genes,
+        epochs=args.epochs,
+        seed=args.seed,
+        device=args.device,
+        dataset=str(args.path),
+        callback=show,
+    )
+    print(
+        f"{args.protocol}: {report['n_heldout_spots']} scored spots, {report['n_genes']} genes"
+        + (f"; {report['warning']}" if "warning" in report else "")
+    )
+    with ExitStack() as outputs:
+        if args.json is not None:
+            text = json.dumps(_finite(report), indent=1)
+            outputs.enter_context(atomic_path(args.json)).write_text(text)
+        if args.plot is not None:
+            from .core.plotting import plot_evaluation
+
+            plot_evaluation(report, outputs.enter_context(atomic_path(args.plot)))
+    return 0
+
+
+def _finite(value):
+    """JSON cannot hold NaN: write null instead."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
 def _variance(adata) -> np.ndarray:
     return np.log1p(np.asarray(adata.X)).var(axis=0)
 
@@ -263,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     from .core.io import ReadError
     from .core.lattice import LatticeError
 
-    handlers = {"info": cmd_info, "enhance": cmd_enhance}
+    handlers = {"info": cmd_info, "enhance": cmd_enhance, "evaluate": cmd_evaluate}
     try:
         return handlers[args.command](args)
     except (CliError, ReadError, LatticeError, CheckpointError) as exc:

@@ -28,7 +28,11 @@ def save_model(model: TrainedModel, path: str | Path) -> Path:
         "config": model.config.to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict.items()},
         "lattice_kind": model.lattice_kind,
-        "classical": {"rank": int(model.classical.rank), "bandwidth": float(model.classical.bandwidth)},
+        "classical": {
+            "rank": int(model.classical.rank),
+            "bandwidth": float(model.classical.bandwidth),
+            "depth_bandwidth": float(model.classical.depth_kernel),
+        },
         "target_sum": float(model.target_sum),
         "training_genes": list(model.training_genes),
         "history": {k: [float(x) for x in v] for k, v in model.history.items()},

@@ -187,7 +187,8 @@ def predict(
         basis = LowRankBasis.fit(slide.expression(basis_idx, "log1p", model.target_sum), model.classical.rank)
         rank = min(model.classical.rank, basis.max_rank)
         smoothed_scores = weights @ basis.scores[:, :rank]
-        out_depth = np.exp(weights @ np.log(depth_usable))
+        depth_weights = kernel_weights(src_xy, dst_xy, model.classical.depth_kernel)
+        out_depth = np.exp(depth_weights @ np.log(depth_usable))
     else:
         out_depth = None
     result = np.zeros((len(sites), len(gene_idx)), dtype=np.float32)
@@ -355,6 +356,7 @@ def _assemble(
         "config": _plain(model.config.to_dict()),
         "classical_rank": int(model.classical.rank),
         "classical_bandwidth": float(model.classical.bandwidth),
+        "classical_depth_bandwidth": float(model.classical.depth_kernel),
         "target_sum": float(model.target_sum),
         "n_training_genes": len(model.training_genes),
         "history": {k: np.asarray(v, dtype=float) for k, v in model.history.items()},

@@ -222,9 +222,9 @@ def _classical(smoothing: str) -> Callable[[Split], MethodResult]:
         krow = split.known.obs["array_row"].to_numpy()[rows][ok]
         kcol = split.known.obs["array_col"].to_numpy()[rows][ok]
         keep = lattice.coset(krow, kcol) == 0
-        params, errors = select_classical_params(values, xy / (xy_pitch(xy)), keep)
+        pitch = xy_pitch(xy)
+        params, _ = select_classical_params(values, xy / pitch, keep, log_depth=np.log(depth[ok]))
         if smoothing == "kernel":
-            pitch = xy_pitch(xy)
             est, log_depth = classical_estimate(
                 values, np.log(depth[ok]), xy / pitch, split.target_xy / pitch, params
             )
@@ -243,7 +243,11 @@ def _classical(smoothing: str) -> Callable[[Split], MethodResult]:
             counts,
             pred_depth,
             time.perf_counter() - start,
-            {"rank": params.rank, "bandwidth": params.bandwidth},
+            {
+                "rank": params.rank,
+                "bandwidth": params.bandwidth,
+                "depth_bandwidth": params.depth_kernel if smoothing == "kernel" else "linear",
+            },
         )
 
     return run
@@ -282,6 +286,7 @@ def _stentrans(
                 "best_epoch": model.history.get("best_epoch", [None])[0],
                 "classical_rank": model.classical.rank,
                 "classical_bandwidth": model.classical.bandwidth,
+                "classical_depth_bandwidth": model.classical.depth_kernel,
             },
         )
 
@@ -317,7 +322,7 @@ def score(result: MethodResult, split: Split) -> dict:
     """Per-method summary: Pearson r on counts and on normalised values, RMSE (normalised)."""
     r_counts = pearson_per_gene(result.counts, split.truth)
     truth_norm = normalize(split.truth, split.truth_depth)
-    pred_norm = normalize(result.counts, np.maximum(result.depth, 1e-9))
+    pred_norm = normalize(np.clip(result.counts, 0, None), np.maximum(result.depth, 1e-9))
     r_norm = pearson_per_gene(pred_norm, truth_norm)
     scored = ~np.isnan(r_counts)
     return {

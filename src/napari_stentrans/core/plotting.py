@@ -69,3 +69,30 @@ def plot_side_by_side(original: ad.AnnData, enhanced: ad.AnnData, genes: list[st
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path
+
+
+def plot_evaluation(report: dict, path: str | Path) -> Path:
+    """Box plot of per-gene Pearson r (counts) per method from an :func:`evaluate` report."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    names = list(report["methods"])
+    data = [[v for v in report["methods"][m]["pcc"] if v is not None] for m in names]
+    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 4))
+    ax.boxplot(data, showfliers=False)
+    ax.set_xticks(range(1, len(names) + 1), names, rotation=30, ha="right")
+    ax.axhline(0, color="0.6", lw=0.8)
+    ax.set_ylabel("per-gene Pearson r (counts) at scored spots")
+    ax.set_title(
+        f"{report['dataset']}: {report['protocol']}, {report['n_genes']} genes, "
+        f"{report['n_heldout_spots']} spots",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path

@@ -310,7 +310,9 @@ class Trainer:
         classical = ClassicalParams()
         if config.model.residual:
             keep = slide.lattice.coset(slide.row[slide.usable], slide.col[slide.usable]) == 0
-            classical, _ = select_classical_params(values, slide.positions(slide.usable), keep)
+            classical, _ = select_classical_params(
+                values, slide.positions(slide.usable), keep, log_depth=np.log(slide.depth[slide.usable])
+            )
         sampler = PairSampler(slide, values, config, classical)
         n_genes = values.shape[1]
         perm = rng.permutation(n_genes)
@@ -373,7 +375,7 @@ class Trainer:
             None,
             dev,
             f"{slide.n_usable} spots, {n_genes} training genes ({len(val_genes)} validation), "
-            f"classical rank {classical.rank}, bandwidth {classical.bandwidth}",
+            f"classical rank {classical.rank}, bandwidth {classical.bandwidth}, depth bandwidth {classical.depth_kernel}",
         )
         done = 0
         try:
