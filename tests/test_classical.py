@@ -81,4 +81,20 @@ def test_selection_maximises_median_gene_correlation_at_the_targets():
         per_gene = [np.corrcoef(pred[:, g], values[~keep][:, g])[0, 1] for g in range(values.shape[1])]
         assert score == pytest.approx(float(np.median(per_gene)), abs=1e-5)
     assert scores[(params.rank, params.bandwidth)] == max(scores.values())
-    assert params.depth_bandwidth is not None and params.depth_kernel == params.depth_bandwidth
+    assert params.depth_bandwidth in (None, 0.3, 0.5, 0.7, 1.0, 1.4, 2.0)
+
+
+def test_linear_weights_equal_griddata_linear():
+    from scipy.interpolate import griddata
+
+    from napari_stentrans.core.classical import linear_weights
+
+    rng = np.random.default_rng(4)
+    src = rng.uniform(0, 10, size=(60, 2))
+    dst = rng.uniform(2, 8, size=(40, 2))
+    values = rng.normal(size=(60, 3))
+    w = linear_weights(src, dst)
+    expected = griddata(src, values, dst, method="linear")
+    inside = ~np.isnan(expected[:, 0])
+    np.testing.assert_allclose((w @ values)[inside], expected[inside], atol=1e-9)
+    np.testing.assert_allclose(np.asarray(w.sum(axis=1)).ravel(), 1.0)  # outside the hull: kernel rows

@@ -20,8 +20,9 @@ from scipy.spatial import cKDTree
 
 TARGET_SUM = 1e4
 RANK_GRID = (1, 2, 3, 5, 8, 12, 20, 30)
-BANDWIDTH_GRID = (0.5, 0.7, 1.0, 1.4, 2.0)
-DEPTH_BANDWIDTH_GRID = (0.3, 0.5, 0.7, 1.0, 1.4, 2.0)
+# None = linear interpolation; numbers = Gaussian kernel bandwidths in input pitches
+BANDWIDTH_GRID: tuple[float | None, ...] = (None, 0.4, 0.5, 0.7, 1.0, 1.4, 2.0)
+DEPTH_BANDWIDTH_GRID: tuple[float | None, ...] = (None, 0.3, 0.5, 0.7, 1.0, 1.4, 2.0)
 
 
 def normalize(counts: np.ndarray, depth: np.ndarray, target_sum: float = TARGET_SUM) -> np.ndarray:
@@ -58,6 +59,44 @@ def kernel_weights(source_xy: np.ndarray, target_xy: np.ndarray, bandwidth: floa
     w /= w.sum(axis=1, keepdims=True)
     indptr = np.arange(0, w.size + 1, k)
     return sp.csr_matrix((w.ravel(), idx.ravel(), indptr), shape=(len(target_xy), n_source))
+
+
+def linear_weights(source_xy: np.ndarray, target_xy: np.ndarray) -> sp.csr_matrix:
+    """Barycentric weights of Delaunay linear interpolation ``(n_target, n_source)``.
+
+    The same estimator as ``scipy.interpolate.griddata(method="linear")``, as a sparse matrix
+    so it can act on low-rank scores. Targets outside the convex hull of the sources (and
+    degenerate inputs) take normalised Gaussian weights of one source pitch instead.
+    """
+    from scipy.spatial import Delaunay, QhullError
+
+    n_target = len(target_xy)
+    try:
+        tri = Delaunay(source_xy)
+    except (QhullError, ValueError):
+        return kernel_weights(source_xy, target_xy, 1.0)
+    simplex = tri.find_simplex(target_xy)
+    inside = simplex >= 0
+    transform = tri.transform[simplex[inside]]
+    bary = np.einsum("nij,nj->ni", transform[:, :2], target_xy[inside] - transform[:, 2])
+    weights = np.column_stack([bary, 1.0 - bary.sum(axis=1)])
+    rows = np.repeat(np.flatnonzero(inside), 3)
+    cols = tri.simplices[simplex[inside]].ravel()
+    matrix = sp.csr_matrix((weights.ravel(), (rows, cols)), shape=(n_target, len(source_xy)))
+    if not inside.all():
+        outside = np.flatnonzero(~inside)
+        fallback = kernel_weights(source_xy, target_xy[outside], 1.0).tocoo()
+        matrix = matrix + sp.csr_matrix(
+            (fallback.data, (outside[fallback.row], fallback.col)), shape=matrix.shape
+        )
+    return matrix.tocsr()
+
+
+def smoothing_weights(source_xy: np.ndarray, target_xy: np.ndarray, bandwidth: float | None) -> sp.csr_matrix:
+    """Kernel weights of ``bandwidth`` source pitches, or linear interpolation when it is None."""
+    if bandwidth is None:
+        return linear_weights(source_xy, target_xy)
+    return kernel_weights(source_xy, target_xy, bandwidth)
 
 
 @dataclass
@@ -121,20 +160,43 @@ class LowRankBasis:
 
 @dataclass(frozen=True)
 class ClassicalParams:
-    """Rank of the reconstruction, kernel bandwidth for expression and for log depth (input pitches).
+    """Rank of the reconstruction and smoothers for expression and for log depth.
 
-    Depth has its own bandwidth: noisy expression favours strong smoothing, but per-gene r on
-    counts is dominated by each spot's depth, which an expression-sized kernel over-smooths
-    (olfactory bulb, heldout: median r 0.035 with one shared bandwidth of 2 pitches).
+    A bandwidth (in input pitches) means a normalised Gaussian kernel; ``None`` means linear
+    (Delaunay barycentric) interpolation. Depth has its own smoother: noisy expression favours
+    strong smoothing, but per-gene r on counts is dominated by each spot's depth, which an
+    expression-sized kernel over-smooths (olfactory bulb, heldout: median r 0.035 with one
+    shared bandwidth of 2 pitches).
     """
 
     rank: int = 5
-    bandwidth: float = 1.0
+    bandwidth: float | None = 1.0
     depth_bandwidth: float | None = None
 
-    @property
-    def depth_kernel(self) -> float:
-        return self.bandwidth if self.depth_bandwidth is None else self.depth_bandwidth
+    def weights(self, source_xy: np.ndarray, target_xy: np.ndarray) -> sp.csr_matrix:
+        return smoothing_weights(source_xy, target_xy, self.bandwidth)
+
+    def depth_weights(self, source_xy: np.ndarray, target_xy: np.ndarray) -> sp.csr_matrix:
+        return smoothing_weights(source_xy, target_xy, self.depth_bandwidth)
+
+    def describe(self) -> dict:
+        """Plain values for reports and checkpoints ("linear" for the interpolator)."""
+
+        def name(h: float | None):
+            return "linear" if h is None else float(h)
+
+        return {
+            "rank": int(self.rank),
+            "bandwidth": name(self.bandwidth),
+            "depth_bandwidth": name(self.depth_bandwidth),
+        }
+
+    @classmethod
+    def from_description(cls, data: dict) -> ClassicalParams:
+        def value(h):
+            return None if h in (None, "linear") else float(h)
+
+        return cls(int(data["rank"]), value(data.get("bandwidth")), value(data.get("depth_bandwidth")))
 
 
 def classical_estimate(
@@ -146,7 +208,7 @@ def classical_estimate(
     basis: LowRankBasis | None = None,
     basis_values: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Low-rank reconstruction + kernel smoothing from source spots to target positions.
+    """Low-rank reconstruction + smoothing (kernel or linear) from source spots to target positions.
 
     Parameters
     ----------
@@ -169,11 +231,11 @@ def classical_estimate(
         basis = LowRankBasis.fit(values if basis_values is None else basis_values, params.rank)
     rank = min(params.rank, basis.max_rank)
     mean, coef = basis.loadings(values, rank)
-    weights = kernel_weights(source_xy, target_xy, params.bandwidth)
-    smoothed_scores = weights @ basis.scores[:, :rank]
+    smoothed_scores = params.weights(source_xy, target_xy) @ basis.scores[:, :rank]
     estimate = smoothed_scores @ coef + mean
-    depth_weights = kernel_weights(source_xy, target_xy, params.depth_kernel)
-    return estimate.astype(np.float32), (depth_weights @ log_depth).astype(np.float32)
+    return estimate.astype(np.float32), (params.depth_weights(source_xy, target_xy) @ log_depth).astype(
+        np.float32
+    )
 
 
 def _column_pearson(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -188,10 +250,11 @@ def select_classical_params(
     positions: np.ndarray,
     keep: np.ndarray,
     ranks: tuple[int, ...] = RANK_GRID,
-    bandwidths: tuple[float, ...] = BANDWIDTH_GRID,
+    bandwidths: tuple[float | None, ...] = BANDWIDTH_GRID,
     log_depth: np.ndarray | None = None,
     max_genes: int = 500,
-) -> tuple[ClassicalParams, dict[tuple[int, float], float]]:
+    depth_bandwidths: tuple[float | None, ...] = DEPTH_BANDWIDTH_GRID,
+) -> tuple[ClassicalParams, dict[tuple[int, float | None], float]]:
     """Choose rank and bandwidths on a self-supervised pair (kept sites -> the others).
 
     The criterion is the one the results are judged by: the median over genes of the Pearson
@@ -207,8 +270,8 @@ def select_classical_params(
     keep
         Boolean mask of the down-sampled coset used as input; the others are targets.
     log_depth
-        ``(n_sites,)`` log total counts; when given, the depth bandwidth is chosen too (highest
-        Pearson r of log depth at the targets).
+        ``(n_sites,)`` log total counts; when given, the depth smoother is chosen too (highest
+        Pearson r of log depth at the targets) from ``depth_bandwidths``.
     max_genes
         Genes used for the choice (evenly spaced over the columns), to bound its cost.
 
@@ -223,9 +286,9 @@ def select_classical_params(
     cols = np.unique(np.linspace(0, values.shape[1] - 1, min(max_genes, values.shape[1])).astype(int))
     src, dst = values[keep][:, cols], values[~keep][:, cols]
     basis = LowRankBasis.fit(src, max(ranks))
-    scores: dict[tuple[int, float], float] = {}
+    scores: dict[tuple[int, float | None], float] = {}
     for h in bandwidths:
-        weights = kernel_weights(positions[keep] / 2.0, positions[~keep] / 2.0, h)
+        weights = smoothing_weights(positions[keep] / 2.0, positions[~keep] / 2.0, h)
         smoothed = weights @ basis.scores
         for r in ranks:
             if r > basis.max_rank:
@@ -234,11 +297,11 @@ def select_classical_params(
             r_genes = _column_pearson(pred, dst)
             scores[(r, h)] = float(np.nanmedian(r_genes)) if np.isfinite(r_genes).any() else -1.0
     (rank, h) = max(scores, key=scores.get)
-    depth_h = None
+    depth_h = h
     if log_depth is not None:
         depth_scores = {}
-        for hd in DEPTH_BANDWIDTH_GRID:
-            est = kernel_weights(positions[keep] / 2.0, positions[~keep] / 2.0, hd) @ log_depth[keep]
+        for hd in depth_bandwidths:
+            est = smoothing_weights(positions[keep] / 2.0, positions[~keep] / 2.0, hd) @ log_depth[keep]
             r_depth = _column_pearson(est[:, None], log_depth[~keep][:, None])[0]
             depth_scores[hd] = -1.0 if np.isnan(r_depth) else float(r_depth)
         depth_h = max(depth_scores, key=depth_scores.get)

@@ -22,7 +22,7 @@ import torch
 from scipy import ndimage
 
 from .. import __version__
-from .classical import LowRankBasis, denormalize, kernel_weights, normalize
+from .classical import LowRankBasis, denormalize, normalize
 from .lattice import CHILD_OFFSETS, BrickRaster, IndexRaster, Lattice, child_between
 from .presets import TrainConfig, preset
 from .slide import MaskLike, Slide, site_keys, slide_from_adata
@@ -182,13 +182,11 @@ def predict(
     dst_xy = slide.lattice.physical(sites.row, sites.col, scale=2.0) / slide.lattice.pitch_um
     residual = config.model.residual
     if residual:
-        weights = kernel_weights(src_xy, dst_xy, model.classical.bandwidth)
         basis_idx = slide.most_variable(slide.eligible_genes(config.min_detection), config.n_train_genes)
         basis = LowRankBasis.fit(slide.expression(basis_idx, "log1p", model.target_sum), model.classical.rank)
         rank = min(model.classical.rank, basis.max_rank)
-        smoothed_scores = weights @ basis.scores[:, :rank]
-        depth_weights = kernel_weights(src_xy, dst_xy, model.classical.depth_kernel)
-        out_depth = np.exp(depth_weights @ np.log(depth_usable))
+        smoothed_scores = model.classical.weights(src_xy, dst_xy) @ basis.scores[:, :rank]
+        out_depth = np.exp(model.classical.depth_weights(src_xy, dst_xy) @ np.log(depth_usable))
     else:
         out_depth = None
     result = np.zeros((len(sites), len(gene_idx)), dtype=np.float32)
@@ -354,9 +352,7 @@ def _assemble(
         "coordinates": "half-pitch: measured spot (r, c) of the input is at (2r, 2c)",
         "preset": model.config.preset,
         "config": _plain(model.config.to_dict()),
-        "classical_rank": int(model.classical.rank),
-        "classical_bandwidth": float(model.classical.bandwidth),
-        "classical_depth_bandwidth": float(model.classical.depth_kernel),
+        "classical": model.classical.describe(),
         "target_sum": float(model.target_sum),
         "n_training_genes": len(model.training_genes),
         "history": {k: np.asarray(v, dtype=float) for k, v in model.history.items()},

@@ -31,9 +31,10 @@ import scipy.sparse as sp
 from scipy.interpolate import griddata
 
 from .classical import (
+    BANDWIDTH_GRID,
+    DEPTH_BANDWIDTH_GRID,
     TARGET_SUM,
     ClassicalParams,
-    LowRankBasis,
     classical_estimate,
     denormalize,
     normalize,
@@ -206,7 +207,15 @@ def _known_counts(split: Split):
 
 
 def _classical(smoothing: str) -> Callable[[Split], MethodResult]:
-    """Low-rank reconstruction of the known spots, then linear interpolation or kernel smoothing."""
+    """Low-rank reconstruction of the known spots, then linear interpolation or kernel smoothing.
+
+    Rank and bandwidths are chosen on down(known) -> known, never on the scored spots; the
+    ``linear`` baseline interpolates scores and log depth linearly, the ``kernel`` baseline
+    chooses Gaussian bandwidths for both.
+    """
+    kernel_grid = tuple(h for h in BANDWIDTH_GRID if h is not None)
+    depth_grid = (None,) if smoothing == "linear" else tuple(h for h in DEPTH_BANDWIDTH_GRID if h is not None)
+    grid = (None,) if smoothing == "linear" else kernel_grid
 
     def run(split: Split) -> MethodResult:
         start = time.perf_counter()
@@ -217,38 +226,25 @@ def _classical(smoothing: str) -> Callable[[Split], MethodResult]:
         gene_idx = split.known.var_names.get_indexer(split.genes)
         values = normalize(_dense(x[:, gene_idx])[ok], depth[ok])
         xy = split.known_xy[ok]
-        # rank (and bandwidth) chosen on down(known) -> known, never on the scored spots
         lattice = lattice_of(split.known)
         krow = split.known.obs["array_row"].to_numpy()[rows][ok]
         kcol = split.known.obs["array_col"].to_numpy()[rows][ok]
         keep = lattice.coset(krow, kcol) == 0
         pitch = xy_pitch(xy)
-        params, _ = select_classical_params(values, xy / pitch, keep, log_depth=np.log(depth[ok]))
-        if smoothing == "kernel":
-            est, log_depth = classical_estimate(
-                values, np.log(depth[ok]), xy / pitch, split.target_xy / pitch, params
-            )
-        else:
-            basis = LowRankBasis.fit(values, params.rank)
-            z = basis.scores[:, : params.rank]
-            smoothed = np.column_stack([z, np.log(depth[ok])])
-            interp = griddata(xy, smoothed, split.target_xy, method="linear")
-            near = griddata(xy, smoothed, split.target_xy, method="nearest")
-            interp = np.where(np.isnan(interp), near, interp)
-            est = interp[:, :-1] @ basis.components[:, : params.rank].T + basis.mean
-            log_depth = interp[:, -1]
+        params, _ = select_classical_params(
+            values,
+            xy / pitch,
+            keep,
+            bandwidths=grid,
+            log_depth=np.log(depth[ok]),
+            depth_bandwidths=depth_grid,
+        )
+        est, log_depth = classical_estimate(
+            values, np.log(depth[ok]), xy / pitch, split.target_xy / pitch, params
+        )
         pred_depth = np.exp(log_depth)
         counts = denormalize(np.clip(est, 0, None), pred_depth)
-        return MethodResult(
-            counts,
-            pred_depth,
-            time.perf_counter() - start,
-            {
-                "rank": params.rank,
-                "bandwidth": params.bandwidth,
-                "depth_bandwidth": params.depth_kernel if smoothing == "kernel" else "linear",
-            },
-        )
+        return MethodResult(counts, pred_depth, time.perf_counter() - start, params.describe())
 
     return run
 
@@ -284,9 +280,7 @@ def _stentrans(
             time.perf_counter() - start,
             {
                 "best_epoch": model.history.get("best_epoch", [None])[0],
-                "classical_rank": model.classical.rank,
-                "classical_bandwidth": model.classical.bandwidth,
-                "classical_depth_bandwidth": model.classical.depth_kernel,
+                **{f"classical_{k}": v for k, v in model.classical.describe().items()},
             },
         )
 

@@ -20,7 +20,7 @@ import anndata as ad
 import numpy as np
 import torch
 
-from .classical import TARGET_SUM, ClassicalParams, LowRankBasis, kernel_weights, select_classical_params
+from .classical import TARGET_SUM, ClassicalParams, LowRankBasis, select_classical_params
 from .lattice import BrickRaster, apply_symmetry
 from .model import StEnTransViT
 from .presets import TrainConfig
@@ -222,9 +222,7 @@ class PairSampler:
         if self.config.model.residual:
             basis = self.bases[coset]
             rows_in_basis = np.searchsorted(members, kept)
-            weights = kernel_weights(
-                self.positions[kept] / 2.0, self.positions / 2.0, self.classical.bandwidth
-            )
+            weights = self.classical.weights(self.positions[kept] / 2.0, self.positions / 2.0)
             scores = weights @ basis.scores[rows_in_basis, : self.classical.rank]
             estimate = scores @ basis.components[genes, : self.classical.rank].T + basis.mean[genes]
             stack.append(image(estimate.astype(np.float32)))
@@ -375,7 +373,7 @@ class Trainer:
             None,
             dev,
             f"{slide.n_usable} spots, {n_genes} training genes ({len(val_genes)} validation), "
-            f"classical rank {classical.rank}, bandwidth {classical.bandwidth}, depth bandwidth {classical.depth_kernel}",
+            f"classical {classical.describe()}",
         )
         done = 0
         try:
