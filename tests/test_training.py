@@ -141,3 +141,29 @@ def test_validation_sites_are_never_training_targets(square_slide):
     val_pixels = torch.from_numpy(val_pixels.reshape(sampler.raster.shape))
     assert (train_pair.target_mask * val_pixels).sum() == 0
     assert val_pair.target_mask.sum() > 0 and (val_pair.target_mask * (1 - val_pixels)).sum() == 0
+
+
+def test_inpainting_pairs_score_only_dropped_spots_at_their_own_pixel(square_slide):
+    from napari_stentrans.core.classical import ClassicalParams
+    from napari_stentrans.core.slide import slide_from_adata
+    from napari_stentrans.core.training import _inpaint_pair
+
+    slide = slide_from_adata(square_slide)
+    sampler = PairSampler(slide, slide.expression(np.arange(6), "log1p"), tiny_config(), ClassicalParams(2, None))
+    drop = sampler.inpaint_drop(np.random.default_rng(3))
+    assert 0 < drop.sum() < 0.5 * slide.n_usable
+    pair = _inpaint_pair(sampler, np.arange(6), (False, False, False), drop, torch.device("cpu"), None, None, None)
+    h, w = sampler.raster.shape
+    assert pair.inputs.shape == (6, 3, h, w) and pair.target.shape == (6, 2 * h, 2 * w)
+    dropped_pixels = np.zeros(h * w, dtype=np.float32)
+    dropped_pixels[sampler.flat[drop]] = 1.0
+    dropped_pixels = torch.from_numpy(dropped_pixels.reshape(h, w))
+    torch.testing.assert_close(pair.target_mask[::2, ::2], dropped_pixels)  # child 0 of each dropped spot
+    assert pair.target_mask.sum() == drop.sum()
+    assert (pair.inputs[:, 1] * dropped_pixels).sum() == 0  # hidden from the input
+    assert (pair.inputs[:, 0] * dropped_pixels).abs().sum() == 0
+    # the base fills the hole from the kept spots: finite and non-zero inside the hole
+    assert torch.all(pair.base[:, ::2, ::2][:, dropped_pixels > 0] > 0)
+    window = _inpaint_pair(sampler, np.arange(6), slide.lattice.symmetries[3], drop, torch.device("cpu"),
+                           None, (6, 6), np.random.default_rng(0))
+    assert window.inputs.shape == (6, 3, 6, 6) and window.target_mask.sum() > 0

@@ -48,6 +48,9 @@ class TrainConfig:
         Use all four down-sampling cosets / the lattice's raster symmetries as training pairs.
     blob_fraction
         Probability of dropping random blobs (about 15 % of the input spots) in a step.
+    inpaint_fraction
+        Probability that a step is a same-scale hole-filling pair (the full-resolution slide
+        with blobs dropped -> the dropped spots) instead of an upsampling pair.
     val_fraction
         Fraction of training genes held out for validation (early stopping, best weights).
     val_sites
@@ -79,6 +82,7 @@ class TrainConfig:
     cosets: bool = True
     symmetries: bool = True
     blob_fraction: float = 0.5
+    inpaint_fraction: float = 0.5
     val_fraction: float = 0.1
     val_sites: float = 0.2
     patience: int | None = 5
@@ -154,6 +158,7 @@ def preset(name: str, lattice_kind: str = "square", **overrides) -> TrainConfig:
             cosets=False,
             symmetries=False,
             blob_fraction=0.0,
+            inpaint_fraction=0.0,
             patience=None,
             restore_best=False,
             val_sites=0.0,

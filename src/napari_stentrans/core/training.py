@@ -137,6 +137,7 @@ class PairSampler:
                 members = self.cosets == c
                 if members.sum() >= 3:
                     self.bases[c] = LowRankBasis.fit(values[members], classical.rank)
+            self.full_basis = LowRankBasis.fit(values, classical.rank)
 
     def available_cosets(self) -> list[int]:
         if not self.config.cosets:
@@ -165,16 +166,27 @@ class PairSampler:
 
     def blob_drop(self, coset: int, rng: np.random.Generator) -> np.ndarray:
         """Boolean over the coset's spots: dropped by random blobs (about 15 % of them)."""
-        members = np.flatnonzero(self.cosets == coset)
+        return self._blobs(np.flatnonzero(self.cosets == coset), rng, 0.15, (2.0, 6.0))
+
+    def inpaint_drop(self, rng: np.random.Generator) -> np.ndarray:
+        """Boolean over all usable spots: blobs of 1-4 pitches covering about 10 % of them."""
+        return self._blobs(np.arange(len(self.positions)), rng, 0.10, (1.0, 4.0))
+
+    def _blobs(
+        self,
+        members: np.ndarray,
+        rng: np.random.Generator,
+        fraction: float,
+        radius_range: tuple[float, float],
+    ) -> np.ndarray:
+        """Random disks (radii in fine pitches) over ``members`` covering about ``fraction``."""
         pos = self.positions[members]
         dropped = np.zeros(len(members), dtype=bool)
-        target = 0.15 * len(members)
         for _ in range(20):
-            if dropped.sum() >= target:
+            if dropped.sum() >= fraction * len(members):
                 break
             centre = pos[rng.integers(len(members))]
-            radius = rng.uniform(1.0, 3.0) * 2.0  # in fine pitches: 1-3 input pitches
-            dropped |= np.linalg.norm(pos - centre, axis=1) <= radius
+            dropped |= np.linalg.norm(pos - centre, axis=1) <= rng.uniform(*radius_range)
         if dropped.all():
             dropped[rng.integers(len(members))] = False
         return dropped
@@ -259,6 +271,70 @@ class PairSampler:
         )
 
 
+def _inpaint_pair(
+    sampler: PairSampler,
+    genes: np.ndarray,
+    op: tuple[bool, bool, bool],
+    drop: np.ndarray,
+    device: torch.device,
+    targets: np.ndarray | None,
+    window: tuple[int, int] | None,
+    rng: np.random.Generator | None,
+) -> Pair:
+    """Same-scale hole filling: the full-resolution slide with blobs dropped -> the dropped spots.
+
+    Unlike the upsampling pairs, this task has exactly the scale of its use (filling lost
+    regions of the slide), so nothing has to transfer across scales. Each dropped spot is the
+    target of child 0 of its own pixel; ``window`` crops the raster around a dropped spot so a
+    step costs about as much as an upsampling pair (the classical base sees the whole slide).
+    """
+    h, w = sampler.raster.shape
+    kept = ~drop
+    n = len(genes)
+
+    def image(per_site: np.ndarray) -> np.ndarray:
+        img = np.zeros((per_site.shape[1], h * w), dtype=np.float32)
+        img[:, sampler.flat] = per_site.T
+        return img.reshape(-1, h, w)
+
+    scored = drop if targets is None else drop & targets
+    basis, rank = sampler.full_basis, sampler.classical.rank
+    weights = sampler.classical.weights(sampler.positions[kept], sampler.positions)
+    estimate = (weights @ basis.scores[kept, :rank]) @ basis.components[genes, :rank].T + basis.mean[genes]
+    full = np.concatenate(
+        [
+            image(sampler.values[:, genes]),
+            image(scored[:, None].astype(np.float32)),
+            image(kept[:, None].astype(np.float32)),
+            image(estimate.astype(np.float32)),
+        ],
+        axis=0,
+    )
+    full = apply_symmetry(full, op) if sampler.config.symmetries else full
+    if window is not None:
+        wh, ww = min(window[0], full.shape[1]), min(window[1], full.shape[2])
+        candidates = np.argwhere(full[n] > 0.5)
+        cr, cc = candidates[rng.integers(len(candidates))] if len(candidates) else (0, 0)
+        r0 = int(np.clip(cr - wh // 2, 0, full.shape[1] - wh))
+        c0 = int(np.clip(cc - ww // 2, 0, full.shape[2] - ww))
+        full = full[:, r0 : r0 + wh, c0 : c0 + ww]
+    values, tmask, keep, base = full[:n], full[n], full[n + 1], full[n + 2 :]
+    hh, ww = tmask.shape
+    target_hr = np.zeros((n, 2 * hh, 2 * ww), dtype=np.float32)
+    target_hr[:, ::2, ::2] = values
+    tmask_hr = np.zeros((2 * hh, 2 * ww), dtype=np.float32)
+    tmask_hr[::2, ::2] = tmask
+    base_hr = np.zeros_like(target_hr)
+    base_hr[:, ::2, ::2] = base
+    inputs = np.stack([values * keep, np.broadcast_to(keep, values.shape), base * keep], axis=1)
+    return Pair(
+        inputs=torch.from_numpy(np.ascontiguousarray(inputs)).to(device),
+        base=torch.from_numpy(base_hr).to(device),
+        target=torch.from_numpy(target_hr).to(device),
+        target_mask=torch.from_numpy(tmask_hr).to(device),
+    )
+
+
 def pair_loss(pred: torch.Tensor, pair: Pair, loss_on: str) -> torch.Tensor:
     """Mean squared error over real spots hidden from the input (default) or every pixel (published)."""
     err = (pred.float() - pair.target) ** 2
@@ -326,6 +402,9 @@ class Trainer:
         val_drop = sampler.blob_drop(0, val_rng) if config.blob_fraction > 0 else None
         val_sites = sampler.validation_sites(config.val_sites, val_rng) if config.val_sites > 0 else None
         train_sites = None if val_sites is None else ~val_sites
+        inpaint = config.inpaint_fraction > 0 and config.model.residual
+        val_hole = val_sites if val_sites is not None else sampler.inpaint_drop(val_rng)
+        window = (max(8, sampler.raster.shape[0] // 2), max(8, sampler.raster.shape[1] // 2))
 
         model = StEnTransViT(config.model).to(device)
         optimizer = torch.optim.AdamW(
@@ -350,9 +429,15 @@ class Trainer:
                     val_genes, max(1, int(np.ceil(len(val_genes) / config.batch_size)))
                 ):
                     pair = sampler.make(chunk, cosets[0], (False, False, False), val_drop, device, val_sites)
-                    losses.append(
-                        pair_loss(net(pair.inputs, pair.base), pair, config.loss_on).item() * len(chunk)
-                    )
+                    loss = pair_loss(net(pair.inputs, pair.base), pair, config.loss_on).item()
+                    if inpaint:  # the validation region as a lost hole, at full resolution
+                        hole = _inpaint_pair(
+                            sampler, chunk, (False, False, False), val_hole, device, val_hole, None, None
+                        )
+                        loss = (
+                            loss + pair_loss(net(hole.inputs, hole.base), hole, config.loss_on).item()
+                        ) / 2
+                    losses.append(loss * len(chunk))
             net.train()
             return sum(losses) / len(val_genes)
 
@@ -400,8 +485,13 @@ class Trainer:
                     genes = np.sort(order[step * config.batch_size : (step + 1) * config.batch_size])
                     coset = int(rng.choice(cosets))
                     op = ops[int(rng.integers(len(ops)))]
-                    drop = sampler.blob_drop(coset, rng) if rng.random() < config.blob_fraction else None
-                    pair = sampler.make(genes, coset, op, drop, device, train_sites)
+                    if inpaint and rng.random() < config.inpaint_fraction:
+                        pair = _inpaint_pair(
+                            sampler, genes, op, sampler.inpaint_drop(rng), device, train_sites, window, rng
+                        )
+                    else:
+                        drop = sampler.blob_drop(coset, rng) if rng.random() < config.blob_fraction else None
+                        pair = sampler.make(genes, coset, op, drop, device, train_sites)
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                         loss = pair_loss(model(pair.inputs, pair.base), pair, config.loss_on)
                     optimizer.zero_grad(set_to_none=True)
