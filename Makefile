@@ -26,8 +26,13 @@ demo: setup
 	$(BIN)/stentrans enhance sample_data/synthetic_visium.h5ad -o out/synthetic_visium_x2.h5ad \
 		--plot out/synthetic_visium_x2.png --save-model out/synthetic_visium_model.pt --overwrite
 
+# napari tests need a display: use Xvfb when there is none (CI installs it, see .ci/run)
 test: setup
-	$(BIN)/python -m pytest
+	@if [ -z "$$DISPLAY" ] && command -v xvfb-run >/dev/null; then \
+		xvfb-run -a $(BIN)/python -m pytest; \
+	else \
+		$(BIN)/python -m pytest; \
+	fi
 
 bench: setup
 	$(BIN)/python benchmarks/bench_geometry.py

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from conftest import block_sites, make_slide
+from helpers import block_sites, make_slide
 from napari_stentrans.cli import main
 
 FAST = ["--epochs", "1", "--train-genes", "16", "--quiet", "--device", "cpu"]
@@ -207,7 +207,7 @@ REAL_SLIDES = [
     ("relpath", "kind", "n_spots"), REAL_SLIDES, ids=[s[0].split("/")[0] for s in REAL_SLIDES]
 )
 def test_enhance_real_slides_from_the_command_line(relpath, kind, n_spots, tmp_path, capsys):
-    from conftest import shared_data_or_skip
+    from helpers import shared_data_or_skip
     from napari_stentrans.core.io import read
     from napari_stentrans.core.lattice import Lattice
 

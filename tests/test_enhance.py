@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from conftest import block_sites, make_slide, tiny_config
+from helpers import block_sites, make_slide, tiny_config
 from napari_stentrans.core.checkpoint import CheckpointError, load_model, save_model
 from napari_stentrans.core.enhance import enhance
 from napari_stentrans.core.lattice import Lattice

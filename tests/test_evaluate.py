@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import block_sites, make_slide
+from helpers import block_sites, make_slide
 from napari_stentrans.cli import main
 from napari_stentrans.core.evaluate import evaluate, make_split, pearson_per_gene
 

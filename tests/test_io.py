@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from conftest import block_sites, make_slide, shared_data_or_skip
+from helpers import block_sites, make_slide, shared_data_or_skip
 from napari_stentrans.core.io import ReadError, read
 
 # (path below shared/data, lattice kind, spots after reading)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import block_sites
+from helpers import block_sites
 from napari_stentrans.core.lattice import (
     IndexRaster,
     Lattice,

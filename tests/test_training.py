@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import block_sites, make_slide, tiny_config
+from helpers import block_sites, make_slide, tiny_config
 from napari_stentrans.core.presets import preset
 from napari_stentrans.core.training import PairSampler, Trainer, train
 
@@ -149,10 +149,14 @@ def test_inpainting_pairs_score_only_dropped_spots_at_their_own_pixel(square_sli
     from napari_stentrans.core.training import _inpaint_pair
 
     slide = slide_from_adata(square_slide)
-    sampler = PairSampler(slide, slide.expression(np.arange(6), "log1p"), tiny_config(), ClassicalParams(2, None))
+    sampler = PairSampler(
+        slide, slide.expression(np.arange(6), "log1p"), tiny_config(), ClassicalParams(2, None)
+    )
     drop = sampler.inpaint_drop(np.random.default_rng(3))
     assert 0 < drop.sum() < 0.5 * slide.n_usable
-    pair = _inpaint_pair(sampler, np.arange(6), (False, False, False), drop, torch.device("cpu"), None, None, None)
+    pair = _inpaint_pair(
+        sampler, np.arange(6), (False, False, False), drop, torch.device("cpu"), None, None, None
+    )
     h, w = sampler.raster.shape
     assert pair.inputs.shape == (6, 3, h, w) and pair.target.shape == (6, 2 * h, 2 * w)
     dropped_pixels = np.zeros(h * w, dtype=np.float32)
@@ -164,6 +168,14 @@ def test_inpainting_pairs_score_only_dropped_spots_at_their_own_pixel(square_sli
     assert (pair.inputs[:, 0] * dropped_pixels).abs().sum() == 0
     # the base fills the hole from the kept spots: finite and non-zero inside the hole
     assert torch.all(pair.base[:, ::2, ::2][:, dropped_pixels > 0] > 0)
-    window = _inpaint_pair(sampler, np.arange(6), slide.lattice.symmetries[3], drop, torch.device("cpu"),
-                           None, (6, 6), np.random.default_rng(0))
+    window = _inpaint_pair(
+        sampler,
+        np.arange(6),
+        slide.lattice.symmetries[3],
+        drop,
+        torch.device("cpu"),
+        None,
+        (6, 6),
+        np.random.default_rng(0),
+    )
     assert window.inputs.shape == (6, 3, 6, 6) and window.target_mask.sum() > 0

@@ -357,6 +357,8 @@ def _assemble(
         "n_training_genes": len(model.training_genes),
         "history": {k: np.asarray(v, dtype=float) for k, v in model.history.items()},
         "n_lost_sites": int(len(slide.lost_sites)),
+        "lost_sites": np.asarray(slide.lost_sites, dtype=np.int64).reshape(-1, 2),
+        "source": str(adata.uns.get("stentrans_lattice", {}).get("source", "")),
     }
     return out
 

@@ -1,0 +1,1 @@
+"""napari front end: reader, writer, sample data and widgets over the core engine."""

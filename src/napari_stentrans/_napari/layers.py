@@ -1,0 +1,130 @@
+"""Layer data tuples for slides and enhanced slides (geometry from :mod:`..core.display`).
+
+Every layer carries ``metadata["stentrans"]`` with ``role`` (``"he"``, ``"gene"``, ``"enhanced"``,
+``"truth"``, ``"lost"``, ``"residual"``), ``slide_id``, ``gene`` where relevant, and the AnnData it
+was built from, so widgets and the writer can find a layer's slide without guessing.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import anndata as ad
+import numpy as np
+import scipy.sparse as sp
+
+from ..core.display import DisplayFrame, spatially_variable_genes, spot_raster
+
+_IDS = itertools.count(1)
+
+
+def new_slide_id(name: str) -> str:
+    return f"{name}#{next(_IDS)}"
+
+
+def _column(x, j: int) -> np.ndarray:
+    col = x[:, j]
+    return np.asarray(col.toarray() if sp.issparse(col) else col, dtype=np.float32).ravel()
+
+
+def robust_limits(values: np.ndarray) -> tuple[float, float]:
+    """Contrast limits from the 1st and 99.5th percentiles of the non-zero values."""
+    v = values[np.isfinite(values) & (values > 0)]
+    if v.size == 0:
+        return (0.0, 1.0)
+    low, high = np.percentile(v, [1.0, 99.5])
+    return (0.0 if low < 0.25 * high else float(low), float(high) if high > low else float(low) + 1.0)
+
+
+def _meta(role: str, slide_id: str, adata: ad.AnnData, **extra) -> dict:
+    return {"stentrans": {"role": role, "slide_id": slide_id, "adata": adata, **extra}}
+
+
+def he_layers(adata: ad.AnnData, slide_id: str, frame: DisplayFrame) -> list[tuple]:
+    """The slide's H&E image (hires preferred) placed in the world frame, if it has one."""
+    out = []
+    for library, entry in adata.uns.get("spatial", {}).items():
+        images = entry.get("images", {})
+        for res in ("hires", "lowres"):
+            if res in images:
+                scalef = float(entry["scalefactors"][f"tissue_{res}_scalef"])
+                out.append(
+                    (
+                        np.asarray(images[res]),
+                        {
+                            "name": f"{library} H&E",
+                            "rgb": True,
+                            "affine": frame.image_affine(scalef),
+                            "metadata": _meta("he", slide_id, adata, library=library, resolution=res),
+                        },
+                        "image",
+                    )
+                )
+                break
+    return out
+
+
+def gene_layers(adata: ad.AnnData, genes: list[str], slide_id: str, frame: DisplayFrame) -> list[tuple]:
+    """One image layer per gene (raw counts), named by the gene, with the lattice's geometry."""
+    rows, cols = adata.obs["array_row"].to_numpy(), adata.obs["array_col"].to_numpy()
+    values = np.column_stack([_column(adata.X, adata.var_names.get_loc(g)) for g in genes])
+    raster = spot_raster(frame, rows, cols, values)
+    return [
+        (
+            raster.images[i],
+            {
+                "name": gene,
+                "affine": raster.affine,
+                "colormap": "magma",
+                "blending": "additive",
+                "contrast_limits": robust_limits(values[:, i]),
+                "metadata": _meta("gene", slide_id, adata, gene=gene),
+            },
+            "image",
+        )
+        for i, gene in enumerate(genes)
+    ]
+
+
+def enhanced_layers(
+    enhanced: ad.AnnData,
+    genes: list[str],
+    slide_id: str,
+    frame: DisplayFrame,
+    role: str = "enhanced",
+    suffix: str = " x2",
+) -> list[tuple]:
+    """2x layers ``"GENE x2"``: half-pitch sites at half the pixel size, centred on the spots."""
+    rows, cols = enhanced.obs["array_row"].to_numpy(), enhanced.obs["array_col"].to_numpy()
+    values = np.column_stack([_column(enhanced.X, enhanced.var_names.get_loc(g)) for g in genes])
+    raster = spot_raster(frame, rows, cols, values, half_pitch=True)
+    return [
+        (
+            raster.images[i],
+            {
+                "name": f"{gene}{suffix}",
+                "affine": raster.affine,
+                "colormap": "magma",
+                "blending": "additive",
+                "contrast_limits": robust_limits(values[:, i]),
+                "metadata": _meta(role, slide_id, enhanced, gene=gene),
+            },
+            "image",
+        )
+        for i, gene in enumerate(genes)
+    ]
+
+
+def slide_layers(
+    adata: ad.AnnData, name: str, n_genes: int = 4, genes: list[str] | None = None
+) -> list[tuple]:
+    """H&E (when present) and the ``n_genes`` most spatially variable genes of a slide."""
+    slide_id = new_slide_id(name)
+    frame = DisplayFrame.of(adata)
+    genes = genes if genes is not None else spatially_variable_genes(adata, n=n_genes)
+    layers = he_layers(adata, slide_id, frame) + gene_layers(adata, genes, slide_id, frame)
+    for _, attrs, _ in layers[1:]:
+        attrs["visible"] = False  # one gene at a time over the H&E; the others one click away
+    if layers and layers[-1][1]["metadata"]["stentrans"]["role"] == "gene":
+        layers[-1][1]["visible"] = True
+    return layers

@@ -1,0 +1,79 @@
+"""Test helpers: the shared real datasets and small hand-built slides."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+SHARED_DATA = Path(
+    os.environ.get("STENTRANS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
+
+
+def shared_data_or_skip() -> Path:
+    """The shared real datasets; skipped on a user's machine, required when ``CI`` is set."""
+    if SHARED_DATA.is_dir():
+        return SHARED_DATA
+    if os.environ.get("CI"):
+        pytest.fail(f"CI is set but the shared datasets are missing at {SHARED_DATA}")
+    pytest.skip(f"shared datasets not found at {SHARED_DATA} (set STENTRANS_SHARED_DATA)")
+
+
+def make_slide(
+    rows, cols, kind: str, n_genes: int = 24, seed: int = 0, spatial_scale: float = 10.0
+) -> ad.AnnData:
+    """A small slide on given lattice sites with smooth structure and Poisson counts."""
+    from napari_stentrans.core.lattice import Lattice
+
+    rows = np.asarray(rows, dtype=np.int64)
+    cols = np.asarray(cols, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    lattice = Lattice(kind)
+    xy = lattice.physical(rows, cols) / lattice.pitch_um
+    fields = np.column_stack([np.sin(xy[:, 0] / 3), np.cos(xy[:, 1] / 4), xy[:, 0] / 10])
+    rate = np.exp(1.0 + fields @ rng.normal(0, 1, size=(3, n_genes)))
+    counts = rng.poisson(rate).astype(np.float32)
+    counts[:, 0] += 1  # every spot has counts
+    adata = ad.AnnData(
+        X=sp.csr_matrix(counts),
+        obs=pd.DataFrame({"array_row": rows, "array_col": cols}, index=[f"bc{i}" for i in range(len(rows))]),
+        var=pd.DataFrame(index=[f"G{g}" for g in range(n_genes)]),
+    )
+    adata.obsm["spatial"] = lattice.physical(rows, cols) / lattice.pitch_um * spatial_scale + 5.0
+    adata.uns["stentrans_lattice"] = {"kind": kind, "pitch_um": float(lattice.pitch_um), "source": "test"}
+    return adata
+
+
+def block_sites(kind: str, n_rows: int, n_cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """All sites of a lattice in a rectangle of array coordinates."""
+    r, c = np.meshgrid(np.arange(n_rows), np.arange(n_cols), indexing="ij")
+    r, c = r.ravel(), c.ravel()
+    if kind != "square":
+        keep = (r + c) % 2 == 0
+        r, c = r[keep], c[keep]
+    return r, c
+
+
+def tiny_config(kind: str = "square", **overrides):
+    """A fast default-preset configuration for tests."""
+    from napari_stentrans.core.presets import preset
+
+    options = dict(
+        epochs=2,
+        n_train_genes=16,
+        batch_size=8,
+        depth=1,
+        heads=2,
+        patch_size=2,
+        embed_dim=16,
+        device="cpu",
+        min_detection=0.0,
+    )
+    options.update(overrides)
+    return preset("default", kind, **options)

@@ -1,0 +1,81 @@
+"""Reader, sample data and layer geometry in a real napari viewer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helpers import block_sites, make_slide, shared_data_or_skip
+from napari_stentrans._napari.reader import get_reader
+from napari_stentrans.core.display import DisplayFrame
+from napari_stentrans.core.io import read
+
+
+def test_get_reader_claims_slides_and_declines_everything_else(tmp_path):
+    (tmp_path / "notes.txt.bak").write_text("x")
+    (tmp_path / "empty").mkdir()
+    r, c = block_sites("square", 3, 3)
+    make_slide(r, c, "square").write_h5ad(tmp_path / "s.h5ad")
+    assert get_reader(str(tmp_path / "s.h5ad")) is not None
+    assert get_reader(str(tmp_path / "notes.txt.bak")) is None
+    assert get_reader(str(tmp_path / "empty")) is None
+    assert get_reader(str(tmp_path / "missing.h5ad")) is None
+    assert get_reader([str(tmp_path / "s.h5ad"), str(tmp_path / "s.h5ad")]) is None
+    assert get_reader(None) is None
+
+
+def _spot_world(layer, raster_doubled: bool, p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    offset = 0.5 if raster_doubled else 0.0
+    return np.array([layer.data_to_world((pi, qi + offset)) for pi, qi in zip(p, q, strict=True)])
+
+
+@pytest.mark.parametrize(
+    ("relpath", "doubled"),
+    [
+        ("visium_mouse_muscle_mckellar2021/Vis7B_5dpi", True),
+        ("st_melanoma_thrane2018_mel1_rep2/mel1_rep2.h5ad", False),
+    ],
+)
+def test_opened_slide_puts_every_spot_on_its_image_position(make_napari_viewer, relpath, doubled):
+    path = shared_data_or_skip() / relpath
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="napari-stentrans")
+    adata = read(path)
+    frame = DisplayFrame.of(adata)
+    genes = [layer for layer in viewer.layers if layer.metadata["stentrans"]["role"] == "gene"]
+    assert len(genes) == 4 and all(layer.name in adata.var_names for layer in genes)
+    layer = genes[0]
+    rows, cols = adata.obs["array_row"].to_numpy(), adata.obs["array_col"].to_numpy()
+    r0 = rows.min() - 1
+    c0 = cols.min() - 1
+    picks = np.linspace(0, adata.n_obs - 1, 25).astype(int)
+    world = _spot_world(layer, doubled, rows[picks] - r0, cols[picks] - c0)
+    expected = frame.um_per_pixel * adata.obsm["spatial"][picks, ::-1]
+    np.testing.assert_allclose(world, expected, atol=3.0)  # um; Space Ranger rounds positions
+    # the spot's value is the gene's count there, read back through world_to_data
+    gene = layer.name
+    counts = np.asarray(adata[:, gene].X.todense()).ravel()
+    for k in picks[:5]:
+        p, q = np.round(layer.world_to_data(frame.um_per_pixel * adata.obsm["spatial"][k, ::-1])).astype(int)
+        assert layer.data[p, q] == pytest.approx(counts[k])
+    if "spatial" in adata.uns:
+        he = next(layer for layer in viewer.layers if layer.metadata["stentrans"]["role"] == "he")
+        assert he.rgb and he.name.endswith("H&E")
+
+
+@pytest.mark.parametrize("key", ["synthetic_visium", "synthetic_st"])
+def test_sample_data_opens_with_truth_layers(make_napari_viewer, key):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-stentrans", key)
+    roles = [layer.metadata["stentrans"]["role"] for layer in viewer.layers]
+    assert roles.count("gene") == 4 and roles.count("truth") == 4 and roles.count("he") == 1
+    gene = next(layer for layer in viewer.layers if layer.metadata["stentrans"]["role"] == "gene")
+    truth = viewer.layers[f"{gene.name} truth x2"]
+    # half the pixel size, covering the same world extent
+    np.testing.assert_allclose(
+        np.abs(np.linalg.det(truth.affine.affine_matrix[:2, :2])),
+        np.abs(np.linalg.det(gene.affine.affine_matrix[:2, :2])) / 4,
+    )
+    g_extent = np.array(gene.extent.world)
+    t_extent = np.array(truth.extent.world)
+    np.testing.assert_allclose(g_extent, t_extent, atol=0.6 * 200)
