@@ -29,7 +29,7 @@ demo: setup
 # napari tests need a display: use Xvfb when there is none (CI installs it, see .ci/run)
 test: setup
 	@if [ -z "$$DISPLAY" ] && command -v xvfb-run >/dev/null; then \
-		xvfb-run -a $(BIN)/python -m pytest; \
+		xvfb-run -a -s "-screen 0 1280x1024x24" $(BIN)/python -m pytest; \
 	else \
 		$(BIN)/python -m pytest; \
 	fi

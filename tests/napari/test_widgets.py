@@ -1,0 +1,212 @@
+"""The dock widgets in a real viewer: training in a worker, stop, lost regions, export, QA."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from napari_stentrans._napari import actions
+
+WIDGETS = ["Genes", "Lost regions", "Train & enhance", "Quality check"]
+FAST = dict(epochs=2, genes=16, patch=2, depth=1, heads=2, batch=8)
+
+
+def _dock(viewer, name):
+    _, widget = viewer.window.add_plugin_dock_widget("napari-stentrans", name)
+    return widget
+
+
+def _fast(widget, **overrides):
+    values = dict(FAST, **overrides)
+    widget._epochs.value, widget._genes.value = values["epochs"], values["genes"]
+    widget._patch.value, widget._depth.value = values["patch"], values["depth"]
+    widget._heads.value, widget._batch.value = values["heads"], values["batch"]
+    widget._device.value = "cpu"
+
+
+@pytest.fixture
+def st_viewer(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-stentrans", "synthetic_st")
+    return viewer
+
+
+@pytest.mark.parametrize("name", WIDGETS)
+def test_each_widget_opens_by_display_name(st_viewer, name):
+    widget = _dock(st_viewer, name)
+    assert widget.slide_id is not None and widget.slide_id.startswith("synthetic_st#")
+
+
+def test_genes_widget_searches_and_adds_layers(st_viewer):
+    widget = _dock(st_viewer, "Genes")
+    widget._query.value = "Gene001"
+    choices = widget._genes.choices
+    assert choices and all("gene001" in c.lower() for c in choices)
+    widget._genes.value = [choices[0], choices[1]]
+    layers = widget.add_selected()
+    assert [layer.name for layer in layers] == [choices[0], choices[1]]
+    assert layers[0].contrast_limits[1] > 0 and layers[0].metadata["stentrans"]["role"] == "gene"
+
+
+def _layer_state(viewer):
+    return {layer.name: (np.asarray(layer.data).copy(), layer.visible) for layer in viewer.layers}
+
+
+def test_train_in_a_worker_adds_aligned_x2_layers_and_keeps_the_viewer_responsive(st_viewer, qtbot):
+    from qtpy.QtCore import QElapsedTimer, QTimer
+
+    widget = _dock(st_viewer, "Train & enhance")
+    _fast(widget, epochs=3)
+    genes = actions.shown_genes(st_viewer)
+    gaps, clock = [], QElapsedTimer()
+    clock.start()
+    last = [clock.elapsed()]
+
+    def tick():
+        now = clock.elapsed()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    timer = QTimer()
+    timer.timeout.connect(tick)
+    timer.start(10)
+    worker = widget.start()
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    qtbot.waitUntil(lambda: widget.idle, timeout=10_000)
+    timer.stop()
+    print(f"\nlongest event-loop gap during training: {max(gaps)} ms over {len(gaps)} ticks")
+    assert max(gaps) < 1000  # target 200 ms; reported above, bounded loosely against CI noise
+    for gene in genes:
+        x2 = st_viewer.layers[f"{gene} x2"]
+        original = st_viewer.layers[gene]
+        assert x2.metadata["stentrans"]["role"] == "enhanced"
+        # half the pixel size; the first measured spot's centre is the same world point
+        np.testing.assert_allclose(
+            np.abs(np.linalg.det(x2.affine.affine_matrix[:2, :2])),
+            np.abs(np.linalg.det(original.affine.affine_matrix[:2, :2])) / 4,
+        )
+        assert np.asarray(x2.data).max() > 0
+    info = actions.slide(st_viewer)
+    assert info.model is not None and info.enhanced is not None
+    assert widget.last_event.kind == "finished" and "cpu" in widget._device_label.value
+    # a second run keeps the first result, renamed, instead of overwriting it silently
+    worker = widget.start()
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    qtbot.waitUntil(lambda: widget.idle, timeout=10_000)
+    assert f"{genes[0]} x2 (run 1)" in st_viewer.layers and f"{genes[0]} x2" in st_viewer.layers
+
+
+def test_stop_mid_run_leaves_every_layer_as_it_was(st_viewer, qtbot):
+    widget = _dock(st_viewer, "Train & enhance")
+    _fast(widget, epochs=200)
+    before = _layer_state(st_viewer)
+    worker = widget.start()
+    worker.yielded.connect(lambda event: widget.stop() if event.kind == "step" else None)
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    assert widget.last_event.kind == "stopped"
+    after = _layer_state(st_viewer)
+    assert after.keys() == before.keys()
+    for name, (data, visible) in before.items():
+        np.testing.assert_array_equal(after[name][0], data)
+        assert after[name][1] == visible
+    assert actions.slide(st_viewer).model is None
+    assert widget._start.enabled and not widget._stop.enabled
+
+
+def test_lost_regions_paint_count_propose_and_undo(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-stentrans", "synthetic_visium")
+    widget = _dock(viewer, "Lost regions")
+    layer = widget.create_layer()
+    gene = next(layer for layer in viewer.layers if layer.metadata["stentrans"].get("role") == "gene")
+    np.testing.assert_allclose(layer.affine.affine_matrix[:2, :2], gene.affine.affine_matrix[:2, :2])
+    n_holes = widget.propose()
+    assert n_holes == 19  # the synthetic slide's three enclosed holes
+    summary = widget.update_summary()
+    assert summary == {"measured": 0, "empty_in_tissue": 19, "total": 19}
+    layer.undo()
+    assert actions.lost_sites(viewer).shape == (0, 2)
+    # paint two measured spots through the layer's own data API
+    adata = actions.slide(viewer).adata
+    rows, cols = adata.obs["array_row"].to_numpy()[:2], adata.obs["array_col"].to_numpy()[:2]
+    painted = layer.metadata["stentrans"]["raster"].pixels_of_sites(rows, cols)
+    layer.data_setitem(np.nonzero(painted), 1)
+    assert widget.update_summary()["measured"] == 2
+
+
+def test_live_imputation_and_export_round_trip(st_viewer, qtbot, tmp_path):
+    import anndata as ad
+
+    widget = _dock(st_viewer, "Train & enhance")
+    _fast(widget)
+    worker = widget.start()
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    qtbot.waitUntil(lambda: widget.idle, timeout=10_000)
+    gene = actions.shown_genes(st_viewer)[0]
+    before = np.asarray(st_viewer.layers[f"{gene} x2"].data).copy()
+    layer = actions.lost_layer(st_viewer)
+    adata = actions.slide(st_viewer).adata
+    hot = np.argsort(-np.asarray(adata[:, gene].X.todense()).ravel())[:6]
+    painted = layer.metadata["stentrans"]["raster"].pixels_of_sites(
+        adata.obs["array_row"].to_numpy()[hot], adata.obs["array_col"].to_numpy()[hot]
+    )
+    layer.data_setitem(np.nonzero(painted), 1)
+    start = time.perf_counter()
+    actions.refresh_imputation(st_viewer)
+    seconds = time.perf_counter() - start
+    print(
+        f"\nlive imputation after painting: {seconds:.2f} s for {len(actions.shown_genes(st_viewer))} genes"
+    )
+    assert seconds < 5.0
+    after = np.asarray(st_viewer.layers[f"{gene} x2"].data)
+    assert not np.array_equal(before, after)  # the lost spots were re-imputed from their surroundings
+    kinds = actions.slide(st_viewer).enhanced.obs["kind"].value_counts()
+    assert kinds["imputed"] >= 6
+    # export through napari's writer machinery
+    st_viewer.layers.selection = {st_viewer.layers[f"{gene} x2"], layer}
+    written = st_viewer.layers.save(str(tmp_path / "enhanced.h5ad"), selected=True, plugin="napari-stentrans")
+    assert written == [str(tmp_path / "enhanced.h5ad")]
+    back = ad.read_h5ad(tmp_path / "enhanced.h5ad")
+    assert back.n_obs == actions.slide(st_viewer).enhanced.n_obs
+    assert len(back.uns["stentrans"]["lost_sites"]) == 6
+
+
+def test_rendered_enhanced_layer_is_not_blank(make_napari_viewer, qtbot):
+    st_viewer = make_napari_viewer(show=True)  # the canvas renders only in a shown window
+    st_viewer.open_sample("napari-stentrans", "synthetic_st")
+    widget = _dock(st_viewer, "Train & enhance")
+    _fast(widget)
+    worker = widget.start()
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    qtbot.waitUntil(lambda: widget.idle, timeout=10_000)
+    gene = actions.shown_genes(st_viewer)[0]
+    for layer in st_viewer.layers:
+        layer.visible = layer.name == f"{gene} x2"
+    st_viewer.reset_view()
+    shot = st_viewer.screenshot(canvas_only=True, flash=False)
+    rgb = shot[..., :3].astype(float)  # not the alpha channel, which is opaque even on a blank canvas
+    assert rgb.std() > 10 and (rgb.sum(axis=-1) > 100).mean() > 0.05
+
+
+def test_quality_check_matches_stentrans_evaluate(st_viewer, qtbot):
+    from napari_stentrans.core.evaluate import evaluate
+
+    widget = _dock(st_viewer, "Quality check")
+    widget._epochs.value, widget._genes.value = 1, 40
+    worker = widget.run()
+    with qtbot.waitSignal(worker.finished, timeout=180_000):
+        pass
+    report = widget.report
+    direct = evaluate(actions.slide(st_viewer).adata, "heldout", n_genes=40, epochs=1, seed=0, device="cpu")
+    for method, scores in direct["methods"].items():
+        assert report["methods"][method]["median_pcc"] == pytest.approx(scores["median_pcc"], abs=1e-9), (
+            method
+        )
+    assert widget._table.shape[0] == len(direct["methods"])
