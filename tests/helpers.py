@@ -60,20 +60,22 @@ def block_sites(kind: str, n_rows: int, n_cols: int) -> tuple[np.ndarray, np.nda
     return r, c
 
 
+# a fast default-preset configuration: one small block, few genes, CPU
+TINY_OPTIONS = dict(
+    epochs=2,
+    n_train_genes=16,
+    batch_size=8,
+    depth=1,
+    heads=2,
+    patch_size=2,
+    embed_dim=16,
+    device="cpu",
+    min_detection=0.0,
+)
+
+
 def tiny_config(kind: str = "square", **overrides):
     """A fast default-preset configuration for tests."""
     from napari_stentrans.core.presets import preset
 
-    options = dict(
-        epochs=2,
-        n_train_genes=16,
-        batch_size=8,
-        depth=1,
-        heads=2,
-        patch_size=2,
-        embed_dim=16,
-        device="cpu",
-        min_detection=0.0,
-    )
-    options.update(overrides)
-    return preset("default", kind, **options)
+    return preset("default", kind, **{**TINY_OPTIONS, **overrides})

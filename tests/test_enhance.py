@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from helpers import block_sites, make_slide, tiny_config
+from helpers import TINY_OPTIONS, block_sites, make_slide, tiny_config
 from napari_stentrans.core.checkpoint import CheckpointError, load_model, save_model
 from napari_stentrans.core.enhance import enhance
 from napari_stentrans.core.lattice import Lattice
@@ -152,18 +152,7 @@ def test_a_model_applies_only_to_its_lattice_type(square_case):
 def test_checkerboard_slide_is_enhanced_on_its_own_lattice():
     r, c = block_sites("checkerboard", 10, 12)
     adata = make_slide(r, c, "checkerboard", n_genes=16)
-    out = enhance(
-        adata,
-        epochs=1,
-        n_train_genes=16,
-        batch_size=8,
-        depth=1,
-        heads=2,
-        patch_size=2,
-        embed_dim=16,
-        device="cpu",
-        min_detection=0.0,
-    )
+    out = enhance(adata, **{**TINY_OPTIONS, "epochs": 1})  # training options straight through enhance
     assert out.uns["stentrans"]["lattice"] == "checkerboard"
     assert ((out.obs["array_row"] + out.obs["array_col"]) % 2 == 0).all()
     assert (out.obs["kind"] == "measured").sum() == adata.n_obs

@@ -26,6 +26,14 @@ def _fast(widget, **overrides):
     widget._device.value = "cpu"
 
 
+def _train(widget, qtbot) -> None:
+    """Start a run and wait until its layers are in the viewer."""
+    worker = widget.start()
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    qtbot.waitUntil(lambda: widget.idle, timeout=10_000)
+
+
 @pytest.fixture
 def st_viewer(make_napari_viewer):
     viewer = make_napari_viewer()
@@ -72,10 +80,7 @@ def test_train_in_a_worker_adds_aligned_x2_layers_and_keeps_the_viewer_responsiv
     timer = QTimer()
     timer.timeout.connect(tick)
     timer.start(10)
-    worker = widget.start()
-    with qtbot.waitSignal(worker.finished, timeout=120_000):
-        pass
-    qtbot.waitUntil(lambda: widget.idle, timeout=10_000)
+    _train(widget, qtbot)
     timer.stop()
     print(f"\nlongest event-loop gap during training: {max(gaps)} ms over {len(gaps)} ticks")
     assert max(gaps) < 1000  # target 200 ms; reported above, bounded loosely against CI noise
@@ -93,10 +98,7 @@ def test_train_in_a_worker_adds_aligned_x2_layers_and_keeps_the_viewer_responsiv
     assert info.model is not None and info.enhanced is not None
     assert widget.last_event.kind == "finished" and "cpu" in widget._device_label.value
     # a second run keeps the first result, renamed, instead of overwriting it silently
-    worker = widget.start()
-    with qtbot.waitSignal(worker.finished, timeout=120_000):
-        pass
-    qtbot.waitUntil(lambda: widget.idle, timeout=10_000)
+    _train(widget, qtbot)
     assert f"{genes[0]} x2 (run 1)" in st_viewer.layers and f"{genes[0]} x2" in st_viewer.layers
 
 
@@ -144,10 +146,7 @@ def test_live_imputation_and_export_round_trip(st_viewer, qtbot, tmp_path):
 
     widget = _dock(st_viewer, "Train & enhance")
     _fast(widget)
-    worker = widget.start()
-    with qtbot.waitSignal(worker.finished, timeout=120_000):
-        pass
-    qtbot.waitUntil(lambda: widget.idle, timeout=10_000)
+    _train(widget, qtbot)
     gene = actions.shown_genes(st_viewer)[0]
     before = np.asarray(st_viewer.layers[f"{gene} x2"].data).copy()
     layer = actions.lost_layer(st_viewer)
@@ -182,10 +181,7 @@ def test_rendered_enhanced_layer_is_not_blank(make_napari_viewer, qtbot):
     st_viewer.open_sample("napari-stentrans", "synthetic_st")
     widget = _dock(st_viewer, "Train & enhance")
     _fast(widget)
-    worker = widget.start()
-    with qtbot.waitSignal(worker.finished, timeout=120_000):
-        pass
-    qtbot.waitUntil(lambda: widget.idle, timeout=10_000)
+    _train(widget, qtbot)
     gene = actions.shown_genes(st_viewer)[0]
     for layer in st_viewer.layers:
         layer.visible = layer.name == f"{gene} x2"

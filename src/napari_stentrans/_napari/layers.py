@@ -27,6 +27,20 @@ def _column(x, j: int) -> np.ndarray:
     return np.asarray(col.toarray() if sp.issparse(col) else col, dtype=np.float32).ravel()
 
 
+def expression_colormap():
+    """magma whose lowest values are transparent: spots in colour, the H&E around and under them.
+
+    Additive blending over a bright H&E saturates to white; an opaque colormap hides the H&E
+    around the spots (pixels without a spot are 0).
+    """
+    from napari.utils.colormaps import Colormap
+    from napari.utils.colormaps.colormap_utils import ensure_colormap
+
+    colors = np.asarray(ensure_colormap("magma").map(np.linspace(0, 1, 256)), dtype=float)
+    colors[:, 3] = np.clip(np.linspace(0, 1, 256) / 0.03, 0, 1)  # fully opaque above 3 % of the range
+    return Colormap(colors, name="magma (transparent zero)")
+
+
 def robust_limits(values: np.ndarray) -> tuple[float, float]:
     """Contrast limits from the 1st and 99.5th percentiles of the non-zero values."""
     v = values[np.isfinite(values) & (values > 0)]
@@ -75,8 +89,8 @@ def gene_layers(adata: ad.AnnData, genes: list[str], slide_id: str, frame: Displ
             {
                 "name": gene,
                 "affine": raster.affine,
-                "colormap": "magma",
-                "blending": "additive",
+                "colormap": expression_colormap(),
+                "blending": "translucent",
                 "contrast_limits": robust_limits(values[:, i]),
                 "metadata": _meta("gene", slide_id, adata, gene=gene),
             },
@@ -104,8 +118,8 @@ def enhanced_layers(
             {
                 "name": f"{gene}{suffix}",
                 "affine": raster.affine,
-                "colormap": "magma",
-                "blending": "additive",
+                "colormap": expression_colormap(),
+                "blending": "translucent",
                 "contrast_limits": robust_limits(values[:, i]),
                 "metadata": _meta(role, slide_id, enhanced, gene=gene),
             },

@@ -289,8 +289,12 @@ class TrainWidget(_SlideWidget):
             ]
         )
         self._plot = _LossPlot()
-        self.native.layout().addWidget(self._plot.canvas)
-        self.extend([self._grid, self._model_path, self._save, self._load, self._export_path, self._export])
+        self.native.layout().addWidget(self._plot.canvas)  # right under the progress bar
+        # magicgui rows added later would go above the foreign canvas: a sub-container follows it
+        self._files = Container(
+            widgets=[self._grid, self._model_path, self._save, self._load, self._export_path, self._export]
+        )
+        self.native.layout().addWidget(self._files.native)
         self._preset.changed.connect(self._apply_preset)
         self._start.changed.connect(self.start)
         self._stop.changed.connect(self.stop)
@@ -397,6 +401,8 @@ class TrainWidget(_SlideWidget):
         elif event.kind == "epoch":
             self._plot.add(event.epoch, event.train_loss, event.val_loss)
         elif event.kind in ("finished", "stopped"):
+            if event.kind == "finished":  # early stopping ends before the last planned step
+                self._progress.value = self._progress.max
             self._status.value = f"training {event.kind} ({event.message})"
 
     def _on_result(self, slide_id: str, genes: list[str], result) -> None:

@@ -388,6 +388,17 @@ def _circular_peaks(hist: np.ndarray, edges: np.ndarray) -> list[float]:
 # ----------------------------------------------------------------------------- rasters
 
 
+def _even_bounds(p: np.ndarray, q: np.ndarray, pad: int) -> tuple[int, int, int, int]:
+    """Origin (even, so cosets are pixel parities) and even shape of a raster holding (p, q) + pad."""
+    p0 = int(p.min()) - pad
+    q0 = int(q.min()) - pad
+    p0 -= p0 % 2
+    q0 -= q0 % 2
+    height = int(p.max()) - p0 + 1 + pad
+    width = int(q.max()) - q0 + 1 + pad
+    return p0, q0, height + height % 2, width + width % 2
+
+
 @dataclass(frozen=True)
 class IndexRaster:
     """A raster of a lattice in index coordinates: pixel (p, q) = site (u0 + p, v0 + q).
@@ -406,13 +417,7 @@ class IndexRaster:
     def covering(cls, lattice: Lattice, row: np.ndarray, col: np.ndarray, pad: int = 1) -> IndexRaster:
         """The smallest raster holding all sites plus ``pad`` pixels, with an even origin."""
         u, v = lattice.to_index(row, col)
-        u0 = int(u.min()) - pad
-        v0 = int(v.min()) - pad
-        u0 -= u0 % 2
-        v0 -= v0 % 2
-        height = int(u.max()) - u0 + 1 + pad
-        width = int(v.max()) - v0 + 1 + pad
-        return cls(lattice, u0, v0, height + height % 2, width + width % 2)
+        return cls(lattice, *_even_bounds(u, v, pad))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -477,15 +482,7 @@ class BrickRaster:
 
     @classmethod
     def covering(cls, lattice: Lattice, row: np.ndarray, col: np.ndarray, pad: int = 1) -> BrickRaster:
-        row = np.asarray(row, dtype=np.int64)
-        b = np.asarray(col, dtype=np.int64) // 2
-        r0 = int(row.min()) - pad
-        b0 = int(b.min()) - pad
-        r0 -= r0 % 2
-        b0 -= b0 % 2
-        height = int(row.max()) - r0 + 1 + pad
-        width = int(b.max()) - b0 + 1 + pad
-        return cls(lattice, r0, b0, height + height % 2, width + width % 2)
+        return cls(lattice, *_even_bounds(np.asarray(row, np.int64), np.asarray(col, np.int64) // 2, pad))
 
     @property
     def shape(self) -> tuple[int, int]:
