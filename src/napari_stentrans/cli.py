@@ -328,6 +328,8 @@ class _ProgressBar:
                 val="-" if event.best_val_loss is None else f"{event.best_val_loss:.4f}",
             )
         elif self.bar is not None and event.kind in ("finished", "stopped"):
+            if event.kind == "finished":  # early stopping ends before the planned last step
+                self.bar.update(self.bar.total - self.bar.n)
             self.bar.write(
                 f"stentrans: training {event.kind} ({event.message}, {event.elapsed:.1f} s)", file=sys.stderr
             )
