@@ -49,7 +49,7 @@ def ours(path: Path, n_genes: int, repeats: int) -> dict[str, float]:
         return raster.rasterize(values, slide.row[slide.usable], slide.col[slide.usable])
 
     t_raster, _ = timed(rasterise, repeats)
-    keep = slide.lattice.coset(slide.row, slide.col) == 0
+    keep = slide.lattice.coset(slide.row, slide.col)
     t_select, (params, _) = timed(lambda: select_classical_params(values, slide.positions(), keep), repeats)
     t_sampler, sampler = timed(lambda: PairSampler(slide, values, config, params), repeats)
     rng = np.random.default_rng(0)

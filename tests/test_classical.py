@@ -98,3 +98,19 @@ def test_linear_weights_equal_griddata_linear():
     inside = ~np.isnan(expected[:, 0])
     np.testing.assert_allclose((w @ values)[inside], expected[inside], atol=1e-9)
     np.testing.assert_allclose(np.asarray(w.sum(axis=1)).ravel(), 1.0)  # outside the hull: kernel rows
+
+
+def test_choice_averages_the_four_coset_pairs():
+    from napari_stentrans.core.lattice import Lattice
+
+    rng = np.random.default_rng(5)
+    r, c = np.meshgrid(np.arange(14), np.arange(14), indexing="ij")
+    r, c = r.ravel(), c.ravel()
+    xy = np.column_stack([c, r]).astype(float)
+    values = (np.cos(xy[:, :1] / 3) @ rng.normal(size=(1, 20)) + rng.normal(0, 0.4, (len(r), 20))).astype(np.float32)
+    cosets = Lattice("square").coset(r, c)
+    grid = dict(ranks=(1, 2), bandwidths=(None, 0.7))
+    _, combined = select_classical_params(values, xy, cosets, **grid)
+    singles = [select_classical_params(values, xy, cosets == k, **grid)[1] for k in range(4)]
+    for key, score in combined.items():
+        assert score == pytest.approx(np.mean([s[key] for s in singles]))

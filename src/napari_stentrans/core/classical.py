@@ -248,18 +248,20 @@ def _column_pearson(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
 def select_classical_params(
     values: np.ndarray,
     positions: np.ndarray,
-    keep: np.ndarray,
+    cosets: np.ndarray,
     ranks: tuple[int, ...] = RANK_GRID,
     bandwidths: tuple[float | None, ...] = BANDWIDTH_GRID,
     log_depth: np.ndarray | None = None,
     max_genes: int = 500,
     depth_bandwidths: tuple[float | None, ...] = DEPTH_BANDWIDTH_GRID,
 ) -> tuple[ClassicalParams, dict[tuple[int, float | None], float]]:
-    """Choose rank and bandwidths on a self-supervised pair (kept sites -> the others).
+    """Choose rank and smoothers on the self-supervised pairs of the slide (coset -> the rest).
 
     The criterion is the one the results are judged by: the median over genes of the Pearson
     r between estimate and truth at the target sites (squared error favours shrinkage towards
-    the mean and chose the largest bandwidth on small slides, which lost half of the score).
+    the mean and chose the largest bandwidth on small slides, which lost half of the score). It
+    is averaged over the pairs of all four cosets: one pair of a small slide has a few dozen
+    input spots, and its choice was noisy.
 
     Parameters
     ----------
@@ -267,8 +269,9 @@ def select_classical_params(
         ``(n_sites, n_genes)`` normalised expression of the input slide.
     positions
         ``(n_sites, 2)`` positions in units of the input pitch.
-    keep
-        Boolean mask of the down-sampled coset used as input; the others are targets.
+    cosets
+        Coset id of each site (0..3, see :meth:`Lattice.coset`), or a boolean mask of one
+        coset used as the only input.
     log_depth
         ``(n_sites,)`` log total counts; when given, the depth smoother is chosen too (highest
         Pearson r of log depth at the targets) from ``depth_bandwidths``.
@@ -277,32 +280,38 @@ def select_classical_params(
 
     Returns
     -------
-    The parameters with the highest median r at the target sites, and the table of median r.
-    Bandwidths are in units of the *kept* lattice's pitch (twice the input pitch), the scale at
-    which they were chosen.
+    The parameters with the highest mean (over pairs) median r at the target sites, and the
+    table of those scores. Bandwidths are in units of the *kept* lattice's pitch (twice the
+    input pitch), the scale at which they were chosen.
     """
-    if keep.sum() < 3 or (~keep).sum() < 3:
+    cosets = np.asarray(cosets)
+    inputs = [cosets] if cosets.dtype == bool else [cosets == c for c in range(4)]
+    inputs = [keep for keep in inputs if keep.sum() >= 3 and (~keep).sum() >= 3]
+    if not inputs:
         return ClassicalParams(), {}
     cols = np.unique(np.linspace(0, values.shape[1] - 1, min(max_genes, values.shape[1])).astype(int))
-    src, dst = values[keep][:, cols], values[~keep][:, cols]
-    basis = LowRankBasis.fit(src, max(ranks))
-    scores: dict[tuple[int, float | None], float] = {}
-    for h in bandwidths:
-        weights = smoothing_weights(positions[keep] / 2.0, positions[~keep] / 2.0, h)
-        smoothed = weights @ basis.scores
-        for r in ranks:
-            if r > basis.max_rank:
-                continue
-            pred = smoothed[:, :r] @ basis.components[:, :r].T
-            r_genes = _column_pearson(pred, dst)
-            scores[(r, h)] = float(np.nanmedian(r_genes)) if np.isfinite(r_genes).any() else -1.0
-    (rank, h) = max(scores, key=scores.get)
+    scores: dict[tuple[int, float | None], list[float]] = {}
+    depth_scores: dict[float | None, list[float]] = {}
+    for keep in inputs:
+        src, dst = values[keep][:, cols], values[~keep][:, cols]
+        basis = LowRankBasis.fit(src, max(ranks))
+        for h in bandwidths:
+            smoothed = smoothing_weights(positions[keep] / 2.0, positions[~keep] / 2.0, h) @ basis.scores
+            for r in ranks:
+                if r > basis.max_rank:
+                    continue
+                r_genes = _column_pearson(smoothed[:, :r] @ basis.components[:, :r].T, dst)
+                score = float(np.nanmedian(r_genes)) if np.isfinite(r_genes).any() else -1.0
+                scores.setdefault((r, h), []).append(score)
+        if log_depth is not None:
+            for hd in depth_bandwidths:
+                est = smoothing_weights(positions[keep] / 2.0, positions[~keep] / 2.0, hd) @ log_depth[keep]
+                r_depth = _column_pearson(est[:, None], log_depth[~keep][:, None])[0]
+                depth_scores.setdefault(hd, []).append(-1.0 if np.isnan(r_depth) else float(r_depth))
+    mean_scores = {k: float(np.mean(v)) for k, v in scores.items() if len(v) == len(inputs)}
+    (rank, h) = max(mean_scores, key=mean_scores.get)
     depth_h = h
-    if log_depth is not None:
-        depth_scores = {}
-        for hd in depth_bandwidths:
-            est = smoothing_weights(positions[keep] / 2.0, positions[~keep] / 2.0, hd) @ log_depth[keep]
-            r_depth = _column_pearson(est[:, None], log_depth[~keep][:, None])[0]
-            depth_scores[hd] = -1.0 if np.isnan(r_depth) else float(r_depth)
-        depth_h = max(depth_scores, key=depth_scores.get)
-    return ClassicalParams(rank=rank, bandwidth=h, depth_bandwidth=depth_h), scores
+    if depth_scores:
+        depth_mean = {k: float(np.mean(v)) for k, v in depth_scores.items()}
+        depth_h = max(depth_mean, key=depth_mean.get)
+    return ClassicalParams(rank=rank, bandwidth=h, depth_bandwidth=depth_h), mean_scores

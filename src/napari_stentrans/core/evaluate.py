@@ -229,7 +229,7 @@ def _classical(smoothing: str) -> Callable[[Split], MethodResult]:
         lattice = lattice_of(split.known)
         krow = split.known.obs["array_row"].to_numpy()[rows][ok]
         kcol = split.known.obs["array_col"].to_numpy()[rows][ok]
-        keep = lattice.coset(krow, kcol) == 0
+        keep = lattice.coset(krow, kcol)  # all four down-sampling pairs of what the method sees
         pitch = xy_pitch(xy)
         params, _ = select_classical_params(
             values,

@@ -383,7 +383,7 @@ class Trainer:
         values = slide.expression(train_idx, config.normalization, TARGET_SUM)
         classical = ClassicalParams()
         if config.model.residual:
-            keep = slide.lattice.coset(slide.row[slide.usable], slide.col[slide.usable]) == 0
+            keep = slide.lattice.coset(slide.row[slide.usable], slide.col[slide.usable])  # all four pairs
             classical, _ = select_classical_params(
                 values, slide.positions(slide.usable), keep, log_depth=np.log(slide.depth[slide.usable])
             )
