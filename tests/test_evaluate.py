@@ -89,3 +89,14 @@ def test_evaluate_command_writes_json_and_plot(hex_slide, tmp_path, capsys):
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["protocol"] == "lost" and set(report["methods"]) == {"nearest", "linear"}
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_paper_protocol_is_the_leaky_one_and_says_so(hex_slide):
+    heldout = make_split(hex_slide, "heldout", min_detection=0.0)
+    paper = make_split(hex_slide, "paper", min_detection=0.0)
+    assert paper.train_on is hex_slide  # trained on the full slide: the scored spots were targets
+    np.testing.assert_array_equal(paper.target_rows, heldout.target_rows)
+    report = evaluate(hex_slide, "paper", methods=("linear",), dataset="hex")
+    assert "leaky" in report["warning"]
+    with pytest.raises(ValueError, match="unknown protocol"):
+        make_split(hex_slide, "honest-ish")
