@@ -107,7 +107,9 @@ def test_choice_averages_the_four_coset_pairs():
     r, c = np.meshgrid(np.arange(14), np.arange(14), indexing="ij")
     r, c = r.ravel(), c.ravel()
     xy = np.column_stack([c, r]).astype(float)
-    values = (np.cos(xy[:, :1] / 3) @ rng.normal(size=(1, 20)) + rng.normal(0, 0.4, (len(r), 20))).astype(np.float32)
+    values = (np.cos(xy[:, :1] / 3) @ rng.normal(size=(1, 20)) + rng.normal(0, 0.4, (len(r), 20))).astype(
+        np.float32
+    )
     cosets = Lattice("square").coset(r, c)
     grid = dict(ranks=(1, 2), bandwidths=(None, 0.7))
     _, combined = select_classical_params(values, xy, cosets, **grid)
