@@ -22,7 +22,7 @@ import torch
 from scipy import ndimage
 
 from .. import __version__
-from .classical import LowRankBasis, denormalize, normalize
+from .classical import LowRankBasis, denormalize
 from .lattice import CHILD_OFFSETS, BrickRaster, IndexRaster, Lattice, child_between
 from .presets import TrainConfig, preset
 from .slide import MaskLike, Slide, site_keys, slide_from_adata
@@ -396,4 +396,4 @@ def _plain(value):
     return value
 
 
-__all__ = ["enhance", "predict", "output_sites", "TrainingStopped", "normalize"]
+__all__ = ["enhance", "predict", "output_sites", "sites_at", "TrainingStopped"]

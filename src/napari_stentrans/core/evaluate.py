@@ -33,8 +33,6 @@ from scipy.interpolate import griddata
 from .classical import (
     BANDWIDTH_GRID,
     DEPTH_BANDWIDTH_GRID,
-    TARGET_SUM,
-    ClassicalParams,
     classical_estimate,
     denormalize,
     normalize,
@@ -381,6 +379,4 @@ __all__ = [
     "pearson_per_gene",
     "PROTOCOLS",
     "DEFAULT_METHODS",
-    "TARGET_SUM",
-    "ClassicalParams",
 ]
