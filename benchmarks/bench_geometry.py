@@ -51,29 +51,40 @@ def ours(path: Path, n_genes: int, repeats: int) -> dict[str, float]:
     t_raster, _ = timed(rasterise, repeats)
     keep = slide.lattice.coset(slide.row, slide.col)
     t_select, (params, _) = timed(lambda: select_classical_params(values, slide.positions(), keep), repeats)
-    t_sampler, sampler = timed(lambda: PairSampler(slide, values, config, params), repeats)
     rng = np.random.default_rng(0)
     import torch
 
-    def one_pair():
-        return sampler.make(
+    def first_pair():  # a fresh sampler: its first pair includes fitting that coset's basis
+        sampler = PairSampler(slide, values, config, params)
+        sampler.make(
             np.arange(config.batch_size),
             1,
             slide.lattice.symmetries[2],
             sampler.blob_drop(1, rng),
             torch.device("cpu"),
         )
+        return sampler
 
-    t_pair, _ = timed(one_pair, repeats)
+    t_first, sampler = timed(first_pair, repeats)
+    t_pair, _ = timed(
+        lambda: sampler.make(
+            np.arange(config.batch_size),
+            1,
+            slide.lattice.symmetries[2],
+            sampler.blob_drop(1, rng),
+            torch.device("cpu"),
+        ),
+        repeats,
+    )
     return {
         "read": t_read,
         "lattice": t_lattice,
         "normalise (log1p, depth)": t_norm,
         "rasterise": t_raster,
-        "training pair (first)": t_select + t_sampler + t_pair,
-        "  classical rank/bandwidth choice": t_select,
-        "  coset bases": t_sampler,
-        f"  one pair ({config.batch_size} genes)": t_pair,
+        "training pair (first)": t_select + t_first,
+        "  classical rank/smoother choice (4 coset pairs)": t_select,
+        f"  sampler + first pair ({config.batch_size} genes, fits that coset's basis)": t_first,
+        f"  a further pair ({config.batch_size} genes)": t_pair,
     }
 
 

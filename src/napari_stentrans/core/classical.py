@@ -19,7 +19,7 @@ import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
 TARGET_SUM = 1e4
-RANK_GRID = (1, 2, 3, 5, 8, 12, 20, 30)
+RANK_GRID = (1, 2, 3, 5, 8, 12, 20)  # no slide so far chose more than 12
 # None = linear interpolation; numbers = Gaussian kernel bandwidths in input pitches
 BANDWIDTH_GRID: tuple[float | None, ...] = (None, 0.4, 0.5, 0.7, 1.0, 1.4, 2.0)
 DEPTH_BANDWIDTH_GRID: tuple[float | None, ...] = (None, 0.3, 0.5, 0.7, 1.0, 1.4, 2.0)
@@ -39,19 +39,33 @@ def denormalize(values: np.ndarray, depth: np.ndarray, target_sum: float = TARGE
     return (np.expm1(np.asarray(values, dtype=np.float64)) * (depth[:, None] / target_sum)).astype(np.float32)
 
 
-def kernel_weights(source_xy: np.ndarray, target_xy: np.ndarray, bandwidth: float) -> sp.csr_matrix:
+def _neighbours_for(bandwidth: float) -> int:
+    """Nearest sources a target uses at a bandwidth: about three bandwidths' worth."""
+    return int(np.ceil(33 * bandwidth * bandwidth) + 7)
+
+
+def kernel_weights(
+    source_xy: np.ndarray,
+    target_xy: np.ndarray,
+    bandwidth: float,
+    neighbours: tuple[np.ndarray, np.ndarray] | None = None,
+) -> sp.csr_matrix:
     """Row-normalised Gaussian weights ``(n_target, n_source)``.
 
     Positions are in units of the source pitch; ``bandwidth`` too. Each target uses its
     nearest sources (about three bandwidths); weights are computed relative to the nearest
     source so a target far from every source (inside a large hole) still gets a finite
-    estimate, dominated by its nearest sources.
+    estimate, dominated by its nearest sources. ``neighbours`` (distances, indices from one
+    k-d tree query with at least as many neighbours) avoids querying again per bandwidth.
     """
     n_source = len(source_xy)
     if n_source == 0:
         raise ValueError("kernel smoothing needs at least one source site")
-    k = int(min(n_source, max(7, np.ceil(33 * bandwidth * bandwidth) + 7)))
-    dist, idx = cKDTree(source_xy).query(target_xy, k=k)
+    k = int(min(n_source, max(7, _neighbours_for(bandwidth))))
+    if neighbours is None:
+        dist, idx = cKDTree(source_xy).query(target_xy, k=k)
+    else:
+        dist, idx = neighbours[0][:, :k], neighbours[1][:, :k]
     dist = dist.reshape(len(target_xy), k)
     idx = idx.reshape(len(target_xy), k)
     d2 = dist**2
@@ -245,6 +259,26 @@ def _column_pearson(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return np.divide((p * t).sum(axis=0), denom, out=np.full(p.shape[1], np.nan), where=denom > 1e-12)
 
 
+class _PairSmoothers:
+    """Candidate smoothing matrices of one pair: one neighbour query, one triangulation."""
+
+    def __init__(self, source_xy: np.ndarray, target_xy: np.ndarray, kernels: list[float]) -> None:
+        self.source_xy, self.target_xy = source_xy, target_xy
+        k_max = int(min(len(source_xy), max([7] + [_neighbours_for(h) for h in kernels])))
+        dist, idx = cKDTree(source_xy).query(target_xy, k=k_max)
+        self.neighbours = (dist.reshape(len(target_xy), -1), idx.reshape(len(target_xy), -1))
+        self.cache: dict[float | None, sp.csr_matrix] = {}
+
+    def weights(self, bandwidth: float | None) -> sp.csr_matrix:
+        if bandwidth not in self.cache:
+            self.cache[bandwidth] = (
+                linear_weights(self.source_xy, self.target_xy)
+                if bandwidth is None
+                else kernel_weights(self.source_xy, self.target_xy, bandwidth, neighbours=self.neighbours)
+            )
+        return self.cache[bandwidth]
+
+
 def select_classical_params(
     values: np.ndarray,
     positions: np.ndarray,
@@ -252,8 +286,9 @@ def select_classical_params(
     ranks: tuple[int, ...] = RANK_GRID,
     bandwidths: tuple[float | None, ...] = BANDWIDTH_GRID,
     log_depth: np.ndarray | None = None,
-    max_genes: int = 500,
+    max_genes: int = 300,
     depth_bandwidths: tuple[float | None, ...] = DEPTH_BANDWIDTH_GRID,
+    max_targets: int = 1000,
 ) -> tuple[ClassicalParams, dict[tuple[int, float | None], float]]:
     """Choose rank and smoothers on the self-supervised pairs of the slide (coset -> the rest).
 
@@ -275,8 +310,8 @@ def select_classical_params(
     log_depth
         ``(n_sites,)`` log total counts; when given, the depth smoother is chosen too (highest
         Pearson r of log depth at the targets) from ``depth_bandwidths``.
-    max_genes
-        Genes used for the choice (evenly spaced over the columns), to bound its cost.
+    max_genes, max_targets
+        Genes and target sites used for the choice (evenly spaced), to bound its cost.
 
     Returns
     -------
@@ -292,21 +327,40 @@ def select_classical_params(
     cols = np.unique(np.linspace(0, values.shape[1] - 1, min(max_genes, values.shape[1])).astype(int))
     scores: dict[tuple[int, float | None], list[float]] = {}
     depth_scores: dict[float | None, list[float]] = {}
+    kernels = [h for h in (*bandwidths, *depth_bandwidths) if h is not None]
+    chosen = np.ascontiguousarray(values[:, cols])
     for keep in inputs:
-        src, dst = values[keep][:, cols], values[~keep][:, cols]
-        basis = LowRankBasis.fit(src, max(ranks))
+        basis = LowRankBasis.fit(chosen[keep], max(ranks))
+        targets = np.flatnonzero(~keep)
+        targets = targets[
+            np.unique(np.linspace(0, len(targets) - 1, min(max_targets, len(targets))).astype(int))
+        ]
+        dst = chosen[targets]
+        smoothers = _PairSmoothers(positions[keep] / 2.0, positions[targets] / 2.0, kernels)
+        loadings = basis.components.astype(np.float64)  # (genes, k)
+        truth = dst - dst.mean(axis=0)
+        truth_ss = (truth**2).sum(axis=0)
         for h in bandwidths:
-            smoothed = smoothing_weights(positions[keep] / 2.0, positions[~keep] / 2.0, h) @ basis.scores
+            smoothed = smoothers.weights(h) @ basis.scores
+            smoothed = smoothed - smoothed.mean(axis=0)
+            # per-gene r of the rank-r estimate from k-column products (no dense prediction):
+            # cov_g = sum_j<r V_gj (S'Y)_jg, var_g = v_g' (S'S)_rr v_g
+            cross = (smoothed.T @ truth).T  # (genes, k)
+            gram = smoothed.T @ smoothed
             for r in ranks:
                 if r > basis.max_rank:
                     continue
-                r_genes = _column_pearson(smoothed[:, :r] @ basis.components[:, :r].T, dst)
+                v = loadings[:, :r]
+                cov = (v * cross[:, :r]).sum(axis=1)
+                var = ((v @ gram[:r, :r]) * v).sum(axis=1)
+                denom = np.sqrt(var * truth_ss)
+                r_genes = np.divide(cov, denom, out=np.full(len(cov), np.nan), where=denom > 1e-12)
                 score = float(np.nanmedian(r_genes)) if np.isfinite(r_genes).any() else -1.0
                 scores.setdefault((r, h), []).append(score)
         if log_depth is not None:
             for hd in depth_bandwidths:
-                est = smoothing_weights(positions[keep] / 2.0, positions[~keep] / 2.0, hd) @ log_depth[keep]
-                r_depth = _column_pearson(est[:, None], log_depth[~keep][:, None])[0]
+                est = smoothers.weights(hd) @ log_depth[keep]
+                r_depth = _column_pearson(est[:, None], log_depth[targets][:, None])[0]
                 depth_scores.setdefault(hd, []).append(-1.0 if np.isnan(r_depth) else float(r_depth))
     mean_scores = {k: float(np.mean(v)) for k, v in scores.items() if len(v) == len(inputs)}
     (rank, h) = max(mean_scores, key=mean_scores.get)

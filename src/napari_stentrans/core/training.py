@@ -131,22 +131,23 @@ class PairSampler:
         self.cosets = (2 * (pr % 2) + pc % 2).astype(np.int64)  # raster origins are even
         self.flat = pr * self.raster.width + pc
         self.positions = slide.positions(slide.usable)
-        self.bases: dict[int, LowRankBasis] = {}
-        if config.model.residual:
-            for c in range(4):
-                members = self.cosets == c
-                if members.sum() >= 3:
-                    self.bases[c] = LowRankBasis.fit(values[members], classical.rank)
-            self.full_basis = LowRankBasis.fit(values, classical.rank)
+        self._bases: dict[int | None, LowRankBasis] = {}
+
+    def basis(self, coset: int | None) -> LowRankBasis:
+        """Low-rank basis of one coset's spots (``None``: all spots), fitted when first needed."""
+        if coset not in self._bases:
+            members = slice(None) if coset is None else self.cosets == coset
+            self._bases[coset] = LowRankBasis.fit(self.values[members], self.classical.rank)
+        return self._bases[coset]
+
+    @property
+    def full_basis(self) -> LowRankBasis:
+        return self.basis(None)
 
     def available_cosets(self) -> list[int]:
         if not self.config.cosets:
             return [0]
-        return [
-            c
-            for c in range(4)
-            if (self.cosets == c).sum() >= 3 and (not self.config.model.residual or c in self.bases)
-        ]
+        return [c for c in range(4) if (self.cosets == c).sum() >= 3]
 
     def validation_sites(self, fraction: float, rng: np.random.Generator) -> np.ndarray:
         """Boolean over usable spots: contiguous blobs (about ``fraction``) held out as targets.
@@ -232,7 +233,7 @@ class PairSampler:
             real.reshape(1, h, w),
         ]
         if self.config.model.residual:
-            basis = self.bases[coset]
+            basis = self.basis(coset)
             rows_in_basis = np.searchsorted(members, kept)
             weights = self.classical.weights(self.positions[kept] / 2.0, self.positions / 2.0)
             scores = weights @ basis.scores[rows_in_basis, : self.classical.rank]
