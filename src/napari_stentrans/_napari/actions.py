@@ -91,6 +91,12 @@ def gene_names(viewer, slide_id: str | None = None, query: str = "", limit: int 
     return [str(n) for n in names[:limit]]
 
 
+def _owned_by_other_slide(viewer, name: str, slide_id: str) -> bool:
+    if name not in viewer.layers:
+        return False
+    return viewer.layers[name].metadata.get("stentrans", {}).get("slide_id") != slide_id
+
+
 def add_gene_layers(viewer, genes: list[str], slide_id: str | None = None) -> list:
     """Add (or refresh) one image layer per gene of a slide."""
     info = slide(viewer, slide_id)
@@ -99,12 +105,8 @@ def add_gene_layers(viewer, genes: list[str], slide_id: str | None = None) -> li
         raise KeyError(f"gene(s) not in the slide: {missing[:5]}")
     out = []
     for data, attrs, _ in gene_layers(info.adata, list(genes), info.slide_id, info.frame):
-        attrs["name"] = (
-            attrs["name"]
-            if attrs["name"] not in viewer.layers
-            or viewer.layers[attrs["name"]].metadata.get("stentrans", {}).get("slide_id") == info.slide_id
-            else f"{attrs['name']} [{info.name}]"
-        )
+        if _owned_by_other_slide(viewer, attrs["name"], info.slide_id):
+            attrs["name"] = f"{attrs['name']} [{info.name}]"  # same gene open from two slides
         out.append(_set_or_add(viewer, data, attrs, keep_previous=False))
     return out
 
