@@ -50,6 +50,17 @@ def make_slide(
     return adata
 
 
+def write_slide_with_bad_count(folder: Path, value: float) -> Path:
+    """A small square slide as .h5ad whose spot 1, gene 1 holds ``value`` (NaN, -1, 0.5, ...)."""
+    r, c = block_sites("square", 4, 4)
+    adata = make_slide(r, c, "square")
+    x = adata.X.toarray()
+    x[1, 1] = value
+    adata.X = sp.csr_matrix(x)
+    adata.write_h5ad(folder / "bad.h5ad")
+    return folder / "bad.h5ad"
+
+
 def block_sites(kind: str, n_rows: int, n_cols: int) -> tuple[np.ndarray, np.ndarray]:
     """All sites of a lattice in a rectangle of array coordinates."""
     r, c = np.meshgrid(np.arange(n_rows), np.arange(n_cols), indexing="ij")

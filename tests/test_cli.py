@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from helpers import block_sites, make_slide
+from helpers import block_sites, make_slide, write_slide_with_bad_count
 from napari_stentrans.cli import main
 
 FAST = ["--epochs", "1", "--train-genes", "16", "--quiet", "--device", "cpu"]
@@ -81,16 +81,6 @@ def test_info_describes_the_slide(slide_file, capsys):
     assert "lattice:   square (pitch 200 um)" in out and "100 measured" in out
 
 
-def _bad_counts(tmp_path, value):
-    r, c = block_sites("square", 4, 4)
-    adata = make_slide(r, c, "square")
-    x = adata.X.toarray()
-    x[1, 1] = value
-    adata.X = sp.csr_matrix(x)
-    adata.write_h5ad(tmp_path / "bad.h5ad")
-    return tmp_path / "bad.h5ad"
-
-
 def _off_lattice(tmp_path):
     pd.DataFrame(np.ones((2, 2)), index=["1x1", "1.5x2"], columns=["A", "B"]).to_csv(
         tmp_path / "off.tsv", sep="\t"
@@ -124,9 +114,9 @@ BAD_INPUTS = {
     "no coordinates": (_no_coords, "no coordinates"),
     "off-lattice coordinates": (_off_lattice, "on no lattice"),
     "empty matrix": (_empty, "empty count matrix"),
-    "NaN counts": (lambda t: _bad_counts(t, np.nan), "NaN or infinite"),
-    "inf counts": (lambda t: _bad_counts(t, np.inf), "NaN or infinite"),
-    "negative counts": (lambda t: _bad_counts(t, -3), "negative"),
+    "NaN counts": (lambda t: write_slide_with_bad_count(t, np.nan), "NaN or infinite"),
+    "inf counts": (lambda t: write_slide_with_bad_count(t, np.inf), "NaN or infinite"),
+    "negative counts": (lambda t: write_slide_with_bad_count(t, -3), "negative"),
 }
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from helpers import block_sites, make_slide, shared_data_or_skip
+from helpers import block_sites, make_slide, shared_data_or_skip, write_slide_with_bad_count
 from napari_stentrans.core.io import ReadError, read
 
 # (path below shared/data, lattice kind, spots after reading)
@@ -240,14 +240,8 @@ def test_h5ad_without_array_coordinates_recovers_the_lattice(tmp_path):
     ("value", "message"), [(np.nan, "NaN or infinite"), (-1.0, "negative"), (0.5, "non-integer")]
 )
 def test_invalid_counts_are_refused(tmp_path, value, message):
-    r, c = block_sites("square", 3, 3)
-    src = make_slide(r, c, "square")
-    x = src.X.toarray()
-    x[0, 0] = value
-    src.X = sp.csr_matrix(x)
-    src.write_h5ad(tmp_path / "bad.h5ad")
     with pytest.raises(ReadError, match=message):
-        read(tmp_path / "bad.h5ad")
+        read(write_slide_with_bad_count(tmp_path, value))
 
 
 def test_unknown_format_and_missing_path(tmp_path):

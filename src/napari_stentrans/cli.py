@@ -179,7 +179,7 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     mask = _read_mask(args.mask) if args.mask is not None else None
 
     from .core.checkpoint import load_model, save_model
-    from .core.enhance import enhance
+    from .core.enhance import TrainingStopped, enhance
     from .core.files import write_h5ad
     from .core.io import lattice_of, read
     from .core.presets import preset
@@ -200,12 +200,11 @@ def cmd_enhance(args: argparse.Namespace) -> int:
         )
     try:
         if model is None:
-            from .core.training import Trainer
+            from .core.training import train
 
-            trainer = Trainer(adata, config, mask)
-            for event in trainer.run(stop):
-                bar.update(event)
-            model = trainer.result
+            model = train(adata, config, mask, stop=stop, callback=bar.update)
+            if model is None:
+                raise TrainingStopped("training stopped by request; nothing was written")
         enhanced = enhance(adata, model, mask=mask, genes=genes, device=args.device, stop=stop)
     finally:
         bar.close()

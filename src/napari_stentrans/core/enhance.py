@@ -26,7 +26,7 @@ from .classical import LowRankBasis, denormalize
 from .lattice import CHILD_OFFSETS, BrickRaster, IndexRaster, Lattice, child_between
 from .presets import TrainConfig, preset
 from .slide import MaskLike, Slide, site_keys, slide_from_adata
-from .training import StopFlag, TrainedModel, Trainer, resolve_device
+from .training import StopFlag, TrainedModel, resolve_device, train
 
 KINDS = ("measured", "imputed", "new")
 GeneChoice = None | int | list[str] | tuple[str, ...] | np.ndarray
@@ -62,6 +62,13 @@ def _hole_structure(lattice: Lattice) -> np.ndarray:
     return ndimage.generate_binary_structure(2, 1)
 
 
+def _measured_spot(slide: Slide, fine_row: np.ndarray, fine_col: np.ndarray, child: np.ndarray) -> np.ndarray:
+    """Index of the measured spot each child-0 site is, -1 for every other site."""
+    lookup = pd.Series(np.arange(len(slide.row)), index=site_keys(slide.row, slide.col))
+    spot = lookup.reindex(site_keys(fine_row, fine_col)).to_numpy()
+    return np.where(child == 0, np.nan_to_num(spot, nan=-1), -1).astype(np.int64)
+
+
 def output_sites(slide: Slide) -> OutputSites:
     """Measured, imputed and new half-pitch sites of a slide (see module docstring)."""
     lattice = slide.lattice
@@ -82,9 +89,7 @@ def output_sites(slide: Slide) -> OutputSites:
     k, p, q = np.nonzero(kind_img >= 0)
     fr, fc = fine_r[p, q], fine_c[p, q]
     dr, dc = lattice.from_index(CHILD_OFFSETS[k, 0], CHILD_OFFSETS[k, 1])
-    spot_lookup = pd.Series(np.arange(len(slide.row)), index=site_keys(slide.row, slide.col))
-    spot = spot_lookup.reindex(site_keys(fr, fc)).to_numpy()
-    spot = np.where(k == 0, np.nan_to_num(spot, nan=-1), -1).astype(np.int64)
+    spot = _measured_spot(slide, fr, fc, k)
     kinds = np.asarray(KINDS)[kind_img[k, p, q]]
     order = np.lexsort((2 * fc + dc, 2 * fr + dr, kind_img[k, p, q]))
     return OutputSites(
@@ -107,9 +112,7 @@ def sites_at(slide: Slide, rows: np.ndarray, cols: np.ndarray, kind: str = "new"
     u, v = slide.lattice.to_index(rows, cols)
     fine_row, fine_col = slide.lattice.from_index(u // 2, v // 2)
     child = 2 * (u % 2) + (v % 2)
-    lookup = pd.Series(np.arange(len(slide.row)), index=site_keys(slide.row, slide.col))
-    spot = lookup.reindex(site_keys(fine_row, fine_col)).to_numpy()
-    spot = np.where(child == 0, np.nan_to_num(spot, nan=-1), -1).astype(np.int64)
+    spot = _measured_spot(slide, fine_row, fine_col, child)
     return OutputSites(
         row=np.asarray(rows, np.int64),
         col=np.asarray(cols, np.int64),
@@ -278,13 +281,9 @@ def enhance(
         config = (config or preset("default", slide.lattice.kind)).with_overrides(
             device=device, **train_options
         )
-        trainer = Trainer(adata, config, mask)
-        for event in trainer.run(stop):
-            if callback is not None:
-                callback(event)
-        if trainer.result is None:
+        model = train(adata, config, mask, stop=stop, callback=callback)
+        if model is None:
             raise TrainingStopped("training stopped by request; nothing was written")
-        model = trainer.result
     elif train_options:
         raise TypeError(f"training options {sorted(train_options)} given with a trained model")
     if model.lattice_kind != slide.lattice.kind:

@@ -42,7 +42,7 @@ from .enhance import predict, sites_at
 from .io import lattice_of
 from .presets import preset
 from .slide import site_keys, slide_from_adata
-from .training import Trainer
+from .training import train
 
 PROTOCOLS = ("heldout", "lost", "paper")
 INTERPOLATION = ("nearest", "linear", "cubic")
@@ -176,11 +176,7 @@ def _interpolate(method: str) -> Callable[[Split], MethodResult]:
         seen = _dense(_known_counts(split))
         depth_seen = np.asarray(split.known.X[_known_rows(split)].sum(axis=1)).ravel()
         values = np.column_stack([seen, depth_seen])
-        pred = griddata(split.known_xy, values, split.target_xy, method=method)
-        if np.isnan(pred).any():  # cubic/linear at the hull boundary: fall back to nearest
-            near = griddata(split.known_xy, values, split.target_xy, method="nearest")
-            pred = np.where(np.isnan(pred), near, pred)
-        pred = np.clip(pred, 0, None)
+        pred = np.clip(_griddata(split, values, method), 0, None)
         return MethodResult(pred[:, :-1], pred[:, -1], time.perf_counter() - start)
 
     return run
@@ -193,11 +189,20 @@ def _known_rows(split: Split) -> np.ndarray:
     return ~np.isin(keys, site_keys(split.mask[:, 0], split.mask[:, 1]))
 
 
+def _griddata(split: Split, values: np.ndarray, method: str) -> np.ndarray:
+    """scipy griddata from the known to the scored spots; nearest where ``method`` gives NaN.
+
+    Linear and cubic interpolation are undefined outside the convex hull of the known spots.
+    """
+    pred = griddata(split.known_xy, values, split.target_xy, method=method)
+    if method != "nearest" and np.isnan(pred).any():
+        near = griddata(split.known_xy, values, split.target_xy, method="nearest")
+        pred = np.where(np.isnan(pred), near, pred)
+    return pred
+
+
 def _interpolated_depth(split: Split) -> np.ndarray:
-    depth = np.asarray(split.known.X[_known_rows(split)].sum(axis=1)).ravel()
-    pred = griddata(split.known_xy, depth, split.target_xy, method="linear")
-    near = griddata(split.known_xy, depth, split.target_xy, method="nearest")
-    return np.where(np.isnan(pred), near, pred)
+    return _griddata(split, np.asarray(split.known.X[_known_rows(split)].sum(axis=1)).ravel(), "linear")
 
 
 def _known_counts(split: Split):
@@ -262,10 +267,7 @@ def _stentrans(
         start = time.perf_counter()
         kind = lattice_of(split.train_on).kind
         config = preset(preset_name, kind, epochs=epochs, seed=seed, device=device)
-        trainer = Trainer(split.train_on, config, split.mask)
-        for _ in trainer.run():
-            pass
-        model = trainer.result
+        model = train(split.train_on, config, split.mask)
         slide = slide_from_adata(split.known, split.mask)
         sites = sites_at(slide, split.target_rows, split.target_cols)
         gene_idx = slide.genes.get_indexer(split.genes)

@@ -483,10 +483,15 @@ def _orient_spots_as_rows(table: pd.DataFrame, coords: pd.DataFrame | None, path
     )
 
 
+def _has_id_column(coords: pd.DataFrame) -> bool:
+    """Whether a coordinates table's first column holds spot ids (barcodes or spot names)."""
+    first = str(coords.columns[0])
+    return first.lower() in ("spot", "barcode", "barcodes", "row.names", "") or first.startswith("Unnamed")
+
+
 def _coord_keys(coords: pd.DataFrame) -> list[str]:
-    first = coords.columns[0]
-    if first.lower() in ("spot", "barcode", "barcodes", "row.names", "") or first.startswith("Unnamed"):
-        return coords[first].astype(str).tolist()
+    if _has_id_column(coords):
+        return coords[coords.columns[0]].astype(str).tolist()
     if {"x", "y"} <= set(coords.columns):
         return [f"{int(round(x))}x{int(round(y))}" for x, y in zip(coords["x"], coords["y"], strict=True)]
     return coords.iloc[:, 0].astype(str).tolist()
@@ -501,12 +506,8 @@ def _attach_coords(adata: ad.AnnData, coords: pd.DataFrame, coords_path: Path) -
         matched.index = adata.obs_names
     else:
         keyed = coords.copy()
-        first = keyed.columns[0]
-        id_column = first.lower() in ("spot", "barcode", "barcodes", "row.names") or first.startswith(
-            "Unnamed"
-        )
-        if id_column:
-            keyed.index = keyed[first].astype(str)
+        if _has_id_column(keyed):
+            keyed.index = keyed[keyed.columns[0]].astype(str)
         elif {"x", "y"} <= cols:
             ids = _parse_spot_ids(adata.obs_names)
             keyed.index = pd.Index(_coord_keys(keyed))

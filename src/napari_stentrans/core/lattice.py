@@ -496,10 +496,6 @@ class BrickRaster:
         p, q = self.pixels(row, col)
         return p * self.width + q
 
-    rasterize = IndexRaster.rasterize
-    mask = IndexRaster.mask
-    sample = IndexRaster.sample
-
 
 def apply_symmetry(image: np.ndarray, op: tuple[bool, bool, bool]) -> np.ndarray:
     """Apply an index-raster symmetry ``(transpose, flip_u, flip_v)`` to the last two axes."""
