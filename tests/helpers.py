@@ -86,7 +86,7 @@ TINY_OPTIONS = dict(
 
 
 def tiny_config(kind: str = "square", **overrides):
-    """A fast default-preset configuration for tests."""
+    """A fast configuration of the learned (transformer) preset for tests."""
     from napari_stentrans.core.presets import preset
 
-    return preset("default", kind, **{**TINY_OPTIONS, **overrides})
+    return preset("transformer", kind, **{**TINY_OPTIONS, **overrides})

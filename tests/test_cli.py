@@ -245,3 +245,12 @@ def test_enhance_real_slides_from_the_command_line(relpath, kind, n_spots, tmp_p
         source.obsm["spatial"][rows],
         atol=2.0,
     )  # pixels; affine fit of the array
+
+
+def test_preset_choices_are_the_engines_presets():
+    from napari_stentrans.cli import _build_parser
+    from napari_stentrans.core.presets import PRESETS
+
+    enhance_parser = _build_parser()._subparsers._group_actions[0].choices["enhance"]
+    (action,) = [a for a in enhance_parser._actions if a.dest == "preset"]
+    assert tuple(action.choices) == PRESETS and action.default == "default"

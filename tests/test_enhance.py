@@ -72,7 +72,7 @@ def test_output_values_layers_and_provenance(square_case):
     )
     assert out.layers["measured"][~measured].nnz == 0
     info = out.uns["stentrans"]
-    assert info["lattice"] == "square" and info["pitch_um"] == 100.0 and info["preset"] == "default"
+    assert info["lattice"] == "square" and info["pitch_um"] == 100.0 and info["preset"] == "transformer"
     assert "history" in info and len(info["history"]["val_loss"]) == 3
     with pytest.raises(ValueError, match="not in the slide"):
         enhance(adata, model, genes=["NOPE"])
@@ -156,3 +156,29 @@ def test_checkerboard_slide_is_enhanced_on_its_own_lattice():
     assert out.uns["stentrans"]["lattice"] == "checkerboard"
     assert ((out.obs["array_row"] + out.obs["array_col"]) % 2 == 0).all()
     assert (out.obs["kind"] == "measured").sum() == adata.n_obs
+
+
+def test_default_preset_is_the_classical_estimate_and_skips_the_network():
+    """The default trains nothing; skipping the network gives exactly what running it gives."""
+    from dataclasses import replace
+
+    from napari_stentrans.core.enhance import output_sites, predict
+    from napari_stentrans.core.presets import preset
+    from napari_stentrans.core.slide import slide_from_adata
+
+    r, c = block_sites("hex", 14, 24)
+    adata = make_slide(r, c, "hex", n_genes=20, seed=2)
+    config = preset("default", "hex", n_train_genes=16, device="cpu")
+    assert config.epochs == 0 and config.smoothers == "linear"
+    model = train(adata, config)
+    assert not model.uses_network
+    assert model.classical.bandwidth is None and model.classical.depth_bandwidth is None
+    slide = slide_from_adata(adata)
+    sites = output_sites(slide)
+    genes = np.arange(len(slide.genes))
+    fast, depth = predict(model, slide, genes, sites, device="cpu")
+    forced = replace(model, config=replace(model.config, epochs=1, restore_best=False))
+    assert forced.uses_network
+    slow, _ = predict(forced, slide, genes, sites, device="cpu")
+    np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-5)
+    assert depth is not None and (depth > 0).all()

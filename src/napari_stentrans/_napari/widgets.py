@@ -197,22 +197,24 @@ class TrainWidget(_SlideWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(viewer)
-        from ..core.presets import preset
+        from ..core.presets import PRESETS, preset
 
         defaults = preset("default")
         self._preset = ComboBox(
             label="Preset",
-            choices=["default", "published"],
+            choices=list(PRESETS),
             value="default",
-            tooltip="default: correction on a classical estimate (honest best); "
+            tooltip="default: low-rank reconstruction + linear interpolation, the best method on the "
+            "honest benchmark (no training, seconds); transformer: a ViT correction learned on top; "
             "published: the authors' recipe, for comparison",
         )
         self._epochs = SpinBox(
             label="Epochs",
-            min=1,
+            min=0,
             max=1000,
             value=defaults.epochs,
-            tooltip="Passes over the training genes (early stopping on validation)",
+            tooltip="Passes over the training genes (early stopping on validation); "
+            "0 = the classical estimate, nothing learned",
         )
         self._genes = SpinBox(
             label="Training genes",

@@ -158,7 +158,7 @@ def predict(
     """
     config = model.config
     dev = resolve_device(device)
-    net = model.build(dev)
+    net = model.build(dev) if model.uses_network else None
     usable = slide.usable
     u_row, u_col = slide.row[usable], slide.col[usable]
     if config.raster == "brick":
@@ -201,6 +201,13 @@ def predict(
                 raise TrainingStopped("enhancement stopped by request; nothing was written")
             chunk = gene_idx[start : start + batch_size]
             values = slide.expression(chunk, config.normalization, model.target_sum)
+            if net is None:  # the classical estimate itself
+                mean, coef = basis.loadings(values, rank)
+                pred = (smoothed_scores @ coef + mean).astype(np.float32)
+                result[:, start : start + len(chunk)] = denormalize(
+                    np.clip(pred, 0.0, None), out_depth, model.target_sum
+                )
+                continue
             lr = np.zeros((len(chunk), h * w), dtype=np.float32)
             lr[:, in_flat] = values.T
             channels = [lr]

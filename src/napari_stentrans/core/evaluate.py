@@ -35,18 +35,28 @@ from .classical import (
     DEPTH_BANDWIDTH_GRID,
     classical_estimate,
     denormalize,
+    linear_weights,
     normalize,
     select_classical_params,
 )
+from .cnn_baseline import fit_predict
 from .enhance import predict, sites_at
 from .io import lattice_of
 from .presets import preset
 from .slide import site_keys, slide_from_adata
-from .training import train
+from .training import resolve_device, train
 
 PROTOCOLS = ("heldout", "lost", "paper")
 INTERPOLATION = ("nearest", "linear", "cubic")
-DEFAULT_METHODS = ("stentrans", "stentrans_published", *INTERPOLATION, "lowrank_linear", "lowrank_kernel")
+DEFAULT_METHODS = (
+    "stentrans",
+    "stentrans_transformer",
+    "stentrans_published",
+    *INTERPOLATION,
+    "lowrank_linear",
+    "lowrank_kernel",
+    "residual_cnn",
+)
 
 
 @dataclass
@@ -209,6 +219,32 @@ def _known_counts(split: Split):
     return split.known.X[_known_rows(split)][:, split.known.var_names.get_indexer(split.genes)]
 
 
+@dataclass
+class _Seen:
+    """Normalised expression, log depth and positions of the spots a method may see."""
+
+    values: np.ndarray  # (n, genes of the split) normalised
+    log_depth: np.ndarray
+    xy: np.ndarray  # positions in units of the split's physical frame
+    row: np.ndarray
+    col: np.ndarray
+
+
+def _seen(split: Split) -> _Seen:
+    rows = _known_rows(split)
+    x = split.known.X[rows]
+    depth = np.asarray(x.sum(axis=1)).ravel().astype(np.float64)
+    ok = depth > 0
+    gene_idx = split.known.var_names.get_indexer(split.genes)
+    return _Seen(
+        values=normalize(_dense(x[:, gene_idx])[ok], depth[ok]),
+        log_depth=np.log(depth[ok]),
+        xy=split.known_xy[ok],
+        row=split.known.obs["array_row"].to_numpy()[rows][ok],
+        col=split.known.obs["array_col"].to_numpy()[rows][ok],
+    )
+
+
 def _classical(smoothing: str) -> Callable[[Split], MethodResult]:
     """Low-rank reconstruction of the known spots, then linear interpolation or kernel smoothing.
 
@@ -222,32 +258,48 @@ def _classical(smoothing: str) -> Callable[[Split], MethodResult]:
 
     def run(split: Split) -> MethodResult:
         start = time.perf_counter()
-        rows = _known_rows(split)
-        x = split.known.X[rows]
-        depth = np.asarray(x.sum(axis=1)).ravel().astype(np.float64)
-        ok = depth > 0
-        gene_idx = split.known.var_names.get_indexer(split.genes)
-        values = normalize(_dense(x[:, gene_idx])[ok], depth[ok])
-        xy = split.known_xy[ok]
-        lattice = lattice_of(split.known)
-        krow = split.known.obs["array_row"].to_numpy()[rows][ok]
-        kcol = split.known.obs["array_col"].to_numpy()[rows][ok]
-        keep = lattice.coset(krow, kcol)  # all four down-sampling pairs of what the method sees
-        pitch = xy_pitch(xy)
+        seen = _seen(split)
+        keep = lattice_of(split.known).coset(seen.row, seen.col)  # all four down-sampling pairs
+        pitch = xy_pitch(seen.xy)
         params, _ = select_classical_params(
-            values,
-            xy / pitch,
+            seen.values,
+            seen.xy / pitch,
             keep,
             bandwidths=grid,
-            log_depth=np.log(depth[ok]),
+            log_depth=seen.log_depth,
             depth_bandwidths=depth_grid,
         )
         est, log_depth = classical_estimate(
-            values, np.log(depth[ok]), xy / pitch, split.target_xy / pitch, params
+            seen.values, seen.log_depth, seen.xy / pitch, split.target_xy / pitch, params
         )
         pred_depth = np.exp(log_depth)
         counts = denormalize(np.clip(est, 0, None), pred_depth)
         return MethodResult(counts, pred_depth, time.perf_counter() - start, params.describe())
+
+    return run
+
+
+def _residual_cnn(seed: int, device: str) -> Callable[[Split], MethodResult]:
+    """The DIST-like residual CNN (:mod:`.cnn_baseline`) trained on the known spots' coset pairs."""
+
+    def run(split: Split) -> MethodResult:
+        start = time.perf_counter()
+        seen = _seen(split)
+        half_pitch = split.mask is None
+        est, extra = fit_predict(
+            seen.values,
+            seen.row,
+            seen.col,
+            lattice_of(split.known),
+            split.target_rows if half_pitch else split.target_rows // 2,
+            split.target_cols if half_pitch else split.target_cols // 2,
+            half_pitch,
+            seed=seed,
+            device=str(resolve_device(device)),
+        )
+        pred_depth = np.exp(linear_weights(seen.xy, split.target_xy) @ seen.log_depth)
+        counts = denormalize(np.clip(est, 0, None), pred_depth)
+        return MethodResult(counts, pred_depth, time.perf_counter() - start, extra)
 
     return run
 
@@ -266,7 +318,10 @@ def _stentrans(
     def run(split: Split) -> MethodResult:
         start = time.perf_counter()
         kind = lattice_of(split.train_on).kind
-        config = preset(preset_name, kind, epochs=epochs, seed=seed, device=device)
+        # ``epochs`` is for the presets that learn; the default estimator trains nothing
+        config = preset(
+            preset_name, kind, epochs=None if preset_name == "default" else epochs, seed=seed, device=device
+        )
         model = train(split.train_on, config, split.mask)
         slide = slide_from_adata(split.known, split.mask)
         sites = sites_at(slide, split.target_rows, split.target_cols)
@@ -291,11 +346,13 @@ def method_table(epochs: int | None = None, seed: int = 0, device: str = "auto")
     """Every method of the benchmark by name."""
     table: dict[str, Callable] = {
         "stentrans": _stentrans("default", epochs, seed, device),
+        "stentrans_transformer": _stentrans("transformer", epochs, seed, device),
         "stentrans_published": _stentrans("published", epochs, seed, device),
     }
     table.update({m: _interpolate(m) for m in INTERPOLATION})
     table["lowrank_linear"] = _classical("linear")
     table["lowrank_kernel"] = _classical("kernel")
+    table["residual_cnn"] = _residual_cnn(seed, device)
     return table
 
 

@@ -435,6 +435,12 @@ class IndexRaster:
         p, q = self.pixels(row, col)
         return p * self.width + q
 
+    def contains(self, row: np.ndarray, col: np.ndarray) -> np.ndarray:
+        """Boolean array: which sites fall inside the raster."""
+        u, v = self.lattice.to_index(row, col)
+        p, q = u - self.u0, v - self.v0
+        return (p >= 0) & (q >= 0) & (p < self.height) & (q < self.width)
+
     def sites(self) -> tuple[np.ndarray, np.ndarray]:
         """Array coordinates (row, col) of every pixel, each ``(height, width)``."""
         p, q = np.meshgrid(np.arange(self.height), np.arange(self.width), indexing="ij")

@@ -65,6 +65,20 @@ class TrainedModel:
     training_genes: list[str]
     history: dict[str, list] = field(default_factory=dict)
 
+    @property
+    def uses_network(self) -> bool:
+        """False when predictions are exactly the classical estimate.
+
+        A residual model's correction starts at zero; it stays zero when no epoch was trained
+        or when validation kept the weights of epoch 0, and the network need not run.
+        """
+        if not self.config.model.residual:
+            return True
+        if self.config.epochs == 0:
+            return False
+        best_epoch = self.history.get("best_epoch", [None])[0]
+        return not (self.config.restore_best and best_epoch is not None and int(best_epoch) == 0)
+
     def build(self, device: str | torch.device = "cpu") -> StEnTransViT:
         """The network with the trained weights, in evaluation mode."""
         model = StEnTransViT(self.config.model)
@@ -385,8 +399,13 @@ class Trainer:
         classical = ClassicalParams()
         if config.model.residual:
             keep = slide.lattice.coset(slide.row[slide.usable], slide.col[slide.usable])  # all four pairs
+            linear_only = {"bandwidths": (None,), "depth_bandwidths": (None,)}
             classical, _ = select_classical_params(
-                values, slide.positions(slide.usable), keep, log_depth=np.log(slide.depth[slide.usable])
+                values,
+                slide.positions(slide.usable),
+                keep,
+                log_depth=np.log(slide.depth[slide.usable]),
+                **(linear_only if config.smoothers == "linear" else {}),
             )
         sampler = PairSampler(slide, values, config, classical)
         n_genes = values.shape[1]
@@ -442,7 +461,7 @@ class Trainer:
             net.train()
             return sum(losses) / len(val_genes)
 
-        best_val = validate(model)
+        best_val = validate(model) if config.epochs > 0 else None
         best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         best_epoch, since_best = 0, 0
         self._record(0, None, best_val, time.perf_counter() - start)
@@ -461,7 +480,7 @@ class Trainer:
             f"{slide.n_usable} spots, {n_genes} training genes ({len(val_genes)} validation), "
             f"classical {classical.describe()}",
         )
-        done = 0
+        done, epoch = 0, 0
         try:
             for epoch in range(1, config.epochs + 1):
                 order = rng.permutation(fit_genes)
