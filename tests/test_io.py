@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import gzip
-import json
-
-import h5py
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from helpers import block_sites, make_slide, shared_data_or_skip, write_slide_with_bad_count
+from helpers import (
+    block_sites,
+    make_slide,
+    shared_data_or_skip,
+    write_slide_with_bad_count,
+    write_spaceranger,
+)
 from napari_stentrans.core.io import ReadError, read
 
 # (path below shared/data, lattice kind, spots after reading)
@@ -87,79 +89,11 @@ def test_table_and_h5ad_of_the_same_slide_agree():
 # ----------------------------------------------------------------------------- hand-built formats
 
 
-def _write_spaceranger(folder, adata, *, matrix: str, positions: str):
-    """Write a minimal Space Ranger output of ``adata`` (hex lattice)."""
-    spatial = folder / "spatial"
-    spatial.mkdir(parents=True)
-    counts = sp.csc_matrix(adata.X.T).astype(np.int32)
-    barcodes = np.asarray(adata.obs_names)
-    if matrix == "h5":
-        with h5py.File(folder / "filtered_feature_bc_matrix.h5", "w") as f:
-            m = f.create_group("matrix")
-            m["data"], m["indices"], m["indptr"] = counts.data, counts.indices, counts.indptr
-            m["shape"] = np.array(counts.shape)
-            m["barcodes"] = barcodes.astype("S")
-            feats = m.create_group("features")
-            feats["name"] = np.asarray(adata.var_names).astype("S")
-            feats["id"] = np.array([f"ENSG{i:05d}" for i in range(adata.n_vars)]).astype("S")
-            feats["feature_type"] = np.array(["Gene Expression"] * adata.n_vars).astype("S")
-    else:
-        mtx = folder / "filtered_feature_bc_matrix"
-        mtx.mkdir()
-        from scipy.io import mmwrite
-
-        with gzip.open(mtx / "matrix.mtx.gz", "wb") as fh:
-            mmwrite(fh, sp.coo_matrix(counts))
-        pd.DataFrame(
-            {0: [f"ENSG{i:05d}" for i in range(adata.n_vars)], 1: adata.var_names, 2: "Gene Expression"}
-        ).to_csv(mtx / "features.tsv.gz", sep="\t", header=False, index=False)
-        pd.Series(barcodes).to_csv(mtx / "barcodes.tsv.gz", sep="\t", header=False, index=False)
-    table = pd.DataFrame(
-        {
-            "barcode": barcodes,
-            "in_tissue": 1,
-            "array_row": adata.obs["array_row"].to_numpy(),
-            "array_col": adata.obs["array_col"].to_numpy(),
-            "pxl_row_in_fullres": adata.obsm["spatial"][:, 1],
-            "pxl_col_in_fullres": adata.obsm["spatial"][:, 0],
-        }
-    )
-    table = pd.concat(
-        [
-            table,
-            pd.DataFrame(
-                [
-                    {
-                        "barcode": "EMPTY-1",
-                        "in_tissue": 1,
-                        "array_row": 40,
-                        "array_col": 40,
-                        "pxl_row_in_fullres": 1.0,
-                        "pxl_col_in_fullres": 1.0,
-                    }
-                ]
-            ),
-        ]
-    )
-    if positions == "v1":
-        table.to_csv(spatial / "tissue_positions_list.csv", header=False, index=False)
-    elif positions == "v2":
-        table.to_csv(spatial / "tissue_positions.csv", index=False)
-    else:
-        table.to_parquet(spatial / "tissue_positions.parquet")
-    (spatial / "scalefactors_json.json").write_text(
-        json.dumps({"tissue_lowres_scalef": 0.5, "spot_diameter_fullres": 9.0})
-    )
-    from PIL import Image
-
-    Image.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(spatial / "tissue_lowres_image.png")
-
-
 @pytest.mark.parametrize(("matrix", "positions"), [("h5", "v1"), ("mtx", "v2"), ("h5", "parquet")])
 def test_spaceranger_folder_round_trip(tmp_path, matrix, positions):
     r, c = block_sites("hex", 6, 10)
     src = make_slide(r, c, "hex")
-    _write_spaceranger(tmp_path / "sr", src, matrix=matrix, positions=positions)
+    write_spaceranger(tmp_path / "sr", src, matrix=matrix, positions=positions)
     adata = read(tmp_path / "sr")
     assert list(adata.obs_names) == list(src.obs_names)
     np.testing.assert_array_equal(adata.X.toarray(), src.X.toarray())
@@ -174,7 +108,7 @@ def test_spaceranger_folder_round_trip(tmp_path, matrix, positions):
 def test_spaceranger_barcode_without_position_names_the_file(tmp_path):
     r, c = block_sites("hex", 4, 6)
     src = make_slide(r, c, "hex")
-    _write_spaceranger(tmp_path / "sr", src, matrix="h5", positions="v2")
+    write_spaceranger(tmp_path / "sr", src, matrix="h5", positions="v2")
     pos = pd.read_csv(tmp_path / "sr/spatial/tissue_positions.csv")
     pos.iloc[1:].to_csv(tmp_path / "sr/spatial/tissue_positions.csv", index=False)
     with pytest.raises(ReadError, match=r"tissue_positions.csv: 1 barcode\(s\) .* no position"):

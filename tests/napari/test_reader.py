@@ -79,3 +79,29 @@ def test_sample_data_opens_with_truth_layers(make_napari_viewer, key):
     g_extent = np.array(gene.extent.world)
     t_extent = np.array(truth.extent.world)
     np.testing.assert_allclose(g_extent, t_extent, atol=0.6 * 200)
+
+
+def test_bad_files_are_refused_with_the_file_named_and_the_viewer_unchanged(make_napari_viewer, tmp_path):
+    """Each bad input of the CLI tests, opened in napari: an error naming file and problem, no layer."""
+    import re
+
+    from bad_inputs import CASES
+    from napari_stentrans.core.io import ReadError
+
+    viewer = make_napari_viewer()
+    viewer.add_points([[1.0, 2.0]], name="user layer")
+    before = [(layer.name, layer.data.copy()) for layer in viewer.layers]
+    tried = 0
+    for case, (make, pattern) in CASES.items():
+        if case in ("missing path", "unknown format"):
+            continue  # napari itself refuses these before any plugin reader runs
+        folder = tmp_path / f"case{tried}"
+        folder.mkdir()
+        path = make(folder)
+        with pytest.raises(ReadError) as info:
+            viewer.open(path, plugin="napari-stentrans")
+        assert re.search(pattern, str(info.value)) and path.name in str(info.value), (case, info.value)
+        assert [layer.name for layer in viewer.layers] == [before[0][0]], case
+        np.testing.assert_array_equal(viewer.layers[0].data, before[0][1])
+        tried += 1
+    assert tried == len(CASES) - 2

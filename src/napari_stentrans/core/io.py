@@ -16,6 +16,10 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import warnings
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import anndata as ad
@@ -95,10 +99,31 @@ def read(
         raise
     except LatticeError as exc:
         raise ReadError(f"{path}: {exc}") from exc
-    except (OSError, ValueError, KeyError, EOFError) as exc:
+    except READ_FAULTS as exc:
         raise ReadError(f"{path}: cannot be read ({type(exc).__name__}: {exc})") from exc
     _validate_counts(adata, path)
     return adata
+
+
+# what truncated, corrupt or mis-typed files raise inside pandas, h5py, gzip, scipy and PIL
+READ_FAULTS = (OSError, ValueError, KeyError, IndexError, TypeError, EOFError, zlib.error, UnicodeDecodeError)
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Turn a fault while reading ``path`` into a ReadError that names that file."""
+    try:
+        yield
+    except ReadError:
+        raise
+    except LatticeError as exc:
+        raise ReadError(f"{path}: {exc}") from exc
+    except pd.errors.EmptyDataError as exc:
+        raise ReadError(f"{path}: file is empty") from exc
+    except READ_FAULTS as exc:
+        raise ReadError(
+            f"{path}: cannot be read, truncated or corrupt? ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def _suffix(path: Path) -> str:
@@ -135,7 +160,8 @@ def read_spaceranger(path: str | Path, library_id: str | None = None) -> ad.AnnD
     h5 = _first(path, ["filtered_feature_bc_matrix.h5", "*filtered_feature_bc_matrix.h5"])
     mtx_dir = path / "filtered_feature_bc_matrix"
     if h5 is not None:
-        adata = _read_10x_h5(h5)
+        with _reading(h5):
+            adata = _read_10x_h5(h5)
     elif mtx_dir.is_dir():
         adata = _read_10x_mtx(mtx_dir)
     else:
@@ -151,7 +177,8 @@ def read_spaceranger(path: str | Path, library_id: str | None = None) -> ad.AnnD
     )
     if positions_file is None:
         raise ReadError(f"{spatial_dir}: no tissue_positions(.csv|.parquet) or tissue_positions_list.csv")
-    positions = _read_positions(positions_file)
+    with _reading(positions_file):
+        positions = _read_positions(positions_file)
     missing = ~adata.obs_names.isin(positions.index)
     if missing.any():
         raise ReadError(
@@ -207,7 +234,7 @@ def _read_10x_h5(path: Path) -> ad.AnnData:
     adata = ad.AnnData(
         X=counts.T.tocsr().astype(np.float32),
         obs=pd.DataFrame(index=pd.Index(barcodes, dtype=str)),
-        var=pd.DataFrame({"gene_ids": ids}, index=_unique_names(names)),
+        var=pd.DataFrame({"gene_ids": ids}, index=_unique_names(names, path)),
     )
     if ftype is not None:
         adata.var["feature_types"] = ftype
@@ -215,9 +242,26 @@ def _read_10x_h5(path: Path) -> ad.AnnData:
     return adata
 
 
-def _unique_names(names) -> pd.Index:
-    """Gene names made unique the scanpy way (``GENE``, ``GENE-1``, ...), index name None."""
-    index = ad.utils.make_index_unique(pd.Index(np.asarray(names, dtype=str)))
+class DuplicateGeneNamesWarning(UserWarning):
+    """Gene names repeated in a file were made unique (``GENE``, ``GENE-1``, ...)."""
+
+
+def _unique_names(names, source: Path) -> pd.Index:
+    """Gene names made unique the scanpy way (``GENE``, ``GENE-1``, ...), index name None.
+
+    10x references repeat some gene symbols (the Ensembl ids differ), so repeats are kept as
+    separate genes, renamed, with a warning naming the file.
+    """
+    raw = pd.Index(np.asarray(names, dtype=str))
+    repeated = raw[raw.duplicated()].unique()
+    if len(repeated):
+        warnings.warn(
+            f"{source}: {len(repeated)} gene name(s) occur more than once (e.g. {repeated[0]!r}); "
+            f"kept as separate genes named {repeated[0]}, {repeated[0]}-1, ...",
+            DuplicateGeneNamesWarning,
+            stacklevel=3,
+        )
+    index = ad.utils.make_index_unique(raw)
     index.name = None
     return index
 
@@ -231,16 +275,21 @@ def _read_10x_mtx(folder: Path) -> ad.AnnData:
     for name, file in (("matrix.mtx", matrix), ("features.tsv", features), ("barcodes.tsv", barcodes)):
         if file is None:
             raise ReadError(f"{folder}: {name}(.gz) is missing")
-    counts = sp.csr_matrix(mmread(str(matrix))).T.tocsr().astype(np.float32)
-    feat = pd.read_csv(features, sep="\t", header=None)
-    bc = pd.read_csv(barcodes, sep="\t", header=None)[0].astype(str).to_numpy()
+    with _reading(matrix):
+        counts = sp.csr_matrix(mmread(str(matrix))).T.tocsr().astype(np.float32)
+    with _reading(features):
+        feat = pd.read_csv(features, sep="\t", header=None)
+    with _reading(barcodes):
+        bc = pd.read_csv(barcodes, sep="\t", header=None)[0].astype(str).to_numpy()
     if counts.shape != (len(bc), len(feat)):
         raise ReadError(
             f"{matrix}: matrix is {counts.shape[1]} features x {counts.shape[0]} barcodes but "
             f"{features.name} lists {len(feat)} and {barcodes.name} {len(bc)}"
         )
     names = feat[1] if feat.shape[1] > 1 else feat[0]
-    var = pd.DataFrame({"gene_ids": feat[0].astype(str).to_numpy()}, index=_unique_names(names.astype(str)))
+    var = pd.DataFrame(
+        {"gene_ids": feat[0].astype(str).to_numpy()}, index=_unique_names(names.astype(str), features)
+    )
     adata = ad.AnnData(X=counts, obs=pd.DataFrame(index=pd.Index(bc)), var=var)
     if feat.shape[1] > 2:
         ftype = feat[2].astype(str).to_numpy()
@@ -270,6 +319,16 @@ def _read_positions(path: Path) -> pd.DataFrame:
     if table["barcode"].duplicated().any():
         dup = table["barcode"][table["barcode"].duplicated()].iloc[0]
         raise ReadError(f"{path}: barcode {dup!r} is listed twice")
+    for col in POSITION_COLUMNS[1:]:
+        numbers = pd.to_numeric(table[col], errors="coerce")
+        bad = numbers.isna() | ~np.isfinite(numbers)
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise ReadError(
+                f"{path}: column {col!r} has a non-numeric value {table[col].iloc[i]!r} "
+                f"(barcode {table['barcode'].iloc[i]!r})"
+            )
+        table[col] = numbers
     for col in ("in_tissue", "array_row", "array_col"):
         table[col] = snap_to_integers(table[col].to_numpy(dtype=float), f"{path.name} column {col}")
     return table.set_index("barcode")
@@ -298,6 +357,8 @@ def _read_h5ad(path: Path) -> ad.AnnData:
     if adata.X is None:
         raise ReadError(f"{path}: AnnData has no X matrix")
     _check_not_empty(adata, path)
+    if adata.var_names.has_duplicates:
+        adata.var_names = _unique_names(adata.var_names, path)
     if _has_non_integer(adata.X) and "counts" in adata.layers:
         adata.X = adata.layers["counts"]
     adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
@@ -353,7 +414,7 @@ def read_st_table(path: str | Path, coords: str | Path | None = None) -> ad.AnnD
     adata = ad.AnnData(
         X=sp.csr_matrix(numeric.to_numpy(dtype=np.float32)),
         obs=pd.DataFrame(index=pd.Index(table.index, dtype=str)),
-        var=pd.DataFrame(index=_unique_names(table.columns.astype(str))),
+        var=pd.DataFrame(index=_unique_names(table.columns.astype(str), path)),
     )
     if coord_table is not None:
         adata = _attach_coords(adata, coord_table, coords_path)
@@ -394,10 +455,8 @@ def _separator(path: Path) -> str | None:
 
 
 def _read_table(path: Path, **kwargs) -> pd.DataFrame:
-    try:
+    with _reading(path):
         return pd.read_csv(path, sep=_separator(path), **kwargs)
-    except pd.errors.EmptyDataError as exc:
-        raise ReadError(f"{path}: file is empty") from exc
 
 
 def _parse_spot_ids(ids: pd.Index) -> np.ndarray | None:
@@ -436,7 +495,7 @@ def _find_coords(counts_path: Path) -> Path | None:
 def _read_coords(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise ReadError(f"{path}: coordinates file not found")
-    with _open_text(path) as fh:
+    with _reading(path), _open_text(path) as fh:
         first = fh.readline()
     tokens = re.split(r"[,\t ]+", first.strip().replace('"', ""))
     headerless = all(_is_number(t) for t in tokens if t)
@@ -594,6 +653,9 @@ def _has_non_integer(x) -> bool:
     return bool(finite.size and np.any(finite != np.round(finite)))
 
 
+MIN_SPOTS = 3  # fewer spots fix no lattice and leave nothing to learn from
+
+
 def _check_not_empty(adata: ad.AnnData, path: Path) -> None:
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise ReadError(f"{path}: empty count matrix ({adata.n_obs} spots x {adata.n_vars} genes)")
@@ -611,3 +673,7 @@ def _validate_counts(adata: ad.AnnData, path: Path) -> None:
             f"{path}: count matrix has non-integer values; stEnTrans needs raw counts "
             "(store them in X or layers['counts'])"
         )
+    if adata.n_obs < MIN_SPOTS:
+        raise ReadError(f"{path}: only {adata.n_obs} spot(s); a slide needs at least {MIN_SPOTS}")
+    if not (data != 0).any():
+        raise ReadError(f"{path}: every count is zero ({adata.n_obs} spots x {adata.n_vars} genes)")
