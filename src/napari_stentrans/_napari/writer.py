@@ -29,11 +29,9 @@ def write_enhanced(path: str, layer_data: list[tuple]) -> list[str]:
     if enhanced is None:
         raise ValueError("select an enhanced layer ('GENE x2') to export the enhanced slide")
     source = enhanced.uns.get("stentrans", {}).get("source")
-    if source and Path(source).exists() and target.resolve() == Path(source).resolve():
-        raise ValueError(f"{target}: refusing to overwrite the input slide")
     out = enhanced
     if lost is not None:
         out = enhanced.copy()
         out.uns["stentrans"] = dict(out.uns["stentrans"], lost_sites=lost)
-    write_h5ad(out, target)
+    write_h5ad(out, target, inputs=[source] if source else [])
     return [str(target)]

@@ -11,6 +11,7 @@ sites: both ends of an edge, or a diagonal of a square cell; so never outside th
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from importlib.metadata import version as _package_version
 
@@ -30,6 +31,10 @@ from .training import StopFlag, TrainedModel, resolve_device, train
 
 KINDS = ("measured", "imputed", "new")
 GeneChoice = None | int | list[str] | tuple[str, ...] | np.ndarray
+
+
+class OutOfMemoryFallback(RuntimeWarning):
+    """The device ran out of memory; enhancement went on with smaller gene batches."""
 
 
 class TrainingStopped(RuntimeError):
@@ -195,8 +200,31 @@ def predict(
     result = np.zeros((len(sites), len(gene_idx)), dtype=np.float32)
     keep_lr = np.zeros(h * w, dtype=np.float32)
     keep_lr[in_flat] = 1.0
+
+    def network(chunk: np.ndarray, values: np.ndarray) -> np.ndarray:
+        lr = np.zeros((len(chunk), h * w), dtype=np.float32)
+        lr[:, in_flat] = values.T
+        channels = [lr]
+        base_t = None
+        if residual:
+            mean, coef = basis.loadings(values, rank)
+            base_sites = (smoothed_scores @ coef + mean).astype(np.float32)  # (n_sites, g)
+            base_hr = np.zeros((len(chunk), 4 * h * w), dtype=np.float32)
+            base_hr[:, out_flat] = base_sites.T
+            base_hr = base_hr.reshape(len(chunk), 2 * h, 2 * w)
+            channels += [
+                np.broadcast_to(keep_lr, lr.shape),
+                base_hr[:, ::2, ::2].reshape(len(chunk), -1) * keep_lr,
+            ]
+            base_t = torch.from_numpy(base_hr).to(dev)
+        x = torch.from_numpy(np.stack(channels, axis=1).reshape(len(chunk), -1, h, w)).to(dev)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            pred = net(x, base_t)
+        return pred.float().reshape(len(chunk), -1)[:, out_flat].cpu().numpy().T
+
+    start = 0
     with torch.no_grad():
-        for start in range(0, len(gene_idx), batch_size):
+        while start < len(gene_idx):
             if stop is not None and stop.is_set():
                 raise TrainingStopped("enhancement stopped by request; nothing was written")
             chunk = gene_idx[start : start + batch_size]
@@ -204,34 +232,27 @@ def predict(
             if net is None:  # the classical estimate itself
                 mean, coef = basis.loadings(values, rank)
                 pred = (smoothed_scores @ coef + mean).astype(np.float32)
-                result[:, start : start + len(chunk)] = denormalize(
-                    np.clip(pred, 0.0, None), out_depth, model.target_sum
-                )
-                continue
-            lr = np.zeros((len(chunk), h * w), dtype=np.float32)
-            lr[:, in_flat] = values.T
-            channels = [lr]
-            base_t = None
-            if residual:
-                mean, coef = basis.loadings(values, rank)
-                base_sites = (smoothed_scores @ coef + mean).astype(np.float32)  # (n_sites, g)
-                base_hr = np.zeros((len(chunk), 4 * h * w), dtype=np.float32)
-                base_hr[:, out_flat] = base_sites.T
-                base_hr = base_hr.reshape(len(chunk), 2 * h, 2 * w)
-                channels += [
-                    np.broadcast_to(keep_lr, lr.shape),
-                    base_hr[:, ::2, ::2].reshape(len(chunk), -1) * keep_lr,
-                ]
-                base_t = torch.from_numpy(base_hr).to(dev)
-            x = torch.from_numpy(np.stack(channels, axis=1).reshape(len(chunk), -1, h, w)).to(dev)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-                pred = net(x, base_t)
-            pred = pred.float().reshape(len(chunk), -1)[:, out_flat].cpu().numpy().T
+            else:
+                try:
+                    pred = network(chunk, values)
+                except torch.OutOfMemoryError:
+                    if batch_size == 1:
+                        raise
+                    batch_size = max(1, batch_size // 2)
+                    if dev.type == "cuda":
+                        torch.cuda.empty_cache()
+                    warnings.warn(
+                        f"out of memory on {dev}; continuing with {batch_size} genes per batch",
+                        OutOfMemoryFallback,
+                        stacklevel=2,
+                    )
+                    continue
             if config.normalization == "log1p":
                 # one depth model for every site (measured ones too): a dotted map otherwise
                 pred = denormalize(np.clip(pred, 0.0, None), out_depth, model.target_sum)
             result[:, start : start + len(chunk)] = pred
-    del net
+            start += len(chunk)
+    net = None  # release the weights before the caller assembles the output
     if dev.type == "cuda":
         torch.cuda.empty_cache()
     return result, out_depth

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -33,9 +33,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def write_h5ad(adata: ad.AnnData, path: str | Path) -> Path:
-    """Write an AnnData to ``.h5ad`` atomically."""
+def write_h5ad(adata: ad.AnnData, path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
+    """Write an AnnData to ``.h5ad`` atomically, refusing to replace any of ``inputs``."""
     path = Path(path)
+    for source in inputs:
+        if Path(source).exists() and path.resolve() == Path(source).resolve():
+            raise ValueError(f"{path}: refusing to overwrite the input slide")
     with atomic_path(path) as tmp:
         adata.write_h5ad(tmp)
     return path
