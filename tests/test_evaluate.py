@@ -101,3 +101,30 @@ def test_paper_protocol_is_the_leaky_one_and_says_so(hex_slide):
     assert "leaky" in report["warning"]
     with pytest.raises(ValueError, match="unknown protocol"):
         make_split(hex_slide, "honest-ish")
+
+
+@pytest.mark.parametrize("kind", ["hex", "square"])
+def test_heldout_seeds_hold_out_each_coset_with_consistent_half_pitch_coordinates(kind):
+    """Seed s keeps coset s % 4; known spots (2r', 2c') and targets share one half-pitch frame."""
+    from napari_stentrans.core.lattice import Lattice
+
+    r, c = block_sites(kind, 12, 16)
+    slide = make_slide(r, c, kind, n_genes=10, seed=1)
+    lattice = Lattice(kind)
+    full = {name: (row, col) for name, row, col in zip(slide.obs_names, r, c, strict=True)}
+    kept_by_seed = []
+    for seed in range(4):
+        split = make_split(slide, "heldout", seed=seed, min_detection=0.0)
+        known = split.known
+        half_known = np.column_stack([2 * known.obs["array_row"], 2 * known.obs["array_col"]])
+        original = np.array([full[n] for n in known.obs_names])
+        shift = half_known - original  # one constant shift maps the slide onto the half-pitch frame
+        assert (shift == shift[0]).all()
+        assert lattice.contains(split.target_rows, split.target_cols).all()
+        # the targets' half-pitch positions are the held-out spots' positions in the same frame
+        xy_targets = lattice.physical(split.target_rows - shift[0, 0], split.target_cols - shift[0, 1])
+        np.testing.assert_allclose(xy_targets / lattice.pitch_um, split.target_xy, atol=1e-9)
+        kept_by_seed.append(set(known.obs_names))
+    assert sum(len(k) for k in kept_by_seed) == slide.n_obs and set().union(*kept_by_seed) == set(
+        slide.obs_names
+    )

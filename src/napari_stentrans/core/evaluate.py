@@ -3,8 +3,8 @@
 Protocols (METHOD.md, "Honest evaluation"):
 
 ``heldout``
-    ``x_d`` = the lattice-preserving coset 0 of the slide (a quarter of the spots, same lattice
-    type at twice the pitch). Methods see only ``x_d`` (stEnTrans trains on
+    ``x_d`` = one lattice-preserving coset of the slide (a quarter of the spots, same lattice
+    type at twice the pitch; seed ``s`` keeps coset ``s % 4``). Methods see only ``x_d`` (stEnTrans trains on
     down(``x_d``) -> ``x_d``) and predict the other spots, where they are scored.
 ``lost``
     Contiguous blobs covering about 10 % of the measured spots are hidden (seeded); methods see
@@ -113,7 +113,8 @@ def make_split(
     xy = lattice.physical(row, col) / lattice.pitch_um
     depth = np.asarray(adata.X.sum(axis=1)).ravel().astype(np.float64)
     if protocol in ("heldout", "paper"):
-        keep, coarse_row, coarse_col = lattice.downsample(row, col, 0)
+        coset = seed % 4 if protocol == "heldout" else 0  # seeds 0-3 hold out each coset in turn
+        keep, coarse_row, coarse_col = lattice.downsample(row, col, coset)
         known = adata[keep].copy()
         known.obs["array_row"] = coarse_row
         known.obs["array_col"] = coarse_col
@@ -124,7 +125,9 @@ def make_split(
         }
         known.uns.pop("spatial", None)
         targets = ~keep
-        target_rows, target_cols = row[targets], col[targets]  # = half-pitch coordinates of x_d
+        # half-pitch coordinates of x_d: the slide's coordinates less the coset's offset
+        shift_row, shift_col = lattice.from_index(*divmod(coset, 2))
+        target_rows, target_cols = row[targets] - shift_row, col[targets] - shift_col
         mask = None
         train_on = adata if protocol == "paper" else known
     else:
