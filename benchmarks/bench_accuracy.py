@@ -150,6 +150,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--genes", type=int, default=None)
     parser.add_argument("--methods", default="all", help="comma-separated methods (default: all)")
+    parser.add_argument("--table-only", action="store_true", help="only rebuild the table from stored runs")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "accuracy")
     args = parser.parse_args()
     if not SHARED.is_dir():
@@ -165,7 +166,7 @@ def main() -> None:
 
     methods = DEFAULT_METHODS if args.methods == "all" else tuple(args.methods.split(","))
     reports = []
-    for name, relpath in chosen:
+    for name, relpath in [] if args.table_only else chosen:
         for protocol in args.protocols.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):
                 report = run_one(name, relpath, protocol, seed, args.genes, args.out, methods)
@@ -182,7 +183,7 @@ def main() -> None:
     command = ("python benchmarks/bench_accuracy.py " + " ".join(sys.argv[1:])).strip()
     log = args.out / "runs" / "commands.txt"
     commands = log.read_text().splitlines() if log.exists() else []
-    if command not in commands:
+    if command not in commands and not args.table_only:
         log.write_text("\n".join([*commands, command]) + "\n")
         commands.append(command)
     names = {name for name, _ in chosen}

@@ -159,3 +159,24 @@ def test_writer_refuses_to_replace_its_input(slide, tmp_path):
     with pytest.raises(ValueError, match="input"):
         write_h5ad(slide, path, inputs=[path])
     assert path.read_bytes() == original
+
+
+@pytest.mark.parametrize("name", ["default", "transformer"])
+def test_same_seed_gives_a_bit_identical_enhanced_slide_on_cpu(slide, name):
+    from napari_stentrans.core.enhance import enhance
+    from napari_stentrans.core.presets import preset
+
+    config = preset(
+        name,
+        "square",
+        epochs=1 if name == "transformer" else 0,
+        n_train_genes=16,
+        batch_size=8,
+        patience=None,
+        seed=7,
+        device="cpu",
+    )
+    first = enhance(slide, config=config)
+    second = enhance(slide, config=config)
+    assert first.X.dtype == np.float32
+    np.testing.assert_array_equal(first.X, second.X)  # bit for bit, not approximately

@@ -427,12 +427,16 @@ class Trainer:
         window = (max(8, sampler.raster.shape[0] // 2), max(8, sampler.raster.shape[1] // 2))
 
         model = StEnTransViT(config.model).to(device)
-        optimizer = torch.optim.AdamW(
-            model.parameters(),
-            lr=config.lr,
-            betas=config.betas,
-            eps=config.eps,
-            weight_decay=config.weight_decay,
+        optimizer = (  # nothing to optimise without epochs (and importing AdamW costs seconds)
+            torch.optim.AdamW(
+                model.parameters(),
+                lr=config.lr,
+                betas=config.betas,
+                eps=config.eps,
+                weight_decay=config.weight_decay,
+            )
+            if config.epochs > 0
+            else None
         )
         use_amp = device.type == "cuda"
         n_steps = max(1, int(np.ceil(len(fit_genes) / config.batch_size)))
