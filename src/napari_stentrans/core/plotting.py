@@ -25,6 +25,7 @@ def plot_side_by_side(original: ad.AnnData, enhanced: ad.AnnData, genes: list[st
     Spots are drawn at their physical positions with the lattice's own marker shape and
     size, so the 2x lattice shows as smaller, denser spots over the same tissue extent.
     """
+    preset_name = enhanced.uns.get("stentrans", {}).get("preset", "stEnTrans")
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -42,7 +43,13 @@ def plot_side_by_side(original: ad.AnnData, enhanced: ad.AnnData, genes: list[st
         vmax = float(np.percentile(np.concatenate([before, after]), 99)) or 1.0
         for ax, xy, values, pitch, title in (
             (axes[i, 0], xy_in, before, lattice.pitch_um, f"{gene}: measured ({len(before)} spots)"),
-            (axes[i, 1], xy_out, after, lattice.pitch_um / 2, f"{gene}: stEnTrans 2x ({len(after)} sites)"),
+            (
+                axes[i, 1],
+                xy_out,
+                after,
+                lattice.pitch_um / 2,
+                f"{gene}: 2x, {preset_name} ({len(after)} sites)",
+            ),
         ):
             ax.set_aspect("equal")
             ax.set_xlim(xy_in[:, 0].min() - lattice.pitch_um, xy_in[:, 0].min() + extent)
