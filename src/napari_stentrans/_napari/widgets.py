@@ -472,7 +472,12 @@ class TrainWidget(_SlideWidget):
         if info.enhanced is None:
             _notify_error(RuntimeError("nothing to export: train or load a model first"))
             return
-        write_h5ad(info.enhanced, path)
+        source = info.enhanced.uns.get("stentrans", {}).get("source")
+        try:
+            write_h5ad(info.enhanced, path, inputs=[source] if source else [])
+        except ValueError as exc:
+            _notify_error(exc)
+            return
         self._status.value = f"exported {path}"
 
 

@@ -148,7 +148,7 @@ def fit_predict(
             return float(np.mean([pair_loss(k, val_genes).item() for k in range(len(pairs))]))
 
     best = (validation(), 0, {k: v.clone() for k, v in net.state_dict().items()})
-    for epoch in range(1, epochs + 1 if pairs else 1):
+    for epoch in range(1, epochs + 1 if pairs else 1):  # no coset pair: nothing to learn from
         net.train()
         shuffled = rng.permutation(train_genes)
         for start in range(0, len(shuffled), batch_size):

@@ -201,14 +201,17 @@ def predict(
     keep_lr = np.zeros(h * w, dtype=np.float32)
     keep_lr[in_flat] = 1.0
 
+    def classical_at_sites(values: np.ndarray) -> np.ndarray:
+        mean, coef = basis.loadings(values, rank)
+        return (smoothed_scores @ coef + mean).astype(np.float32)  # (n_sites, genes)
+
     def network(chunk: np.ndarray, values: np.ndarray) -> np.ndarray:
         lr = np.zeros((len(chunk), h * w), dtype=np.float32)
         lr[:, in_flat] = values.T
         channels = [lr]
         base_t = None
         if residual:
-            mean, coef = basis.loadings(values, rank)
-            base_sites = (smoothed_scores @ coef + mean).astype(np.float32)  # (n_sites, g)
+            base_sites = classical_at_sites(values)
             base_hr = np.zeros((len(chunk), 4 * h * w), dtype=np.float32)
             base_hr[:, out_flat] = base_sites.T
             base_hr = base_hr.reshape(len(chunk), 2 * h, 2 * w)
@@ -230,8 +233,7 @@ def predict(
             chunk = gene_idx[start : start + batch_size]
             values = slide.expression(chunk, config.normalization, model.target_sum)
             if net is None:  # the classical estimate itself
-                mean, coef = basis.loadings(values, rank)
-                pred = (smoothed_scores @ coef + mean).astype(np.float32)
+                pred = classical_at_sites(values)
             else:
                 try:
                     pred = network(chunk, values)

@@ -81,7 +81,7 @@ def read(
     path = Path(path)
     if not path.exists():
         raise ReadError(f"{path}: no such file or folder")
-    try:
+    with _reading(path):
         if path.is_dir():
             adata = _read_folder(path, library_id)
         elif _suffix(path) == ".h5ad":
@@ -95,12 +95,6 @@ def read(
                 f"{path}: unknown format {''.join(path.suffixes) or '(no suffix)'}; expected a "
                 "Space Ranger folder, .h5ad, or a .csv/.tsv(.gz) counts table"
             )
-    except ReadError:
-        raise
-    except LatticeError as exc:
-        raise ReadError(f"{path}: {exc}") from exc
-    except READ_FAULTS as exc:
-        raise ReadError(f"{path}: cannot be read ({type(exc).__name__}: {exc})") from exc
     _validate_counts(adata, path)
     return adata
 
