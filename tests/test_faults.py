@@ -108,14 +108,20 @@ def test_napari_worker_body_stopped_during_enhancement_returns_none(slide):
 
 
 def test_ctrl_c_during_enhancement_leaves_no_file(slide, tmp_path, monkeypatch, capsys):
+    """Ctrl-C after the first gene batch went to disk: no output, no model, no temporary."""
     path = tmp_path / "slide.h5ad"
     slide.write_h5ad(path)
     before = _files(tmp_path)
+    real_batches = enhance_module.SitePredictor.batches
+    written = []
 
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
+    def interrupted_after_one_batch(self, *args, **kwargs):
+        for batch in real_batches(self, *args, **kwargs):
+            written.append(batch[0])
+            yield batch
+            raise KeyboardInterrupt
 
-    monkeypatch.setattr(enhance_module, "_assemble", interrupted)
+    monkeypatch.setattr(enhance_module.SitePredictor, "batches", interrupted_after_one_batch)
     code = main(
         [
             "enhance",
@@ -128,6 +134,7 @@ def test_ctrl_c_during_enhancement_leaves_no_file(slide, tmp_path, monkeypatch, 
         ]
     )
     assert code == EXIT_INTERRUPT and "nothing was written" in capsys.readouterr().err
+    assert written == [0]
     assert _files(tmp_path) == before
 
 

@@ -4,7 +4,8 @@ Public API (imported lazily, so ``import napari_stentrans`` is cheap)::
 
     import napari_stentrans as st
     adata = st.read("slide/")                 # Space Ranger folder, .h5ad or ST table
-    enhanced = st.enhance(adata, epochs=...)  # train on the slide itself and enhance
+    enhanced = st.enhance(adata)              # fit on the slide itself and enhance (in memory)
+    st.write_enhanced(adata, "out.h5ad")      # the same, streamed to disk gene batch by batch
     model = st.train(adata, st.preset("default", "hex"))
     st.save_model(model, "model.pt"); st.load_model("model.pt")
 """
@@ -35,6 +36,7 @@ _API = {
     "load_model": "napari_stentrans.core.checkpoint",
     "CheckpointError": "napari_stentrans.core.checkpoint",
     "write_h5ad": "napari_stentrans.core.files",
+    "write_enhanced": "napari_stentrans.core.streaming",
 }
 
 __all__ = ["__version__", *_API]
@@ -47,6 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .core.lattice import Lattice, LatticeError, detect_lattice  # noqa: F401
     from .core.model import ModelConfig  # noqa: F401
     from .core.presets import TrainConfig, preset  # noqa: F401
+    from .core.streaming import write_enhanced  # noqa: F401
     from .core.training import TrainedModel, Trainer, TrainEvent, train  # noqa: F401
 
 

@@ -187,8 +187,7 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     mask = _read_mask(args.mask) if args.mask is not None else None
 
     from .core.checkpoint import load_model, save_model
-    from .core.enhance import TrainingStopped, enhance
-    from .core.files import write_h5ad
+    from .core.enhance import TrainingStopped
     from .core.io import lattice_of, read
     from .core.presets import preset
 
@@ -206,6 +205,13 @@ def cmd_enhance(args: argparse.Namespace) -> int:
             seed=args.seed,
             device=args.device,
         )
+    from contextlib import ExitStack
+
+    import anndata as ad
+
+    from .core.files import atomic_path
+    from .core.streaming import write_enhanced
+
     try:
         if model is None:
             from .core.training import train
@@ -213,26 +219,40 @@ def cmd_enhance(args: argparse.Namespace) -> int:
             model = train(adata, config, mask, stop=stop, callback=bar.update)
             if model is None:
                 raise TrainingStopped("training stopped by request; nothing was written")
-        enhanced = enhance(adata, model, mask=mask, genes=genes, device=args.device, stop=stop)
+        bar.close()  # training is over; the bar would otherwise sit under the write
+        with ExitStack() as outputs:  # every output appears together, or none does
+            # the matrix goes to disk gene batch by gene batch: memory does not grow with genes
+            written = write_enhanced(
+                adata,
+                outputs.enter_context(atomic_path(args.output)),
+                model,
+                mask=mask,
+                genes=genes,
+                device=args.device,
+                stop=stop,
+                inputs=(args.path, args.coords, args.mask, args.model),
+            )
+            if args.save_model is not None:
+                save_model(model, outputs.enter_context(atomic_path(args.save_model)))
+            if args.plot is not None:
+                from .core.plotting import plot_side_by_side
+
+                shown = written.var.index[np.argsort(-written.log_variance)[:3]]
+                enhanced = ad.read_h5ad(written.path, backed="r")
+                try:
+                    shown_part = enhanced[:, shown].to_memory()
+                finally:
+                    enhanced.file.close()
+                plot_side_by_side(
+                    adata, shown_part, list(shown), outputs.enter_context(atomic_path(args.plot))
+                )
     finally:
         bar.close()
-    from contextlib import ExitStack
-
-    from .core.files import atomic_path
-
-    with ExitStack() as outputs:  # every output appears together, or none does
-        write_h5ad(enhanced, outputs.enter_context(atomic_path(args.output)))
-        if args.save_model is not None:
-            save_model(model, outputs.enter_context(atomic_path(args.save_model)))
-        if args.plot is not None:
-            from .core.plotting import plot_side_by_side
-
-            shown = list(enhanced.var_names[np.argsort(-_variance(enhanced))][:3])
-            plot_side_by_side(adata, enhanced, shown, outputs.enter_context(atomic_path(args.plot)))
-    counts = enhanced.obs["kind"].value_counts()
+    counts = written.obs["kind"].value_counts()
+    n_sites, n_genes = written.shape
     print(
-        f"wrote {args.output}: {enhanced.n_obs} sites ({counts.get('measured', 0)} measured, "
-        f"{counts.get('imputed', 0)} imputed, {counts.get('new', 0)} new) x {enhanced.n_vars} genes"
+        f"wrote {args.output}: {n_sites} sites ({counts.get('measured', 0)} measured, "
+        f"{counts.get('imputed', 0)} imputed, {counts.get('new', 0)} new) x {n_genes} genes"
         + (f"; model {args.save_model}" if args.save_model else "")
         + (f"; plot {args.plot}" if args.plot else "")
     )
@@ -302,10 +322,6 @@ def _finite(value):
     return value
 
 
-def _variance(adata) -> np.ndarray:
-    return np.log1p(np.asarray(adata.X)).var(axis=0)
-
-
 class _ProgressBar:
     """tqdm bar over all training steps with loss and validation in the postfix."""
 
@@ -344,6 +360,7 @@ class _ProgressBar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ sites: both ends of an edge, or a diagonal of a square cell; so never outside th
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import version as _package_version
 
@@ -146,6 +147,123 @@ def choose_output_genes(slide: Slide, genes: GeneChoice, min_detection: float) -
     return np.sort(slide.genes.get_indexer(names.unique()))
 
 
+class SitePredictor:
+    """Predicted counts at a fixed set of output sites, one gene batch at a time.
+
+    Everything that does not depend on the genes (rasters, the low-rank basis, interpolation
+    weights, the output depth, the network) is prepared once; :meth:`batches` then yields the
+    prediction for ``batch_size`` genes at a time, so memory is bounded by the batch, not by
+    the number of genes. ``depth`` is the depth used at the sites, ``None`` for raw-count models
+    (the published preset), which predict counts directly.
+    """
+
+    def __init__(self, model: TrainedModel, slide: Slide, sites: OutputSites, device: str = "auto") -> None:
+        config = model.config
+        self.model = model
+        self.slide = slide
+        self.device = resolve_device(device)
+        self.net = model.build(self.device) if model.uses_network else None
+        usable = slide.usable
+        u_row, u_col = slide.row[usable], slide.col[usable]
+        raster_type = BrickRaster if config.raster == "brick" else IndexRaster
+        raster = raster_type.covering(
+            slide.lattice,
+            np.concatenate([u_row, sites.fine_row]),
+            np.concatenate([u_col, sites.fine_col]),
+            pad=2,
+        )
+        self.shape = raster.shape
+        self.in_flat = raster.flat_index(u_row, u_col)
+        fp, fq = raster.pixels(sites.fine_row, sites.fine_col)
+        du, dv = CHILD_OFFSETS[sites.child, 0], CHILD_OFFSETS[sites.child, 1]
+        self.out_flat = (2 * fp + du) * (2 * self.shape[1]) + (2 * fq + dv)
+        self.keep_lr = np.zeros(self.shape[0] * self.shape[1], dtype=np.float32)
+        self.keep_lr[self.in_flat] = 1.0
+        self.residual = config.model.residual
+        self.depth: np.ndarray | None = None
+        if self.residual:
+            src_xy = slide.positions(usable)
+            dst_xy = slide.lattice.physical(sites.row, sites.col, scale=2.0) / slide.lattice.pitch_um
+            basis_idx = slide.most_variable(slide.eligible_genes(config.min_detection), config.n_train_genes)
+            self.basis = LowRankBasis.fit(
+                slide.expression(basis_idx, "log1p", model.target_sum), model.classical.rank
+            )
+            self.rank = min(model.classical.rank, self.basis.max_rank)
+            self.smoothed_scores = model.classical.weights(src_xy, dst_xy) @ self.basis.scores[:, : self.rank]
+            self.depth = np.exp(model.classical.depth_weights(src_xy, dst_xy) @ np.log(slide.depth[usable]))
+
+    def classical(self, values: np.ndarray) -> np.ndarray:
+        """The classical estimate ``(n_sites, genes)`` of normalised expression at the sites."""
+        mean, coef = self.basis.loadings(values, self.rank)
+        return (self.smoothed_scores @ coef + mean).astype(np.float32)
+
+    def _network(self, n_genes: int, values: np.ndarray) -> np.ndarray:
+        h, w = self.shape
+        lr = np.zeros((n_genes, h * w), dtype=np.float32)
+        lr[:, self.in_flat] = values.T
+        channels = [lr]
+        base_t = None
+        if self.residual:
+            base_hr = np.zeros((n_genes, 4 * h * w), dtype=np.float32)
+            base_hr[:, self.out_flat] = self.classical(values).T
+            base_hr = base_hr.reshape(n_genes, 2 * h, 2 * w)
+            channels += [
+                np.broadcast_to(self.keep_lr, lr.shape),
+                base_hr[:, ::2, ::2].reshape(n_genes, -1) * self.keep_lr,
+            ]
+            base_t = torch.from_numpy(base_hr).to(self.device)
+        x = torch.from_numpy(np.stack(channels, axis=1).reshape(n_genes, -1, h, w)).to(self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            pred = self.net(x, base_t)
+        return pred.float().reshape(n_genes, -1)[:, self.out_flat].cpu().numpy().T
+
+    def batches(
+        self, gene_idx: np.ndarray, batch_size: int = 256, stop: StopFlag | None = None
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(start, counts)``: predicted counts of ``gene_idx[start:start + n]`` at the sites.
+
+        A CUDA out-of-memory error halves the batch (with an :class:`OutOfMemoryFallback`
+        warning) and retries; :class:`TrainingStopped` is raised between batches once ``stop``
+        is set.
+        """
+        config = self.model.config
+        start = 0
+        with torch.no_grad():
+            while start < len(gene_idx):
+                if stop is not None and stop.is_set():
+                    raise TrainingStopped("enhancement stopped by request; nothing was written")
+                chunk = gene_idx[start : start + batch_size]
+                values = self.slide.expression(chunk, config.normalization, self.model.target_sum)
+                if self.net is None:  # the classical estimate itself
+                    pred = self.classical(values)
+                else:
+                    try:
+                        pred = self._network(len(chunk), values)
+                    except torch.OutOfMemoryError:
+                        if batch_size == 1:
+                            raise
+                        batch_size = max(1, batch_size // 2)
+                        if self.device.type == "cuda":
+                            torch.cuda.empty_cache()
+                        warnings.warn(
+                            f"out of memory on {self.device}; continuing with {batch_size} genes per batch",
+                            OutOfMemoryFallback,
+                            stacklevel=2,
+                        )
+                        continue
+                if config.normalization == "log1p":
+                    # one depth model for every site (measured ones too): a dotted map otherwise
+                    pred = denormalize(np.clip(pred, 0.0, None), self.depth, self.model.target_sum)
+                yield start, pred.astype(np.float32, copy=False)
+                start += len(chunk)
+
+    def release(self) -> None:
+        """Drop the network weights (and the CUDA cache) once prediction is done."""
+        self.net = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
 def predict(
     model: TrainedModel,
     slide: Slide,
@@ -158,106 +276,16 @@ def predict(
     """Predicted counts ``(n_sites, n_genes)`` at the output sites, and the depth used.
 
     The fine slide (usable spots) is the input at pitch 1; the network's 2x output gives the
-    half-pitch sites. Genes are processed in batches, so memory is bounded by ``batch_size``.
+    half-pitch sites. Genes are processed in batches (:class:`SitePredictor`); the result is
+    assembled in memory (see :func:`write_enhanced` to stream it to a file instead).
     The depth is ``None`` for raw-count models (the published preset), which predict counts directly.
     """
-    config = model.config
-    dev = resolve_device(device)
-    net = model.build(dev) if model.uses_network else None
-    usable = slide.usable
-    u_row, u_col = slide.row[usable], slide.col[usable]
-    if config.raster == "brick":
-        raster = BrickRaster.covering(
-            slide.lattice,
-            np.concatenate([u_row, sites.fine_row]),
-            np.concatenate([u_col, sites.fine_col]),
-            pad=2,
-        )
-    else:
-        raster = IndexRaster.covering(
-            slide.lattice,
-            np.concatenate([u_row, sites.fine_row]),
-            np.concatenate([u_col, sites.fine_col]),
-            pad=2,
-        )
-    h, w = raster.shape
-    in_flat = raster.flat_index(u_row, u_col)
-    fp, fq = raster.pixels(sites.fine_row, sites.fine_col)
-    du, dv = CHILD_OFFSETS[sites.child, 0], CHILD_OFFSETS[sites.child, 1]
-    out_flat = (2 * fp + du) * (2 * w) + (2 * fq + dv)
-    depth_usable = slide.depth[usable]
-    src_xy = slide.positions(usable)
-    dst_xy = slide.lattice.physical(sites.row, sites.col, scale=2.0) / slide.lattice.pitch_um
-    residual = config.model.residual
-    if residual:
-        basis_idx = slide.most_variable(slide.eligible_genes(config.min_detection), config.n_train_genes)
-        basis = LowRankBasis.fit(slide.expression(basis_idx, "log1p", model.target_sum), model.classical.rank)
-        rank = min(model.classical.rank, basis.max_rank)
-        smoothed_scores = model.classical.weights(src_xy, dst_xy) @ basis.scores[:, :rank]
-        out_depth = np.exp(model.classical.depth_weights(src_xy, dst_xy) @ np.log(depth_usable))
-    else:
-        out_depth = None
+    predictor = SitePredictor(model, slide, sites, device)
     result = np.zeros((len(sites), len(gene_idx)), dtype=np.float32)
-    keep_lr = np.zeros(h * w, dtype=np.float32)
-    keep_lr[in_flat] = 1.0
-
-    def classical_at_sites(values: np.ndarray) -> np.ndarray:
-        mean, coef = basis.loadings(values, rank)
-        return (smoothed_scores @ coef + mean).astype(np.float32)  # (n_sites, genes)
-
-    def network(chunk: np.ndarray, values: np.ndarray) -> np.ndarray:
-        lr = np.zeros((len(chunk), h * w), dtype=np.float32)
-        lr[:, in_flat] = values.T
-        channels = [lr]
-        base_t = None
-        if residual:
-            base_sites = classical_at_sites(values)
-            base_hr = np.zeros((len(chunk), 4 * h * w), dtype=np.float32)
-            base_hr[:, out_flat] = base_sites.T
-            base_hr = base_hr.reshape(len(chunk), 2 * h, 2 * w)
-            channels += [
-                np.broadcast_to(keep_lr, lr.shape),
-                base_hr[:, ::2, ::2].reshape(len(chunk), -1) * keep_lr,
-            ]
-            base_t = torch.from_numpy(base_hr).to(dev)
-        x = torch.from_numpy(np.stack(channels, axis=1).reshape(len(chunk), -1, h, w)).to(dev)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            pred = net(x, base_t)
-        return pred.float().reshape(len(chunk), -1)[:, out_flat].cpu().numpy().T
-
-    start = 0
-    with torch.no_grad():
-        while start < len(gene_idx):
-            if stop is not None and stop.is_set():
-                raise TrainingStopped("enhancement stopped by request; nothing was written")
-            chunk = gene_idx[start : start + batch_size]
-            values = slide.expression(chunk, config.normalization, model.target_sum)
-            if net is None:  # the classical estimate itself
-                pred = classical_at_sites(values)
-            else:
-                try:
-                    pred = network(chunk, values)
-                except torch.OutOfMemoryError:
-                    if batch_size == 1:
-                        raise
-                    batch_size = max(1, batch_size // 2)
-                    if dev.type == "cuda":
-                        torch.cuda.empty_cache()
-                    warnings.warn(
-                        f"out of memory on {dev}; continuing with {batch_size} genes per batch",
-                        OutOfMemoryFallback,
-                        stacklevel=2,
-                    )
-                    continue
-            if config.normalization == "log1p":
-                # one depth model for every site (measured ones too): a dotted map otherwise
-                pred = denormalize(np.clip(pred, 0.0, None), out_depth, model.target_sum)
-            result[:, start : start + len(chunk)] = pred
-            start += len(chunk)
-    net = None  # release the weights before the caller assembles the output
-    if dev.type == "cuda":
-        torch.cuda.empty_cache()
-    return result, out_depth
+    for start, pred in predictor.batches(gene_idx, batch_size, stop):
+        result[:, start : start + pred.shape[1]] = pred
+    predictor.release()
+    return result, predictor.depth
 
 
 def enhance(
@@ -306,6 +334,34 @@ def enhance(
     image pixels; ``layers["measured"]`` the measured counts; ``uns["stentrans"]`` the run's
     parameters, versions and training history.
     """
+    job = prepare_enhancement(adata, model, mask, genes, config, device, stop, callback, train_options)
+    counts, _ = predict(job.model, job.slide, job.gene_idx, job.sites, device=job.device, stop=stop)
+    return assemble(adata, job, counts)
+
+
+@dataclass
+class EnhancementJob:
+    """What an enhancement run predicts: the slide, the model, the genes and the output sites."""
+
+    slide: Slide
+    model: TrainedModel
+    gene_idx: np.ndarray
+    sites: OutputSites
+    device: str
+
+
+def prepare_enhancement(
+    adata: ad.AnnData,
+    model: TrainedModel | None,
+    mask: MaskLike,
+    genes: GeneChoice,
+    config: TrainConfig | None,
+    device: str | None,
+    stop: StopFlag | None,
+    callback,
+    train_options: dict,
+) -> EnhancementJob:
+    """Check the inputs, train a model when none is given, and choose genes and output sites."""
     slide = slide_from_adata(adata, mask)
     if model is None:
         config = (config or preset("default", slide.lattice.kind)).with_overrides(
@@ -323,19 +379,12 @@ def enhance(
     gene_idx = choose_output_genes(slide, genes, model.config.min_detection)
     if len(gene_idx) == 0:
         raise ValueError("no gene to enhance: none passes the detection threshold")
-    sites = output_sites(slide)
-    counts, _ = predict(model, slide, gene_idx, sites, device=device or model.config.device, stop=stop)
-    return _assemble(adata, slide, model, gene_idx, sites, counts)
+    return EnhancementJob(slide, model, gene_idx, output_sites(slide), device or model.config.device)
 
 
-def _assemble(
-    adata: ad.AnnData,
-    slide: Slide,
-    model: TrainedModel,
-    gene_idx: np.ndarray,
-    sites: OutputSites,
-    counts: np.ndarray,
-) -> ad.AnnData:
+def assemble(adata: ad.AnnData, job: EnhancementJob, counts: np.ndarray | None) -> ad.AnnData:
+    """The enhanced AnnData: ``X`` = ``counts`` (none when it is streamed), obs, var, layers, uns."""
+    slide, model, gene_idx, sites = job.slide, job.model, job.gene_idx, job.sites
     has_spot = sites.spot >= 0
     barcodes = np.where(has_spot, slide.barcodes[np.clip(sites.spot, 0, None)], "")
     names = np.where(

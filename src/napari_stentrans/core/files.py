@@ -33,12 +33,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def write_h5ad(adata: ad.AnnData, path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
-    """Write an AnnData to ``.h5ad`` atomically, refusing to replace any of ``inputs``."""
+def refuse_inputs(path: str | Path, inputs: Iterable[str | Path | None]) -> None:
+    """Raise ``ValueError`` when ``path`` is one of the existing files ``inputs`` (None skipped)."""
     path = Path(path)
     for source in inputs:
-        if Path(source).exists() and path.resolve() == Path(source).resolve():
+        if source is not None and Path(source).exists() and path.resolve() == Path(source).resolve():
             raise ValueError(f"{path}: refusing to overwrite the input slide")
+
+
+def write_h5ad(adata: ad.AnnData, path: str | Path, inputs: Iterable[str | Path | None] = ()) -> Path:
+    """Write an AnnData to ``.h5ad`` atomically, refusing to replace any of ``inputs``."""
+    path = Path(path)
+    refuse_inputs(path, inputs)
     with atomic_path(path) as tmp:
         adata.write_h5ad(tmp)
     return path
