@@ -403,18 +403,8 @@ def assemble(adata: ad.AnnData, job: EnhancementJob, counts: np.ndarray | None) 
     )
     var = pd.DataFrame(index=pd.Index(slide.genes[gene_idx], dtype=str))
     var["training_gene"] = var.index.isin(model.training_genes)
-    measured = sp.csr_matrix((len(sites), len(gene_idx)), dtype=np.float32)
-    if has_spot.any():
-        rows = np.flatnonzero(has_spot)
-        measured = (
-            sp.csr_matrix(
-                (np.ones(len(rows), np.float32), (rows, sites.spot[rows])), shape=(len(sites), len(slide.row))
-            )
-            @ slide.counts[:, gene_idx]
-        )
-    out = ad.AnnData(
-        X=counts, obs=obs, var=var, layers={"measured": sp.csr_matrix(measured, dtype=np.float32)}
-    )
+    measured = _measured_layer(slide, gene_idx, sites.spot)
+    out = ad.AnnData(X=counts, obs=obs, var=var, layers={"measured": measured})
     half = 2.0
     out.obsm["spatial_um"] = slide.lattice.physical(sites.row, sites.col, scale=half)
     out.obsm["spatial"] = _image_positions(adata, slide, sites.row / half, sites.col / half)
@@ -439,6 +429,24 @@ def assemble(adata: ad.AnnData, job: EnhancementJob, counts: np.ndarray | None) 
         "source": str(adata.uns.get("stentrans_lattice", {}).get("source", "")),
     }
     return out
+
+
+def _measured_layer(slide: Slide, gene_idx: np.ndarray, spot: np.ndarray) -> sp.csr_matrix:
+    """Measured counts at the output sites (rows of sites without a spot are empty).
+
+    Built from the spots' CSR rows directly: one copy of the measured entries, however many
+    genes there are.
+    """
+    rows = np.flatnonzero(spot >= 0)  # ascending, so the spots' rows come in site order
+    picked = slide.counts[spot[rows]]
+    if not np.array_equal(gene_idx, np.arange(slide.counts.shape[1])):
+        picked = picked[:, gene_idx]
+    per_site = np.zeros(len(spot), dtype=np.int64)
+    per_site[rows] = np.diff(picked.indptr)
+    indptr = np.concatenate([[0], np.cumsum(per_site)])
+    return sp.csr_matrix(
+        (picked.data.astype(np.float32, copy=False), picked.indices, indptr), shape=(len(spot), len(gene_idx))
+    )
 
 
 def _image_positions(adata: ad.AnnData, slide: Slide, row: np.ndarray, col: np.ndarray) -> np.ndarray:

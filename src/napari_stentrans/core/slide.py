@@ -67,33 +67,59 @@ class Slide:
         cols = np.concatenate([self.col, self.lost_sites[:, 1], self.in_tissue_unmeasured[:, 1]])
         return IndexRaster.covering(self.lattice, rows, cols, pad=pad)
 
+    def _usable_counts(self) -> sp.csr_matrix:
+        """Counts of the usable spots: the matrix itself (no copy) when every spot is usable."""
+        return self.counts if self.usable.all() else self.counts[self.usable]
+
     def expression(
         self, gene_idx: np.ndarray, normalization: str, target_sum: float = TARGET_SUM
     ) -> np.ndarray:
         """Dense ``(n_usable, n_genes)`` values of the usable spots (normalised or raw)."""
-        raw = self.counts[self.usable][:, gene_idx].toarray()
+        columns = self.counts[:, gene_idx]  # columns first: the copy is the size of the batch
+        raw = (columns if self.usable.all() else columns[self.usable]).toarray()
         if normalization == "none":
             return raw.astype(np.float32)
         return normalize(raw, self.depth[self.usable], target_sum)
 
     def eligible_genes(self, min_detection: float) -> np.ndarray:
         """Indices of genes detected in at least ``min_detection`` of the usable spots."""
-        x = self.counts[self.usable]
-        detected = np.asarray((x > 0).sum(axis=0)).ravel() / max(1, x.shape[0])
-        return np.flatnonzero(detected >= min_detection)
+        x = self._usable_counts()
+        detected, _, _ = _gene_stats(x)
+        return np.flatnonzero(detected / max(1, x.shape[0]) >= min_detection)
 
     def most_variable(self, candidates: np.ndarray, n: int, target_sum: float = TARGET_SUM) -> np.ndarray:
         """The ``n`` candidates with the largest variance of normalised expression."""
         if len(candidates) <= n:
             return np.asarray(candidates)
-        x = self.counts[self.usable][:, candidates]
-        scale = target_sum / np.maximum(self.depth[self.usable], 1.0)
-        y = x.multiply(scale[:, None]).tocsr()
-        y.data = np.log1p(y.data)
-        mean = np.asarray(y.mean(axis=0)).ravel()
-        var = np.asarray(y.multiply(y).mean(axis=0)).ravel() - mean**2
+        x = self._usable_counts()
+        _, total, total_sq = _gene_stats(x, target_sum / np.maximum(self.depth[self.usable], 1.0))
+        mean = total[candidates] / x.shape[0]
+        var = total_sq[candidates] / x.shape[0] - mean**2
         top = np.argsort(-var, kind="stable")[:n]
         return np.sort(np.asarray(candidates)[top])
+
+
+def _gene_stats(
+    x: sp.csr_matrix, row_scale: np.ndarray | None = None, rows_per_block: int = 512
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per gene: spots detected, and sum and sum of squares of ``log1p(x * row_scale)``.
+
+    Works on the stored entries a block of rows at a time (``log1p(0) = 0``), so its
+    temporaries are the size of a block, not of the matrix (18,000 genes of a full Visium
+    slide took over 1 GB of sparse temporaries with whole-matrix operations).
+    """
+    n_genes = x.shape[1]
+    detected, total, total_sq = np.zeros(n_genes), np.zeros(n_genes), np.zeros(n_genes)
+    for start in range(0, x.shape[0], rows_per_block):
+        stop = min(start + rows_per_block, x.shape[0])
+        entries = slice(x.indptr[start], x.indptr[stop])
+        genes, data = x.indices[entries], x.data[entries]
+        detected += np.bincount(genes[data != 0], minlength=n_genes)
+        if row_scale is not None:
+            y = np.log1p(np.repeat(row_scale[start:stop], np.diff(x.indptr[start : stop + 1])) * data)
+            total += np.bincount(genes, weights=y, minlength=n_genes)
+            total_sq += np.bincount(genes, weights=y * y, minlength=n_genes)
+    return detected, total, total_sq
 
 
 def slide_from_adata(adata: ad.AnnData, mask: MaskLike = None) -> Slide:
