@@ -116,3 +116,31 @@ def test_choice_averages_the_four_coset_pairs():
     singles = [select_classical_params(values, xy, cosets == k, **grid)[1] for k in range(4)]
     for key, score in combined.items():
         assert score == pytest.approx(np.mean([s[key] for s in singles]))
+
+
+def test_hole_pairs_drop_compact_regions_of_the_given_sizes():
+    from napari_stentrans.core.classical import hole_pairs
+
+    r, c = np.meshgrid(np.arange(30), np.arange(30), indexing="ij")
+    positions = np.column_stack([r.ravel(), c.ravel()]).astype(float)
+    pairs = hole_pairs(positions, np.array([40, 9, 1]), np.random.default_rng(0), n_pairs=5)
+    assert len(pairs) == 5
+    for keep in pairs:
+        dropped = positions[~keep]
+        assert len(dropped) == 50  # 40 + 9 + 1 sites, regions may touch but never overlap
+    again = hole_pairs(positions, np.array([40, 9, 1]), np.random.default_rng(0), n_pairs=5)
+    assert all(np.array_equal(a, b) for a, b in zip(pairs, again, strict=True))
+    # one region of 40 sites is a disk: no dropped site farther than ~sqrt(40 / pi) + 1 from its centroid
+    (single,) = hole_pairs(positions, np.array([40]), np.random.default_rng(3), n_pairs=1)
+    gap = positions[~single]
+    assert np.linalg.norm(gap - gap.mean(axis=0), axis=1).max() < np.sqrt(40 / np.pi) + 1.5
+    # never more than 30 % of the sites
+    (capped,) = hole_pairs(positions, np.array([800]), np.random.default_rng(1), n_pairs=1)
+    assert (~capped).sum() == int(0.3 * len(positions))
+
+
+def test_hole_parameters_survive_describe_round_trip():
+    params = ClassicalParams(rank=2, bandwidth=None, depth_bandwidth=0.5, holes=ClassicalParams(3, 1.4, None))
+    assert ClassicalParams.from_description(params.describe()) == params
+    assert params.for_holes == ClassicalParams(3, 1.4, None)
+    assert ClassicalParams(2, None, None).for_holes == ClassicalParams(2, None, None)

@@ -182,3 +182,39 @@ def test_default_preset_is_the_classical_estimate_and_skips_the_network():
     slow, _ = predict(forced, slide, genes, sites, device="cpu")
     np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-5)
     assert depth is not None and (depth > 0).all()
+
+
+def test_sites_in_gaps_take_the_smoothers_chosen_on_hole_pairs():
+    from dataclasses import replace
+
+    from napari_stentrans.core.classical import ClassicalParams
+    from napari_stentrans.core.enhance import output_sites, predict
+    from napari_stentrans.core.presets import preset
+    from napari_stentrans.core.slide import slide_from_adata
+
+    r, c = block_sites("hex", 16, 28)
+    adata = make_slide(r, c, "hex", n_genes=20, seed=3)
+    lost = np.hypot(r - 8, (c - 14) * 0.5) <= 2.5  # a disk of measured spots declared lost
+    mask = np.column_stack([r[lost], c[lost]])
+    config = preset("default", "hex", n_train_genes=16, device="cpu")
+    assert train(adata, config).classical.holes is None  # no gap, nothing to choose
+    model = train(adata, config, mask)
+    assert model.classical.holes is not None
+    slide = slide_from_adata(adata, mask)
+    sites = output_sites(slide)
+    imputed, measured = sites.kind == "imputed", sites.kind == "measured"
+    assert imputed.sum() == lost.sum()
+    genes = np.arange(len(slide.genes))
+    main, hole = ClassicalParams(3, None, None), ClassicalParams(3, 1.0, 1.0)
+
+    def run(params):
+        return predict(replace(model, classical=params), slide, genes, sites, device="cpu")
+
+    mixed, mixed_depth = run(replace(main, holes=hole))
+    only_main, main_depth = run(main)
+    only_hole, hole_depth = run(hole)
+    np.testing.assert_array_equal(mixed[imputed], only_hole[imputed])
+    np.testing.assert_array_equal(mixed_depth[imputed], hole_depth[imputed])
+    np.testing.assert_array_equal(mixed[measured], only_main[measured])
+    np.testing.assert_array_equal(mixed_depth[measured], main_depth[measured])
+    assert not np.allclose(only_main[imputed], only_hole[imputed])

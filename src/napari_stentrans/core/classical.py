@@ -186,6 +186,12 @@ class ClassicalParams:
     rank: int = 5
     bandwidth: float | None = 1.0
     depth_bandwidth: float | None = None
+    holes: ClassicalParams | None = None  # for sites to impute, chosen on hole-filling pairs
+
+    @property
+    def for_holes(self) -> ClassicalParams:
+        """The parameters for sites to impute: :attr:`holes` when chosen, else these."""
+        return self if self.holes is None else self.holes
 
     def weights(self, source_xy: np.ndarray, target_xy: np.ndarray) -> sp.csr_matrix:
         return smoothing_weights(source_xy, target_xy, self.bandwidth)
@@ -199,18 +205,22 @@ class ClassicalParams:
         def name(h: float | None):
             return "linear" if h is None else float(h)
 
-        return {
+        described = {
             "rank": int(self.rank),
             "bandwidth": name(self.bandwidth),
             "depth_bandwidth": name(self.depth_bandwidth),
         }
+        if self.holes is not None:
+            described["holes"] = self.holes.describe()
+        return described
 
     @classmethod
     def from_description(cls, data: dict) -> ClassicalParams:
         def value(h):
             return None if h in (None, "linear") else float(h)
 
-        return cls(int(data["rank"]), value(data.get("bandwidth")), value(data.get("depth_bandwidth")))
+        holes = cls.from_description(data["holes"]) if isinstance(data.get("holes"), dict) else None
+        return cls(int(data["rank"]), value(data.get("bandwidth")), value(data.get("depth_bandwidth")), holes)
 
 
 def classical_estimate(
@@ -259,6 +269,39 @@ def _column_pearson(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return np.divide((p * t).sum(axis=0), denom, out=np.full(p.shape[1], np.nan), where=denom > 1e-12)
 
 
+def hole_pairs(
+    positions: np.ndarray, hole_sizes: np.ndarray, rng: np.random.Generator, n_pairs: int = 4
+) -> list[np.ndarray]:
+    """Kept-site masks of same-scale hole-filling pairs shaped like the slide's own holes.
+
+    Each pair drops, for every hole size ``s``, the ``s`` sites nearest a random centre (a
+    compact region of the same area), so the smoother for sites to impute is chosen on gaps
+    as wide as the real ones. At most 30 % of the sites are dropped per pair.
+
+    Parameters
+    ----------
+    positions
+        ``(n_sites, 2)`` positions of the usable spots.
+    hole_sizes
+        Sites per region to impute (:meth:`~napari_stentrans.core.slide.Slide.hole_sizes`).
+    """
+    n = len(positions)
+    budget = int(0.3 * n)
+    tree = cKDTree(positions)
+    pairs = []
+    for _ in range(n_pairs):
+        dropped = np.zeros(n, dtype=bool)
+        for size in np.asarray(hole_sizes, dtype=int):
+            size = min(int(size), budget - int(dropped.sum()))
+            if size <= 0:
+                break
+            _, near = tree.query(positions[rng.integers(n)], k=min(n, size + int(dropped.sum())))
+            near = np.atleast_1d(near)
+            dropped[near[~dropped[near]][:size]] = True
+        pairs.append(~dropped)
+    return pairs
+
+
 class _PairSmoothers:
     """Candidate smoothing matrices of one pair: one neighbour query, one triangulation."""
 
@@ -289,6 +332,7 @@ def select_classical_params(
     max_genes: int = 300,
     depth_bandwidths: tuple[float | None, ...] = DEPTH_BANDWIDTH_GRID,
     max_targets: int = 1000,
+    scale: float = 2.0,
 ) -> tuple[ClassicalParams, dict[tuple[int, float | None], float]]:
     """Choose rank and smoothers on the self-supervised pairs of the slide (coset -> the rest).
 
@@ -305,22 +349,29 @@ def select_classical_params(
     positions
         ``(n_sites, 2)`` positions in units of the input pitch.
     cosets
-        Coset id of each site (0..3, see :meth:`Lattice.coset`), or a boolean mask of one
-        coset used as the only input.
+        Coset id of each site (0..3, see :meth:`Lattice.coset`), a boolean mask of one
+        coset used as the only input, or a list of boolean masks of the kept sites of each pair
+        (e.g. :func:`hole_pairs`).
     log_depth
         ``(n_sites,)`` log total counts; when given, the depth smoother is chosen too (highest
         Pearson r of log depth at the targets) from ``depth_bandwidths``.
     max_genes, max_targets
         Genes and target sites used for the choice (evenly spaced), to bound its cost.
+    scale
+        Pitch of the kept sites in input pitches: 2 for the coset pairs (the kept coset is the
+        lattice at twice the pitch), 1 for same-scale hole-filling pairs.
 
     Returns
     -------
     The parameters with the highest mean (over pairs) median r at the target sites, and the
-    table of those scores. Bandwidths are in units of the *kept* lattice's pitch (twice the
-    input pitch), the scale at which they were chosen.
+    table of those scores. Bandwidths are in units of the *kept* lattice's pitch (``scale``
+    input pitches), the scale at which they were chosen.
     """
-    cosets = np.asarray(cosets)
-    inputs = [cosets] if cosets.dtype == bool else [cosets == c for c in range(4)]
+    if isinstance(cosets, list):
+        inputs = [np.asarray(keep, dtype=bool) for keep in cosets]
+    else:
+        cosets = np.asarray(cosets)
+        inputs = [cosets] if cosets.dtype == bool else [cosets == c for c in range(4)]
     inputs = [keep for keep in inputs if keep.sum() >= 3 and (~keep).sum() >= 3]
     if not inputs:
         return ClassicalParams(), {}
@@ -336,7 +387,7 @@ def select_classical_params(
             np.unique(np.linspace(0, len(targets) - 1, min(max_targets, len(targets))).astype(int))
         ]
         dst = chosen[targets]
-        smoothers = _PairSmoothers(positions[keep] / 2.0, positions[targets] / 2.0, kernels)
+        smoothers = _PairSmoothers(positions[keep] / scale, positions[targets] / scale, kernels)
         loadings = basis.components.astype(np.float64)  # (genes, k)
         truth = dst - dst.mean(axis=0)
         truth_ss = (truth**2).sum(axis=0)

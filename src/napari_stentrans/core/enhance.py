@@ -21,16 +21,17 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
-from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from .. import __version__
 from .classical import LowRankBasis, denormalize
-from .lattice import CHILD_OFFSETS, BrickRaster, IndexRaster, Lattice, child_between
+from .lattice import CHILD_OFFSETS, BrickRaster, IndexRaster, child_between
 from .presets import TrainConfig, preset
 from .slide import MaskLike, Slide, site_keys, slide_from_adata
 from .training import StopFlag, TrainedModel, resolve_device, train
 
 KINDS = ("measured", "imputed", "new")
+HOLE_DISTANCE = 0.9  # input pitches: farther than any new site between measured spots (0.5, 0.71)
 GeneChoice = None | int | list[str] | tuple[str, ...] | np.ndarray
 
 
@@ -62,12 +63,6 @@ class OutputSites:
         return len(self.row)
 
 
-def _hole_structure(lattice: Lattice) -> np.ndarray:
-    if lattice.kind == "hex":  # index neighbours (+-1, 0), (0, +-1), (1, 1), (-1, -1)
-        return np.array([[1, 1, 0], [1, 1, 1], [0, 1, 1]], dtype=bool)
-    return ndimage.generate_binary_structure(2, 1)
-
-
 def _measured_spot(slide: Slide, fine_row: np.ndarray, fine_col: np.ndarray, child: np.ndarray) -> np.ndarray:
     """Index of the measured spot each child-0 site is, -1 for every other site."""
     lookup = pd.Series(np.arange(len(slide.row)), index=site_keys(slide.row, slide.col))
@@ -79,13 +74,7 @@ def output_sites(slide: Slide) -> OutputSites:
     """Measured, imputed and new half-pitch sites of a slide (see module docstring)."""
     lattice = slide.lattice
     raster = slide.index_raster(pad=2)
-    measured_img = raster.mask(slide.row[slide.usable], slide.col[slide.usable])
-    filled = ndimage.binary_fill_holes(measured_img, structure=_hole_structure(lattice))
-    imputed_img = filled & ~measured_img
-    for sites in (slide.lost_sites, slide.in_tissue_unmeasured):
-        if len(sites):
-            imputed_img |= raster.mask(sites[:, 0], sites[:, 1])
-    imputed_img &= ~measured_img
+    measured_img, imputed_img = slide.site_images(raster)
     between = child_between(lattice, measured_img | imputed_img)
     fine_r, fine_c = raster.sites()
     kind_img = np.full((4,) + raster.shape, -1, dtype=np.int8)
@@ -186,16 +175,32 @@ class SitePredictor:
             dst_xy = slide.lattice.physical(sites.row, sites.col, scale=2.0) / slide.lattice.pitch_um
             basis_idx = slide.most_variable(slide.eligible_genes(config.min_detection), config.n_train_genes)
             self.basis = LowRankBasis.fit(
-                slide.expression(basis_idx, "log1p", model.target_sum), model.classical.rank
+                slide.expression(basis_idx, "log1p", model.target_sum),
+                max(model.classical.rank, model.classical.for_holes.rank),
             )
-            self.rank = min(model.classical.rank, self.basis.max_rank)
-            self.smoothed_scores = model.classical.weights(src_xy, dst_xy) @ self.basis.scores[:, : self.rank]
-            self.depth = np.exp(model.classical.depth_weights(src_xy, dst_xy) @ np.log(slide.depth[usable]))
+            # sites with no measured spot within a pitch lie in a gap: they take the smoothers
+            # chosen on hole-filling pairs (when the model has them)
+            in_hole = cKDTree(src_xy).query(dst_xy)[0] > HOLE_DISTANCE
+            log_depth = np.log(slide.depth[usable])
+            self.groups: list[tuple[np.ndarray, int, np.ndarray]] = []
+            self.depth = np.empty(len(sites))
+            for rows, params in (
+                (np.flatnonzero(~in_hole), model.classical),
+                (np.flatnonzero(in_hole), model.classical.for_holes),
+            ):
+                rank = min(params.rank, self.basis.max_rank)
+                smoothed = params.weights(src_xy, dst_xy[rows]) @ self.basis.scores[:, :rank]
+                self.groups.append((rows, rank, smoothed))
+                self.depth[rows] = np.exp(params.depth_weights(src_xy, dst_xy[rows]) @ log_depth)
 
     def classical(self, values: np.ndarray) -> np.ndarray:
         """The classical estimate ``(n_sites, genes)`` of normalised expression at the sites."""
-        mean, coef = self.basis.loadings(values, self.rank)
-        return (self.smoothed_scores @ coef + mean).astype(np.float32)
+        out = np.empty((len(self.depth), values.shape[1]), dtype=np.float32)
+        for rows, rank, smoothed in self.groups:
+            if len(rows):
+                mean, coef = self.basis.loadings(values, rank)
+                out[rows] = smoothed @ coef + mean
+        return out
 
     def _network(self, n_genes: int, values: np.ndarray) -> np.ndarray:
         h, w = self.shape

@@ -8,6 +8,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from scipy import ndimage
 
 from .classical import TARGET_SUM, normalize
 from .io import lattice_of
@@ -67,6 +68,25 @@ class Slide:
         cols = np.concatenate([self.col, self.lost_sites[:, 1], self.in_tissue_unmeasured[:, 1]])
         return IndexRaster.covering(self.lattice, rows, cols, pad=pad)
 
+    def site_images(self, raster: IndexRaster) -> tuple[np.ndarray, np.ndarray]:
+        """Boolean images over ``raster`` of the usable measured sites and of the sites to impute.
+
+        Sites to impute are the user's lost sites, in-tissue sites without counts and lattice
+        sites enclosed by tissue (holes filled with the lattice's own connectivity).
+        """
+        measured = raster.mask(self.row[self.usable], self.col[self.usable])
+        imputed = ndimage.binary_fill_holes(measured, structure=neighbour_structure(self.lattice))
+        for sites in (self.lost_sites, self.in_tissue_unmeasured):
+            if len(sites):
+                imputed |= raster.mask(sites[:, 0], sites[:, 1])
+        return measured, imputed & ~measured
+
+    def hole_sizes(self) -> np.ndarray:
+        """Number of sites in each connected region to impute (see :meth:`site_images`), largest first."""
+        _, imputed = self.site_images(self.index_raster(pad=2))
+        labels, _ = ndimage.label(imputed, structure=neighbour_structure(self.lattice))
+        return np.sort(np.bincount(labels.ravel())[1:])[::-1]
+
     def _usable_counts(self) -> sp.csr_matrix:
         """Counts of the usable spots: the matrix itself (no copy) when every spot is usable."""
         return self.counts if self.usable.all() else self.counts[self.usable]
@@ -120,6 +140,13 @@ def _gene_stats(
             total += np.bincount(genes, weights=y, minlength=n_genes)
             total_sq += np.bincount(genes, weights=y * y, minlength=n_genes)
     return detected, total, total_sq
+
+
+def neighbour_structure(lattice: Lattice) -> np.ndarray:
+    """3x3 connectivity of the index raster: each site's nearest lattice neighbours."""
+    if lattice.kind == "hex":  # index neighbours (+-1, 0), (0, +-1), (1, 1), (-1, -1)
+        return np.array([[1, 1, 0], [1, 1, 1], [0, 1, 1]], dtype=bool)
+    return ndimage.generate_binary_structure(2, 1)
 
 
 def slide_from_adata(adata: ad.AnnData, mask: MaskLike = None) -> Slide:

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import anndata as ad
 import numpy as np
 import torch
 
-from .classical import TARGET_SUM, ClassicalParams, LowRankBasis, select_classical_params
+from .classical import TARGET_SUM, ClassicalParams, LowRankBasis, hole_pairs, select_classical_params
 from .lattice import BrickRaster, apply_symmetry
 from .model import StEnTransViT
 from .presets import TrainConfig
@@ -400,13 +400,24 @@ class Trainer:
         if config.model.residual:
             keep = slide.lattice.coset(slide.row[slide.usable], slide.col[slide.usable])  # all four pairs
             linear_only = {"bandwidths": (None,), "depth_bandwidths": (None,)}
+            positions, log_depth = slide.positions(slide.usable), np.log(slide.depth[slide.usable])
             classical, _ = select_classical_params(
                 values,
-                slide.positions(slide.usable),
+                positions,
                 keep,
-                log_depth=np.log(slide.depth[slide.usable]),
+                log_depth=log_depth,
                 **(linear_only if config.smoothers == "linear" else {}),
             )
+            hole_sizes = slide.hole_sizes()
+            if len(hole_sizes):  # gaps to fill: their smoothers are chosen on gaps of the same size
+                holes, _ = select_classical_params(
+                    values,
+                    positions,
+                    hole_pairs(positions, hole_sizes, np.random.default_rng(config.seed)),
+                    log_depth=log_depth,
+                    scale=1.0,
+                )
+                classical = replace(classical, holes=holes)
         sampler = PairSampler(slide, values, config, classical)
         n_genes = values.shape[1]
         perm = rng.permutation(n_genes)
