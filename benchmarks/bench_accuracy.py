@@ -116,6 +116,67 @@ def summarise(reports: list[dict], out: Path, command: str) -> None:
     (out / "README.md").write_text("\n".join(lines))
 
 
+# the README's headline columns, and the baselines the default is measured against
+HEADLINE = [
+    ("stentrans", "**default**"),
+    ("lowrank_linear", "low-rank + linear"),
+    ("lowrank_kernel", "low-rank + kernel"),
+    ("linear", "linear"),
+    ("stentrans_transformer", "transformer"),
+    ("residual_cnn", "DIST-like CNN"),
+    ("stentrans_published", "published"),
+]
+BASELINES = ("nearest", "linear", "cubic", "lowrank_linear", "lowrank_kernel", "residual_cnn")
+README_START, README_END = "<!-- accuracy-table:start -->", "<!-- accuracy-table:end -->"
+
+
+def headline(reports: list[dict]) -> str:
+    """The README's table (median r on counts over seeds) and how the default compares."""
+    lines = [
+        "| slide | protocol | seeds | " + " | ".join(label for _, label in HEADLINE) + " |",
+        "|---|---|---:|" + "---:|" * len(HEADLINE),
+    ]
+    margins = []
+    for protocol in sorted({r["protocol"] for r in reports}):
+        rows = [r for r in reports if r["protocol"] == protocol]
+        for dataset in dict.fromkeys(r["dataset"] for r in rows):
+            runs = [r for r in rows if r["dataset"] == dataset]
+            med = {m: _median(runs, m, "median_pcc") for m, _ in HEADLINE}
+            shown = [m for m, _ in HEADLINE if np.isfinite(med[m])]
+            best = max(shown, key=med.get)
+            cells = [
+                "-"
+                if m not in shown
+                else (f"**{med[m]:.3f}**" if m == best else f"{med[m]:.3f}")
+                + ("†" if sum(m in r["methods"] for r in runs) < len(runs) else "")
+                for m, _ in HEADLINE
+            ]
+            lines.append(f"| {dataset} | {protocol} | {len(runs)} | " + " | ".join(cells) + " |")
+            baseline = max(v for b in BASELINES if np.isfinite(v := _median(runs, b, "median_pcc")))
+            margins.append((med["stentrans"] - baseline, dataset, protocol))
+    values = np.array([m for m, _, _ in margins])
+    worst = sorted(margins)[:3]
+    lines += [
+        "",
+        f"Default against the best baseline of each row ({', '.join(BASELINES)}): best or within "
+        f"0.001 in {int((values > -0.001).sum())} of {len(values)} rows; margin median {np.median(values):+.3f}, "
+        f"mean {values.mean():+.3f}; worst rows "
+        + ", ".join(f"{d} `{p}` {m:+.3f}" for m, d, p in worst)
+        + ".",
+    ]
+    return "\n".join(lines)
+
+
+def write_headline(readme: Path, reports: list[dict]) -> None:
+    """Replace the README's table between its markers (atomically)."""
+    from napari_stentrans.core.files import atomic_path
+
+    text = readme.read_text()
+    start, end = text.index(README_START) + len(README_START), text.index(README_END)
+    with atomic_path(readme) as tmp:
+        tmp.write_text(text[:start] + "\n" + headline(reports) + "\n" + text[end:])
+
+
 def _median(runs: list[dict], method: str, key: str) -> float:
     values = [r["methods"][method][key] for r in runs if method in r["methods"]]
     values = [v for v in values if v is not None]
@@ -152,6 +213,12 @@ def main() -> None:
     parser.add_argument("--methods", default="all", help="comma-separated methods (default: all)")
     parser.add_argument("--table-only", action="store_true", help="only rebuild the table from stored runs")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "accuracy")
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        default=None,
+        help="also rewrite the headline table in this README (between its markers)",
+    )
     args = parser.parse_args()
     if not SHARED.is_dir():
         sys.exit(f"shared datasets not found at {SHARED}")
@@ -194,6 +261,9 @@ def main() -> None:
     stored.sort(key=lambda r: (order.index(r["dataset"]), r["seed"]))
     summarise(stored, args.out, "` then `".join(commands))
     print(f"wrote {args.out / 'README.md'}")
+    if args.readme is not None:
+        write_headline(args.readme, stored)
+        print(f"wrote the headline table into {args.readme}")
 
 
 if __name__ == "__main__":

@@ -169,10 +169,9 @@ def test_default_preset_is_the_classical_estimate_and_skips_the_network():
     r, c = block_sites("hex", 14, 24)
     adata = make_slide(r, c, "hex", n_genes=20, seed=2)
     config = preset("default", "hex", n_train_genes=16, device="cpu")
-    assert config.epochs == 0 and config.smoothers == "linear"
+    assert config.epochs == 0 and config.smoothers == "all"
     model = train(adata, config)
     assert not model.uses_network
-    assert model.classical.bandwidth is None and model.classical.depth_bandwidth is None
     slide = slide_from_adata(adata)
     sites = output_sites(slide)
     genes = np.arange(len(slide.genes))
@@ -198,8 +197,13 @@ def test_sites_in_gaps_take_the_smoothers_chosen_on_hole_pairs():
     mask = np.column_stack([r[lost], c[lost]])
     config = preset("default", "hex", n_train_genes=16, device="cpu")
     assert train(adata, config).classical.holes is None  # no gap, nothing to choose
+    one_site = np.column_stack([r[:1] + 8, c[:1] + 14])  # a single lost site: too small to pair
+    assert train(adata, config, one_site).classical.holes is None
     model = train(adata, config, mask)
     assert model.classical.holes is not None
+    linear = train(adata, preset("default", "hex", n_train_genes=16, device="cpu", smoothers="linear"), mask)
+    chosen = (linear.classical, linear.classical.holes)
+    assert all(p.bandwidth is None and p.depth_bandwidth is None for p in chosen)
     slide = slide_from_adata(adata, mask)
     sites = output_sites(slide)
     imputed, measured = sites.kind == "imputed", sites.kind == "measured"

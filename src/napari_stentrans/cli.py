@@ -41,7 +41,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--preset",
         choices=["default", "transformer", "published"],  # = core.presets.PRESETS (tested)
         default="default",
-        help="default: low-rank + linear (best on the honest benchmark, no training); "
+        help="default: classical low-rank estimate (best on the honest benchmark, no training); "
         "transformer: a learned ViT correction on top; published: the authors' recipe",
     )
     enh.add_argument("--epochs", type=int, help="training epochs (preset default otherwise)")

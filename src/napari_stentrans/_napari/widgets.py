@@ -204,8 +204,8 @@ class TrainWidget(_SlideWidget):
             label="Preset",
             choices=list(PRESETS),
             value="default",
-            tooltip="default: low-rank reconstruction + linear interpolation, the best method on the "
-            "honest benchmark (no training, seconds); transformer: a ViT correction learned on top; "
+            tooltip="default: low-rank reconstruction + linear or kernel smoothing chosen on the slide, "
+            "the best method on the honest benchmark (no training, seconds); transformer: a ViT correction learned on top; "
             "published: the authors' recipe, for comparison",
         )
         self._epochs = SpinBox(

@@ -1,19 +1,19 @@
 """Training configuration and the three presets: ``default``, ``transformer`` and ``published``.
 
 ``default`` is the method that scored best on the honest benchmark (docs/accuracy): the
-classical low-rank reconstruction with linear interpolation of the scores and of log depth,
-its rank chosen on the slide's own coset pairs; no network is trained (``epochs=0``). The
-learned correction did not beat it on every slide (docs/design.md), so it is opt-in as
-``transformer``. ``published`` reproduces the authors' recipe for comparison (raw counts, brick raster with
-rows-step-2 / columns-step-4 down-sampling on Visium, loss over every pixel, 1-D position code,
-no skip, Adam(1e-3, betas (0.5, 0.6), eps 1e-6), 512 genes a batch, 50 epochs on ST and 10 on
-Visium). ``default`` fixes METHOD.md defects 1-4 and 8: it predicts a correction on top of the
-classical low-rank + kernel estimate, in log-normalised space with depth restored, with the
-loss over real spots only, a 2-D position code in lattice units, lattice-preserving
-down-sampling with all four cosets and the lattice symmetries, and blob masking for holes.
-``transformer`` is that model: the ``default`` estimate (with Gaussian kernels as candidate
-smoothers too) plus a Vision Transformer correction trained on the slide; ``default`` with
-``epochs > 0`` trains the same correction on the linear base.
+classical low-rank reconstruction of log-normalised expression, its scores and log depth
+smoothed to every output site (linear interpolation or a Gaussian kernel), rank and smoothers
+chosen on the slide's own coset pairs, and for sites in gaps on hole-filling pairs shaped like
+the slide's gaps; no network is trained (``epochs=0``). The learned correction did not beat it
+on every slide (docs/design.md), so it is opt-in as ``transformer``: the same classical estimate
+plus a Vision Transformer correction trained on the slide, fixing METHOD.md defects 1-4 and 8
+(log-normalised space with depth restored, loss over real spots only, a 2-D position code in
+lattice units, lattice-preserving down-sampling with all four cosets and the lattice
+symmetries, blob masking for holes). ``published`` reproduces the authors' recipe for
+comparison (raw counts, brick raster with rows-step-2 / columns-step-4 down-sampling on Visium,
+loss over every pixel, 1-D position code, no skip, Adam(1e-3, betas (0.5, 0.6), eps 1e-6), 512
+genes a batch, 50 epochs on ST and 10 on Visium). ``default`` with ``epochs > 0`` trains the
+transformer's correction.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class TrainConfig:
     smoothers
         Candidate smoothers of the classical estimate: ``"linear"`` (Delaunay interpolation of
         the low-rank scores and of log depth) or ``"all"`` (linear and Gaussian kernels, chosen
-        on the slide's coset pairs).
+        on the slide's coset pairs, and for sites in gaps on hole-filling pairs).
     cosets, symmetries
         Use all four down-sampling cosets / the lattice's raster symmetries as training pairs.
     blob_fraction
@@ -143,7 +143,7 @@ def preset(name: str, lattice_kind: str = "square", **overrides) -> TrainConfig:
         Any :class:`TrainConfig` or :class:`ModelConfig` field; ``None`` values are ignored.
     """
     if name == "default":
-        config = TrainConfig(preset="default", epochs=0, smoothers="linear")
+        config = TrainConfig(preset="default", epochs=0)
     elif name == "transformer":
         config = TrainConfig(preset="transformer")
     elif name == "published":

@@ -410,14 +410,16 @@ class Trainer:
             )
             hole_sizes = slide.hole_sizes()
             if len(hole_sizes):  # gaps to fill: their smoothers are chosen on gaps of the same size
-                holes, _ = select_classical_params(
+                holes, scores = select_classical_params(
                     values,
                     positions,
                     hole_pairs(positions, hole_sizes, np.random.default_rng(config.seed)),
                     log_depth=log_depth,
                     scale=1.0,
+                    **(linear_only if config.smoothers == "linear" else {}),
                 )
-                classical = replace(classical, holes=holes)
+                if scores:  # gaps of one or two sites make no pair with >= 3 targets: keep the main choice
+                    classical = replace(classical, holes=holes)
         sampler = PairSampler(slide, values, config, classical)
         n_genes = values.shape[1]
         perm = rng.permutation(n_genes)
