@@ -334,7 +334,9 @@ class _ProgressBar:
             return
         from tqdm import tqdm
 
-        if self.bar is None and event.kind == "prepared":
+        if self.bar is None and event.kind == "prepared" and event.n_steps * event.n_epochs == 0:
+            print(f"stentrans: {event.message}", file=sys.stderr)  # nothing to train: no bar
+        elif self.bar is None and event.kind == "prepared":
             self.bar = tqdm(
                 total=event.n_steps * event.n_epochs,
                 desc=f"training on {event.device}",
@@ -350,12 +352,14 @@ class _ProgressBar:
                 loss=f"{event.train_loss:.4f}",
                 val="-" if event.best_val_loss is None else f"{event.best_val_loss:.4f}",
             )
-        elif self.bar is not None and event.kind in ("finished", "stopped"):
+        elif event.kind in ("finished", "stopped"):
+            line = f"stentrans: training {event.kind} ({event.message}, {event.elapsed:.1f} s)"
+            if self.bar is None:
+                print(line, file=sys.stderr)
+                return
             if event.kind == "finished":  # early stopping ends before the planned last step
                 self.bar.update(self.bar.total - self.bar.n)
-            self.bar.write(
-                f"stentrans: training {event.kind} ({event.message}, {event.elapsed:.1f} s)", file=sys.stderr
-            )
+            self.bar.write(line, file=sys.stderr)
 
     def close(self) -> None:
         if self.bar is not None:
