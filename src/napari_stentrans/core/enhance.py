@@ -178,16 +178,19 @@ class SitePredictor:
                 slide.expression(basis_idx, "log1p", model.target_sum),
                 max(model.classical.rank, model.classical.for_holes.rank),
             )
-            # sites with no measured spot within a pitch lie in a gap: they take the smoothers
-            # chosen on hole-filling pairs (when the model has them)
-            in_hole = cKDTree(src_xy).query(dst_xy)[0] > HOLE_DISTANCE
+            groups = [(np.arange(len(sites)), model.classical)]
+            if model.classical.holes is not None:
+                # sites with no measured spot within a pitch lie in a gap: they take the
+                # smoothers chosen on hole-filling pairs
+                in_hole = cKDTree(src_xy).query(dst_xy)[0] > HOLE_DISTANCE
+                groups = [
+                    (np.flatnonzero(~in_hole), model.classical),
+                    (np.flatnonzero(in_hole), model.classical.holes),
+                ]
             log_depth = np.log(slide.depth[usable])
             self.groups: list[tuple[np.ndarray, int, np.ndarray]] = []
             self.depth = np.empty(len(sites))
-            for rows, params in (
-                (np.flatnonzero(~in_hole), model.classical),
-                (np.flatnonzero(in_hole), model.classical.for_holes),
-            ):
+            for rows, params in groups:
                 rank = min(params.rank, self.basis.max_rank)
                 smoothed = params.weights(src_xy, dst_xy[rows]) @ self.basis.scores[:, :rank]
                 self.groups.append((rows, rank, smoothed))
@@ -196,10 +199,10 @@ class SitePredictor:
     def classical(self, values: np.ndarray) -> np.ndarray:
         """The classical estimate ``(n_sites, genes)`` of normalised expression at the sites."""
         out = np.empty((len(self.depth), values.shape[1]), dtype=np.float32)
+        loadings = {rank: self.basis.loadings(values, rank) for rank in {rank for _, rank, _ in self.groups}}
         for rows, rank, smoothed in self.groups:
-            if len(rows):
-                mean, coef = self.basis.loadings(values, rank)
-                out[rows] = smoothed @ coef + mean
+            mean, coef = loadings[rank]
+            out[rows] = smoothed @ coef + mean
         return out
 
     def _network(self, n_genes: int, values: np.ndarray) -> np.ndarray:
