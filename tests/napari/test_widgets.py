@@ -223,3 +223,31 @@ def test_quality_check_matches_stentrans_evaluate(st_viewer, qtbot):
             method
         )
     assert widget._table.shape[0] == len(direct["methods"])
+
+
+def test_closing_a_slide_releases_it_and_a_late_result_is_discarded(st_viewer, qtbot):
+    import gc
+    import weakref
+
+    widget = _dock(st_viewer, "Train & enhance")
+    _fast(widget, epochs=3)
+    info = actions.slide(st_viewer)
+    released = weakref.ref(info)
+    worker = widget.start()
+    closed = []
+
+    def close_slide(event):  # main thread, while the worker trains on its own copy
+        if event.kind == "step" and not closed:
+            closed.append(True)
+            st_viewer.layers.clear()
+
+    worker.yielded.connect(close_slide)
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    qtbot.waitUntil(lambda: widget.idle, timeout=10_000)
+    assert closed and len(st_viewer.layers) == 0
+    assert widget._status.value == "the slide was closed during training: result discarded"
+    assert actions.slides(st_viewer) == {}
+    del info
+    gc.collect()
+    assert released() is None  # nothing keeps the closed slide's table or model alive

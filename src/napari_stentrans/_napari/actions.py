@@ -6,6 +6,7 @@ returns results, which :func:`apply_enhancement` adds as layers on the main thre
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import anndata as ad
@@ -31,11 +32,26 @@ class SlideInfo:
     extra: dict = field(default_factory=dict)
 
 
-_SLIDES: dict[str, SlideInfo] = {}
+# per viewer (by id), the slides it shows; pruned on every look-up so that a slide whose layers
+# were all removed releases its table, model and enhanced result
+_SLIDES: dict[int, dict[str, SlideInfo]] = {}
+
+
+def _registry(viewer) -> dict[str, SlideInfo]:
+    viewer = getattr(viewer, "__wrapped__", viewer)  # plugin widgets get a proxy of the viewer
+    key = id(viewer)
+    if key not in _SLIDES:
+        _SLIDES[key] = {}
+        try:  # drop the registry with its viewer; slide ids are unique, so a reused id is harmless
+            weakref.finalize(viewer, _SLIDES.pop, key, None)
+        except TypeError:
+            pass
+    return _SLIDES[key]
 
 
 def slides(viewer) -> dict[str, SlideInfo]:
     """Slides with layers in the viewer, by slide id (order of first appearance)."""
+    known = _registry(viewer)
     found: dict[str, SlideInfo] = {}
     for layer in viewer.layers:
         meta = layer.metadata.get("stentrans") if hasattr(layer, "metadata") else None
@@ -43,10 +59,11 @@ def slides(viewer) -> dict[str, SlideInfo]:
             continue
         sid = meta["slide_id"]
         if sid not in found:
-            if sid not in _SLIDES:
-                name = sid.split("#")[0]
-                _SLIDES[sid] = SlideInfo(sid, meta["adata"], DisplayFrame.of(meta["adata"]), name)
-            found[sid] = _SLIDES[sid]
+            found[sid] = known.get(sid) or SlideInfo(
+                sid, meta["adata"], DisplayFrame.of(meta["adata"]), sid.split("#")[0]
+            )
+    known.clear()
+    known.update(found)
     return found
 
 

@@ -412,6 +412,9 @@ class TrainWidget(_SlideWidget):
             self._status.value = "stopped: nothing changed"
             return
         model, enhanced, layer_tuples = result
+        if slide_id not in actions.slides(self._viewer):
+            self._status.value = "the slide was closed during training: result discarded"
+            return
         run = actions.record_result(self._viewer, slide_id, model, enhanced)
         self._pending = [(t, run) for t in layer_tuples]
         self._status.value = f"enhanced {enhanced.n_obs} sites x {enhanced.n_vars} genes"
