@@ -86,6 +86,17 @@ def off_lattice(folder: Path) -> Path:
     return _table(folder, ["1x1", "1.5x2", "3x3"], np.ones((3, 2)))
 
 
+def repeated_spot_row(folder: Path) -> Path:
+    return _table(folder, ["1x1", "1x2", "1x2", "2x1"], np.ones((4, 2)))
+
+
+def repeated_spot_column(folder: Path) -> Path:
+    pd.DataFrame(np.ones((2, 4)), index=["G0", "G1"], columns=["1x1", "1x2", "1x2", "2x1"]).to_csv(
+        folder / "counts.tsv", sep="\t"
+    )
+    return folder / "counts.tsv"
+
+
 def single_spot(folder: Path) -> Path:
     return _table(folder, ["1x1"], np.ones((1, 2)))
 
@@ -143,6 +154,8 @@ CASES = {
     "positions non-numeric": (positions_non_numeric, r"tissue_positions\.csv: .*array_row"),
     "duplicate coordinates": (duplicate_coordinates, "duplicate"),
     "coordinates on no lattice": (off_lattice, "on no lattice"),
+    "repeated spot id (rows)": (repeated_spot_row, r"counts\.tsv: spot id '1x2' occurs more than once"),
+    "repeated spot id (header)": (repeated_spot_column, r"counts\.tsv: spot id '1x2' occurs more than once"),
     "single spot": (single_spot, r"only 1 spot"),
     "no coordinates": (no_coordinates, "no coordinates"),
     "all counts zero": (all_zero, "every count is zero"),

@@ -134,6 +134,20 @@ def test_st_table_spot_ids_rounded_and_transposed_tables(tmp_path):
     np.testing.assert_array_equal(b.obs["array_row"], a.obs["array_row"])
 
 
+@pytest.mark.parametrize("genes_as", ["columns", "rows"])
+def test_st_table_repeated_gene_names_are_kept_renamed_with_a_warning(tmp_path, genes_as):
+    from napari_stentrans.core.io import DuplicateGeneNamesWarning
+
+    counts = np.arange(12).reshape(4, 3)
+    table = pd.DataFrame(counts, index=["1x1", "1x2", "2x1", "2x2"], columns=["Actb", "Gapdh", "Actb"])
+    (table if genes_as == "columns" else table.T).to_csv(tmp_path / "counts.tsv", sep="\t")
+    with pytest.warns(DuplicateGeneNamesWarning, match=r"counts\.tsv: 1 gene name\(s\) .*'Actb'"):
+        a = read(tmp_path / "counts.tsv")
+    # the same names whichever way the table is turned (pandas alone renames header repeats "Actb.1")
+    assert list(a.var_names) == ["Actb", "Gapdh", "Actb-1"]
+    np.testing.assert_array_equal(a.X.toarray(), counts)
+
+
 def test_st_table_off_lattice_id_is_refused(tmp_path):
     with pytest.raises(ReadError, match="on no lattice"):
         read(_st_table(tmp_path, ["3x5", "4.5x5"], np.ones((2, 2))))

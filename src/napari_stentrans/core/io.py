@@ -398,6 +398,9 @@ def read_st_table(path: str | Path, coords: str | Path | None = None) -> ad.AnnD
     coord_table = _read_coords(coords_path) if coords_path is not None else None
     table = _orient_spots_as_rows(table, coord_table, path)
     table.index = table.index.astype(str)
+    repeated = table.index[table.index.duplicated()]
+    if len(repeated):
+        raise ReadError(f"{path}: spot id {repeated[0]!r} occurs more than once ({len(repeated)} repeat(s))")
     numeric = table.apply(pd.to_numeric, errors="coerce")
     if numeric.isna().to_numpy().any() and not table.isna().to_numpy().any():
         bad = numeric.isna().stack()
@@ -449,8 +452,16 @@ def _separator(path: Path) -> str | None:
 
 
 def _read_table(path: Path, **kwargs) -> pd.DataFrame:
+    """A delimited table; header names exactly as written (pandas renames repeats ``X.1``)."""
+    sep = _separator(path)
     with _reading(path):
-        return pd.read_csv(path, sep=_separator(path), **kwargs)
+        table = pd.read_csv(path, sep=sep, **kwargs)
+        if kwargs.get("header", 0) == 0 and table.shape[1]:
+            header = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False)
+            names = header.iloc[0].astype(str).to_numpy()[-table.shape[1] :]  # R omits the index's cell
+            if len(names) == table.shape[1]:
+                table.columns = pd.Index(names)
+    return table
 
 
 def _parse_spot_ids(ids: pd.Index) -> np.ndarray | None:
