@@ -179,3 +179,25 @@ def test_inpainting_pairs_score_only_dropped_spots_at_their_own_pixel(square_sli
         np.random.default_rng(0),
     )
     assert window.inputs.shape == (6, 3, 6, 6) and window.target_mask.sum() > 0
+
+
+def test_inpainting_base_uses_the_gap_smoothers_in_the_hole_and_the_main_ones_elsewhere(square_slide):
+    """The base of a hole-filling pair is the one inference gives: gap smoothers in gaps only."""
+    from napari_stentrans.core.classical import ClassicalParams
+    from napari_stentrans.core.slide import slide_from_adata
+    from napari_stentrans.core.training import _inpaint_pair
+
+    slide = slide_from_adata(square_slide)
+    values = slide.expression(np.arange(6), "log1p")
+    main, gaps = ClassicalParams(2, None), ClassicalParams(2, 1.4)
+    drop = PairSampler(slide, values, tiny_config(), main).inpaint_drop(np.random.default_rng(3))
+
+    def base(params):
+        sampler = PairSampler(slide, values, tiny_config(), params)
+        pair = _inpaint_pair(sampler, np.arange(6), (False,) * 3, drop, torch.device("cpu"), None, None, None)
+        return pair.base[:, ::2, ::2].reshape(6, -1)[:, sampler.flat].numpy()
+
+    both = base(ClassicalParams(2, None, holes=gaps))
+    np.testing.assert_allclose(both[:, drop], base(gaps)[:, drop], rtol=1e-5)
+    np.testing.assert_allclose(both[:, ~drop], base(main)[:, ~drop], rtol=1e-5)
+    assert np.abs(both[:, drop] - base(main)[:, drop]).max() > 1e-3  # the two smoothers differ in the hole

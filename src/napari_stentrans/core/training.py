@@ -151,7 +151,10 @@ class PairSampler:
         """Low-rank basis of one coset's spots (``None``: all spots), fitted when first needed."""
         if coset not in self._bases:
             members = slice(None) if coset is None else self.cosets == coset
-            self._bases[coset] = LowRankBasis.fit(self.values[members], self.classical.rank)
+            rank = self.classical.rank
+            if coset is None:  # the hole-filling pairs use the rank chosen for gaps
+                rank = max(rank, self.classical.for_holes.rank)
+            self._bases[coset] = LowRankBasis.fit(self.values[members], rank)
         return self._bases[coset]
 
     @property
@@ -313,9 +316,14 @@ def _inpaint_pair(
         return img.reshape(-1, h, w)
 
     scored = drop if targets is None else drop & targets
-    basis, rank = sampler.full_basis, sampler.classical.rank
-    weights = sampler.classical.weights(sampler.positions[kept], sampler.positions)
-    estimate = (weights @ basis.scores[kept, :rank]) @ basis.components[genes, :rank].T + basis.mean[genes]
+    basis, main = sampler.full_basis, sampler.classical
+    # the base inference gives: the main smoothers at measured sites, the gap smoothers in gaps
+    groups = [(main, np.ones_like(kept))] if main.holes is None else [(main, kept), (main.holes, drop)]
+    estimate = np.empty((len(kept), n), dtype=np.float32)
+    for params, rows in groups:
+        weights = params.weights(sampler.positions[kept], sampler.positions[rows])
+        scores = weights @ basis.scores[kept, : params.rank]
+        estimate[rows] = scores @ basis.components[genes, : params.rank].T + basis.mean[genes]
     full = np.concatenate(
         [
             image(sampler.values[:, genes]),
