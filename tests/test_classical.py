@@ -139,8 +139,66 @@ def test_hole_pairs_drop_compact_regions_of_the_given_sizes():
     assert (~capped).sum() == int(0.3 * len(positions))
 
 
-def test_hole_parameters_survive_describe_round_trip():
-    params = ClassicalParams(rank=2, bandwidth=None, depth_bandwidth=0.5, holes=ClassicalParams(3, 1.4, None))
+def test_hole_parameters_survive_describe_round_trip(tmp_path):
+    holes = ClassicalParams(3, 1.4, None, depth_mixture=((None, 0.25), (2.0, 0.75)))
+    params = ClassicalParams(rank=2, bandwidth=None, depth_bandwidth=0.5, holes=holes)
     assert ClassicalParams.from_description(params.describe()) == params
-    assert params.for_holes == ClassicalParams(3, 1.4, None)
+    assert params.for_holes == holes
+    # as stored in an enhanced slide's ``uns``
+    import anndata as ad
+
+    adata = ad.AnnData(np.zeros((1, 1), dtype=np.float32), uns={"classical": params.describe()})
+    adata.write_h5ad(tmp_path / "x.h5ad")
+    assert ClassicalParams.from_description(ad.read_h5ad(tmp_path / "x.h5ad").uns["classical"]) == params
     assert ClassicalParams(2, None, None).for_holes == ClassicalParams(2, None, None)
+
+
+def test_stacking_recovers_convex_weights_and_never_leaves_the_simplex():
+    from napari_stentrans.core.classical import stack_weights
+
+    rng = np.random.default_rng(6)
+    truth = rng.normal(8.0, 1.0, 400)
+    noisy = truth[:, None] + rng.normal(0, [0.5, 0.5, 2.0], (400, 3))  # two good, one poor candidate
+    weights = stack_weights(noisy, truth)
+    assert weights.min() >= 0 and weights.sum() == pytest.approx(1.0)
+    # independent errors of equal size: equal weights; the poor one (16x the variance) gets ~1/33
+    np.testing.assert_allclose(weights, [16 / 33, 16 / 33, 1 / 33], atol=0.04)
+    # a candidate that is the truth takes all the weight, even next to a scaled copy of it
+    exact = stack_weights(np.column_stack([truth, 2 * truth, noisy[:, 2]]), truth)
+    np.testing.assert_allclose(exact, [1, 0, 0], atol=1e-6)
+
+
+def test_stacked_depth_smoother_is_the_weighted_sum_of_its_members():
+    rng = np.random.default_rng(7)
+    xy = np.stack(np.meshgrid(np.arange(20.0), np.arange(20.0)), -1).reshape(-1, 2)
+    keep = (xy[:, 0] % 2 == 0) & (xy[:, 1] % 2 == 0)
+    log_depth = np.log(1000 + 400 * np.cos(xy[:, 0] / 4) * np.sin(xy[:, 1] / 5)) + rng.normal(0, 0.05, 400)
+    values = rng.normal(size=(400, 8)).astype(np.float32)
+    params, _ = select_classical_params(
+        values, xy, keep, ranks=(1,), bandwidths=(None,), log_depth=log_depth, depth_choice="stack"
+    )
+    assert params.depth_mixture and sum(w for _, w in params.depth_mixture) == pytest.approx(1.0)
+    assert params.depth_bandwidth == max(params.depth_mixture, key=lambda m: m[1])[0]
+    src, dst = xy[keep] / 2, xy[~keep] / 2
+    from napari_stentrans.core.classical import smoothing_weights
+
+    expected = sum(w * (smoothing_weights(src, dst, h) @ log_depth[keep]) for h, w in params.depth_mixture)
+    np.testing.assert_allclose(params.smooth_log_depth(src, dst, log_depth[keep]), expected, rtol=1e-10)
+    flat = params.smooth_log_depth(src, dst, np.full(keep.sum(), 7.0))
+    np.testing.assert_allclose(flat, 7.0)  # still an average: a constant depth stays constant
+    # "best" keeps one smoother, the one with the highest r of log depth
+    best, _ = select_classical_params(values, xy, keep, ranks=(1,), bandwidths=(None,), log_depth=log_depth)
+    assert best.depth_mixture == ()
+
+
+@pytest.mark.parametrize("bandwidth", [None, 0.5, 2.0])
+def test_smoothing_block_by_block_equals_the_whole_weight_matrix(bandwidth):
+    from napari_stentrans.core.classical import smooth, smoothing_weights
+
+    rng = np.random.default_rng(8)
+    src = rng.uniform(0, 20, size=(300, 2))
+    dst = rng.uniform(-2, 22, size=(1000, 2))  # some targets outside the sources' hull
+    values = rng.normal(size=(300, 3)).astype(np.float32)
+    whole = smoothing_weights(src, dst, bandwidth) @ values
+    np.testing.assert_allclose(smooth(src, dst, bandwidth, values, chunk=97), whole, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(smooth(src, dst, bandwidth, values[:, 0], chunk=97), whole[:, 0], atol=1e-12)

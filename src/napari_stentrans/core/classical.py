@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.optimize import nnls
 from scipy.spatial import cKDTree
 
 TARGET_SUM = 1e4
@@ -113,6 +114,26 @@ def smoothing_weights(source_xy: np.ndarray, target_xy: np.ndarray, bandwidth: f
     return kernel_weights(source_xy, target_xy, bandwidth)
 
 
+def smooth(
+    source_xy: np.ndarray,
+    target_xy: np.ndarray,
+    bandwidth: float | None,
+    values: np.ndarray,
+    chunk: int = 2048,
+) -> np.ndarray:
+    """``smoothing_weights(source_xy, target_xy, bandwidth) @ values``, a block of targets at a time.
+
+    Each row of the weights depends on its own target only, so building them block by block
+    gives the same result while holding at most ``chunk`` rows: a 2-pitch kernel has about 140
+    neighbours per target, 35 MB of weights for a 6,000-site slide at once.
+    """
+    out = np.empty((len(target_xy), *np.shape(values)[1:]), dtype=np.result_type(values, np.float64))
+    for start in range(0, len(target_xy), chunk):
+        block = slice(start, start + chunk)
+        out[block] = smoothing_weights(source_xy, target_xy[block], bandwidth) @ values
+    return out
+
+
 @dataclass
 class LowRankBasis:
     """Principal axes of normalised expression at the input spots.
@@ -180,13 +201,16 @@ class ClassicalParams:
     (Delaunay barycentric) interpolation. Depth has its own smoother: noisy expression favours
     strong smoothing, but per-gene r on counts is dominated by each spot's depth, which an
     expression-sized kernel over-smooths (olfactory bulb, heldout: median r 0.035 with one
-    shared bandwidth of 2 pitches).
+    shared bandwidth of 2 pitches). ``depth_mixture``, when given, replaces the single depth
+    smoother by a convex mixture ``((bandwidth, weight), ...)`` of candidate smoothers
+    (:func:`stack_weights`); ``depth_bandwidth`` is then its heaviest member.
     """
 
     rank: int = 5
     bandwidth: float | None = 1.0
     depth_bandwidth: float | None = None
     holes: ClassicalParams | None = None  # for sites to impute, chosen on hole-filling pairs
+    depth_mixture: tuple[tuple[float | None, float], ...] = ()
 
     @property
     def for_holes(self) -> ClassicalParams:
@@ -196,8 +220,19 @@ class ClassicalParams:
     def weights(self, source_xy: np.ndarray, target_xy: np.ndarray) -> sp.csr_matrix:
         return smoothing_weights(source_xy, target_xy, self.bandwidth)
 
-    def depth_weights(self, source_xy: np.ndarray, target_xy: np.ndarray) -> sp.csr_matrix:
-        return smoothing_weights(source_xy, target_xy, self.depth_bandwidth)
+    def smooth_log_depth(
+        self, source_xy: np.ndarray, target_xy: np.ndarray, log_depth: np.ndarray
+    ) -> np.ndarray:
+        """Log depth at the targets: the depth smoother, or the weighted sum of its mixture.
+
+        A mixture is summed member by member, each built a block of targets at a time
+        (:func:`smooth`), so memory stays bounded whatever the bandwidths.
+        """
+        members = self.depth_mixture or ((self.depth_bandwidth, 1.0),)
+        total = np.zeros(len(target_xy))
+        for bandwidth, weight in members:
+            total += weight * smooth(source_xy, target_xy, bandwidth, log_depth)
+        return total
 
     def describe(self) -> dict:
         """Plain values for reports and checkpoints ("linear" for the interpolator)."""
@@ -210,6 +245,9 @@ class ClassicalParams:
             "bandwidth": name(self.bandwidth),
             "depth_bandwidth": name(self.depth_bandwidth),
         }
+        if self.depth_mixture:
+            # bandwidth -> weight, keys as text: stores in JSON and in h5ad ``uns`` alike
+            described["depth_mixture"] = {str(name(h)): float(w) for h, w in self.depth_mixture}
         if self.holes is not None:
             described["holes"] = self.holes.describe()
         return described
@@ -220,7 +258,19 @@ class ClassicalParams:
             return None if h in (None, "linear") else float(h)
 
         holes = cls.from_description(data["holes"]) if isinstance(data.get("holes"), dict) else None
-        return cls(int(data["rank"]), value(data.get("bandwidth")), value(data.get("depth_bandwidth")), holes)
+        mixture = tuple(
+            sorted(  # linear first, then by bandwidth: the order of the candidate grids
+                ((value(h), float(w)) for h, w in dict(data.get("depth_mixture") or {}).items()),
+                key=lambda member: (member[0] is not None, member[0] or 0.0),
+            )
+        )
+        return cls(
+            int(data["rank"]),
+            value(data.get("bandwidth")),
+            value(data.get("depth_bandwidth")),
+            holes,
+            mixture,
+        )
 
 
 def classical_estimate(
@@ -255,9 +305,9 @@ def classical_estimate(
         basis = LowRankBasis.fit(values if basis_values is None else basis_values, params.rank)
     rank = min(params.rank, basis.max_rank)
     mean, coef = basis.loadings(values, rank)
-    smoothed_scores = params.weights(source_xy, target_xy) @ basis.scores[:, :rank]
+    smoothed_scores = smooth(source_xy, target_xy, params.bandwidth, basis.scores[:, :rank])
     estimate = smoothed_scores @ coef + mean
-    return estimate.astype(np.float32), (params.depth_weights(source_xy, target_xy) @ log_depth).astype(
+    return estimate.astype(np.float32), params.smooth_log_depth(source_xy, target_xy, log_depth).astype(
         np.float32
     )
 
@@ -267,6 +317,28 @@ def _column_pearson(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     t = truth - truth.mean(axis=0)
     denom = np.sqrt((p**2).sum(axis=0) * (t**2).sum(axis=0))
     return np.divide((p * t).sum(axis=0), denom, out=np.full(p.shape[1], np.nan), where=denom > 1e-12)
+
+
+def stack_weights(estimates: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Convex weights of candidate estimates with the least squared error (stacking).
+
+    Stacked regression (Breiman 1996): instead of keeping the one candidate that scored best
+    on a few noisy pairs, combine all of them with non-negative weights that sum to one, fitted
+    on the pairs' targets. The sum-to-one constraint is a heavily weighted extra row of a
+    non-negative least-squares problem.
+
+    Parameters
+    ----------
+    estimates
+        ``(n_targets, n_candidates)`` each candidate's estimate at the targets.
+    truth
+        ``(n_targets,)`` the measured values.
+    """
+    n, k = estimates.shape
+    anchor = 1e3 * np.sqrt(n) * (1.0 + float(np.abs(truth).mean()))
+    weights, _ = nnls(np.vstack([estimates, np.full((1, k), anchor)]), np.append(truth, anchor))
+    total = weights.sum()
+    return weights / total if total > 0 else np.full(k, 1.0 / k)
 
 
 def hole_pairs(
@@ -333,6 +405,7 @@ def select_classical_params(
     depth_bandwidths: tuple[float | None, ...] = DEPTH_BANDWIDTH_GRID,
     max_targets: int = 1000,
     scale: float = 2.0,
+    depth_choice: str = "best",
 ) -> tuple[ClassicalParams, dict[tuple[int, float | None], float]]:
     """Choose rank and smoothers on the self-supervised pairs of the slide (coset -> the rest).
 
@@ -353,8 +426,10 @@ def select_classical_params(
         coset used as the only input, or a list of boolean masks of the kept sites of each pair
         (e.g. :func:`hole_pairs`).
     log_depth
-        ``(n_sites,)`` log total counts; when given, the depth smoother is chosen too (highest
-        Pearson r of log depth at the targets) from ``depth_bandwidths``.
+        ``(n_sites,)`` log total counts; when given, the depth smoother is chosen too from
+        ``depth_bandwidths``: with ``depth_choice="best"`` the one with the highest mean Pearson
+        r of log depth at the targets, with ``"stack"`` a convex mixture of all of them fitted on
+        the targets of every pair (:func:`stack_weights`).
     max_genes, max_targets
         Genes and target sites used for the choice (evenly spaced), to bound its cost.
     scale
@@ -378,6 +453,8 @@ def select_classical_params(
     cols = np.unique(np.linspace(0, values.shape[1] - 1, min(max_genes, values.shape[1])).astype(int))
     scores: dict[tuple[int, float | None], list[float]] = {}
     depth_scores: dict[float | None, list[float]] = {}
+    depth_estimates: list[np.ndarray] = []
+    depth_truth: list[np.ndarray] = []
     kernels = [h for h in (*bandwidths, *depth_bandwidths) if h is not None]
     chosen = np.ascontiguousarray(values[:, cols])
     for keep in inputs:
@@ -409,14 +486,24 @@ def select_classical_params(
                 score = float(np.nanmedian(r_genes)) if np.isfinite(r_genes).any() else -1.0
                 scores.setdefault((r, h), []).append(score)
         if log_depth is not None:
-            for hd in depth_bandwidths:
-                est = smoothers.weights(hd) @ log_depth[keep]
-                r_depth = _column_pearson(est[:, None], log_depth[targets][:, None])[0]
+            candidates = np.stack(
+                [smoothers.weights(hd) @ log_depth[keep] for hd in depth_bandwidths], axis=1
+            )
+            depth_estimates.append(candidates)
+            depth_truth.append(log_depth[targets])
+            r_depths = _column_pearson(candidates, log_depth[targets][:, None])
+            for hd, r_depth in zip(depth_bandwidths, r_depths, strict=True):
                 depth_scores.setdefault(hd, []).append(-1.0 if np.isnan(r_depth) else float(r_depth))
     mean_scores = {k: float(np.mean(v)) for k, v in scores.items() if len(v) == len(inputs)}
     (rank, h) = max(mean_scores, key=mean_scores.get)
-    depth_h = h
+    depth_h, mixture = h, ()
     if depth_scores:
         depth_mean = {k: float(np.mean(v)) for k, v in depth_scores.items()}
         depth_h = max(depth_mean, key=depth_mean.get)
-    return ClassicalParams(rank=rank, bandwidth=h, depth_bandwidth=depth_h), mean_scores
+        if depth_choice == "stack" and len(depth_bandwidths) > 1:
+            weights = stack_weights(np.concatenate(depth_estimates), np.concatenate(depth_truth))
+            weights = np.where(weights > 1e-3, weights, 0.0)  # each member costs a smoothing matrix
+            weights /= weights.sum()
+            mixture = tuple((hd, float(w)) for hd, w in zip(depth_bandwidths, weights, strict=True) if w > 0)
+            depth_h = depth_bandwidths[int(np.argmax(weights))]
+    return ClassicalParams(rank, h, depth_h, depth_mixture=mixture), mean_scores

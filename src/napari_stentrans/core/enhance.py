@@ -24,7 +24,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from .. import __version__
-from .classical import LowRankBasis, denormalize
+from .classical import LowRankBasis, denormalize, smooth
 from .lattice import CHILD_OFFSETS, BrickRaster, IndexRaster, child_between
 from .presets import TrainConfig, preset
 from .slide import MaskLike, Slide, site_keys, slide_from_adata
@@ -192,9 +192,9 @@ class SitePredictor:
             self.depth = np.empty(len(sites))
             for rows, params in groups:
                 rank = min(params.rank, self.basis.max_rank)
-                smoothed = params.weights(src_xy, dst_xy[rows]) @ self.basis.scores[:, :rank]
+                smoothed = smooth(src_xy, dst_xy[rows], params.bandwidth, self.basis.scores[:, :rank])
                 self.groups.append((rows, rank, smoothed))
-                self.depth[rows] = np.exp(params.depth_weights(src_xy, dst_xy[rows]) @ log_depth)
+                self.depth[rows] = np.exp(params.smooth_log_depth(src_xy, dst_xy[rows], log_depth))
 
     def classical(self, values: np.ndarray) -> np.ndarray:
         """The classical estimate ``(n_sites, genes)`` of normalised expression at the sites."""

@@ -414,6 +414,7 @@ class Trainer:
                 positions,
                 keep,
                 log_depth=log_depth,
+                depth_choice="stack",
                 **(linear_only if config.smoothers == "linear" else {}),
             )
             hole_sizes = slide.hole_sizes()
@@ -424,6 +425,7 @@ class Trainer:
                     hole_pairs(positions, hole_sizes, np.random.default_rng(config.seed)),
                     log_depth=log_depth,
                     scale=1.0,
+                    depth_choice="stack",
                     **(linear_only if config.smoothers == "linear" else {}),
                 )
                 if scores:  # gaps of one or two sites make no pair with >= 3 targets: keep the main choice
