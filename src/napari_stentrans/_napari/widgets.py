@@ -33,8 +33,12 @@ if TYPE_CHECKING:
 
 def _status_label(value: str = "") -> Label:
     """A label that wraps long text instead of widening the dock (which squeezed the canvas to 0 px)."""
+    from qtpy.QtWidgets import QSizePolicy
+
     label = Label(value=value)
     label.native.setWordWrap(True)
+    # a wrapped label still asks for the width of its longest line; ignore it horizontally
+    label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
     return label
 
 
