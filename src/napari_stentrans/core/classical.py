@@ -217,6 +217,15 @@ class ClassicalParams:
         """The parameters for sites to impute: :attr:`holes` when chosen, else these."""
         return self if self.holes is None else self.holes
 
+    def site_groups(self, in_gap: np.ndarray) -> list[tuple[np.ndarray, ClassicalParams]]:
+        """Indices of the sites each parameter set applies to: sites in gaps take :attr:`holes`.
+
+        One group of every site when no gap parameters were chosen, so nothing is computed twice.
+        """
+        if self.holes is None:
+            return [(np.arange(len(in_gap)), self)]
+        return [(np.flatnonzero(~in_gap), self), (np.flatnonzero(in_gap), self.holes)]
+
     def weights(self, source_xy: np.ndarray, target_xy: np.ndarray) -> sp.csr_matrix:
         return smoothing_weights(source_xy, target_xy, self.bandwidth)
 
@@ -504,6 +513,9 @@ def select_classical_params(
             weights = stack_weights(np.concatenate(depth_estimates), np.concatenate(depth_truth))
             weights = np.where(weights > 1e-3, weights, 0.0)  # each member costs a smoothing matrix
             weights /= weights.sum()
-            mixture = tuple((hd, float(w)) for hd, w in zip(depth_bandwidths, weights, strict=True) if w > 0)
             depth_h = depth_bandwidths[int(np.argmax(weights))]
+            if np.count_nonzero(weights) > 1:  # a one-member mixture is just ``depth_h``
+                mixture = tuple(
+                    (hd, float(w)) for hd, w in zip(depth_bandwidths, weights, strict=True) if w > 0
+                )
     return ClassicalParams(rank, h, depth_h, depth_mixture=mixture), mean_scores

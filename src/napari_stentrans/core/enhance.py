@@ -178,19 +178,13 @@ class SitePredictor:
                 slide.expression(basis_idx, "log1p", model.target_sum),
                 max(model.classical.rank, model.classical.for_holes.rank),
             )
-            groups = [(np.arange(len(sites)), model.classical)]
-            if model.classical.holes is not None:
-                # sites with no measured spot within a pitch lie in a gap: they take the
-                # smoothers chosen on hole-filling pairs
-                in_hole = cKDTree(src_xy).query(dst_xy)[0] > HOLE_DISTANCE
-                groups = [
-                    (np.flatnonzero(~in_hole), model.classical),
-                    (np.flatnonzero(in_hole), model.classical.holes),
-                ]
+            # sites with no measured spot within a pitch lie in a gap: they take the smoothers
+            # chosen on hole-filling pairs
+            in_gap = cKDTree(src_xy).query(dst_xy)[0] > HOLE_DISTANCE
             log_depth = np.log(slide.depth[usable])
             self.groups: list[tuple[np.ndarray, int, np.ndarray]] = []
             self.depth = np.empty(len(sites))
-            for rows, params in groups:
+            for rows, params in model.classical.site_groups(in_gap):
                 rank = min(params.rank, self.basis.max_rank)
                 smoothed = smooth(src_xy, dst_xy[rows], params.bandwidth, self.basis.scores[:, :rank])
                 self.groups.append((rows, rank, smoothed))

@@ -20,7 +20,7 @@ import anndata as ad
 import numpy as np
 import torch
 
-from .classical import TARGET_SUM, ClassicalParams, LowRankBasis, hole_pairs, select_classical_params
+from .classical import TARGET_SUM, ClassicalParams, LowRankBasis, hole_pairs, select_classical_params, smooth
 from .lattice import BrickRaster, apply_symmetry
 from .model import StEnTransViT
 from .presets import TrainConfig
@@ -318,11 +318,14 @@ def _inpaint_pair(
     scored = drop if targets is None else drop & targets
     basis, main = sampler.full_basis, sampler.classical
     # the base inference gives: the main smoothers at measured sites, the gap smoothers in gaps
-    groups = [(main, np.ones_like(kept))] if main.holes is None else [(main, kept), (main.holes, drop)]
     estimate = np.empty((len(kept), n), dtype=np.float32)
-    for params, rows in groups:
-        weights = params.weights(sampler.positions[kept], sampler.positions[rows])
-        scores = weights @ basis.scores[kept, : params.rank]
+    for rows, params in main.site_groups(drop):
+        scores = smooth(
+            sampler.positions[kept],
+            sampler.positions[rows],
+            params.bandwidth,
+            basis.scores[kept, : params.rank],
+        )
         estimate[rows] = scores @ basis.components[genes, : params.rank].T + basis.mean[genes]
     full = np.concatenate(
         [
@@ -407,27 +410,15 @@ class Trainer:
         classical = ClassicalParams()
         if config.model.residual:
             keep = slide.lattice.coset(slide.row[slide.usable], slide.col[slide.usable])  # all four pairs
-            linear_only = {"bandwidths": (None,), "depth_bandwidths": (None,)}
             positions, log_depth = slide.positions(slide.usable), np.log(slide.depth[slide.usable])
-            classical, _ = select_classical_params(
-                values,
-                positions,
-                keep,
-                log_depth=log_depth,
-                depth_choice="stack",
-                **(linear_only if config.smoothers == "linear" else {}),
-            )
+            choice = {"log_depth": log_depth, "depth_choice": "stack"}
+            if config.smoothers == "linear":
+                choice.update(bandwidths=(None,), depth_bandwidths=(None,))
+            classical, _ = select_classical_params(values, positions, keep, **choice)
             hole_sizes = slide.hole_sizes()
             if len(hole_sizes):  # gaps to fill: their smoothers are chosen on gaps of the same size
-                holes, scores = select_classical_params(
-                    values,
-                    positions,
-                    hole_pairs(positions, hole_sizes, np.random.default_rng(config.seed)),
-                    log_depth=log_depth,
-                    scale=1.0,
-                    depth_choice="stack",
-                    **(linear_only if config.smoothers == "linear" else {}),
-                )
+                pairs = hole_pairs(positions, hole_sizes, np.random.default_rng(config.seed))
+                holes, scores = select_classical_params(values, positions, pairs, scale=1.0, **choice)
                 if scores:  # gaps of one or two sites make no pair with >= 3 targets: keep the main choice
                     classical = replace(classical, holes=holes)
         sampler = PairSampler(slide, values, config, classical)
