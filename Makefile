@@ -24,7 +24,7 @@ demo: setup
 	$(BIN)/python sample_data/generate.py
 	mkdir -p out
 	$(BIN)/stentrans enhance sample_data/synthetic_visium.h5ad -o out/synthetic_visium_x2.h5ad \
-		--plot out/synthetic_visium_x2.png --save-model out/synthetic_visium_model.pt --overwrite
+		--plot out/synthetic_visium_x2.png --save-model out/synthetic_visium_model.safetensors --overwrite
 
 # napari tests need a display: use Xvfb when there is none (CI installs it, see .ci/run)
 test: setup

@@ -3,14 +3,19 @@
 Usage::
 
     python benchmarks/bench_speed.py [--genes 500,2000,10000,18000] [--presets default,transformer,published]
-                                     [--epochs 2] [--device cpu]
+                                     [--epochs 2] [--device cpu] [--load idle,loaded] [--blas bounded,unbounded]
 
-The slide is the synthetic full Visium capture area (4,992 spots, seeded). Each (preset, genes)
-runs in a fresh child process, so its peak resident memory (``VmHWM``) is its own: read,
-lattice, rasterise (in gene batches, as the model sees them), train on up to 2,000 genes (a fixed
-``--epochs`` for the learning presets, early stopping off, so throughput compares), enhance every
-gene and stream it into an ``.h5ad`` as ``stentrans enhance`` does (``genes/s``, written file
-included). One markdown table is printed.
+The slide is the synthetic full Visium capture area (4,992 spots, seeded). Each (preset, genes,
+load) runs in a fresh child process, so its peak resident memory (``VmHWM``) is its own: read,
+prepare the slide (lattice, depth), rasterise (in gene batches, as the model sees them), fit
+(the classical choice; for the learning presets training on up to 2,000 genes for a fixed
+``--epochs``, early stopping off, so throughput compares), enhance every gene and stream it into
+an ``.h5ad`` as ``stentrans enhance`` does (``genes/s``, written file included).
+
+``--load loaded`` runs one competing CPU-bound process beside the child (a shared machine).
+``--blas unbounded`` is the baseline for the default preset: the classical choice without its
+one-thread BLAS limit (the behaviour before it), run in the same way beside the bounded one. One
+markdown table is printed.
 """
 
 from __future__ import annotations
@@ -28,21 +33,25 @@ TRAIN_GENES = 2000  # the presets' training-gene count; every gene is enhanced
 GENE_BATCH = 256  # genes per batch, as in enhancement
 
 
-def child(path: str, preset_name: str, epochs: int, device: str) -> dict:
+def child(path: str, preset_name: str, epochs: int, device: str, blas: str) -> dict:
+    import contextlib
+
     import numpy as np
 
-    from napari_stentrans.core.io import lattice_of, read
-    from napari_stentrans.core.presets import preset
-    from napari_stentrans.core.slide import slide_from_adata
-    from napari_stentrans.core.streaming import write_enhanced
-    from napari_stentrans.core.training import train
+    from napari_stentrans.core.config import preset
+    from napari_stentrans.core.estimators import classical
+    from napari_stentrans.core.fitting import fit
+    from napari_stentrans.core.io import read
+    from napari_stentrans.core.slide import Slide
 
+    if blas == "unbounded":  # the baseline: BLAS with its default threads during the choice
+        classical.threadpool_limits = lambda **_: contextlib.nullcontext()
     out: dict = {}
     start = time.perf_counter()
     adata = read(path)
     out["read_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    slide = slide_from_adata(adata)
+    slide = Slide.from_adata(adata)
     out["lattice_s"] = time.perf_counter() - start
     start = time.perf_counter()
     raster = slide.index_raster()
@@ -54,20 +63,20 @@ def child(path: str, preset_name: str, epochs: int, device: str) -> dict:
     learns = preset_name != "default"
     config = preset(
         preset_name,
-        lattice_of(adata).kind,
+        slide.lattice.kind,
         epochs=epochs if learns else 0,
         n_train_genes=min(n_genes, TRAIN_GENES),
         patience=None,
-        device=device,
+        restore_best=False,  # so a learned model's network runs at inference
     )
     start = time.perf_counter()
-    model = train(adata, config)
+    model = fit(slide, config, device=device)
     out["train_s"] = time.perf_counter() - start
     trained_genes = len(model.training_genes)
     out["train_genes_epochs_per_s"] = trained_genes * epochs / out["train_s"] if learns else None
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        written = write_enhanced(adata, Path(tmp) / "enhanced.h5ad", model, genes=n_genes, device=device)
+        written = model.write(slide, Path(tmp) / "enhanced.h5ad", genes=n_genes, device=device)
         out["enhance_s"] = time.perf_counter() - start
         out["output_gb"] = written.path.stat().st_size / 1e9
     out["output_sites"], out["enhanced_genes"] = written.shape
@@ -98,11 +107,17 @@ def main() -> None:
     parser.add_argument("--presets", default="default,transformer,published")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--load", default="idle", help="idle, loaded (one competing CPU-bound process), or both"
+    )
+    parser.add_argument(
+        "--blas", default="bounded", help="bounded, unbounded (baseline, default preset only), or both"
+    )
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        path, preset_name, epochs, device = args.child
-        print(json.dumps(child(path, preset_name, int(epochs), device)))
+        path, preset_name, epochs, device, blas = args.child
+        print(json.dumps(child(path, preset_name, int(epochs), device, blas)))
         return
     from napari_stentrans.core.files import write_h5ad
     from napari_stentrans.synthetic import synthetic_slide
@@ -115,26 +130,47 @@ def main() -> None:
                 synthetic_slide("hex", n_genes=n_genes, seed=0, with_truth=False, full_array=True), path
             )
             for name in args.presets.split(","):
-                cmd = [sys.executable, __file__, "--child", str(path), name, str(args.epochs), args.device]
-                result = subprocess.run(cmd, capture_output=True, text=True, check=True)
-                stats = json.loads(result.stdout.strip().splitlines()[-1])
-                rows.append((n_genes, name, stats))
-                print(f"done {n_genes} genes, {name}: {stats}", file=sys.stderr, flush=True)
+                for load in args.load.split(","):
+                    for blas in args.blas.split(","):
+                        if blas == "unbounded" and name != "default":
+                            continue
+                        stats = run_child(path, name, args.epochs, args.device, blas, load == "loaded")
+                        rows.append((n_genes, name, load, blas, stats))
+                        print(
+                            f"done {n_genes} genes, {name}, {load}, {blas}: {stats}",
+                            file=sys.stderr,
+                            flush=True,
+                        )
     print(
         f"Synthetic full Visium slide (4,992 spots), device {args.device}, {args.epochs} epochs for the learning presets\n"
     )
     print(
-        "| genes | preset | read s | lattice s | rasterise s | train s | train genes x epochs / s "
-        "| enhance + write s | enhanced genes / s | output sites | output file GB | peak RSS GB |"
+        "| genes | preset | machine | BLAS in the choice | read s | prepare s | rasterise s | fit s "
+        "| train genes x epochs / s | enhance + write s | enhanced genes / s | output sites | output file GB "
+        "| peak RSS GB |"
     )
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for n_genes, name, s in rows:
+    print("|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for n_genes, name, load, blas, s in rows:
         tput = "-" if s["train_genes_epochs_per_s"] is None else f"{s['train_genes_epochs_per_s']:.0f}"
+        threads = "1 thread" if blas == "bounded" else "default threads"
         print(
-            f"| {n_genes} | {name} | {s['read_s']:.2f} | {s['lattice_s']:.3f} | {s['rasterise_s']:.2f} "
-            f"| {s['train_s']:.1f} | {tput} | {s['enhance_s']:.1f} | {s['genes_per_s']:.0f} "
-            f"| {s['output_sites']} | {s['output_gb']:.2f} | {s['peak_rss_gb']:.2f} |"
+            f"| {n_genes} | {name} | {load} | {threads} | {s['read_s']:.2f} | {s['lattice_s']:.3f} "
+            f"| {s['rasterise_s']:.2f} | {s['train_s']:.1f} | {tput} | {s['enhance_s']:.1f} "
+            f"| {s['genes_per_s']:.0f} | {s['output_sites']} | {s['output_gb']:.2f} | {s['peak_rss_gb']:.2f} |"
         )
+
+
+def run_child(path: Path, name: str, epochs: int, device: str, blas: str, loaded: bool) -> dict:
+    """One measurement in a fresh process, with a competing CPU-bound process when ``loaded``."""
+    competitor = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if loaded else None
+    try:
+        cmd = [sys.executable, __file__, "--child", str(path), name, str(epochs), device, blas]
+        result = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    finally:
+        if competitor is not None:
+            competitor.kill()
+            competitor.wait()
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":

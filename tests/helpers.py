@@ -74,7 +74,7 @@ def block_sites(kind: str, n_rows: int, n_cols: int) -> tuple[np.ndarray, np.nda
     return r, c
 
 
-# a fast default-preset configuration: one small block, few genes, CPU
+# a fast configuration of the learned preset: few genes, a tiny network
 TINY_OPTIONS = dict(
     epochs=2,
     n_train_genes=16,
@@ -83,16 +83,22 @@ TINY_OPTIONS = dict(
     heads=2,
     patch_size=2,
     embed_dim=16,
-    device="cpu",
     min_detection=0.0,
 )
 
 
 def tiny_config(kind: str = "square", **overrides):
     """A fast configuration of the learned (transformer) preset for tests."""
-    from napari_stentrans.core.presets import preset
+    from napari_stentrans.core.config import preset
 
     return preset("transformer", kind, **{**TINY_OPTIONS, **overrides})
+
+
+def fit_cpu(adata, config, mask=None, stop=None):
+    """Fit a configuration on the CPU (None when stopped)."""
+    from napari_stentrans.core.fitting import fit
+
+    return fit(adata, config, mask=mask, device="cpu", stop=stop)
 
 
 def write_spaceranger(folder, adata, *, matrix: str, positions: str):

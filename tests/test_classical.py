@@ -8,7 +8,6 @@ import pytest
 from napari_stentrans.core.classical import (
     ClassicalParams,
     LowRankBasis,
-    classical_estimate,
     denormalize,
     kernel_weights,
     normalize,
@@ -46,21 +45,49 @@ def test_kernel_weights_are_normalised_and_fill_far_targets():
     assert np.isfinite(w).all() and w[1].max() > 0  # far from every source: still an estimate
 
 
-def test_classical_estimate_reproduces_a_smooth_rank_one_field():
-    xy = np.stack(np.meshgrid(np.arange(20.0), np.arange(20.0)), -1).reshape(-1, 2)
-    field = np.sin(xy[:, 0] / 6.0)
-    values = 2.0 + np.outer(field, np.linspace(0.5, 1.5, 10))
-    keep = (xy[:, 0] % 2 == 0) & (xy[:, 1] % 2 == 0)
-    est, depth = classical_estimate(
-        values[keep],
-        np.zeros(keep.sum()),
-        xy[keep] / 2,
-        xy[~keep] / 2,
-        ClassicalParams(rank=1, bandwidth=0.5),
+def test_classical_predictor_reproduces_a_smooth_rank_one_field():
+    """Seen: the even coset of a 20 x 20 square grid; predicted: every other site, at half pitch."""
+    import anndata as ad
+    import pandas as pd
+    import scipy.sparse as sp
+
+    from napari_stentrans.core.config import ClassicalConfig, Config
+    from napari_stentrans.core.estimators.classical import ClassicalModel, ClassicalPredictor
+    from napari_stentrans.core.sites import sites_at
+    from napari_stentrans.core.slide import Slide
+
+    total = 1e8  # every spot's depth: a balancing gene makes it exact, so normalised = log1p(1e4 c / D)
+    r, c = np.meshgrid(np.arange(20), np.arange(20), indexing="ij")
+    r, c = r.ravel(), c.ravel()
+    field = np.sin(c / 6.0)
+    truth = 2.0 + np.outer(field, np.linspace(0.5, 1.5, 10))  # rank one around the mean
+    counts = np.rint(np.expm1(truth) * total / 1e4)
+    counts = np.column_stack([counts, total - counts.sum(axis=1)])
+    seen = (r % 2 == 0) & (c % 2 == 0)
+    adata = ad.AnnData(
+        X=sp.csr_matrix(counts[seen].astype(np.float32)),
+        obs=pd.DataFrame(
+            {"array_row": r[seen] // 2, "array_col": c[seen] // 2}, index=[f"s{i}" for i in range(100)]
+        ),
+        var=pd.DataFrame(index=[f"G{g}" for g in range(11)]),
     )
-    interior = np.all((xy[~keep] >= 2) & (xy[~keep] <= 16), axis=1)  # no extrapolation at the edge
-    assert np.abs(est - values[~keep])[interior].max() < 0.05
-    np.testing.assert_allclose(depth, 0.0)
+    adata.uns["stentrans_lattice"] = {"kind": "square", "pitch_um": 400.0, "source": "test"}
+    slide = Slide.from_adata(adata)
+    model = ClassicalModel(
+        config=Config(classical=ClassicalConfig(basis_genes="given")),
+        params=ClassicalParams(rank=1, bandwidth=0.5, depth_bandwidth=None),
+        lattice_kind="square",
+        basis_genes=[f"G{g}" for g in range(10)],
+        slide_fingerprint=slide.fingerprint,
+    )
+    sites = sites_at(slide, r[~seen], c[~seen])
+    predictor = ClassicalPredictor(model, slide, sites)
+    est = predictor.normalised(slide.expression(np.arange(10)))
+    interior = (r[~seen] >= 2) & (r[~seen] <= 16) & (c[~seen] >= 2) & (c[~seen] <= 16)  # no extrapolation
+    assert np.abs(est - truth[~seen])[interior].max() < 0.05
+    np.testing.assert_allclose(predictor.depth, total, rtol=1e-6)  # constant depth, smoothed exactly
+    counts_pred = predictor.predict_counts(np.arange(10))
+    np.testing.assert_allclose(np.log1p(counts_pred / total * 1e4), np.clip(est, 0, None), atol=1e-4)
 
 
 def test_selection_maximises_median_gene_correlation_at_the_targets():
@@ -202,3 +229,26 @@ def test_smoothing_block_by_block_equals_the_whole_weight_matrix(bandwidth):
     whole = smoothing_weights(src, dst, bandwidth) @ values
     np.testing.assert_allclose(smooth(src, dst, bandwidth, values, chunk=97), whole, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(smooth(src, dst, bandwidth, values[:, 0], chunk=97), whole[:, 0], atol=1e-12)
+
+
+def test_the_choice_runs_with_one_blas_thread(monkeypatch):
+    """Many small products: with the default BLAS threads a loaded machine oversubscribes its cores."""
+    from threadpoolctl import threadpool_info
+
+    from helpers import block_sites, make_slide
+    from napari_stentrans.core.config import Config
+    from napari_stentrans.core.estimators import classical as estimator_module
+    from napari_stentrans.core.slide import Slide
+
+    seen = []
+    real = estimator_module.select_classical_params
+
+    def spy(*args, **kwargs):
+        seen.append([lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(estimator_module, "select_classical_params", spy)
+    r, c = block_sites("hex", 10, 16)
+    slide = Slide.from_adata(make_slide(r, c, "hex", n_genes=12))
+    estimator_module.choose_params(slide, slide.expression(np.arange(12)), Config())
+    assert seen and all(threads and set(threads) == {1} for threads in seen)

@@ -44,7 +44,7 @@ def test_enhance_writes_output_model_and_plot(slide_file, tmp_path, capsys):
             "-o",
             tmp_path / "out.h5ad",
             "--save-model",
-            tmp_path / "m.pt",
+            tmp_path / "m.safetensors",
             "--plot",
             tmp_path / "p.png",
             "--genes",
@@ -65,7 +65,7 @@ def test_enhance_writes_output_model_and_plot(slide_file, tmp_path, capsys):
             "-o",
             tmp_path / "again.h5ad",
             "--model",
-            tmp_path / "m.pt",
+            tmp_path / "m.safetensors",
             "--genes",
             "G1,G2",
             "--quiet",
@@ -116,7 +116,12 @@ def test_existing_output_needs_overwrite(slide_file, tmp_path, capsys):
     ("args", "message"),
     [
         (["--mask", "missing.csv"], "missing.csv: mask file not found"),
-        (["--model", "missing.pt"], "missing.pt: model file not found"),
+        (["--model", "missing.safetensors"], "missing.safetensors: model file not found"),
+        (["--save-model", "m.pt"], "m.pt: output must be a .safetensors file"),
+        (["--epochs", "-3"], "epochs: -3 is not allowed"),
+        (["--train-genes", "0"], "n_train_genes: 0 is not allowed"),
+        (["--device", "tpu"], "device: 'tpu' is not allowed"),
+        (["--keep-classical"], "--keep-classical applies to a model given with --model"),
         (["--genes", "NOPE"], "not in the slide"),
         (["-o", "no_such_dir/out.h5ad"], "does not exist"),
         (["-o", "out.csv"], "must be a .h5ad file"),
@@ -211,8 +216,34 @@ def test_enhance_real_slides_from_the_command_line(relpath, kind, n_spots, tmp_p
 
 def test_preset_choices_are_the_engines_presets():
     from napari_stentrans.cli import _build_parser
-    from napari_stentrans.core.presets import PRESETS
+    from napari_stentrans.core.config import PRESETS
 
     enhance_parser = _build_parser()._subparsers._group_actions[0].choices["enhance"]
     (action,) = [a for a in enhance_parser._actions if a.dest == "preset"]
     assert tuple(action.choices) == PRESETS and action.default == "default"
+
+
+@pytest.mark.parametrize("error", ["ValueError('a bug')", "ZeroDivisionError('a bug')"])
+def test_a_bug_inside_the_engine_exits_1_with_its_traceback(slide_file, tmp_path, error):
+    """Only the engine's own errors become one-line messages; anything else is a bug and shows."""
+    code = (
+        "import sys\n"
+        "from napari_stentrans.core.estimators import classical\n"
+        "def broken(*args, **kwargs):\n"
+        f"    raise {error}\n"
+        "classical.choose_params = broken\n"
+        "from napari_stentrans.cli import main\n"
+        f"sys.exit(main(['enhance', {str(slide_file)!r}, '-o', {str(tmp_path / 'out.h5ad')!r}, '--quiet']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "Traceback" in proc.stderr and "a bug" in proc.stderr and "stentrans: error" not in proc.stderr
+    assert not (tmp_path / "out.h5ad").exists()
+
+
+def test_config_errors_exit_2_before_the_slide_is_read(tmp_path, capsys):
+    missing = tmp_path / "not_there.h5ad"  # reading it would fail: the option fails first
+    code, _, err = run_cli(["enhance", missing, "-o", tmp_path / "o.h5ad", "--epochs", "-3"], capsys)
+    assert code == 2 and err.strip() == (
+        "stentrans: error: epochs: -3 is not allowed; expected an integer from 0 to 100000"
+    )

@@ -8,9 +8,11 @@ import torch
 
 from helpers import block_sites, make_slide
 from napari_stentrans.core.classical import linear_weights
-from napari_stentrans.core.cnn_baseline import ResidualCNN, fit_predict
+from napari_stentrans.core.estimators.cnn import CNNEstimator, CNNSettings, ResidualCNN
 from napari_stentrans.core.evaluate import evaluate, make_split
 from napari_stentrans.core.lattice import Lattice
+from napari_stentrans.core.sites import sites_at
+from napari_stentrans.core.slide import Slide
 
 
 def test_architecture_is_dist_like():
@@ -28,20 +30,20 @@ def test_untrained_network_is_linear_interpolation_at_the_right_sites(kind, half
     """Epoch 0 predicts exactly what Delaunay interpolation predicts at each target position."""
     lattice = Lattice(kind)
     row, col = block_sites(kind, 10, 14)
-    rng = np.random.default_rng(0)
-    values = rng.random((len(row), 5)).astype(np.float32)
+    slide = Slide.from_adata(make_slide(row, col, kind, n_genes=5))
+    values = slide.expression(np.arange(5))
     if half_pitch:  # every new half-pitch site among the measured ones
         tr, tc = lattice.half_pitch_children(row, col)
         tr, tc = tr[:, 1:].ravel(), tc[:, 1:].ravel()
-        scale = 2.0
-    else:  # a few measured sites, predicted from the others
-        tr, tc = row[::7], col[::7]
-        scale = 1.0
-    pred, info = fit_predict(values, row, col, lattice, tr, tc, half_pitch, epochs=0)
+    else:  # a few measured sites (child 0), on the slide's own raster
+        tr, tc = 2 * row[::7], 2 * col[::7]
+    model = CNNEstimator(settings=CNNSettings(epochs=0)).fit(slide, genes=np.arange(5), device="cpu")
+    predictor = model.predictor(slide, sites_at(slide, tr, tc))
+    assert predictor.raster.lattice == lattice and (half_pitch != sites_at(slide, tr, tc).on_input_lattice)
     pos = lattice.physical(row, col) / lattice.pitch_um
-    expected = linear_weights(pos, lattice.physical(tr, tc, scale) / lattice.pitch_um) @ values
-    np.testing.assert_allclose(pred, expected, atol=1e-5)
-    assert info["best_epoch"] == 0
+    expected = linear_weights(pos, lattice.physical(tr, tc, 2.0) / lattice.pitch_um) @ values
+    np.testing.assert_allclose(predictor.normalised(values), expected, atol=1e-5)
+    assert model.best_epoch == 0
 
 
 def test_training_improves_the_pairs_and_predicts_every_gene():

@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from helpers import TINY_OPTIONS, block_sites, make_slide, tiny_config
+from helpers import TINY_OPTIONS, block_sites, fit_cpu, make_slide, tiny_config
 from napari_stentrans.core.checkpoint import CheckpointError, load_model, save_model
-from napari_stentrans.core.enhance import enhance
+from napari_stentrans.core.fitting import enhance
 from napari_stentrans.core.lattice import Lattice
-from napari_stentrans.core.training import train
 
 
 def _without(rows, cols, site):
@@ -22,13 +21,13 @@ def _without(rows, cols, site):
 def square_case():
     r, c = _without(*block_sites("square", 6, 6), (3, 3))  # a hole in the middle
     adata = make_slide(r, c, "square", n_genes=20)
-    model = train(adata, tiny_config("square"))
+    model = fit_cpu(adata, tiny_config("square", restore_best=False))  # the network runs
     return adata, model
 
 
 def test_square_output_kinds_coordinates_and_barcodes(square_case):
     adata, model = square_case
-    out = enhance(adata, model)
+    out = model.enhance(adata, device="cpu")
     kinds = out.obs["kind"].value_counts()
     # 35 measured, the enclosed hole imputed, and on the filled 6 x 6 block 30 + 30 edge
     # midpoints plus 25 cell centres
@@ -48,7 +47,7 @@ def test_square_output_kinds_coordinates_and_barcodes(square_case):
 
 def test_output_positions_in_the_input_image_pixels(square_case):
     adata, model = square_case
-    out = enhance(adata, model)
+    out = model.enhance(adata, device="cpu")
     measured = out.obs["kind"] == "measured"
     np.testing.assert_allclose(
         out.obsm["spatial"][measured.to_numpy()],
@@ -62,7 +61,7 @@ def test_output_positions_in_the_input_image_pixels(square_case):
 
 def test_output_values_layers_and_provenance(square_case):
     adata, model = square_case
-    out = enhance(adata, model, genes=["G3", "G1"])
+    out = model.enhance(adata, genes=["G3", "G1"], device="cpu")
     assert list(out.var_names) == ["G1", "G3"]
     assert np.isfinite(out.X).all() and out.X.min() >= 0
     measured = (out.obs["kind"] == "measured").to_numpy()
@@ -74,14 +73,18 @@ def test_output_values_layers_and_provenance(square_case):
     info = out.uns["stentrans"]
     assert info["lattice"] == "square" and info["pitch_um"] == 100.0 and info["preset"] == "transformer"
     assert "history" in info and len(info["history"]["val_loss"]) == 3
-    with pytest.raises(ValueError, match="not in the slide"):
-        enhance(adata, model, genes=["NOPE"])
+    assert info["classical_choice"] == "chosen on this slide" and info["classical"]["rank"] >= 1
+    assert info["config"]["optim"]["epochs"] == 2 and "device" not in str(info["config"])
+    from napari_stentrans.core.errors import InputError
+
+    with pytest.raises(InputError, match="not in the slide"):
+        model.enhance(adata, genes=["NOPE"], device="cpu")
 
 
 def test_input_is_never_modified(square_case):
     adata, model = square_case
     before = adata.copy()
-    enhance(adata, model, mask=np.array([[2, 2]]))
+    model.enhance(adata, mask=np.array([[2, 2]]), device="cpu")
     assert (adata.X != before.X).nnz == 0
     assert adata.obs.equals(before.obs) and adata.uns.keys() == before.uns.keys()
 
@@ -90,8 +93,9 @@ def test_lost_spots_are_imputed_and_their_counts_are_never_used():
     r, c = block_sites("square", 7, 8)
     adata = make_slide(r, c, "square", n_genes=20, seed=2)
     lost = np.array([[3, 3], [3, 4], [4, 3]])
-    model = train(adata, tiny_config("square"), mask=lost)
-    out = enhance(adata, model, mask=lost)
+    config = tiny_config("square", restore_best=False)
+    model = fit_cpu(adata, config, mask=lost)
+    out = model.enhance(adata, mask=lost, device="cpu")
     imputed = out.obs[out.obs["kind"] == "imputed"]
     assert len(imputed) == 3 and set(imputed["barcode"]) == {"bc27", "bc28", "bc35"}
     # change the lost spots' counts wildly: training and enhancement must not notice
@@ -99,17 +103,17 @@ def test_lost_spots_are_imputed_and_their_counts_are_never_used():
     x = tampered.X.toarray()
     x[[27, 28, 35]] = 1000.0
     tampered.X = sp.csr_matrix(x)
-    model2 = train(tampered, tiny_config("square"), mask=lost)
+    model2 = fit_cpu(tampered, config, mask=lost)
     for key in model.state_dict:
         np.testing.assert_array_equal(model.state_dict[key].numpy(), model2.state_dict[key].numpy())
-    out2 = enhance(tampered, model2, mask=lost)
+    out2 = model2.enhance(tampered, mask=lost, device="cpu")
     np.testing.assert_array_equal(out.X, out2.X)
 
 
 def test_hex_new_sites_are_the_edges_between_known_spots():
     r, c = block_sites("hex", 8, 14)
     adata = make_slide(r, c, "hex", n_genes=16)
-    out = enhance(adata, train(adata, tiny_config("hex")))
+    out = fit_cpu(adata, tiny_config("hex")).enhance(adata, device="cpu")
     lattice = Lattice("hex")
     xy = lattice.physical(r, c)
     d = np.linalg.norm(xy[:, None] - xy[None], axis=-1)
@@ -120,66 +124,209 @@ def test_hex_new_sites_are_the_edges_between_known_spots():
 
 def test_checkpoint_round_trip_gives_identical_predictions(square_case, tmp_path):
     adata, model = square_case
-    path = save_model(model, tmp_path / "m.pt")
+    path = save_model(model, tmp_path / "m.safetensors")
     loaded = load_model(path)
-    assert loaded.training_genes == model.training_genes and loaded.classical == model.classical
-    np.testing.assert_array_equal(enhance(adata, loaded).X, enhance(adata, model).X)
+    assert loaded.training_genes == model.training_genes
+    assert loaded.classical.params == model.classical.params
+    np.testing.assert_array_equal(loaded.enhance(adata, device="cpu").X, model.enhance(adata, device="cpu").X)
+
+
+def test_default_checkpoint_holds_no_weights_and_loads_without_torch(tmp_path):
+    import subprocess
+    import sys
+
+    from safetensors import safe_open
+
+    r, c = block_sites("square", 8, 8)
+    adata = make_slide(r, c, "square", n_genes=20)
+    model = fit_cpu(adata, "default")
+    path = model.save(tmp_path / "default.safetensors")
+    with safe_open(str(path), "np") as f:
+        assert list(f.keys()) == []  # no network weights
+    adata.write_h5ad(tmp_path / "slide.h5ad")
+    code = (
+        "import sys, numpy as np, anndata as ad; import napari_stentrans as st; "
+        f"m = st.load_model({str(path)!r}); a = st.read({str(tmp_path / 'slide.h5ad')!r}); "
+        "out = m.enhance(a); print(type(m).__name__, out.n_obs, 'torch' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.split() == ["ClassicalModel", str(model.enhance(adata).n_obs), "False"]
+
+
+def _legacy_checkpoint(model, path, device: str) -> None:
+    """A format 1 file (version 0.1.0: torch.save, flat config with the device it trained on)."""
+    import torch
+
+    flat = {
+        k: v for k, v in model.config.flat().items() if k not in model.config.network.__dataclass_fields__
+    }
+    flat["model"] = dict(model.config.network.__dict__)
+    flat["smoothers"], flat["betas"], flat["device"] = "all", list(flat["betas"]), device
+    for extra in ("depth_choice", "gap_smoothers", "basis_genes"):
+        flat.pop(extra)
+    torch.save(
+        {
+            "format": "napari-stentrans-model",
+            "format_version": 1,
+            "config": flat,
+            "state_dict": model.state_dict,
+            "lattice_kind": model.lattice_kind,
+            "classical": model.classical.params.describe(),
+            "target_sum": 1e4,
+            "training_genes": model.training_genes,
+            "history": {k: [float(x) for x in v] for k, v in model.history.items()},
+            "torch_version": str(torch.__version__),
+        },
+        path,
+    )
+
+
+def test_a_model_fitted_on_cuda_loads_and_predicts_on_the_cpu(square_case, tmp_path):
+    """The device is a runtime choice: neither format 1's stored device nor a stray one in format 2 applies."""
+    import json
+
+    from safetensors.numpy import load_file, save_file
+
+    adata, model = square_case
+    expected = model.enhance(adata, device="cpu").X
+    _legacy_checkpoint(model, tmp_path / "old.pt", device="cuda")
+    old = load_model(tmp_path / "old.pt")
+    np.testing.assert_array_equal(old.enhance(adata, device="cpu").X, expected)
+    path = save_model(model, tmp_path / "m.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(path), "np") as f:
+        description = json.loads(f.metadata()["napari-stentrans"])
+    description["config"]["device"] = "cuda:1"
+    save_file(
+        load_file(str(path)),
+        str(tmp_path / "cuda.safetensors"),
+        {"napari-stentrans": json.dumps(description)},
+    )
+    np.testing.assert_array_equal(
+        load_model(tmp_path / "cuda.safetensors").enhance(adata, device="cpu").X, expected
+    )
 
 
 def test_bad_checkpoints_are_refused(tmp_path, square_case):
-    adata, model = square_case
-    path = save_model(model, tmp_path / "m.pt")
-    data = path.read_bytes()
-    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="cut.pt: not a readable model file"):
-        load_model(tmp_path / "cut.pt")
-    import torch
+    import json
 
+    import torch
+    from safetensors.numpy import load_file, save_file
+
+    adata, model = square_case
+    path = save_model(model, tmp_path / "m.safetensors")
+    data = path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="cut.safetensors: not a readable model file"):
+        load_model(tmp_path / "cut.safetensors")
     torch.save({"format": "something-else"}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not a napari-stentrans model"):
         load_model(tmp_path / "other.pt")
+    save_file({"w": np.zeros(3, np.float32)}, str(tmp_path / "foreign.safetensors"))
+    with pytest.raises(CheckpointError, match="not a napari-stentrans model"):
+        load_model(tmp_path / "foreign.safetensors")
     with pytest.raises(CheckpointError, match="not found"):
-        load_model(tmp_path / "missing.pt")
+        load_model(tmp_path / "missing.safetensors")
+    tensors = load_file(str(path))
+    from safetensors import safe_open
+
+    with safe_open(str(path), "np") as f:
+        metadata = f.metadata()
+    # an architecture far larger than the stored weights: refused before anything is allocated
+    huge = json.loads(metadata["napari-stentrans"])
+    huge["config"]["network"].update(embed_dim=16384, depth=64, heads=16)
+    save_file(tensors, str(tmp_path / "huge.safetensors"), {"napari-stentrans": json.dumps(huge)})
+    with pytest.raises(CheckpointError, match="do not fit the stored architecture|has shape"):
+        load_model(tmp_path / "huge.safetensors")
+    nan = {k: np.full_like(v, np.nan) for k, v in tensors.items()}
+    save_file(nan, str(tmp_path / "nan.safetensors"), metadata)
+    with pytest.raises(CheckpointError, match="NaN or infinite"):
+        load_model(tmp_path / "nan.safetensors")
+    bad = json.loads(metadata["napari-stentrans"])
+    bad["config"]["optim"]["epochs"] = -3
+    save_file(tensors, str(tmp_path / "bad.safetensors"), {"napari-stentrans": json.dumps(bad)})
+    with pytest.raises(CheckpointError, match="epochs: -3 is not allowed"):
+        load_model(tmp_path / "bad.safetensors")
 
 
 def test_a_model_applies_only_to_its_lattice_type(square_case):
     _, model = square_case
     r, c = block_sites("hex", 6, 10)
-    with pytest.raises(ValueError, match="trained on a square lattice"):
-        enhance(make_slide(r, c, "hex"), model)
+    with pytest.raises(ValueError, match="fitted on a square lattice"):
+        model.enhance(make_slide(r, c, "hex"), device="cpu")
+
+
+def test_applied_to_another_slide_the_weights_stay_and_the_classical_choice_is_remade(square_case):
+    from dataclasses import replace
+
+    from napari_stentrans.core.estimators.classical import ClassicalEstimator
+
+    adata, model = square_case
+    r, c = block_sites("square", 9, 11)
+    other = make_slide(r, c, "square", n_genes=20, seed=9)
+    # a stored choice that the other slide would not make: rank 1, linear everything
+    from napari_stentrans.core.classical import ClassicalParams
+
+    stored = replace(model, classical=replace(model.classical, params=ClassicalParams(1, None, None)))
+    rechosen = stored.enhance(other, device="cpu")
+    assert rechosen.uns["stentrans"]["classical_choice"] == "re-chosen on this slide"
+    own = ClassicalEstimator(model.config).fit_model(__import__("napari_stentrans").Slide.from_adata(other))
+    assert rechosen.uns["stentrans"]["classical"]["rank"] == own.params.rank
+    kept = stored.enhance(other, device="cpu", classical="keep")
+    assert kept.uns["stentrans"]["classical_choice"] == "kept from the slide the model was fitted on"
+    assert kept.uns["stentrans"]["classical"]["rank"] == 1
+    assert not np.allclose(kept.X, rechosen.X)
+    # on its own slide the stored choice is used as it is
+    same = stored.enhance(adata, device="cpu")
+    assert same.uns["stentrans"]["classical_choice"] == "chosen on this slide"
+    assert same.uns["stentrans"]["classical"]["rank"] == 1
 
 
 def test_checkerboard_slide_is_enhanced_on_its_own_lattice():
     r, c = block_sites("checkerboard", 10, 12)
     adata = make_slide(r, c, "checkerboard", n_genes=16)
-    out = enhance(adata, **{**TINY_OPTIONS, "epochs": 1})  # training options straight through enhance
+    out = enhance(adata, config="transformer", device="cpu", **{**TINY_OPTIONS, "epochs": 1})
     assert out.uns["stentrans"]["lattice"] == "checkerboard"
     assert ((out.obs["array_row"] + out.obs["array_col"]) % 2 == 0).all()
     assert (out.obs["kind"] == "measured").sum() == adata.n_obs
 
 
-def test_default_preset_is_the_classical_estimate_and_skips_the_network():
-    """The default trains nothing; skipping the network gives exactly what running it gives."""
-    from dataclasses import replace
+def test_default_preset_is_the_classical_estimate_and_a_zero_correction_changes_nothing():
+    """The default trains nothing and holds no network; a correction network that starts at
+    zero on top of the same classical model predicts the same numbers."""
+    import torch
 
-    from napari_stentrans.core.enhance import output_sites, predict
-    from napari_stentrans.core.presets import preset
-    from napari_stentrans.core.slide import slide_from_adata
+    from napari_stentrans.core.config import preset
+    from napari_stentrans.core.estimators.classical import ClassicalModel
+    from napari_stentrans.core.estimators.learned import LearnedModel
+    from napari_stentrans.core.model import StEnTransViT
+    from napari_stentrans.core.sites import output_sites
+    from napari_stentrans.core.slide import Slide
 
     r, c = block_sites("hex", 14, 24)
     adata = make_slide(r, c, "hex", n_genes=20, seed=2)
-    config = preset("default", "hex", n_train_genes=16, device="cpu")
-    assert config.epochs == 0 and config.smoothers == "all"
-    model = train(adata, config)
-    assert not model.uses_network
-    slide = slide_from_adata(adata)
+    config = preset("default", "hex", n_train_genes=16)
+    assert config.optim.epochs == 0 and config.classical.smoothers == "all" and not config.learns
+    model = fit_cpu(adata, config)
+    assert isinstance(model, ClassicalModel) and not model.uses_network
+    slide = Slide.from_adata(adata)
     sites = output_sites(slide)
     genes = np.arange(len(slide.genes))
-    fast, depth = predict(model, slide, genes, sites, device="cpu")
-    forced = replace(model, config=replace(model.config, epochs=1, restore_best=False))
-    assert forced.uses_network
-    slow, _ = predict(forced, slide, genes, sites, device="cpu")
+    fast, depth = model.predict(slide, sites, genes)
+    torch.manual_seed(0)
+    network = StEnTransViT(config.network)  # zero-initialised head: the correction is 0
+    forced = LearnedModel(
+        config=config.with_overrides(epochs=1),
+        state_dict=network.state_dict(),
+        lattice_kind="hex",
+        classical=model,
+        training_genes=model.training_genes,
+        slide_fingerprint=slide.fingerprint,
+    )
+    slow, slow_depth = forced.predict(slide, sites, genes, device="cpu")
     np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(depth, slow_depth)
     assert depth is not None and (depth > 0).all()
 
 
@@ -187,24 +334,24 @@ def test_sites_in_gaps_take_the_smoothers_chosen_on_hole_pairs():
     from dataclasses import replace
 
     from napari_stentrans.core.classical import ClassicalParams
-    from napari_stentrans.core.enhance import output_sites, predict
-    from napari_stentrans.core.presets import preset
-    from napari_stentrans.core.slide import slide_from_adata
+    from napari_stentrans.core.config import preset
+    from napari_stentrans.core.sites import output_sites
+    from napari_stentrans.core.slide import Slide
 
     r, c = block_sites("hex", 16, 28)
     adata = make_slide(r, c, "hex", n_genes=20, seed=3)
     lost = np.hypot(r - 8, (c - 14) * 0.5) <= 2.5  # a disk of measured spots declared lost
     mask = np.column_stack([r[lost], c[lost]])
-    config = preset("default", "hex", n_train_genes=16, device="cpu")
-    assert train(adata, config).classical.holes is None  # no gap, nothing to choose
+    config = preset("default", "hex", n_train_genes=16)
+    assert fit_cpu(adata, config).params.holes is None  # no gap, nothing to choose
     one_site = np.column_stack([r[:1] + 8, c[:1] + 14])  # a single lost site: too small to pair
-    assert train(adata, config, one_site).classical.holes is None
-    model = train(adata, config, mask)
-    assert model.classical.holes is not None
-    linear = train(adata, preset("default", "hex", n_train_genes=16, device="cpu", smoothers="linear"), mask)
-    chosen = (linear.classical, linear.classical.holes)
+    assert fit_cpu(adata, config, one_site).params.holes is None
+    model = fit_cpu(adata, config, mask)
+    assert model.params.holes is not None
+    linear = fit_cpu(adata, preset("default", "hex", n_train_genes=16, smoothers="linear"), mask)
+    chosen = (linear.params, linear.params.holes)
     assert all(p.bandwidth is None and p.depth_bandwidth is None for p in chosen)
-    slide = slide_from_adata(adata, mask)
+    slide = Slide.from_adata(adata, mask)
     sites = output_sites(slide)
     imputed, measured = sites.kind == "imputed", sites.kind == "measured"
     assert imputed.sum() == lost.sum()
@@ -212,7 +359,7 @@ def test_sites_in_gaps_take_the_smoothers_chosen_on_hole_pairs():
     main, hole = ClassicalParams(3, None, None), ClassicalParams(3, 1.0, 1.0)
 
     def run(params):
-        return predict(replace(model, classical=params), slide, genes, sites, device="cpu")
+        return replace(model, params=params, _bases={}).predict(slide, sites, genes)
 
     mixed, mixed_depth = run(replace(main, holes=hole))
     only_main, main_depth = run(main)

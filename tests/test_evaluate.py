@@ -99,7 +99,7 @@ def test_paper_protocol_is_the_leaky_one_and_says_so(hex_slide):
     np.testing.assert_array_equal(paper.target_rows, heldout.target_rows)
     report = evaluate(hex_slide, "paper", methods=("linear",), dataset="hex")
     assert "leaky" in report["warning"]
-    with pytest.raises(ValueError, match="unknown protocol"):
+    with pytest.raises(ValueError, match="protocol: 'honest-ish' is not allowed"):
         make_split(hex_slide, "honest-ish")
 
 

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import block_sites, make_slide, tiny_config
+from helpers import block_sites, fit_cpu, make_slide, tiny_config
 from napari_stentrans.cli import EXIT_INTERRUPT, main
-from napari_stentrans.core import enhance as enhance_module
-from napari_stentrans.core.enhance import OutOfMemoryFallback, TrainingStopped, output_sites, predict
+from napari_stentrans.core.errors import TrainingStopped
+from napari_stentrans.core.estimators import base as base_module
+from napari_stentrans.core.estimators.base import OutOfMemoryFallback
 from napari_stentrans.core.files import write_h5ad
-from napari_stentrans.core.slide import slide_from_adata
-from napari_stentrans.core.training import train
+from napari_stentrans.core.sites import output_sites
+from napari_stentrans.core.slide import Slide
 
 FAST = ["--epochs", "1", "--train-genes", "16", "--quiet", "--device", "cpu"]
 
@@ -29,7 +30,7 @@ def slide():
 @pytest.fixture(scope="module")
 def learned(slide):
     """A transformer model whose network runs at inference (restore_best off)."""
-    return train(slide, tiny_config("square", restore_best=False))
+    return fit_cpu(slide, tiny_config("square", restore_best=False))
 
 
 def _files(folder):
@@ -38,10 +39,10 @@ def _files(folder):
 
 def test_out_of_memory_falls_back_to_smaller_gene_batches(slide, learned, monkeypatch):
     """A device OOM on large batches halves the batch until it fits; the result is unchanged."""
-    prepared = slide_from_adata(slide)
+    prepared = Slide.from_adata(slide)
     sites = output_sites(prepared)
     genes = np.arange(len(prepared.genes))
-    expected, _ = predict(learned, prepared, genes, sites, device="cpu", batch_size=32)
+    expected, _ = learned.predict(prepared, sites, genes, device="cpu", batch_size=32)
     original = learned.build
     seen_batches = []
 
@@ -60,7 +61,7 @@ def test_out_of_memory_falls_back_to_smaller_gene_batches(slide, learned, monkey
 
     monkeypatch.setattr(learned, "build", build_with_small_memory)
     with pytest.warns(OutOfMemoryFallback, match="continuing with 4 genes per batch"):
-        got, _ = predict(learned, prepared, genes, sites, device="cpu", batch_size=32)
+        got, _ = learned.predict(prepared, sites, genes, device="cpu", batch_size=32)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert seen_batches[:4] == [32, 16, 8, 4] and max(seen_batches[4:]) == 4
 
@@ -73,13 +74,12 @@ def test_stop_during_enhancement_raises_and_returns_nothing(slide, learned):
             calls["n"] += 1
             return calls["n"] >= 2
 
-    prepared = slide_from_adata(slide)
+    prepared = Slide.from_adata(slide)
     with pytest.raises(TrainingStopped, match="nothing was written"):
-        predict(
-            learned,
+        learned.predict(
             prepared,
-            np.arange(40),
             output_sites(prepared),
+            np.arange(40),
             device="cpu",
             batch_size=8,
             stop=StopOnSecondBatch(),
@@ -94,7 +94,7 @@ def test_napari_worker_body_stopped_during_enhancement_returns_none(slide):
 
     stop = threading.Event()
     job = TrainingJob(
-        "s", slide.copy(), np.zeros((0, 2), int), ["G0"], tiny_config("square"), DisplayFrame.of(slide)
+        "s", slide.copy(), np.zeros((0, 2), int), ["G0"], tiny_config("square"), DisplayFrame.of(slide), "cpu"
     )
     gen = run_job(job, stop)
     events = []
@@ -112,7 +112,7 @@ def test_ctrl_c_during_enhancement_leaves_no_file(slide, tmp_path, monkeypatch, 
     path = tmp_path / "slide.h5ad"
     slide.write_h5ad(path)
     before = _files(tmp_path)
-    real_batches = enhance_module.SitePredictor.batches
+    real_batches = base_module.Predictor.batches
     written = []
 
     def interrupted_after_one_batch(self, *args, **kwargs):
@@ -121,7 +121,7 @@ def test_ctrl_c_during_enhancement_leaves_no_file(slide, tmp_path, monkeypatch, 
             yield batch
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(enhance_module.SitePredictor, "batches", interrupted_after_one_batch)
+    monkeypatch.setattr(base_module.Predictor, "batches", interrupted_after_one_batch)
     code = main(
         [
             "enhance",
@@ -129,7 +129,7 @@ def test_ctrl_c_during_enhancement_leaves_no_file(slide, tmp_path, monkeypatch, 
             "-o",
             str(tmp_path / "out.h5ad"),
             "--save-model",
-            str(tmp_path / "m.pt"),
+            str(tmp_path / "m.safetensors"),
             *FAST,
         ]
     )
@@ -170,8 +170,8 @@ def test_writer_refuses_to_replace_its_input(slide, tmp_path):
 
 @pytest.mark.parametrize("name", ["default", "transformer"])
 def test_same_seed_gives_a_bit_identical_enhanced_slide_on_cpu(slide, name):
-    from napari_stentrans.core.enhance import enhance
-    from napari_stentrans.core.presets import preset
+    from napari_stentrans.core.config import preset
+    from napari_stentrans.core.fitting import enhance
 
     config = preset(
         name,
@@ -181,9 +181,9 @@ def test_same_seed_gives_a_bit_identical_enhanced_slide_on_cpu(slide, name):
         batch_size=8,
         patience=None,
         seed=7,
-        device="cpu",
+        restore_best=False,
     )
-    first = enhance(slide, config=config)
-    second = enhance(slide, config=config)
+    first = enhance(slide, config=config, device="cpu")
+    second = enhance(slide, config=config, device="cpu")
     assert first.X.dtype == np.float32
     np.testing.assert_array_equal(first.X, second.X)  # bit for bit, not approximately

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from napari_stentrans.core.model import ModelConfig, StEnTransViT
-from napari_stentrans.core.presets import preset
+from napari_stentrans.core.config import ModelConfig, preset
+from napari_stentrans.core.model import StEnTransViT
 
 
 @pytest.mark.parametrize("name", ["default", "published"])
 @pytest.mark.parametrize("kind", ["square", "hex"])
 @pytest.mark.parametrize("shape", [(13, 17), (24, 32)])
 def test_output_is_twice_the_input_for_both_presets(name, kind, shape):
-    config = preset(name, kind).model
+    config = preset(name, kind).network
     model = StEnTransViT(config)
     x = torch.randn(3, config.in_channels, *shape)
     base = torch.randn(3, 2 * shape[0], 2 * shape[1]) if config.residual else None
@@ -23,8 +23,8 @@ def test_output_is_twice_the_input_for_both_presets(name, kind, shape):
 
 
 def test_published_architecture_matches_method_md():
-    st = preset("published", "square").model
-    visium = preset("published", "hex").model
+    st = preset("published", "square").network
+    visium = preset("published", "hex").network
     assert (st.patch_size, st.width, st.heads, st.depth) == (3, 36, 4, 12)
     assert (visium.patch_size, visium.width, visium.heads, visium.depth) == (8, 256, 8, 12)
     model = StEnTransViT(visium)
@@ -32,9 +32,9 @@ def test_published_architecture_matches_method_md():
     assert model.blocks.layers[0].linear1.out_features == 2 * 256  # MLP hidden 2D
     assert model.blocks.layers[0].norm_first
     assert isinstance(model.head, torch.nn.Identity)  # tokens read directly as p^2 x 4 values
-    cfg = preset("published", "hex")
+    cfg = preset("published", "hex").optim
     assert (cfg.lr, cfg.betas, cfg.eps, cfg.batch_size, cfg.epochs) == (1e-3, (0.5, 0.6), 1e-6, 512, 10)
-    assert preset("published", "square").epochs == 50
+    assert preset("published", "square").optim.epochs == 50
 
 
 def test_residual_model_starts_exactly_at_the_base_estimate():
@@ -87,5 +87,5 @@ def test_lattice_position_code_is_the_same_function_of_position_at_any_grid_size
 
 
 def test_invalid_configuration_is_refused():
-    with pytest.raises(ValueError, match="divisible"):
+    with pytest.raises(ValueError, match="a divisor of the token width 18"):
         StEnTransViT(ModelConfig(patch_size=2, embed_dim=18, heads=4))

@@ -7,7 +7,7 @@ import scipy.sparse as sp
 
 from helpers import block_sites, make_slide
 from napari_stentrans.core import slide as slide_module
-from napari_stentrans.core.slide import slide_from_adata
+from napari_stentrans.core.slide import Slide
 
 
 def _slide_with_explicit_zeros_and_a_lost_spot():
@@ -19,7 +19,7 @@ def _slide_with_explicit_zeros_and_a_lost_spot():
     stored = sp.csr_matrix(x)
     stored.data[stored.indices == 3] = 0.0  # explicit zeros: stored, yet no detection
     adata.X = stored
-    return slide_from_adata(adata, mask=np.array([[0, 0], [4, 4]]))
+    return Slide.from_adata(adata, mask=np.array([[0, 0], [4, 4]]))
 
 
 def test_detection_and_variance_match_dense_numpy(monkeypatch):

@@ -12,14 +12,13 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from helpers import block_sites, make_slide, tiny_config
-from napari_stentrans.core import enhance as enhance_module
-from napari_stentrans.core.enhance import TrainingStopped, enhance
+from helpers import block_sites, fit_cpu, make_slide, tiny_config
+from napari_stentrans.core.config import preset
+from napari_stentrans.core.errors import TrainingStopped
+from napari_stentrans.core.estimators import base as base_module
 from napari_stentrans.core.io import read
 from napari_stentrans.core.lattice import Lattice
-from napari_stentrans.core.presets import preset
-from napari_stentrans.core.streaming import CHUNK_GENES, write_enhanced
-from napari_stentrans.core.training import train
+from napari_stentrans.core.streaming import CHUNK_GENES
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +39,11 @@ def _same_slide(got: ad.AnnData, expected: ad.AnnData) -> None:
 @pytest.mark.parametrize("name", ["default", "transformer"])
 def test_streamed_file_equals_the_in_memory_result(slide, tmp_path, name):
     config = tiny_config("hex", restore_best=False) if name == "transformer" else preset("default", "hex")
-    model = train(slide, config)
+    model = fit_cpu(slide, config)
+    assert model.uses_network == (name == "transformer")
     expected_path = tmp_path / "memory.h5ad"
-    enhance(slide, model, device="cpu").write_h5ad(expected_path)
-    written = write_enhanced(slide, tmp_path / "streamed.h5ad", model, device="cpu", batch_size=16)
+    model.enhance(slide, device="cpu").write_h5ad(expected_path)
+    written = model.write(slide, tmp_path / "streamed.h5ad", device="cpu", batch_size=16)
     expected = ad.read_h5ad(expected_path)
     got = ad.read_h5ad(written.path)
     _same_slide(got, expected)
@@ -54,13 +54,14 @@ def test_streamed_file_equals_the_in_memory_result(slide, tmp_path, name):
 
 
 def test_backed_reading_of_a_streamed_file_gives_gene_columns(slide, tmp_path):
-    written = write_enhanced(slide, tmp_path / "out.h5ad", genes=["G3", "G7"], device="cpu")
+    model = fit_cpu(slide, "default")
+    written = model.write(slide, tmp_path / "out.h5ad", genes=["G3", "G7"], device="cpu")
     backed = ad.read_h5ad(written.path, backed="r")
     try:
         column = np.asarray(backed[:, "G7"].X).ravel()
     finally:
         backed.file.close()
-    in_memory = enhance(slide, written.model, genes=["G3", "G7"], device="cpu")
+    in_memory = model.enhance(slide, genes=["G3", "G7"], device="cpu")
     np.testing.assert_array_equal(column, np.asarray(in_memory[:, "G7"].X).ravel())
 
 
@@ -93,13 +94,13 @@ def _peak_bytes(function) -> int:
 def test_streaming_memory_does_not_grow_with_the_gene_count(tmp_path):
     """Peak Python/NumPy memory while streaming stays far below the enhanced matrix it writes."""
     adata = _sparse_slide(3000)
-    model = train(adata, preset("default", "hex", n_train_genes=200))
+    model = fit_cpu(adata, preset("default", "hex", n_train_genes=200))
     genes = list(adata.var_names)
     x_bytes = 4 * 4 * adata.n_obs * adata.n_vars  # about 4 output sites per spot, float32
     streamed = _peak_bytes(
-        lambda: write_enhanced(adata, tmp_path / "s.h5ad", model, genes=genes, device="cpu", batch_size=64)
+        lambda: model.write(adata, tmp_path / "s.h5ad", genes=genes, device="cpu", batch_size=64)
     )
-    in_memory = _peak_bytes(lambda: enhance(adata, model, genes=genes, device="cpu"))
+    in_memory = _peak_bytes(lambda: model.enhance(adata, genes=genes, device="cpu"))
     assert in_memory > x_bytes * 0.9  # the in-memory result holds the whole matrix
     assert streamed < x_bytes / 3, (streamed, x_bytes)
 
@@ -109,18 +110,19 @@ def test_streaming_refuses_to_replace_the_slide_it_read(slide, tmp_path):
     slide.write_h5ad(path)
     original = path.read_bytes()
     adata = read(path)
+    model = fit_cpu(adata, "default")
     with pytest.raises(ValueError, match="refusing to overwrite the input"):
-        write_enhanced(adata, path, device="cpu")
+        model.write(adata, path, device="cpu")
     assert path.read_bytes() == original
 
 
 def test_stop_while_streaming_keeps_the_previous_file(slide, tmp_path, monkeypatch):
     out = tmp_path / "out.h5ad"
-    model = train(slide, preset("default", "hex"))
-    write_enhanced(slide, out, model, device="cpu")
+    model = fit_cpu(slide, preset("default", "hex"))
+    model.write(slide, out, device="cpu")
     previous = out.read_bytes()
     stop = threading.Event()
-    real_batches = enhance_module.SitePredictor.batches
+    real_batches = base_module.Predictor.batches
     seen = []
 
     def stop_after_two_batches(self, gene_idx, batch_size, stop_flag):
@@ -130,9 +132,9 @@ def test_stop_while_streaming_keeps_the_previous_file(slide, tmp_path, monkeypat
             if len(seen) == 2:
                 stop.set()
 
-    monkeypatch.setattr(enhance_module.SitePredictor, "batches", stop_after_two_batches)
+    monkeypatch.setattr(base_module.Predictor, "batches", stop_after_two_batches)
     with pytest.raises(TrainingStopped, match="nothing was written"):
-        write_enhanced(slide, out, model, device="cpu", batch_size=16, stop=stop)
+        model.write(slide, out, device="cpu", batch_size=16, stop=stop)
     assert seen == [0, 16]
     assert out.read_bytes() == previous
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5ad"]  # no temporary left

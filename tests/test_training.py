@@ -8,9 +8,20 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import block_sites, make_slide, tiny_config
-from napari_stentrans.core.presets import preset
-from napari_stentrans.core.training import PairSampler, Trainer, train
+from helpers import block_sites, fit_cpu, make_slide, tiny_config
+from napari_stentrans.core.classical import ClassicalParams
+from napari_stentrans.core.config import preset
+from napari_stentrans.core.estimators.classical import ClassicalModel
+from napari_stentrans.core.fitting import Trainer
+from napari_stentrans.core.slide import Slide
+from napari_stentrans.core.training import PairSampler
+
+
+def _sampler(slide, values, params, config=None) -> PairSampler:
+    """Pairs of a slide with a given classical choice."""
+    config = config or tiny_config()
+    model = ClassicalModel(config, params, slide.lattice.kind, [], slide.fingerprint)
+    return PairSampler(slide, values, config, model)
 
 
 @pytest.fixture
@@ -20,7 +31,7 @@ def square_slide():
 
 
 def test_events_report_progress_and_a_model_is_produced(square_slide):
-    trainer = Trainer(square_slide, tiny_config(epochs=3))
+    trainer = Trainer(square_slide, tiny_config(epochs=3, restore_best=False), device="cpu")
     events = list(trainer.run())
     kinds = [e.kind for e in events]
     assert kinds[0] == "prepared" and kinds[-1] == "finished"
@@ -37,7 +48,7 @@ def test_events_report_progress_and_a_model_is_produced(square_slide):
 
 def test_stop_flag_ends_the_run_within_one_batch(square_slide):
     stop = threading.Event()
-    trainer = Trainer(square_slide, tiny_config(epochs=50))
+    trainer = Trainer(square_slide, tiny_config(epochs=50), device="cpu")
     steps_after_stop = 0
     events = []
     for event in trainer.run(stop):
@@ -49,20 +60,20 @@ def test_stop_flag_ends_the_run_within_one_batch(square_slide):
     assert events[-1].kind == "stopped"
     assert steps_after_stop == 0
     assert trainer.result is None
-    assert train(square_slide, tiny_config(), stop=stop) is None  # already set: nothing trained
+    assert fit_cpu(square_slide, tiny_config(), stop=stop) is None  # already set: nothing trained
 
 
 def test_same_seed_gives_identical_weights_on_cpu(square_slide):
-    a = train(square_slide, tiny_config(seed=3))
-    b = train(square_slide, tiny_config(seed=3))
-    c = train(square_slide, tiny_config(seed=4))
+    a = fit_cpu(square_slide, tiny_config(seed=3, restore_best=False))
+    b = fit_cpu(square_slide, tiny_config(seed=3, restore_best=False))
+    c = fit_cpu(square_slide, tiny_config(seed=4, restore_best=False))
     for key in a.state_dict:
         assert torch.equal(a.state_dict[key], b.state_dict[key]), key
     assert any(not torch.equal(a.state_dict[k], c.state_dict[k]) for k in a.state_dict)
 
 
 def test_best_weights_are_never_worse_than_the_classical_start_on_validation(square_slide):
-    model = train(square_slide, tiny_config(epochs=4, lr=0.05))  # a deliberately wild learning rate
+    model = fit_cpu(square_slide, tiny_config(epochs=4, lr=0.05))  # a deliberately wild learning rate
     val = np.asarray(model.history["val_loss"])
     best_epoch = model.history["best_epoch"][0]
     assert val[best_epoch] == np.nanmin(val)
@@ -70,20 +81,17 @@ def test_best_weights_are_never_worse_than_the_classical_start_on_validation(squ
 
 
 def test_lost_sites_are_neither_input_nor_target(square_slide):
-    from napari_stentrans.core.slide import slide_from_adata
-
     lost = np.array([[5, 5], [5, 6], [6, 5]])
-    slide = slide_from_adata(square_slide, mask=lost)
+    slide = Slide.from_adata(square_slide, mask=lost)
     assert slide.n_usable == square_slide.n_obs - 3
     config = tiny_config()
     values = slide.expression(np.arange(8), "log1p")
-    from napari_stentrans.core.classical import ClassicalParams
 
-    sampler = PairSampler(slide, values, config, ClassicalParams(rank=2, bandwidth=1.0))
+    sampler = _sampler(slide, values, ClassicalParams(rank=2, bandwidth=1.0), config)
     lost_flat = sampler.raster.flat_index(lost[:, 0], lost[:, 1])
     assert not np.isin(lost_flat, sampler.flat).any()
     for coset in range(4):
-        pair = sampler.make(np.arange(4), coset, (False, False, False), None, torch.device("cpu"))
+        pair = sampler.upsampling_pair(np.arange(4), coset, (False, False, False), None, torch.device("cpu"))
         visible = int(pair.inputs[0, 1].sum())
         # targets: every usable spot hidden from the input; never a lost one, never an input spot
         assert pair.target_mask.sum() == slide.n_usable - visible
@@ -93,15 +101,12 @@ def test_lost_sites_are_neither_input_nor_target(square_slide):
 
 def test_training_pair_geometry_is_the_coset_under_every_symmetry(square_slide):
     """The LR input of a pair is exactly HR[::2, ::2] restricted to the chosen coset's spots."""
-    from napari_stentrans.core.classical import ClassicalParams
-    from napari_stentrans.core.slide import slide_from_adata
-
-    slide = slide_from_adata(square_slide)
+    slide = Slide.from_adata(square_slide)
     values = slide.expression(np.arange(4), "log1p")
-    sampler = PairSampler(slide, values, tiny_config(), ClassicalParams(rank=2, bandwidth=1.0))
+    sampler = _sampler(slide, values, ClassicalParams(rank=2, bandwidth=1.0))
     for coset in range(4):
         for op in slide.lattice.symmetries:
-            pair = sampler.make(np.arange(4), coset, op, None, torch.device("cpu"))
+            pair = sampler.upsampling_pair(np.arange(4), coset, op, None, torch.device("cpu"))
             lr_mask = pair.inputs[0, 1]
             assert int(lr_mask.sum()) == int((sampler.cosets == coset).sum())
             torch.testing.assert_close(pair.inputs[:, 0], pair.target[:, ::2, ::2] * lr_mask)
@@ -110,23 +115,17 @@ def test_training_pair_geometry_is_the_coset_under_every_symmetry(square_slide):
 def test_published_preset_trains_on_a_hex_slide_with_the_brick_raster():
     r, c = block_sites("hex", 16, 30)
     slide = make_slide(r, c, "hex", n_genes=12)
-    config = preset(
-        "published", "hex", epochs=1, n_train_genes=12, batch_size=6, depth=1, device="cpu", min_detection=0.0
-    )
-    assert config.raster == "brick" and config.normalization == "none"
-    model = train(slide, config)
-    assert model is not None and model.lattice_kind == "hex"
-    assert model.config.model.patch_size == 8
+    config = preset("published", "hex", epochs=1, n_train_genes=12, batch_size=6, depth=1, min_detection=0.0)
+    assert config.data.raster == "brick" and config.data.normalization == "none"
+    model = fit_cpu(slide, config)
+    assert model is not None and model.lattice_kind == "hex" and model.classical is None
+    assert model.config.network.patch_size == 8
 
 
 def test_validation_sites_are_never_training_targets(square_slide):
-    from napari_stentrans.core.classical import ClassicalParams
-    from napari_stentrans.core.slide import slide_from_adata
 
-    slide = slide_from_adata(square_slide)
-    sampler = PairSampler(
-        slide, slide.expression(np.arange(4), "log1p"), tiny_config(), ClassicalParams(2, 1.0)
-    )
+    slide = Slide.from_adata(square_slide)
+    sampler = _sampler(slide, slide.expression(np.arange(4), "log1p"), ClassicalParams(2, 1.0))
     val = sampler.validation_sites(0.2, np.random.default_rng(0))
     assert 0.2 * slide.n_usable <= val.sum() < 0.5 * slide.n_usable
     # contiguous: every validation spot has a validation neighbour
@@ -134,8 +133,10 @@ def test_validation_sites_are_never_training_targets(square_slide):
 
     d, _ = cKDTree(sampler.positions[val]).query(sampler.positions[val], k=2)
     assert d[:, 1].max() <= 1.0 + 1e-9
-    train_pair = sampler.make(np.arange(4), 0, (False, False, False), None, torch.device("cpu"), ~val)
-    val_pair = sampler.make(np.arange(4), 0, (False, False, False), None, torch.device("cpu"), val)
+    train_pair = sampler.upsampling_pair(
+        np.arange(4), 0, (False, False, False), None, torch.device("cpu"), ~val
+    )
+    val_pair = sampler.upsampling_pair(np.arange(4), 0, (False, False, False), None, torch.device("cpu"), val)
     val_pixels = np.zeros(sampler.raster.shape, dtype=np.float32).ravel()
     val_pixels[sampler.flat[val]] = 1.0
     val_pixels = torch.from_numpy(val_pixels.reshape(sampler.raster.shape))
@@ -144,19 +145,12 @@ def test_validation_sites_are_never_training_targets(square_slide):
 
 
 def test_inpainting_pairs_score_only_dropped_spots_at_their_own_pixel(square_slide):
-    from napari_stentrans.core.classical import ClassicalParams
-    from napari_stentrans.core.slide import slide_from_adata
-    from napari_stentrans.core.training import _inpaint_pair
 
-    slide = slide_from_adata(square_slide)
-    sampler = PairSampler(
-        slide, slide.expression(np.arange(6), "log1p"), tiny_config(), ClassicalParams(2, None)
-    )
+    slide = Slide.from_adata(square_slide)
+    sampler = _sampler(slide, slide.expression(np.arange(6), "log1p"), ClassicalParams(2, None))
     drop = sampler.inpaint_drop(np.random.default_rng(3))
     assert 0 < drop.sum() < 0.5 * slide.n_usable
-    pair = _inpaint_pair(
-        sampler, np.arange(6), (False, False, False), drop, torch.device("cpu"), None, None, None
-    )
+    pair = sampler.hole_pair(np.arange(6), (False, False, False), drop, torch.device("cpu"), None, None, None)
     h, w = sampler.raster.shape
     assert pair.inputs.shape == (6, 3, h, w) and pair.target.shape == (6, 2 * h, 2 * w)
     dropped_pixels = np.zeros(h * w, dtype=np.float32)
@@ -168,8 +162,7 @@ def test_inpainting_pairs_score_only_dropped_spots_at_their_own_pixel(square_sli
     assert (pair.inputs[:, 0] * dropped_pixels).abs().sum() == 0
     # the base fills the hole from the kept spots: finite and non-zero inside the hole
     assert torch.all(pair.base[:, ::2, ::2][:, dropped_pixels > 0] > 0)
-    window = _inpaint_pair(
-        sampler,
+    window = sampler.hole_pair(
         np.arange(6),
         slide.lattice.symmetries[3],
         drop,
@@ -183,18 +176,15 @@ def test_inpainting_pairs_score_only_dropped_spots_at_their_own_pixel(square_sli
 
 def test_inpainting_base_uses_the_gap_smoothers_in_the_hole_and_the_main_ones_elsewhere(square_slide):
     """The base of a hole-filling pair is the one inference gives: gap smoothers in gaps only."""
-    from napari_stentrans.core.classical import ClassicalParams
-    from napari_stentrans.core.slide import slide_from_adata
-    from napari_stentrans.core.training import _inpaint_pair
 
-    slide = slide_from_adata(square_slide)
+    slide = Slide.from_adata(square_slide)
     values = slide.expression(np.arange(6), "log1p")
     main, gaps = ClassicalParams(2, None), ClassicalParams(2, 1.4)
-    drop = PairSampler(slide, values, tiny_config(), main).inpaint_drop(np.random.default_rng(3))
+    drop = _sampler(slide, values, main).inpaint_drop(np.random.default_rng(3))
 
     def base(params):
-        sampler = PairSampler(slide, values, tiny_config(), params)
-        pair = _inpaint_pair(sampler, np.arange(6), (False,) * 3, drop, torch.device("cpu"), None, None, None)
+        sampler = _sampler(slide, values, params)
+        pair = sampler.hole_pair(np.arange(6), (False,) * 3, drop, torch.device("cpu"), None, None, None)
         return pair.base[:, ::2, ::2].reshape(6, -1)[:, sampler.flat].numpy()
 
     both = base(ClassicalParams(2, None, holes=gaps))

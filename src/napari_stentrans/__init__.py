@@ -1,13 +1,15 @@
 """napari-stentrans: spatial transcriptomics enhancement with stEnTrans.
 
-Public API (imported lazily, so ``import napari_stentrans`` is cheap)::
+Public API (imported lazily: ``import napari_stentrans`` loads neither torch nor napari)::
 
     import napari_stentrans as st
-    adata = st.read("slide/")                 # Space Ranger folder, .h5ad or ST table
-    enhanced = st.enhance(adata)              # fit on the slide itself and enhance (in memory)
-    st.write_enhanced(adata, "out.h5ad")      # the same, streamed to disk gene batch by batch
-    model = st.train(adata, st.preset("default", "hex"))
-    st.save_model(model, "model.pt"); st.load_model("model.pt")
+    adata = st.read("slide/")                      # Space Ranger folder, .h5ad or ST table
+    model = st.fit(adata)                          # the default preset: classical, seconds
+    enhanced = model.enhance(adata)                # 2x lattice + imputed lost spots, in memory
+    model.write(adata, "out.h5ad")                 # the same, streamed to disk
+    model.save("model.safetensors")
+    st.load_model("model.safetensors").enhance(other_slide)   # classical choice re-made there
+    st.enhance(adata, config="transformer", epochs=5)          # fit and enhance in one call
 """
 
 from __future__ import annotations
@@ -15,42 +17,73 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _API = {
     "read": "napari_stentrans.core.io",
-    "ReadError": "napari_stentrans.core.io",
+    "Slide": "napari_stentrans.core.slide",
     "Lattice": "napari_stentrans.core.lattice",
-    "LatticeError": "napari_stentrans.core.lattice",
     "detect_lattice": "napari_stentrans.core.lattice",
-    "preset": "napari_stentrans.core.presets",
-    "TrainConfig": "napari_stentrans.core.presets",
-    "ModelConfig": "napari_stentrans.core.model",
-    "Trainer": "napari_stentrans.core.training",
-    "TrainEvent": "napari_stentrans.core.training",
-    "TrainedModel": "napari_stentrans.core.training",
-    "train": "napari_stentrans.core.training",
-    "enhance": "napari_stentrans.core.enhance",
-    "TrainingStopped": "napari_stentrans.core.enhance",
-    "save_model": "napari_stentrans.core.checkpoint",
+    "Config": "napari_stentrans.core.config",
+    "DataConfig": "napari_stentrans.core.config",
+    "ClassicalConfig": "napari_stentrans.core.config",
+    "ModelConfig": "napari_stentrans.core.config",
+    "PairConfig": "napari_stentrans.core.config",
+    "OptimConfig": "napari_stentrans.core.config",
+    "Runtime": "napari_stentrans.core.config",
+    "preset": "napari_stentrans.core.config",
+    "PRESETS": "napari_stentrans.core.config",
+    "fit": "napari_stentrans.core.fitting",
+    "enhance": "napari_stentrans.core.fitting",
+    "Trainer": "napari_stentrans.core.fitting",
+    "TrainEvent": "napari_stentrans.core.estimators.base",
+    "FittedModel": "napari_stentrans.core.estimators.base",
     "load_model": "napari_stentrans.core.checkpoint",
-    "CheckpointError": "napari_stentrans.core.checkpoint",
+    "save_model": "napari_stentrans.core.checkpoint",
+    "evaluate": "napari_stentrans.core.evaluate",
     "write_h5ad": "napari_stentrans.core.files",
-    "write_enhanced": "napari_stentrans.core.streaming",
+    "StentransError": "napari_stentrans.core.errors",
+    "ReadError": "napari_stentrans.core.errors",
+    "LatticeError": "napari_stentrans.core.errors",
+    "ConfigError": "napari_stentrans.core.errors",
+    "CheckpointError": "napari_stentrans.core.errors",
+    "InputError": "napari_stentrans.core.errors",
+    "DeviceError": "napari_stentrans.core.errors",
+    "TrainingStopped": "napari_stentrans.core.errors",
 }
 
 __all__ = ["__version__", *_API]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .core.checkpoint import CheckpointError, load_model, save_model  # noqa: F401
-    from .core.enhance import TrainingStopped, enhance  # noqa: F401
+    from .core.checkpoint import load_model, save_model  # noqa: F401
+    from .core.config import (  # noqa: F401
+        PRESETS,
+        ClassicalConfig,
+        Config,
+        DataConfig,
+        ModelConfig,
+        OptimConfig,
+        PairConfig,
+        Runtime,
+        preset,
+    )
+    from .core.errors import (  # noqa: F401
+        CheckpointError,
+        ConfigError,
+        DeviceError,
+        InputError,
+        LatticeError,
+        ReadError,
+        StentransError,
+        TrainingStopped,
+    )
+    from .core.estimators.base import FittedModel, TrainEvent  # noqa: F401
+    from .core.evaluate import evaluate  # noqa: F401
     from .core.files import write_h5ad  # noqa: F401
-    from .core.io import ReadError, read  # noqa: F401
-    from .core.lattice import Lattice, LatticeError, detect_lattice  # noqa: F401
-    from .core.model import ModelConfig  # noqa: F401
-    from .core.presets import TrainConfig, preset  # noqa: F401
-    from .core.streaming import write_enhanced  # noqa: F401
-    from .core.training import TrainedModel, Trainer, TrainEvent, train  # noqa: F401
+    from .core.fitting import Trainer, enhance, fit  # noqa: F401
+    from .core.io import read  # noqa: F401
+    from .core.lattice import Lattice, detect_lattice  # noqa: F401
+    from .core.slide import Slide  # noqa: F401
 
 
 def __getattr__(name: str):

@@ -1,7 +1,11 @@
 """``stentrans``: command-line front end of the engine.
 
-Every failure caused by the input prints one line ``stentrans: error: ...`` naming the file and
-the problem, exits non-zero and writes nothing.
+Every problem the user can fix (a :class:`~.core.errors.StentransError`: bad input file, invalid
+option, unusable model, unavailable device, ...) prints one line ``stentrans: error: ...`` naming
+the file or option and the problem, exits with status 2 and writes nothing. Ctrl-C or a stop
+exits 130 and writes nothing. Anything else is a bug: it keeps its traceback (exit 1).
+
+``stentrans --help`` and ``stentrans info`` import no torch: only learned models need it.
 """
 
 from __future__ import annotations
@@ -13,12 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
+from .core.errors import InputError
+
 EXIT_INPUT = 2
 EXIT_INTERRUPT = 130
+MODEL_SUFFIX = ".safetensors"
 
 
-class CliError(Exception):
-    """An input problem reported as one line."""
+class CliError(InputError):
+    """A problem with the command's arguments, reported as one line."""
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -56,8 +63,14 @@ def _build_parser() -> argparse.ArgumentParser:
     enh.add_argument("--mask", type=Path, help="lost sites: CSV with array_row,array_col or barcode columns")
     enh.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
     enh.add_argument("--seed", type=int, help="random seed (default 0)")
-    enh.add_argument("--save-model", type=Path, help="also write the trained model here")
-    enh.add_argument("--model", type=Path, help="apply this saved model instead of training")
+    enh.add_argument("--save-model", type=Path, help="also write the fitted model here (.safetensors)")
+    enh.add_argument("--model", type=Path, help="apply this saved model instead of fitting one")
+    enh.add_argument(
+        "--keep-classical",
+        action="store_true",
+        help="with --model on another slide: keep the model's classical rank and smoothers "
+        "instead of re-choosing them on this slide",
+    )
     enh.add_argument("--plot", type=Path, help="write a side-by-side PNG of a few genes")
     enh.add_argument("--overwrite", action="store_true", help="replace existing output files")
     enh.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -97,6 +110,8 @@ def _check_output(path: Path | None, inputs: list[Path], overwrite: bool, suffix
         return
     if path.suffix.lower() != suffix:
         raise CliError(f"{path}: output must be a {suffix} file")
+    if path.is_dir():
+        raise CliError(f"{path}: output is a folder; give a file name")
     resolved = path.resolve()
     for inp in inputs:
         if (
@@ -147,12 +162,12 @@ def _parse_genes(text: str | None):
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .core.enhance import output_sites
     from .core.io import read
-    from .core.slide import slide_from_adata
+    from .core.sites import output_sites
+    from .core.slide import Slide
 
     adata = read(args.path, coords=args.coords)
-    slide = slide_from_adata(adata)
+    slide = Slide.from_adata(adata)
     sites = output_sites(slide)
     kinds = {k: int((sites.kind == k).sum()) for k in ("measured", "imputed", "new")}
     info = adata.uns["stentrans_lattice"]
@@ -175,77 +190,66 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _training_options(args: argparse.Namespace) -> dict:
+    """The training options given on the command line (left out when not given)."""
+    given = {"epochs": args.epochs, "n_train_genes": args.train_genes, "seed": args.seed}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def cmd_enhance(args: argparse.Namespace) -> int:
     _check_output(args.output, [args.path, args.coords, args.mask, args.model], args.overwrite, ".h5ad")
-    _check_output(args.save_model, [args.path, args.model], args.overwrite, ".pt")
+    _check_output(args.save_model, [args.path, args.model], args.overwrite, MODEL_SUFFIX)
     _check_output(args.plot, [args.path], args.overwrite, ".png")
-    if args.model is not None and (args.epochs is not None or args.train_genes is not None):
-        raise CliError("--model applies a trained model: --epochs/--train-genes do not apply")
-    if args.epochs is not None and args.epochs < 0:
-        raise CliError(f"--epochs must be 0 or more, got {args.epochs}")
+    options = _training_options(args)
+    if args.model is not None and options:
+        raise CliError("--model applies a fitted model: --epochs/--train-genes/--seed do not apply")
+    if args.model is None and args.keep_classical:
+        raise CliError("--keep-classical applies to a model given with --model")
+    from .core.config import Runtime, preset
+
+    device = Runtime(device=args.device or "auto").device
+    preset(args.preset, "square", **options)  # invalid options fail here, before any reading
     genes = _parse_genes(args.genes)
     mask = _read_mask(args.mask) if args.mask is not None else None
 
-    from .core.checkpoint import load_model, save_model
-    from .core.enhance import TrainingStopped
-    from .core.io import lattice_of, read
-    from .core.presets import preset
+    from contextlib import ExitStack
+
+    from .core.checkpoint import load_model
+    from .core.errors import TrainingStopped
+    from .core.files import atomic_path
+    from .core.fitting import Trainer
+    from .core.io import read
+    from .core.slide import Slide
 
     model = load_model(args.model) if args.model is not None else None
     adata = read(args.path, coords=args.coords)
+    slide = Slide.from_adata(adata, mask)  # prepared once for fitting and enhancing
     stop = threading.Event()
+    trainer = None if model is not None else Trainer(slide, args.preset, device=device, **options)
     bar = _ProgressBar(disabled=args.quiet)
-    config = None
-    if model is None:
-        config = preset(
-            args.preset,
-            lattice_of(adata).kind,
-            epochs=args.epochs,
-            n_train_genes=args.train_genes,
-            seed=args.seed,
-            device=args.device,
-        )
-    from contextlib import ExitStack
-
-    import anndata as ad
-
-    from .core.files import atomic_path
-    from .core.streaming import write_enhanced
-
     try:
-        if model is None:
-            from .core.training import train
-
-            model = train(adata, config, mask, stop=stop, callback=bar.update)
+        if trainer is not None:
+            for event in trainer.run(stop):
+                bar.update(event)
+            model = trainer.result
             if model is None:
                 raise TrainingStopped("training stopped by request; nothing was written")
         bar.close()  # training is over; the bar would otherwise sit under the write
         with ExitStack() as outputs:  # every output appears together, or none does
             # the matrix goes to disk gene batch by gene batch: memory does not grow with genes
-            written = write_enhanced(
-                adata,
+            written = model.write(
+                slide,
                 outputs.enter_context(atomic_path(args.output)),
-                model,
-                mask=mask,
                 genes=genes,
-                device=args.device,
+                device=device,
                 stop=stop,
                 inputs=(args.path, args.coords, args.mask, args.model),
+                classical="keep" if args.keep_classical else "auto",
             )
             if args.save_model is not None:
-                save_model(model, outputs.enter_context(atomic_path(args.save_model)))
+                model.save(outputs.enter_context(atomic_path(args.save_model)))
             if args.plot is not None:
-                from .core.plotting import plot_side_by_side
-
-                shown = written.var.index[np.argsort(-written.log_variance)[:3]]
-                enhanced = ad.read_h5ad(written.path, backed="r")
-                try:
-                    shown_part = enhanced[:, shown].to_memory()
-                finally:
-                    enhanced.file.close()
-                plot_side_by_side(
-                    adata, shown_part, list(shown), outputs.enter_context(atomic_path(args.plot))
-                )
+                _plot(adata, written, outputs.enter_context(atomic_path(args.plot)))
     finally:
         bar.close()
     counts = written.obs["kind"].value_counts()
@@ -256,14 +260,38 @@ def cmd_enhance(args: argparse.Namespace) -> int:
         + (f"; model {args.save_model}" if args.save_model else "")
         + (f"; plot {args.plot}" if args.plot else "")
     )
+    if "classical_summary" in written.uns:
+        print(f"classical estimate {written.uns['classical_choice']}: {written.uns['classical_summary']}")
+    if model.name != "default" and not model.uses_network and getattr(model, "note", ""):
+        print(f"note: {model.note}")
     return 0
+
+
+def _plot(adata, written, path: Path) -> None:
+    """A side-by-side PNG of the three most variable enhanced genes (read back from the file)."""
+    import anndata as ad
+
+    from .core.plotting import plot_side_by_side
+
+    shown = written.var.index[np.argsort(-written.log_variance)[:3]]
+    enhanced = ad.read_h5ad(written.path, backed="r")
+    try:
+        shown_part = enhanced[:, shown].to_memory()
+    finally:
+        enhanced.file.close()
+    plot_side_by_side(adata, shown_part, list(shown), path)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     _check_output(args.json, [args.path, args.coords], args.overwrite, ".json")
     _check_output(args.plot, [args.path, args.coords], args.overwrite, ".png")
-    if args.epochs is not None and args.epochs < 0:
-        raise CliError(f"--epochs must be 0 or more, got {args.epochs}")
+    from .core.config import Runtime
+
+    Runtime(device=args.device)
+    if args.epochs is not None:
+        from .core.config import OptimConfig
+
+        OptimConfig(epochs=args.epochs)  # validates before the slide is read
     import json
     from contextlib import ExitStack
 
@@ -371,19 +399,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``stentrans`` console script."""
     parser = _build_parser()
     args = parser.parse_args(argv)
-    from .core.checkpoint import CheckpointError
-    from .core.enhance import TrainingStopped
-    from .core.io import ReadError
-    from .core.lattice import LatticeError
+    from .core.errors import StentransError, TrainingStopped
 
     handlers = {"info": cmd_info, "enhance": cmd_enhance, "evaluate": cmd_evaluate}
     try:
         return handlers[args.command](args)
-    except (CliError, ReadError, LatticeError, CheckpointError) as exc:
+    except StentransError as exc:
         print(f"stentrans: error: {exc}", file=sys.stderr)
-        return EXIT_INPUT
-    except (ValueError, RuntimeError) as exc:
-        print(f"stentrans: error: {args.path}: {exc}", file=sys.stderr)
         return EXIT_INPUT
     except (KeyboardInterrupt, TrainingStopped):
         print("stentrans: interrupted; nothing was written", file=sys.stderr)

@@ -1,13 +1,14 @@
 """Every widget action as a plain function of a viewer (tests and scripts call these).
 
-Only the main thread calls these functions; the training worker only yields core events and
-returns results, which :func:`apply_enhancement` adds as layers on the main thread.
+Only the main thread calls these functions; the training worker (:func:`run_job`) only yields
+core events and returns results, whose layers the widget adds on the main thread
+(:func:`record_result`, :func:`add_enhanced_layer`).
 """
 
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import anndata as ad
 import numpy as np
@@ -26,10 +27,9 @@ class SlideInfo:
     adata: ad.AnnData
     frame: DisplayFrame
     name: str
-    model: object | None = None  # TrainedModel
+    model: object | None = None  # FittedModel
     enhanced: ad.AnnData | None = None
     runs: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 # per viewer (by id), the slides it shows; pruned on every look-up so that a slide whose layers
@@ -192,15 +192,15 @@ def lost_sites(viewer, slide_id: str | None = None) -> np.ndarray:
 
 def lost_summary(viewer, slide_id: str | None = None) -> dict[str, int]:
     """How many measured spots and empty in-tissue sites are marked lost."""
-    from ..core.enhance import output_sites
-    from ..core.slide import site_keys, slide_from_adata
+    from ..core.sites import output_sites
+    from ..core.slide import Slide, site_keys
 
     info = slide(viewer, slide_id)
     sites = lost_sites(viewer, info.slide_id)
     keys = site_keys(sites[:, 0], sites[:, 1])
     adata = info.adata
     measured = np.isin(site_keys(adata.obs["array_row"].to_numpy(), adata.obs["array_col"].to_numpy()), keys)
-    out = output_sites(slide_from_adata(adata))
+    out = output_sites(Slide.from_adata(adata))
     holes = out.kind == "imputed"
     empty = np.isin(site_keys(out.fine_row[holes], out.fine_col[holes]), keys)
     return {"measured": int(measured.sum()), "empty_in_tissue": int(empty.sum()), "total": int(len(sites))}
@@ -208,12 +208,12 @@ def lost_summary(viewer, slide_id: str | None = None) -> dict[str, int]:
 
 def propose_holes(viewer, slide_id: str | None = None) -> int:
     """Paint the slide's in-tissue holes (unmeasured sites enclosed by tissue) as lost; undoable."""
-    from ..core.enhance import output_sites
-    from ..core.slide import slide_from_adata
+    from ..core.sites import output_sites
+    from ..core.slide import Slide
 
     info = slide(viewer, slide_id)
     layer = lost_layer(viewer, info.slide_id)
-    out = output_sites(slide_from_adata(info.adata))
+    out = output_sites(Slide.from_adata(info.adata))
     holes = out.kind == "imputed"
     painted = layer.metadata["stentrans"]["raster"].pixels_of_sites(out.fine_row[holes], out.fine_col[holes])
     idx = np.nonzero(painted & (np.asarray(layer.data) != LOST_LABEL))
@@ -233,34 +233,46 @@ class TrainingJob:
     adata: ad.AnnData
     mask: np.ndarray
     genes: list[str]
-    config: object  # TrainConfig
+    config: object  # Config
     frame: DisplayFrame
+    device: str = "auto"
 
 
-def prepare_job(viewer, config, slide_id: str | None = None, genes: list[str] | None = None) -> TrainingJob:
+def prepare_job(
+    viewer, config, slide_id: str | None = None, genes: list[str] | None = None, device: str = "auto"
+) -> TrainingJob:
     """Copy everything the worker needs (slide, lost sites, genes) on the main thread."""
     info = slide(viewer, slide_id)
     genes = list(genes) if genes is not None else shown_genes(viewer, info.slide_id)
     return TrainingJob(
-        info.slide_id, info.adata.copy(), lost_sites(viewer, info.slide_id).copy(), genes, config, info.frame
+        info.slide_id,
+        info.adata.copy(),
+        lost_sites(viewer, info.slide_id).copy(),
+        genes,
+        config,
+        info.frame,
+        device,
     )
 
 
 def run_job(job: TrainingJob, stop=None):
     """Worker body: yields every training event; returns ``(model, enhanced, layer tuples)``.
 
-    Returns None when stopped. The layer data of the ``GENE x2`` layers are built here, off the
-    main thread; no napari object is touched.
+    Returns None when stopped. The slide is prepared once for fitting and enhancing; the layer
+    data of the ``GENE x2`` layers are built here, off the main thread; no napari object is
+    touched.
     """
-    from ..core.enhance import TrainingStopped, enhance
-    from ..core.training import Trainer
+    from ..core.errors import TrainingStopped
+    from ..core.fitting import Trainer
 
-    trainer = Trainer(job.adata, job.config, job.mask)
+    trainer = Trainer(job.adata, job.config, mask=job.mask, device=job.device)
     yield from trainer.run(stop)
     if trainer.result is None:
         return None
     try:
-        enhanced = enhance(job.adata, trainer.result, mask=job.mask, genes=job.genes or None, stop=stop)
+        enhanced = trainer.result.enhance(
+            trainer.slide, genes=job.genes or None, device=job.device, stop=stop
+        )
     except TrainingStopped:
         return None
     genes = [g for g in job.genes if g in enhanced.var_names]
@@ -282,28 +294,14 @@ def add_enhanced_layer(viewer, layer_tuple: tuple, run: int):
     return _set_or_add(viewer, data, attrs, keep_previous=True)
 
 
-def apply_enhancement(
-    viewer, slide_id: str, model, enhanced: ad.AnnData, genes: list[str] | None = None
-) -> list:
-    """Main thread: record the run and add ``GENE x2`` layers for the shown genes at once."""
-    run = record_result(viewer, slide_id, model, enhanced)
-    info = slide(viewer, slide_id)
-    genes = [g for g in (genes or shown_genes(viewer, slide_id)) if g in enhanced.var_names]
-    return [
-        add_enhanced_layer(viewer, t, run) for t in enhanced_layers(enhanced, genes, slide_id, info.frame)
-    ]
-
-
 def refresh_imputation(viewer, slide_id: str | None = None) -> list:
     """Inference only: recompute the x2 layers with the current lost regions (no retraining)."""
-    from ..core.enhance import enhance
-
     info = slide(viewer, slide_id)
     if info.model is None:
         raise RuntimeError("train or load a model first")
     genes = [g for g in shown_genes(viewer, info.slide_id) if g in info.adata.var_names]
-    enhanced = enhance(
-        info.adata, info.model, mask=lost_sites(viewer, info.slide_id), genes=genes, device="cpu"
+    enhanced = info.model.enhance(
+        info.adata, mask=lost_sites(viewer, info.slide_id), genes=genes, device="cpu"
     )
     info.enhanced = enhanced
     out = []

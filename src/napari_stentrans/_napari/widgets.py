@@ -201,9 +201,9 @@ class TrainWidget(_SlideWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(viewer)
-        from ..core.presets import PRESETS, preset
+        from ..core.config import PRESETS, preset
 
-        defaults = preset("default")
+        defaults = preset("default", "square").flat()
         self._preset = ComboBox(
             label="Preset",
             choices=list(PRESETS),
@@ -216,7 +216,7 @@ class TrainWidget(_SlideWidget):
             label="Epochs",
             min=0,
             max=1000,
-            value=defaults.epochs,
+            value=defaults["epochs"],
             tooltip="Passes over the training genes (early stopping on validation); "
             "0 = the classical estimate, nothing learned",
         )
@@ -224,24 +224,24 @@ class TrainWidget(_SlideWidget):
             label="Training genes",
             min=8,
             max=50000,
-            value=defaults.n_train_genes,
+            value=defaults["n_train_genes"],
             tooltip="Most variable genes (detected in >= 10% of spots) to train on",
         )
         self._patch = SpinBox(
             label="Patch size",
             min=1,
             max=16,
-            value=defaults.model.patch_size,
+            value=defaults["patch_size"],
             tooltip="Patch of the patch embedding, in lattice sites",
         )
         self._depth = SpinBox(
-            label="Depth", min=1, max=24, value=defaults.model.depth, tooltip="Transformer blocks"
+            label="Depth", min=1, max=24, value=defaults["depth"], tooltip="Transformer blocks"
         )
         self._heads = SpinBox(
             label="Heads",
             min=1,
             max=16,
-            value=defaults.model.heads,
+            value=defaults["heads"],
             tooltip="Attention heads (must divide the token width)",
         )
         self._lr = FloatSpinBox(
@@ -249,11 +249,11 @@ class TrainWidget(_SlideWidget):
             min=1e-6,
             max=1.0,
             step=1e-4,
-            value=defaults.lr,
+            value=defaults["lr"],
             tooltip="Adam learning rate",
         )
         self._batch = SpinBox(
-            label="Batch size", min=1, max=4096, value=defaults.batch_size, tooltip="Genes a step"
+            label="Batch size", min=1, max=4096, value=defaults["batch_size"], tooltip="Genes a step"
         )
         self._seed = SpinBox(
             label="Seed", min=0, max=2**31 - 1, value=0, tooltip="Same seed, same result on the CPU"
@@ -270,7 +270,7 @@ class TrainWidget(_SlideWidget):
         self._progress = ProgressBar(label="Progress", min=0, max=1, value=0)
         self._status = _status_label(value="idle")
         self._grid = PushButton(text="Side by side (grid)")
-        self._model_path = FileEdit(label="Model file", mode="w", filter="*.pt")
+        self._model_path = FileEdit(label="Model file", mode="w", filter="*.safetensors")
         self._save = PushButton(text="Save model")
         self._load = PushButton(text="Load model")
         self._export_path = FileEdit(label="Export to", mode="w", filter="*.h5ad")
@@ -316,7 +316,7 @@ class TrainWidget(_SlideWidget):
         self.last_event = None
 
     def _device_hint(self) -> str:
-        from ..core.training import resolve_device
+        from ..core.device import resolve_device
 
         try:
             import torch
@@ -329,17 +329,17 @@ class TrainWidget(_SlideWidget):
         return f"auto uses: {device}{hint}"
 
     def _apply_preset(self, name: str) -> None:
-        from ..core.presets import preset
+        from ..core.config import preset
 
         kind = actions.slide(self._viewer, self.slide_id).frame.lattice.kind if self.slide_id else "square"
-        config = preset(name, kind)
-        self._epochs.value, self._patch.value = config.epochs, config.model.patch_size
-        self._depth.value, self._heads.value = config.model.depth, config.model.heads
-        self._lr.value, self._batch.value = config.lr, config.batch_size
+        config = preset(name, kind).flat()
+        self._epochs.value, self._patch.value = config["epochs"], config["patch_size"]
+        self._depth.value, self._heads.value = config["depth"], config["heads"]
+        self._lr.value, self._batch.value = config["lr"], config["batch_size"]
 
     def config(self):
-        """The training configuration of the current parameters."""
-        from ..core.presets import preset
+        """The fit's configuration of the current parameters (the device is a runtime choice)."""
+        from ..core.config import preset
 
         kind = actions.slide(self._viewer, self.slide_id).frame.lattice.kind
         return preset(
@@ -353,7 +353,6 @@ class TrainWidget(_SlideWidget):
             lr=self._lr.value,
             batch_size=self._batch.value,
             seed=self._seed.value,
-            device=self._device.value,
             **(
                 {"embed_dim": None}
                 if self._preset.value == "published"
@@ -368,7 +367,7 @@ class TrainWidget(_SlideWidget):
         if self.worker is not None:
             return self.worker
         try:
-            job = actions.prepare_job(self._viewer, self.config(), self.slide_id)
+            job = actions.prepare_job(self._viewer, self.config(), self.slide_id, device=self._device.value)
         except (LookupError, ValueError, RuntimeError) as exc:
             _notify_error(exc)
             return None
@@ -455,7 +454,8 @@ class TrainWidget(_SlideWidget):
         self._status.value = f"saved {path}"
 
     def load_model(self, path) -> None:
-        from ..core.checkpoint import CheckpointError, load_model
+        from ..core.checkpoint import load_model
+        from ..core.errors import StentransError
 
         try:
             model = load_model(path)
@@ -464,7 +464,7 @@ class TrainWidget(_SlideWidget):
                 raise ValueError(
                     f"the model is for {model.lattice_kind} lattices, the slide is {info.frame.lattice.kind}"
                 )
-        except (CheckpointError, ValueError, LookupError) as exc:
+        except (StentransError, ValueError, LookupError) as exc:
             _notify_error(exc)
             return
         info.model = model

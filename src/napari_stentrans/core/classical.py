@@ -1,4 +1,4 @@
-"""Normalisation and the classical cross-gene estimator that the default model corrects.
+"""The mathematics of the classical cross-gene estimator: normalisation, smoothers, low-rank basis, choice.
 
 Expression is modelled as ``y = log1p(counts / depth * target_sum)`` with ``depth`` the spot's
 total counts; the exact inverse is ``counts = expm1(y) * depth / target_sum``, so every method
@@ -6,8 +6,11 @@ that works on ``y`` must also predict ``depth`` at new sites (METHOD.md: without
 per-gene score on counts collapses).
 
 The classical estimate of a site is a rank-``r`` reconstruction of the normalised expression of
-the input spots (tissue structure shared by all genes), smoothed to the target positions with a
-normalised Gaussian kernel of bandwidth ``h`` input pitches; log depth is smoothed the same way.
+the input spots (tissue structure shared by all genes), its spot scores smoothed to the target
+positions by linear (Delaunay) interpolation or a normalised Gaussian kernel of bandwidth ``h``
+input pitches; log depth has its own smoother or a stacked mixture of smoothers. Rank and
+smoothers are chosen on the slide's own pairs (:func:`select_classical_params`); the estimator
+that does so is :mod:`.estimators.classical`.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.optimize import nnls
 from scipy.spatial import cKDTree
+
+from .metrics import pearson_per_gene
+from .regions import nearest_regions
 
 TARGET_SUM = 1e4
 RANK_GRID = (1, 2, 3, 5, 8, 12, 20)  # no slide so far chose more than 12
@@ -243,6 +248,24 @@ class ClassicalParams:
             total += weight * smooth(source_xy, target_xy, bandwidth, log_depth)
         return total
 
+    def summary(self) -> str:
+        """One readable line, e.g. ``rank 2, scores linear, depth 0.6 linear + 0.4 kernel 0.5``.
+
+        Kernel bandwidths are in pitches of the lattice the choice was made on.
+        """
+
+        def name(h: float | None) -> str:
+            return "linear" if h is None else f"kernel {h:g}"
+
+        if self.depth_mixture:
+            depth = " + ".join(f"{w:.2f} {name(h)}" for h, w in self.depth_mixture)
+        else:
+            depth = name(self.depth_bandwidth)
+        line = f"rank {self.rank}, scores {name(self.bandwidth)}, depth {depth}"
+        if self.holes is not None:
+            line += f"; in gaps: {self.holes.summary()}"
+        return line
+
     def describe(self) -> dict:
         """Plain values for reports and checkpoints ("linear" for the interpolator)."""
 
@@ -282,52 +305,6 @@ class ClassicalParams:
         )
 
 
-def classical_estimate(
-    values: np.ndarray,
-    log_depth: np.ndarray,
-    source_xy: np.ndarray,
-    target_xy: np.ndarray,
-    params: ClassicalParams,
-    basis: LowRankBasis | None = None,
-    basis_values: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Low-rank reconstruction + smoothing (kernel or linear) from source spots to target positions.
-
-    Parameters
-    ----------
-    values
-        ``(n_source, n_genes)`` normalised expression of the genes to predict.
-    log_depth
-        ``(n_source,)`` log total counts of the source spots.
-    source_xy, target_xy
-        Positions in units of the source pitch.
-    params
-        Rank and bandwidth.
-    basis
-        A fitted basis (e.g. on many genes); fitted on ``basis_values`` or ``values`` if None.
-
-    Returns
-    -------
-    ``(n_target, n_genes)`` normalised estimates and ``(n_target,)`` log depth estimates.
-    """
-    if basis is None:
-        basis = LowRankBasis.fit(values if basis_values is None else basis_values, params.rank)
-    rank = min(params.rank, basis.max_rank)
-    mean, coef = basis.loadings(values, rank)
-    smoothed_scores = smooth(source_xy, target_xy, params.bandwidth, basis.scores[:, :rank])
-    estimate = smoothed_scores @ coef + mean
-    return estimate.astype(np.float32), params.smooth_log_depth(source_xy, target_xy, log_depth).astype(
-        np.float32
-    )
-
-
-def _column_pearson(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    p = pred - pred.mean(axis=0)
-    t = truth - truth.mean(axis=0)
-    denom = np.sqrt((p**2).sum(axis=0) * (t**2).sum(axis=0))
-    return np.divide((p * t).sum(axis=0), denom, out=np.full(p.shape[1], np.nan), where=denom > 1e-12)
-
-
 def stack_weights(estimates: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """Convex weights of candidate estimates with the least squared error (stacking).
 
@@ -343,6 +320,8 @@ def stack_weights(estimates: np.ndarray, truth: np.ndarray) -> np.ndarray:
     truth
         ``(n_targets,)`` the measured values.
     """
+    from scipy.optimize import nnls  # imported here: scipy.optimize costs a quarter second at start-up
+
     n, k = estimates.shape
     anchor = 1e3 * np.sqrt(n) * (1.0 + float(np.abs(truth).mean()))
     weights, _ = nnls(np.vstack([estimates, np.full((1, k), anchor)]), np.append(truth, anchor))
@@ -356,8 +335,9 @@ def hole_pairs(
     """Kept-site masks of same-scale hole-filling pairs shaped like the slide's own holes.
 
     Each pair drops, for every hole size ``s``, the ``s`` sites nearest a random centre (a
-    compact region of the same area), so the smoother for sites to impute is chosen on gaps
-    as wide as the real ones. At most 30 % of the sites are dropped per pair.
+    compact region of the same area, :func:`.regions.nearest_regions`), so the smoother for
+    sites to impute is chosen on gaps as wide as the real ones. At most 30 % of the sites are
+    dropped per pair.
 
     Parameters
     ----------
@@ -366,21 +346,7 @@ def hole_pairs(
     hole_sizes
         Sites per region to impute (:meth:`~napari_stentrans.core.slide.Slide.hole_sizes`).
     """
-    n = len(positions)
-    budget = int(0.3 * n)
-    tree = cKDTree(positions)
-    pairs = []
-    for _ in range(n_pairs):
-        dropped = np.zeros(n, dtype=bool)
-        for size in np.asarray(hole_sizes, dtype=int):
-            size = min(int(size), budget - int(dropped.sum()))
-            if size <= 0:
-                break
-            _, near = tree.query(positions[rng.integers(n)], k=min(n, size + int(dropped.sum())))
-            near = np.atleast_1d(near)
-            dropped[near[~dropped[near]][:size]] = True
-        pairs.append(~dropped)
-    return pairs
+    return [~nearest_regions(positions, hole_sizes, rng) for _ in range(n_pairs)]
 
 
 class _PairSmoothers:
@@ -500,7 +466,7 @@ def select_classical_params(
             )
             depth_estimates.append(candidates)
             depth_truth.append(log_depth[targets])
-            r_depths = _column_pearson(candidates, log_depth[targets][:, None])
+            r_depths = pearson_per_gene(candidates, log_depth[targets][:, None])
             for hd, r_depth in zip(depth_bandwidths, r_depths, strict=True):
                 depth_scores.setdefault(hd, []).append(-1.0 if np.isnan(r_depth) else float(r_depth))
     mean_scores = {k: float(np.mean(v)) for k, v in scores.items() if len(v) == len(inputs)}

@@ -21,7 +21,7 @@ import anndata as ad
 import numpy as np
 
 from .io import lattice_of
-from .lattice import Lattice
+from .lattice import Lattice, fit_affine
 
 _NEIGHBOUR = {"square": (0, 1), "hex": (0, 2), "checkerboard": (1, 1)}
 
@@ -48,12 +48,10 @@ class DisplayFrame:
         lattice = lattice_of(adata)
         row = adata.obs["array_row"].to_numpy(dtype=float)
         col = adata.obs["array_col"].to_numpy(dtype=float)
-        design = np.column_stack([row, col, np.ones_like(row)])
-        spatial = np.asarray(adata.obsm["spatial"], float) if "spatial" in adata.obsm else None
         coef = None
-        if spatial is not None and len(row) >= 3:
-            fit, _, rank, _ = np.linalg.lstsq(design, spatial[:, ::-1], rcond=None)  # -> (y, x)
-            coef = fit.T if rank == 3 else None
+        if "spatial" in adata.obsm:
+            fit = fit_affine(row, col, np.asarray(adata.obsm["spatial"], float)[:, ::-1])  # -> (y, x)
+            coef = None if fit is None else fit.T
         if coef is None:  # no usable image frame: physical positions are the frame
             phys = lattice.physical(np.array([0.0, 1.0, 0.0]), np.array([0.0, 0.0, 1.0]))
             coef = np.array(
@@ -176,9 +174,9 @@ def spatially_variable_genes(adata: ad.AnnData, n: int = 4, candidates: int = 20
     variance ranks genes by spatially coherent variation (not by noise or by depth).
     """
     from .classical import kernel_weights
-    from .slide import slide_from_adata
+    from .slide import Slide
 
-    slide = slide_from_adata(adata)
+    slide = Slide.from_adata(adata)
     eligible = slide.eligible_genes(0.10)
     if len(eligible) == 0:
         eligible = np.arange(len(slide.genes))

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import anndata as ad
 
+from .errors import InputError
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -34,11 +36,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def refuse_inputs(path: str | Path, inputs: Iterable[str | Path | None]) -> None:
-    """Raise ``ValueError`` when ``path`` is one of the existing files ``inputs`` (None skipped)."""
+    """Raise :class:`InputError` when ``path`` is one of the existing files ``inputs`` (None skipped)."""
     path = Path(path)
     for source in inputs:
         if source is not None and Path(source).exists() and path.resolve() == Path(source).resolve():
-            raise ValueError(f"{path}: refusing to overwrite the input slide")
+            raise InputError(f"{path}: refusing to overwrite the input slide")
 
 
 def write_h5ad(adata: ad.AnnData, path: str | Path, inputs: Iterable[str | Path | None] = ()) -> Path:

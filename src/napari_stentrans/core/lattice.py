@@ -33,6 +33,8 @@ from typing import Literal
 
 import numpy as np
 
+from .errors import LatticeError
+
 LatticeKind = Literal["square", "hex", "checkerboard"]
 
 _BASIS: dict[str, np.ndarray] = {
@@ -58,10 +60,6 @@ _SYMMETRIES: dict[str, tuple[tuple[bool, bool, bool], ...]] = {
 }
 CHILD_OFFSETS = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])  # (du, dv), pixel-shuffle order
 ROUNDING_TOLERANCE = 0.3
-
-
-class LatticeError(ValueError):
-    """Coordinates that lie on no supported lattice."""
 
 
 @dataclass(frozen=True)
@@ -273,11 +271,23 @@ def detect_lattice(
     return Lattice(kind, pitch_um or 0.0)
 
 
+def fit_affine(row: np.ndarray, col: np.ndarray, positions: np.ndarray) -> np.ndarray | None:
+    """Least-squares affine map from array coordinates to positions (e.g. image pixels).
+
+    Returns ``coef`` ``(3, k)`` with ``positions ~= [row, col, 1] @ coef``, or None when the
+    sites do not fix an affine map (fewer than three, or all on one line).
+    """
+    design = np.column_stack([row, col, np.ones(len(row))]).astype(float)
+    if len(design) < 3:
+        return None
+    coef, _, rank, _ = np.linalg.lstsq(design, np.asarray(positions, float), rcond=None)
+    return coef if rank == 3 else None
+
+
 def _row_to_col_step_ratio(row: np.ndarray, col: np.ndarray, spatial: np.ndarray) -> float | None:
     """Length ratio of one array-row step to one array-column step in image space."""
-    design = np.column_stack([row, col, np.ones_like(row)]).astype(float)
-    coef, _, rank, _ = np.linalg.lstsq(design, spatial, rcond=None)
-    if rank < 3:
+    coef = fit_affine(row, col, spatial)
+    if coef is None:
         return None
     row_step, col_step = np.linalg.norm(coef[0]), np.linalg.norm(coef[1])
     return float(row_step / col_step) if col_step > 0 else None
@@ -453,11 +463,7 @@ class IndexRaster:
 
     def rasterize(self, values: np.ndarray, row: np.ndarray, col: np.ndarray) -> np.ndarray:
         """Spots x genes matrix -> genes x height x width image (0 where no spot)."""
-        values = np.asarray(values)
-        flat = self.flat_index(row, col)
-        img = np.zeros((values.shape[1], self.height * self.width), dtype=values.dtype)
-        img[:, flat] = values.T
-        return img.reshape(values.shape[1], self.height, self.width)
+        return scatter(values, self.flat_index(row, col), self.shape)
 
     def mask(self, row: np.ndarray, col: np.ndarray) -> np.ndarray:
         """Boolean ``(height, width)`` image that is True at the given sites."""
@@ -501,6 +507,18 @@ class BrickRaster:
     def flat_index(self, row: np.ndarray, col: np.ndarray) -> np.ndarray:
         p, q = self.pixels(row, col)
         return p * self.width + q
+
+
+def scatter(values: np.ndarray, flat: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Per-site values ``(n_sites, n_channels)`` -> images ``(n_channels, *shape)``, 0 elsewhere.
+
+    ``flat`` is each site's flat pixel index in a raster of ``shape`` (``flat_index``). The one
+    way sites become images: training pairs, network inputs and display rasters all use it.
+    """
+    values = np.asarray(values)
+    img = np.zeros((values.shape[1], shape[0] * shape[1]), dtype=values.dtype)
+    img[:, flat] = values.T
+    return img.reshape(values.shape[1], *shape)
 
 
 def apply_symmetry(image: np.ndarray, op: tuple[bool, bool, bool]) -> np.ndarray:

@@ -9,67 +9,11 @@ index raster (see :mod:`.lattice`) these are exactly the lattice's four 2x child
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 
-PositionCode = Literal["lattice2d", "index1d", "none"]
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Architecture of :class:`StEnTransViT`.
-
-    Parameters
-    ----------
-    in_channels
-        Input channels per gene: 1 (published: the gene image) or 3 (default: gene image,
-        input mask, classical estimate at the input sites).
-    patch_size
-        Patch size ``p`` of the patch embedding (a p x p convolution with stride p).
-    embed_dim
-        Token width; ``None`` means the published ``4 p^2``.
-    depth, heads, mlp_ratio
-        Transformer blocks, attention heads, MLP hidden width as a multiple of the token width.
-    position_code
-        ``"lattice2d"``: sinusoidal code of the token's 2-D position in input-lattice units,
-        identical at training and inference; ``"index1d"``: the published 1-D code over the
-        token index (its meaning changes with the grid size, METHOD.md defect 4); ``"none"``.
-    residual
-        Add the output to a base estimate of the 2x raster (the default's learned correction
-        on top of the classical estimate; the output head starts at zero). The published code
-        discards its skip connection (defect 1), so ``False`` there.
-    output_head
-        A linear map from token width to ``4 p^2`` before the pixel shuffle; the published
-        model reads each token directly as ``p^2`` pixels x 4 values (needs width ``4 p^2``).
-    """
-
-    in_channels: int = 3
-    patch_size: int = 4
-    embed_dim: int | None = None
-    depth: int = 4
-    heads: int = 4
-    mlp_ratio: float = 2.0
-    position_code: PositionCode = "lattice2d"
-    residual: bool = True
-    output_head: bool = True
-
-    @property
-    def width(self) -> int:
-        return self.embed_dim or 4 * self.patch_size**2
-
-    def validate(self) -> None:
-        if self.patch_size < 1 or self.depth < 1 or self.heads < 1 or self.in_channels < 1:
-            raise ValueError(f"invalid model configuration {self}")
-        if self.width % self.heads:
-            raise ValueError(f"token width {self.width} is not divisible by {self.heads} heads")
-        if not self.output_head and self.width != 4 * self.patch_size**2:
-            raise ValueError("without an output head the token width must be 4 * patch_size**2")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from .config import ModelConfig
 
 
 def sinusoid(positions: torch.Tensor, dim: int, max_wavelength: float = 1000.0) -> torch.Tensor:
@@ -88,7 +32,6 @@ class StEnTransViT(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        config.validate()
         self.config = config
         p, d = config.patch_size, config.width
         self.patch_embed = nn.Conv2d(config.in_channels, d, kernel_size=p, stride=p)

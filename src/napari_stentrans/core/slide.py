@@ -1,20 +1,33 @@
-"""A slide prepared for training and enhancement: lattice, usable spots, depth, gene choice."""
+"""A slide prepared once for fitting and enhancement: lattice, usable spots, depth, gene statistics.
+
+Everything the estimators ask of a slide is computed here, once per slide: which spots are
+usable, each spot's depth, which genes are detected and how variable they are (cached), which
+sites lie in a gap, and a fingerprint that tells whether a model is applied to the slide it was
+fitted on.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from .classical import TARGET_SUM, normalize
+from .errors import InputError, LatticeError
 from .io import lattice_of
-from .lattice import IndexRaster, Lattice, LatticeError
+from .lattice import IndexRaster, Lattice
 
 MaskLike = np.ndarray | pd.DataFrame | pd.Series | list | None
+# input pitches: a site farther than this from every usable spot lies in a gap. New sites between
+# measured spots are 0.5 (edges) or 0.71 (square cell centres) from one; lattice sites without a
+# measurement are at least 1.
+GAP_DISTANCE = 0.9
 
 
 @dataclass
@@ -23,26 +36,31 @@ class Slide:
 
     Attributes
     ----------
+    adata
+        The AnnData the slide was prepared from (never modified).
     lattice
         Lattice type and pitch.
     row, col
-        Array coordinates of the measured spots.
+        ``(n_spots,)`` array coordinates of the measured spots.
     barcodes
-        Spot ids (obs names).
+        ``(n_spots,)`` spot ids (obs names).
     counts
-        CSR spots x genes raw counts.
+        CSR ``(n_spots, n_genes)`` raw counts.
     genes
         Gene names.
     depth
-        Total counts per spot over all genes.
+        ``(n_spots,)`` total counts per spot over all genes.
+    not_lost
+        Measured spots that are not declared lost.
     usable
-        Measured spots that are not declared lost (the only spots used as input or target).
+        Spots that are not lost and have counts: the only spots used as input or target.
     lost_sites
         ``(k, 2)`` array coordinates declared lost by the user (measured or not).
     in_tissue_unmeasured
         ``(m, 2)`` sites the positions file marks as tissue but that have no counts.
     """
 
+    adata: ad.AnnData
     lattice: Lattice
     row: np.ndarray
     col: np.ndarray
@@ -50,16 +68,85 @@ class Slide:
     counts: sp.csr_matrix
     genes: pd.Index
     depth: np.ndarray
+    not_lost: np.ndarray
     usable: np.ndarray
     lost_sites: np.ndarray
     in_tissue_unmeasured: np.ndarray
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_adata(cls, adata: ad.AnnData, mask: MaskLike = None) -> Slide:
+        """Prepare an AnnData read by :func:`napari_stentrans.read` (it is not modified).
+
+        Parameters
+        ----------
+        adata
+            Slide with ``obs["array_row"]``, ``obs["array_col"]`` and raw counts in ``X``.
+        mask
+            Lost sites: a boolean array over ``obs``, a list/array of ``(array_row,
+            array_col)`` pairs, a DataFrame with ``array_row``/``array_col`` or ``barcode``
+            columns, or a Series of barcodes.
+
+        Raises
+        ------
+        LatticeError
+            Coordinates missing or off the slide's lattice (the mask's included).
+        InputError
+            A mask of the wrong shape, with unknown barcodes or without usable columns.
+        """
+        for column in ("array_row", "array_col"):
+            if column not in adata.obs:
+                raise LatticeError(f"obs has no {column!r} column; read the slide with napari_stentrans.read")
+        lattice = lattice_of(adata)
+        row = adata.obs["array_row"].to_numpy(dtype=np.int64)
+        col = adata.obs["array_col"].to_numpy(dtype=np.int64)
+        lattice.to_index(row, col)
+        counts = sp.csr_matrix(adata.X, dtype=np.float32)
+        depth = np.asarray(counts.sum(axis=1)).ravel().astype(np.float64)
+        lost = _lost_sites(mask, adata, row, col)
+        if len(lost):
+            lattice.to_index(lost[:, 0], lost[:, 1])
+        not_lost = ~np.isin(site_keys(row, col), site_keys(lost[:, 0], lost[:, 1]))
+        extra = adata.uns.get("stentrans_lattice", {}).get("in_tissue_unmeasured")
+        extra = (
+            np.zeros((0, 2), np.int64) if extra is None else np.asarray(extra, dtype=np.int64).reshape(-1, 2)
+        )
+        return cls(
+            adata=adata,
+            lattice=lattice,
+            row=row,
+            col=col,
+            barcodes=adata.obs_names.to_numpy(dtype=str),
+            counts=counts,
+            genes=adata.var_names,
+            depth=depth,
+            not_lost=not_lost,
+            usable=not_lost & (depth > 0),
+            lost_sites=lost,
+            in_tissue_unmeasured=extra,
+        )
 
     @property
     def n_usable(self) -> int:
         return int(self.usable.sum())
 
+    @property
+    def fingerprint(self) -> str:
+        """A digest of the measured data (lattice, spots, depths, genes), not of the lost sites.
+
+        Equal fingerprints mean the same slide: a model's classical choice is kept there and
+        re-chosen on any other slide.
+        """
+        if "fingerprint" not in self._cache:
+            digest = hashlib.sha1(f"{self.lattice.kind}|{self.lattice.pitch_um:g}".encode())
+            for array in (self.row, self.col, self.depth):
+                digest.update(np.ascontiguousarray(array).tobytes())
+            digest.update("\n".join(map(str, self.genes)).encode())
+            self._cache["fingerprint"] = digest.hexdigest()[:16]
+        return self._cache["fingerprint"]
+
     def positions(self, which: np.ndarray | None = None) -> np.ndarray:
-        """Physical positions in units of the pitch."""
+        """Physical positions ``(n, 2)`` in units of the pitch."""
         sel = slice(None) if which is None else which
         return self.lattice.physical(self.row[sel], self.col[sel]) / self.lattice.pitch_um
 
@@ -72,7 +159,9 @@ class Slide:
         """Boolean images over ``raster`` of the usable measured sites and of the sites to impute.
 
         Sites to impute are the user's lost sites, in-tissue sites without counts and lattice
-        sites enclosed by tissue (holes filled with the lattice's own connectivity).
+        sites enclosed by tissue (holes filled with the lattice's own connectivity). Every one
+        of them lies in a gap (:meth:`in_gap`): it is a lattice site without a usable spot, so
+        at least one pitch from the nearest.
         """
         measured = raster.mask(self.row[self.usable], self.col[self.usable])
         imputed = ndimage.binary_fill_holes(measured, structure=neighbour_structure(self.lattice))
@@ -87,12 +176,16 @@ class Slide:
         labels, _ = ndimage.label(imputed, structure=neighbour_structure(self.lattice))
         return np.sort(np.bincount(labels.ravel())[1:])[::-1]
 
-    def _usable_counts(self) -> sp.csr_matrix:
-        """Counts of the usable spots: the matrix itself (no copy) when every spot is usable."""
-        return self.counts if self.usable.all() else self.counts[self.usable]
+    def in_gap(self, xy: np.ndarray) -> np.ndarray:
+        """Which positions ``(n, 2)`` (pitch units) lie in a gap: no usable spot within 0.9 pitch.
+
+        The one definition of a gap: sites in gaps take the rank and smoothers chosen on
+        hole-filling pairs (:class:`~.classical.ClassicalParams`).
+        """
+        return cKDTree(self.positions(self.usable)).query(xy)[0] > GAP_DISTANCE
 
     def expression(
-        self, gene_idx: np.ndarray, normalization: str, target_sum: float = TARGET_SUM
+        self, gene_idx: np.ndarray, normalization: str = "log1p", target_sum: float = TARGET_SUM
     ) -> np.ndarray:
         """Dense ``(n_usable, n_genes)`` values of the usable spots (normalised or raw)."""
         columns = self.counts[:, gene_idx]  # columns first: the copy is the size of the batch
@@ -101,22 +194,92 @@ class Slide:
             return raw.astype(np.float32)
         return normalize(raw, self.depth[self.usable], target_sum)
 
+    def _usable_counts(self) -> sp.csr_matrix:
+        """Counts of the usable spots: the matrix itself (no copy) when every spot is usable."""
+        return self.counts if self.usable.all() else self.counts[self.usable]
+
+    def _stats(self, target_sum: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Cached per-gene detection and sums over the usable spots (see :func:`_gene_stats`)."""
+        key = ("stats", target_sum)
+        if key not in self._cache:
+            x = self._usable_counts()
+            scale = None if target_sum is None else target_sum / np.maximum(self.depth[self.usable], 1.0)
+            self._cache[key] = _gene_stats(x, scale)
+        return self._cache[key]
+
     def eligible_genes(self, min_detection: float) -> np.ndarray:
         """Indices of genes detected in at least ``min_detection`` of the usable spots."""
-        x = self._usable_counts()
-        detected, _, _ = _gene_stats(x)
-        return np.flatnonzero(detected / max(1, x.shape[0]) >= min_detection)
+        detected = self._stats(None)[0]
+        return np.flatnonzero(detected / max(1, self.n_usable) >= min_detection)
 
     def most_variable(self, candidates: np.ndarray, n: int, target_sum: float = TARGET_SUM) -> np.ndarray:
-        """The ``n`` candidates with the largest variance of normalised expression."""
+        """The ``n`` candidates with the largest variance of normalised expression, sorted."""
         if len(candidates) <= n:
             return np.asarray(candidates)
-        x = self._usable_counts()
-        _, total, total_sq = _gene_stats(x, target_sum / np.maximum(self.depth[self.usable], 1.0))
-        mean = total[candidates] / x.shape[0]
-        var = total_sq[candidates] / x.shape[0] - mean**2
+        _, total, total_sq = self._stats(target_sum)
+        n_spots = self._usable_counts().shape[0]
+        mean = total[candidates] / n_spots
+        var = total_sq[candidates] / n_spots - mean**2
         top = np.argsort(-var, kind="stable")[:n]
         return np.sort(np.asarray(candidates)[top])
+
+    def training_genes(self, n: int, min_detection: float) -> np.ndarray:
+        """The ``n`` most variable genes detected in at least ``min_detection`` of the spots.
+
+        Raises
+        ------
+        InputError
+            No gene passes the detection threshold.
+        """
+        eligible = self.eligible_genes(min_detection)
+        if len(eligible) == 0:
+            raise InputError(
+                f"no gene is detected in at least {min_detection:.0%} of the spots; lower min_detection"
+            )
+        return self.most_variable(eligible, n)
+
+    def gene_indices(self, genes, min_detection: float) -> np.ndarray:
+        """Gene indices to enhance: names, the N most variable detected genes, or all detected.
+
+        Parameters
+        ----------
+        genes
+            ``None`` (every gene detected in at least ``min_detection`` of the spots), an
+            integer N (the N most variable of those) or gene names.
+
+        Raises
+        ------
+        InputError
+            A non-positive N, unknown gene names, or no gene to enhance.
+        """
+        if genes is None:
+            out = self.eligible_genes(min_detection)
+        elif isinstance(genes, int | np.integer):
+            if genes < 1:
+                raise InputError(f"number of genes must be positive, got {genes}")
+            out = self.most_variable(self.eligible_genes(min_detection), int(genes))
+        else:
+            names = pd.Index([str(g) for g in genes])
+            missing = ~names.isin(self.genes)
+            if missing.any():
+                raise InputError(
+                    f"{int(missing.sum())} requested gene(s) not in the slide, e.g. {names[missing][0]!r}"
+                )
+            out = np.sort(self.genes.get_indexer(names.unique()))
+        if len(out) == 0:
+            raise InputError(
+                f"no gene to enhance: none is detected in at least {min_detection:.0%} of the spots"
+            )
+        return out
+
+
+def as_slide(data: ad.AnnData | Slide, mask: MaskLike = None) -> Slide:
+    """A prepared slide: ``data`` itself when it is one (and no other mask is given)."""
+    if isinstance(data, Slide):
+        if mask is not None:
+            return Slide.from_adata(data.adata, mask)
+        return data
+    return Slide.from_adata(data, mask)
 
 
 def _gene_stats(
@@ -149,48 +312,6 @@ def neighbour_structure(lattice: Lattice) -> np.ndarray:
     return ndimage.generate_binary_structure(2, 1)
 
 
-def slide_from_adata(adata: ad.AnnData, mask: MaskLike = None) -> Slide:
-    """Prepare an AnnData read by :func:`napari_stentrans.read` (it is not modified).
-
-    Parameters
-    ----------
-    adata
-        Slide with ``obs["array_row"]``, ``obs["array_col"]`` and raw counts in ``X``.
-    mask
-        Lost sites: a boolean array over ``obs``, a list/array of ``(array_row, array_col)``
-        pairs, a DataFrame with ``array_row``/``array_col`` or ``barcode`` columns, or a
-        Series of barcodes.
-    """
-    for column in ("array_row", "array_col"):
-        if column not in adata.obs:
-            raise LatticeError(f"obs has no {column!r} column; read the slide with napari_stentrans.read")
-    lattice = lattice_of(adata)
-    row = adata.obs["array_row"].to_numpy(dtype=np.int64)
-    col = adata.obs["array_col"].to_numpy(dtype=np.int64)
-    lattice.to_index(row, col)
-    counts = sp.csr_matrix(adata.X, dtype=np.float32)
-    depth = np.asarray(counts.sum(axis=1)).ravel().astype(np.float64)
-    lost = _lost_sites(mask, adata, row, col)
-    if len(lost):
-        lattice.to_index(lost[:, 0], lost[:, 1])
-    is_lost = np.isin(site_keys(row, col), site_keys(lost[:, 0], lost[:, 1]))
-    usable = ~is_lost & (depth > 0)
-    extra = adata.uns.get("stentrans_lattice", {}).get("in_tissue_unmeasured")
-    extra = np.zeros((0, 2), np.int64) if extra is None else np.asarray(extra, dtype=np.int64).reshape(-1, 2)
-    return Slide(
-        lattice=lattice,
-        row=row,
-        col=col,
-        barcodes=adata.obs_names.to_numpy(dtype=str),
-        counts=counts,
-        genes=adata.var_names,
-        depth=depth,
-        usable=usable,
-        lost_sites=lost,
-        in_tissue_unmeasured=extra,
-    )
-
-
 def site_keys(row: np.ndarray, col: np.ndarray) -> np.ndarray:
     """One int64 key per (row, col) site, for vectorised set operations on sites."""
     return (np.asarray(row, np.int64) << 32) + (np.asarray(col, np.int64) & 0xFFFFFFFF)
@@ -205,14 +326,14 @@ def _lost_sites(mask: MaskLike, adata: ad.AnnData, row: np.ndarray, col: np.ndar
         if "barcode" in mask.columns:
             mask = mask["barcode"]
         else:
-            raise ValueError(
+            raise InputError(
                 f"mask table needs array_row/array_col or barcode columns, found {list(mask.columns)}"
             )
     if isinstance(mask, pd.Series) and mask.dtype != bool:
         names = pd.Index(mask.astype(str))
         unknown = ~names.isin(adata.obs_names)
         if unknown.any():
-            raise ValueError(
+            raise InputError(
                 f"mask names {int(unknown.sum())} unknown barcode(s), e.g. {names[unknown][0]!r}"
             )
         sel = adata.obs_names.isin(names)
@@ -220,7 +341,11 @@ def _lost_sites(mask: MaskLike, adata: ad.AnnData, row: np.ndarray, col: np.ndar
     arr = np.asarray(mask)
     if arr.dtype == bool:
         if arr.shape != (adata.n_obs,):
-            raise ValueError(f"boolean mask has shape {arr.shape}, expected ({adata.n_obs},)")
+            raise InputError(f"boolean mask has shape {arr.shape}, expected ({adata.n_obs},)")
         return np.column_stack([row[arr], col[arr]])
-    arr = arr.astype(np.int64).reshape(-1, 2) if arr.size else np.zeros((0, 2), np.int64)
-    return arr
+    if arr.size and arr.size % 2:
+        raise InputError(f"mask of lost sites must be (array_row, array_col) pairs, got shape {arr.shape}")
+    return arr.astype(np.int64).reshape(-1, 2) if arr.size else np.zeros((0, 2), np.int64)
+
+
+__all__ = ["Slide", "as_slide", "site_keys", "GAP_DISTANCE", "MaskLike"]

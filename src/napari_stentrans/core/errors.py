@@ -1,0 +1,57 @@
+"""The engine's exceptions: one base class for every problem a user can fix.
+
+Front ends turn exactly these into a one-line message (the CLI: ``stentrans: error: ...``, exit
+status 2; napari: a notification). Any other exception is a bug in the engine and keeps its
+traceback. Each class also derives from the built-in exception it refines, so ``except
+ValueError`` keeps working in user code.
+"""
+
+from __future__ import annotations
+
+
+class StentransError(Exception):
+    """A problem with the input, the configuration or the request; the message names it."""
+
+
+class ReadError(StentransError, ValueError):
+    """A file that cannot be read as a slide; the message names the file and the problem."""
+
+
+class LatticeError(StentransError, ValueError):
+    """Coordinates that lie on no supported lattice."""
+
+
+class ConfigError(StentransError, ValueError):
+    """An invalid configuration value; the message names the field, the value and what is allowed."""
+
+
+class CheckpointError(StentransError, ValueError):
+    """A file that is not a valid napari-stentrans model."""
+
+
+class InputError(StentransError, ValueError):
+    """A request that cannot be met: unknown genes, a bad mask, an output that would replace an input."""
+
+
+class DeviceError(StentransError, RuntimeError):
+    """The requested compute device is not available in this PyTorch build or on this machine."""
+
+
+class TrainingStopped(RuntimeError):
+    """Fitting or enhancement was stopped on request (stop flag); nothing was produced or written.
+
+    Not a :class:`StentransError`: it is the user's own request, not a problem (the CLI exits
+    with status 130, as for Ctrl-C).
+    """
+
+
+__all__ = [
+    "StentransError",
+    "ReadError",
+    "LatticeError",
+    "ConfigError",
+    "CheckpointError",
+    "InputError",
+    "DeviceError",
+    "TrainingStopped",
+]

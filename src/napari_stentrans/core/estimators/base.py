@@ -1,0 +1,402 @@
+"""What every estimator shares: ``fit(slide) -> fitted model``, ``fitted.predictor(slide, sites)``.
+
+An :class:`Estimator` fits on a prepared slide and returns a :class:`FittedModel`; fitting is one
+generator of :class:`TrainEvent` progress reports with a stop flag (:meth:`Estimator.fit_events`),
+which the CLI's progress bar and the napari worker both drive. A fitted model predicts counts at
+any set of output sites of any slide of its lattice type through a :class:`Predictor`, one gene
+batch at a time, so memory is bounded by the batch and not by the number of genes; ``enhance``
+(an AnnData in memory) and ``write`` (an ``.h5ad`` streamed to disk) are built on it.
+
+Nothing here imports torch: only learned models do (:mod:`.learned`, :mod:`.cnn`).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from ..config import DEFAULT_RUNTIME, Runtime
+from ..errors import InputError, TrainingStopped
+from ..slide import MaskLike, Slide, as_slide
+
+if TYPE_CHECKING:
+    import anndata as ad
+
+    from ..sites import OutputSites
+    from ..streaming import StreamedSlide
+
+CLASSICAL_CHOICES = ("auto", "keep", "refit")
+
+
+class StopFlag(Protocol):
+    def is_set(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class TrainEvent:
+    """One progress report of a fit.
+
+    ``kind`` is ``"prepared"`` (data ready, before any step; ``message`` says what was chosen),
+    ``"step"``, ``"epoch"`` (after validation), ``"finished"`` or ``"stopped"`` (stop flag; no
+    model is produced). Times are seconds since the fit started; ``eta`` is the expected rest.
+    """
+
+    kind: str
+    epoch: int
+    n_epochs: int
+    step: int
+    n_steps: int
+    train_loss: float | None
+    val_loss: float | None
+    best_val_loss: float | None
+    elapsed: float
+    eta: float | None
+    device: str
+    message: str = ""
+
+
+def run_fit(
+    events: Generator[TrainEvent, None, FittedModel | None], callback: Callable[[TrainEvent], None] | None
+) -> FittedModel | None:
+    """Drive a fit's event generator to the end; ``callback`` sees every event. None if stopped."""
+    while True:
+        try:
+            event = next(events)
+        except StopIteration as done:
+            return done.value
+        if callback is not None:
+            callback(event)
+
+
+@dataclass(frozen=True)
+class FitRequest:
+    """What a fit is asked to do.
+
+    Attributes
+    ----------
+    slide
+        The prepared slide (lost sites are never used).
+    genes
+        Indices of the genes the caller will predict; estimators that learn from the genes they
+        predict (the evaluation's low-rank baselines, the CNN) use them, the others choose their
+        own training genes.
+    device
+        Where learned models train (:class:`~..config.Runtime`).
+    stop
+        When ``stop.is_set()`` the fit ends within one step with a ``"stopped"`` event and
+        returns None.
+    """
+
+    slide: Slide
+    genes: np.ndarray | None = None
+    device: str = "auto"
+    stop: StopFlag | None = None
+
+
+class Estimator(ABC):
+    """A method that fits on one slide (see module docstring)."""
+
+    #: the method's name in reports (``stentrans``, ``linear``, ``lowrank_kernel``, ...)
+    name: str = ""
+
+    @abstractmethod
+    def events(self, request: FitRequest) -> Generator[TrainEvent, None, FittedModel | None]:
+        """Fit as asked, yielding progress events; the generator returns the fitted model."""
+
+    def fit_events(
+        self,
+        slide: Slide,
+        *,
+        genes: np.ndarray | None = None,
+        device: str = "auto",
+        stop: StopFlag | None = None,
+    ) -> Generator[TrainEvent, None, FittedModel | None]:
+        """Fit on ``slide``, yielding progress events (see :class:`FitRequest`)."""
+        return self.events(FitRequest(slide, genes, device, stop))
+
+    def fit(
+        self,
+        slide: Slide,
+        *,
+        genes: np.ndarray | None = None,
+        device: str = "auto",
+        stop: StopFlag | None = None,
+        callback: Callable[[TrainEvent], None] | None = None,
+    ) -> FittedModel | None:
+        """:meth:`fit_events` to the end; ``callback`` sees every event. None if stopped."""
+        return run_fit(self.fit_events(slide, genes=genes, device=device, stop=stop), callback)
+
+
+def instant_fit(
+    message: Callable[[FittedModel], str], model_factory: Callable[[], FittedModel]
+) -> Generator[TrainEvent, None, FittedModel]:
+    """The events of a fit without steps: ``prepared`` (saying what was chosen), ``finished``."""
+    start = time.perf_counter()
+    model = model_factory()
+    elapsed = time.perf_counter() - start
+    yield TrainEvent("prepared", 0, 0, 0, 0, None, None, None, elapsed, None, "cpu", message(model))
+    yield TrainEvent("finished", 0, 0, 0, 0, None, None, None, elapsed, 0.0, "cpu", "nothing to train")
+    return model
+
+
+class OutOfMemoryFallback(RuntimeWarning):
+    """The device ran out of memory; prediction went on with smaller gene batches."""
+
+
+class BatchTooLarge(Exception):
+    """Raised by :meth:`Predictor.predict_counts` when a gene batch does not fit the device."""
+
+
+class Predictor(ABC):
+    """Predicted counts of a fitted model at fixed output sites of one slide, a gene batch at a time.
+
+    Everything that does not depend on the genes (rasters, the low-rank basis, smoothing
+    weights, the output depth, the network) is prepared in the constructor.
+
+    Attributes
+    ----------
+    depth
+        ``(n_sites,)`` the depth the counts are scaled by at the sites, or None for models that
+        predict raw counts directly (the published recipe).
+    notes
+        Provenance of choices made for this slide (e.g. where the classical rank came from).
+    """
+
+    depth: np.ndarray | None = None
+    params = None  # the classical parameters used at these sites, when there is a classical estimate
+
+    def __init__(self) -> None:
+        self.notes: dict[str, str] = {}
+
+    @abstractmethod
+    def predict_counts(self, gene_idx: np.ndarray) -> np.ndarray:
+        """Predicted counts ``(n_sites, len(gene_idx))`` (float32); may raise :class:`BatchTooLarge`."""
+
+    def batches(
+        self, gene_idx: np.ndarray, batch_size: int = 256, stop: StopFlag | None = None
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(start, counts)``: predicted counts of ``gene_idx[start:start + n]``.
+
+        A batch too large for the device halves the batch (with an :class:`OutOfMemoryFallback`
+        warning) and retries; :class:`~..errors.TrainingStopped` is raised between batches once
+        ``stop`` is set.
+        """
+        start = 0
+        while start < len(gene_idx):
+            if stop is not None and stop.is_set():
+                raise TrainingStopped("enhancement stopped by request; nothing was written")
+            chunk = gene_idx[start : start + batch_size]
+            try:
+                counts = self.predict_counts(chunk)
+            except BatchTooLarge as exc:
+                if batch_size == 1:
+                    raise (exc.__cause__ or exc) from None
+                batch_size = max(1, batch_size // 2)
+                warnings.warn(
+                    f"{exc}; continuing with {batch_size} genes per batch", OutOfMemoryFallback, stacklevel=2
+                )
+                continue
+            yield start, counts.astype(np.float32, copy=False)
+            start += len(chunk)
+
+    def release(self) -> None:  # noqa: B027 - nothing to free for most predictors
+        """Free what prediction held (network weights, device memory)."""
+
+
+class FittedModel(ABC):
+    """A model fitted on a slide; apply it with :meth:`enhance` or :meth:`write`.
+
+    Attributes
+    ----------
+    name
+        The preset (``default``, ``transformer``, ``published``) or method that made it.
+    lattice_kind
+        The lattice type it applies to.
+    training_genes
+        Genes it learned from.
+    history
+        Training history (``epoch``, ``train_loss``, ``val_loss``, ``seconds``, ``best_epoch``).
+    """
+
+    name: str
+    lattice_kind: str
+    training_genes: list[str]
+    history: dict
+    min_detection: float = 0.10
+
+    @property
+    def uses_network(self) -> bool:
+        """Whether prediction runs a network (False: the classical estimate or a baseline)."""
+        return False
+
+    @abstractmethod
+    def predictor(
+        self, slide: Slide, sites: OutputSites, *, runtime: Runtime = DEFAULT_RUNTIME, classical: str = "auto"
+    ) -> Predictor:
+        """A :class:`Predictor` of this model at ``sites`` of ``slide``.
+
+        ``classical`` says what to do with a classical rank and smoothers chosen at fit time:
+        ``"auto"`` keeps them on the slide the model was fitted on and re-chooses them on any
+        other slide, ``"keep"`` always keeps them, ``"refit"`` always re-chooses them.
+        """
+
+    def describe(self) -> dict:
+        """Plain values for reports and ``uns["stentrans"]``."""
+        return {"preset": self.name, "n_training_genes": len(self.training_genes)}
+
+    def save(self, path: str | Path) -> Path:
+        """Write the model to a ``.safetensors`` file (:func:`~..checkpoint.save_model`); presets only."""
+        from ..checkpoint import save_model
+
+        return save_model(self, path)
+
+    # ------------------------------------------------------------------ applying the model
+
+    def check_slide(self, slide: Slide) -> None:
+        """Raise :class:`InputError` when the slide's lattice is not the model's."""
+        if slide.lattice.kind != self.lattice_kind:
+            raise InputError(
+                f"the model was fitted on a {self.lattice_kind} lattice but this slide is {slide.lattice.kind}"
+            )
+
+    def predict(
+        self,
+        slide: Slide,
+        sites: OutputSites,
+        gene_idx: np.ndarray,
+        *,
+        device: str = "auto",
+        batch_size: int = 256,
+        stop: StopFlag | None = None,
+        classical: str = "auto",
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Predicted counts ``(n_sites, n_genes)`` at ``sites`` and the depth used (None: raw counts)."""
+        counts, predictor = self._predict_all(
+            slide, sites, gene_idx, Runtime(device, batch_size), stop, classical
+        )
+        return counts, predictor.depth
+
+    def _predict_all(
+        self,
+        slide: Slide,
+        sites: OutputSites,
+        gene_idx: np.ndarray,
+        runtime: Runtime,
+        stop: StopFlag | None,
+        classical: str,
+    ) -> tuple[np.ndarray, Predictor]:
+        predictor = self.predictor(slide, sites, runtime=runtime, classical=classical)
+        result = np.zeros((len(sites), len(gene_idx)), dtype=np.float32)
+        try:
+            for start, counts in predictor.batches(gene_idx, runtime.batch_size, stop):
+                result[:, start : start + counts.shape[1]] = counts
+        finally:
+            predictor.release()
+        return result, predictor
+
+    def enhance(
+        self,
+        data: ad.AnnData | Slide,
+        *,
+        mask: MaskLike = None,
+        genes=None,
+        device: str = "auto",
+        stop: StopFlag | None = None,
+        classical: str = "auto",
+    ) -> ad.AnnData:
+        """The enhanced slide in memory: a 2x denser lattice with re-estimated, imputed and new sites.
+
+        Parameters
+        ----------
+        data
+            A slide from :func:`napari_stentrans.read` (raw counts, lattice coordinates) or a
+            prepared :class:`~..slide.Slide`; never modified.
+        mask
+            Lost sites (see :meth:`Slide.from_adata`): never used as input, imputed.
+        genes
+            Genes to enhance: names, an integer N (the N most variable detected genes), or None
+            for every gene detected in at least ``min_detection`` of the spots.
+        device
+            ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        stop
+            Stop flag; :class:`~..errors.TrainingStopped` is raised when it is set.
+        classical
+            ``auto``, ``keep`` or ``refit`` (see :meth:`predictor`).
+
+        Returns
+        -------
+        AnnData with one row per output site: ``X`` predicted counts (sites x genes, float32),
+        ``obs`` with half-pitch ``array_row``/``array_col``, ``kind`` and ``barcode``;
+        ``obsm["spatial"]`` in the input's image pixels, ``obsm["spatial_um"]`` in micrometres;
+        ``layers["measured"]`` the measured counts; ``uns["stentrans"]`` the model, its
+        parameters, versions and training history.
+        """
+        from ..output import assemble
+
+        slide, gene_idx, sites = self._job(data, mask, genes, classical)
+        counts, predictor = self._predict_all(slide, sites, gene_idx, Runtime(device), stop, classical)
+        return assemble(slide, self, gene_idx, sites, counts, predictor)
+
+    def write(
+        self,
+        data: ad.AnnData | Slide,
+        path: str | Path,
+        *,
+        mask: MaskLike = None,
+        genes=None,
+        device: str = "auto",
+        stop: StopFlag | None = None,
+        batch_size: int = 256,
+        inputs: tuple = (),
+        classical: str = "auto",
+    ) -> StreamedSlide:
+        """Enhance and stream the result into ``path`` (``.h5ad``) gene batch by gene batch.
+
+        The same AnnData as :meth:`enhance` (``X`` chunked on disk), written atomically: a stop,
+        an error or Ctrl-C leaves no file and keeps any previous one. It never replaces the
+        slide's own source file nor any of ``inputs``.
+
+        Raises
+        ------
+        InputError
+            ``path`` is an input file.
+        """
+        from ..files import refuse_inputs
+        from ..streaming import write_streamed
+
+        slide = as_slide(data, mask)
+        source = slide.adata.uns.get("stentrans_lattice", {}).get("source", "")
+        refuse_inputs(path, [*inputs, *([source] if source else [])])
+        slide, gene_idx, sites = self._job(slide, None, genes, classical)
+        predictor = self.predictor(slide, sites, runtime=Runtime(device, batch_size), classical=classical)
+        try:
+            return write_streamed(slide, self, gene_idx, sites, predictor, path, batch_size, stop)
+        finally:
+            predictor.release()
+
+    def _job(self, data, mask, genes, classical: str) -> tuple[Slide, np.ndarray, OutputSites]:
+        from ..sites import output_sites
+
+        if classical not in CLASSICAL_CHOICES:
+            raise InputError(f"classical: {classical!r} is not allowed; expected one of {CLASSICAL_CHOICES}")
+        slide = as_slide(data, mask)
+        self.check_slide(slide)
+        return slide, slide.gene_indices(genes, self.min_detection), output_sites(slide)
+
+
+__all__ = [
+    "Estimator",
+    "FittedModel",
+    "Predictor",
+    "TrainEvent",
+    "StopFlag",
+    "run_fit",
+    "OutOfMemoryFallback",
+]

@@ -1,0 +1,296 @@
+"""The classical estimator: a low-rank reconstruction smoothed to every site, parameters chosen in fit.
+
+``fit`` chooses, on the slide's own self-supervised pairs, the rank of the reconstruction, the
+smoother of its spot scores (linear interpolation or a Gaussian kernel), the depth smoother
+(or a stacked mixture of smoothers), and for sites in gaps a rank and smoothers of their own
+chosen on hole-filling pairs shaped like the slide's gaps (:mod:`..classical` has the
+mathematics). The fitted :class:`ClassicalModel` holds only those choices (no network, no
+torch) and predicts at any sites: the basis is fitted on the predicting slide's spots.
+
+The same class, configured differently, is the ``default`` preset and the low-rank baselines of
+the evaluation (``lowrank_linear``, ``lowrank_kernel``: one smoother family, the single best
+depth smoother, no gap smoothers, the basis on the evaluated genes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Generator
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from ..classical import (
+    BANDWIDTH_GRID,
+    DEPTH_BANDWIDTH_GRID,
+    TARGET_SUM,
+    ClassicalParams,
+    LowRankBasis,
+    denormalize,
+    hole_pairs,
+    select_classical_params,
+    smooth,
+)
+from ..config import DEFAULT_RUNTIME, Config, Runtime
+from ..errors import InputError
+from ..sites import OutputSites
+from ..slide import Slide
+from .base import Estimator, FitRequest, FittedModel, Predictor, TrainEvent, instant_fit
+
+MIN_USABLE_SPOTS = 8  # fewer spots make no self-supervised pair to choose on
+
+# (expression smoothers, depth smoothers) per ClassicalConfig.smoothers; None = linear interpolation
+_GRIDS: dict[str, tuple[tuple, tuple]] = {
+    "all": (BANDWIDTH_GRID, DEPTH_BANDWIDTH_GRID),
+    "linear": ((None,), (None,)),
+    "kernel": (
+        tuple(h for h in BANDWIDTH_GRID if h is not None),
+        tuple(h for h in DEPTH_BANDWIDTH_GRID if h is not None),
+    ),
+}
+
+
+def choose_params(slide: Slide, values: np.ndarray, config: Config) -> ClassicalParams:
+    """Rank and smoothers of the classical estimate, chosen on ``slide``'s own pairs.
+
+    Parameters
+    ----------
+    slide
+        The prepared slide.
+    values
+        ``(n_usable, n_genes)`` log-normalised expression of the usable spots (the basis genes).
+    config
+        ``config.classical`` says which candidates, how depth is chosen and whether gaps get
+        their own parameters; ``config.seed`` seeds the hole-filling pairs.
+
+    The choice runs many small matrix products: BLAS is held to one thread, so a loaded machine
+    does not lose it to thread oversubscription (docs/benchmarks.md).
+    """
+    usable = slide.usable
+    keep = slide.lattice.coset(slide.row[usable], slide.col[usable])  # all four coset pairs
+    positions, log_depth = slide.positions(usable), np.log(slide.depth[usable])
+    bandwidths, depth_bandwidths = _GRIDS[config.classical.smoothers]
+    choice = dict(
+        log_depth=log_depth,
+        depth_choice=config.classical.depth_choice,
+        bandwidths=bandwidths,
+        depth_bandwidths=depth_bandwidths,
+    )
+    with threadpool_limits(limits=1, user_api="blas"):
+        params, _ = select_classical_params(values, positions, keep, **choice)
+        hole_sizes = slide.hole_sizes() if config.classical.gap_smoothers else ()
+        if len(hole_sizes):  # gaps to fill: their smoothers are chosen on gaps of the same size
+            pairs = hole_pairs(positions, hole_sizes, np.random.default_rng(config.seed))
+            holes, scores = select_classical_params(values, positions, pairs, scale=1.0, **choice)
+            if scores:  # gaps of one or two sites make no pair with >= 3 targets: keep the main choice
+                params = replace(params, holes=holes)
+    return params
+
+
+def _usable_digest(slide: Slide) -> str:
+    return hashlib.sha1(np.packbits(slide.usable).tobytes()).hexdigest()[:12]
+
+
+@dataclass(eq=False)
+class ClassicalModel(FittedModel):
+    """The fitted classical estimator: its chosen parameters and the genes of its basis.
+
+    Attributes
+    ----------
+    config
+        The configuration it was fitted with.
+    params
+        Rank and smoothers (and those for gaps, and the depth mixture).
+    lattice_kind
+        Lattice type of the slide it was fitted on.
+    basis_genes
+        Genes the basis and the choice used on the fitting slide.
+    slide_fingerprint
+        :attr:`Slide.fingerprint` of that slide.
+    history, note
+        Training history when it is the result of a learned preset whose validation kept
+        epoch 0 (the classical estimate), and a line saying so.
+    """
+
+    config: Config
+    params: ClassicalParams
+    lattice_kind: str
+    basis_genes: list[str]
+    slide_fingerprint: str
+    target_sum: float = TARGET_SUM
+    history: dict = field(default_factory=dict)
+    note: str = ""
+    name: str = "default"
+    _bases: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def training_genes(self) -> list[str]:
+        return self.basis_genes
+
+    @property
+    def min_detection(self) -> float:
+        return self.config.data.min_detection
+
+    def describe(self) -> dict:
+        out = {
+            "preset": self.name,
+            "estimator": "classical",
+            "classical": self.params.describe(),
+            "n_training_genes": len(self.basis_genes),
+        }
+        if self.note:
+            out["note"] = self.note
+        return out
+
+    def basis_gene_indices(self, slide: Slide) -> np.ndarray:
+        """The basis genes on ``slide``: its most variable genes, or the fitted ones by name."""
+        if self.config.classical.basis_genes == "given":
+            idx = slide.genes.get_indexer(self.basis_genes)
+            if (idx < 0).any():
+                raise InputError(
+                    f"{int((idx < 0).sum())} gene(s) of the model's basis are not in this slide, "
+                    f"e.g. {self.basis_genes[int(np.flatnonzero(idx < 0)[0])]!r}"
+                )
+            return idx
+        return slide.training_genes(self.config.data.n_train_genes, self.config.data.min_detection)
+
+    def basis(self, slide: Slide, values: np.ndarray | None = None) -> LowRankBasis:
+        """The low-rank basis of ``slide``'s usable spots, fitted once per slide and mask.
+
+        ``values`` (the basis genes' log-normalised expression, when the caller has it) saves
+        computing it again. The rank covers both the main and the gap parameters.
+        """
+        key = (slide.fingerprint, _usable_digest(slide))
+        if key not in self._bases:
+            if values is None:
+                values = slide.expression(self.basis_gene_indices(slide), "log1p", self.target_sum)
+            rank = max(self.params.rank, self.params.for_holes.rank)
+            if len(self._bases) >= 2:  # e.g. a napari slide repainted: keep the latest ones only
+                self._bases.pop(next(iter(self._bases)))
+            self._bases[key] = LowRankBasis.fit(values, rank)
+        return self._bases[key]
+
+    def for_slide(self, slide: Slide, classical: str = "auto") -> tuple[ClassicalModel, str]:
+        """This model, or one re-chosen on ``slide``, and a line saying which.
+
+        ``"auto"``: kept on the slide it was fitted on, re-chosen on another; ``"keep"``: always
+        kept; ``"refit"``: always re-chosen.
+        """
+        same = slide.fingerprint == self.slide_fingerprint
+        if classical == "keep" or (classical == "auto" and same):
+            return self, "chosen on this slide" if same else "kept from the slide the model was fitted on"
+        refit = ClassicalEstimator(self.config, name=self.name).fit_model(slide)
+        return refit, "re-chosen on this slide"
+
+    def predictor(
+        self, slide: Slide, sites: OutputSites, *, runtime: Runtime = DEFAULT_RUNTIME, classical: str = "auto"
+    ) -> ClassicalPredictor:
+        model, source = self.for_slide(slide, classical)
+        predictor = ClassicalPredictor(model, slide, sites)
+        predictor.notes["classical_choice"] = source
+        predictor.notes["classical_summary"] = model.params.summary()
+        predictor.params = model.params
+        return predictor
+
+
+class ClassicalPredictor(Predictor):
+    """The classical estimate at fixed sites: scores and depth smoothed once, loadings per gene batch."""
+
+    def __init__(self, model: ClassicalModel, slide: Slide, sites: OutputSites) -> None:
+        super().__init__()
+        self.model = model
+        self.params = model.params  # the parameters used here (the model's or re-chosen ones)
+        self.slide = slide
+        src_xy = slide.positions(slide.usable)
+        dst_xy = sites.positions(slide)
+        self.basis = model.basis(slide)
+        in_gap = slide.in_gap(dst_xy)  # sites in gaps take the smoothers chosen on hole-filling pairs
+        log_depth = np.log(slide.depth[slide.usable])
+        self.groups: list[tuple[np.ndarray, int, np.ndarray]] = []
+        self.depth = np.empty(len(sites))
+        for rows, params in model.params.site_groups(in_gap):
+            rank = min(params.rank, self.basis.max_rank)
+            smoothed = smooth(src_xy, dst_xy[rows], params.bandwidth, self.basis.scores[:, :rank])
+            self.groups.append((rows, rank, smoothed))
+            self.depth[rows] = np.exp(params.smooth_log_depth(src_xy, dst_xy[rows], log_depth))
+
+    def normalised(self, values: np.ndarray) -> np.ndarray:
+        """The classical estimate ``(n_sites, genes)`` of log-normalised expression at the sites.
+
+        ``values`` are the genes' log-normalised values at the usable spots.
+        """
+        out = np.empty((len(self.depth), values.shape[1]), dtype=np.float32)
+        loadings = {rank: self.basis.loadings(values, rank) for rank in {rank for _, rank, _ in self.groups}}
+        for rows, rank, smoothed in self.groups:
+            mean, coef = loadings[rank]
+            out[rows] = smoothed @ coef + mean
+        return out
+
+    def predict_counts(self, gene_idx: np.ndarray) -> np.ndarray:
+        values = self.slide.expression(gene_idx, "log1p", self.model.target_sum)
+        # one depth model for every site (measured ones too): a dotted map otherwise
+        return denormalize(np.clip(self.normalised(values), 0.0, None), self.depth, self.model.target_sum)
+
+
+class ClassicalEstimator(Estimator):
+    """Chooses the classical estimator's parameters on a slide (see module docstring).
+
+    Parameters
+    ----------
+    config
+        ``config.classical`` and ``config.data`` matter; the rest is recorded.
+    name
+        Name of the fitted model (``default`` or a preset that trained nothing; a baseline's
+        method name in the evaluation).
+    """
+
+    def __init__(self, config: Config | None = None, *, name: str | None = None) -> None:
+        self.config = config or Config()
+        self.name = name or self.config.preset
+
+    def fit_model(
+        self, slide: Slide, genes: np.ndarray | None = None, values: np.ndarray | None = None
+    ) -> ClassicalModel:
+        """Fit without events (see :meth:`fit_events`); ``values`` of the basis genes may be given."""
+        if slide.n_usable < MIN_USABLE_SPOTS:
+            raise InputError(
+                f"only {slide.n_usable} usable spots: the classical choice needs at least {MIN_USABLE_SPOTS}"
+            )
+        config = self.config
+        if config.classical.basis_genes == "given":
+            if genes is None:
+                raise InputError("this estimator fits on given genes: pass genes=...")
+            gene_idx = np.asarray(genes)
+        else:
+            gene_idx = slide.training_genes(config.data.n_train_genes, config.data.min_detection)
+        if values is None:
+            values = slide.expression(gene_idx, "log1p", TARGET_SUM)
+        model = ClassicalModel(
+            config=config,
+            params=choose_params(slide, values, config),
+            lattice_kind=slide.lattice.kind,
+            basis_genes=[str(g) for g in slide.genes[gene_idx]],
+            slide_fingerprint=slide.fingerprint,
+            name=self.name,
+        )
+        model.basis(slide, values)  # fitted here once; training and prediction on this slide reuse it
+        return model
+
+    def events(self, request: FitRequest) -> Generator[TrainEvent, None, ClassicalModel | None]:
+        slide, genes, stop = request.slide, request.genes, request.stop
+        if stop is not None and stop.is_set():
+            yield TrainEvent("stopped", 0, 0, 0, 0, None, None, None, 0.0, None, "cpu", "stopped by request")
+            return None
+        return (
+            yield from instant_fit(
+                lambda model: (
+                    f"{slide.n_usable} spots, {len(model.basis_genes)} genes; classical "
+                    f"estimate: {model.params.summary()}"
+                ),
+                lambda: self.fit_model(slide, genes),
+            )
+        )
+
+
+__all__ = ["ClassicalEstimator", "ClassicalModel", "ClassicalPredictor", "choose_params"]

@@ -1,0 +1,214 @@
+"""The learned presets: the transformer's correction of the classical estimate, and the published recipe.
+
+``transformer`` (and ``default`` with ``epochs > 0``) first fits the classical estimator, then
+trains a Vision Transformer that predicts a correction on top of it (:mod:`..training`); the
+network starts at zero, so when validation keeps epoch 0 nothing was learned and the fitted
+model *is* the classical model (no network is stored or run). ``published`` trains the authors'
+network on raw counts with no classical base.
+
+Applied to another slide, a learned model reuses its weights; its classical base is re-chosen
+on that slide unless asked to keep it (:meth:`~.classical.ClassicalModel.for_slide`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from ..classical import TARGET_SUM, denormalize
+from ..config import DEFAULT_RUNTIME, Config, Runtime
+from ..device import resolve_device
+from ..errors import InputError
+from ..lattice import CHILD_OFFSETS, BrickRaster, IndexRaster, scatter
+from ..model import StEnTransViT
+from ..sites import OutputSites
+from ..slide import Slide
+from ..training import train_network
+from .base import BatchTooLarge, Estimator, FitRequest, FittedModel, Predictor, TrainEvent
+from .classical import MIN_USABLE_SPOTS, ClassicalEstimator, ClassicalModel, ClassicalPredictor
+
+KEPT_EPOCH_0 = (
+    "validation kept epoch 0: the learned correction did not beat the classical estimate on the "
+    "held-out region, so the result is the classical estimate (no network)"
+)
+
+
+@dataclass(eq=False)
+class LearnedModel(FittedModel):
+    """A trained network, with the classical model it corrects (None for the published recipe).
+
+    Attributes
+    ----------
+    config
+        The configuration it was trained with (architecture, data, pairs, optimiser).
+    state_dict
+        The network weights (on the CPU).
+    classical
+        The classical model the network corrects, or None.
+    """
+
+    config: Config
+    state_dict: dict[str, torch.Tensor]
+    lattice_kind: str
+    classical: ClassicalModel | None
+    training_genes: list[str]
+    slide_fingerprint: str
+    history: dict = field(default_factory=dict)
+    target_sum: float = TARGET_SUM
+
+    @property
+    def name(self) -> str:
+        return self.config.preset
+
+    @property
+    def min_detection(self) -> float:
+        return self.config.data.min_detection
+
+    @property
+    def uses_network(self) -> bool:
+        return True
+
+    def build(self, device: str | torch.device = "cpu") -> StEnTransViT:
+        """The network with the trained weights, in evaluation mode."""
+        net = StEnTransViT(self.config.network)
+        net.load_state_dict(self.state_dict)
+        return net.to(device).eval()
+
+    def describe(self) -> dict:
+        out = {
+            "preset": self.name,
+            "estimator": "transformer correction" if self.classical is not None else "network",
+            "n_training_genes": len(self.training_genes),
+            "best_epoch": int(self.history.get("best_epoch", [-1])[0]),
+        }
+        if self.classical is not None:
+            out["classical"] = self.classical.params.describe()
+        return out
+
+    def predictor(
+        self, slide: Slide, sites: OutputSites, *, runtime: Runtime = DEFAULT_RUNTIME, classical: str = "auto"
+    ) -> NetworkPredictor:
+        return NetworkPredictor(self, slide, sites, runtime, classical)
+
+
+class NetworkPredictor(Predictor):
+    """The network's prediction at fixed sites: the fine slide (usable spots) is the input at
+    pitch 1 and the network's 2x output gives the half-pitch sites."""
+
+    def __init__(
+        self, model: LearnedModel, slide: Slide, sites: OutputSites, runtime: Runtime, classical: str
+    ) -> None:
+        super().__init__()
+        config = model.config
+        self.model, self.slide = model, slide
+        self.device = resolve_device(runtime.device)
+        self.net = model.build(self.device)
+        usable = slide.usable
+        u_row, u_col = slide.row[usable], slide.col[usable]
+        raster_type = BrickRaster if config.data.raster == "brick" else IndexRaster
+        raster = raster_type.covering(
+            slide.lattice,
+            np.concatenate([u_row, sites.fine_row]),
+            np.concatenate([u_col, sites.fine_col]),
+            pad=2,
+        )
+        self.shape = raster.shape
+        self.in_flat = raster.flat_index(u_row, u_col)
+        fp, fq = raster.pixels(sites.fine_row, sites.fine_col)
+        du, dv = CHILD_OFFSETS[sites.child, 0], CHILD_OFFSETS[sites.child, 1]
+        self.out_flat = (2 * fp + du) * (2 * self.shape[1]) + (2 * fq + dv)
+        self.keep_lr = np.zeros(self.shape[0] * self.shape[1], dtype=np.float32)
+        self.keep_lr[self.in_flat] = 1.0
+        self.base: ClassicalPredictor | None = None
+        if config.network.residual:
+            base_model, source = model.classical.for_slide(slide, classical)
+            self.base = ClassicalPredictor(base_model, slide, sites)
+            self.depth = self.base.depth
+            self.notes.update(classical_choice=source, classical_summary=base_model.params.summary())
+            self.params = base_model.params
+        self.notes["device"] = str(self.device)
+
+    def _network(self, values: np.ndarray) -> np.ndarray:
+        n_genes = values.shape[1]
+        h, w = self.shape
+        lr = scatter(values, self.in_flat, (h, w)).reshape(n_genes, -1)
+        channels = [lr]
+        base_t = None
+        if self.base is not None:
+            base_hr = scatter(self.base.normalised(values), self.out_flat, (2 * h, 2 * w))
+            channels += [
+                np.broadcast_to(self.keep_lr, lr.shape),
+                base_hr[:, ::2, ::2].reshape(n_genes, -1) * self.keep_lr,
+            ]
+            base_t = torch.from_numpy(base_hr).to(self.device)
+        x = torch.from_numpy(np.stack(channels, axis=1).reshape(n_genes, -1, h, w)).to(self.device)
+        with (
+            torch.no_grad(),
+            torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"),
+        ):
+            pred = self.net(x, base_t)
+        return pred.float().reshape(n_genes, -1)[:, self.out_flat].cpu().numpy().T
+
+    def predict_counts(self, gene_idx: np.ndarray) -> np.ndarray:
+        config = self.model.config
+        values = self.slide.expression(gene_idx, config.data.normalization, self.model.target_sum)
+        try:
+            pred = self._network(values)
+        except torch.OutOfMemoryError as exc:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            raise BatchTooLarge(f"out of memory on {self.device}") from exc
+        if config.data.normalization == "log1p":
+            # one depth model for every site (measured ones too): a dotted map otherwise
+            pred = denormalize(np.clip(pred, 0.0, None), self.depth, self.model.target_sum)
+        return pred
+
+    def release(self) -> None:
+        """Drop the network weights (and the CUDA cache) once prediction is done."""
+        self.net = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+class LearnedEstimator(Estimator):
+    """Trains the network of a learned preset on the slide (see module docstring)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.name = config.preset
+
+    def events(self, request: FitRequest) -> Generator[TrainEvent, None, FittedModel | None]:
+        slide, device, stop = request.slide, request.device, request.stop
+        config = self.config
+        torch_device = resolve_device(device)
+        if slide.n_usable < MIN_USABLE_SPOTS:
+            raise InputError(
+                f"only {slide.n_usable} usable spots: too few to train on (at least {MIN_USABLE_SPOTS})"
+            )
+        train_idx = slide.training_genes(config.data.n_train_genes, config.data.min_detection)
+        values = slide.expression(train_idx, config.data.normalization, TARGET_SUM)
+        classical, message = None, ""
+        if config.network.residual:
+            classical = ClassicalEstimator(config).fit_model(slide, values=values)
+            message = f"; classical estimate: {classical.params.summary()}"
+        result = yield from train_network(slide, values, config, classical, torch_device, stop, message)
+        if result is None:
+            return None
+        nothing_learned = config.optim.epochs == 0 or (config.optim.restore_best and result.best_epoch == 0)
+        if classical is not None and nothing_learned:
+            return replace(classical, history=result.history, note=KEPT_EPOCH_0)
+        return LearnedModel(
+            config=config,
+            state_dict=result.state_dict,
+            lattice_kind=slide.lattice.kind,
+            classical=classical,
+            training_genes=[str(g) for g in slide.genes[train_idx]],
+            slide_fingerprint=slide.fingerprint,
+            history=result.history,
+        )
+
+
+__all__ = ["LearnedEstimator", "LearnedModel", "NetworkPredictor", "KEPT_EPOCH_0"]

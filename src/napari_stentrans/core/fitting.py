@@ -1,0 +1,143 @@
+"""The Python API's entry points: fit a preset on a slide, enhance it, write it.
+
+::
+
+    import napari_stentrans as st
+    adata = st.read("slide/")
+    model = st.fit(adata)                                # the default preset: seconds, no training
+    enhanced = model.enhance(adata, mask=lost_sites)     # AnnData in memory
+    model.write(adata, "out.h5ad", genes=500)            # streamed to disk, gene batch by gene batch
+    model.save("model.safetensors"); st.load_model("model.safetensors").enhance(other_slide)
+
+:class:`Trainer` is the same fit as a generator of progress events with a stop flag; the CLI's
+progress bar and the napari worker both drive it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import anndata as ad
+import numpy as np
+
+from .config import Config, Runtime, preset
+from .errors import ConfigError, TrainingStopped
+from .estimators import make_estimator
+from .estimators.base import FittedModel, StopFlag, TrainEvent
+from .slide import MaskLike, Slide, as_slide
+
+
+def resolve_config(config: Config | str, lattice_kind: str, overrides: dict) -> Config:
+    """A configuration from a preset name (for the slide's lattice) or a Config, with overrides."""
+    if isinstance(config, str):
+        return preset(config, lattice_kind, **overrides)
+    if not isinstance(config, Config):
+        raise ConfigError(f"config: {config!r} is not allowed; expected a preset name or a Config")
+    return config.with_overrides(**overrides)
+
+
+class Trainer:
+    """One fit as a generator of progress events; iterate :meth:`run`, then read :attr:`result`.
+
+    Parameters
+    ----------
+    data
+        The slide (an AnnData from :func:`napari_stentrans.read`, or a prepared Slide); never
+        modified.
+    config
+        A preset name (``"default"``, ``"transformer"``, ``"published"``) or a :class:`Config`.
+    mask
+        Lost sites: never used as input or target.
+    device
+        ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (learned presets train there).
+    overrides
+        Options by their flat names (``epochs=5``, ``n_train_genes=500``, ``seed=1``, ...).
+
+    Raises
+    ------
+    ConfigError
+        An unknown preset or option, or an invalid value (before any work).
+    """
+
+    def __init__(
+        self,
+        data: ad.AnnData | Slide,
+        config: Config | str = "default",
+        *,
+        mask: MaskLike = None,
+        device: str = "auto",
+        **overrides,
+    ) -> None:
+        self.slide = as_slide(data, mask)
+        self.config = resolve_config(config, self.slide.lattice.kind, overrides)
+        self.device = Runtime(device=device).device
+        self.estimator = make_estimator(self.config)
+        self.result: FittedModel | None = None
+
+    def run(self, stop: StopFlag | None = None) -> Iterator[TrainEvent]:
+        """Fit, yielding progress events; sets :attr:`result` when the fit finishes.
+
+        When ``stop.is_set()`` becomes true the fit ends within one step with a ``"stopped"``
+        event and :attr:`result` stays None.
+        """
+        self.result = yield from self.estimator.fit_events(self.slide, device=self.device, stop=stop)
+
+
+def fit(
+    data: ad.AnnData | Slide,
+    config: Config | str = "default",
+    *,
+    mask: MaskLike = None,
+    device: str = "auto",
+    stop: StopFlag | None = None,
+    callback: Callable[[TrainEvent], None] | None = None,
+    **overrides,
+) -> FittedModel | None:
+    """Fit a preset on a slide (see :class:`Trainer` for the parameters).
+
+    Returns
+    -------
+    The fitted model (apply it with ``model.enhance`` / ``model.write``, save it with
+    ``model.save``), or None when ``stop`` was set.
+    """
+    trainer = Trainer(data, config, mask=mask, device=device, **overrides)
+    for event in trainer.run(stop):
+        if callback is not None:
+            callback(event)
+    return trainer.result
+
+
+def _fitted(slide, config, device, stop, callback, overrides) -> FittedModel:
+    model = fit(slide, config, device=device, stop=stop, callback=callback, **overrides)
+    if model is None:
+        raise TrainingStopped("training stopped by request; nothing was written")
+    return model
+
+
+def enhance(
+    data: ad.AnnData | Slide,
+    *,
+    mask: MaskLike = None,
+    genes: None | int | list[str] | np.ndarray = None,
+    config: Config | str = "default",
+    device: str = "auto",
+    stop: StopFlag | None = None,
+    callback: Callable[[TrainEvent], None] | None = None,
+    **overrides,
+) -> ad.AnnData:
+    """Fit a preset on the slide and return the enhanced slide (one preparation of the slide).
+
+    Equivalent to ``fit(data, config, mask=mask).enhance(data, mask=mask, genes=genes)``; see
+    :meth:`FittedModel.enhance <.estimators.base.FittedModel.enhance>` for the result.
+
+    Raises
+    ------
+    TrainingStopped
+        ``stop`` was set; nothing was produced.
+    """
+    slide = as_slide(data, mask)
+    model = _fitted(slide, config, device, stop, callback, overrides)
+    return model.enhance(slide, genes=genes, device=device, stop=stop)
+
+
+__all__ = ["Trainer", "fit", "enhance", "resolve_config"]

@@ -1,0 +1,261 @@
+"""Legacy ST count tables (CSV/TSV, gzipped or not, spots as rows or columns) with coordinates.
+
+Spot ids ``"{x}x{y}"`` (Stahl et al. 2016, the ST pipeline) or a coordinates table beside the
+counts (``coords``, ``{name}_selection.tsv``, ``alignment_table_{name}.tsv`` of the ST
+pipeline and STUtility, ...).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from ..lattice import Lattice, detect_lattice, snap_to_integers
+from .common import ReadError, open_text, reading, set_lattice, suffix, unique_names
+
+TABLE_SUFFIXES = (".csv", ".tsv", ".txt")
+SPOT_ID = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*x\s*(-?\d+(?:\.\d+)?)\s*$")
+
+
+def read_st_table(path: str | Path, coords: str | Path | None = None) -> ad.AnnData:
+    """Read a legacy ST counts table (spots as rows or columns) with optional coordinates.
+
+    Spot ids ``"{x}x{y}"`` (floats allowed, rounded when within 0.3 of the lattice) give
+    ``array_col = x`` and ``array_row = y``, the ST pipeline convention. A coordinates table
+    (given or found beside the counts) takes precedence: columns ``array_row``/``array_col``,
+    ``array_y``/``array_x``, or ``x``/``y`` keyed by spot id; ``pixel_x``/``pixel_y`` become
+    ``obsm["spatial"]``; a ``selected`` column keeps only spots under the tissue.
+    """
+    path = Path(path)
+    table = _read_table(path, index_col=0)
+    if table.shape[0] == 0 or table.shape[1] == 0:
+        raise ReadError(f"{path}: empty counts table ({table.shape[0]} x {table.shape[1]})")
+    coords_path = Path(coords) if coords is not None else _find_coords(path)
+    coord_table = _read_coords(coords_path) if coords_path is not None else None
+    table = _orient_spots_as_rows(table, coord_table, path)
+    table.index = table.index.astype(str)
+    repeated = table.index[table.index.duplicated()]
+    if len(repeated):
+        raise ReadError(f"{path}: spot id {repeated[0]!r} occurs more than once ({len(repeated)} repeat(s))")
+    numeric = table.apply(pd.to_numeric, errors="coerce")
+    if numeric.isna().to_numpy().any() and not table.isna().to_numpy().any():
+        bad = numeric.isna().stack()
+        spot, gene = bad[bad].index[0]
+        raise ReadError(
+            f"{path}: non-numeric count {table.loc[spot, gene]!r} at spot {spot!r}, gene {gene!r}"
+        )
+    adata = ad.AnnData(
+        X=sp.csr_matrix(numeric.to_numpy(dtype=np.float32)),
+        obs=pd.DataFrame(index=pd.Index(table.index, dtype=str)),
+        var=pd.DataFrame(index=unique_names(table.columns.astype(str), path)),
+    )
+    if coord_table is not None:
+        adata = _attach_coords(adata, coord_table, coords_path)
+    else:
+        ids = _parse_spot_ids(adata.obs_names)
+        if ids is None:
+            raise ReadError(
+                f"{path}: no coordinates: spot ids are not '{{x}}x{{y}}' (e.g. "
+                f"{adata.obs_names[0]!r}) and no coordinates file was found or given"
+            )
+        adata.obs["array_col"] = snap_to_integers(ids[:, 0], f"{path.name} spot id x")
+        adata.obs["array_row"] = snap_to_integers(ids[:, 1], f"{path.name} spot id y")
+        adata.obsm["spatial"] = ids.copy()
+    row = adata.obs["array_row"].to_numpy()
+    col = adata.obs["array_col"].to_numpy()
+    lattice = detect_lattice(row, col, spatial=np.asarray(adata.obsm["spatial"], float))
+    if lattice.kind == "hex":  # ST tables are square (1k) or checkerboard (2k) arrays, never Visium
+        lattice = Lattice("checkerboard")
+    set_lattice(adata, lattice, path)
+    return adata
+
+
+def _separator(path: Path) -> str | None:
+    kind = suffix(path)
+    if kind == ".tsv":
+        return "\t"
+    if kind == ".csv":
+        return ","
+    with open_text(path) as fh:
+        line = fh.readline()
+    return "\t" if "\t" in line else ("," if "," in line else r"\s+")
+
+
+def _read_table(path: Path, **kwargs) -> pd.DataFrame:
+    """A delimited table; header names exactly as written (pandas renames repeats ``X.1``)."""
+    sep = _separator(path)
+    with reading(path):
+        table = pd.read_csv(path, sep=sep, **kwargs)
+        if kwargs.get("header", 0) == 0 and table.shape[1]:
+            header = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False)
+            names = header.iloc[0].astype(str).to_numpy()[-table.shape[1] :]  # R omits the index's cell
+            if len(names) == table.shape[1]:
+                table.columns = pd.Index(names)
+    return table
+
+
+def _parse_spot_ids(ids: pd.Index) -> np.ndarray | None:
+    """``(n, 2)`` float (x, y) from ids like ``12x7`` or ``12.02x7.1``; None if any id differs."""
+    parts = pd.Series(ids, dtype=str).str.extract(SPOT_ID)
+    if parts.isna().to_numpy().any():
+        return None
+    return parts.to_numpy(dtype=float)
+
+
+def _find_coords(counts_path: Path) -> Path | None:
+    """A coordinates file beside a counts table, by the naming conventions of ST datasets."""
+    name = counts_path.name
+    stem = name.split(".")[0]
+    prefix = re.sub(r"(_?counts?|_?cnts?|_?stdata)$", "", stem, flags=re.IGNORECASE)
+    folder = counts_path.parent
+    patterns = []
+    if prefix:
+        patterns += [
+            f"{prefix}_coords.*",
+            f"{prefix}_coordinates.*",
+            f"{prefix}_selection.*",
+            f"alignment_table_{prefix}.*",
+            f"{prefix}_coor.*",
+            f"{prefix}_positions.*",
+        ]
+    else:
+        patterns += ["coords.*", "coordinates.*", "positions.*"]
+    for pattern in patterns:
+        hits = sorted(p for p in folder.glob(pattern) if p != counts_path)
+        if hits:
+            return hits[0]
+    return None
+
+
+def _read_coords(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise ReadError(f"{path}: coordinates file not found")
+    with reading(path), open_text(path) as fh:
+        first = fh.readline()
+    tokens = re.split(r"[,\t ]+", first.strip().replace('"', ""))
+    headerless = all(_is_number(t) for t in tokens if t)
+    table = _read_table(path, header=None if headerless else 0)
+    if headerless:
+        if table.shape[1] < 2:
+            raise ReadError(f"{path}: expected at least 2 numeric columns (x, y), found {table.shape[1]}")
+        table = table.iloc[:, :2]
+        table.columns = ["x", "y"]
+        table.attrs["positional"] = True
+    table.columns = [str(c).strip() for c in table.columns]
+    return table
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+def _orient_spots_as_rows(table: pd.DataFrame, coords: pd.DataFrame | None, path: Path) -> pd.DataFrame:
+    index_ids = _parse_spot_ids(table.index.astype(str)) is not None
+    column_ids = _parse_spot_ids(table.columns.astype(str)) is not None
+    if index_ids:
+        return table
+    if column_ids:
+        return table.T
+    if coords is not None and not coords.attrs.get("positional"):
+        keys = set(_coord_keys(coords))
+        if table.index.astype(str).isin(keys).mean() > 0.5:
+            return table
+        if table.columns.astype(str).isin(keys).mean() > 0.5:
+            return table.T
+    if coords is not None and coords.attrs.get("positional"):
+        if len(coords) == table.shape[0]:
+            return table
+        if len(coords) == table.shape[1]:
+            return table.T
+    raise ReadError(
+        f"{path}: cannot tell spots from genes: neither the row labels nor the column labels are "
+        f"spot ids like '12x7' (first row label {str(table.index[0])!r}) and no coordinates file matches"
+    )
+
+
+def _has_id_column(coords: pd.DataFrame) -> bool:
+    """Whether a coordinates table's first column holds spot ids (barcodes or spot names)."""
+    first = str(coords.columns[0])
+    return first.lower() in ("spot", "barcode", "barcodes", "row.names", "") or first.startswith("Unnamed")
+
+
+def _coord_keys(coords: pd.DataFrame) -> list[str]:
+    if _has_id_column(coords):
+        return coords[coords.columns[0]].astype(str).tolist()
+    if {"x", "y"} <= set(coords.columns):
+        return [f"{int(round(x))}x{int(round(y))}" for x, y in zip(coords["x"], coords["y"], strict=True)]
+    return coords.iloc[:, 0].astype(str).tolist()
+
+
+def _attach_coords(adata: ad.AnnData, coords: pd.DataFrame, coords_path: Path) -> ad.AnnData:
+    cols = set(coords.columns)
+    if coords.attrs.get("positional"):
+        if len(coords) != adata.n_obs:
+            raise ReadError(f"{coords_path}: {len(coords)} rows but the counts table has {adata.n_obs} spots")
+        matched = coords.reset_index(drop=True)
+        matched.index = adata.obs_names
+    else:
+        keyed = coords.copy()
+        if _has_id_column(keyed):
+            keyed.index = keyed[keyed.columns[0]].astype(str)
+        elif {"x", "y"} <= cols:
+            ids = _parse_spot_ids(adata.obs_names)
+            keyed.index = pd.Index(_coord_keys(keyed))
+            if ids is not None:
+                adata.obs_names = [f"{int(round(x))}x{int(round(y))}" for x, y in ids]
+        else:
+            keyed.index = keyed.iloc[:, 0].astype(str)
+        if keyed.index.duplicated().any():
+            raise ReadError(
+                f"{coords_path}: spot {keyed.index[keyed.index.duplicated()][0]!r} is listed twice"
+            )
+        missing = ~adata.obs_names.isin(keyed.index)
+        if missing.any() and "selected" in keyed.columns:
+            # a selection table lists the spots it considered; absent spots were not selected
+            adata = adata[~missing].copy()
+            missing = np.zeros(adata.n_obs, dtype=bool)
+        if missing.any():
+            raise ReadError(
+                f"{coords_path}: {int(missing.sum())} spot(s) of the counts table have no "
+                f"coordinates, e.g. {adata.obs_names[missing][0]!r}"
+            )
+        matched = keyed.loc[adata.obs_names]
+    if "selected" in matched.columns:
+        keep = matched["selected"].to_numpy() == 1
+        adata = adata[keep].copy()
+        matched = matched[keep]
+        adata.uns["stentrans_read_note"] = f"kept {int(keep.sum())} spots with selected == 1 (under tissue)"
+    if {"array_row", "array_col"} <= cols:
+        row_raw, col_raw = matched["array_row"], matched["array_col"]
+    elif {"array_y", "array_x"} <= cols:
+        row_raw, col_raw = matched["array_y"], matched["array_x"]
+    elif {"x", "y"} <= cols:
+        row_raw, col_raw = matched["y"], matched["x"]
+    else:
+        raise ReadError(
+            f"{coords_path}: no coordinate columns: expected array_row/array_col, "
+            f"array_y/array_x or x/y; found {list(coords.columns)}"
+        )
+    adata.obs["array_row"] = snap_to_integers(row_raw.to_numpy(dtype=float), f"{coords_path.name} row")
+    adata.obs["array_col"] = snap_to_integers(col_raw.to_numpy(dtype=float), f"{coords_path.name} col")
+    if {"pixel_x", "pixel_y"} <= cols:
+        adata.obsm["spatial"] = matched[["pixel_x", "pixel_y"]].to_numpy(dtype=float)
+    elif {"x", "y"} <= cols:
+        adata.obsm["spatial"] = matched[["x", "y"]].to_numpy(dtype=float)
+    else:
+        adata.obsm["spatial"] = np.column_stack([adata.obs["array_col"], adata.obs["array_row"]]).astype(
+            float
+        )
+    for extra in ("layer", "label", "spatial_cluster_BayesSpace"):
+        if extra in cols:
+            adata.obs[extra] = matched[extra].astype(str).to_numpy()
+    return adata

@@ -1,0 +1,156 @@
+"""The enhanced slide as an AnnData: predicted counts, site table, measured counts, provenance."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _package_version
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .. import __version__
+from .lattice import fit_affine
+from .sites import KINDS, OutputSites
+from .slide import Slide
+
+
+def _version_of(package: str) -> str:
+    try:
+        return _package_version(package)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def assemble(
+    slide: Slide, model, gene_idx: np.ndarray, sites: OutputSites, counts: np.ndarray | None, predictor
+) -> ad.AnnData:
+    """The enhanced AnnData (scanpy/squidpy conventions).
+
+    Parameters
+    ----------
+    slide
+        The prepared input slide.
+    model
+        The fitted model that predicted (:class:`~.estimators.base.FittedModel`).
+    gene_idx
+        ``(n_genes,)`` indices of the enhanced genes in the slide.
+    sites
+        The output sites.
+    counts
+        ``(n_sites, n_genes)`` predicted counts, or None when ``X`` is streamed to disk later.
+    predictor
+        The predictor (:class:`~.estimators.base.Predictor`): its provenance notes (e.g. where
+        the classical rank came from) and the classical parameters it used.
+
+    Returns
+    -------
+    AnnData: ``X`` = ``counts``; ``obs`` half-pitch ``array_row``/``array_col``, ``kind``,
+    ``barcode``; ``var["training_gene"]``; ``layers["measured"]`` (CSR, measured counts at the
+    measured sites); ``obsm["spatial"]`` in the input's image pixels and ``obsm["spatial_um"]``;
+    ``uns["spatial"]`` with the spot diameter halved; ``uns["stentrans"]`` the provenance.
+    """
+    has_spot = sites.spot >= 0
+    barcodes = np.where(has_spot, slide.barcodes[np.clip(sites.spot, 0, None)], "")
+    names = np.where(
+        has_spot,
+        barcodes,
+        np.char.add(np.char.add("hp_r", sites.row.astype(str)), np.char.add("_c", sites.col.astype(str))),
+    )
+    obs = pd.DataFrame(
+        {
+            "array_row": sites.row,
+            "array_col": sites.col,
+            "kind": pd.Categorical(sites.kind, categories=list(KINDS)),
+            "barcode": barcodes,
+        },
+        index=pd.Index(names, dtype=str),
+    )
+    var = pd.DataFrame(index=pd.Index(slide.genes[gene_idx], dtype=str))
+    var["training_gene"] = var.index.isin(model.training_genes)
+    measured = _measured_layer(slide, gene_idx, sites.spot)
+    out = ad.AnnData(X=counts, obs=obs, var=var, layers={"measured": measured})
+    adata = slide.adata
+    out.obsm["spatial_um"] = slide.lattice.physical(sites.row, sites.col, scale=2.0)
+    out.obsm["spatial"] = _image_positions(adata, slide, sites.row / 2.0, sites.col / 2.0)
+    if "spatial" in adata.uns:
+        out.uns["spatial"] = _half_spot_spatial(adata.uns["spatial"])
+    described = model.describe()
+    described.pop("classical", None)
+    classical = None if predictor.params is None else predictor.params.describe()
+    info = {
+        "version": __version__,
+        "torch_version": _version_of("torch") if model.uses_network else "not used",
+        "anndata_version": _version_of("anndata"),
+        "lattice": slide.lattice.kind,
+        "input_pitch_um": float(slide.lattice.pitch_um),
+        "pitch_um": float(slide.lattice.pitch_um) / 2.0,
+        "coordinates": "half-pitch: measured spot (r, c) of the input is at (2r, 2c)",
+        "preset": described.pop("preset"),
+        "config": _plain(model.config.to_dict()) if hasattr(model, "config") else {},
+        "model": _plain(described),
+        "n_training_genes": len(model.training_genes),
+        "history": {k: np.asarray(v, dtype=float) for k, v in model.history.items()},
+        "n_lost_sites": int(len(slide.lost_sites)),
+        "lost_sites": np.asarray(slide.lost_sites, dtype=np.int64).reshape(-1, 2),
+        "source": str(adata.uns.get("stentrans_lattice", {}).get("source", "")),
+        **{k: str(v) for k, v in predictor.notes.items()},
+    }
+    if classical is not None:
+        info["classical"] = _plain(classical)
+    out.uns["stentrans"] = info
+    return out
+
+
+def _measured_layer(slide: Slide, gene_idx: np.ndarray, spot: np.ndarray) -> sp.csr_matrix:
+    """Measured counts at the output sites (rows of sites without a spot are empty).
+
+    Built from the spots' CSR rows directly: one copy of the measured entries, however many
+    genes there are.
+    """
+    rows = np.flatnonzero(spot >= 0)  # ascending, so the spots' rows come in site order
+    picked = slide.counts[spot[rows]]
+    if not np.array_equal(gene_idx, np.arange(slide.counts.shape[1])):
+        picked = picked[:, gene_idx]
+    per_site = np.zeros(len(spot), dtype=np.int64)
+    per_site[rows] = np.diff(picked.indptr)
+    indptr = np.concatenate([[0], np.cumsum(per_site)])
+    return sp.csr_matrix(
+        (picked.data.astype(np.float32, copy=False), picked.indices, indptr), shape=(len(spot), len(gene_idx))
+    )
+
+
+def _image_positions(adata: ad.AnnData, slide: Slide, row: np.ndarray, col: np.ndarray) -> np.ndarray:
+    """Map (possibly fractional) input array coordinates to the input's ``obsm["spatial"]``."""
+    if "spatial" in adata.obsm:
+        coef = fit_affine(slide.row, slide.col, adata.obsm["spatial"])
+        if coef is not None:
+            return np.column_stack([row, col, np.ones(len(row))]) @ coef
+    return slide.lattice.physical(row, col)
+
+
+def _half_spot_spatial(spatial: dict) -> dict:
+    out = {}
+    for library, entry in spatial.items():
+        entry = dict(entry)
+        scalefactors = dict(entry.get("scalefactors", {}))
+        if "spot_diameter_fullres" in scalefactors:
+            scalefactors["spot_diameter_fullres"] = float(scalefactors["spot_diameter_fullres"]) / 2.0
+        entry["scalefactors"] = scalefactors
+        out[library] = entry
+    return out
+
+
+def _plain(value):
+    """Make a nested dict storable in ``uns`` (no None, no tuples)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if value is None:
+        return "none"
+    return value
+
+
+__all__ = ["assemble"]

@@ -1,0 +1,112 @@
+"""Configuration: validated on construction, split by concern, defaults equal the default preset."""
+
+from __future__ import annotations
+
+import pytest
+
+from napari_stentrans.core.config import (
+    Config,
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    PairConfig,
+    Runtime,
+    preset,
+)
+from napari_stentrans.core.errors import ConfigError, StentransError
+
+
+def test_defaults_are_the_default_preset_and_train_nothing():
+    assert Config() == preset("default", "square") == preset("default", "hex")
+    assert Config().optim.epochs == 0 and not Config().learns
+    assert preset("transformer").learns and preset("transformer").optim.epochs == 20
+    assert preset("published", "hex").data.raster == "brick" and not preset("published").network.residual
+
+
+@pytest.mark.parametrize(
+    ("options", "field", "value"),
+    [
+        ({"epochs": -3}, "epochs", "-3"),
+        ({"batch_size": 0}, "batch_size", "0"),
+        ({"val_fraction": 2.0}, "val_fraction", "2.0"),
+        ({"val_sites": 1.0}, "val_sites", "1.0"),
+        ({"lr": 0.0}, "lr", "0.0"),
+        ({"betas": (1.5, 0.9)}, "betas", "1.5"),
+        ({"eps": -1e-8}, "eps", "-1e-08"),
+        ({"patience": 0}, "patience", "0"),
+        ({"min_detection": 1.5}, "min_detection", "1.5"),
+        ({"n_train_genes": 0}, "n_train_genes", "0"),
+        ({"normalization": "log1P"}, "normalization", "'log1P'"),
+        ({"raster": "hexagon"}, "raster", "'hexagon'"),
+        ({"smoothers": "cubic"}, "smoothers", "'cubic'"),
+        ({"blob_fraction": float("nan")}, "blob_fraction", "nan"),
+        ({"patch_size": 0}, "patch_size", "0"),
+        ({"heads": 3, "embed_dim": 64}, "heads", "3"),
+        ({"cosets": "yes"}, "cosets", "'yes'"),
+        ({"seed": -1}, "seed", "-1"),
+        ({"epochs": 2.5}, "epochs", "2.5"),
+    ],
+)
+def test_each_invalid_value_names_the_field_the_value_and_what_is_allowed(options, field, value):
+    with pytest.raises(ConfigError, match=rf"^{field}: {value} is not allowed; expected") as info:
+        preset("transformer", "square", **options)
+    assert isinstance(info.value, StentransError) and "\n" not in str(info.value)
+
+
+def test_sections_validate_on_their_own_and_the_device_is_a_runtime_choice():
+    with pytest.raises(ConfigError, match="epochs: -3"):
+        OptimConfig(epochs=-3)
+    with pytest.raises(ConfigError, match="val_fraction: 2.0"):
+        PairConfig(val_fraction=2.0)
+    with pytest.raises(ConfigError, match="normalization: 'log1P'"):
+        DataConfig(normalization="log1P")
+    with pytest.raises(ConfigError, match="a divisor of the token width 18"):
+        ModelConfig(patch_size=2, embed_dim=18, heads=4)
+    with pytest.raises(ConfigError, match="device: 'tpu' is not allowed"):
+        Runtime(device="tpu")
+    assert Runtime(device="cuda:1").device == "cuda:1"
+    with pytest.raises(ConfigError, match="device: a runtime choice"):
+        preset("default", device="cuda")
+    assert "device" not in str(Config().to_dict())
+
+
+def test_unknown_options_and_presets_are_listed():
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['epoch'\]; known: .*epochs"):
+        preset("default", epoch=3)
+    with pytest.raises(ConfigError, match="preset: 'fancy' is not allowed"):
+        preset("fancy")
+    with pytest.raises(ConfigError, match="lattice_kind: 'triangle' is not allowed"):
+        preset("default", "triangle")
+
+
+def test_inconsistent_combinations_are_refused():
+    with pytest.raises(
+        ConfigError, match="normalization: 'none' is not allowed; expected 'log1p' with a correction"
+    ):
+        preset("transformer", normalization="none")
+    with pytest.raises(
+        ConfigError, match="raster: 'brick' is not allowed; expected 'index' with a correction"
+    ):
+        preset("default", raster="brick")
+    with pytest.raises(
+        ConfigError, match="in_channels: 1 is not allowed; expected 3 for a correction network"
+    ):
+        preset("transformer", in_channels=1)
+
+
+def test_round_trips_and_overrides():
+    config = preset(
+        "transformer", "hex", epochs=3, patch_size=2, embed_dim=16, heads=2, patience=None, seed=4
+    )
+    assert Config.from_dict(config.to_dict()) == config
+    assert config.optim.patience is None and config.network.width == 16
+    flat = config.flat()
+    assert flat["epochs"] == 3 and flat["patch_size"] == 2 and flat["preset"] == "transformer"
+    # format 1 checkpoints stored a flat config with the device it trained on
+    legacy = {k: v for k, v in flat.items() if k not in ModelConfig.__dataclass_fields__}
+    legacy.update(model=dict(config.network.__dict__), device="cuda:0")
+    for new in ("depth_choice", "gap_smoothers", "basis_genes"):
+        legacy.pop(new)
+    assert Config.from_flat(legacy) == config
+    with pytest.raises(ConfigError, match=r"optim: unknown option\(s\) \['momentum'\]"):
+        Config.from_dict({**config.to_dict(), "optim": {"momentum": 0.9}})
