@@ -2,13 +2,15 @@
 
 Usage::
 
-    python benchmarks/bench_startup.py [--repeats 7]
+    python benchmarks/bench_startup.py [--repeats 7] [--python /path/to/other/env/bin/python]
 
 Each command runs in a fresh interpreter, ``--repeats`` times; the table gives the median and the
 fastest wall time. Rows: ``stentrans info`` on the bundled-size synthetic ST slide (492 spots x
 300 genes); the same with ``import torch`` first (what every command paid before the engine
 imported torch only for learned models); ``import anndata`` alone (the floor: reading any slide
-needs it); ``import torch`` alone. Run it on an idle machine: the numbers are wall time.
+needs it); ``import torch`` alone. ``--python`` times another environment's interpreter (e.g. one
+with only the base dependencies: napari brings dask, which anndata imports when it is present).
+Run it on an idle machine: the numbers are wall time.
 """
 
 from __future__ import annotations
@@ -23,11 +25,11 @@ from pathlib import Path
 import numpy as np
 
 
-def timed_runs(code: str, repeats: int) -> list[float]:
+def timed_runs(python: str, code: str, repeats: int) -> list[float]:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+        subprocess.run([python, "-c", code], check=True, capture_output=True)
         times.append(time.perf_counter() - start)
     return times
 
@@ -35,6 +37,7 @@ def timed_runs(code: str, repeats: int) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--python", default=sys.executable, help="interpreter of the environment to time")
     args = parser.parse_args()
     from napari_stentrans.core.files import write_h5ad
     from napari_stentrans.synthetic import synthetic_slide
@@ -49,8 +52,14 @@ def main() -> None:
             ("import anndata (floor)", "import anndata"),
             ("import torch", "import torch"),
         ]
-        results = [(label, timed_runs(code, args.repeats)) for label, code in rows]
-    print(f"Fresh interpreter per run, {args.repeats} runs (seconds)\n")
+        has_torch = subprocess.run([args.python, "-c", "import torch"], capture_output=True).returncode == 0
+        rows = [(label, code) for label, code in rows if has_torch or "torch" not in code]
+        has_dask = subprocess.run([args.python, "-c", "import dask"], capture_output=True).returncode == 0
+        results = [(label, timed_runs(args.python, code, args.repeats)) for label, code in rows]
+    print(
+        f"{args.python}: fresh interpreter per run, {args.repeats} runs (seconds); dask "
+        f"{'installed (anndata imports it)' if has_dask else 'not installed'}\n"
+    )
     print("| command | median s | fastest s |")
     print("|---|---:|---:|")
     for label, times in results:

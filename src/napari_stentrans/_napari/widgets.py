@@ -470,7 +470,9 @@ class TrainWidget(_SlideWidget):
         info.model = model
         actions.refresh_imputation(self._viewer, info.slide_id)
         info.runs += 1
-        self._status.value = f"loaded {path}"
+        provenance = info.enhanced.uns["stentrans"] if info.enhanced is not None else {}
+        choice = provenance.get("classical_choice")
+        self._status.value = f"loaded {path}" + (f"; classical estimate {choice}" if choice else "")
 
     def export(self, path) -> None:
         from ..core.files import write_h5ad
