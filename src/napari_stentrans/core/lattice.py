@@ -162,15 +162,6 @@ class Lattice:
         cr, cc = self.from_index((u[keep] - du) // 2, (v[keep] - dv) // 2)
         return keep, cr, cc
 
-    def children(self, row: np.ndarray, col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The four 2x children of coarse sites ``(row, col)`` of coset 0, in fine coordinates.
-
-        Input coordinates are those of the fine lattice (the coarse sites themselves).
-        Returns two ``(n, 4)`` arrays; child 0 is the site itself.
-        """
-        u, v = self.to_index(row, col)
-        return self.from_index(u[:, None] + CHILD_OFFSETS[:, 0], v[:, None] + CHILD_OFFSETS[:, 1])
-
     def half_pitch_children(self, row: np.ndarray, col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Half-pitch coordinates ``(n, 4)`` of the four children of each fine site.
 
@@ -456,11 +447,6 @@ class IndexRaster:
         p, q = np.meshgrid(np.arange(self.height), np.arange(self.width), indexing="ij")
         return self.lattice.from_index(p + self.u0, q + self.v0)
 
-    def physical(self) -> np.ndarray:
-        """Physical positions ``(height, width, 2)`` of all pixels in units of the pitch."""
-        p, q = np.meshgrid(np.arange(self.height), np.arange(self.width), indexing="ij")
-        return self.lattice.physical_index(p + self.u0, q + self.v0)
-
     def rasterize(self, values: np.ndarray, row: np.ndarray, col: np.ndarray) -> np.ndarray:
         """Spots x genes matrix -> genes x height x width image (0 where no spot)."""
         return scatter(values, self.flat_index(row, col), self.shape)
@@ -470,11 +456,6 @@ class IndexRaster:
         m = np.zeros(self.height * self.width, dtype=bool)
         m[self.flat_index(row, col)] = True
         return m.reshape(self.height, self.width)
-
-    def sample(self, image: np.ndarray, row: np.ndarray, col: np.ndarray) -> np.ndarray:
-        """genes x height x width image -> spots x genes matrix at the given sites."""
-        flat = self.flat_index(row, col)
-        return image.reshape(image.shape[0], -1)[:, flat].T
 
 
 @dataclass(frozen=True)
