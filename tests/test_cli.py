@@ -247,3 +247,25 @@ def test_config_errors_exit_2_before_the_slide_is_read(tmp_path, capsys):
     assert code == 2 and err.strip() == (
         "stentrans: error: epochs: -3 is not allowed; expected an integer from 0 to 100000"
     )
+
+
+def test_a_saved_model_on_another_slide_says_where_its_classical_choice_came_from(
+    slide_file, tmp_path, capsys
+):
+    r, c = block_sites("square", 9, 12)
+    other = tmp_path / "other.h5ad"
+    make_slide(r, c, "square", n_genes=20, seed=11).write_h5ad(other)
+    model = tmp_path / "m.safetensors"
+    code, out, _ = run_cli(
+        ["enhance", slide_file, "-o", tmp_path / "a.h5ad", "--save-model", model, "--quiet"], capsys
+    )
+    assert code == 0 and "classical estimate chosen on this slide: rank" in out
+    code, out, _ = run_cli(["enhance", other, "-o", tmp_path / "b.h5ad", "--model", model, "--quiet"], capsys)
+    assert code == 0 and "classical estimate re-chosen on this slide: rank" in out
+    code, out, _ = run_cli(
+        ["enhance", other, "-o", tmp_path / "c.h5ad", "--model", model, "--keep-classical", "--quiet"], capsys
+    )
+    assert code == 0 and "classical estimate kept from the slide the model was fitted on" in out
+    kept = ad.read_h5ad(tmp_path / "c.h5ad").uns["stentrans"]
+    assert kept["classical_choice"] == "kept from the slide the model was fitted on"
+    assert kept["classical"] == ad.read_h5ad(tmp_path / "a.h5ad").uns["stentrans"]["classical"]

@@ -259,8 +259,10 @@ class FittedModel(ABC):
 
     # ------------------------------------------------------------------ applying the model
 
-    def check_slide(self, slide: Slide) -> None:
-        """Raise :class:`InputError` when the slide's lattice is not the model's."""
+    def _check(self, slide: Slide, classical: str) -> None:
+        """Raise :class:`InputError` for a slide of another lattice or an unknown ``classical``."""
+        if classical not in CLASSICAL_CHOICES:
+            raise InputError(f"classical: {classical!r} is not allowed; expected one of {CLASSICAL_CHOICES}")
         if slide.lattice.kind != self.lattice_kind:
             raise InputError(
                 f"the model was fitted on a {self.lattice_kind} lattice but this slide is {slide.lattice.kind}"
@@ -278,6 +280,7 @@ class FittedModel(ABC):
         classical: str = "auto",
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Predicted counts ``(n_sites, n_genes)`` at ``sites`` and the depth used (None: raw counts)."""
+        self._check(slide, classical)
         counts, predictor = self._predict_all(
             slide, sites, gene_idx, Runtime(device, batch_size), stop, classical
         )
@@ -384,10 +387,8 @@ class FittedModel(ABC):
     def _job(self, data, mask, genes, classical: str) -> tuple[Slide, np.ndarray, OutputSites]:
         from ..sites import output_sites
 
-        if classical not in CLASSICAL_CHOICES:
-            raise InputError(f"classical: {classical!r} is not allowed; expected one of {CLASSICAL_CHOICES}")
         slide = as_slide(data, mask)
-        self.check_slide(slide)
+        self._check(slide, classical)
         return slide, slide.gene_indices(genes, self.min_detection), output_sites(slide)
 
 
