@@ -269,3 +269,38 @@ def test_a_saved_model_on_another_slide_says_where_its_classical_choice_came_fro
     kept = ad.read_h5ad(tmp_path / "c.h5ad").uns["stentrans"]
     assert kept["classical_choice"] == "kept from the slide the model was fitted on"
     assert kept["classical"] == ad.read_h5ad(tmp_path / "a.h5ad").uns["stentrans"]["classical"]
+
+
+def test_mask_files_barcode_only_and_off_lattice_sites(slide_file, tmp_path, capsys):
+    barcodes = tmp_path / "lost_barcodes.csv"
+    barcodes.write_text("barcode\nbc44\nbc45\n")  # one column: no separator to sniff
+    code, _, err = run_cli(
+        ["enhance", slide_file, "-o", tmp_path / "o.h5ad", "--mask", barcodes, *FAST], capsys
+    )
+    assert code == 0, err
+    obs = ad.read_h5ad(tmp_path / "o.h5ad").obs
+    assert sorted(obs.loc[obs["kind"] == "imputed", "barcode"]) == ["bc44", "bc45"]
+    hex_slide = tmp_path / "hex.h5ad"
+    r, c = block_sites("hex", 8, 12)
+    make_slide(r, c, "hex").write_h5ad(hex_slide)
+    off = tmp_path / "off_lattice.csv"
+    off.write_text("array_row,array_col\n3,4\n")  # row + col odd: no Visium site
+    code, _, err = run_cli(
+        ["enhance", hex_slide, "-o", tmp_path / "p.h5ad", "--mask", off, "--quiet"], capsys
+    )
+    assert code == 2 and err.startswith(f"stentrans: error: {off}: 1 site(s) are not on the hex lattice")
+    assert not (tmp_path / "p.h5ad").exists()
+
+
+def test_unknown_genes_are_refused_before_any_training(slide_file, tmp_path, capsys):
+    code, _, err = run_cli(
+        ["enhance", slide_file, "-o", tmp_path / "o.h5ad", "--preset", "transformer", "--genes", "NOPE,G1"],
+        capsys,
+    )
+    assert code == 2 and "1 requested gene(s) not in the slide, e.g. 'NOPE'" in err
+    assert "training" not in err and "spots" not in err  # no progress line: nothing was fitted
+
+
+def test_evaluate_refuses_unknown_methods_before_printing(slide_file, capsys):
+    code, out, err = run_cli(["evaluate", slide_file, "--methods", "linear,bogus"], capsys)
+    assert code == 2 and out == "" and "--methods: unknown method(s) ['bogus']" in err

@@ -132,7 +132,11 @@ def _read_mask(path: Path):
     if not path.is_file():
         raise CliError(f"{path}: mask file not found")
     try:
-        table = pd.read_csv(path, sep=None, engine="python")
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            header = fh.readline()
+        # comma, tab or semicolon; a one-column table (barcodes only) has none of them
+        sep = max(",\t;", key=header.count) if any(c in header for c in ",\t;") else ","
+        table = pd.read_csv(path, sep=sep)
     except Exception as exc:
         raise CliError(f"{path}: cannot read mask table ({exc})") from exc
     cols = {c.strip().lower(): c for c in table.columns}
@@ -211,11 +215,10 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     preset(args.preset, "square", **options)  # invalid options fail here, before any reading
     genes = _parse_genes(args.genes)
     mask = _read_mask(args.mask) if args.mask is not None else None
-
     from contextlib import ExitStack
 
     from .core.checkpoint import load_model
-    from .core.errors import TrainingStopped
+    from .core.errors import LatticeError, TrainingStopped
     from .core.files import atomic_path
     from .core.fitting import Trainer
     from .core.io import read
@@ -223,9 +226,15 @@ def cmd_enhance(args: argparse.Namespace) -> int:
 
     model = load_model(args.model) if args.model is not None else None
     adata = read(args.path, coords=args.coords)
-    slide = Slide.from_adata(adata, mask)  # prepared once for fitting and enhancing
+    try:
+        slide = Slide.from_adata(adata, mask)  # prepared once for fitting and enhancing
+    except (LatticeError, InputError) as exc:  # the slide itself was checked by read: the mask is at fault
+        raise CliError(f"{args.mask}: {exc}") from exc
+    config = preset(args.preset, slide.lattice.kind, **options)
+    min_detection = model.min_detection if model is not None else config.data.min_detection
+    slide.gene_indices(genes, min_detection)  # unknown genes fail here, not after training
     stop = threading.Event()
-    trainer = None if model is not None else Trainer(slide, args.preset, device=device, **options)
+    trainer = None if model is not None else Trainer(slide, config, device=device)
     bar = _ProgressBar(disabled=args.quiet)
     try:
         if trainer is not None:
@@ -300,6 +309,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .core.io import read
 
     methods = tuple(m.strip() for m in args.methods.split(",")) if args.methods else DEFAULT_METHODS
+    unknown = sorted(set(methods) - set(DEFAULT_METHODS))
+    if unknown:
+        raise CliError(f"--methods: unknown method(s) {unknown}; choose from {', '.join(DEFAULT_METHODS)}")
     adata = read(args.path, coords=args.coords)
     print(
         f"{'method':22s} {'median r':>9s} {'mean r':>8s} {'median r (norm)':>16s} {'RMSE (norm)':>12s} "

@@ -11,7 +11,7 @@ previous one. Use it through :meth:`FittedModel.write <.estimators.base.FittedMo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -39,10 +39,10 @@ class StreamedSlide:
     """
 
     path: Path
-    obs: pd.DataFrame
-    var: pd.DataFrame
-    log_variance: np.ndarray
-    uns: dict
+    obs: pd.DataFrame = field(repr=False)
+    var: pd.DataFrame = field(repr=False)
+    log_variance: np.ndarray = field(repr=False)
+    uns: dict = field(repr=False)
 
     @property
     def shape(self) -> tuple[int, int]:

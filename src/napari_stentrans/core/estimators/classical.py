@@ -116,10 +116,10 @@ class ClassicalModel(FittedModel):
     config: Config
     params: ClassicalParams
     lattice_kind: str
-    basis_genes: list[str]
+    basis_genes: list[str] = field(repr=False)
     slide_fingerprint: str
     target_sum: float = TARGET_SUM
-    history: dict = field(default_factory=dict)
+    history: dict = field(default_factory=dict, repr=False)
     note: str = ""
     name: str = "default"
     _bases: dict = field(default_factory=dict, repr=False)

@@ -172,11 +172,11 @@ def train_cnn(
 class CNNModel(FittedModel):
     """The trained baseline CNN (per-gene images; depth interpolated linearly in log space)."""
 
-    state_dict: dict[str, torch.Tensor]
+    state_dict: dict[str, torch.Tensor] = field(repr=False)
     lattice_kind: str
-    training_genes: list[str]
+    training_genes: list[str] = field(repr=False)
     best_epoch: int
-    history: dict = field(default_factory=dict)
+    history: dict = field(default_factory=dict, repr=False)
     name: str = "residual_cnn"
 
     @property

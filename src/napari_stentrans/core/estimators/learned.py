@@ -51,12 +51,12 @@ class LearnedModel(FittedModel):
     """
 
     config: Config
-    state_dict: dict[str, torch.Tensor]
+    state_dict: dict[str, torch.Tensor] = field(repr=False)
     lattice_kind: str
     classical: ClassicalModel | None
-    training_genes: list[str]
+    training_genes: list[str] = field(repr=False)
     slide_fingerprint: str
-    history: dict = field(default_factory=dict)
+    history: dict = field(default_factory=dict, repr=False)
     target_sum: float = TARGET_SUM
 
     @property
