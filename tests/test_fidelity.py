@@ -119,3 +119,31 @@ def test_the_report_carries_fidelity_for_every_method_and_the_truth():
     assert report["methods"]["linear"]["ari"] > 0.5  # two halves: interpolation keeps them apart
     with pytest.raises(ValueError, match="labels: obs has no column 'tissue'"):
         evaluate(slide, "heldout", methods=("linear",), labels="tissue")
+
+
+def test_every_enhancement_reports_its_patterns_and_warns_when_genes_share_few(tmp_path):
+    """A rank-1 estimate gets the plain-words warning; a gene-by-gene interpolation does not."""
+    from napari_stentrans.core.config import preset
+    from napari_stentrans.core.estimators import method_estimator
+    from napari_stentrans.core.fitting import fit
+    from napari_stentrans.core.slide import Slide
+
+    r, c = block_sites("hex", 24, 40)
+    adata = make_slide(r, c, "hex", n_genes=60, seed=7)
+    from dataclasses import replace
+
+    from napari_stentrans.core.classical import ClassicalParams
+
+    fitted = fit(adata, preset("default", "hex", min_detection=0.0), device="cpu")
+    rank_one = replace(fitted, params=ClassicalParams(1, None, None), _bases={})
+    patterns = rank_one.enhance(adata).uns["stentrans"]["patterns"]
+    assert patterns["effective_rank"] < 1.5 < patterns["measured_effective_rank"]
+    assert "not suitable for co-expression" in patterns["warning"]
+    streamed = rank_one.write(adata, tmp_path / "o.h5ad")  # the same verdict, computed batch by batch
+    assert streamed.uns["patterns"]["warning"] == patterns["warning"]
+    slide = Slide.from_adata(adata)
+    linear = method_estimator("linear", "hex").fit(slide)
+    per_gene = linear.enhance(slide).uns["stentrans"]["patterns"]
+    assert per_gene["effective_rank"] > 5 and "warning" not in per_gene
+    few = rank_one.enhance(adata, genes=["G1", "G2", "G3", "G4"]).uns["stentrans"]["patterns"]
+    assert few["n_genes"] == 4 and "warning" not in few  # four genes say nothing about patterns

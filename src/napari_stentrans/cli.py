@@ -278,6 +278,16 @@ def cmd_enhance(args: argparse.Namespace) -> int:
         print(f"classical estimate {written.uns['classical_choice']}: {written.uns['classical_summary']}")
     if model.name != "default" and not model.uses_network and getattr(model, "note", ""):
         print(f"note: {model.note}")
+    patterns = written.uns["patterns"]
+    if "effective_rank" in patterns:
+        print(
+            f"patterns: effective rank {patterns['effective_rank']:.1f} of the enhanced genes "
+            f"(measured {patterns['measured_effective_rank']:.1f}), PC1 share {patterns['pc1_share']:.0%} "
+            f"(measured {patterns['measured_pc1_share']:.0%}) over the {patterns['n_genes']} most spatially "
+            "variable genes"
+        )
+    if "warning" in patterns:
+        print(f"stentrans: warning: {patterns['warning']}", file=sys.stderr)
     return 0
 
 

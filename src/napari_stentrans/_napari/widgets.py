@@ -420,7 +420,10 @@ class TrainWidget(_SlideWidget):
             return
         run = actions.record_result(self._viewer, slide_id, model, enhanced)
         self._pending = [(t, run) for t in layer_tuples]
-        self._status.value = f"enhanced {enhanced.n_obs} sites x {enhanced.n_vars} genes"
+        warning = enhanced.uns["stentrans"].get("patterns", {}).get("warning")
+        self._status.value = f"enhanced {enhanced.n_obs} sites x {enhanced.n_vars} genes" + (
+            f". Note: {warning}" if warning else ""
+        )
         self._add_next_layer()
 
     def _add_next_layer(self) -> None:
