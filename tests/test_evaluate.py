@@ -90,6 +90,27 @@ def test_evaluate_command_writes_json_and_plot(hex_slide, tmp_path, capsys):
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["protocol"] == "lost" and set(report["methods"]) == {"nearest", "linear"}
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+    assert "gene-specific r" in out and "measured (truth)" in out
+    assert {"gene_specific_r", "coexpression_r", "pc1_share", "effective_rank"} <= set(
+        report["methods"]["linear"]
+    )
+
+
+def test_evaluate_command_reads_labels_from_a_csv(hex_slide, tmp_path, capsys):
+    import pandas as pd
+
+    hex_slide.write_h5ad(tmp_path / "s.h5ad")
+    cols = hex_slide.obs["array_col"].to_numpy()
+    pd.DataFrame({"barcode": hex_slide.obs_names, "layer": np.where(cols < 36, "A", "B")}).to_csv(
+        tmp_path / "layers.csv", index=False
+    )
+    args = ["evaluate", str(tmp_path / "s.h5ad"), "--methods", "linear", "--json", str(tmp_path / "r.json")]
+    assert main([*args, "--labels", str(tmp_path / "layers.csv")]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert "ARI" in out and 0.5 < report["methods"]["linear"]["ari"] <= 1 and "ari" in report["truth"]
+    assert main([*args, "--labels", "no_such_column", "--overwrite"]) == 2
+    assert "--labels: 'no_such_column' is neither an obs column" in capsys.readouterr().err
 
 
 def test_paper_protocol_is_the_leaky_one_and_says_so(hex_slide):

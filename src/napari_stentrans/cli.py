@@ -93,6 +93,11 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--methods", help="comma-separated subset of methods (default: all)")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--device", default="auto")
+    ev.add_argument(
+        "--labels",
+        help="spot annotations for the ARI of a fixed clustering: an obs column of the slide, or a "
+        "CSV of barcode,label",
+    )
     ev.add_argument("--json", type=Path, help="write the full report (per-gene r included) as JSON")
     ev.add_argument("--plot", type=Path, help="write a box plot of per-gene r per method")
     ev.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -273,6 +278,16 @@ def cmd_enhance(args: argparse.Namespace) -> int:
         print(f"classical estimate {written.uns['classical_choice']}: {written.uns['classical_summary']}")
     if model.name != "default" and not model.uses_network and getattr(model, "note", ""):
         print(f"note: {model.note}")
+    patterns = written.uns["patterns"]
+    if "effective_rank" in patterns:
+        print(
+            f"patterns: effective rank {patterns['effective_rank']:.1f} of the enhanced genes "
+            f"(measured {patterns['measured_effective_rank']:.1f}), PC1 share {patterns['pc1_share']:.0%} "
+            f"(measured {patterns['measured_pc1_share']:.0%}) over the {patterns['n_genes']} most spatially "
+            "variable genes"
+        )
+    if "warning" in patterns:
+        print(f"stentrans: warning: {patterns['warning']}", file=sys.stderr)
     return 0
 
 
@@ -313,17 +328,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if unknown:
         raise CliError(f"--methods: unknown method(s) {unknown}; choose from {', '.join(DEFAULT_METHODS)}")
     adata = read(args.path, coords=args.coords)
+    labels = _read_labels(args.labels, adata) if args.labels is not None else None
+    ari = labels is not None
     print(
-        f"{'method':22s} {'median r':>9s} {'mean r':>8s} {'median r (norm)':>16s} {'RMSE (norm)':>12s} "
-        f"{'genes':>6s} {'seconds':>8s}"
+        f"{'method':22s} {'median r':>9s} {'r (norm)':>9s} {'gene-specific r':>16s} {'co-expr r':>10s} "
+        f"{'PC1 share':>10s} {'eff. rank':>10s}" + (f" {'ARI':>6s}" if ari else "") + f" {'seconds':>8s}"
     )
 
-    def show(name: str, s: dict) -> None:
-        print(
-            f"{name:22s} {s['median_pcc']:9.3f} {s['mean_pcc']:8.3f} {s['median_pcc_norm']:16.3f} "
-            f"{s['rmse_norm']:12.3f} {s['n_genes_scored']:6d} {s['seconds']:8.1f}",
-            flush=True,
+    def row(name: str, s: dict) -> str:
+        return (
+            f"{name:22s} {s['median_pcc']:9.3f} {s['median_pcc_norm']:9.3f} {s['gene_specific_r']:16.3f} "
+            f"{s['coexpression_r']:10.3f} {s['pc1_share']:10.2f} {s['effective_rank']:10.1f}"
+            + (f" {s['ari']:6.3f}" if ari else "")
         )
+
+    def show(name: str, s: dict) -> None:
+        print(row(name, s) + f" {s['seconds']:8.1f}", flush=True)
 
     report = evaluate(
         adata,
@@ -334,10 +354,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         dataset=str(args.path),
+        labels=labels,
         callback=show,
     )
+    truth = report["truth"]
     print(
-        f"{args.protocol}: {report['n_heldout_spots']} scored spots, {report['n_genes']} genes"
+        f"{'measured (truth)':22s} {'':9s} {'':9s} {'':16s} {'':10s} {truth['pc1_share']:10.2f} "
+        f"{truth['effective_rank']:10.1f}" + (f" {truth['ari']:6.3f}" if ari else "")
+    )
+    print(
+        f"{args.protocol}: {report['n_heldout_spots']} scored spots, {report['n_genes']} genes; gene-specific "
+        f"r, co-expression r, PC1 share and effective rank over the {len(report['spatial_genes'])} genes "
+        "with the highest Moran's I on the seen spots"
         + (f"; {report['warning']}" if "warning" in report else "")
     )
     with ExitStack() as outputs:
@@ -349,6 +377,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
             plot_evaluation(report, outputs.enter_context(atomic_path(args.plot)))
     return 0
+
+
+def _read_labels(spec: str, adata):
+    """Annotations of the slide's spots: an obs column, or a CSV of barcode,label (missing: NA)."""
+    import pandas as pd
+
+    if spec in adata.obs:
+        return adata.obs[spec].astype(str).to_numpy()
+    path = Path(spec)
+    if not path.is_file():
+        raise CliError(f"--labels: {spec!r} is neither an obs column of the slide nor a file")
+    try:
+        table = pd.read_csv(path, index_col=0)
+    except Exception as exc:
+        raise CliError(f"{path}: cannot read the labels table ({exc})") from exc
+    if table.shape[1] < 1 or not adata.obs_names.isin(table.index).any():
+        raise CliError(f"{path}: needs barcode,label columns with the slide's barcodes")
+    return table.iloc[:, 0].reindex(adata.obs_names).astype(str).to_numpy()
 
 
 def _finite(value):

@@ -224,6 +224,7 @@ def test_quality_check_matches_stentrans_evaluate(st_viewer, qtbot):
             method
         )
     assert widget._table.shape[0] == len(direct["methods"])
+    assert "gene-specific r" in widget._table.column_headers and "effective rank" in widget._status.value
 
 
 def test_closing_a_slide_releases_it_and_a_late_result_is_discarded(st_viewer, qtbot):

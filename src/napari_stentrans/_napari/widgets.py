@@ -420,7 +420,10 @@ class TrainWidget(_SlideWidget):
             return
         run = actions.record_result(self._viewer, slide_id, model, enhanced)
         self._pending = [(t, run) for t in layer_tuples]
-        self._status.value = f"enhanced {enhanced.n_obs} sites x {enhanced.n_vars} genes"
+        warning = enhanced.uns["stentrans"].get("patterns", {}).get("warning")
+        self._status.value = f"enhanced {enhanced.n_obs} sites x {enhanced.n_vars} genes" + (
+            f". Note: {warning}" if warning else ""
+        )
         self._add_next_layer()
 
     def _add_next_layer(self) -> None:
@@ -490,6 +493,17 @@ class TrainWidget(_SlideWidget):
         self._status.value = f"exported {path}"
 
 
+# table column -> report key (see core.evaluate and core.fidelity)
+QUALITY_COLUMNS = {
+    "median r": "median_pcc",
+    "median r (norm)": "median_pcc_norm",
+    "gene-specific r": "gene_specific_r",
+    "co-expression r": "coexpression_r",
+    "PC1 share": "pc1_share",
+    "effective rank": "effective_rank",
+}
+
+
 class QualityWidget(_SlideWidget):
     """The honest held-out protocol on the current slide, against interpolation and classical baselines."""
 
@@ -503,7 +517,7 @@ class QualityWidget(_SlideWidget):
         )
         self._seed = SpinBox(label="Seed", min=0, max=2**31 - 1, value=0)
         self._run = PushButton(text="Run held-out check")
-        self._table = Table(value={"method": [], "median r": [], "median r (norm)": [], "RMSE (norm)": []})
+        self._table = Table(value={column: [] for column in ("method", *QUALITY_COLUMNS)})
         self._status = _status_label(
             value="same engine and settings as: stentrans evaluate PATH --epochs 5 --genes 200"
         )
@@ -557,11 +571,15 @@ class QualityWidget(_SlideWidget):
         names = list(report["methods"])
         self._table.value = {
             "method": names,
-            "median r": [round(report["methods"][m]["median_pcc"], 3) for m in names],
-            "median r (norm)": [round(report["methods"][m]["median_pcc_norm"], 3) for m in names],
-            "RMSE (norm)": [round(report["methods"][m]["rmse_norm"], 3) for m in names],
+            **{
+                column: [round(float(report["methods"][m][key]), 3) for m in names]
+                for column, key in QUALITY_COLUMNS.items()
+            },
         }
         best = max(names, key=lambda m: report["methods"][m]["median_pcc"])
+        truth = report["truth"]
         self._status.value = (
-            f"{report['n_heldout_spots']} held-out spots, {report['n_genes']} genes; best: {best}"
+            f"{report['n_heldout_spots']} held-out spots, {report['n_genes']} genes; best median r: {best}. "
+            f"Measured slide at those spots: PC1 share {truth['pc1_share']:.2f}, effective rank "
+            f"{truth['effective_rank']:.1f} (over the {len(report['spatial_genes'])} most spatially variable genes)"
         )

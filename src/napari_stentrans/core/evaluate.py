@@ -13,6 +13,11 @@ Protocols (METHOD.md, "Honest evaluation"):
     The published (leaky) protocol, for comparison only: the model is trained on the full slide
     (pairs down(``x``) -> ``x``) and then scored on the same spots it used as targets.
 
+Beside r, every method gets the gene-specific fidelity metrics of :mod:`.fidelity` at the
+scored spots (gene-specific r, co-expression r, PC1 share and effective rank of the prediction,
+and the ARI of a fixed clustering against annotated labels when ``labels`` names them), computed
+against structure fitted on the seen spots only.
+
 Every method runs the same way (:mod:`.estimators`): ``fit`` on the slide the protocol trains
 on, then ``predict`` from the slide it shows at the scored sites (for ``paper`` every method
 fits on the full slide). Scores are per-gene Pearson r at the scored spots, on counts (the
@@ -34,10 +39,20 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.interpolate import griddata
 
-from .classical import normalize
-from .errors import ConfigError
+from .classical import LowRankBasis, normalize
+from .errors import ConfigError, InputError
 from .estimators import METHODS, method_estimator
 from .estimators.interpolation import InterpolationModel
+from .fidelity import (
+    N_AXES,
+    N_SPATIAL_GENES,
+    cluster_ari,
+    coexpression_r,
+    gene_specific_r,
+    morans_i,
+    neighbour_weights,
+    spectrum,
+)
 from .io import lattice_of
 from .metrics import pearson_per_gene
 from .regions import random_disks
@@ -58,7 +73,7 @@ class Split:
     the methods (``lost`` only); ``train_on`` the slide the methods fit on; ``target_xy`` the
     scored spots' positions in pitch units of the full slide. ``known_slide`` and
     ``train_slide`` are those prepared once, ``sites`` the scored sites, ``gene_idx`` the
-    evaluated genes' columns.
+    evaluated genes' columns, ``target_obs`` the scored spots' rows in the slide's ``obs``.
     """
 
     protocol: str
@@ -75,6 +90,71 @@ class Split:
     train_slide: Slide
     sites: OutputSites
     gene_idx: np.ndarray
+    target_obs: np.ndarray
+
+
+@dataclass
+class Reference:
+    """What every method is judged against besides the truth, fitted on the seen spots only.
+
+    ``spatial`` indexes the (at most) 100 evaluated genes with the highest Moran's I on the seen
+    spots; ``mean`` and ``axes`` are the seen spots' mean and top principal axes (normalised
+    values, all evaluated genes); ``truth_norm`` the truth normalised by its own depth;
+    ``labels`` the scored spots' annotations (None without annotations).
+    """
+
+    spatial: np.ndarray
+    mean: np.ndarray
+    axes: np.ndarray
+    truth_norm: np.ndarray
+    labels: np.ndarray | None
+
+
+def reference(split: Split, labels: np.ndarray | None = None) -> Reference:
+    """The split's :class:`Reference` (``labels``: one annotation per spot of the slide, or None)."""
+    slide = split.known_slide
+    seen = slide.expression(split.gene_idx)  # log-normalised, usable seen spots
+    moran = morans_i(seen, neighbour_weights(slide.positions(slide.usable)))
+    spatial = np.sort(np.argsort(-np.nan_to_num(moran, nan=-np.inf), kind="stable")[:N_SPATIAL_GENES])
+    basis = LowRankBasis.fit(seen, N_AXES)
+    target_labels = None
+    if labels is not None:
+        target_labels = np.asarray(labels, dtype=object)[split.target_obs]
+    return Reference(
+        spatial=spatial,
+        mean=basis.mean.astype(np.float64),
+        axes=basis.components.astype(np.float64),
+        truth_norm=normalize(split.truth, split.truth_depth),
+        labels=target_labels,
+    )
+
+
+def _annotated(labels: np.ndarray) -> np.ndarray:
+    """Which labels are real annotations (not missing, empty or "NA")."""
+    text = np.asarray([str(x) for x in labels])
+    return ~np.isin(np.char.lower(text), ["", "nan", "na", "none"])
+
+
+def fidelity(pred_norm: np.ndarray, ref: Reference, seed: int = 0) -> dict:
+    """Gene-specific fidelity of normalised values ``(targets, genes)`` (see :mod:`.fidelity`)."""
+    gs = gene_specific_r(pred_norm, ref.truth_norm, ref.mean, ref.axes)
+    top = ref.spatial
+    pc1, erank = spectrum(pred_norm[:, top])
+
+    def median(x: np.ndarray) -> float:
+        return float(np.nanmedian(x)) if np.isfinite(x).any() else float("nan")
+
+    out = {
+        "gene_specific_r": median(gs[top]),
+        "gene_specific_r_all": median(gs),
+        "coexpression_r": coexpression_r(pred_norm[:, top], ref.truth_norm[:, top]),
+        "pc1_share": pc1,
+        "effective_rank": erank,
+    }
+    if ref.labels is not None:
+        keep = _annotated(ref.labels)
+        out["ari"] = cluster_ari(pred_norm[keep], ref.labels[keep], seed=seed)
+    return out
 
 
 @dataclass
@@ -159,6 +239,7 @@ def make_split(
         train_slide=train_slide,
         sites=sites_at(known_slide, target_rows, target_cols),
         gene_idx=gene_idx,  # the known slide has the slide's genes
+        target_obs=np.flatnonzero(targets)[inside],
     )
 
 
@@ -201,8 +282,9 @@ def run_method(
 # ----------------------------------------------------------------------------- metrics
 
 
-def score(result: MethodResult, split: Split) -> dict:
-    """Per-method summary: Pearson r on counts and on normalised values, RMSE (normalised)."""
+def score(result: MethodResult, split: Split, ref: Reference | None = None, seed: int = 0) -> dict:
+    """Per-method summary: Pearson r on counts and on normalised values, RMSE (normalised), and
+    the fidelity metrics of :func:`fidelity` when a :class:`Reference` is given."""
     r_counts = pearson_per_gene(result.counts, split.truth)
     truth_norm = normalize(split.truth, split.truth_depth)
     pred_norm = normalize(np.clip(result.counts, 0, None), np.maximum(result.depth, 1e-9))
@@ -218,6 +300,7 @@ def score(result: MethodResult, split: Split) -> dict:
         "n_genes_excluded": int((~scored).sum()),
         "seconds": round(result.seconds, 3),
         "pcc": [None if np.isnan(v) else round(float(v), 5) for v in r_counts],
+        **(fidelity(pred_norm, ref, seed) if ref is not None else {}),
         **result.extra,
     }
 
@@ -232,17 +315,36 @@ def evaluate(
     seed: int = 0,
     device: str = "auto",
     dataset: str = "",
+    labels: str | np.ndarray | None = None,
     callback: Callable[[str, dict], None] | None = None,
 ) -> dict:
     """Run every method on one split of a protocol and score it.
 
-    Returns the JSON-ready report ``{"dataset", "protocol", "n_genes", "n_heldout_spots",
-    "methods": {name: {"median_pcc", "mean_pcc", "median_pcc_norm", ..., "seconds"}}}``.
+    Parameters
+    ----------
+    labels
+        Annotations of the spots (an ``obs`` column name, or one value per spot): the ARI of the
+        fixed clustering pipeline (:func:`.fidelity.cluster_ari`) on each method's prediction at
+        the scored spots, beside the same pipeline on the measured truth there.
+
+    Returns
+    -------
+    The JSON-ready report ``{"dataset", "protocol", "n_genes", "n_heldout_spots", "truth":
+    {"pc1_share", "effective_rank", "ari"}, "methods": {name: {"median_pcc", "mean_pcc",
+    "median_pcc_norm", ..., "gene_specific_r", "coexpression_r", "pc1_share", ...}}}``.
     """
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ConfigError(f"methods: unknown method(s) {sorted(unknown)}; choose from {', '.join(METHODS)}")
+    if isinstance(labels, str):
+        if labels not in adata.obs:
+            raise InputError(f"labels: obs has no column {labels!r}; columns: {list(adata.obs.columns)}")
+        labels = adata.obs[labels].to_numpy()
+    elif labels is not None and len(labels) != adata.n_obs:
+        raise InputError(f"labels: {len(labels)} values for {adata.n_obs} spots")
     split = make_split(adata, protocol, n_genes=n_genes, seed=seed)
+    ref = reference(split, labels)
+    truth_pc1, truth_rank = spectrum(ref.truth_norm[:, ref.spatial])
     report = {
         "dataset": dataset,
         "protocol": protocol,
@@ -251,12 +353,17 @@ def evaluate(
         "n_known_spots": int(split.known_slide.not_lost.sum()),
         "seed": seed,
         "genes": [str(g) for g in split.genes],
+        "spatial_genes": [str(split.genes[i]) for i in ref.spatial],
+        "truth": {"pc1_share": truth_pc1, "effective_rank": truth_rank},
         "methods": {},
     }
+    if ref.labels is not None:
+        keep = _annotated(ref.labels)
+        report["truth"]["ari"] = cluster_ari(ref.truth_norm[keep], ref.labels[keep], seed=seed)
     if protocol == "paper":
         report["warning"] = "published (leaky) protocol: stEnTrans is scored on spots it trained on"
     for name in methods:
-        summary = score(run_method(name, split, epochs=epochs, seed=seed, device=device), split)
+        summary = score(run_method(name, split, epochs=epochs, seed=seed, device=device), split, ref, seed)
         report["methods"][name] = summary
         if callback is not None:
             callback(name, summary)

@@ -24,7 +24,13 @@ def _version_of(package: str) -> str:
 
 
 def assemble(
-    slide: Slide, model, gene_idx: np.ndarray, sites: OutputSites, counts: np.ndarray | None, predictor
+    slide: Slide,
+    model,
+    gene_idx: np.ndarray,
+    sites: OutputSites,
+    counts: np.ndarray | None,
+    predictor,
+    patterns: dict | None = None,
 ) -> ad.AnnData:
     """The enhanced AnnData (scanpy/squidpy conventions).
 
@@ -43,6 +49,9 @@ def assemble(
     predictor
         The predictor (:class:`~.estimators.base.Predictor`): its provenance notes (e.g. where
         the classical rank came from) and the classical parameters it used.
+    patterns
+        The shared-pattern check of the enhanced genes (:class:`~.patterns.PatternCheck`), when
+        known (a streamed file gets it after the last batch).
 
     Returns
     -------
@@ -99,6 +108,8 @@ def assemble(
     }
     if classical is not None:
         info["classical"] = _plain(classical)
+    if patterns is not None:
+        info["patterns"] = patterns
     out.uns["stentrans"] = info
     return out
 

@@ -21,6 +21,7 @@ import pandas as pd
 from .estimators.base import Predictor, StopFlag
 from .files import atomic_path
 from .output import assemble
+from .patterns import PatternCheck
 from .sites import OutputSites
 from .slide import Slide
 
@@ -61,9 +62,12 @@ def write_streamed(
 ) -> StreamedSlide:
     """Write the enhanced AnnData to ``path``, ``X`` filled gene batch by gene batch (atomically)."""
     path = Path(path)
+    from anndata.io import write_elem
+
     skeleton = assemble(slide, model, gene_idx, sites, None, predictor)
     n_sites, n_genes = skeleton.shape
     log_variance = np.zeros(n_genes)
+    check = PatternCheck(slide, sites, gene_idx, predictor.depth)
     with atomic_path(path) as tmp:
         skeleton.write_h5ad(tmp)
         with h5py.File(tmp, "r+") as f:
@@ -77,7 +81,11 @@ def write_streamed(
             for start, counts in predictor.batches(gene_idx, batch_size, stop):
                 x[:, start : start + counts.shape[1]] = counts
                 log_variance[start : start + counts.shape[1]] = np.log1p(counts).var(axis=0)
-    return StreamedSlide(path, skeleton.obs, skeleton.var, log_variance, dict(skeleton.uns["stentrans"]))
+                check.add(start, counts)
+            patterns = check.result()
+            write_elem(f["uns"]["stentrans"], "patterns", patterns)
+    uns = dict(skeleton.uns["stentrans"], patterns=patterns)
+    return StreamedSlide(path, skeleton.obs, skeleton.var, log_variance, uns)
 
 
 __all__ = ["write_streamed", "StreamedSlide", "CHUNK_SITES", "CHUNK_GENES"]

@@ -342,10 +342,13 @@ class FittedModel(ABC):
         parameters, versions and training history.
         """
         from ..output import assemble
+        from ..patterns import PatternCheck
 
         slide, gene_idx, sites = self._job(data, mask, genes, classical)
         counts, predictor = self._predict_all(slide, sites, gene_idx, Runtime(device), stop, classical)
-        return assemble(slide, self, gene_idx, sites, counts, predictor)
+        check = PatternCheck(slide, sites, gene_idx, predictor.depth)
+        check.add(0, counts)
+        return assemble(slide, self, gene_idx, sites, counts, predictor, check.result())
 
     def write(
         self,

@@ -1,0 +1,166 @@
+"""Gene-specific fidelity: does an enhanced matrix keep what makes each gene a gene?
+
+Median per-gene r on counts is dominated by each spot's depth and the main axis of expression;
+a rank-1 estimate scores well on it while making unrelated genes follow one map (METHOD.md, "One
+number is not enough"). These metrics see that, on log-normalised values at the scored spots:
+
+- **gene-specific r**: per-gene Pearson r of what is left of prediction and truth after
+  removing their projection on the top principal axes of the *seen* spots (centred by the seen
+  spots' mean);
+- **co-expression r**: Pearson r between the upper triangles of the gene-gene correlation
+  matrices of prediction and truth;
+- **PC1 share** and **effective rank** (Roy & Vetterli 2007: ``exp`` of the entropy of the
+  normalised eigenvalues) of a matrix's centred covariance;
+- **spatial variability**: Moran's I of each gene on the seen spots' lattice neighbours
+  (Moran 1950; weights 1 between nearest lattice neighbours, rows normalised), used to pick the
+  genes these metrics are reported over;
+- **ARI** of one fixed clustering pipeline against annotated labels (:func:`cluster_ari`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.spatial import cKDTree
+
+from .metrics import pearson_per_gene
+
+N_AXES = 3  # principal axes removed for the gene-specific r
+N_SPATIAL_GENES = 100  # genes the fidelity metrics are reported over
+
+
+def neighbour_weights(positions: np.ndarray) -> sp.csr_matrix:
+    """Row-normalised binary weights ``(n, n)`` between nearest lattice neighbours.
+
+    Neighbours are the sites within 1.05 times the median nearest-neighbour distance (4 on a
+    square lattice, 6 on a hexagonal one); isolated sites keep an empty row.
+    """
+    tree = cKDTree(positions)
+    d, _ = tree.query(positions, k=2)
+    pairs = tree.query_pairs(1.05 * float(np.median(d[:, 1])), output_type="ndarray")
+    n = len(positions)
+    rows, cols = np.concatenate([pairs[:, 0], pairs[:, 1]]), np.concatenate([pairs[:, 1], pairs[:, 0]])
+    w = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
+    degree = np.asarray(w.sum(axis=1)).ravel()
+    return sp.diags(np.divide(1.0, degree, out=np.zeros(n), where=degree > 0)) @ w
+
+
+def morans_i(values: np.ndarray, weights: sp.csr_matrix) -> np.ndarray:
+    """Moran's I ``(genes,)`` of each column of ``values`` ``(n, genes)`` with row-normalised weights.
+
+    With rows summing to one, ``I = z' W z / z' z`` for the centred column ``z``; NaN for a
+    constant gene.
+    """
+    z = np.asarray(values, dtype=np.float64) - np.asarray(values, dtype=np.float64).mean(axis=0)
+    num = (z * (weights @ z)).sum(axis=0)
+    den = (z * z).sum(axis=0)
+    return np.divide(num, den, out=np.full(z.shape[1], np.nan), where=den > 1e-12)
+
+
+def principal_axes(values: np.ndarray, n_axes: int = N_AXES) -> tuple[np.ndarray, np.ndarray]:
+    """Mean ``(genes,)`` and the top ``n_axes`` principal axes ``(genes, n_axes)`` of ``values``."""
+    values = np.asarray(values, dtype=np.float64)
+    mean = values.mean(axis=0)
+    _, _, vt = np.linalg.svd(values - mean, full_matrices=False)
+    return mean, vt[:n_axes].T
+
+
+def gene_specific_r(pred: np.ndarray, truth: np.ndarray, mean: np.ndarray, axes: np.ndarray) -> np.ndarray:
+    """Per-gene r ``(genes,)`` of prediction and truth with their projection on ``axes`` removed.
+
+    ``mean`` and ``axes`` come from the seen spots (:func:`principal_axes`), so neither side
+    defines the structure that is taken out.
+    """
+
+    def residual(x: np.ndarray) -> np.ndarray:
+        centred = np.asarray(x, dtype=np.float64) - mean
+        return centred - (centred @ axes) @ axes.T
+
+    return pearson_per_gene(residual(pred), residual(truth))
+
+
+def _correlation(values: np.ndarray) -> np.ndarray:
+    """Gene-gene Pearson correlation ``(genes, genes)``; 0 for a constant gene."""
+    z = np.asarray(values, dtype=np.float64) - np.asarray(values, dtype=np.float64).mean(axis=0)
+    norm = np.sqrt((z * z).sum(axis=0))
+    z = np.divide(z, norm, out=np.zeros_like(z), where=norm > 1e-12)
+    return z.T @ z
+
+
+def coexpression_r(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Pearson r between the upper triangles of the gene-gene correlation matrices.
+
+    NaN when either side's correlations are all equal (e.g. a rank-1 prediction whose loadings
+    have one sign: every pair correlates at 1, so no pattern of co-expression is left to compare).
+    """
+    upper = np.triu_indices(pred.shape[1], k=1)
+    a, b = _correlation(pred)[upper], _correlation(truth)[upper]
+    r = pearson_per_gene(a[:, None], b[:, None])[0]
+    return float(r)
+
+
+def spectrum(values: np.ndarray) -> tuple[float, float]:
+    """PC1 share of the variance and effective rank of a matrix ``(sites, genes)``.
+
+    The effective rank is ``exp(H)`` with ``H`` the entropy of the eigenvalues of the centred
+    covariance normalised to sum to one (Roy & Vetterli 2007): 1 for a rank-1 matrix, the number
+    of genes for uncorrelated genes of equal variance.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    s = np.linalg.svd(values - values.mean(axis=0), compute_uv=False) ** 2
+    total = s.sum()
+    if total <= 1e-12:
+        return float("nan"), float("nan")
+    p = s / total
+    p = p[p > 0]
+    return float(s[0] / total), float(np.exp(-(p * np.log(p)).sum()))
+
+
+def kmeans_labels(values: np.ndarray, k: int, n_pcs: int = 15, seed: int = 0) -> np.ndarray:
+    """The fixed clustering pipeline: centre, top ``n_pcs`` principal components, k-means (k-means++).
+
+    ``values`` are log-normalised expression ``(spots, genes)``; scipy's ``kmeans2`` with a
+    seeded generator makes it deterministic.
+    """
+    from scipy.cluster.vq import kmeans2
+
+    values = np.asarray(values, dtype=np.float64)
+    centred = values - values.mean(axis=0)
+    u, s, _ = np.linalg.svd(centred, full_matrices=False)
+    pcs = u[:, :n_pcs] * s[:n_pcs]
+    _, labels = kmeans2(pcs, k, minit="++", seed=np.random.default_rng(seed))
+    return labels
+
+
+def adjusted_rand_index(a: np.ndarray, b: np.ndarray) -> float:
+    """Adjusted Rand index of two labellings (Hubert & Arabie 1985)."""
+    _, ai = np.unique(np.asarray(a), return_inverse=True)
+    _, bi = np.unique(np.asarray(b), return_inverse=True)
+    table = sp.coo_matrix((np.ones(len(ai)), (ai, bi))).toarray()
+
+    def pairs(x: np.ndarray) -> float:
+        return float((x * (x - 1) / 2).sum())
+
+    index, rows, cols = pairs(table), pairs(table.sum(axis=1)), pairs(table.sum(axis=0))
+    expected = rows * cols / pairs(np.array([len(ai)]))
+    maximum = (rows + cols) / 2
+    return float((index - expected) / (maximum - expected)) if maximum != expected else 1.0
+
+
+def cluster_ari(values: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
+    """ARI against ``labels`` of :func:`kmeans_labels` with k = the number of distinct labels."""
+    labels = np.asarray(labels)
+    return adjusted_rand_index(kmeans_labels(values, len(np.unique(labels)), seed=seed), labels)
+
+
+__all__ = [
+    "neighbour_weights",
+    "morans_i",
+    "principal_axes",
+    "gene_specific_r",
+    "coexpression_r",
+    "spectrum",
+    "kmeans_labels",
+    "adjusted_rand_index",
+    "cluster_ari",
+]

@@ -1,0 +1,91 @@
+"""How many patterns do the enhanced genes follow? A check every enhancement reports.
+
+A low-rank estimate makes unrelated genes follow the same few maps (METHOD.md, "One number is
+not enough"). While the enhanced matrix is predicted, the values of the most spatially variable
+enhanced genes at the measured spots are kept; at the end their PC1 share and effective rank
+are compared with the measured slide's at the same spots and genes, and when the enhanced genes
+follow fewer than :data:`FEW_PATTERNS` effective patterns the user is told, in plain words, not
+to read co-expression from them (no verdict with fewer than :data:`MIN_GENES` enhanced genes).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .classical import TARGET_SUM, normalize
+from .fidelity import morans_i, neighbour_weights, spectrum
+from .sites import OutputSites
+from .slide import Slide
+
+N_GENES = 100  # the most spatially variable enhanced genes
+N_CANDIDATES = 500  # most variable genes whose Moran's I is computed
+FEW_PATTERNS = 5.0  # an effective rank below this: "the genes follow a few shared patterns"
+MIN_GENES = 20  # fewer enhanced genes say nothing about how many patterns they share
+
+
+class PatternCheck:
+    """Collects the enhanced values of a few genes at the measured spots, batch by batch.
+
+    Parameters
+    ----------
+    slide
+        The prepared input slide.
+    sites
+        The output sites.
+    gene_idx
+        ``(n_genes,)`` the enhanced genes (columns of the batches, in order).
+    depth
+        ``(n_sites,)`` the depth the enhanced counts were scaled by, or None (raw-count models:
+        the measured depth is used).
+    """
+
+    def __init__(
+        self, slide: Slide, sites: OutputSites, gene_idx: np.ndarray, depth: np.ndarray | None
+    ) -> None:
+        usable_rank = np.cumsum(slide.usable) - 1  # row of each spot among the usable spots
+        measured = np.flatnonzero((sites.spot >= 0) & slide.usable[np.clip(sites.spot, 0, None)])
+        self.rows = measured  # output rows of measured, usable spots
+        spot_rows = usable_rank[sites.spot[measured]]
+        candidates = slide.most_variable(np.asarray(gene_idx), N_CANDIDATES)
+        values = slide.expression(candidates)[spot_rows]
+        moran = morans_i(values, neighbour_weights(slide.positions(slide.usable)[spot_rows]))
+        top = np.argsort(-np.nan_to_num(moran, nan=-np.inf), kind="stable")[:N_GENES]
+        self.genes = np.sort(candidates[top])  # slide gene indices
+        self.columns = np.searchsorted(np.asarray(gene_idx), self.genes)  # their columns in the batches
+        self.measured = slide.expression(self.genes)[spot_rows]
+        measured_depth = slide.depth[sites.spot[measured]]
+        self.depth = measured_depth if depth is None else np.asarray(depth)[measured]
+        self.enhanced = np.zeros((len(measured), len(self.genes)), dtype=np.float32)
+
+    def add(self, start: int, counts: np.ndarray) -> None:
+        """Keep the chosen genes of a batch ``counts`` ``(n_sites, batch)`` starting at column ``start``."""
+        inside = (self.columns >= start) & (self.columns < start + counts.shape[1])
+        if inside.any():
+            picked = counts[self.rows][:, self.columns[inside] - start]
+            self.enhanced[:, inside] = normalize(np.clip(picked, 0, None), self.depth, TARGET_SUM)
+
+    def result(self) -> dict:
+        """PC1 share and effective rank of the enhanced and the measured values, and a warning."""
+        if len(self.genes) < 3 or len(self.rows) < 3:
+            return {"n_genes": int(len(self.genes))}
+        pc1, rank = spectrum(self.enhanced)
+        measured_pc1, measured_rank = spectrum(self.measured)
+        out = {
+            "n_genes": int(len(self.genes)),
+            "pc1_share": pc1,
+            "effective_rank": rank,
+            "measured_pc1_share": measured_pc1,
+            "measured_effective_rank": measured_rank,
+        }
+        if len(self.genes) >= MIN_GENES and np.isfinite(rank) and rank < FEW_PATTERNS:
+            out["warning"] = (
+                f"the enhanced genes follow a few shared patterns (effective rank {rank:.1f} over the "
+                f"{len(self.genes)} most spatially variable genes; measured {measured_rank:.1f}; PC1 holds "
+                f"{pc1:.0%} of their variance, measured {measured_pc1:.0%}): not suitable for "
+                "co-expression, clustering or differential-expression analysis; use layers['measured'] "
+                "for those"
+            )
+        return out
+
+
+__all__ = ["PatternCheck", "FEW_PATTERNS"]

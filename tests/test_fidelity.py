@@ -1,0 +1,149 @@
+"""Gene-specific fidelity metrics: known answers, and their place in the evaluation report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helpers import block_sites, make_slide
+from napari_stentrans.core.fidelity import (
+    adjusted_rand_index,
+    cluster_ari,
+    coexpression_r,
+    gene_specific_r,
+    morans_i,
+    neighbour_weights,
+    principal_axes,
+    spectrum,
+)
+from napari_stentrans.core.lattice import Lattice
+
+
+def _grid(n: int = 12):
+    r, c = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    return r.ravel(), c.ravel(), np.column_stack([c.ravel(), r.ravel()]).astype(float)
+
+
+def test_neighbour_weights_are_the_lattice_neighbours_with_rows_summing_to_one():
+    for kind in ("square", "hex"):
+        lattice = Lattice(kind)
+        r, c = block_sites(kind, 10, 16)
+        w = neighbour_weights(lattice.physical(r, c) / lattice.pitch_um)
+        degree = np.diff(w.indptr)
+        assert degree.max() == (4 if kind == "square" else 6)
+        np.testing.assert_allclose(np.asarray(w.sum(axis=1)).ravel(), 1.0)
+
+
+def test_morans_i_sees_smooth_fields_alternation_and_noise():
+    r, c, xy = _grid()
+    w = neighbour_weights(xy)
+    smooth = np.sin(c / 4.0)
+    alternating = ((r + c) % 2) * 2.0 - 1.0  # every neighbour has the opposite sign
+    noise = np.random.default_rng(0).normal(size=len(r))
+    i = morans_i(np.column_stack([smooth, alternating, noise, np.ones(len(r))]), w)
+    assert i[0] > 0.8 and i[1] == pytest.approx(-1.0) and abs(i[2]) < 0.15 and np.isnan(i[3])
+
+
+def test_gene_specific_r_ignores_the_shared_axes_and_keeps_each_genes_own_signal():
+    rng = np.random.default_rng(1)
+    shared = rng.normal(size=(400, 1)) * 5.0
+    own = rng.normal(size=(400, 30))
+    truth = shared @ rng.normal(size=(1, 30)) + own
+    mean, axes = principal_axes(truth[:200], n_axes=1)  # "seen" spots
+    assert np.nanmedian(gene_specific_r(truth[200:], truth[200:], mean, axes)) == pytest.approx(1.0)
+    shared_only = shared[200:] @ (axes.T * 5.0) + mean  # the prediction of the shared map alone
+    r = gene_specific_r(shared_only, truth[200:], mean, axes)
+    assert np.nanmax(np.abs(np.nan_to_num(r))) < 0.2  # nothing gene-specific is left
+
+
+def test_coexpression_and_spectrum_of_a_rank_one_prediction():
+    rng = np.random.default_rng(2)
+    truth = rng.normal(size=(300, 20))  # independent genes: no co-expression
+    rank_one = np.outer(rng.normal(size=300), rng.uniform(0.5, 1.5, 20))
+    assert coexpression_r(truth, truth) == pytest.approx(1.0)
+    pc1, erank = spectrum(rank_one)
+    assert pc1 == pytest.approx(1.0) and erank == pytest.approx(1.0, abs=1e-6)
+    pc1_t, erank_t = spectrum(truth)
+    assert pc1_t < 0.15 and erank_t > 15
+    # same-sign loadings: every pair correlates at 1, so co-expression agreement is undefined
+    assert np.isnan(coexpression_r(rank_one, truth))
+    # a truth with two programmes: one shared map (signs unrelated to them) invents co-expression
+    a, b = rng.normal(size=(2, 300))
+    programme = np.repeat([0, 1], 10)
+    correlated = (
+        np.where(programme == 0, 1.0, 0.0) * a[:, None] + np.where(programme == 1, 1.0, 0.0) * b[:, None]
+    )
+    correlated = correlated + 0.3 * truth
+    one_map = np.outer(a + b, rng.choice([-1.0, 1.0], 20))
+    assert (
+        coexpression_r(one_map, correlated)
+        < 0.5
+        < coexpression_r(correlated + 0.3 * rng.normal(size=truth.shape), correlated)
+    )
+
+
+def test_adjusted_rand_index_known_values_and_clustering():
+    assert adjusted_rand_index([0, 0, 1, 1], [5, 5, 9, 9]) == pytest.approx(1.0)
+    # Hubert & Arabie (1985) style example; sklearn's adjusted_rand_score gives 0.242424...
+    assert adjusted_rand_index([0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 2, 2]) == pytest.approx(0.2424242424)
+    rng = np.random.default_rng(3)
+    labels = np.repeat(["L1", "L2", "WM"], 60)
+    centres = rng.normal(size=(3, 40)) * 6
+    values = centres[np.repeat([0, 1, 2], 60)] + rng.normal(size=(180, 40))
+    assert cluster_ari(values, labels) == pytest.approx(1.0)
+    assert abs(cluster_ari(rng.normal(size=(180, 40)), labels)) < 0.1
+
+
+def test_the_report_carries_fidelity_for_every_method_and_the_truth():
+    from napari_stentrans.core.evaluate import evaluate
+
+    r, c = block_sites("hex", 20, 36)
+    slide = make_slide(r, c, "hex", n_genes=30, seed=5)
+    slide.obs["layer"] = np.where(c < 18, "left", "right")
+    slide.obs.loc[slide.obs_names[:5], "layer"] = "NA"  # unannotated spots are left out of the ARI
+    report = evaluate(slide, "heldout", methods=("stentrans", "linear"), device="cpu", labels="layer")
+    assert set(report["truth"]) == {"pc1_share", "effective_rank", "ari"}
+    assert len(report["spatial_genes"]) == min(100, report["n_genes"])
+    for name in ("stentrans", "linear"):
+        scores = report["methods"][name]
+        for key in (
+            "gene_specific_r",
+            "gene_specific_r_all",
+            "coexpression_r",
+            "pc1_share",
+            "effective_rank",
+            "ari",
+        ):
+            assert np.isfinite(scores[key]), (name, key)
+        assert 0 < scores["pc1_share"] <= 1 and 1 <= scores["effective_rank"] <= report["n_genes"]
+    assert report["methods"]["linear"]["ari"] > 0.5  # two halves: interpolation keeps them apart
+    with pytest.raises(ValueError, match="labels: obs has no column 'tissue'"):
+        evaluate(slide, "heldout", methods=("linear",), labels="tissue")
+
+
+def test_every_enhancement_reports_its_patterns_and_warns_when_genes_share_few(tmp_path):
+    """A rank-1 estimate gets the plain-words warning; a gene-by-gene interpolation does not."""
+    from napari_stentrans.core.config import preset
+    from napari_stentrans.core.estimators import method_estimator
+    from napari_stentrans.core.fitting import fit
+    from napari_stentrans.core.slide import Slide
+
+    r, c = block_sites("hex", 24, 40)
+    adata = make_slide(r, c, "hex", n_genes=60, seed=7)
+    from dataclasses import replace
+
+    from napari_stentrans.core.classical import ClassicalParams
+
+    fitted = fit(adata, preset("default", "hex", min_detection=0.0), device="cpu")
+    rank_one = replace(fitted, params=ClassicalParams(1, None, None), _bases={})
+    patterns = rank_one.enhance(adata).uns["stentrans"]["patterns"]
+    assert patterns["effective_rank"] < 1.5 < patterns["measured_effective_rank"]
+    assert "not suitable for co-expression" in patterns["warning"]
+    streamed = rank_one.write(adata, tmp_path / "o.h5ad")  # the same verdict, computed batch by batch
+    assert streamed.uns["patterns"]["warning"] == patterns["warning"]
+    slide = Slide.from_adata(adata)
+    linear = method_estimator("linear", "hex").fit(slide)
+    per_gene = linear.enhance(slide).uns["stentrans"]["patterns"]
+    assert per_gene["effective_rank"] > 5 and "warning" not in per_gene
+    few = rank_one.enhance(adata, genes=["G1", "G2", "G3", "G4"]).uns["stentrans"]["patterns"]
+    assert few["n_genes"] == 4 and "warning" not in few  # four genes say nothing about patterns
