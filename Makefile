@@ -41,7 +41,7 @@ bench: setup
 # (runs already stored in docs/accuracy/runs are kept; delete them to measure again). Hours on 2 cores.
 accuracy: setup
 	$(BIN)/python benchmarks/bench_accuracy.py --datasets all --protocols heldout,lost --seeds 0,1,2 \
-		--methods stentrans,nearest,linear,cubic,lowrank_linear,lowrank_kernel
+		--methods stentrans,lowrank,nearest,linear,cubic,lowrank_linear,lowrank_kernel
 	$(BIN)/python benchmarks/bench_accuracy.py --datasets all --protocols heldout,lost --seeds 0 \
 		--readme README.md
 

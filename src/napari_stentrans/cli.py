@@ -71,6 +71,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="with --model on another slide: keep the model's classical rank and smoothers "
         "instead of re-choosing them on this slide",
     )
+    enh.add_argument(
+        "--keep-measured",
+        action="store_true",
+        help="measured spots keep their measured counts in X (default: the estimate, like every "
+        "other site; the measured counts are in layers['measured'] either way)",
+    )
     enh.add_argument("--plot", type=Path, help="write a side-by-side PNG of a few genes")
     enh.add_argument("--overwrite", action="store_true", help="replace existing output files")
     enh.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -259,6 +265,7 @@ def cmd_enhance(args: argparse.Namespace) -> int:
                 stop=stop,
                 inputs=(args.path, args.coords, args.mask, args.model),
                 classical="keep" if args.keep_classical else "auto",
+                measured="keep" if args.keep_measured else "estimate",
             )
             if args.save_model is not None:
                 model.save(outputs.enter_context(atomic_path(args.save_model)))

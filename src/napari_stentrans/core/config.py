@@ -129,18 +129,26 @@ class ClassicalConfig:
         ``"most_variable"``: the basis and the choice use the ``n_train_genes`` most variable
         eligible genes; ``"given"``: the genes passed to ``fit`` (the evaluation's low-rank
         baselines, which use the genes they are scored on).
+    gene_residuals
+        ``"shrunk"``: each gene's own residual from the low-rank reconstruction is smoothed too
+        and added back, shrunk per gene and site by how much of it is spatial signal
+        (:func:`.classical.residual_shrinkage`); rank and shrinkage are chosen on the pairs for
+        per-gene r, gene-specific r and co-expression jointly. ``"none"``: the low-rank
+        reconstruction alone (every gene follows the same few maps; the low-rank baselines).
     """
 
     smoothers: Literal["all", "linear", "kernel"] = "all"
     depth_choice: Literal["stack", "best"] = "stack"
     gap_smoothers: bool = True
     basis_genes: Literal["most_variable", "given"] = "most_variable"
+    gene_residuals: Literal["shrunk", "none"] = "shrunk"
 
     def __post_init__(self) -> None:
         _check_choice("smoothers", self.smoothers, ("all", "linear", "kernel"))
         _check_choice("depth_choice", self.depth_choice, ("stack", "best"))
         _check_bool("gap_smoothers", self.gap_smoothers)
         _check_choice("basis_genes", self.basis_genes, ("most_variable", "given"))
+        _check_choice("gene_residuals", self.gene_residuals, ("shrunk", "none"))
 
 
 PositionCode = Literal["lattice2d", "index1d", "none"]
@@ -347,6 +355,14 @@ class Config:
                 "'index' with a correction network (residual=True): the classical estimate lives on it",
             )
 
+        if self.network.residual and self.optim.epochs > 0 and self.classical.gene_residuals != "none":
+            _refuse(
+                "gene_residuals",
+                self.classical.gene_residuals,
+                "'none' when a correction network trains (epochs > 0): the network learns to correct "
+                "the low-rank estimate alone (use the 'transformer' preset)",
+            )
+
     @property
     def learns(self) -> bool:
         """Whether fitting trains a network (False: the classical estimator alone)."""
@@ -415,6 +431,16 @@ class Config:
                 f"unknown option(s) {sorted(unknown)}; known: {', '.join(sorted([*_FLAT, 'seed']))}"
             )
         top = {k: overrides[k] for k in ("preset", "seed") if k in overrides}
+        trains = overrides.get("epochs", self.optim.epochs)
+        if (
+            self.network.residual
+            and isinstance(trains, int)
+            and trains > 0
+            and "gene_residuals" not in overrides
+        ):
+            # a correction network is trained on the low-rank estimate alone (the training pairs
+            # build no gene residuals): asking a preset to train picks that base
+            overrides = {**overrides, "gene_residuals": "none"}
         sections = {}
         for section in _SECTIONS:
             changed = {k: v for k, v in overrides.items() if _FLAT.get(k) == section}
@@ -475,7 +501,13 @@ def preset(name: str = "default", lattice_kind: str = "square", **overrides) -> 
     if name == "default":
         config = Config()
     elif name == "transformer":
-        config = Config(preset="transformer", optim=OptimConfig(epochs=20))
+        # the correction network is trained on the low-rank estimate alone (training pairs
+        # build no gene residuals), so the transformer keeps that base
+        config = Config(
+            preset="transformer",
+            classical=ClassicalConfig(gene_residuals="none"),
+            optim=OptimConfig(epochs=20),
+        )
     else:
         visium = lattice_kind == "hex"
         config = Config(

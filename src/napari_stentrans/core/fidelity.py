@@ -90,9 +90,11 @@ def _correlation(values: np.ndarray) -> np.ndarray:
 def coexpression_r(pred: np.ndarray, truth: np.ndarray) -> float:
     """Pearson r between the upper triangles of the gene-gene correlation matrices.
 
-    NaN when either side's correlations are all equal (e.g. a rank-1 prediction whose loadings
+    NaN with fewer than three genes, and when either side's correlations are all equal (e.g. a rank-1 prediction whose loadings
     have one sign: every pair correlates at 1, so no pattern of co-expression is left to compare).
     """
+    if pred.shape[1] < 3:  # fewer than three gene pairs: no pattern to compare
+        return float("nan")
     upper = np.triu_indices(pred.shape[1], k=1)
     a, b = _correlation(pred)[upper], _correlation(truth)[upper]
     r = pearson_per_gene(a[:, None], b[:, None])[0]

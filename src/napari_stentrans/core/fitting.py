@@ -123,11 +123,13 @@ def enhance(
     device: str = "auto",
     stop: StopFlag | None = None,
     callback: Callable[[TrainEvent], None] | None = None,
+    measured: str = "estimate",
     **overrides,
 ) -> ad.AnnData:
     """Fit a preset on the slide and return the enhanced slide (one preparation of the slide).
 
-    Equivalent to ``fit(data, config, mask=mask).enhance(data, mask=mask, genes=genes)``; see
+    Equivalent to ``fit(data, config, mask=mask).enhance(data, mask=mask, genes=genes,
+    measured=measured)``; see
     :meth:`FittedModel.enhance <.estimators.base.FittedModel.enhance>` for the result.
 
     Raises
@@ -137,7 +139,7 @@ def enhance(
     """
     slide = as_slide(data, mask)
     model = _fitted(slide, config, device, stop, callback, overrides)
-    return model.enhance(slide, genes=genes, device=device, stop=stop)
+    return model.enhance(slide, genes=genes, device=device, stop=stop, measured=measured)
 
 
 __all__ = ["Trainer", "fit", "enhance", "resolve_config"]

@@ -7,6 +7,7 @@ name                   what                                                     
 ``stentrans_transformer``  classical estimate + learned ViT correction              yes
 ``stentrans_published``    the authors' recipe                                      yes
 ``nearest``/``linear``/``cubic``  interpolation of counts and depth                 no
+``lowrank``            the default without gene residuals (the previous default)    no
 ``lowrank_linear``     low-rank + linear interpolation, on the evaluated genes      no
 ``lowrank_kernel``     low-rank + Gaussian kernels, on the evaluated genes          no
 ``residual_cnn``       the DIST-like residual CNN                                   yes
@@ -16,6 +17,8 @@ Only the learned ones import torch, and only when they are built.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from ..config import ClassicalConfig, Config, preset
 from .base import Estimator, FittedModel, Predictor, TrainEvent, run_fit
@@ -29,6 +32,7 @@ METHODS = (
     "nearest",
     "linear",
     "cubic",
+    "lowrank",
     "lowrank_linear",
     "lowrank_kernel",
     "residual_cnn",
@@ -62,12 +66,17 @@ def method_estimator(name: str, lattice_kind: str, *, epochs: int | None = None,
         )
     if name in ("nearest", "linear", "cubic"):
         return InterpolationEstimator(name)
+    if name == "lowrank":
+        config = preset("default", lattice_kind, seed=seed)
+        classical = replace(config.classical, gene_residuals="none")
+        return ClassicalEstimator(replace(config, classical=classical), name=name)
     if name in ("lowrank_linear", "lowrank_kernel"):
         classical = ClassicalConfig(
             smoothers="linear" if name == "lowrank_linear" else "kernel",
             depth_choice="best",
             gap_smoothers=False,
             basis_genes="given",
+            gene_residuals="none",
         )
         return ClassicalEstimator(Config(classical=classical, seed=seed), name=name)
     if name == "residual_cnn":

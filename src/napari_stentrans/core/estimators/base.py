@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from ..streaming import StreamedSlide
 
 CLASSICAL_CHOICES = ("auto", "keep", "refit")
+MEASURED_CHOICES = ("estimate", "keep")
 
 
 class StopFlag(Protocol):
@@ -210,6 +211,34 @@ class Predictor(ABC):
         """Free what prediction held (network weights, device memory)."""
 
 
+class KeepMeasured(Predictor):
+    """Another predictor's counts, with the measured counts at measured sites.
+
+    Every measured spot that is usable (not lost) keeps its own counts in ``X``; imputed and
+    new sites keep the model's estimate. For users who want the enhanced slide to agree with
+    the measurement wherever there is one (``layers["measured"]`` holds them in either case).
+    """
+
+    def __init__(self, inner: Predictor, slide: Slide, sites: OutputSites) -> None:
+        super().__init__()
+        self.inner = inner
+        self.depth, self.params = inner.depth, inner.params
+        self.notes = {**inner.notes, "measured_sites": "measured counts kept in X"}
+        self.rows = np.flatnonzero((sites.kind == "measured") & (sites.spot >= 0))
+        spots = sites.spot[self.rows]
+        usable = slide.usable[spots]
+        self.rows, self.spots = self.rows[usable], spots[usable]
+        self.counts = slide.counts
+
+    def predict_counts(self, gene_idx: np.ndarray) -> np.ndarray:
+        counts = self.inner.predict_counts(gene_idx)
+        counts[self.rows] = self.counts[self.spots][:, gene_idx].toarray()
+        return counts
+
+    def release(self) -> None:
+        self.inner.release()
+
+
 class FittedModel(ABC):
     """A model fitted on a slide; apply it with :meth:`enhance` or :meth:`write`.
 
@@ -294,8 +323,9 @@ class FittedModel(ABC):
         runtime: Runtime,
         stop: StopFlag | None,
         classical: str,
+        measured: str = "estimate",
     ) -> tuple[np.ndarray, Predictor]:
-        predictor = self.predictor(slide, sites, runtime=runtime, classical=classical)
+        predictor = self._predictor(slide, sites, runtime, classical, measured)
         result = np.zeros((len(sites), len(gene_idx)), dtype=np.float32)
         try:
             for start, counts in predictor.batches(gene_idx, runtime.batch_size, stop):
@@ -313,6 +343,7 @@ class FittedModel(ABC):
         device: str = "auto",
         stop: StopFlag | None = None,
         classical: str = "auto",
+        measured: str = "estimate",
     ) -> ad.AnnData:
         """The enhanced slide in memory: a 2x denser lattice with re-estimated, imputed and new sites.
 
@@ -332,6 +363,9 @@ class FittedModel(ABC):
             Stop flag; :class:`~..errors.TrainingStopped` is raised when it is set.
         classical
             ``auto``, ``keep`` or ``refit`` (see :meth:`predictor`).
+        measured
+            ``"estimate"``: measured sites hold the model's estimate like every other site;
+            ``"keep"``: they hold their measured counts (imputed and new sites are estimated).
 
         Returns
         -------
@@ -345,7 +379,9 @@ class FittedModel(ABC):
         from ..patterns import PatternCheck
 
         slide, gene_idx, sites = self._job(data, mask, genes, classical)
-        counts, predictor = self._predict_all(slide, sites, gene_idx, Runtime(device), stop, classical)
+        counts, predictor = self._predict_all(
+            slide, sites, gene_idx, Runtime(device), stop, classical, measured
+        )
         check = PatternCheck(slide, sites, gene_idx, predictor.depth)
         check.add(0, counts)
         return assemble(slide, self, gene_idx, sites, counts, predictor, check.result())
@@ -362,6 +398,7 @@ class FittedModel(ABC):
         batch_size: int = 256,
         inputs: tuple = (),
         classical: str = "auto",
+        measured: str = "estimate",
     ) -> StreamedSlide:
         """Enhance and stream the result into ``path`` (``.h5ad``) gene batch by gene batch.
 
@@ -381,11 +418,21 @@ class FittedModel(ABC):
         source = slide.adata.uns.get("stentrans_lattice", {}).get("source", "")
         refuse_inputs(path, [*inputs, *([source] if source else [])])
         slide, gene_idx, sites = self._job(slide, None, genes, classical)
-        predictor = self.predictor(slide, sites, runtime=Runtime(device, batch_size), classical=classical)
+        predictor = self._predictor(slide, sites, Runtime(device, batch_size), classical, measured)
         try:
             return write_streamed(slide, self, gene_idx, sites, predictor, path, batch_size, stop)
         finally:
             predictor.release()
+
+    def _predictor(
+        self, slide: Slide, sites: OutputSites, runtime: Runtime, classical: str, measured: str
+    ) -> Predictor:
+        if measured not in MEASURED_CHOICES:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"measured: {measured!r} is not allowed; expected one of {MEASURED_CHOICES}")
+        predictor = self.predictor(slide, sites, runtime=runtime, classical=classical)
+        return KeepMeasured(predictor, slide, sites) if measured == "keep" else predictor
 
     def _job(self, data, mask, genes, classical: str) -> tuple[Slide, np.ndarray, OutputSites]:
         from ..sites import output_sites

@@ -29,11 +29,16 @@ from ..classical import (
     LowRankBasis,
     denormalize,
     hole_pairs,
+    noise_factor,
+    residual_shrinkage,
     select_classical_params,
+    select_gene_residuals,
     smooth,
+    smoothing_weights,
 )
 from ..config import DEFAULT_RUNTIME, Config, Runtime
 from ..errors import InputError
+from ..fidelity import morans_i, neighbour_weights
 from ..sites import OutputSites
 from ..slide import Slide
 from .base import Estimator, FitRequest, FittedModel, Predictor, TrainEvent, instant_fit
@@ -77,15 +82,26 @@ def choose_params(slide: Slide, values: np.ndarray, config: Config) -> Classical
         bandwidths=bandwidths,
         depth_bandwidths=depth_bandwidths,
     )
+    residuals = config.classical.gene_residuals == "shrunk"
     with threadpool_limits(limits=1, user_api="blas"):
         params, _ = select_classical_params(values, positions, keep, **choice)
+        if residuals:
+            params = _with_residuals(params, values, positions, keep, scale=2.0)
         hole_sizes = slide.hole_sizes() if config.classical.gap_smoothers else ()
         if len(hole_sizes):  # gaps to fill: their smoothers are chosen on gaps of the same size
             pairs = hole_pairs(positions, hole_sizes, np.random.default_rng(config.seed))
             holes, scores = select_classical_params(values, positions, pairs, scale=1.0, **choice)
             if scores:  # gaps of one or two sites make no pair with >= 3 targets: keep the main choice
+                if residuals:
+                    holes = _with_residuals(holes, values, positions, pairs, scale=1.0)
                 params = replace(params, holes=holes)
     return params
+
+
+def _with_residuals(params: ClassicalParams, values: np.ndarray, positions: np.ndarray, pairs, scale: float):
+    """``params`` with rank and gene-residual shrinkage re-chosen jointly on the same pairs."""
+    (rank, kappa), _ = select_gene_residuals(values, positions, pairs, params.bandwidth, scale=scale)
+    return replace(params, rank=rank, residual=kappa)
 
 
 def _usable_digest(slide: Slide) -> str:
@@ -194,6 +210,18 @@ class ClassicalModel(FittedModel):
         return predictor
 
 
+@dataclass(eq=False)
+class _SiteGroup:
+    """Sites sharing one parameter set: their smoothed scores and, with gene residuals, the weights."""
+
+    rows: np.ndarray
+    rank: int
+    smoothed: np.ndarray  # (n_rows, rank) smoothed low-rank scores
+    weights: object = None  # sparse (n_rows, n_usable) smoother of the gene residuals
+    noise: np.ndarray | None = None  # (n_rows,) noise_factor of those weights
+    kappa: float = 0.0
+
+
 class ClassicalPredictor(Predictor):
     """The classical estimate at fixed sites: scores and depth smoothed once, loadings per gene batch."""
 
@@ -207,13 +235,25 @@ class ClassicalPredictor(Predictor):
         self.basis = model.basis(slide)
         in_gap = slide.in_gap(dst_xy)  # sites in gaps take the smoothers chosen on hole-filling pairs
         log_depth = np.log(slide.depth[slide.usable])
-        self.groups: list[tuple[np.ndarray, int, np.ndarray]] = []
+        self.groups: list[_SiteGroup] = []
         self.depth = np.empty(len(sites))
         for rows, params in model.params.site_groups(in_gap):
             rank = min(params.rank, self.basis.max_rank)
-            smoothed = smooth(src_xy, dst_xy[rows], params.bandwidth, self.basis.scores[:, :rank])
-            self.groups.append((rows, rank, smoothed))
+            scores = self.basis.scores[:, :rank]
+            if params.residual is None:
+                self.groups.append(
+                    _SiteGroup(rows, rank, smooth(src_xy, dst_xy[rows], params.bandwidth, scores))
+                )
+            else:  # each gene's own residual is smoothed with the same weights: keep them
+                weights = smoothing_weights(src_xy, dst_xy[rows], params.bandwidth)
+                group = _SiteGroup(
+                    rows, rank, weights @ scores, weights, noise_factor(weights), params.residual
+                )
+                self.groups.append(group)
             self.depth[rows] = np.exp(params.smooth_log_depth(src_xy, dst_xy[rows], log_depth))
+        self.neighbours = (
+            neighbour_weights(src_xy) if any(g.weights is not None for g in self.groups) else None
+        )
 
     def normalised(self, values: np.ndarray) -> np.ndarray:
         """The classical estimate ``(n_sites, genes)`` of log-normalised expression at the sites.
@@ -221,10 +261,15 @@ class ClassicalPredictor(Predictor):
         ``values`` are the genes' log-normalised values at the usable spots.
         """
         out = np.empty((len(self.depth), values.shape[1]), dtype=np.float32)
-        loadings = {rank: self.basis.loadings(values, rank) for rank in {rank for _, rank, _ in self.groups}}
-        for rows, rank, smoothed in self.groups:
-            mean, coef = loadings[rank]
-            out[rows] = smoothed @ coef + mean
+        loadings = {rank: self.basis.loadings(values, rank) for rank in {g.rank for g in self.groups}}
+        for group in self.groups:
+            mean, coef = loadings[group.rank]
+            out[group.rows] = group.smoothed @ coef + mean
+            if group.weights is not None:
+                residual = values - mean - self.basis.scores[:, : group.rank] @ coef
+                moran = morans_i(residual, self.neighbours)
+                shrink = residual_shrinkage(moran, group.noise, group.kappa)
+                out[group.rows] += (shrink * (group.weights @ residual)).astype(np.float32)
         return out
 
     def predict_counts(self, gene_idx: np.ndarray) -> np.ndarray:
