@@ -558,6 +558,7 @@ def select_gene_residuals(
     max_genes: int = 300,
     max_targets: int = 1000,
     scale: float = 2.0,
+    tolerance: float = 0.005,
 ) -> tuple[tuple[int, float | None], dict[tuple[int, float | None], float]]:
     """Choose the rank and the gene-residual shrinkage jointly on the pairs, for three metrics.
 
@@ -576,6 +577,9 @@ def select_gene_residuals(
         As in :func:`select_classical_params`.
     bandwidth
         The scores' smoother, already chosen (None: linear interpolation), in kept pitches.
+    tolerance
+        Only candidates whose mean median per-gene r is within this of the best candidate's
+        are eligible: the fidelity metrics may not be bought with per-gene r.
 
     Returns
     -------
@@ -586,6 +590,7 @@ def select_gene_residuals(
         return (ClassicalParams().rank, None), {}
     chosen = _evenly(values, max_genes)
     scores: dict[tuple[int, float | None], list[float]] = {}
+    per_gene: dict[tuple[int, float | None], list[float]] = {}
     for keep in inputs:
         kept, targets = chosen[keep], _pair_targets(keep, max_targets)
         truth = chosen[targets].astype(np.float64)
@@ -617,8 +622,13 @@ def select_gene_residuals(
                     gene_specific_r(pred, truth, kept_mean, axes)[spatial],
                 )
                 coexpression = coexpression_r(pred[:, spatial], truth[:, spatial])
-                total = sum(float(np.nanmedian(x)) if np.isfinite(x).any() else -1.0 for x in parts)
-                total += coexpression if np.isfinite(coexpression) else 0.0
+                medians = [float(np.nanmedian(x)) if np.isfinite(x).any() else -1.0 for x in parts]
+                total = sum(medians) + (coexpression if np.isfinite(coexpression) else 0.0)
                 scores.setdefault((r, kappa), []).append(total)
+                per_gene.setdefault((r, kappa), []).append(medians[0])
     mean_scores = {k: float(np.mean(v)) for k, v in scores.items() if len(v) == len(inputs)}
-    return max(mean_scores, key=mean_scores.get), mean_scores
+    mean_r = {k: float(np.mean(per_gene[k])) for k in mean_scores}
+    # per-gene r may not pay for the other two: candidates more than `tolerance` below the best
+    # per-gene r on the pairs are not eligible (small slides otherwise trade it away on noise)
+    eligible = [k for k in mean_scores if mean_r[k] >= max(mean_r.values()) - tolerance]
+    return max(eligible, key=mean_scores.get), mean_scores
