@@ -53,10 +53,9 @@ def labels_of(name: str, adata) -> np.ndarray | None:
     """The slide's spot annotations (NA where a spot has none), or None for an unannotated slide."""
     if name not in LABELS:
         return None
-    import pandas as pd
+    from napari_stentrans.core.io.labels import read_labels
 
-    table = pd.read_csv(SHARED / LABELS[name], index_col=0)
-    return table.iloc[:, 0].reindex(adata.obs_names).astype(str).to_numpy()
+    return read_labels(SHARED / LABELS[name], adata.obs_names)
 
 
 def run_one(

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from helpers import block_sites, make_slide
+from napari_stentrans.core.classical import LowRankBasis
 from napari_stentrans.core.fidelity import (
     adjusted_rand_index,
     cluster_ari,
@@ -13,7 +14,6 @@ from napari_stentrans.core.fidelity import (
     gene_specific_r,
     morans_i,
     neighbour_weights,
-    principal_axes,
     spectrum,
 )
 from napari_stentrans.core.lattice import Lattice
@@ -49,7 +49,8 @@ def test_gene_specific_r_ignores_the_shared_axes_and_keeps_each_genes_own_signal
     shared = rng.normal(size=(400, 1)) * 5.0
     own = rng.normal(size=(400, 30))
     truth = shared @ rng.normal(size=(1, 30)) + own
-    mean, axes = principal_axes(truth[:200], n_axes=1)  # "seen" spots
+    seen = LowRankBasis.fit(truth[:200], 1)  # "seen" spots
+    mean, axes = seen.mean.astype(np.float64), seen.components.astype(np.float64)
     assert np.nanmedian(gene_specific_r(truth[200:], truth[200:], mean, axes)) == pytest.approx(1.0)
     shared_only = shared[200:] @ (axes.T * 5.0) + mean  # the prediction of the shared map alone
     r = gene_specific_r(shared_only, truth[200:], mean, axes)

@@ -388,20 +388,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _read_labels(spec: str, adata):
     """Annotations of the slide's spots: an obs column, or a CSV of barcode,label (missing: NA)."""
-    import pandas as pd
-
     if spec in adata.obs:
         return adata.obs[spec].astype(str).to_numpy()
-    path = Path(spec)
-    if not path.is_file():
+    from .core.io.labels import read_labels
+
+    if not Path(spec).is_file():
         raise CliError(f"--labels: {spec!r} is neither an obs column of the slide nor a file")
-    try:
-        table = pd.read_csv(path, index_col=0)
-    except Exception as exc:
-        raise CliError(f"{path}: cannot read the labels table ({exc})") from exc
-    if table.shape[1] < 1 or not adata.obs_names.isin(table.index).any():
-        raise CliError(f"{path}: needs barcode,label columns with the slide's barcodes")
-    return table.iloc[:, 0].reindex(adata.obs_names).astype(str).to_numpy()
+    return read_labels(spec, adata.obs_names)
 
 
 def _finite(value):

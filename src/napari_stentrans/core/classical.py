@@ -21,7 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
-from .fidelity import N_AXES, N_SPATIAL_GENES, coexpression_r, gene_specific_r, morans_i, neighbour_weights
+from .fidelity import N_AXES, coexpression_r, gene_specific_r, morans_i, neighbour_weights, spatially_variable
 from .metrics import pearson_per_gene
 from .regions import nearest_regions
 
@@ -598,8 +598,7 @@ def select_gene_residuals(
         smoother = smoothing_weights(positions[keep] / scale, positions[targets] / scale, bandwidth)
         c = noise_factor(smoother)
         neighbours = neighbour_weights(positions[keep])
-        spatial = np.argsort(-np.nan_to_num(morans_i(kept, neighbours), nan=-np.inf), kind="stable")
-        spatial = np.sort(spatial[:N_SPATIAL_GENES])
+        spatial = spatially_variable(kept, neighbours)
         axes = basis.components[:, :N_AXES].astype(np.float64)
         kept_mean = basis.mean.astype(np.float64)
         smoothed_scores = smoother @ basis.scores.astype(np.float64)

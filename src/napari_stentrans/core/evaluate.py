@@ -45,12 +45,11 @@ from .estimators import METHODS, method_estimator
 from .estimators.interpolation import InterpolationModel
 from .fidelity import (
     N_AXES,
-    N_SPATIAL_GENES,
     cluster_ari,
     coexpression_r,
     gene_specific_r,
-    morans_i,
     neighbour_weights,
+    spatially_variable,
     spectrum,
 )
 from .io import lattice_of
@@ -114,8 +113,7 @@ def reference(split: Split, labels: np.ndarray | None = None) -> Reference:
     """The split's :class:`Reference` (``labels``: one annotation per spot of the slide, or None)."""
     slide = split.known_slide
     seen = slide.expression(split.gene_idx)  # log-normalised, usable seen spots
-    moran = morans_i(seen, neighbour_weights(slide.positions(slide.usable)))
-    spatial = np.sort(np.argsort(-np.nan_to_num(moran, nan=-np.inf), kind="stable")[:N_SPATIAL_GENES])
+    spatial = spatially_variable(seen, neighbour_weights(slide.positions(slide.usable)))
     basis = LowRankBasis.fit(seen, N_AXES)
     target_labels = None
     if labels is not None:

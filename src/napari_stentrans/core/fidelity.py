@@ -57,18 +57,19 @@ def morans_i(values: np.ndarray, weights: sp.csr_matrix) -> np.ndarray:
     return np.divide(num, den, out=np.full(z.shape[1], np.nan), where=den > 1e-12)
 
 
-def principal_axes(values: np.ndarray, n_axes: int = N_AXES) -> tuple[np.ndarray, np.ndarray]:
-    """Mean ``(genes,)`` and the top ``n_axes`` principal axes ``(genes, n_axes)`` of ``values``."""
-    values = np.asarray(values, dtype=np.float64)
-    mean = values.mean(axis=0)
-    _, _, vt = np.linalg.svd(values - mean, full_matrices=False)
-    return mean, vt[:n_axes].T
+def spatially_variable(values: np.ndarray, weights: sp.csr_matrix, n: int = N_SPATIAL_GENES) -> np.ndarray:
+    """Columns of ``values`` ``(n_spots, genes)`` with the ``n`` highest Moran's I, ascending.
+
+    ``weights`` are the spots' :func:`neighbour_weights`; constant genes (NaN) come last.
+    """
+    moran = morans_i(values, weights)
+    return np.sort(np.argsort(-np.nan_to_num(moran, nan=-np.inf), kind="stable")[:n])
 
 
 def gene_specific_r(pred: np.ndarray, truth: np.ndarray, mean: np.ndarray, axes: np.ndarray) -> np.ndarray:
     """Per-gene r ``(genes,)`` of prediction and truth with their projection on ``axes`` removed.
 
-    ``mean`` and ``axes`` come from the seen spots (:func:`principal_axes`), so neither side
+    ``mean`` and ``axes`` come from the seen spots (e.g. :class:`.classical.LowRankBasis`), so neither side
     defines the structure that is taken out.
     """
 
@@ -158,7 +159,7 @@ def cluster_ari(values: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
 __all__ = [
     "neighbour_weights",
     "morans_i",
-    "principal_axes",
+    "spatially_variable",
     "gene_specific_r",
     "coexpression_r",
     "spectrum",

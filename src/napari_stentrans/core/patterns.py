@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .classical import TARGET_SUM, normalize
-from .fidelity import morans_i, neighbour_weights, spectrum
+from .fidelity import neighbour_weights, spatially_variable, spectrum
 from .sites import OutputSites
 from .slide import Slide
 
@@ -48,8 +48,7 @@ class PatternCheck:
         spot_rows = usable_rank[sites.spot[measured]]
         candidates = slide.most_variable(np.asarray(gene_idx), N_CANDIDATES)
         values = slide.expression(candidates)[spot_rows]
-        moran = morans_i(values, neighbour_weights(slide.positions(slide.usable)[spot_rows]))
-        top = np.argsort(-np.nan_to_num(moran, nan=-np.inf), kind="stable")[:N_GENES]
+        top = spatially_variable(values, neighbour_weights(slide.positions(slide.usable)[spot_rows]), N_GENES)
         self.genes = np.sort(candidates[top])  # slide gene indices
         self.columns = np.searchsorted(np.asarray(gene_idx), self.genes)  # their columns in the batches
         self.measured = slide.expression(self.genes)[spot_rows]

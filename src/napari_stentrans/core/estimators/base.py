@@ -227,12 +227,13 @@ class KeepMeasured(Predictor):
         self.rows = np.flatnonzero((sites.kind == "measured") & (sites.spot >= 0))
         spots = sites.spot[self.rows]
         usable = slide.usable[spots]
-        self.rows, self.spots = self.rows[usable], spots[usable]
-        self.counts = slide.counts
+        self.rows = self.rows[usable]
+        # the kept spots' rows, once, by column: each gene batch slices its columns only
+        self.measured = slide.counts[spots[usable]].tocsc()
 
     def predict_counts(self, gene_idx: np.ndarray) -> np.ndarray:
         counts = self.inner.predict_counts(gene_idx)
-        counts[self.rows] = self.counts[self.spots][:, gene_idx].toarray()
+        counts[self.rows] = self.measured[:, gene_idx].toarray()
         return counts
 
     def release(self) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Generator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from ..classical import (
@@ -217,7 +218,7 @@ class _SiteGroup:
     rows: np.ndarray
     rank: int
     smoothed: np.ndarray  # (n_rows, rank) smoothed low-rank scores
-    weights: object = None  # sparse (n_rows, n_usable) smoother of the gene residuals
+    weights: sp.csr_matrix | None = None  # (n_rows, n_usable) smoother of the gene residuals
     noise: np.ndarray | None = None  # (n_rows,) noise_factor of those weights
     kappa: float = 0.0
 
@@ -262,12 +263,15 @@ class ClassicalPredictor(Predictor):
         """
         out = np.empty((len(self.depth), values.shape[1]), dtype=np.float32)
         loadings = {rank: self.basis.loadings(values, rank) for rank in {g.rank for g in self.groups}}
+        residuals: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # rank -> residual, its Moran's I
         for group in self.groups:
             mean, coef = loadings[group.rank]
             out[group.rows] = group.smoothed @ coef + mean
             if group.weights is not None:
-                residual = values - mean - self.basis.scores[:, : group.rank] @ coef
-                moran = morans_i(residual, self.neighbours)
+                if group.rank not in residuals:  # gap and non-gap sites often share the rank
+                    residual = values - mean - self.basis.scores[:, : group.rank] @ coef
+                    residuals[group.rank] = residual, morans_i(residual, self.neighbours)
+                residual, moran = residuals[group.rank]
                 shrink = residual_shrinkage(moran, group.noise, group.kappa)
                 out[group.rows] += (shrink * (group.weights @ residual)).astype(np.float32)
         return out
