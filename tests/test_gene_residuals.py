@@ -103,9 +103,14 @@ def test_keep_measured_puts_the_measured_counts_in_x_and_estimates_elsewhere(tmp
     np.testing.assert_array_equal(kept.X[~measured], estimate.X[~measured])
     assert not np.allclose(estimate.X[measured], kept.X[measured])  # the default re-estimates them
     assert kept.uns["stentrans"]["measured_sites"] == "measured counts kept in X"
+    # the pattern check judges the model's estimate, not the measured counts put in its place
+    assert kept.uns["stentrans"]["patterns"] == estimate.uns["stentrans"]["patterns"]
     model.write(adata, tmp_path / "kept.h5ad", mask=lost, measured="keep")
     import anndata as ad
 
-    np.testing.assert_array_equal(ad.read_h5ad(tmp_path / "kept.h5ad").X, kept.X)
+    streamed = ad.read_h5ad(tmp_path / "kept.h5ad")
+    np.testing.assert_array_equal(streamed.X, kept.X)
+    patterns = estimate.uns["stentrans"]["patterns"]
+    assert streamed.uns["stentrans"]["patterns"]["effective_rank"] == pytest.approx(patterns["effective_rank"])
     with pytest.raises(ConfigError, match="measured: 'raw' is not allowed"):
         model.enhance(adata, measured="raw")

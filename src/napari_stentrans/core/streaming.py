@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from .estimators.base import Predictor, StopFlag
+from .estimators.base import MeasuredCounts, Predictor, StopFlag
 from .files import atomic_path
 from .output import assemble
 from .patterns import PatternCheck
@@ -59,8 +59,13 @@ def write_streamed(
     path: str | Path,
     batch_size: int = 256,
     stop: StopFlag | None = None,
+    measured: MeasuredCounts | None = None,
 ) -> StreamedSlide:
-    """Write the enhanced AnnData to ``path``, ``X`` filled gene batch by gene batch (atomically)."""
+    """Write the enhanced AnnData to ``path``, ``X`` filled gene batch by gene batch (atomically).
+
+    ``measured``, when given, puts the measured counts at measured sites after the pattern
+    check has seen each batch's estimate.
+    """
     path = Path(path)
     from anndata.io import write_elem
 
@@ -79,9 +84,11 @@ def write_streamed(
             )
             x.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})  # anndata's dense array
             for start, counts in predictor.batches(gene_idx, batch_size, stop):
+                check.add(start, counts)
+                if measured is not None:
+                    measured.put(counts, gene_idx[start : start + counts.shape[1]])
                 x[:, start : start + counts.shape[1]] = counts
                 log_variance[start : start + counts.shape[1]] = np.log1p(counts).var(axis=0)
-                check.add(start, counts)
             patterns = check.result()
             write_elem(f["uns"]["stentrans"], "patterns", patterns)
     uns = dict(skeleton.uns["stentrans"], patterns=patterns)

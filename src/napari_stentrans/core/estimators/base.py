@@ -211,33 +211,39 @@ class Predictor(ABC):
         """Free what prediction held (network weights, device memory)."""
 
 
-class KeepMeasured(Predictor):
-    """Another predictor's counts, with the measured counts at measured sites.
+class MeasuredCounts:
+    """Puts the measured counts of measured sites into predicted counts (``measured="keep"``).
 
     Every measured spot that is usable (not lost) keeps its own counts in ``X``; imputed and
     new sites keep the model's estimate. For users who want the enhanced slide to agree with
     the measurement wherever there is one (``layers["measured"]`` holds them in either case).
+    Applied by the writers after the pattern check has seen the estimate, so the check judges
+    the model, not the measurement.
     """
 
-    def __init__(self, inner: Predictor, slide: Slide, sites: OutputSites) -> None:
-        super().__init__()
-        self.inner = inner
-        self.depth, self.params = inner.depth, inner.params
-        self.notes = {**inner.notes, "measured_sites": "measured counts kept in X"}
-        self.rows = np.flatnonzero((sites.kind == "measured") & (sites.spot >= 0))
-        spots = sites.spot[self.rows]
+    NOTE = "measured counts kept in X"
+
+    def __init__(self, slide: Slide, sites: OutputSites) -> None:
+        rows = np.flatnonzero((sites.kind == "measured") & (sites.spot >= 0))
+        spots = sites.spot[rows]
         usable = slide.usable[spots]
-        self.rows = self.rows[usable]
+        self.rows = rows[usable]
         # the kept spots' rows, once, by column: each gene batch slices its columns only
         self.measured = slide.counts[spots[usable]].tocsc()
 
-    def predict_counts(self, gene_idx: np.ndarray) -> np.ndarray:
-        counts = self.inner.predict_counts(gene_idx)
+    def put(self, counts: np.ndarray, gene_idx: np.ndarray) -> np.ndarray:
+        """``counts`` ``(n_sites, len(gene_idx))`` with the measured rows replaced (in place)."""
         counts[self.rows] = self.measured[:, gene_idx].toarray()
         return counts
 
-    def release(self) -> None:
-        self.inner.release()
+
+def _measured_counts(measured: str) -> bool:
+    """Whether ``measured`` asks to keep the measured counts; a ConfigError for anything else."""
+    if measured not in MEASURED_CHOICES:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"measured: {measured!r} is not allowed; expected one of {MEASURED_CHOICES}")
+    return measured == "keep"
 
 
 class FittedModel(ABC):
@@ -324,9 +330,8 @@ class FittedModel(ABC):
         runtime: Runtime,
         stop: StopFlag | None,
         classical: str,
-        measured: str = "estimate",
     ) -> tuple[np.ndarray, Predictor]:
-        predictor = self._predictor(slide, sites, runtime, classical, measured)
+        predictor = self.predictor(slide, sites, runtime=runtime, classical=classical)
         result = np.zeros((len(sites), len(gene_idx)), dtype=np.float32)
         try:
             for start, counts in predictor.batches(gene_idx, runtime.batch_size, stop):
@@ -379,12 +384,14 @@ class FittedModel(ABC):
         from ..output import assemble
         from ..patterns import PatternCheck
 
+        keep = _measured_counts(measured)
         slide, gene_idx, sites = self._job(data, mask, genes, classical)
-        counts, predictor = self._predict_all(
-            slide, sites, gene_idx, Runtime(device), stop, classical, measured
-        )
+        counts, predictor = self._predict_all(slide, sites, gene_idx, Runtime(device), stop, classical)
         check = PatternCheck(slide, sites, gene_idx, predictor.depth)
         check.add(0, counts)
+        if keep:
+            MeasuredCounts(slide, sites).put(counts, gene_idx)
+            predictor.notes["measured_sites"] = MeasuredCounts.NOTE
         return assemble(slide, self, gene_idx, sites, counts, predictor, check.result())
 
     def write(
@@ -415,25 +422,28 @@ class FittedModel(ABC):
         from ..files import refuse_inputs
         from ..streaming import write_streamed
 
+        keep = _measured_counts(measured)
         slide = as_slide(data, mask)
         source = slide.adata.uns.get("stentrans_lattice", {}).get("source", "")
         refuse_inputs(path, [*inputs, *([source] if source else [])])
         slide, gene_idx, sites = self._job(slide, None, genes, classical)
-        predictor = self._predictor(slide, sites, Runtime(device, batch_size), classical, measured)
+        predictor = self.predictor(slide, sites, runtime=Runtime(device, batch_size), classical=classical)
+        if keep:
+            predictor.notes["measured_sites"] = MeasuredCounts.NOTE
         try:
-            return write_streamed(slide, self, gene_idx, sites, predictor, path, batch_size, stop)
+            return write_streamed(
+                slide,
+                self,
+                gene_idx,
+                sites,
+                predictor,
+                path,
+                batch_size,
+                stop,
+                measured=MeasuredCounts(slide, sites) if keep else None,
+            )
         finally:
             predictor.release()
-
-    def _predictor(
-        self, slide: Slide, sites: OutputSites, runtime: Runtime, classical: str, measured: str
-    ) -> Predictor:
-        if measured not in MEASURED_CHOICES:
-            from ..errors import ConfigError
-
-            raise ConfigError(f"measured: {measured!r} is not allowed; expected one of {MEASURED_CHOICES}")
-        predictor = self.predictor(slide, sites, runtime=runtime, classical=classical)
-        return KeepMeasured(predictor, slide, sites) if measured == "keep" else predictor
 
     def _job(self, data, mask, genes, classical: str) -> tuple[Slide, np.ndarray, OutputSites]:
         from ..sites import output_sites
