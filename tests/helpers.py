@@ -53,6 +53,17 @@ def make_slide(
     return adata
 
 
+def two_layer_slide(seed: int = 5) -> ad.AnnData:
+    """The hex test slide (20 x 36) whose right half (``array_col >= 18``) expresses 10 of its 30
+    genes five times higher: two layers that clustering can tell apart."""
+    rows, cols = block_sites("hex", 20, 36)
+    adata = make_slide(rows, cols, "hex", n_genes=30, seed=seed)
+    counts = adata.X.toarray()
+    counts[np.ix_(cols >= 18, np.arange(10))] *= 5
+    adata.X = sp.csr_matrix(counts)
+    return adata
+
+
 def write_slide_with_bad_count(folder: Path, value: float) -> Path:
     """A small square slide as .h5ad whose spot 1, gene 1 holds ``value`` (NaN, -1, 0.5, ...)."""
     r, c = block_sites("square", 4, 4)

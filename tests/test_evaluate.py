@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers import block_sites, make_slide
+from helpers import block_sites, make_slide, two_layer_slide
 from napari_stentrans.cli import main
 from napari_stentrans.core.evaluate import evaluate, make_split, pearson_per_gene
 
@@ -96,12 +96,13 @@ def test_evaluate_command_writes_json_and_plot(hex_slide, tmp_path, capsys):
     )
 
 
-def test_evaluate_command_reads_labels_from_a_csv(hex_slide, tmp_path, capsys):
+def test_evaluate_command_reads_labels_from_a_csv(tmp_path, capsys):
     import pandas as pd
 
+    hex_slide = two_layer_slide()
     hex_slide.write_h5ad(tmp_path / "s.h5ad")
     cols = hex_slide.obs["array_col"].to_numpy()
-    pd.DataFrame({"barcode": hex_slide.obs_names, "layer": np.where(cols < 36, "A", "B")}).to_csv(
+    pd.DataFrame({"barcode": hex_slide.obs_names, "layer": np.where(cols < 18, "A", "B")}).to_csv(
         tmp_path / "layers.csv", index=False
     )
     args = ["evaluate", str(tmp_path / "s.h5ad"), "--methods", "linear", "--json", str(tmp_path / "r.json")]

@@ -111,6 +111,8 @@ def test_keep_measured_puts_the_measured_counts_in_x_and_estimates_elsewhere(tmp
     streamed = ad.read_h5ad(tmp_path / "kept.h5ad")
     np.testing.assert_array_equal(streamed.X, kept.X)
     patterns = estimate.uns["stentrans"]["patterns"]
-    assert streamed.uns["stentrans"]["patterns"]["effective_rank"] == pytest.approx(patterns["effective_rank"])
+    assert streamed.uns["stentrans"]["patterns"]["effective_rank"] == pytest.approx(
+        patterns["effective_rank"]
+    )
     with pytest.raises(ConfigError, match="measured: 'raw' is not allowed"):
         model.enhance(adata, measured="raw")

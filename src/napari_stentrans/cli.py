@@ -373,6 +373,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"{args.protocol}: {report['n_heldout_spots']} scored spots, {report['n_genes']} genes; gene-specific "
         f"r, co-expression r, PC1 share and effective rank over the {len(report['spatial_genes'])} genes "
         "with the highest Moran's I on the seen spots"
+        + (f"; ARI over the {truth['n_labelled']} scored spots with a label" if ari else "")
         + (f"; {report['warning']}" if "warning" in report else "")
     )
     with ExitStack() as outputs:

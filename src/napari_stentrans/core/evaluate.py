@@ -358,6 +358,7 @@ def evaluate(
     if ref.labels is not None:
         keep = _annotated(ref.labels)
         report["truth"]["ari"] = cluster_ari(ref.truth_norm[keep], ref.labels[keep], seed=seed)
+        report["truth"]["n_labelled"] = int(keep.sum())  # scored spots with an annotation
     if protocol == "paper":
         report["warning"] = "published (leaky) protocol: stEnTrans is scored on spots it trained on"
     for name in methods:

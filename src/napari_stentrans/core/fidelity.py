@@ -119,11 +119,13 @@ def spectrum(values: np.ndarray) -> tuple[float, float]:
     return float(s[0] / total), float(np.exp(-(p * np.log(p)).sum()))
 
 
-def kmeans_labels(values: np.ndarray, k: int, n_pcs: int = 15, seed: int = 0) -> np.ndarray:
+def kmeans_labels(values: np.ndarray, k: int, n_pcs: int = 15, seed: int = 0, n_init: int = 10) -> np.ndarray:
     """The fixed clustering pipeline: centre, top ``n_pcs`` principal components, k-means (k-means++).
 
-    ``values`` are log-normalised expression ``(spots, genes)``; scipy's ``kmeans2`` with a
-    seeded generator makes it deterministic.
+    ``values`` are log-normalised expression ``(spots, genes)``. k-means runs ``n_init`` times
+    from k-means++ starts (scipy's ``kmeans2``, one seeded generator: deterministic) and keeps
+    the run with the smallest within-cluster sum of squares, as scikit-learn's ``KMeans`` does:
+    a single start made the ARI swing from 0.01 to 0.61 when 5 of 241 spots were left out.
     """
     from scipy.cluster.vq import kmeans2
 
@@ -131,8 +133,14 @@ def kmeans_labels(values: np.ndarray, k: int, n_pcs: int = 15, seed: int = 0) ->
     centred = values - values.mean(axis=0)
     u, s, _ = np.linalg.svd(centred, full_matrices=False)
     pcs = u[:, :n_pcs] * s[:n_pcs]
-    _, labels = kmeans2(pcs, k, minit="++", seed=np.random.default_rng(seed))
-    return labels
+    rng = np.random.default_rng(seed)
+    best, best_inertia = None, np.inf
+    for _ in range(n_init):
+        centres, labels = kmeans2(pcs, k, iter=50, minit="++", seed=rng)
+        inertia = float(((pcs - centres[labels]) ** 2).sum())
+        if inertia < best_inertia:
+            best, best_inertia = labels, inertia
+    return best
 
 
 def adjusted_rand_index(a: np.ndarray, b: np.ndarray) -> float:
@@ -151,9 +159,16 @@ def adjusted_rand_index(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def cluster_ari(values: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
-    """ARI against ``labels`` of :func:`kmeans_labels` with k = the number of distinct labels."""
+    """ARI against ``labels`` of :func:`kmeans_labels` with k = the number of distinct labels.
+
+    NaN with fewer than two distinct labels: one cluster agrees with one label trivially (ARI 1
+    for any prediction), which says nothing.
+    """
     labels = np.asarray(labels)
-    return adjusted_rand_index(kmeans_labels(values, len(np.unique(labels)), seed=seed), labels)
+    k = len(np.unique(labels))
+    if k < 2 or len(labels) <= k:
+        return float("nan")
+    return adjusted_rand_index(kmeans_labels(values, k, seed=seed), labels)
 
 
 __all__ = [
