@@ -21,7 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
-from .fidelity import N_AXES, coexpression_r, gene_specific_r, morans_i, neighbour_weights, spatially_variable
+from .fidelity import N_AXES, FidelityTarget, morans_i, neighbour_weights, spatially_variable
 from .metrics import pearson_per_gene
 from .regions import nearest_regions
 
@@ -599,8 +599,8 @@ def select_gene_residuals(
         c = noise_factor(smoother)
         neighbours = neighbour_weights(positions[keep])
         spatial = spatially_variable(kept, neighbours)
-        axes = basis.components[:, :N_AXES].astype(np.float64)
         kept_mean = basis.mean.astype(np.float64)
+        target = FidelityTarget(truth, kept_mean, basis.components[:, :N_AXES].astype(np.float64), spatial)
         smoothed_scores = smoother @ basis.scores.astype(np.float64)
         for r in ranks:
             if r > basis.max_rank:
@@ -616,11 +616,8 @@ def select_gene_residuals(
                     if kappa is None
                     else low_rank + residual_shrinkage(moran, c, kappa) * smoothed_residual
                 )
-                parts = (
-                    pearson_per_gene(pred, truth),
-                    gene_specific_r(pred, truth, kept_mean, axes)[spatial],
-                )
-                coexpression = coexpression_r(pred[:, spatial], truth[:, spatial])
+                parts = (pearson_per_gene(pred, truth), target.gene_specific_r(pred))
+                coexpression = target.coexpression_r(pred)
                 medians = [float(np.nanmedian(x)) if np.isfinite(x).any() else -1.0 for x in parts]
                 total = sum(medians) + (coexpression if np.isfinite(coexpression) else 0.0)
                 scores.setdefault((r, kappa), []).append(total)

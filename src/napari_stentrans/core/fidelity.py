@@ -73,11 +73,13 @@ def gene_specific_r(pred: np.ndarray, truth: np.ndarray, mean: np.ndarray, axes:
     defines the structure that is taken out.
     """
 
-    def residual(x: np.ndarray) -> np.ndarray:
-        centred = np.asarray(x, dtype=np.float64) - mean
-        return centred - (centred @ axes) @ axes.T
+    return pearson_per_gene(remove_axes(pred, mean, axes), remove_axes(truth, mean, axes))
 
-    return pearson_per_gene(residual(pred), residual(truth))
+
+def remove_axes(values: np.ndarray, mean: np.ndarray, axes: np.ndarray, genes=slice(None)) -> np.ndarray:
+    """``values - mean`` less its projection on ``axes`` ``(all genes, n_axes)``, at columns ``genes``."""
+    centred = np.asarray(values, dtype=np.float64) - mean
+    return centred[:, genes] - (centred @ axes) @ axes[genes].T
 
 
 def _correlation(values: np.ndarray) -> np.ndarray:
@@ -96,10 +98,40 @@ def coexpression_r(pred: np.ndarray, truth: np.ndarray) -> float:
     """
     if pred.shape[1] < 3:  # fewer than three gene pairs: no pattern to compare
         return float("nan")
-    upper = np.triu_indices(pred.shape[1], k=1)
-    a, b = _correlation(pred)[upper], _correlation(truth)[upper]
-    r = pearson_per_gene(a[:, None], b[:, None])[0]
-    return float(r)
+    return _coexpression(correlation_upper(pred), correlation_upper(truth))
+
+
+def correlation_upper(values: np.ndarray) -> np.ndarray:
+    """The upper triangle (above the diagonal) of the gene-gene correlation matrix, flat."""
+    return _correlation(values)[np.triu_indices(values.shape[1], k=1)]
+
+
+def _coexpression(pred_upper: np.ndarray, truth_upper: np.ndarray) -> float:
+    return float(pearson_per_gene(pred_upper[:, None], truth_upper[:, None])[0])
+
+
+class FidelityTarget:
+    """The truth's side of gene-specific r and co-expression r, prepared once for many predictions.
+
+    Scores candidates against one truth (e.g. every rank and shrinkage on one pair) without
+    projecting and correlating the truth again each time; same values as
+    :func:`gene_specific_r` (at ``genes``) and :func:`coexpression_r` (over ``genes``).
+    """
+
+    def __init__(self, truth: np.ndarray, mean: np.ndarray, axes: np.ndarray, genes: np.ndarray) -> None:
+        self.mean, self.axes, self.genes = mean, axes, genes
+        self.truth_residual = remove_axes(truth, mean, axes, genes)
+        self.truth_upper = correlation_upper(truth[:, genes]) if len(genes) >= 3 else None
+
+    def gene_specific_r(self, pred: np.ndarray) -> np.ndarray:
+        """``(len(genes),)`` gene-specific r of ``pred`` ``(targets, all genes)``."""
+        return pearson_per_gene(remove_axes(pred, self.mean, self.axes, self.genes), self.truth_residual)
+
+    def coexpression_r(self, pred: np.ndarray) -> float:
+        """Co-expression r of ``pred`` over ``genes`` (NaN with fewer than three)."""
+        if self.truth_upper is None:
+            return float("nan")
+        return _coexpression(correlation_upper(pred[:, self.genes]), self.truth_upper)
 
 
 def spectrum(values: np.ndarray) -> tuple[float, float]:
@@ -176,6 +208,8 @@ __all__ = [
     "morans_i",
     "spatially_variable",
     "gene_specific_r",
+    "remove_axes",
+    "FidelityTarget",
     "coexpression_r",
     "spectrum",
     "kmeans_labels",
