@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from helpers import block_sites, make_slide, two_layer_slide
@@ -150,3 +151,17 @@ def test_heldout_seeds_hold_out_each_coset_with_consistent_half_pitch_coordinate
     assert sum(len(k) for k in kept_by_seed) == slide.n_obs and set().union(*kept_by_seed) == set(
         slide.obs_names
     )
+
+
+def test_a_labels_table_without_header_keeps_its_first_spot(tmp_path):
+    from napari_stentrans.core.errors import ReadError
+    from napari_stentrans.core.io.labels import read_labels
+
+    obs_names = pd.Index(["AAA-1", "CCC-1", "GGG-1"])
+    (tmp_path / "plain.csv").write_text("AAA-1,L1\nCCC-1,L2\n")
+    (tmp_path / "header.csv").write_text("barcode,layer\nAAA-1,L1\nCCC-1,L2\n")
+    for name in ("plain.csv", "header.csv"):
+        np.testing.assert_array_equal(read_labels(tmp_path / name, obs_names), ["L1", "L2", "nan"])
+    (tmp_path / "other.csv").write_text("barcode,layer\nTTT-1,L1\n")
+    with pytest.raises(ReadError, match="other.csv: needs barcode,label columns"):
+        read_labels(tmp_path / "other.csv", obs_names)

@@ -17,7 +17,8 @@ def read_labels(path: str | Path, obs_names: pd.Index) -> np.ndarray:
     Parameters
     ----------
     path
-        CSV with a header; the first column holds barcodes, the second the labels.
+        CSV whose first column holds barcodes and second the labels, with a header row or
+        without one (a first row whose first cell is a barcode of the slide is data).
     obs_names
         The slide's barcodes, in order.
 
@@ -33,6 +34,8 @@ def read_labels(path: str | Path, obs_names: pd.Index) -> np.ndarray:
     path = Path(path)
     with reading(path):
         table = pd.read_csv(path, index_col=0)
+        if str(table.index.name) in set(obs_names):  # no header: the first row is a spot
+            table = pd.read_csv(path, index_col=0, header=None)
     if table.shape[1] < 1 or not obs_names.isin(table.index).any():
         raise ReadError(f"{path}: needs barcode,label columns with the slide's barcodes")
     return table.iloc[:, 0].reindex(obs_names).astype(str).to_numpy()
