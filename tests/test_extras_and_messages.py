@@ -80,9 +80,7 @@ def test_missing_scalefactors_open_without_the_image_and_say_so(cases):
 @pytest.mark.parametrize("case", ["Vis5A_no_scalefactors", "Vis5A_foreign_scalefactors"])
 def test_enhance_writes_a_slide_whose_scalefactors_are_missing_or_foreign(cases, case, tmp_path, capsys):
     out = tmp_path / "out.h5ad"
-    code, stdout, err = run_cli(
-        ["enhance", cases / "no-scalefactors" / case, "-o", out, *FAST], capsys
-    )
+    code, stdout, err = run_cli(["enhance", cases / "no-scalefactors" / case, "-o", out, *FAST], capsys)
     assert code == 0 and "wrote" in stdout, err
     assert "Traceback" not in err
     assert all(line.startswith("stentrans: ") for line in err.strip().splitlines())

@@ -62,7 +62,8 @@ def he_layers(adata: ad.AnnData, slide_id: str, frame: DisplayFrame) -> list[tup
     ``OptionalPartWarning`` (the core readers already do so; this covers AnnData from elsewhere).
     """
     out = []
-    for library, entry in clean_spatial(adata.uns.get("spatial", {}), "slide").items():
+    source = adata.uns.get("stentrans_lattice", {}).get("source") or "slide"
+    for library, entry in clean_spatial(adata.uns.get("spatial", {}), source).items():
         images = entry["images"]
         for res in ("hires", "lowres"):
             if res in images:
