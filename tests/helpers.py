@@ -178,3 +178,26 @@ def write_spaceranger(folder, adata, *, matrix: str, positions: str):
     from PIL import Image
 
     Image.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(spatial / "tissue_lowres_image.png")
+
+
+def build_cases(out: Path, *names: str) -> Path:
+    """Build failing-input cases of ``shared/cases/make_cases.py`` (issue 15) under ``out``.
+
+    The cases are cut from the shared slides, so this skips where they are absent (fails in CI).
+    """
+    import subprocess
+    import sys
+
+    data = shared_data_or_skip()
+    script = data.parent / "cases" / "make_cases.py"
+    if not script.is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set but {script} is missing")
+        pytest.skip(f"{script} not found")
+    subprocess.run(
+        [sys.executable, str(script), str(out), *names],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "STENTRANS_SHARED_DATA": str(data)},
+    )
+    return out

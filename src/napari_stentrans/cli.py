@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -461,14 +462,27 @@ def main(argv: list[str] | None = None) -> int:
     from .core.errors import StentransError, TrainingStopped
 
     handlers = {"info": cmd_info, "enhance": cmd_enhance, "evaluate": cmd_evaluate}
-    try:
-        return handlers[args.command](args)
-    except StentransError as exc:
-        print(f"stentrans: error: {exc}", file=sys.stderr)
-        return EXIT_INPUT
-    except (KeyboardInterrupt, TrainingStopped):
-        print("stentrans: interrupted; nothing was written", file=sys.stderr)
-        return EXIT_INTERRUPT
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            return handlers[args.command](args)
+        except StentransError as exc:
+            print(f"stentrans: error: {exc}", file=sys.stderr)
+            return EXIT_INPUT
+        except (KeyboardInterrupt, TrainingStopped):
+            print("stentrans: interrupted; nothing was written", file=sys.stderr)
+            return EXIT_INTERRUPT
+
+
+_default_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """The engine's own warnings as one line ``stentrans: warning: ...``; others as usual."""
+    if category.__module__.startswith("napari_stentrans"):
+        print(f"stentrans: warning: {message}", file=sys.stderr if file is None else file)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -167,3 +167,101 @@ def _tissue_image(tissue, lattice: Lattice, xy: np.ndarray, pixels_per_um: float
         [215 - 25 * texture[inside], 150 - 40 * texture[inside], 190 - 20 * texture[inside]]
     ).astype(np.uint8)
     return img
+
+
+HD_MICRONS_PER_PIXEL = 0.2737  # a Visium HD full-resolution image
+
+
+def write_visium_hd(outs, bin_um: int = 16, n_genes: int = 100, seed: int = 0):
+    """Write a synthetic Visium HD output: ``outs/binned_outputs/square_NNNum/`` and ``outs/spatial/``.
+
+    The bins are the square synthetic slide (:func:`synthetic_slide` ``("square", n_genes, seed)``,
+    same array coordinates and counts, so its truth is that slide's ``uns["stentrans_truth"]``)
+    scaled to ``bin_um`` micrometre bins, in the layout of Space Ranger's Visium HD binned
+    outputs (10x Genomics, "Visium HD outputs: binned outputs"): ``filtered_feature_bc_matrix.h5``
+    (10x feature-barcode HDF5, barcodes ``s_016um_RRRRR_CCCCC-1``),
+    ``spatial/tissue_positions.parquet`` (every bin of the array rectangle, ``in_tissue`` 0/1,
+    pixel positions ``bin_um`` apart at ``HD_MICRONS_PER_PIXEL``), ``spatial/scalefactors_json.json``
+    (``bin_size_um``, ``microns_per_pixel``, ...) and ``spatial/tissue_lowres_image.png``.
+    ``outs/`` itself holds a ``spatial/`` folder and no count matrix, as in a real HD output.
+
+    Parameters
+    ----------
+    outs
+        Folder to create (must not exist).
+    bin_um
+        Bin size in micrometres (2, 8 or 16 in Space Ranger).
+
+    Returns
+    -------
+    Path of the ``square_NNNum`` folder.
+    """
+    import json
+    from pathlib import Path
+
+    import h5py
+    from PIL import Image
+
+    adata = synthetic_slide("square", n_genes=n_genes, seed=seed)
+    outs = Path(outs)
+    folder = outs / "binned_outputs" / f"square_{bin_um:03d}um"
+    spatial = folder / "spatial"
+    spatial.mkdir(parents=True)
+    (outs / "spatial").mkdir()
+    row = adata.obs["array_row"].to_numpy()
+    col = adata.obs["array_col"].to_numpy()
+    barcodes = np.char.add(
+        np.char.add(f"s_{bin_um:03d}um_", np.char.zfill(row.astype(str), 5)),
+        np.char.add("_", np.char.add(np.char.zfill(col.astype(str), 5), "-1")),
+    )
+    counts = sp.csc_matrix(adata.X.T).astype(np.int32)  # genes x bins, as 10x stores it
+    with h5py.File(folder / "filtered_feature_bc_matrix.h5", "w") as f:
+        m = f.create_group("matrix")
+        m["data"], m["indices"], m["indptr"] = counts.data, counts.indices, counts.indptr
+        m["shape"] = np.array(counts.shape)
+        m["barcodes"] = barcodes.astype("S")
+        feats = m.create_group("features")
+        feats["name"] = np.asarray(adata.var_names).astype("S")
+        feats["id"] = np.char.add("SYNG", np.arange(adata.n_vars).astype(str)).astype("S")
+        feats["feature_type"] = np.full(adata.n_vars, "Gene Expression").astype("S")
+    # every bin of the array rectangle, as Space Ranger lists them; in tissue = measured
+    all_rc = _all_sites("square")
+    measured = {(r, c) for r, c in zip(row.tolist(), col.tolist(), strict=True)}
+    in_tissue = np.array([(r, c) in measured for r, c in all_rc.tolist()], dtype=np.int64)
+    offset_px = 200.0
+    table = pd.DataFrame(
+        {
+            "barcode": [f"s_{bin_um:03d}um_{r:05d}_{c:05d}-1" for r, c in all_rc.tolist()],
+            "in_tissue": in_tissue,
+            "array_row": all_rc[:, 0],
+            "array_col": all_rc[:, 1],
+            "pxl_row_in_fullres": all_rc[:, 0] * bin_um / HD_MICRONS_PER_PIXEL + offset_px,
+            "pxl_col_in_fullres": all_rc[:, 1] * bin_um / HD_MICRONS_PER_PIXEL + offset_px,
+        }
+    )
+    table.to_parquet(spatial / "tissue_positions.parquet", index=False)
+    # a pale H&E-like image: tissue colour over the in-tissue bins, at 1/4 of full resolution
+    scalef = 0.25
+    tissue = np.zeros((all_rc[:, 0].max() + 1, all_rc[:, 1].max() + 1), dtype=bool)
+    tissue[all_rc[:, 0], all_rc[:, 1]] = in_tissue.astype(bool)
+    px_per_bin = bin_um / HD_MICRONS_PER_PIXEL
+    h, w = (int(scalef * (2 * offset_px + px_per_bin * (n + 1))) for n in tissue.shape)
+    yy, xx = np.mgrid[0:h, 0:w]
+    r = np.rint((yy / scalef - offset_px) / px_per_bin).astype(int)
+    c = np.rint((xx / scalef - offset_px) / px_per_bin).astype(int)
+    inside = (r >= 0) & (c >= 0) & (r < tissue.shape[0]) & (c < tissue.shape[1])
+    inside[inside] = tissue[r[inside], c[inside]]
+    image = np.full((h, w, 3), 245, dtype=np.uint8)
+    image[inside] = (200, 130, 180)
+    Image.fromarray(image).save(spatial / "tissue_lowres_image.png")
+    Image.fromarray(image).save(outs / "spatial" / "tissue_lowres_image.png")
+    scalefactors = {
+        "spot_diameter_fullres": bin_um / HD_MICRONS_PER_PIXEL,
+        "bin_size_um": float(bin_um),
+        "microns_per_pixel": HD_MICRONS_PER_PIXEL,
+        "tissue_lowres_scalef": float(scalef),
+        "fiducial_diameter_fullres": 1200.0,
+        "regist_target_img_scalef": 1.0,
+    }
+    (spatial / "scalefactors_json.json").write_text(json.dumps(scalefactors))
+    return folder

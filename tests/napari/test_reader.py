@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -105,3 +107,77 @@ def test_bad_files_are_refused_with_the_file_named_and_the_viewer_unchanged(make
         np.testing.assert_array_equal(viewer.layers[0].data, before[0][1])
         tried += 1
     assert tried == len(CASES) - 2
+
+
+@pytest.fixture(scope="module")
+def user_cases(tmp_path_factory):
+    from helpers import build_cases
+
+    return build_cases(
+        tmp_path_factory.mktemp("cases"),
+        "no-scalefactors",
+        "positions-csv-gz",
+        "counts-in-raw-h5ad",
+        "visium-hd-bins",
+    )
+
+
+@pytest.mark.parametrize("case", ["Vis5A_no_scalefactors", "Vis5A_foreign_scalefactors"])
+def test_slide_without_usable_scalefactors_opens_without_its_he(make_napari_viewer, user_cases, case):
+    """Issue 15 case no-scalefactors: the H&E cannot be placed, so it is left out with a warning;
+    the counts and positions open as usual (they raised KeyError in he_layers)."""
+    from napari_stentrans.core.io import OptionalPartWarning
+
+    path = str(user_cases / "no-scalefactors" / case)
+    with pytest.warns(OptionalPartWarning, match="tissue_lowres_image.png"):
+        layers = get_reader(path)(path)
+    roles = [attrs["metadata"]["stentrans"]["role"] for _, attrs, _ in layers]
+    assert roles == ["gene"] * 4
+    viewer = make_napari_viewer()
+    with pytest.warns(OptionalPartWarning):
+        viewer.open(path, plugin="napari-stentrans")
+    assert [layer.metadata["stentrans"]["role"] for layer in viewer.layers] == ["gene"] * 4
+
+
+@pytest.mark.parametrize(
+    ("relpath", "n_he"),
+    [("positions-csv-gz/Vis5A_spatial_gz", 1), ("counts-in-raw-h5ad/counts_in_raw.h5ad", 0)],
+)
+def test_gzipped_spatial_files_and_counts_in_raw_open_in_napari(user_cases, relpath, n_he):
+    path = str(user_cases / relpath)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # counts_in_raw says where its counts came from
+        layers = get_reader(path)(path)
+    roles = [attrs["metadata"]["stentrans"]["role"] for _, attrs, _ in layers]
+    assert roles == ["he"] * n_he + ["gene"] * 4
+    gene = next(data for data, attrs, _ in layers if attrs["metadata"]["stentrans"]["role"] == "gene")
+    assert gene.max() > 0 and float(gene.max()).is_integer()  # counts, not log-normalised values
+
+
+def test_visium_hd_bins_open_over_their_image_at_the_bin_size(make_napari_viewer, tmp_path):
+    """The project's synthetic Visium HD output: 16 um bins, each gene pixel one bin, every bin
+    centred on its image position and on tissue colour in the H&E."""
+    from napari_stentrans.synthetic import HD_MICRONS_PER_PIXEL, write_visium_hd
+
+    folder = write_visium_hd(tmp_path / "outs", n_genes=20)
+    from napari_stentrans.core.io import ReadError
+
+    outs = str(tmp_path / "outs")
+    with pytest.raises(ReadError, match=f"Visium HD.*{folder}"):  # claimed, then refused naming the bins
+        get_reader(outs)(outs)
+    viewer = make_napari_viewer()
+    viewer.open(str(folder), plugin="napari-stentrans")
+    adata = read(folder)
+    frame = DisplayFrame.of(adata)
+    assert frame.um_per_pixel == pytest.approx(HD_MICRONS_PER_PIXEL, rel=1e-6)
+    he = next(layer for layer in viewer.layers if layer.metadata["stentrans"]["role"] == "he")
+    gene = next(layer for layer in viewer.layers if layer.metadata["stentrans"]["role"] == "gene")
+    np.testing.assert_allclose(np.abs(np.diag(gene.affine.affine_matrix)[:2]), 16.0, rtol=1e-6)
+    rows, cols = adata.obs["array_row"].to_numpy(), adata.obs["array_col"].to_numpy()
+    picks = np.linspace(0, adata.n_obs - 1, 25).astype(int)
+    world = _spot_world(gene, False, rows[picks] - (rows.min() - 1), cols[picks] - (cols.min() - 1))
+    expected = frame.um_per_pixel * adata.obsm["spatial"][picks, ::-1]
+    np.testing.assert_allclose(world, expected, atol=1e-6)
+    for w in expected:
+        p, q = np.round(he.world_to_data(w)).astype(int)
+        np.testing.assert_array_equal(he.data[p, q], (200, 130, 180))  # tissue colour under the bin

@@ -14,6 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..core.display import DisplayFrame, spatially_variable_genes, spot_raster
+from ..core.io import clean_spatial
 
 _IDS = itertools.count(1)
 
@@ -55,13 +56,18 @@ def _meta(role: str, slide_id: str, adata: ad.AnnData, **extra) -> dict:
 
 
 def he_layers(adata: ad.AnnData, slide_id: str, frame: DisplayFrame) -> list[tuple]:
-    """The slide's H&E image (hires preferred) placed in the world frame, if it has one."""
+    """The slide's H&E image (hires preferred) placed in the world frame, if it has one.
+
+    An image without its scale factor cannot be placed: it is left out with an
+    ``OptionalPartWarning`` (the core readers already do so; this covers AnnData from elsewhere).
+    """
     out = []
-    for library, entry in adata.uns.get("spatial", {}).items():
-        images = entry.get("images", {})
+    source = adata.uns.get("stentrans_lattice", {}).get("source") or "slide"
+    for library, entry in clean_spatial(adata.uns.get("spatial", {}), source).items():
+        images = entry["images"]
         for res in ("hires", "lowres"):
             if res in images:
-                scalef = float(entry["scalefactors"][f"tissue_{res}_scalef"])
+                scalef = entry["scalefactors"][f"tissue_{res}_scalef"]
                 out.append(
                     (
                         np.asarray(images[res]),

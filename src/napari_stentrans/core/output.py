@@ -11,6 +11,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .. import __version__
+from .io.common import clean_spatial
 from .lattice import fit_affine
 from .sites import KINDS, OutputSites
 from .slide import Slide
@@ -84,7 +85,7 @@ def assemble(
     out.obsm["spatial_um"] = slide.lattice.physical(sites.row, sites.col, scale=2.0)
     out.obsm["spatial"] = _image_positions(adata, slide, sites.row / 2.0, sites.col / 2.0)
     if "spatial" in adata.uns:
-        out.uns["spatial"] = _half_spot_spatial(adata.uns["spatial"])
+        out.uns["spatial"] = _half_spot_spatial(clean_spatial(adata.uns["spatial"], "input slide"))
     described = model.describe()
     described.pop("classical", None)
     classical = None if predictor.params is None else predictor.params.describe()
@@ -146,8 +147,9 @@ def _half_spot_spatial(spatial: dict) -> dict:
     for library, entry in spatial.items():
         entry = dict(entry)
         scalefactors = dict(entry.get("scalefactors", {}))
-        if "spot_diameter_fullres" in scalefactors:
-            scalefactors["spot_diameter_fullres"] = float(scalefactors["spot_diameter_fullres"]) / 2.0
+        for key in ("spot_diameter_fullres", "bin_size_um"):  # Visium HD: 16 um bins -> 8 um
+            if key in scalefactors:
+                scalefactors[key] = float(scalefactors[key]) / 2.0
         entry["scalefactors"] = scalefactors
         out[library] = entry
     return out

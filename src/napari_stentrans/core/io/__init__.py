@@ -6,7 +6,9 @@ Every reader returns an AnnData in scanpy/squidpy conventions:
 * ``obs["array_row"]``, ``obs["array_col"]``: integer lattice coordinates;
 * ``obsm["spatial"]``: spot centres (x, y) in full-resolution image pixels when known,
   otherwise in array units;
-* ``uns["spatial"][library_id]``: images and scale factors (Visium);
+* ``uns["spatial"][library_id]``: images and scale factors (Visium), checked at read time:
+  only known scale factors with positive numbers, only images that decode and can be placed
+  (``common.clean_spatial``); what is left out is an :class:`OptionalPartWarning`;
 * ``uns["stentrans_lattice"]``: ``{"kind", "pitch_um", "source"}`` and, when the positions
   file lists them, ``in_tissue_unmeasured`` sites ``(k, 2)`` that are in tissue but have no counts.
 """
@@ -20,15 +22,18 @@ import anndata as ad
 from .common import (
     MIN_SPOTS,
     READ_FAULTS,
+    CountsFromRawWarning,
     DuplicateGeneNamesWarning,
+    OptionalPartWarning,
     ReadError,
+    clean_spatial,
     lattice_of,
     reading,
     suffix,
     validate_counts,
 )
 from .h5ad import read_h5ad
-from .spaceranger import read_spaceranger
+from .spaceranger import hd_bin_folders, read_spaceranger
 from .st_table import TABLE_SUFFIXES, read_st_table
 
 
@@ -79,6 +84,8 @@ def read(
                 f"{path}: unknown format {''.join(path.suffixes) or '(no suffix)'}; expected a "
                 "Space Ranger folder, .h5ad, or a .csv/.tsv(.gz) counts table"
             )
+        if "spatial" in adata.uns:  # a .h5ad's uns['spatial'] may hold anything
+            adata.uns["spatial"] = clean_spatial(adata.uns["spatial"], path)
     validate_counts(adata, path)
     return adata
 
@@ -89,6 +96,12 @@ def _read_folder(path: Path, library_id: str | None) -> ad.AnnData:
     candidates = sorted(path.glob("*.h5ad"))
     if len(candidates) == 1:
         return read_h5ad(candidates[0])
+    bins = hd_bin_folders(path) or hd_bin_folders(path / "binned_outputs")
+    if bins:
+        raise ReadError(
+            f"{path}: Visium HD bins are in its square_NNNum folders "
+            f"({', '.join(b.name for b in bins)}): open one of those, e.g. {bins[-1]}"
+        )
     raise ReadError(
         f"{path}: folder is not a Space Ranger output (no spatial/ folder and no "
         "filtered_feature_bc_matrix) and holds no single .h5ad; pass a file instead"
@@ -103,6 +116,8 @@ __all__ = [
     "lattice_of",
     "ReadError",
     "DuplicateGeneNamesWarning",
+    "OptionalPartWarning",
+    "CountsFromRawWarning",
     "READ_FAULTS",
     "MIN_SPOTS",
 ]

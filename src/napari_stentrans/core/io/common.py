@@ -65,6 +65,150 @@ class DuplicateGeneNamesWarning(UserWarning):
     """Gene names repeated in a file were made unique (``GENE``, ``GENE-1``, ...)."""
 
 
+class OptionalPartWarning(UserWarning):
+    """An optional part of a slide (image, scale factors, metadata) that is missing, foreign or
+    unreadable was left out; the slide itself (counts and positions) was read."""
+
+
+class CountsFromRawWarning(UserWarning):
+    """``X`` of an ``.h5ad`` holds normalised values; the integer counts of ``adata.raw`` were used."""
+
+
+# the numeric keys of a Space Ranger scalefactors_json.json (Visium and Visium HD); anything
+# else there (fiducials, transforms, serial numbers) is not a scale factor
+SCALEFACTOR_KEYS = (
+    "tissue_hires_scalef",
+    "tissue_lowres_scalef",
+    "spot_diameter_fullres",
+    "fiducial_diameter_fullres",
+    "regist_target_img_scalef",
+    "bin_size_um",
+    "microns_per_pixel",
+)
+IMAGE_RESOLUTIONS = ("hires", "lowres")
+
+
+def _number(value) -> float | None:
+    """A finite real number as float (numpy scalars and 0-d arrays included), else None."""
+    if isinstance(value, np.ndarray) and value.shape == ():
+        value = value.item()
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.integer | np.floating):
+        return None
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def _positive_number(value) -> float | None:
+    number = _number(value)
+    return number if number is not None and number > 0 else None
+
+
+def clean_scalefactors(raw, source) -> dict[str, float]:
+    """Keep the known scale factors that are finite positive numbers, as floats.
+
+    Parameters
+    ----------
+    raw
+        The parsed ``scalefactors_json.json`` (or ``uns["spatial"][library]["scalefactors"]``).
+    source
+        What to name in the warning (the JSON file, or ``file: uns['spatial'][...]``).
+
+    Returns
+    -------
+    dict of ``SCALEFACTOR_KEYS`` -> float; other keys and bad values are left out with one
+    :class:`OptionalPartWarning` listing them.
+    """
+    if not isinstance(raw, dict):
+        warnings.warn(
+            f"{source}: scale factors are a {type(raw).__name__}, not a mapping; ignored "
+            "(the H&E image is left out)",
+            OptionalPartWarning,
+            stacklevel=3,
+        )
+        return {}
+    kept, ignored = {}, []
+    for key, value in raw.items():
+        number = _positive_number(value) if key in SCALEFACTOR_KEYS else None
+        if number is None:
+            ignored.append(str(key) if key not in SCALEFACTOR_KEYS else f"{key}={value!r}")
+        else:
+            kept[str(key)] = number
+    if ignored:
+        shown = ", ".join(ignored[:4]) + (", ..." if len(ignored) > 4 else "")
+        warnings.warn(
+            f"{source}: ignored {len(ignored)} entr{'y' if len(ignored) == 1 else 'ies'} that "
+            f"{'is' if len(ignored) == 1 else 'are'} not a scale factor or not a positive number "
+            f"({shown}); known keys: {', '.join(SCALEFACTOR_KEYS)}",
+            OptionalPartWarning,
+            stacklevel=3,
+        )
+    return kept
+
+
+def _is_image(value) -> bool:
+    """An RGB(A) or grey image array: ``(h, w)``, ``(h, w, 3)`` or ``(h, w, 4)``, numeric, finite."""
+    if not isinstance(value, np.ndarray) or value.dtype.kind not in "uif" or value.size == 0:
+        return False
+    if value.ndim not in (2, 3) or (value.ndim == 3 and value.shape[2] not in (3, 4)):
+        return False
+    return value.dtype.kind != "f" or bool(np.isfinite(value).all())
+
+
+def clean_spatial(spatial, source) -> dict:
+    """``uns["spatial"]`` reduced to what the readers, writers and viewers rely on.
+
+    Each library keeps ``images`` (``hires``/``lowres`` image arrays that have their
+    ``tissue_{res}_scalef``), ``scalefactors`` (:func:`clean_scalefactors`) and ``metadata``
+    (string or number entries). Anything else (an image without its scale factor, a list where
+    an image belongs, nested objects HDF5 cannot store) is left out with an
+    :class:`OptionalPartWarning` naming ``source`` and the entry; the slide is never refused for
+    an optional part.
+    """
+    if not isinstance(spatial, dict):
+        warnings.warn(
+            f"{source}: uns['spatial'] is a {type(spatial).__name__}, not a mapping of libraries; ignored",
+            OptionalPartWarning,
+            stacklevel=3,
+        )
+        return {}
+    out = {}
+    for library, entry in spatial.items():
+        where = f"{source}: uns['spatial'][{library!r}]"
+        if not isinstance(entry, dict):
+            warnings.warn(
+                f"{where} is a {type(entry).__name__}, not a library entry; ignored",
+                OptionalPartWarning,
+                stacklevel=3,
+            )
+            continue
+        scalefactors = clean_scalefactors(entry.get("scalefactors", {}), f"{where}['scalefactors']")
+        images, skipped = {}, []
+        raw_images = entry.get("images", {})
+        for res, image in raw_images.items() if isinstance(raw_images, dict) else []:
+            if res not in IMAGE_RESOLUTIONS or not _is_image(image):
+                skipped.append(f"{res} (not an image array)")
+            elif f"tissue_{res}_scalef" not in scalefactors:
+                skipped.append(f"{res} (no tissue_{res}_scalef to place it)")
+            else:
+                images[res] = image
+        if not isinstance(raw_images, dict):
+            skipped.append(f"images ({type(raw_images).__name__})")
+        if skipped:
+            warnings.warn(
+                f"{where}: image(s) left out: {', '.join(map(str, skipped))}",
+                OptionalPartWarning,
+                stacklevel=3,
+            )
+        metadata = entry.get("metadata", {})
+        metadata = {
+            str(k): v
+            for k, v in (metadata.items() if isinstance(metadata, dict) else [])
+            if isinstance(v, str) or _number(v) is not None
+        }
+        out[str(library)] = {"images": images, "scalefactors": scalefactors, "metadata": metadata}
+    return out
+
+
 def unique_names(names, source: Path) -> pd.Index:
     """Gene names made unique the scanpy way (``GENE``, ``GENE-1``, ...), index name None.
 
@@ -132,7 +276,7 @@ def validate_counts(adata: ad.AnnData, path: Path) -> None:
     if has_non_integer(adata.X):
         raise ReadError(
             f"{path}: count matrix has non-integer values; stEnTrans needs raw counts "
-            "(store them in X or layers['counts'])"
+            "(store them in X, layers['counts'] or adata.raw)"
         )
     if adata.n_obs < MIN_SPOTS:
         raise ReadError(f"{path}: only {adata.n_obs} spot(s); a slide needs at least {MIN_SPOTS}")

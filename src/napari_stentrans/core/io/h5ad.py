@@ -3,6 +3,7 @@ lattice coordinates in ``obs`` or recovered from ``obsm["spatial"]``."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import anndata as ad
@@ -10,7 +11,14 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..lattice import detect_lattice, lattice_from_positions, snap_to_integers
-from .common import ReadError, check_not_empty, has_non_integer, set_lattice, unique_names
+from .common import (
+    CountsFromRawWarning,
+    ReadError,
+    check_not_empty,
+    has_non_integer,
+    set_lattice,
+    unique_names,
+)
 
 
 def read_h5ad(path: Path) -> ad.AnnData:
@@ -22,6 +30,8 @@ def read_h5ad(path: Path) -> ad.AnnData:
         adata.var_names = unique_names(adata.var_names, path)
     if has_non_integer(adata.X) and "counts" in adata.layers:
         adata.X = adata.layers["counts"]
+    elif has_non_integer(adata.X) and adata.raw is not None and not has_non_integer(adata.raw.X):
+        adata = _counts_from_raw(adata, path)
     adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
     spatial = np.asarray(adata.obsm["spatial"], float) if "spatial" in adata.obsm else None
     if {"array_row", "array_col"} <= set(adata.obs.columns):
@@ -43,3 +53,22 @@ def read_h5ad(path: Path) -> ad.AnnData:
         adata.obsm["spatial"] = np.column_stack([col, row]).astype(float)
     set_lattice(adata, lattice, path)
     return adata
+
+
+def _counts_from_raw(adata: ad.AnnData, path: Path) -> ad.AnnData:
+    """The slide with ``adata.raw``'s integer counts (all its genes) as ``X``, with a warning.
+
+    scanpy's usual normalise + log step leaves the counts only in ``adata.raw`` (same spots; the
+    genes may be more than in ``X`` when ``X`` was cut to variable genes).
+    """
+    warnings.warn(
+        f"{path}: X holds non-integer (normalised?) values; using the integer counts in adata.raw "
+        f"({adata.raw.n_vars} genes)",
+        CountsFromRawWarning,
+        stacklevel=3,
+    )
+    out = adata.raw.to_adata()
+    out.raw = None
+    if out.var_names.has_duplicates:
+        out.var_names = unique_names(out.var_names, path)
+    return out
