@@ -158,13 +158,18 @@ class Slide:
     def site_images(self, raster: IndexRaster) -> tuple[np.ndarray, np.ndarray]:
         """Boolean images over ``raster`` of the usable measured sites and of the sites to impute.
 
-        Sites to impute are the user's lost sites, in-tissue sites without counts and lattice
-        sites enclosed by tissue (holes filled with the lattice's own connectivity). Every one
-        of them lies in a gap (:meth:`in_gap`): it is a lattice site without a usable spot, so
-        at least one pitch from the nearest.
+        Sites to impute are the user's lost sites, in-tissue sites without counts (spots of the
+        matrix whose counts are all 0, and sites the positions file marks in tissue but the
+        matrix lacks), and lattice sites enclosed by tissue (holes filled with the lattice's own
+        connectivity). So every spot of the input is an output site, measured or imputed: an
+        empty spot and a missing one give the same sites. Every site to impute lies in a gap
+        (:meth:`in_gap`): it is a lattice site without a usable spot, so at least one pitch
+        from the nearest.
         """
         measured = raster.mask(self.row[self.usable], self.col[self.usable])
         imputed = ndimage.binary_fill_holes(measured, structure=neighbour_structure(self.lattice))
+        empty = ~self.usable
+        imputed |= raster.mask(self.row[empty], self.col[empty])
         for sites in (self.lost_sites, self.in_tissue_unmeasured):
             if len(sites):
                 imputed |= raster.mask(sites[:, 0], sites[:, 1])
