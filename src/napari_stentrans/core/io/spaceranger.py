@@ -72,7 +72,12 @@ def read_spaceranger(path: str | Path, library_id: str | None = None) -> ad.AnnD
     adata.obs["array_row"] = pos["array_row"].to_numpy(dtype=np.int64)
     adata.obs["array_col"] = pos["array_col"].to_numpy(dtype=np.int64)
     adata.obsm["spatial"] = pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=float)
-    lattice = detect_lattice(adata.obs["array_row"].to_numpy(), adata.obs["array_col"].to_numpy(), hint="hex")
+    lattice = detect_lattice(
+        adata.obs["array_row"].to_numpy(),
+        adata.obs["array_col"].to_numpy(),
+        spatial=adata.obsm["spatial"],
+        hint="hex",
+    )
     measured = positions.index.isin(adata.obs_names)
     unmeasured = positions[(positions["in_tissue"] == 1) & ~measured]
     set_lattice(
