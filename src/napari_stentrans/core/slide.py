@@ -92,11 +92,20 @@ class Slide:
         LatticeError
             Coordinates missing or off the slide's lattice (the mask's included).
         InputError
-            A mask of the wrong shape, with unknown barcodes or without usable columns.
+            A mask of the wrong shape, with unknown barcodes or without usable columns; or
+            spots of several libraries (``obs["library_id"]``), which never share a lattice.
         """
         for column in ("array_row", "array_col"):
             if column not in adata.obs:
                 raise LatticeError(f"obs has no {column!r} column; read the slide with napari_stentrans.read")
+        if "library_id" in adata.obs.columns:
+            libraries = adata.obs["library_id"].astype(str).unique()
+            if len(libraries) > 1:
+                raise InputError(
+                    f"the slide holds spots of {len(libraries)} libraries (obs['library_id']: "
+                    f"{', '.join(repr(n) for n in libraries[:5])}); each has its own lattice: use one, "
+                    "e.g. adata[adata.obs['library_id'] == NAME], or read(path, library=NAME)"
+                )
         lattice = lattice_of(adata)
         row = adata.obs["array_row"].to_numpy(dtype=np.int64)
         col = adata.obs["array_col"].to_numpy(dtype=np.int64)
