@@ -4,6 +4,7 @@ Public API (imported lazily: ``import napari_stentrans`` loads neither torch nor
 
     import napari_stentrans as st
     adata = st.read("slide/")                      # Space Ranger folder, .h5ad or ST table
+    adata = st.read("sections.h5ad", library="A1") # one library of a file holding several
     model = st.fit(adata)                          # the default preset: classical, seconds
     enhanced = model.enhance(adata)                # 2x lattice + imputed lost spots, in memory
     model.write(adata, "out.h5ad")                 # the same, streamed to disk
@@ -44,6 +45,7 @@ _API = {
     "write_h5ad": "napari_stentrans.core.files",
     "StentransError": "napari_stentrans.core.errors",
     "ReadError": "napari_stentrans.core.errors",
+    "SeveralLibrariesError": "napari_stentrans.core.errors",
     "LatticeError": "napari_stentrans.core.errors",
     "ConfigError": "napari_stentrans.core.errors",
     "CheckpointError": "napari_stentrans.core.errors",
@@ -74,6 +76,7 @@ if TYPE_CHECKING:  # pragma: no cover
         InputError,
         LatticeError,
         ReadError,
+        SeveralLibrariesError,
         StentransError,
         TrainingStopped,
     )

@@ -29,6 +29,9 @@ class CliError(InputError):
     """A problem with the command's arguments, reported as one line."""
 
 
+LIBRARY_HELP = "the library (section) to read from an .h5ad holding several (obs['library_id'])"
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stentrans",
@@ -40,11 +43,13 @@ def _build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="describe a slide: format, lattice, spots, genes")
     info.add_argument("path", type=Path, help="Space Ranger folder, .h5ad, or ST counts table")
     info.add_argument("--coords", type=Path, help="coordinates table for a counts table")
+    info.add_argument("--library", metavar="NAME", help=LIBRARY_HELP)
 
     enh = sub.add_parser("enhance", help="train on the slide (or load a model) and write the 2x slide")
     enh.add_argument("path", type=Path, help="Space Ranger folder, .h5ad, or ST counts table")
     enh.add_argument("-o", "--output", type=Path, required=True, help="output .h5ad")
     enh.add_argument("--coords", type=Path, help="coordinates table for a counts table")
+    enh.add_argument("--library", metavar="NAME", help=LIBRARY_HELP)
     enh.add_argument(
         "--preset",
         choices=["default", "transformer", "published"],  # = core.presets.PRESETS (tested)
@@ -85,6 +90,7 @@ def _build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="honest accuracy against interpolation and classical baselines")
     ev.add_argument("path", type=Path, help="Space Ranger folder, .h5ad, or ST counts table")
     ev.add_argument("--coords", type=Path, help="coordinates table for a counts table")
+    ev.add_argument("--library", metavar="NAME", help=LIBRARY_HELP)
     ev.add_argument(
         "--protocol",
         choices=["heldout", "lost", "paper"],
@@ -182,7 +188,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .core.sites import output_sites
     from .core.slide import Slide
 
-    adata = read(args.path, coords=args.coords)
+    adata = read(args.path, coords=args.coords, library=args.library)
     slide = Slide.from_adata(adata)
     sites = output_sites(slide)
     kinds = {k: int((sites.kind == k).sum()) for k in ("measured", "imputed", "new")}
@@ -237,7 +243,7 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     from .core.slide import Slide
 
     model = load_model(args.model) if args.model is not None else None
-    adata = read(args.path, coords=args.coords)
+    adata = read(args.path, coords=args.coords, library=args.library)
     try:
         slide = Slide.from_adata(adata, mask)  # prepared once for fitting and enhancing
     except (LatticeError, InputError) as exc:  # the slide itself was checked by read: the mask is at fault
@@ -335,7 +341,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     unknown = sorted(set(methods) - set(DEFAULT_METHODS))
     if unknown:
         raise CliError(f"--methods: unknown method(s) {unknown}; choose from {', '.join(DEFAULT_METHODS)}")
-    adata = read(args.path, coords=args.coords)
+    adata = read(args.path, coords=args.coords, library=args.library)
     labels = _read_labels(args.labels, adata) if args.labels is not None else None
     ari = labels is not None
     print(

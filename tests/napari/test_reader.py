@@ -181,3 +181,33 @@ def test_visium_hd_bins_open_over_their_image_at_the_bin_size(make_napari_viewer
     for w in expected:
         p, q = np.round(he.world_to_data(w)).astype(int)
         np.testing.assert_array_equal(he.data[p, q], (200, 130, 180))  # tissue colour under the bin
+
+def test_a_file_of_two_libraries_opens_each_as_its_own_slide(make_napari_viewer, tmp_path):
+    """Sections never share a lattice: each library is its own slide, layer names start with it."""
+    import anndata as ad
+
+    from napari_stentrans._napari import actions
+
+    parts = {}
+    r, c = block_sites("hex", 6, 12)
+    for k, name in enumerate(["left", "right"]):
+        parts[name] = make_slide(r, c + 14 * k, "hex", seed=k)
+    both = ad.concat(parts, label="library_id", index_unique="-")
+    both.write_h5ad(tmp_path / "two.h5ad")
+    viewer = make_napari_viewer()
+    viewer.open(str(tmp_path / "two.h5ad"), plugin="napari-stentrans")
+    genes = [layer for layer in viewer.layers if layer.metadata["stentrans"]["role"] == "gene"]
+    assert len(genes) == 8
+    by_library = {
+        name: [layer for layer in genes if layer.name.startswith(f"{name} ")] for name in ("left", "right")
+    }
+    assert all(len(layers) == 4 for layers in by_library.values())
+    slides = actions.slides(viewer)
+    assert len(slides) == 2 and sorted(info.name for info in slides.values()) == ["two left", "two right"]
+    for name, layers in by_library.items():
+        adata = layers[0].metadata["stentrans"]["adata"]
+        assert set(adata.obs["library_id"]) == {name} and adata.n_obs == len(r)
+        assert len({layer.metadata["stentrans"]["slide_id"] for layer in layers}) == 1
+        gene = layers[0].metadata["stentrans"]["gene"]
+        assert layers[0].name == f"{name} {gene}"
+    assert not any(layer.visible for layer in by_library["right"])  # the sections would overlap

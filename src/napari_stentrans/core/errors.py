@@ -17,6 +17,18 @@ class ReadError(StentransError, ValueError):
     """A file that cannot be read as a slide; the message names the file and the problem."""
 
 
+class SeveralLibrariesError(ReadError):
+    """A file holding several libraries (sections) read without choosing one.
+
+    ``libraries`` lists their names in file order, so a front end can offer them (the napari
+    reader opens each as its own set of layers).
+    """
+
+    def __init__(self, message: str, libraries: list[str]) -> None:
+        super().__init__(message)
+        self.libraries = list(libraries)
+
+
 class LatticeError(StentransError, ValueError):
     """Coordinates that lie on no supported lattice."""
 
@@ -48,6 +60,7 @@ class TrainingStopped(RuntimeError):
 __all__ = [
     "StentransError",
     "ReadError",
+    "SeveralLibrariesError",
     "LatticeError",
     "ConfigError",
     "CheckpointError",

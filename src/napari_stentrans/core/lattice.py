@@ -60,6 +60,25 @@ _SYMMETRIES: dict[str, tuple[tuple[bool, bool, bool], ...]] = {
 }
 CHILD_OFFSETS = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])  # (du, dv), pixel-shuffle order
 ROUNDING_TOLERANCE = 0.3
+# Nearest-neighbour steps (array_row, array_col) of each lattice, one per direction (up to sign).
+NEIGHBOUR_STEPS: dict[str, tuple[tuple[int, int], ...]] = {
+    "square": ((1, 0), (0, 1)),
+    "hex": ((0, 2), (1, 1), (1, -1)),
+    "checkerboard": ((1, 1), (1, -1)),
+}
+# Length of one array_row step over one array_col step in image space (the image may be
+# rotated or mirrored, not stretched): sqrt(3) on Visium (rows sqrt(3)/2 pitch apart, columns
+# 1/2), 1 on square and checkerboard arrays.
+ROW_COL_RATIO: dict[str, float] = {"square": 1.0, "hex": float(np.sqrt(3.0)), "checkerboard": 1.0}
+# Plausibility bounds, from the shared real slides (6 Visium, 13 legacy ST, 2 ST 2k): step
+# ratios within 1.11x of the nominal one (ST 2k alignments 1.11, Visium 1.74), row and column
+# steps at most 0.3 degrees from perpendicular, every spot within 0.25 pitch of where an affine
+# map of its array coordinates puts it, and 99-100 % of spots with a neighbouring spot (14 % on the
+# scanpy toy slide of 100 scattered spots).
+RATIO_TOLERANCE = 1.25
+MAX_COSINE = 0.15  # |cos| of the angle between the row and column steps (81-99 degrees)
+MAX_OFFSET_PITCH = 0.5  # a spot farther than this from its lattice site is nearer to another
+NEIGHBOUR_CHECK_SPOTS = 20  # fewer spots say too little about their spacing
 
 
 @dataclass(frozen=True)
@@ -235,7 +254,9 @@ def detect_lattice(
     Raises
     ------
     LatticeError
-        Duplicate coordinates, or coordinates incompatible with ``hint``.
+        Duplicate coordinates, coordinates incompatible with ``hint``, or coordinates that
+        are not a plausible lattice of the detected kind (see :func:`check_plausible`: e.g.
+        ``array_row``/``array_col`` swapped, scaled, or not matching ``spatial``).
     """
     row = np.asarray(row, dtype=np.int64)
     col = np.asarray(col, dtype=np.int64)
@@ -248,18 +269,136 @@ def detect_lattice(
             "must have its own lattice site"
         )
     all_even = bool(np.all((row + col) % 2 == 0))
+    spatial = _usable_positions(spatial, row.size)
     if hint is not None:
         lattice = Lattice(hint, pitch_um or 0.0)
         lattice.to_index(row, col)  # raises with the offending site
-        return lattice
-    if not all_even:
-        return Lattice("square", pitch_um or 0.0)
-    kind: LatticeKind = "hex"
-    if spatial is not None and row.size >= 3:
-        ratio = _row_to_col_step_ratio(row, col, np.asarray(spatial, float))
-        if ratio is not None and ratio < 1.4:
+    elif not all_even:
+        lattice = Lattice("square", pitch_um or 0.0)
+    else:
+        kind: LatticeKind = "hex"
+        ratio = None if spatial is None else _row_to_col_step_ratio(row, col, spatial)
+        # the nearer on a log scale (swapped Visium, 0.58, is nearer 1; check_plausible says so)
+        if ratio is not None and abs(np.log(ratio)) < abs(np.log(ratio / ROW_COL_RATIO["hex"])):
             kind = "checkerboard"
-    return Lattice(kind, pitch_um or 0.0)
+        lattice = Lattice(kind, pitch_um or 0.0)
+    check_plausible(lattice, row, col, spatial)
+    return lattice
+
+
+def _usable_positions(spatial: np.ndarray | None, n: int) -> np.ndarray | None:
+    """``spatial`` as a finite ``(n, 2)`` float array, or None when it cannot be compared."""
+    if spatial is None:
+        return None
+    spatial = np.asarray(spatial, dtype=float)
+    if spatial.shape != (n, 2) or not np.all(np.isfinite(spatial)):
+        return None
+    return spatial
+
+
+def _has_neighbour(row: np.ndarray, col: np.ndarray, steps) -> np.ndarray:
+    """``(n,)`` booleans: whether each spot has another spot one lattice ``step`` away."""
+    keys = np.unique((row << 32) + (col & 0xFFFFFFFF))
+    out = np.zeros(row.size, dtype=bool)
+    for dr, dc in steps:
+        for sign in (1, -1):
+            out |= np.isin(((row + sign * dr) << 32) + ((col + sign * dc) & 0xFFFFFFFF), keys)
+    return out
+
+
+def check_plausible(
+    lattice: Lattice, row: np.ndarray, col: np.ndarray, spatial: np.ndarray | None = None
+) -> None:
+    """Refuse array coordinates that are not a plausible lattice of ``lattice.kind``.
+
+    Checks, each with a message that says what is wrong and what to do:
+
+    * spacing (20 spots or more): the spots do not all sit on every k-th site along a lattice
+      axis (coordinates scaled by k), and some spot has a neighbouring spot one lattice step
+      away (scattered spots are fine: the 100-spot scanpy toy slide has 14 with one);
+    * with ``spatial`` (``(n, 2)`` image positions of the same spots): an affine map of the
+      array coordinates puts every spot within half a pitch of its position (shuffled rows,
+      or two sections in one frame, fail this); one array_row step and one array_col step
+      are perpendicular and their lengths have the lattice's ratio (``ROW_COL_RATIO``, within
+      1.25x). A Visium slide with ``array_row`` and ``array_col`` swapped (ratio 1/sqrt(3))
+      is named as such.
+
+    Parameters
+    ----------
+    lattice
+        The lattice the coordinates are read as.
+    row, col
+        ``(n,)`` integer array coordinates, unique and on ``lattice``.
+    spatial
+        Optional ``(n, 2)`` spot centres (x, y) in any unit (image pixels, micrometres).
+
+    Raises
+    ------
+    LatticeError
+        When a check fails.
+    """
+    row = np.asarray(row, dtype=np.int64)
+    col = np.asarray(col, dtype=np.int64)
+    kind = lattice.kind
+    steps = NEIGHBOUR_STEPS[kind]
+    if row.size >= NEIGHBOUR_CHECK_SPOTS:
+        u, v = lattice.to_index(row, col)
+        every = max(int(np.gcd.reduce(u - u.min())), int(np.gcd.reduce(v - v.min())))
+        if every > 1:
+            raise LatticeError(
+                f"all {row.size} spots sit on every {every}th site of the {kind} lattice along one of its "
+                f"axes, never between: the array coordinates look scaled by {every}; give array_row/"
+                "array_col with adjacent spots one lattice step apart"
+            )
+        if not _has_neighbour(row, col, steps).any():
+            raise LatticeError(
+                f"none of the {row.size} spots has a neighbouring spot on the {kind} lattice (steps "
+                f"{', '.join(f'+-{step}' for step in steps)} in array_row, array_col): these are not "
+                f"array coordinates of a {kind} lattice (scaled along one axis?)"
+            )
+    spatial = _usable_positions(spatial, row.size)
+    coef = None if spatial is None else fit_affine(row, col, spatial)
+    if coef is None:
+        return
+    row_step, col_step = coef[0], coef[1]
+    step_px = np.array([np.linalg.norm(dr * row_step + dc * col_step) for dr, dc in steps])
+    pitch_px = float(step_px.max())
+    offset = np.linalg.norm(spatial - np.column_stack([row, col, np.ones(row.size)]) @ coef, axis=1)
+    misplaced = offset > MAX_OFFSET_PITCH * pitch_px
+    if pitch_px <= 0 or misplaced.any():
+        k = int(np.argmax(offset))
+        raise LatticeError(
+            f"{int(misplaced.sum()) if pitch_px > 0 else row.size} of {row.size} spots lie more than half "
+            f"a spot pitch from where their array coordinates put them in the spot positions "
+            f"(obsm['spatial']), e.g. the spot at (array_row={row[k]}, array_col={col[k]}): the array "
+            "coordinates and the positions disagree (spots of several sections, or reordered "
+            "rows?); read one section whose coordinates and positions belong together"
+        )
+    row_len, col_len = float(np.linalg.norm(row_step)), float(np.linalg.norm(col_step))
+    cosine = float(row_step @ col_step) / (row_len * col_len)
+    if abs(cosine) > MAX_COSINE:
+        raise LatticeError(
+            f"array_row and array_col steps are {np.degrees(np.arccos(cosine)):.0f} degrees apart in "
+            "the spot positions (obsm['spatial']), not 90: the coordinates are not a "
+            f"{kind} lattice of these positions"
+        )
+    ratio = row_len / col_len
+    expected = ROW_COL_RATIO[kind]
+    if abs(np.log(ratio / expected)) <= np.log(RATIO_TOLERANCE):
+        return
+    if np.all((row + col) % 2 == 0):
+        swapped_off = abs(np.log(ratio * ROW_COL_RATIO["hex"]))
+        if swapped_off <= np.log(RATIO_TOLERANCE):
+            raise LatticeError(
+                f"array_row and array_col look swapped: in the spot positions (obsm['spatial']) one "
+                f"array_row step is {ratio:.2f} array_col steps long, and swapped the two form a Visium "
+                f"hex lattice ({ROW_COL_RATIO['hex']:.2f}); swap the two columns and read again"
+            )
+    raise LatticeError(
+        f"in the spot positions (obsm['spatial']) one array_row step is {ratio:.2f} array_col steps "
+        f"long, but {expected:.2f} on a {kind} lattice: the array coordinates do not fit the positions "
+        "(swapped, scaled along one axis, or another lattice?)"
+    )
 
 
 def fit_affine(row: np.ndarray, col: np.ndarray, positions: np.ndarray) -> np.ndarray | None:

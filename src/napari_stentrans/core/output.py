@@ -11,6 +11,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .. import __version__
+from .io import library_of
 from .io.common import clean_spatial
 from .lattice import fit_affine
 from .sites import KINDS, OutputSites
@@ -59,7 +60,9 @@ def assemble(
     AnnData: ``X`` = ``counts``; ``obs`` half-pitch ``array_row``/``array_col``, ``kind``,
     ``barcode``; ``var["training_gene"]``; ``layers["measured"]`` (CSR, measured counts at the
     measured sites); ``obsm["spatial"]`` in the input's image pixels and ``obsm["spatial_um"]``;
-    ``uns["spatial"]`` with the spot diameter halved; ``uns["stentrans"]`` the provenance.
+    ``uns["spatial"]`` with the spot diameter halved; ``uns["stentrans"]`` the provenance
+    (with ``library_id`` when the input names its library); ``obs["library_id"]`` when the
+    input has that column.
     """
     has_spot = sites.spot >= 0
     barcodes = np.where(has_spot, slide.barcodes[np.clip(sites.spot, 0, None)], "")
@@ -77,6 +80,9 @@ def assemble(
         },
         index=pd.Index(names, dtype=str),
     )
+    library = library_of(slide.adata)
+    if library is not None and "library_id" in slide.adata.obs.columns:
+        obs["library_id"] = pd.Categorical(np.full(len(obs), library))
     var = pd.DataFrame(index=pd.Index(slide.genes[gene_idx], dtype=str))
     var["training_gene"] = var.index.isin(model.training_genes)
     measured = _measured_layer(slide, gene_idx, sites.spot)
@@ -105,6 +111,7 @@ def assemble(
         "n_lost_sites": int(len(slide.lost_sites)),
         "lost_sites": np.asarray(slide.lost_sites, dtype=np.int64).reshape(-1, 2),
         "source": str(adata.uns.get("stentrans_lattice", {}).get("source", "")),
+        **({"library_id": library} if library is not None else {}),
         **{k: str(v) for k, v in predictor.notes.items()},
     }
     if classical is not None:

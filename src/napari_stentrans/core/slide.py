@@ -92,11 +92,20 @@ class Slide:
         LatticeError
             Coordinates missing or off the slide's lattice (the mask's included).
         InputError
-            A mask of the wrong shape, with unknown barcodes or without usable columns.
+            A mask of the wrong shape, with unknown barcodes or without usable columns; or
+            spots of several libraries (``obs["library_id"]``), which never share a lattice.
         """
         for column in ("array_row", "array_col"):
             if column not in adata.obs:
                 raise LatticeError(f"obs has no {column!r} column; read the slide with napari_stentrans.read")
+        if "library_id" in adata.obs.columns:
+            libraries = adata.obs["library_id"].astype(str).unique()
+            if len(libraries) > 1:
+                raise InputError(
+                    f"the slide holds spots of {len(libraries)} libraries (obs['library_id']: "
+                    f"{', '.join(repr(n) for n in libraries[:5])}); each has its own lattice: use one, "
+                    "e.g. adata[adata.obs['library_id'] == NAME], or read(path, library=NAME)"
+                )
         lattice = lattice_of(adata)
         row = adata.obs["array_row"].to_numpy(dtype=np.int64)
         col = adata.obs["array_col"].to_numpy(dtype=np.int64)
@@ -158,13 +167,18 @@ class Slide:
     def site_images(self, raster: IndexRaster) -> tuple[np.ndarray, np.ndarray]:
         """Boolean images over ``raster`` of the usable measured sites and of the sites to impute.
 
-        Sites to impute are the user's lost sites, in-tissue sites without counts and lattice
-        sites enclosed by tissue (holes filled with the lattice's own connectivity). Every one
-        of them lies in a gap (:meth:`in_gap`): it is a lattice site without a usable spot, so
-        at least one pitch from the nearest.
+        Sites to impute are the user's lost sites, in-tissue sites without counts (spots of the
+        matrix whose counts are all 0, and sites the positions file marks in tissue but the
+        matrix lacks), and lattice sites enclosed by tissue (holes filled with the lattice's own
+        connectivity). So every spot of the input is an output site, measured or imputed: an
+        empty spot and a missing one give the same sites. Every site to impute lies in a gap
+        (:meth:`in_gap`): it is a lattice site without a usable spot, so at least one pitch
+        from the nearest.
         """
         measured = raster.mask(self.row[self.usable], self.col[self.usable])
         imputed = ndimage.binary_fill_holes(measured, structure=neighbour_structure(self.lattice))
+        empty = ~self.usable
+        imputed |= raster.mask(self.row[empty], self.col[empty])
         for sites in (self.lost_sites, self.in_tissue_unmeasured):
             if len(sites):
                 imputed |= raster.mask(sites[:, 0], sites[:, 1])

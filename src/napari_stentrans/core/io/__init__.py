@@ -19,6 +19,7 @@ from pathlib import Path
 
 import anndata as ad
 
+from ..errors import InputError, SeveralLibrariesError
 from .common import (
     MIN_SPOTS,
     READ_FAULTS,
@@ -28,6 +29,7 @@ from .common import (
     ReadError,
     clean_spatial,
     lattice_of,
+    library_of,
     reading,
     suffix,
     validate_counts,
@@ -41,6 +43,7 @@ def read(
     path: str | Path,
     *,
     coords: str | Path | None = None,
+    library: str | None = None,
     library_id: str | None = None,
 ) -> ad.AnnData:
     """Read a spot-based spatial transcriptomics slide.
@@ -54,8 +57,15 @@ def read(
         Optional coordinates table for a counts table (otherwise a sibling file such as
         ``coords.csv``, ``{name}_selection.tsv`` or ``alignment_table_{name}.tsv`` is used, and
         failing that the spot ids ``"{x}x{y}"``).
+    library
+        The library (section) to read. An ``.h5ad`` holding several (``obs["library_id"]``
+        with more than one value, as ``anndata.concat(..., label="library_id")`` writes) must
+        be given one: only its spots and its ``uns["spatial"]`` entry are read, and
+        ``obs["library_id"]`` keeps its name. A Space Ranger folder holds one library: this is
+        the key it is filed under in ``uns["spatial"]`` (default: the folder name). Not used for
+        counts tables.
     library_id
-        Key for ``uns["spatial"]``; defaults to the folder or file name.
+        The former name of ``library``, with the same meaning (give one of the two).
 
     Returns
     -------
@@ -63,18 +73,27 @@ def read(
 
     Raises
     ------
+    SeveralLibrariesError
+        An ``.h5ad`` holding several libraries read without ``library`` (a :class:`ReadError`
+        whose message names the libraries and how to pick one).
     ReadError
-        Missing path, unknown format, missing coordinates, off-lattice coordinates, empty
-        matrix, or invalid counts; the message names the file and the problem.
+        Missing path, unknown format, missing coordinates, off-lattice coordinates or
+        coordinates that are no plausible lattice (e.g. ``array_row``/``array_col`` swapped),
+        an unknown ``library``, empty matrix, or invalid counts; the message names the file
+        and the problem.
     """
+    if library_id is not None:
+        if library is not None and library != library_id:
+            raise InputError(f"library={library!r} and library_id={library_id!r} disagree; give one")
+        library = library_id
     path = Path(path)
     if not path.exists():
         raise ReadError(f"{path}: no such file or folder")
     with reading(path):
         if path.is_dir():
-            adata = _read_folder(path, library_id)
+            adata = _read_folder(path, library)
         elif suffix(path) == ".h5ad":
-            adata = read_h5ad(path)
+            adata = read_h5ad(path, library)
         elif suffix(path) in TABLE_SUFFIXES:
             adata = read_st_table(path, coords=coords)
         elif suffix(path) == ".h5":
@@ -90,12 +109,12 @@ def read(
     return adata
 
 
-def _read_folder(path: Path, library_id: str | None) -> ad.AnnData:
+def _read_folder(path: Path, library: str | None) -> ad.AnnData:
     if (path / "spatial").is_dir() or any(path.glob("*filtered_feature_bc_matrix*")):
-        return read_spaceranger(path, library_id=library_id)
+        return read_spaceranger(path, library_id=library)
     candidates = sorted(path.glob("*.h5ad"))
     if len(candidates) == 1:
-        return read_h5ad(candidates[0])
+        return read_h5ad(candidates[0], library)
     bins = hd_bin_folders(path) or hd_bin_folders(path / "binned_outputs")
     if bins:
         raise ReadError(
@@ -114,7 +133,9 @@ __all__ = [
     "read_h5ad",
     "read_st_table",
     "lattice_of",
+    "library_of",
     "ReadError",
+    "SeveralLibrariesError",
     "DuplicateGeneNamesWarning",
     "OptionalPartWarning",
     "CountsFromRawWarning",

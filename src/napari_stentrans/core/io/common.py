@@ -251,6 +251,18 @@ def lattice_of(adata: ad.AnnData) -> Lattice:
     )
 
 
+def library_of(adata: ad.AnnData) -> str | None:
+    """The name of the slide's one library: ``obs["library_id"]`` when it has one value, else the
+    only key of ``uns["spatial"]``; None when unknown or when there are several."""
+    if "library_id" in adata.obs.columns:
+        names = adata.obs["library_id"].astype(str).unique()
+        return str(names[0]) if len(names) == 1 else None
+    spatial = adata.uns.get("spatial")
+    if isinstance(spatial, dict) and len(spatial) == 1:
+        return str(next(iter(spatial)))
+    return None
+
+
 def has_non_integer(x) -> bool:
     data = x.data if sp.issparse(x) else np.asarray(x)
     data = np.asarray(data)

@@ -1,5 +1,11 @@
 """AnnData ``.h5ad`` files (scanpy/squidpy conventions): counts in ``X`` or ``layers["counts"]``,
-lattice coordinates in ``obs`` or recovered from ``obsm["spatial"]``."""
+lattice coordinates in ``obs`` or recovered from ``obsm["spatial"]``.
+
+A file may hold several libraries (sections), as ``anndata.concat(..., label="library_id")``
+and squidpy write them: ``obs["library_id"]`` says which spot belongs to which, and
+``uns["spatial"]`` holds one entry (images, scale factors) per library. Each library has its own
+lattice, so one is read at a time, never all of them on one lattice.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,10 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
+from ..errors import SeveralLibrariesError
 from ..lattice import detect_lattice, lattice_from_positions, snap_to_integers
 from .common import (
     CountsFromRawWarning,
@@ -20,9 +28,20 @@ from .common import (
     unique_names,
 )
 
+LIBRARY_COLUMN = "library_id"  # obs column naming each spot's library (anndata.concat, squidpy)
 
-def read_h5ad(path: Path) -> ad.AnnData:
-    adata = ad.read_h5ad(path)
+
+def read_h5ad(path: Path, library: str | None = None) -> ad.AnnData:
+    """Read an ``.h5ad`` slide; ``library`` picks one library of a file holding several.
+
+    Raises
+    ------
+    SeveralLibrariesError
+        The file holds several libraries and ``library`` is None (the message names them).
+    ReadError
+        ``library`` is not in the file, or the file cannot be read as a slide.
+    """
+    adata = one_library(ad.read_h5ad(path), path, library)
     if adata.X is None:
         raise ReadError(f"{path}: AnnData has no X matrix")
     check_not_empty(adata, path)
@@ -72,3 +91,66 @@ def _counts_from_raw(adata: ad.AnnData, path: Path) -> ad.AnnData:
     if out.var_names.has_duplicates:
         out.var_names = unique_names(out.var_names, path)
     return out
+
+
+def _spatial_libraries(adata: ad.AnnData) -> list[str]:
+    spatial = adata.uns.get("spatial")
+    return [str(k) for k in spatial] if isinstance(spatial, dict) else []
+
+
+def one_library(adata: ad.AnnData, path: Path, library: str | None = None) -> ad.AnnData:
+    """The spots and the ``uns["spatial"]`` entry of one library of ``adata``.
+
+    Libraries are named by ``obs["library_id"]`` (which spot belongs to which) and by the keys
+    of ``uns["spatial"]``. With one library, ``library`` may be None or its name. The result
+    keeps ``obs["library_id"]`` (one value) when the file had it, and only the chosen library's
+    ``uns["spatial"]`` entry.
+
+    Raises
+    ------
+    SeveralLibrariesError
+        Several libraries and ``library`` is None: the message lists them with their spot
+        counts and says how to pick one (``--library NAME``, ``read(path, library=NAME)``).
+    ReadError
+        ``library`` names no library of the file, or the spots cannot be told apart (several
+        ``uns["spatial"]`` entries but no ``obs["library_id"]``).
+    """
+    spatial_libs = _spatial_libraries(adata)
+    if LIBRARY_COLUMN in adata.obs.columns:
+        column = adata.obs[LIBRARY_COLUMN].astype(str).to_numpy()
+        names, first, counts = np.unique(column, return_index=True, return_counts=True)
+        order = np.argsort(first)
+        obs_libs, sizes = [str(n) for n in names[order]], counts[order]
+    else:
+        column, obs_libs, sizes = None, [], np.zeros(0, int)
+    if len(spatial_libs) > 1 and not obs_libs:
+        raise ReadError(
+            f"{path}: uns['spatial'] holds {len(spatial_libs)} libraries "
+            f"({', '.join(repr(n) for n in spatial_libs)}) but obs has no {LIBRARY_COLUMN!r} column "
+            f"saying which spot belongs to which; add it (anndata.concat(..., label={LIBRARY_COLUMN!r}))"
+        )
+    known = obs_libs or spatial_libs
+    if library is None and len(known) > 1:
+        listed = ", ".join(f"{name!r} ({n} spots)" for name, n in zip(obs_libs, sizes, strict=True))
+        raise SeveralLibrariesError(
+            f"{path}: holds {len(known)} libraries (sections) in obs[{LIBRARY_COLUMN!r}]: {listed}; each "
+            "has its own lattice, so pick one with --library NAME (Python: read(path, library=NAME))",
+            known,
+        )
+    if library is not None and known and library not in known:
+        raise ReadError(f"{path}: no library {library!r}; the file holds {', '.join(repr(n) for n in known)}")
+    if len(obs_libs) > 1:
+        adata = adata[column == library].copy()
+    chosen = library if library is not None else (known[0] if known else None)
+    if chosen is None:
+        return adata
+    if obs_libs:
+        adata.obs[LIBRARY_COLUMN] = pd.Categorical(np.full(adata.n_obs, chosen))
+    if len(spatial_libs) > 1:
+        if chosen not in spatial_libs:
+            raise ReadError(
+                f"{path}: uns['spatial'] has no entry for library {chosen!r} (it has "
+                f"{', '.join(repr(n) for n in spatial_libs)})"
+            )
+        adata.uns["spatial"] = {chosen: adata.uns["spatial"][chosen]}
+    return adata

@@ -164,16 +164,17 @@ def _spaceranger_lattice(adata: ad.AnnData, path: Path, positions_file: Path, sc
     """Visium spots: the hex lattice (checked); Visium HD bins: a square lattice, pitch = bin size."""
     row = adata.obs["array_row"].to_numpy()
     col = adata.obs["array_col"].to_numpy()
+    spatial = adata.obsm["spatial"]
     bin_um = _hd_bin_size(path, scalefactors, adata.obs_names)
     if bin_um is None:
         try:
-            return detect_lattice(row, col, hint="hex")
+            return detect_lattice(row, col, spatial=spatial, hint="hex")
         except LatticeError as exc:
             raise ReadError(
                 f"{positions_file}: {exc} (Visium spots are on a hex lattice; Visium HD square bins "
                 "are read from binned_outputs/square_NNNum with their scalefactors_json.json)"
             ) from exc
-    lattice = detect_lattice(row, col, hint="square", pitch_um=bin_um)
+    lattice = detect_lattice(row, col, spatial=spatial, hint="square", pitch_um=bin_um)
     um_per_px = scalefactors.get("microns_per_pixel")
     coef = fit_affine(row, col, adata.obsm["spatial"]) if um_per_px else None
     if coef is not None:
