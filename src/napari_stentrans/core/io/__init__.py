@@ -27,8 +27,10 @@ from .common import (
     suffix,
     validate_counts,
 )
+from .enhanced import is_enhanced, measured_spots, refuse_enhanced
 from .h5ad import read_h5ad
 from .spaceranger import read_spaceranger
+from .spatialdata import is_spatialdata_store, read_spatialdata
 from .st_table import TABLE_SUFFIXES, read_st_table
 
 
@@ -37,20 +39,27 @@ def read(
     *,
     coords: str | Path | None = None,
     library_id: str | None = None,
+    table: str | None = None,
 ) -> ad.AnnData:
     """Read a spot-based spatial transcriptomics slide.
 
     Parameters
     ----------
     path
-        A Space Ranger output folder, an ``.h5ad`` file, or a legacy ST counts table
-        (``.csv``/``.tsv``/``.txt``, optionally gzipped; spots as rows or columns).
+        A Space Ranger output folder, an ``.h5ad`` file, a SpatialData Zarr store, or a legacy
+        ST counts table (``.csv``/``.tsv``/``.txt``, optionally compressed; spots as rows or
+        columns). :func:`input_format` tells, from names alone, which of these a path is. An
+        enhanced ``.h5ad`` written by napari-stentrans is read as it is (predictions on the
+        half-pitch lattice, ``uns["stentrans_lattice"]["enhanced"]``; see
+        :mod:`.enhanced`): it can be viewed and described, not enhanced again.
     coords
         Optional coordinates table for a counts table (otherwise a sibling file such as
         ``coords.csv``, ``{name}_selection.tsv`` or ``alignment_table_{name}.tsv`` is used, and
         failing that the spot ids ``"{x}x{y}"``).
     library_id
         Key for ``uns["spatial"]``; defaults to the folder or file name.
+    table
+        The table of a SpatialData store holding several (see :func:`read_spatialdata`).
 
     Returns
     -------
@@ -66,7 +75,9 @@ def read(
     if not path.exists():
         raise ReadError(f"{path}: no such file or folder")
     with reading(path):
-        if path.is_dir():
+        if input_format(path) == "spatialdata":
+            adata = read_spatialdata(path, table=table, library_id=library_id)
+        elif path.is_dir():
             adata = _read_folder(path, library_id)
         elif suffix(path) == ".h5ad":
             adata = read_h5ad(path)
@@ -77,14 +88,46 @@ def read(
         else:
             raise ReadError(
                 f"{path}: unknown format {''.join(path.suffixes) or '(no suffix)'}; expected a "
-                "Space Ranger folder, .h5ad, or a .csv/.tsv(.gz) counts table"
+                "Space Ranger folder, .h5ad, SpatialData .zarr store, or a .csv/.tsv(.gz) counts table"
             )
-    validate_counts(adata, path)
+    if not is_enhanced(adata):  # an enhanced slide holds predictions, checked by read_enhanced
+        validate_counts(adata, path)
     return adata
 
 
+def input_format(path: str | Path) -> str | None:
+    """Which input :func:`read` reads ``path`` as, judged from names alone (cheap, never raises).
+
+    The one definition of the supported inputs: the napari reader claims exactly these paths.
+
+    Returns
+    -------
+    ``"spatialdata"`` (a SpatialData Zarr store), ``"spaceranger"`` (a folder with ``spatial/``
+    or a ``filtered_feature_bc_matrix``), ``"h5ad"`` (an ``.h5ad`` file, or a folder holding
+    exactly one), ``"table"`` (``.csv``/``.tsv``/``.txt``, plain or compressed with
+    ``.gz``/``.bz2``/``.xz``/``.zip``), or None for anything else (missing paths included).
+    """
+    try:
+        path = Path(path)
+        if path.is_dir():
+            if is_spatialdata_store(path):
+                return "spatialdata"
+            if (path / "spatial").is_dir() or any(path.glob("*filtered_feature_bc_matrix*")):
+                return "spaceranger"
+            return "h5ad" if len(list(path.glob("*.h5ad"))) == 1 else None
+        if not path.is_file():
+            return None
+        if suffix(path) == ".h5ad":
+            return "h5ad"
+        if suffix(path) in TABLE_SUFFIXES:
+            return "table"
+    except (OSError, TypeError, ValueError):
+        return None
+    return None
+
+
 def _read_folder(path: Path, library_id: str | None) -> ad.AnnData:
-    if (path / "spatial").is_dir() or any(path.glob("*filtered_feature_bc_matrix*")):
+    if input_format(path) == "spaceranger":
         return read_spaceranger(path, library_id=library_id)
     candidates = sorted(path.glob("*.h5ad"))
     if len(candidates) == 1:
@@ -97,6 +140,11 @@ def _read_folder(path: Path, library_id: str | None) -> ad.AnnData:
 
 __all__ = [
     "read",
+    "input_format",
+    "is_enhanced",
+    "measured_spots",
+    "refuse_enhanced",
+    "read_spatialdata",
     "read_spaceranger",
     "read_h5ad",
     "read_st_table",

@@ -11,10 +11,19 @@ import scipy.sparse as sp
 
 from ..lattice import detect_lattice, lattice_from_positions, snap_to_integers
 from .common import ReadError, check_not_empty, has_non_integer, set_lattice, unique_names
+from .enhanced import is_enhanced, read_enhanced
 
 
 def read_h5ad(path: Path) -> ad.AnnData:
     adata = ad.read_h5ad(path)
+    if is_enhanced(adata):  # predictions on the half-pitch lattice, not a slide of counts
+        return read_enhanced(adata, path)
+    return slide_from_anndata(adata, path)
+
+
+def slide_from_anndata(adata: ad.AnnData, path: Path) -> ad.AnnData:
+    """An AnnData of counts (from an .h5ad file or a SpatialData table at ``path``) made a slide:
+    counts in CSR ``X``, unique gene names, lattice coordinates checked and recorded."""
     if adata.X is None:
         raise ReadError(f"{path}: AnnData has no X matrix")
     check_not_empty(adata, path)
