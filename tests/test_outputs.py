@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bz2
 import json
+import warnings
 
 import anndata as ad
 import numpy as np
@@ -184,7 +185,8 @@ def _store(path, tables: dict, region_of=None) -> None:
             "region_key": "region",
             "instance_key": "instance_id",
         }
-        with ad.settings.override(zarr_write_format=3):  # as spatialdata writes them
+        with ad.settings.override(zarr_write_format=3), warnings.catch_warnings():  # as spatialdata writes
+            warnings.filterwarnings("ignore", message="Consolidated metadata|zarr v3 autosharding")
             table.write_zarr(path / "tables" / name)
 
 
