@@ -209,3 +209,19 @@ def test_unknown_format_and_missing_path(tmp_path):
         read(tmp_path / "x.xlsx")
     with pytest.raises(ReadError, match="no such file"):
         read(tmp_path / "missing.h5ad")
+
+
+@pytest.mark.parametrize(
+    ("section", "n_labelled"),
+    [("151673", 3611), ("151674", 3635), ("151510_drsc_500genes", 4595)],
+)
+def test_dlpfc_sections_carry_their_layer_labels(section, n_labelled):
+    """The full DLPFC sections come with the authors' layer labels (L1-L6, WM) for the ARI."""
+    from napari_stentrans.core.io.labels import read_labels
+
+    folder = shared_data_or_skip() / "visium_human_dlpfc_maynard2021" / section
+    adata = read(folder)
+    labels = read_labels(folder / "layer_annotations.csv", adata.obs_names)
+    labelled = labels[labels != "nan"]
+    assert len(labelled) == n_labelled
+    assert set(labelled) == {"L1", "L2", "L3", "L4", "L5", "L6", "WM"}
