@@ -242,13 +242,20 @@ def write_spatialdata(
         index=np.arange(len(xy)),
         transformations={library: Identity(), f"{library}_um": to_um},
     )
-    table = enhanced.copy()
-    table.uns.pop("stentrans_lattice", None)
-    if "spatial" in table.uns:  # the image is an element of its own; keep the scale factors
-        table.uns["spatial"] = {
-            lib: {k: v for k, v in dict(e).items() if k != "images"}
-            for lib, e in table.uns["spatial"].items()
+    # the matrices are shared, not copied (the enhanced X can be large); the tables are copied
+    uns = {k: v for k, v in enhanced.uns.items() if k != "stentrans_lattice"}
+    if "spatial" in uns:  # the image is an element of its own; keep the scale factors
+        uns["spatial"] = {
+            lib: {k: v for k, v in dict(e).items() if k != "images"} for lib, e in uns["spatial"].items()
         }
+    table = ad.AnnData(
+        X=enhanced.X,
+        obs=enhanced.obs.copy(),
+        var=enhanced.var.copy(),
+        layers=dict(enhanced.layers),
+        obsm=dict(enhanced.obsm),
+        uns=uns,
+    )
     table.obs["region"] = pd.Categorical([shapes_key] * table.n_obs)
     table.obs[SITE_KEY] = np.arange(table.n_obs)
     table = TableModel.parse(table, region=shapes_key, region_key="region", instance_key=SITE_KEY)
