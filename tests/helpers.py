@@ -201,3 +201,28 @@ def build_cases(out: Path, *names: str) -> Path:
         env={**os.environ, "STENTRANS_SHARED_DATA": str(data)},
     )
     return out
+
+
+def spatialdata_or_skip():
+    """The optional ``spatialdata`` package; skipped when absent, required when ``CI`` is set."""
+    import importlib.util
+
+    if importlib.util.find_spec("spatialdata") is not None:
+        import spatialdata
+
+        return spatialdata
+    if os.environ.get("CI"):
+        pytest.fail('CI is set but spatialdata is missing: pip install "napari-stentrans[spatialdata]"')
+    pytest.skip("spatialdata not installed (the [spatialdata] extra)")
+
+
+def with_image(adata: ad.AnnData, library: str = "lib") -> ad.AnnData:
+    """``adata`` with a Visium-style ``uns["spatial"]``: a 20 x 30 lowres image at scale 0.5, 9 px spots."""
+    rng = np.random.default_rng(1)
+    adata.uns["spatial"] = {
+        library: {
+            "images": {"lowres": rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)},
+            "scalefactors": {"tissue_lowres_scalef": 0.5, "spot_diameter_fullres": 9.0},
+        }
+    }
+    return adata

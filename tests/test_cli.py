@@ -124,7 +124,7 @@ def test_existing_output_needs_overwrite(slide_file, tmp_path, capsys):
         (["--keep-classical"], "--keep-classical applies to a model given with --model"),
         (["--genes", "NOPE"], "not in the slide"),
         (["-o", "no_such_dir/out.h5ad"], "does not exist"),
-        (["-o", "out.csv"], "must be a .h5ad file"),
+        (["-o", "out.csv"], "must be a .h5ad or .zarr file"),
     ],
 )
 def test_other_bad_arguments(slide_file, tmp_path, capsys, monkeypatch, args, message):

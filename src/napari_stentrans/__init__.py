@@ -8,6 +8,7 @@ Public API (imported lazily: ``import napari_stentrans`` loads neither torch nor
     model = st.fit(adata)                          # the default preset: classical, seconds
     enhanced = model.enhance(adata)                # 2x lattice + imputed lost spots, in memory
     model.write(adata, "out.h5ad")                 # the same, streamed to disk
+    st.write_spatialdata(enhanced, "out.zarr")     # as a SpatialData store ([spatialdata] extra)
     model.save("model.safetensors")
     st.load_model("model.safetensors").enhance(other_slide)   # classical choice re-made there
     st.enhance(adata, config="transformer", epochs=5)          # fit and enhance in one call
@@ -43,6 +44,7 @@ _API = {
     "save_model": "napari_stentrans.core.checkpoint",
     "evaluate": "napari_stentrans.core.evaluate",
     "write_h5ad": "napari_stentrans.core.files",
+    "write_spatialdata": "napari_stentrans.core.io.spatialdata",
     "StentransError": "napari_stentrans.core.errors",
     "ReadError": "napari_stentrans.core.errors",
     "SeveralLibrariesError": "napari_stentrans.core.errors",
@@ -85,6 +87,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .core.files import write_h5ad  # noqa: F401
     from .core.fitting import Trainer, enhance, fit  # noqa: F401
     from .core.io import read  # noqa: F401
+    from .core.io.spatialdata import write_spatialdata  # noqa: F401
     from .core.lattice import Lattice, detect_lattice  # noqa: F401
     from .core.slide import Slide  # noqa: F401
 

@@ -23,6 +23,7 @@ from .core.errors import InputError
 EXIT_INPUT = 2
 EXIT_INTERRUPT = 130
 MODEL_SUFFIX = ".safetensors"
+TABLE_HELP = "the table to read from a SpatialData store that holds several"
 
 
 class CliError(InputError):
@@ -41,15 +42,29 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     info = sub.add_parser("info", help="describe a slide: format, lattice, spots, genes")
-    info.add_argument("path", type=Path, help="Space Ranger folder, .h5ad, or ST counts table")
+    info.add_argument(
+        "path",
+        type=Path,
+        help="Space Ranger folder, .h5ad (an enhanced one too), SpatialData .zarr, or ST table",
+    )
     info.add_argument("--coords", type=Path, help="coordinates table for a counts table")
     info.add_argument("--library", metavar="NAME", help=LIBRARY_HELP)
+    info.add_argument("--table", help=TABLE_HELP)
 
     enh = sub.add_parser("enhance", help="train on the slide (or load a model) and write the 2x slide")
-    enh.add_argument("path", type=Path, help="Space Ranger folder, .h5ad, or ST counts table")
-    enh.add_argument("-o", "--output", type=Path, required=True, help="output .h5ad")
+    enh.add_argument(
+        "path", type=Path, help="Space Ranger folder, .h5ad, SpatialData .zarr, or ST counts table"
+    )
+    enh.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="output .h5ad, or .zarr for a SpatialData store (needs the [spatialdata] extra)",
+    )
     enh.add_argument("--coords", type=Path, help="coordinates table for a counts table")
     enh.add_argument("--library", metavar="NAME", help=LIBRARY_HELP)
+    enh.add_argument("--table", help=TABLE_HELP)
     enh.add_argument(
         "--preset",
         choices=["default", "transformer", "published"],  # = core.presets.PRESETS (tested)
@@ -88,9 +103,12 @@ def _build_parser() -> argparse.ArgumentParser:
     enh.add_argument("--quiet", action="store_true", help="no progress bar")
 
     ev = sub.add_parser("evaluate", help="honest accuracy against interpolation and classical baselines")
-    ev.add_argument("path", type=Path, help="Space Ranger folder, .h5ad, or ST counts table")
+    ev.add_argument(
+        "path", type=Path, help="Space Ranger folder, .h5ad, SpatialData .zarr, or ST counts table"
+    )
     ev.add_argument("--coords", type=Path, help="coordinates table for a counts table")
     ev.add_argument("--library", metavar="NAME", help=LIBRARY_HELP)
+    ev.add_argument("--table", help=TABLE_HELP)
     ev.add_argument(
         "--protocol",
         choices=["heldout", "lost", "paper"],
@@ -123,19 +141,26 @@ def _version() -> str:
     return __version__
 
 
-def _check_output(path: Path | None, inputs: list[Path], overwrite: bool, suffix: str) -> None:
+def _check_output(
+    path: Path | None, inputs: list[Path], overwrite: bool, suffix: str | tuple[str, ...]
+) -> None:
     if path is None:
         return
-    if path.suffix.lower() != suffix:
-        raise CliError(f"{path}: output must be a {suffix} file")
-    if path.is_dir():
+    suffixes = (suffix,) if isinstance(suffix, str) else suffix
+    if path.suffix.lower() not in suffixes:
+        raise CliError(f"{path}: output must be a {' or '.join(suffixes)} file")
+    if path.is_dir() and path.suffix.lower() != ".zarr":  # a SpatialData store is a folder
         raise CliError(f"{path}: output is a folder; give a file name")
     resolved = path.resolve()
     for inp in inputs:
         if (
             inp is not None
             and inp.exists()
-            and (resolved == inp.resolve() or inp.resolve() in resolved.parents)
+            and (
+                resolved == inp.resolve()
+                or inp.resolve() in resolved.parents
+                or resolved in inp.resolve().parents  # an input inside the store to replace
+            )
         ):
             raise CliError(f"{path}: output would overwrite or go inside the input {inp}")
     if not path.parent.resolve().is_dir():
@@ -184,11 +209,14 @@ def _parse_genes(text: str | None):
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .core.io import read
+    from .core.io import is_enhanced, read
     from .core.sites import output_sites
     from .core.slide import Slide
 
-    adata = read(args.path, coords=args.coords, library=args.library)
+    adata = read(args.path, coords=args.coords, library=args.library, table=args.table)
+    if is_enhanced(adata):
+        print(_describe_enhanced(args.path, adata))
+        return 0
     slide = Slide.from_adata(adata)
     sites = output_sites(slide)
     kinds = {k: int((sites.kind == k).sum()) for k in ("measured", "imputed", "new")}
@@ -212,6 +240,31 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _describe_enhanced(path: Path, adata) -> str:
+    """``info`` of an enhanced slide: where it came from, its half-pitch lattice and its sites."""
+    info = adata.uns["stentrans"]
+    lattice = adata.uns["stentrans_lattice"]
+    kinds = adata.obs["kind"].value_counts()
+    row, col = adata.obs["array_row"], adata.obs["array_col"]
+    training = int(np.sum(adata.var["training_gene"])) if "training_gene" in adata.var else 0
+    libraries = adata.uns.get("spatial", {})
+    images = {lib: sorted(entry.get("images", {})) for lib, entry in libraries.items()}
+    return "\n".join(
+        [
+            f"path:      {path}",
+            f"enhanced:  by napari-stentrans {info.get('version', '?')} (preset {info.get('preset', '?')}) "
+            f"from {info.get('source') or 'an unnamed slide'}; X holds predictions, not counts",
+            f"lattice:   {lattice['kind']} at half pitch ({lattice['pitch_um']:g} um; input "
+            f"{float(info.get('input_pitch_um', 2 * lattice['pitch_um'])):g} um)",
+            f"sites:     {adata.n_obs} ({kinds.get('measured', 0)} measured, {kinds.get('imputed', 0)} "
+            f"imputed, {kinds.get('new', 0)} new); array_row {row.min()}..{row.max()}, "
+            f"array_col {col.min()}..{col.max()}",
+            f"genes:     {adata.n_vars} enhanced ({training} used in training)",
+            f"images:    {images if libraries else 'none'}",
+        ]
+    )
+
+
 def _training_options(args: argparse.Namespace) -> dict:
     """The training options given on the command line (left out when not given)."""
     given = {"epochs": args.epochs, "n_train_genes": args.train_genes, "seed": args.seed}
@@ -219,7 +272,15 @@ def _training_options(args: argparse.Namespace) -> dict:
 
 
 def cmd_enhance(args: argparse.Namespace) -> int:
-    _check_output(args.output, [args.path, args.coords, args.mask, args.model], args.overwrite, ".h5ad")
+    _check_output(
+        args.output, [args.path, args.coords, args.mask, args.model], args.overwrite, (".h5ad", ".zarr")
+    )
+    spatialdata_out = args.output.suffix.lower() == ".zarr"
+    if spatialdata_out:
+        from .core.io.spatialdata import INSTALL, _spatialdata
+
+        if _spatialdata() is None:
+            raise CliError(f"{args.output}: writing SpatialData needs the spatialdata package: {INSTALL}")
     _check_output(args.save_model, [args.path, args.model], args.overwrite, MODEL_SUFFIX)
     _check_output(args.plot, [args.path], args.overwrite, ".png")
     options = _training_options(args)
@@ -234,6 +295,7 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     genes = _parse_genes(args.genes)
     mask = _read_mask(args.mask) if args.mask is not None else None
     from contextlib import ExitStack
+    from tempfile import TemporaryDirectory
 
     from .core.checkpoint import load_model
     from .core.errors import LatticeError, TrainingStopped
@@ -243,7 +305,10 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     from .core.slide import Slide
 
     model = load_model(args.model) if args.model is not None else None
-    adata = read(args.path, coords=args.coords, library=args.library)
+    from .core.io import refuse_enhanced
+
+    adata = read(args.path, coords=args.coords, library=args.library, table=args.table)
+    refuse_enhanced(adata)  # before the mask is checked: the slide itself is at fault
     try:
         slide = Slide.from_adata(adata, mask)  # prepared once for fitting and enhancing
     except (LatticeError, InputError) as exc:  # the slide itself was checked by read: the mask is at fault
@@ -264,9 +329,16 @@ def cmd_enhance(args: argparse.Namespace) -> int:
         bar.close()  # training is over; the bar would otherwise sit under the write
         with ExitStack() as outputs:  # every output appears together, or none does
             # the matrix goes to disk gene batch by gene batch: memory does not grow with genes
+            if spatialdata_out:  # streamed to a hidden .h5ad beside the store, converted below
+                scratch = Path(
+                    outputs.enter_context(TemporaryDirectory(prefix=".stentrans.", dir=args.output.parent))
+                )
+                h5ad_path = scratch / "enhanced.h5ad"
+            else:
+                h5ad_path = outputs.enter_context(atomic_path(args.output))
             written = model.write(
                 slide,
-                outputs.enter_context(atomic_path(args.output)),
+                h5ad_path,
                 genes=genes,
                 device=device,
                 stop=stop,
@@ -278,6 +350,14 @@ def cmd_enhance(args: argparse.Namespace) -> int:
                 model.save(outputs.enter_context(atomic_path(args.save_model)))
             if args.plot is not None:
                 _plot(adata, written, outputs.enter_context(atomic_path(args.plot)))
+            if spatialdata_out:  # last: the store appears when everything else has worked
+                import anndata as ad
+
+                from .core.io.spatialdata import write_spatialdata
+
+                write_spatialdata(
+                    ad.read_h5ad(h5ad_path), args.output, inputs=(args.path,), overwrite=args.overwrite
+                )
     finally:
         bar.close()
     counts = written.obs["kind"].value_counts()
@@ -341,7 +421,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     unknown = sorted(set(methods) - set(DEFAULT_METHODS))
     if unknown:
         raise CliError(f"--methods: unknown method(s) {unknown}; choose from {', '.join(DEFAULT_METHODS)}")
-    adata = read(args.path, coords=args.coords, library=args.library)
+    adata = read(args.path, coords=args.coords, library=args.library, table=args.table)
     labels = _read_labels(args.labels, adata) if args.labels is not None else None
     ari = labels is not None
     print(

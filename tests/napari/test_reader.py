@@ -182,6 +182,7 @@ def test_visium_hd_bins_open_over_their_image_at_the_bin_size(make_napari_viewer
         p, q = np.round(he.world_to_data(w)).astype(int)
         np.testing.assert_array_equal(he.data[p, q], (200, 130, 180))  # tissue colour under the bin
 
+
 def test_a_file_of_two_libraries_opens_each_as_its_own_slide(make_napari_viewer, tmp_path):
     """Sections never share a lattice: each library is its own slide, layer names start with it."""
     import anndata as ad
@@ -211,3 +212,71 @@ def test_a_file_of_two_libraries_opens_each_as_its_own_slide(make_napari_viewer,
         gene = layers[0].metadata["stentrans"]["gene"]
         assert layers[0].name == f"{name} {gene}"
     assert not any(layer.visible for layer in by_library["right"])  # the sections would overlap
+
+
+@pytest.mark.parametrize("kind", ["hex", "square"])
+def test_enhanced_file_opens_at_half_pitch_over_its_slide_and_exports_again(
+    make_napari_viewer, tmp_path, kind
+):
+    """An enhanced .h5ad opens as 'GENE x2' layers: each site at its image position, half the spot spacing."""
+    import napari_stentrans as st
+    from helpers import with_image
+    from napari_stentrans._napari.writer import write_enhanced
+    from napari_stentrans.core.io import measured_spots
+
+    r, c = block_sites(kind, 8, 12)
+    adata = with_image(make_slide(r, c, kind))
+    st.fit(adata).write(adata, tmp_path / "x2.h5ad")
+    viewer = make_napari_viewer()
+    viewer.open(str(tmp_path / "x2.h5ad"), plugin="napari-stentrans")
+    enhanced = read(tmp_path / "x2.h5ad")
+    roles = [layer.metadata["stentrans"]["role"] for layer in viewer.layers]
+    assert roles == ["he", "enhanced", "enhanced", "enhanced", "enhanced"]
+    layer = viewer.layers[1]
+    assert layer.name.endswith(" x2") and layer.name[:-3] in enhanced.var_names
+    frame = DisplayFrame.of(measured_spots(enhanced))
+    rows, cols = enhanced.obs["array_row"].to_numpy(), enhanced.obs["array_col"].to_numpy()
+    world = _spot_world(layer, kind != "square", rows - rows.min() + 1, cols - cols.min() + 1)
+    np.testing.assert_allclose(world, frame.um_per_pixel * enhanced.obsm["spatial"][:, ::-1], atol=1e-6)
+    # half the input's spot spacing: nearest sites one half pitch apart, in micrometres
+    gaps = np.linalg.norm(world[:, None] - world[None], axis=-1)
+    gaps[gaps == 0] = np.inf
+    assert np.min(gaps) == pytest.approx(enhanced.uns["stentrans_lattice"]["pitch_um"], rel=1e-6)
+    values = np.asarray(enhanced[:, layer.name[:-3]].X).ravel()
+    p, q = rows - rows.min() + 1, cols - cols.min() + 1
+    np.testing.assert_allclose(layer.data[p, q], values, rtol=1e-6)
+    # the H&E sits where it sat under the input slide
+    he = viewer.layers[0]
+    np.testing.assert_allclose(he.affine.affine_matrix[:2, :2], np.eye(2) * frame.um_per_pixel / 0.5)
+    # exported again from the opened layers: the same slide, and never onto the file it came from
+    layers = [(lay.data, {"metadata": lay.metadata}, "image") for lay in viewer.layers]
+    write_enhanced(str(tmp_path / "again.h5ad"), layers)
+    again = read(tmp_path / "again.h5ad")
+    np.testing.assert_array_equal(np.asarray(again.X), np.asarray(enhanced.X))
+    with pytest.raises(Exception, match="refusing to overwrite"):
+        write_enhanced(str(tmp_path / "x2.h5ad"), layers)
+
+
+def test_inputs_the_core_reads_open_in_napari(make_napari_viewer, tmp_path):
+    """The inputs the napari reader used to decline: a folder holding one .h5ad and a .tsv.bz2 table."""
+    import bz2
+
+    import pandas as pd
+
+    r, c = block_sites("square", 6, 6)
+    slide = make_slide(r, c, "square")
+    (tmp_path / "one").mkdir()
+    slide.write_h5ad(tmp_path / "one/s.h5ad")
+    table = pd.DataFrame(
+        slide.X.toarray().astype(int),
+        index=[f"{ci}x{ri}" for ri, ci in zip(r, c, strict=True)],
+        columns=slide.var_names,
+    )
+    (tmp_path / "counts.tsv.bz2").write_bytes(bz2.compress(table.to_csv(sep="\t").encode()))
+    viewer = make_napari_viewer()
+    for path in (tmp_path / "one", tmp_path / "counts.tsv.bz2"):
+        before = len(viewer.layers)
+        viewer.open(str(path), plugin="napari-stentrans")
+        added = viewer.layers[before:]
+        assert len(added) == 4 and all(layer.metadata["stentrans"]["role"] == "gene" for layer in added)
+        assert all(layer.metadata["stentrans"]["gene"] in slide.var_names for layer in added)

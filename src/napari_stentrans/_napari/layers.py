@@ -148,3 +148,26 @@ def slide_layers(
     if layers and layers[-1][1]["metadata"]["stentrans"]["role"] == "gene":
         layers[-1][1]["visible"] = True
     return layers
+
+
+def enhanced_file_layers(enhanced: ad.AnnData, name: str, n_genes: int = 4) -> list[tuple]:
+    """H&E and ``"GENE x2"`` layers of an enhanced slide read from a file.
+
+    The layers sit where they sat when the slide was enhanced: the frame is fitted on the
+    measured spots in the input's coordinates (:func:`~..core.io.measured_spots`), and the genes
+    shown are the ``n_genes`` most spatially variable in the measured counts. The layers carry
+    role ``"enhanced"`` (exportable again); the H&E carries the enhanced AnnData, so a request to
+    train on it is refused with the reason (an enhanced slide holds predictions).
+    """
+    from ..core.io import measured_spots
+
+    slide_id = new_slide_id(name)
+    measured = measured_spots(enhanced)
+    frame = DisplayFrame.of(measured)
+    genes = spatially_variable_genes(measured, n=min(n_genes, enhanced.n_vars))
+    layers = he_layers(enhanced, slide_id, frame) + enhanced_layers(enhanced, genes, slide_id, frame)
+    for _, attrs, _ in layers[1:]:
+        attrs["visible"] = False
+    if layers and layers[-1][1]["metadata"]["stentrans"]["role"] == "enhanced":
+        layers[-1][1]["visible"] = True
+    return layers

@@ -1,44 +1,48 @@
-"""npe2 reader: Space Ranger folders, .h5ad and legacy ST count tables."""
+"""npe2 reader: every input the core reader takes (:func:`~..core.io.input_format`), enhanced slides included."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
-TABLE = (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz", ".txt.gz")
-
-
-def _readable(path: Path) -> bool:
-    name = path.name.lower()
-    if path.is_dir():
-        return (path / "spatial").is_dir() or any(path.glob("*filtered_feature_bc_matrix*"))
-    return path.is_file() and (name.endswith(".h5ad") or name.endswith(TABLE))
-
 
 def get_reader(path: str | list[str]) -> Callable | None:
-    """Return a reader for a slide, or None (never raises) for anything else."""
+    """Return a reader for a slide, or None (never raises) for anything else.
+
+    A path is claimed exactly when the core reader would read it (one definition of the
+    supported inputs, :func:`napari_stentrans.core.io.input_format`).
+    """
+    from ..core.io import input_format
+
     try:
         if isinstance(path, list):
             if len(path) != 1:
                 return None
             path = path[0]
-        return read_slide_layers if _readable(Path(path)) else None
+        return read_slide_layers if input_format(Path(path)) is not None else None
     except (OSError, TypeError, ValueError):
         return None
 
 
 def read_slide_layers(path: str | list[str]) -> list[tuple]:
-    """Read a slide with the core reader and build its H&E and gene layers."""
+    """Read a slide with the core reader and build its H&E and gene layers.
+
+    An enhanced slide (written by napari-stentrans) opens as its ``"GENE x2"`` layers at the
+    half pitch, over its H&E; a file of several libraries as one slide per library.
+    """
     from ..core.errors import SeveralLibrariesError
-    from ..core.io import read
-    from .layers import slide_layers
+    from ..core.io import is_enhanced, read
+    from .layers import enhanced_file_layers, slide_layers
 
     path = Path(path[0] if isinstance(path, list) else path)
     try:
         adata = read(path)
     except SeveralLibrariesError as several:
         return _library_layers(path, several.libraries)
-    return slide_layers(adata, name=path.name.split(".")[0])
+    name = path.name.split(".")[0]
+    if is_enhanced(adata):
+        return enhanced_file_layers(adata, name=name)
+    return slide_layers(adata, name=name)
 
 
 def _library_layers(path: Path, libraries: list[str]) -> list[tuple]:

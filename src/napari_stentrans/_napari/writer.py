@@ -11,7 +11,9 @@ def write_enhanced(path: str, layer_data: list[tuple]) -> list[str]:
     """Write the enhanced AnnData behind the selected ``GENE x2`` layers to ``path``.
 
     A selected lost-regions Labels layer adds the painted sites as ``uns["stentrans"]["lost_sites"]``.
-    The write is atomic and never replaces the slide the enhancement was made from.
+    The write is atomic and never replaces the slide the enhancement was made from, nor the
+    enhanced file the layers were opened from. The file reads back with ``napari_stentrans.read``
+    and opens again in napari as an enhanced slide.
     """
     from ..core.files import write_h5ad
 
@@ -28,10 +30,12 @@ def write_enhanced(path: str, layer_data: list[tuple]) -> list[str]:
             lost = np.column_stack([rows, cols])
     if enhanced is None:
         raise ValueError("select an enhanced layer ('GENE x2') to export the enhanced slide")
-    source = enhanced.uns.get("stentrans", {}).get("source")
+    # the slide it was made from, and the enhanced file it was read from (when opened from one)
+    sources = [enhanced.uns.get("stentrans", {}).get("source")]
+    sources.append(enhanced.uns.get("stentrans_lattice", {}).get("source"))
     out = enhanced
     if lost is not None:
         out = enhanced.copy()
         out.uns["stentrans"] = dict(out.uns["stentrans"], lost_sites=lost)
-    write_h5ad(out, target, inputs=[source] if source else [])
+    write_h5ad(out, target, inputs=[s for s in sources if s])
     return [str(target)]

@@ -53,6 +53,7 @@ from .fidelity import (
     spectrum,
 )
 from .io import lattice_of
+from .io.enhanced import refuse_enhanced
 from .metrics import pearson_per_gene
 from .regions import random_disks
 from .sites import OutputSites, sites_at
@@ -340,6 +341,7 @@ def evaluate(
         labels = adata.obs[labels].to_numpy()
     elif labels is not None and len(labels) != adata.n_obs:
         raise InputError(f"labels: {len(labels)} values for {adata.n_obs} spots")
+    refuse_enhanced(adata)  # predictions scored as truth would mean nothing
     split = make_split(adata, protocol, n_genes=n_genes, seed=seed)
     ref = reference(split, labels)
     truth_pc1, truth_rank = spectrum(ref.truth_norm[:, ref.spatial])

@@ -21,6 +21,7 @@ from scipy.spatial import cKDTree
 from .classical import TARGET_SUM, normalize
 from .errors import InputError, LatticeError
 from .io import lattice_of
+from .io.enhanced import refuse_enhanced
 from .lattice import IndexRaster, Lattice
 
 MaskLike = np.ndarray | pd.DataFrame | pd.Series | list | None
@@ -92,9 +93,11 @@ class Slide:
         LatticeError
             Coordinates missing or off the slide's lattice (the mask's included).
         InputError
-            A mask of the wrong shape, with unknown barcodes or without usable columns; or
-            spots of several libraries (``obs["library_id"]``), which never share a lattice.
+            A mask of the wrong shape, with unknown barcodes or without usable columns; spots
+            of several libraries (``obs["library_id"]``), which never share a lattice; or an
+            enhanced slide (its ``X`` holds predictions, not counts).
         """
+        refuse_enhanced(adata)
         for column in ("array_row", "array_col"):
             if column not in adata.obs:
                 raise LatticeError(f"obs has no {column!r} column; read the slide with napari_stentrans.read")

@@ -34,8 +34,10 @@ from .common import (
     suffix,
     validate_counts,
 )
+from .enhanced import is_enhanced, measured_spots, refuse_enhanced
 from .h5ad import read_h5ad
 from .spaceranger import hd_bin_folders, read_spaceranger
+from .spatialdata import is_spatialdata_store, read_spatialdata
 from .st_table import TABLE_SUFFIXES, read_st_table
 
 
@@ -45,14 +47,19 @@ def read(
     coords: str | Path | None = None,
     library: str | None = None,
     library_id: str | None = None,
+    table: str | None = None,
 ) -> ad.AnnData:
     """Read a spot-based spatial transcriptomics slide.
 
     Parameters
     ----------
     path
-        A Space Ranger output folder, an ``.h5ad`` file, or a legacy ST counts table
-        (``.csv``/``.tsv``/``.txt``, optionally gzipped; spots as rows or columns).
+        A Space Ranger output folder, an ``.h5ad`` file, a SpatialData Zarr store, or a legacy
+        ST counts table (``.csv``/``.tsv``/``.txt``, optionally compressed; spots as rows or
+        columns). :func:`input_format` tells, from names alone, which of these a path is. An
+        enhanced ``.h5ad`` written by napari-stentrans is read as it is (predictions on the
+        half-pitch lattice, ``uns["stentrans_lattice"]["enhanced"]``; see
+        :mod:`.enhanced`): it can be viewed and described, not enhanced again.
     coords
         Optional coordinates table for a counts table (otherwise a sibling file such as
         ``coords.csv``, ``{name}_selection.tsv`` or ``alignment_table_{name}.tsv`` is used, and
@@ -66,6 +73,8 @@ def read(
         counts tables.
     library_id
         The former name of ``library``, with the same meaning (give one of the two).
+    table
+        The table of a SpatialData store holding several (see :func:`read_spatialdata`).
 
     Returns
     -------
@@ -90,7 +99,9 @@ def read(
     if not path.exists():
         raise ReadError(f"{path}: no such file or folder")
     with reading(path):
-        if path.is_dir():
+        if input_format(path) == "spatialdata":
+            adata = read_spatialdata(path, table=table, library_id=library)
+        elif path.is_dir():
             adata = _read_folder(path, library)
         elif suffix(path) == ".h5ad":
             adata = read_h5ad(path, library)
@@ -101,12 +112,46 @@ def read(
         else:
             raise ReadError(
                 f"{path}: unknown format {''.join(path.suffixes) or '(no suffix)'}; expected a "
-                "Space Ranger folder, .h5ad, or a .csv/.tsv(.gz) counts table"
+                "Space Ranger folder, .h5ad, SpatialData .zarr store, or a .csv/.tsv(.gz) counts table"
             )
         if "spatial" in adata.uns:  # a .h5ad's uns['spatial'] may hold anything
             adata.uns["spatial"] = clean_spatial(adata.uns["spatial"], path)
-    validate_counts(adata, path)
+    if not is_enhanced(adata):  # an enhanced slide holds predictions, checked by read_enhanced
+        validate_counts(adata, path)
     return adata
+
+
+def input_format(path: str | Path) -> str | None:
+    """Which input :func:`read` reads ``path`` as, judged from names alone (cheap, never raises).
+
+    The one definition of the supported inputs: the napari reader claims exactly these paths.
+
+    Returns
+    -------
+    ``"spatialdata"`` (a SpatialData Zarr store), ``"spaceranger"`` (a folder with ``spatial/``
+    or a ``filtered_feature_bc_matrix``), ``"h5ad"`` (an ``.h5ad`` file, or a folder holding
+    exactly one), ``"table"`` (``.csv``/``.tsv``/``.txt``, plain or compressed with
+    ``.gz``/``.bz2``/``.xz``/``.zip``), or None for anything else (missing paths included).
+    """
+    try:
+        path = Path(path)
+        if path.is_dir():
+            if is_spatialdata_store(path):
+                return "spatialdata"
+            if (path / "spatial").is_dir() or any(path.glob("*filtered_feature_bc_matrix*")):
+                return "spaceranger"
+            if hd_bin_folders(path) or hd_bin_folders(path / "binned_outputs"):
+                return "spaceranger"  # a Visium HD top folder: read() names its bin folders
+            return "h5ad" if len(list(path.glob("*.h5ad"))) == 1 else None
+        if not path.is_file():
+            return None
+        if suffix(path) == ".h5ad":
+            return "h5ad"
+        if suffix(path) in TABLE_SUFFIXES:
+            return "table"
+    except (OSError, TypeError, ValueError):
+        return None
+    return None
 
 
 def _read_folder(path: Path, library: str | None) -> ad.AnnData:
@@ -129,6 +174,11 @@ def _read_folder(path: Path, library: str | None) -> ad.AnnData:
 
 __all__ = [
     "read",
+    "input_format",
+    "is_enhanced",
+    "measured_spots",
+    "refuse_enhanced",
+    "read_spatialdata",
     "read_spaceranger",
     "read_h5ad",
     "read_st_table",

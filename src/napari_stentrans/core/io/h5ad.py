@@ -27,12 +27,16 @@ from .common import (
     set_lattice,
     unique_names,
 )
+from .enhanced import is_enhanced, read_enhanced
 
 LIBRARY_COLUMN = "library_id"  # obs column naming each spot's library (anndata.concat, squidpy)
 
 
 def read_h5ad(path: Path, library: str | None = None) -> ad.AnnData:
     """Read an ``.h5ad`` slide; ``library`` picks one library of a file holding several.
+
+    An enhanced file (``uns["stentrans"]``) is read as predictions on its half-pitch lattice
+    (:mod:`.enhanced`).
 
     Raises
     ------
@@ -41,7 +45,15 @@ def read_h5ad(path: Path, library: str | None = None) -> ad.AnnData:
     ReadError
         ``library`` is not in the file, or the file cannot be read as a slide.
     """
-    adata = one_library(ad.read_h5ad(path), path, library)
+    adata = ad.read_h5ad(path)
+    if is_enhanced(adata):  # predictions on the half-pitch lattice, not a slide of counts
+        return read_enhanced(adata, path)
+    return slide_from_anndata(one_library(adata, path, library), path)
+
+
+def slide_from_anndata(adata: ad.AnnData, path: Path) -> ad.AnnData:
+    """An AnnData of counts (from an .h5ad file or a SpatialData table at ``path``) made a slide:
+    counts in CSR ``X``, unique gene names, lattice coordinates checked and recorded."""
     if adata.X is None:
         raise ReadError(f"{path}: AnnData has no X matrix")
     check_not_empty(adata, path)
