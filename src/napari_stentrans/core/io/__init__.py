@@ -22,6 +22,8 @@ from .common import (
     READ_FAULTS,
     DuplicateGeneNamesWarning,
     ReadError,
+    check_sparse_matrix,
+    check_spots,
     lattice_of,
     reading,
     suffix,
@@ -60,7 +62,9 @@ def read(
     ------
     ReadError
         Missing path, unknown format, missing coordinates, off-lattice coordinates, empty
-        matrix, or invalid counts; the message names the file and the problem.
+        matrix, invalid counts, a corrupt sparse structure, repeated spot names, non-finite
+        ``obsm["spatial"]`` or a spot far off the slide; the message names the file and the
+        problem.
     """
     path = Path(path)
     if not path.exists():
@@ -79,7 +83,9 @@ def read(
                 f"{path}: unknown format {''.join(path.suffixes) or '(no suffix)'}; expected a "
                 "Space Ranger folder, .h5ad, or a .csv/.tsv(.gz) counts table"
             )
+    check_sparse_matrix(adata.X, path)
     validate_counts(adata, path)
+    check_spots(adata, path)
     return adata
 
 

@@ -10,11 +10,21 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..lattice import detect_lattice, lattice_from_positions, snap_to_integers
-from .common import ReadError, check_not_empty, has_non_integer, set_lattice, unique_names
+from .common import (
+    ReadError,
+    check_not_empty,
+    check_sparse_matrix,
+    has_non_integer,
+    set_lattice,
+    unique_names,
+)
 
 
 def read_h5ad(path: Path) -> ad.AnnData:
     adata = ad.read_h5ad(path)
+    check_sparse_matrix(adata.X, path)  # before any use: scipy does not bounds-check indices
+    if "counts" in adata.layers:
+        check_sparse_matrix(adata.layers["counts"], path, "layers['counts']")
     if adata.X is None:
         raise ReadError(f"{path}: AnnData has no X matrix")
     check_not_empty(adata, path)

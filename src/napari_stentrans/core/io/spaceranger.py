@@ -18,7 +18,16 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..lattice import detect_lattice, snap_to_integers
-from .common import ReadError, check_not_empty, first, open_text, reading, set_lattice, unique_names
+from .common import (
+    ReadError,
+    check_compressed,
+    check_not_empty,
+    first,
+    open_text,
+    reading,
+    set_lattice,
+    unique_names,
+)
 
 POSITION_COLUMNS = [
     "barcode",
@@ -97,7 +106,9 @@ def _read_10x_h5(path: Path) -> ad.AnnData:
             raise ReadError(f"{path}: not a 10x feature-barcode HDF5 file (no 'matrix' group)")
         m = f["matrix"]
         n_genes, n_spots = (int(x) for x in m["shape"][()])
-        counts = sp.csc_matrix((m["data"][()], m["indices"][()], m["indptr"][()]), shape=(n_genes, n_spots))
+        data, indices, indptr = m["data"][()], m["indices"][()], m["indptr"][()]
+        check_compressed(data, indices, indptr, n_spots, n_genes, path)  # before scipy uses them
+        counts = sp.csc_matrix((data, indices, indptr), shape=(n_genes, n_spots))
         barcodes = _decode(m["barcodes"][()])
         feats = m["features"]
         names = _decode(feats["name"][()])

@@ -1,0 +1,186 @@
+"""Hostile and careless input (issue 16): corrupt sparse files, crafted models, stray coordinates,
+silently wrong values. Each refusal is one line naming the file (or option) and the problem, and
+nothing is written."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from helpers import block_sites, make_slide, write_spaceranger
+from napari_stentrans.cli import main
+from napari_stentrans.core.errors import InputError, LatticeError
+from napari_stentrans.core.io import ReadError, read
+from napari_stentrans.core.slide import Slide
+
+
+def _files(folder):
+    return sorted((p.relative_to(folder), p.stat().st_size) for p in folder.rglob("*") if p.is_file())
+
+
+def _hex_slide():
+    r, c = block_sites("hex", 6, 10)
+    return make_slide(r, c, "hex")
+
+
+def _one_line(exc_info, name: str, pattern: str) -> str:
+    message = str(exc_info.value)
+    assert "\n" not in message and name in message, message
+    assert pytest.importorskip("re").search(pattern, message), message
+    return message
+
+
+# ---------------------------------------------------------------- kind 1: corrupt sparse structure
+
+
+def _corrupt_h5(tmp_path, edit) -> tuple:
+    folder = tmp_path / "sr"
+    write_spaceranger(folder, _hex_slide(), matrix="h5", positions="v2")
+    h5 = folder / "filtered_feature_bc_matrix.h5"
+    with h5py.File(h5, "r+") as f:
+        edit(f["matrix"])
+    return folder, h5
+
+
+@pytest.mark.parametrize(
+    ("edit", "pattern"),
+    [
+        (lambda m: m["indices"].__setitem__(3, 10**6), r"index 1000000 is out of range \(0\.\.23\)"),
+        (lambda m: m["indices"].__setitem__(0, -5), r"index -5 is out of range"),
+        (lambda m: m["indptr"].__setitem__(5, m["indptr"][4] - 1), r"indptr decreases at position 4"),
+        (lambda m: m["indptr"].__setitem__(-1, 10**9), r"indptr runs from 0 to 1000000000"),
+    ],
+    ids=["gene index too large", "negative index", "indptr decreasing", "indptr past the data"],
+)
+def test_corrupt_10x_h5_is_refused_before_any_matrix_is_built(tmp_path, edit, pattern):
+    folder, h5 = _corrupt_h5(tmp_path, edit)
+    before = _files(tmp_path)
+    for _ in range(3):  # the same answer every time (it was 3 segfaults in 8 reads)
+        with pytest.raises(ReadError) as info:
+            read(folder)
+        _one_line(info, "filtered_feature_bc_matrix.h5", "corrupt sparse count matrix: " + pattern)
+    assert _files(tmp_path) == before
+
+
+def test_corrupt_h5ad_is_refused_at_read_not_later(tmp_path, capsys):
+    path = tmp_path / "slide.h5ad"
+    _hex_slide().write_h5ad(path)
+    with h5py.File(path, "r+") as f:
+        f["X"]["indices"][7] = 24  # one past the last gene
+    with pytest.raises(ReadError) as info:
+        read(path)
+    _one_line(info, "slide.h5ad", r"corrupt sparse count matrix: index 24 is out of range \(0\.\.23\)")
+    assert main(["enhance", str(path), "-o", str(tmp_path / "out.h5ad"), "--quiet"]) == 2
+    assert "corrupt sparse count matrix" in capsys.readouterr().err
+    assert not (tmp_path / "out.h5ad").exists()
+
+
+# ---------------------------------------------------------------- kind 4: coordinates far away
+
+
+def _with_spot_at(adata, row: int, col: int):
+    import anndata as ad
+
+    extra = adata[:1].copy()  # the first spot's counts at a far-away site
+    extra.obs_names = ["stray-1"]
+    extra.obs["array_row"], extra.obs["array_col"] = row, col
+    extra.obsm["spatial"] = np.array([[col * 5.0, row * 8.66]])
+    out = ad.concat([adata, extra])
+    out.uns["stentrans_lattice"] = adata.uns["stentrans_lattice"]
+    return out
+
+
+@pytest.mark.parametrize(("row", "col"), [(5000, 5000), (1_000_000, 1_000_000), (-300, 40)])
+def test_a_stray_spot_far_from_the_tissue_is_refused_naming_it(tmp_path, row, col):
+    path = tmp_path / "stray.h5ad"
+    _with_spot_at(_hex_slide(), row, col).write_h5ad(path)
+    with pytest.raises(ReadError) as info:
+        read(path)
+    _one_line(info, "stray.h5ad", rf"spot 'stray-1' at array_row {row}, array_col {col} is \d+ pitches")
+    with pytest.raises(LatticeError, match="'stray-1'"):  # the Python API on a hand-made AnnData
+        Slide.from_adata(_with_spot_at(_hex_slide(), row, col))
+
+
+def test_a_group_of_stray_spots_is_refused_by_the_raster_size(tmp_path):
+    adata = _with_spot_at(_with_spot_at(_hex_slide(), 4000, 4000), 4001, 4001)
+    adata.obs_names = [*adata.obs_names[:-1], "stray-2"]
+    with pytest.raises(LatticeError, match=r"lattice sites for 32 spots; spot 'stray-\d'"):
+        Slide.from_adata(adata)
+
+
+def test_spots_a_few_pitches_from_the_tissue_are_kept():
+    slide = Slide.from_adata(_with_spot_at(_hex_slide(), 30, 40))  # 20 rows below the block
+    assert slide.row.max() == 30 and len(slide.row) == 31
+
+
+def test_mask_site_off_the_slide_is_refused_naming_it():
+    adata = _hex_slide()
+    with pytest.raises(InputError, match=r"mask site \(array_row 3000, array_col 3000\) lies off the slide"):
+        Slide.from_adata(adata, np.array([[3000, 3000]]))
+    with pytest.raises(InputError, match="lies off the slide"):
+        Slide.from_adata(adata, np.array([[100000, 100000]]))
+    slide = Slide.from_adata(adata, np.array([[2, 4], [6, 0]]))  # a spot and a site just past the edge
+    assert slide.lost_sites.tolist() == [[2, 4], [6, 0]]
+
+
+# ---------------------------------------------------------------- kind 5: silently wrong values
+
+
+def test_nan_in_one_spots_position_is_refused(tmp_path):
+    adata = _hex_slide()
+    adata.obsm["spatial"][4, 1] = np.nan
+    adata.write_h5ad(tmp_path / "nan.h5ad")
+    with pytest.raises(ReadError) as info:
+        read(tmp_path / "nan.h5ad")
+    _one_line(info, "nan.h5ad", r"obsm\['spatial'\] of spot 'bc4' is \[.*nan\] \(1 spot")
+
+
+def test_repeated_spot_names_are_refused(tmp_path):
+    adata = _hex_slide()
+    adata.obs_names = ["bc0", "bc0", *adata.obs_names[2:]]
+    adata.write_h5ad(tmp_path / "dup.h5ad")
+    with pytest.raises(ReadError) as info:
+        read(tmp_path / "dup.h5ad")
+    _one_line(info, "dup.h5ad", r"spot name 'bc0' occurs more than once")
+
+
+def test_unknown_encoding_type_is_one_line(tmp_path):
+    path = tmp_path / "enc.h5ad"
+    _hex_slide().write_h5ad(path)
+    with h5py.File(path, "r+") as f:
+        f["obsm"].attrs["encoding-type"] = "from-the-future"
+    with pytest.raises(ReadError) as info:
+        read(path)
+    _one_line(info, "enc.h5ad", "cannot be read.*from-the-future")
+
+
+def test_png_decompression_bomb_is_one_line(tmp_path):
+    import struct
+    import zlib
+
+    folder = tmp_path / "sr"
+    write_spaceranger(folder, _hex_slide(), matrix="h5", positions="v2")
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    # a 200 x 100 kilopixel header (PIL refuses > 179 Mpx) over a tiny compressed stream
+    header = struct.pack(">IIBBBBB", 200_000, 100_000, 8, 0, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+    (folder / "spatial" / "tissue_lowres_image.png").write_bytes(png + chunk(b"IEND", b""))
+    with pytest.raises(ReadError) as info:
+        read(folder)
+    _one_line(info, "sr", "DecompressionBombError")
+
+
+def test_sparse_checker_accepts_every_valid_layout():
+    from napari_stentrans.core.io.common import check_sparse_matrix
+
+    rng = np.random.default_rng(0)
+    for shape in [(5, 7), (1, 1), (0, 3), (4, 0)]:
+        x = sp.random(*shape, density=0.4, format="csr", random_state=rng)
+        check_sparse_matrix(x, "x")
+        check_sparse_matrix(x.tocsc(), "x")
+    check_sparse_matrix(np.zeros((2, 2)), "dense")  # not sparse: nothing to check
