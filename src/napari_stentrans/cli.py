@@ -3,7 +3,7 @@
 Every problem the user can fix (a :class:`~.core.errors.StentransError`: bad input file, invalid
 option, unusable model, unavailable device, ...) prints one line ``stentrans: error: ...`` naming
 the file or option and the problem, exits with status 2 and writes nothing. Ctrl-C or a stop
-exits 130 and writes nothing. Anything else is a bug: it keeps its traceback (exit 1).
+exits 130, SIGTERM 143, and both write nothing (temporaries removed, previous outputs kept). Anything else is a bug: it keeps its traceback (exit 1).
 
 ``stentrans --help`` and ``stentrans info`` import no torch: only learned models need it.
 """
@@ -21,6 +21,7 @@ from .core.errors import InputError
 
 EXIT_INPUT = 2
 EXIT_INTERRUPT = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what shells report for a terminated command
 MODEL_SUFFIX = ".safetensors"
 
 
@@ -54,8 +55,8 @@ def _build_parser() -> argparse.ArgumentParser:
     enh.add_argument("--epochs", type=int, help="training epochs (preset default otherwise)")
     enh.add_argument(
         "--genes",
-        help="genes to enhance: a number N (most variable), or comma-separated names "
-        "(default: all genes detected in >= 10%% of spots)",
+        help="genes to enhance: a number N (most variable), comma-separated names, @FILE (names one "
+        "per line), or all (every gene, detected or not; default: all genes detected in >= 10%% of spots)",
     )
     enh.add_argument(
         "--train-genes", type=int, help="number of most variable genes to train on (default 2000)"
@@ -121,8 +122,6 @@ def _check_output(path: Path | None, inputs: list[Path], overwrite: bool, suffix
         return
     if path.suffix.lower() != suffix:
         raise CliError(f"{path}: output must be a {suffix} file")
-    if path.is_dir():
-        raise CliError(f"{path}: output is a folder; give a file name")
     resolved = path.resolve()
     for inp in inputs:
         if (
@@ -131,10 +130,10 @@ def _check_output(path: Path | None, inputs: list[Path], overwrite: bool, suffix
             and (resolved == inp.resolve() or inp.resolve() in resolved.parents)
         ):
             raise CliError(f"{path}: output would overwrite or go inside the input {inp}")
-    if not path.parent.resolve().is_dir():
-        raise CliError(f"{path}: output folder {path.parent} does not exist")
-    if path.exists() and not overwrite:
-        raise CliError(f"{path}: output exists; pass --overwrite to replace it")
+    from .core.files import check_output
+
+    # a folder, a dangling link, an existing file, a missing or read-only folder, a name too long
+    check_output(path, overwrite=overwrite)
 
 
 def _read_mask(path: Path):
@@ -165,11 +164,30 @@ def _read_mask(path: Path):
 
 
 def _parse_genes(text: str | None):
+    """``--genes``: None (default), ``all``, a positive number, comma-separated names, or
+    ``@FILE``: names one per line or comma-separated (a list of 33,000 names exceeds the
+    per-argument limit of Linux, 128 KiB)."""
     if text is None:
         return None
     text = text.strip()
-    if text.isdigit():
+    if text.lower() == "all":
+        return "all"
+    if text.lstrip("+-").isdigit():
+        if int(text) < 1:
+            raise CliError(f"--genes: {text} is not a positive number of genes")
         return int(text)
+    if text.startswith("@"):
+        source = Path(text[1:])
+        if not source.is_file():
+            raise CliError(f"--genes: gene list file {source} not found")
+        try:
+            text = source.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CliError(f"--genes: cannot read {source} ({exc})") from exc
+        names = [g.strip() for g in text.replace(",", "\n").splitlines() if g.strip()]
+        if not names:
+            raise CliError(f"--genes: {source} lists no gene")
+        return names
     names = [g.strip() for g in text.split(",") if g.strip()]
     if not names:
         raise CliError("--genes: empty gene list")
@@ -226,11 +244,9 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     preset(args.preset, "square", **options)  # invalid options fail here, before any reading
     genes = _parse_genes(args.genes)
     mask = _read_mask(args.mask) if args.mask is not None else None
-    from contextlib import ExitStack
-
     from .core.checkpoint import load_model
     from .core.errors import LatticeError, TrainingStopped
-    from .core.files import atomic_path
+    from .core.files import atomic_outputs
     from .core.fitting import Trainer
     from .core.io import read
     from .core.slide import Slide
@@ -243,7 +259,10 @@ def cmd_enhance(args: argparse.Namespace) -> int:
         raise CliError(f"{args.mask}: {exc}") from exc
     config = preset(args.preset, slide.lattice.kind, **options)
     min_detection = model.min_detection if model is not None else config.data.min_detection
-    slide.gene_indices(genes, min_detection)  # unknown genes fail here, not after training
+    if genes == "all":
+        genes = list(slide.genes)
+    gene_idx = slide.gene_indices(genes, min_detection)  # unknown genes fail here, not after training
+    _check_free_space(args, slide, len(gene_idx))
     stop = threading.Event()
     trainer = None if model is not None else Trainer(slide, config, device=device)
     bar = _ProgressBar(disabled=args.quiet)
@@ -255,11 +274,13 @@ def cmd_enhance(args: argparse.Namespace) -> int:
             if model is None:
                 raise TrainingStopped("training stopped by request; nothing was written")
         bar.close()  # training is over; the bar would otherwise sit under the write
-        with ExitStack() as outputs:  # every output appears together, or none does
+        # every output appears together, or none does; without --overwrite none replaces a file
+        # another run created meanwhile
+        with atomic_outputs(exclusive=not args.overwrite) as outputs:
             # the matrix goes to disk gene batch by gene batch: memory does not grow with genes
             written = model.write(
                 slide,
-                outputs.enter_context(atomic_path(args.output)),
+                outputs.path(args.output),
                 genes=genes,
                 device=device,
                 stop=stop,
@@ -268,9 +289,9 @@ def cmd_enhance(args: argparse.Namespace) -> int:
                 measured="keep" if args.keep_measured else "estimate",
             )
             if args.save_model is not None:
-                model.save(outputs.enter_context(atomic_path(args.save_model)))
+                model.save(outputs.path(args.save_model))
             if args.plot is not None:
-                _plot(adata, written, outputs.enter_context(atomic_path(args.plot)))
+                _plot(adata, written, outputs.path(args.plot))
     finally:
         bar.close()
     counts = written.obs["kind"].value_counts()
@@ -298,6 +319,30 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_free_space(args: argparse.Namespace, slide, n_genes: int) -> None:
+    """Refuse before any training when the outputs' file systems lack room for them.
+
+    The .h5ad holds ``X`` dense (4 bytes per site and gene), ``layers["measured"]`` (at most 8
+    bytes per stored count) and the input's images (written compressed; counted whole, an upper
+    bound); a learned model and a PNG take a few MB.
+    """
+    from .core.files import check_free_space
+    from .core.sites import output_sites
+
+    n_sites = len(output_sites(slide))
+    images = sum(
+        int(getattr(image, "nbytes", 0))
+        for entry in slide.adata.uns.get("spatial", {}).values()
+        if isinstance(entry, dict)
+        for image in dict(entry.get("images", {})).values()
+    )
+    needs = {args.output: n_sites * n_genes * 4 + slide.counts.nnz * 8 + n_sites * 200 + images}
+    for extra in (args.save_model, args.plot):
+        if extra is not None:
+            needs[extra] = 4 << 20
+    check_free_space(needs)
+
+
 def _plot(adata, written, path: Path) -> None:
     """A side-by-side PNG of the three most variable enhanced genes (read back from the file)."""
     import anndata as ad
@@ -319,15 +364,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .core.config import Runtime
 
     Runtime(device=args.device)
+    if args.genes is not None and args.genes < 1:
+        raise CliError(f"--genes: {args.genes} is not a positive number of genes")
     if args.epochs is not None:
         from .core.config import OptimConfig
 
         OptimConfig(epochs=args.epochs)  # validates before the slide is read
     import json
-    from contextlib import ExitStack
 
     from .core.evaluate import DEFAULT_METHODS, evaluate
-    from .core.files import atomic_path
+    from .core.files import atomic_outputs
     from .core.io import read
 
     methods = tuple(m.strip() for m in args.methods.split(",")) if args.methods else DEFAULT_METHODS
@@ -376,14 +422,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         + (f"; ARI over the {truth['n_labelled']} scored spots with a label" if ari else "")
         + (f"; {report['warning']}" if "warning" in report else "")
     )
-    with ExitStack() as outputs:
+    with atomic_outputs(exclusive=not args.overwrite) as outputs:
         if args.json is not None:
             text = json.dumps(_finite(report), indent=1)
-            outputs.enter_context(atomic_path(args.json)).write_text(text)
+            outputs.path(args.json).write_text(text)
         if args.plot is not None:
             from .core.plotting import plot_evaluation
 
-            plot_evaluation(report, outputs.enter_context(atomic_path(args.plot)))
+            plot_evaluation(report, outputs.path(args.plot))
     return 0
 
 
@@ -461,14 +507,41 @@ def main(argv: list[str] | None = None) -> int:
     from .core.errors import StentransError, TrainingStopped
 
     handlers = {"info": cmd_info, "enhance": cmd_enhance, "evaluate": cmd_evaluate}
+    previous = _handle_sigterm()
     try:
         return handlers[args.command](args)
     except StentransError as exc:
         print(f"stentrans: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
+    except Terminated:
+        print("stentrans: terminated; nothing was written", file=sys.stderr)
+        return EXIT_TERMINATED
     except (KeyboardInterrupt, TrainingStopped):
         print("stentrans: interrupted; nothing was written", file=sys.stderr)
         return EXIT_INTERRUPT
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, ``kill``, job schedulers): unwinds like Ctrl-C, so every writer
+    removes its temporaries and keeps the previous output."""
+
+
+def _handle_sigterm():
+    """Turn SIGTERM into :class:`Terminated` (main thread only); the previous handler, or None."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, terminate)
 
 
 if __name__ == "__main__":  # pragma: no cover
