@@ -11,6 +11,7 @@ exits 130, SIGTERM 143, and both write nothing (temporaries removed, previous ou
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 from pathlib import Path
@@ -504,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``stentrans`` console script."""
     parser = _build_parser()
     args = parser.parse_args(argv)
-    from .core.errors import StentransError, TrainingStopped
+    from .core.errors import StentransError, TrainingStopped, WriteError
 
     handlers = {"info": cmd_info, "enhance": cmd_enhance, "evaluate": cmd_evaluate}
     previous = _handle_sigterm()
@@ -512,6 +513,13 @@ def main(argv: list[str] | None = None) -> int:
         return handlers[args.command](args)
     except StentransError as exc:
         print(f"stentrans: error: {exc}", file=sys.stderr)
+        if argv is None and isinstance(exc, WriteError):
+            # HDF5 cannot close a file whose writes failed (full disk): h5py's finalizers then
+            # print pages of "Exception ignored" and can crash the interpreter at exit (exit 139).
+            # The temporaries are removed and the message is out: leave without finalizers.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_INPUT)
         return EXIT_INPUT
     except Terminated:
         print("stentrans: terminated; nothing was written", file=sys.stderr)

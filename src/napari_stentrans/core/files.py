@@ -11,9 +11,11 @@ later run removes those a killed run (``kill -9``, power loss) left behind.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -76,17 +78,33 @@ def clean_stale_temporaries(path: str | Path) -> list[Path]:
     return removed
 
 
+# temporary -> its target, so a failure deep in a nested writer names the user's output
+_TARGETS: dict[Path, Path] = {}
+
+
+def _shown(path: Path) -> Path:
+    while path in _TARGETS:
+        path = _TARGETS[path]
+    return path
+
+
 def _new_temporary(path: Path) -> Path:
     try:
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise WriteError(f"{path}: cannot create a file in {path.parent} ({_reason(exc)})") from exc
+        raise WriteError(f"{_shown(path)}: cannot create a file in {path.parent} ({_reason(exc)})") from exc
     os.close(fd)
     return Path(name)
 
 
 def _reason(exc: OSError) -> str:
-    return exc.strerror or str(exc) or type(exc).__name__
+    """One short line for an OSError (h5py's messages span lines and quote HDF5's internals)."""
+    text = " ".join((exc.strerror or str(exc) or type(exc).__name__).split())
+    if exc.errno == errno.ENOSPC or "No space left on device" in text or "errno = 28" in text:
+        return "no space left on device"
+    if exc.errno == errno.EDQUOT or "Disk quota exceeded" in text:
+        return "disk quota exceeded"
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def check_output(path: str | Path, *, overwrite: bool = False) -> Path:
@@ -98,6 +116,17 @@ def check_output(path: str | Path, *, overwrite: bool = False) -> Path:
     can be created (read-only, no permission, read-only file system: probed by creating one).
     """
     path = Path(path)
+    folder = path.parent
+    try:
+        name_max = os.pathconf(folder if folder.is_dir() else ".", "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    length = len(os.fsencode(path.name))
+    if length + TMP_EXTRA > name_max:  # checked first: stat() itself fails on such a name
+        raise WriteError(
+            f"{folder / path.name[:40]}...: output file name is {length} bytes; at most "
+            f"{name_max - TMP_EXTRA} here"
+        )
     if path.is_dir():
         raise WriteError(f"{path}: output is a folder; give a file name")
     if path.is_symlink() and not path.exists() and not overwrite:
@@ -107,19 +136,8 @@ def check_output(path: str | Path, *, overwrite: bool = False) -> Path:
         )
     if path.exists() and not overwrite:
         raise WriteError(f"{path}: output exists; pass --overwrite to replace it")
-    folder = path.parent
     if not folder.is_dir():
         raise WriteError(f"{path}: output folder {folder} does not exist")
-    try:
-        name_max = os.pathconf(folder, "PC_NAME_MAX")
-    except (OSError, ValueError):
-        name_max = 255
-    length = len(os.fsencode(path.name))
-    if length + TMP_EXTRA > name_max:
-        raise WriteError(
-            f"{path.name[:40]}...: output file name is {length} bytes; at most {name_max - TMP_EXTRA} "
-            f"in {folder}"
-        )
     _new_temporary(path).unlink()  # the only sure test of writability (read-only mounts, ACLs)
     return path
 
@@ -161,6 +179,7 @@ class OutputBatch:
         clean_stale_temporaries(target)
         tmp = _new_temporary(target)
         self.pending.append((tmp, target))
+        _TARGETS[tmp] = target
         return tmp
 
     def commit(self) -> None:
@@ -183,6 +202,8 @@ class OutputBatch:
                 for target in done:
                     target.unlink(missing_ok=True)
             raise
+        for tmp, _ in self.pending:
+            _TARGETS.pop(tmp, None)
         self.pending = []
 
     def _rename(self, tmp: Path, target: Path) -> None:
@@ -203,12 +224,13 @@ class OutputBatch:
     def discard(self) -> None:
         for tmp, _ in self.pending:
             tmp.unlink(missing_ok=True)
+            _TARGETS.pop(tmp, None)
         self.pending = []
 
 
 def _appeared(target: Path) -> WriteError:
     return WriteError(
-        f"{target}: the file appeared while this run was working (another run writing the same "
+        f"{_shown(target)}: the file appeared while this run was working (another run writing the same "
         "output?); nothing was written; pass --overwrite to replace it"
     )
 
@@ -223,16 +245,32 @@ def atomic_outputs(exclusive: bool = False) -> Iterator[OutputBatch]:
     becomes a :class:`~.errors.WriteError` naming the outputs.
     """
     batch = OutputBatch(exclusive)
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = _quiet_h5py_close(previous_hook)
     try:
         yield batch
         batch.commit()
     except StentransError:
         raise
     except OSError as exc:
-        targets = ", ".join(str(t) for _, t in batch.pending) or "output"
+        targets = ", ".join(str(_shown(t)) for _, t in batch.pending) or "output"
         raise WriteError(f"{targets}: writing failed ({_reason(exc)}); nothing was written") from exc
     finally:
         batch.discard()
+        sys.unraisablehook = previous_hook
+
+
+def _quiet_h5py_close(previous):
+    """An unraisable-exception hook that drops h5py's failures to close objects of a file whose
+    writes failed (a full disk: one traceback per dataset, pages of them); the write failure
+    itself is reported as one WriteError. Anything else goes to ``previous``."""
+
+    def hook(unraisable) -> None:
+        if isinstance(unraisable.exc_value, OSError) and "h5py" in repr(unraisable.object):
+            return
+        previous(unraisable)
+
+    return hook
 
 
 @contextmanager
