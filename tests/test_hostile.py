@@ -184,3 +184,135 @@ def test_sparse_checker_accepts_every_valid_layout():
         check_sparse_matrix(x, "x")
         check_sparse_matrix(x.tocsc(), "x")
     check_sparse_matrix(np.zeros((2, 2)), "dense")  # not sparse: nothing to check
+
+
+# ---------------------------------------------------------------- kind 3: broken models
+
+
+def test_non_finite_predictions_are_refused_before_anything_is_written(tmp_path):
+    """A model whose weights went NaN in memory (a diverged fit, an edited state_dict)."""
+    import torch
+
+    from helpers import fit_cpu, tiny_config
+
+    r, c = block_sites("square", 12, 12)
+    adata = make_slide(r, c, "square", n_genes=40, seed=4)
+    model = fit_cpu(adata, tiny_config("square", restore_best=False))
+    head = next(k for k in model.state_dict if k.startswith("head.") and k.endswith("bias"))
+    model.state_dict[head] = torch.full_like(model.state_dict[head], float("nan"))
+    with pytest.raises(InputError, match=r"predicted NaN or infinite counts for gene 'G\d+'"):
+        model.enhance(adata, device="cpu")
+    with pytest.raises(InputError, match="nothing was written"):
+        model.write(adata, tmp_path / "out.h5ad", device="cpu")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_crafted_huge_architecture_is_refused_without_allocating_it(tmp_path):
+    """A 14 KB checkpoint declaring 256 blocks of width 65,536 (~10^13 weights) is refused on
+    shapes alone: peak traced memory stays under 50 MB."""
+    import json
+    import tracemalloc
+
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    from helpers import fit_cpu, tiny_config
+    from napari_stentrans.core.checkpoint import CheckpointError, load_model
+
+    r, c = block_sites("square", 8, 8)
+    model = fit_cpu(make_slide(r, c, "square", n_genes=20), tiny_config("square", restore_best=False))
+    model.save(tmp_path / "ok.safetensors")
+    with safe_open(str(tmp_path / "ok.safetensors"), framework="np") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    description = json.loads(meta["napari-stentrans"])
+    description["config"]["network"].update(embed_dim=65536, depth=256, mlp_ratio=64.0)
+    save_file(
+        tensors, str(tmp_path / "huge.safetensors"), metadata={"napari-stentrans": json.dumps(description)}
+    )
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError, match="huge.safetensors: weights do not fit"):
+            load_model(tmp_path / "huge.safetensors")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50e6, peak
+
+
+# ---------------------------------------------------------------- kind 5/7: option values
+
+
+@pytest.fixture(scope="module")
+def square_file(tmp_path_factory):
+    r, c = block_sites("square", 10, 10)
+    path = tmp_path_factory.mktemp("sq") / "slide.h5ad"
+    make_slide(r, c, "square", n_genes=30, seed=3).write_h5ad(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["enhance", "--train-genes", "-1"], "n_train_genes: -1 is not allowed"),
+        (["enhance", "--genes", "0"], "--genes: 0 is not a positive number of genes"),
+        (["enhance", "--genes", "-3"], "--genes: -3 is not a positive number of genes"),
+        (["evaluate", "--genes", "0"], "--genes: 0 is not a positive number of genes"),
+        (["evaluate", "--genes", "-3"], "--genes: -3 is not a positive number of genes"),
+        (["enhance", "--genes", "@missing.txt"], "gene list file missing.txt not found"),
+    ],
+)
+def test_non_positive_gene_counts_are_refused_before_reading(square_file, tmp_path, capsys, args, message):
+    command, *options = args
+    out = ["-o", str(tmp_path / "out.h5ad")] if command == "enhance" else []
+    assert main([command, str(square_file), *out, *options]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_evaluate_refuses_non_positive_gene_counts_in_the_python_api(square_file):
+    from napari_stentrans.core.errors import ConfigError
+    from napari_stentrans.core.evaluate import evaluate
+
+    adata = read(square_file)
+    for bad in (0, -3, True, 2.5):
+        with pytest.raises(ConfigError, match="n_genes: .* expected an integer >= 1"):
+            evaluate(adata, methods=("nearest",), n_genes=bad)
+
+
+def test_genes_all_and_a_file_of_gene_names(square_file, tmp_path, capsys):
+    import anndata as ad
+
+    out = tmp_path / "all.h5ad"
+    assert (
+        main(["enhance", str(square_file), "-o", str(out), "--genes", "all", "--quiet", "--device", "cpu"])
+        == 0
+    )
+    assert ad.read_h5ad(out, backed="r").n_vars == 30  # every gene, detected or not
+    names = tmp_path / "genes.txt"
+    names.write_text("\ufeffG3\nG1\n\nG7, G2\n", encoding="utf-8")  # BOM, blank line, commas
+    out = tmp_path / "some.h5ad"
+    assert main(["enhance", str(square_file), "-o", str(out), "--genes", f"@{names}", "--quiet"]) == 0
+    assert list(ad.read_h5ad(out, backed="r").var_names) == ["G1", "G2", "G3", "G7"]
+    names.write_text("G1\nNOPE\n")
+    assert main(["enhance", str(square_file), "-o", str(tmp_path / "x.h5ad"), "--genes", f"@{names}"]) == 2
+    assert "'NOPE'" in capsys.readouterr().err
+
+
+def test_a_compressed_image_stays_compact_in_the_output(tmp_path):
+    """A 4,000 x 3,000 px image stored gzip-compressed (36 MB raw) is written compressed too."""
+    import anndata as ad
+
+    adata = _hex_slide()
+    image = np.full((4000, 3000, 3), 240, np.uint8)
+    image[100:200, 100:200] = 10
+    adata.uns["spatial"] = {
+        "lib": {"images": {"hires": image}, "scalefactors": {"spot_diameter_fullres": 9.0}}
+    }
+    adata.write_h5ad(tmp_path / "img.h5ad", compression="gzip")
+    out = tmp_path / "out.h5ad"
+    assert main(["enhance", str(tmp_path / "img.h5ad"), "-o", str(out), "--quiet", "--device", "cpu"]) == 0
+    assert out.stat().st_size < 2e6
+    written = ad.read_h5ad(out)
+    np.testing.assert_array_equal(written.uns["spatial"]["lib"]["images"]["hires"], image)
+    assert written.uns["spatial"]["lib"]["scalefactors"]["spot_diameter_fullres"] == 4.5
