@@ -125,7 +125,7 @@ def check_output(path: str | Path, *, overwrite: bool = False) -> Path:
     if length + TMP_EXTRA > name_max:  # checked first: stat() itself fails on such a name
         raise WriteError(
             f"{folder / path.name[:40]}...: output file name is {length} bytes; at most "
-            f"{name_max - TMP_EXTRA} here"
+            f"{name_max - TMP_EXTRA} bytes in this folder (temporaries add {TMP_EXTRA})"
         )
     if path.is_dir():
         raise WriteError(f"{path}: output is a folder; give a file name")
@@ -155,10 +155,11 @@ def check_free_space(needs: dict[Path, int], margin: float = 0.05) -> None:
         per_device[device] = (first, total + int(size))
     for path, total in per_device.values():
         free = shutil.disk_usage(path.parent).free
-        if total * (1 + margin) + (1 << 20) > free:
+        needed = total * (1 + margin) + (1 << 20)
+        if needed > free:
             raise WriteError(
-                f"{path}: the output needs about {_mb(total)} but {path.parent} has {_mb(free)} free; "
-                "free some space or write elsewhere"
+                f"{path}: the output needs about {_mb(needed)} (with a reserve) but {path.parent} has "
+                f"{_mb(free)} free; free some space or write elsewhere"
             )
 
 
