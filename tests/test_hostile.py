@@ -338,3 +338,19 @@ def test_reading_a_counts_table_holds_few_copies_of_it(tmp_path):
         tracemalloc.stop()
     np.testing.assert_array_equal(adata.X.toarray(), counts)
     assert peak < 6 * n_spots * n_genes * 4, peak / (n_spots * n_genes * 4)
+
+
+def test_the_python_writer_keeps_images_compact_and_the_slide_unchanged(tmp_path):
+    import anndata as ad
+
+    from napari_stentrans.core.files import write_h5ad
+
+    adata = _hex_slide()
+    image = np.zeros((3000, 3000, 3), np.uint8)
+    adata.uns["spatial"] = {"lib": {"images": {"hires": image}, "scalefactors": {"x": 1.0}}}
+    write_h5ad(adata, tmp_path / "out.h5ad")
+    assert (tmp_path / "out.h5ad").stat().st_size < 1e6  # 27 MB raw
+    assert adata.uns["spatial"]["lib"]["images"]["hires"] is image
+    back = ad.read_h5ad(tmp_path / "out.h5ad")
+    np.testing.assert_array_equal(back.uns["spatial"]["lib"]["images"]["hires"], image)
+    assert back.uns["spatial"]["lib"]["scalefactors"] == {"x": 1.0}

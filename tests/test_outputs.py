@@ -309,5 +309,6 @@ def test_disk_full_while_writing_is_one_line_and_keeps_the_previous_output(tmp_p
     err = proc.stderr.read().strip()
     assert (fs / "filler").exists(), "the disk was not filled while writing"
     assert code == 2 and err.count("\n") == 0 and "no space left on device" in err, (code, err)
+    assert f"error: {out}: writing failed" in err, err  # the user's output, not a temporary
     assert out.read_bytes() == b"previous output"
     assert _names(fs) == ["filler", "out.h5ad"]

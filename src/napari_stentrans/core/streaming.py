@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .estimators.base import MeasuredCounts, Predictor, StopFlag
-from .files import atomic_path
+from .files import atomic_path, take_images, write_images
 from .output import assemble
 from .patterns import PatternCheck
 from .sites import OutputSites
@@ -73,17 +73,11 @@ def write_streamed(
     n_sites, n_genes = skeleton.shape
     log_variance = np.zeros(n_genes)
     check = PatternCheck(slide, sites, gene_idx, predictor.depth)
-    images = _take_images(skeleton)
+    images = take_images(skeleton.uns)  # written compressed (anndata would not)
     with atomic_path(path) as tmp:
         skeleton.write_h5ad(tmp)
+        write_images(tmp, images)
         with h5py.File(tmp, "r+") as f:
-            for (library, resolution), image in images.items():
-                write_elem(
-                    f["uns"]["spatial"][library]["images"],
-                    resolution,
-                    image,
-                    dataset_kwargs={"compression": "gzip", "compression_opts": 4},
-                )
             x = f.create_dataset(
                 "X",
                 shape=(n_sites, n_genes),
@@ -101,27 +95,6 @@ def write_streamed(
             write_elem(f["uns"]["stentrans"], "patterns", patterns)
     uns = dict(skeleton.uns["stentrans"], patterns=patterns)
     return StreamedSlide(path, skeleton.obs, skeleton.var, log_variance, uns)
-
-
-def _take_images(skeleton) -> dict[tuple[str, str], np.ndarray]:
-    """Remove the images from ``skeleton.uns["spatial"]`` (left as empty groups) and return them.
-
-    They are written gzip-compressed: anndata writes arrays uncompressed, and an H&E image stored
-    compressed in the input (130 KB for a 12,000 x 12,000 px mostly blank image) would otherwise
-    become 432 MB in every output.
-    """
-    taken: dict[tuple[str, str], np.ndarray] = {}
-    for library, entry in dict(skeleton.uns.get("spatial", {})).items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("images"), dict):
-            continue
-        kept = {}
-        for resolution, image in entry["images"].items():
-            if isinstance(image, np.ndarray) and image.size:
-                taken[(str(library), str(resolution))] = image
-            else:
-                kept[resolution] = image
-        skeleton.uns["spatial"][library] = {**entry, "images": kept}
-    return taken
 
 
 __all__ = ["write_streamed", "StreamedSlide", "CHUNK_SITES", "CHUNK_GENES"]
