@@ -3,7 +3,7 @@
 Every problem the user can fix (a :class:`~.core.errors.StentransError`: bad input file, invalid
 option, unusable model, unavailable device, ...) prints one line ``stentrans: error: ...`` naming
 the file or option and the problem, exits with status 2 and writes nothing. Ctrl-C or a stop
-exits 130 and writes nothing. Anything else is a bug: it keeps its traceback (exit 1).
+exits 130, SIGTERM 143, and both write nothing (temporaries removed, previous outputs kept). Anything else is a bug: it keeps its traceback (exit 1).
 
 ``stentrans --help`` and ``stentrans info`` import no torch: only learned models need it.
 """
@@ -11,6 +11,7 @@ exits 130 and writes nothing. Anything else is a bug: it keeps its traceback (ex
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 import warnings
@@ -22,6 +23,7 @@ from .core.errors import InputError
 
 EXIT_INPUT = 2
 EXIT_INTERRUPT = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what shells report for a terminated command
 MODEL_SUFFIX = ".safetensors"
 TABLE_HELP = "the table to read from a SpatialData store that holds several"
 
@@ -75,8 +77,8 @@ def _build_parser() -> argparse.ArgumentParser:
     enh.add_argument("--epochs", type=int, help="training epochs (preset default otherwise)")
     enh.add_argument(
         "--genes",
-        help="genes to enhance: a number N (most variable), or comma-separated names "
-        "(default: all genes detected in >= 10%% of spots)",
+        help="genes to enhance: a number N (most variable), comma-separated names, @FILE (names one "
+        "per line), or all (every gene, detected or not; default: all genes detected in >= 10%% of spots)",
     )
     enh.add_argument(
         "--train-genes", type=int, help="number of most variable genes to train on (default 2000)"
@@ -149,8 +151,6 @@ def _check_output(
     suffixes = (suffix,) if isinstance(suffix, str) else suffix
     if path.suffix.lower() not in suffixes:
         raise CliError(f"{path}: output must be a {' or '.join(suffixes)} file")
-    if path.is_dir() and path.suffix.lower() != ".zarr":  # a SpatialData store is a folder
-        raise CliError(f"{path}: output is a folder; give a file name")
     resolved = path.resolve()
     for inp in inputs:
         if (
@@ -163,10 +163,10 @@ def _check_output(
             )
         ):
             raise CliError(f"{path}: output would overwrite or go inside the input {inp}")
-    if not path.parent.resolve().is_dir():
-        raise CliError(f"{path}: output folder {path.parent} does not exist")
-    if path.exists() and not overwrite:
-        raise CliError(f"{path}: output exists; pass --overwrite to replace it")
+    from .core.files import check_output
+
+    # a folder, a dangling link, an existing file, a missing or read-only folder, a name too long
+    check_output(path, overwrite=overwrite, store=path.suffix.lower() == ".zarr")
 
 
 def _read_mask(path: Path):
@@ -197,11 +197,30 @@ def _read_mask(path: Path):
 
 
 def _parse_genes(text: str | None):
+    """``--genes``: None (default), ``all``, a positive number, comma-separated names, or
+    ``@FILE``: names one per line or comma-separated (a list of 33,000 names exceeds the
+    per-argument limit of Linux, 128 KiB)."""
     if text is None:
         return None
     text = text.strip()
-    if text.isdigit():
+    if text.lower() == "all":
+        return "all"
+    if text.lstrip("+-").isdigit():
+        if int(text) < 1:
+            raise CliError(f"--genes: {text} is not a positive number of genes")
         return int(text)
+    if text.startswith("@"):
+        source = Path(text[1:])
+        if not source.is_file():
+            raise CliError(f"--genes: gene list file {source} not found")
+        try:
+            text = source.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CliError(f"--genes: cannot read {source} ({exc})") from exc
+        names = [g.strip() for g in text.replace(",", "\n").splitlines() if g.strip()]
+        if not names:
+            raise CliError(f"--genes: {source} lists no gene")
+        return names
     names = [g.strip() for g in text.split(",") if g.strip()]
     if not names:
         raise CliError("--genes: empty gene list")
@@ -299,7 +318,7 @@ def cmd_enhance(args: argparse.Namespace) -> int:
 
     from .core.checkpoint import load_model
     from .core.errors import LatticeError, TrainingStopped
-    from .core.files import atomic_path
+    from .core.files import atomic_outputs
     from .core.fitting import Trainer
     from .core.io import read
     from .core.slide import Slide
@@ -315,7 +334,10 @@ def cmd_enhance(args: argparse.Namespace) -> int:
         raise CliError(f"{args.mask}: {exc}") from exc
     config = preset(args.preset, slide.lattice.kind, **options)
     min_detection = model.min_detection if model is not None else config.data.min_detection
-    slide.gene_indices(genes, min_detection)  # unknown genes fail here, not after training
+    if genes == "all":
+        genes = list(slide.genes)
+    gene_idx = slide.gene_indices(genes, min_detection)  # unknown genes fail here, not after training
+    _check_free_space(args, slide, len(gene_idx))
     stop = threading.Event()
     trainer = None if model is not None else Trainer(slide, config, device=device)
     bar = _ProgressBar(disabled=args.quiet)
@@ -327,15 +349,19 @@ def cmd_enhance(args: argparse.Namespace) -> int:
             if model is None:
                 raise TrainingStopped("training stopped by request; nothing was written")
         bar.close()  # training is over; the bar would otherwise sit under the write
-        with ExitStack() as outputs:  # every output appears together, or none does
+        # every output appears together, or none does; without --overwrite none replaces a file
+        # another run created meanwhile
+        with ExitStack() as scratch_dirs, atomic_outputs(exclusive=not args.overwrite) as outputs:
             # the matrix goes to disk gene batch by gene batch: memory does not grow with genes
             if spatialdata_out:  # streamed to a hidden .h5ad beside the store, converted below
                 scratch = Path(
-                    outputs.enter_context(TemporaryDirectory(prefix=".stentrans.", dir=args.output.parent))
+                    scratch_dirs.enter_context(
+                        TemporaryDirectory(prefix=".stentrans.", dir=args.output.parent)
+                    )
                 )
                 h5ad_path = scratch / "enhanced.h5ad"
             else:
-                h5ad_path = outputs.enter_context(atomic_path(args.output))
+                h5ad_path = outputs.path(args.output)
             written = model.write(
                 slide,
                 h5ad_path,
@@ -347,9 +373,9 @@ def cmd_enhance(args: argparse.Namespace) -> int:
                 measured="keep" if args.keep_measured else "estimate",
             )
             if args.save_model is not None:
-                model.save(outputs.enter_context(atomic_path(args.save_model)))
+                model.save(outputs.path(args.save_model))
             if args.plot is not None:
-                _plot(adata, written, outputs.enter_context(atomic_path(args.plot)))
+                _plot(adata, written, outputs.path(args.plot))
             if spatialdata_out:  # last: the store appears when everything else has worked
                 import anndata as ad
 
@@ -385,6 +411,30 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_free_space(args: argparse.Namespace, slide, n_genes: int) -> None:
+    """Refuse before any training when the outputs' file systems lack room for them.
+
+    The .h5ad holds ``X`` dense (4 bytes per site and gene), ``layers["measured"]`` (at most 8
+    bytes per stored count) and the input's images (written compressed; counted whole, an upper
+    bound); a learned model and a PNG take a few MB.
+    """
+    from .core.files import check_free_space
+    from .core.sites import output_sites
+
+    n_sites = len(output_sites(slide))
+    images = sum(
+        int(getattr(image, "nbytes", 0))
+        for entry in slide.adata.uns.get("spatial", {}).values()
+        if isinstance(entry, dict)
+        for image in dict(entry.get("images", {})).values()
+    )
+    needs = {args.output: n_sites * n_genes * 4 + slide.counts.nnz * 8 + n_sites * 200 + images}
+    for extra in (args.save_model, args.plot):
+        if extra is not None:
+            needs[extra] = 4 << 20
+    check_free_space(needs)
+
+
 def _plot(adata, written, path: Path) -> None:
     """A side-by-side PNG of the three most variable enhanced genes (read back from the file)."""
     import anndata as ad
@@ -406,15 +456,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .core.config import Runtime
 
     Runtime(device=args.device)
+    if args.genes is not None and args.genes < 1:
+        raise CliError(f"--genes: {args.genes} is not a positive number of genes")
     if args.epochs is not None:
         from .core.config import OptimConfig
 
         OptimConfig(epochs=args.epochs)  # validates before the slide is read
     import json
-    from contextlib import ExitStack
 
     from .core.evaluate import DEFAULT_METHODS, evaluate
-    from .core.files import atomic_path
+    from .core.files import atomic_outputs
     from .core.io import read
 
     methods = tuple(m.strip() for m in args.methods.split(",")) if args.methods else DEFAULT_METHODS
@@ -463,14 +514,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         + (f"; ARI over the {truth['n_labelled']} scored spots with a label" if ari else "")
         + (f"; {report['warning']}" if "warning" in report else "")
     )
-    with ExitStack() as outputs:
+    with atomic_outputs(exclusive=not args.overwrite) as outputs:
         if args.json is not None:
             text = json.dumps(_finite(report), indent=1)
-            outputs.enter_context(atomic_path(args.json)).write_text(text)
+            outputs.path(args.json).write_text(text)
         if args.plot is not None:
             from .core.plotting import plot_evaluation
 
-            plot_evaluation(report, outputs.enter_context(atomic_path(args.plot)))
+            plot_evaluation(report, outputs.path(args.plot))
     return 0
 
 
@@ -545,19 +596,35 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``stentrans`` console script."""
     parser = _build_parser()
     args = parser.parse_args(argv)
-    from .core.errors import StentransError, TrainingStopped
+    from .core.errors import StentransError, TrainingStopped, WriteError
 
     handlers = {"info": cmd_info, "enhance": cmd_enhance, "evaluate": cmd_evaluate}
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
+        previous = _handle_sigterm()
         try:
             return handlers[args.command](args)
         except StentransError as exc:
             print(f"stentrans: error: {exc}", file=sys.stderr)
+            if argv is None and isinstance(exc, WriteError):
+                # HDF5 cannot close a file whose writes failed (full disk): h5py's finalizers then
+                # print pages of "Exception ignored" and can crash the interpreter at exit (exit 139).
+                # The temporaries are removed and the message is out: leave without finalizers.
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(EXIT_INPUT)
             return EXIT_INPUT
+        except Terminated:
+            print("stentrans: terminated; nothing was written", file=sys.stderr)
+            return EXIT_TERMINATED
         except (KeyboardInterrupt, TrainingStopped):
             print("stentrans: interrupted; nothing was written", file=sys.stderr)
             return EXIT_INTERRUPT
+        finally:
+            if previous is not None:
+                import signal
+
+                signal.signal(signal.SIGTERM, previous)
 
 
 _default_showwarning = warnings.showwarning
@@ -569,6 +636,24 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         print(f"stentrans: warning: {message}", file=sys.stderr if file is None else file)
     else:
         _default_showwarning(message, category, filename, lineno, file, line)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, ``kill``, job schedulers): unwinds like Ctrl-C, so every writer
+    removes its temporaries and keeps the previous output."""
+
+
+def _handle_sigterm():
+    """Turn SIGTERM into :class:`Terminated` (main thread only); the previous handler, or None."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, terminate)
 
 
 if __name__ == "__main__":  # pragma: no cover

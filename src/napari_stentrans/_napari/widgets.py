@@ -487,7 +487,7 @@ class TrainWidget(_SlideWidget):
         source = info.enhanced.uns.get("stentrans", {}).get("source")
         try:
             write_h5ad(info.enhanced, path, inputs=[source] if source else [])
-        except ValueError as exc:
+        except (ValueError, OSError) as exc:  # OSError: a WriteError (full disk, read-only folder)
             _notify_error(exc)
             return
         self._status.value = f"exported {path}"

@@ -45,6 +45,11 @@ class InputError(StentransError, ValueError):
     """A request that cannot be met: unknown genes, a bad mask, an output that would replace an input."""
 
 
+class WriteError(StentransError, OSError):
+    """An output that cannot be written: missing or read-only folder, a name too long, too little
+    free space, a full disk, or another run writing the same output. Nothing was written."""
+
+
 class DeviceError(StentransError, RuntimeError):
     """The requested compute device is not available in this PyTorch build or on this machine."""
 
@@ -66,5 +71,6 @@ __all__ = [
     "CheckpointError",
     "InputError",
     "DeviceError",
+    "WriteError",
     "TrainingStopped",
 ]

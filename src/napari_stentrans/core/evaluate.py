@@ -335,6 +335,10 @@ def evaluate(
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ConfigError(f"methods: unknown method(s) {sorted(unknown)}; choose from {', '.join(METHODS)}")
+    if n_genes is not None and (
+        isinstance(n_genes, bool) or not isinstance(n_genes, int | np.integer) or n_genes < 1
+    ):  # 0 scored nothing (a table of NaN), -3 sliced all genes but three
+        raise ConfigError(f"n_genes: {n_genes!r} is not allowed; expected an integer >= 1")
     if isinstance(labels, str):
         if labels not in adata.obs:
             raise InputError(f"labels: obs has no column {labels!r}; columns: {list(adata.obs.columns)}")

@@ -21,6 +21,7 @@ from scipy.spatial import cKDTree
 from .classical import TARGET_SUM, normalize
 from .errors import InputError, LatticeError
 from .io import lattice_of
+from .io.common import stray_spot
 from .io.enhanced import refuse_enhanced
 from .lattice import IndexRaster, Lattice
 
@@ -113,16 +114,22 @@ class Slide:
         row = adata.obs["array_row"].to_numpy(dtype=np.int64)
         col = adata.obs["array_col"].to_numpy(dtype=np.int64)
         lattice.to_index(row, col)
+        stray = stray_spot(lattice, row, col, adata.obs_names)
+        if stray is not None:  # rasters follow the bounding box: refuse before allocating one
+            raise LatticeError(stray)
         counts = sp.csr_matrix(adata.X, dtype=np.float32)
         depth = np.asarray(counts.sum(axis=1)).ravel().astype(np.float64)
         lost = _lost_sites(mask, adata, row, col)
         if len(lost):
             lattice.to_index(lost[:, 0], lost[:, 1])
-        not_lost = ~np.isin(site_keys(row, col), site_keys(lost[:, 0], lost[:, 1]))
         extra = adata.uns.get("stentrans_lattice", {}).get("in_tissue_unmeasured")
         extra = (
             np.zeros((0, 2), np.int64) if extra is None else np.asarray(extra, dtype=np.int64).reshape(-1, 2)
         )
+        _check_lost_on_slide(
+            lattice, lost, np.concatenate([row, extra[:, 0]]), np.concatenate([col, extra[:, 1]])
+        )
+        not_lost = ~np.isin(site_keys(row, col), site_keys(lost[:, 0], lost[:, 1]))
         return cls(
             adata=adata,
             lattice=lattice,
@@ -332,6 +339,26 @@ def neighbour_structure(lattice: Lattice) -> np.ndarray:
 def site_keys(row: np.ndarray, col: np.ndarray) -> np.ndarray:
     """One int64 key per (row, col) site, for vectorised set operations on sites."""
     return (np.asarray(row, np.int64) << 32) + (np.asarray(col, np.int64) & 0xFFFFFFFF)
+
+
+def _check_lost_on_slide(lattice: Lattice, lost: np.ndarray, row: np.ndarray, col: np.ndarray) -> None:
+    """Raise InputError for a lost site outside the slide's extent (its spots' box plus one site).
+
+    A lost site is imputed from the spots around it: one far outside them would be "imputed"
+    from nothing, thousands of pitches away, and grow every raster to reach it.
+    """
+    if not len(lost):
+        return
+    u, v = lattice.to_index(row, col)
+    lu, lv = lattice.to_index(lost[:, 0], lost[:, 1])
+    off = (lu < u.min() - 1) | (lu > u.max() + 1) | (lv < v.min() - 1) | (lv > v.max() + 1)
+    if off.any():
+        i = int(np.flatnonzero(off)[0])
+        raise InputError(
+            f"mask site (array_row {lost[i, 0]}, array_col {lost[i, 1]}) lies off the slide, whose spots "
+            f"span array_row {row.min()}..{row.max()}, array_col {col.min()}..{col.max()} "
+            f"({int(off.sum())} such site(s)); a lost site must be a site of the slide"
+        )
 
 
 def _lost_sites(mask: MaskLike, adata: ad.AnnData, row: np.ndarray, col: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .estimators.base import MeasuredCounts, Predictor, StopFlag
-from .files import atomic_path
+from .files import atomic_path, take_images, write_images
 from .output import assemble
 from .patterns import PatternCheck
 from .sites import OutputSites
@@ -73,8 +73,10 @@ def write_streamed(
     n_sites, n_genes = skeleton.shape
     log_variance = np.zeros(n_genes)
     check = PatternCheck(slide, sites, gene_idx, predictor.depth)
+    images = take_images(skeleton.uns)  # written compressed (anndata would not)
     with atomic_path(path) as tmp:
         skeleton.write_h5ad(tmp)
+        write_images(tmp, images)
         with h5py.File(tmp, "r+") as f:
             x = f.create_dataset(
                 "X",

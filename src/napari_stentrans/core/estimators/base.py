@@ -204,8 +204,26 @@ class Predictor(ABC):
                     f"{exc}; continuing with {batch_size} genes per batch", OutOfMemoryFallback, stacklevel=2
                 )
                 continue
-            yield start, counts.astype(np.float32, copy=False)
+            counts = counts.astype(np.float32, copy=False)
+            self._check_finite(counts, chunk)
+            yield start, counts
             start += len(chunk)
+
+    def _check_finite(self, counts: np.ndarray, chunk: np.ndarray) -> None:
+        """Raise InputError when a prediction holds NaN or infinity (a model with broken weights,
+        a diverged training): checked per batch, before anything reaches the output."""
+        finite = np.isfinite(counts)
+        if finite.all():
+            return
+        bad = ~finite.all(axis=0)
+        first = int(chunk[np.flatnonzero(bad)[0]])
+        genes = getattr(getattr(self, "slide", None), "genes", None)
+        name = repr(str(genes[first])) if genes is not None else f"#{first}"
+        raise InputError(
+            f"the model predicted NaN or infinite counts for gene {name} and {int(bad.sum()) - 1} "
+            f"other(s) of this batch ({int((~finite).sum())} values); the model's weights or the "
+            "input are broken; nothing was written"
+        )
 
     def release(self) -> None:  # noqa: B027 - nothing to free for most predictors
         """Free what prediction held (network weights, device memory)."""

@@ -27,6 +27,8 @@ from .common import (
     DuplicateGeneNamesWarning,
     OptionalPartWarning,
     ReadError,
+    check_sparse_matrix,
+    check_spots,
     clean_spatial,
     lattice_of,
     library_of,
@@ -88,8 +90,9 @@ def read(
     ReadError
         Missing path, unknown format, missing coordinates, off-lattice coordinates or
         coordinates that are no plausible lattice (e.g. ``array_row``/``array_col`` swapped),
-        an unknown ``library``, empty matrix, or invalid counts; the message names the file
-        and the problem.
+        an unknown ``library``, empty matrix, invalid counts, a corrupt sparse structure,
+        repeated spot names, non-finite ``obsm["spatial"]`` or a spot far off the slide; the
+        message names the file and the problem.
     """
     if library_id is not None:
         if library is not None and library != library_id:
@@ -116,8 +119,10 @@ def read(
             )
         if "spatial" in adata.uns:  # a .h5ad's uns['spatial'] may hold anything
             adata.uns["spatial"] = clean_spatial(adata.uns["spatial"], path)
+    check_sparse_matrix(adata.X, path)
     if not is_enhanced(adata):  # an enhanced slide holds predictions, checked by read_enhanced
         validate_counts(adata, path)
+        check_spots(adata, path)
     return adata
 
 

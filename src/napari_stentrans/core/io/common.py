@@ -21,6 +21,26 @@ from ..lattice import Lattice, detect_lattice
 READ_FAULTS = (OSError, ValueError, KeyError, IndexError, TypeError, EOFError, zlib.error, UnicodeDecodeError)
 
 
+def _foreign_faults() -> tuple[type[BaseException], ...]:
+    """Exceptions of anndata and PIL that derive from nothing in READ_FAULTS: an unknown
+    ``encoding-type`` in an .h5ad (IORegistryError) and a decompression bomb (an image whose
+    header claims more than twice PIL's pixel limit, ~179 million pixels)."""
+    found: list[type[BaseException]] = []
+    try:
+        from anndata._io.specs.registry import IORegistryError
+
+        found.append(IORegistryError)
+    except ImportError:  # pragma: no cover - anndata moved it
+        pass
+    try:
+        from PIL.Image import DecompressionBombError
+
+        found.append(DecompressionBombError)
+    except ImportError:  # pragma: no cover - PIL is a dependency
+        pass
+    return tuple(found)
+
+
 @contextmanager
 def reading(path: Path) -> Iterator[None]:
     """Turn a fault while reading ``path`` into a ReadError that names that file."""
@@ -32,7 +52,7 @@ def reading(path: Path) -> Iterator[None]:
         raise ReadError(f"{path}: {exc}") from exc
     except pd.errors.EmptyDataError as exc:
         raise ReadError(f"{path}: file is empty") from exc
-    except READ_FAULTS as exc:
+    except (*READ_FAULTS, *_foreign_faults()) as exc:
         raise ReadError(
             f"{path}: cannot be read, truncated or corrupt? ({type(exc).__name__}: {exc})"
         ) from exc
@@ -294,3 +314,128 @@ def validate_counts(adata: ad.AnnData, path: Path) -> None:
         raise ReadError(f"{path}: only {adata.n_obs} spot(s); a slide needs at least {MIN_SPOTS}")
     if not (data != 0).any():
         raise ReadError(f"{path}: every count is zero ({adata.n_obs} spots x {adata.n_vars} genes)")
+
+
+def check_compressed(
+    data: np.ndarray,
+    indices: np.ndarray,
+    indptr: np.ndarray,
+    n_major: int,
+    n_minor: int,
+    path: Path,
+    what: str = "count matrix",
+) -> None:
+    """Raise ReadError unless ``(data, indices, indptr)`` is a valid CSR/CSC structure.
+
+    ``n_major`` is the number of compressed rows (CSR) or columns (CSC): ``indptr`` must have
+    ``n_major + 1`` entries, start at 0, never decrease and end at ``len(indices) ==
+    len(data)``; every index must lie in ``[0, n_minor)``. SciPy does not bounds-check indices
+    when it builds a matrix, and an index out of range later reads or writes memory that is not
+    the matrix's (segfaults, or different counts on each read). Vectorised: O(nnz).
+    """
+    indptr = np.asarray(indptr)
+    indices = np.asarray(indices)
+    n_data = np.asarray(data).shape[0] if np.ndim(data) else -1
+    problem = None
+    if indptr.ndim != 1 or indptr.shape[0] != n_major + 1:
+        problem = f"indptr has {indptr.size} entries; the shape needs {n_major + 1}"
+    elif indices.ndim != 1 or indices.shape[0] != n_data:
+        problem = f"{indices.size} indices but {n_data} values"
+    elif indptr[0] != 0 or indptr[-1] != n_data:
+        problem = f"indptr runs from {indptr[0]} to {indptr[-1]}; expected 0 to {n_data}"
+    elif n_major and (np.diff(indptr) < 0).any():
+        at = int(np.flatnonzero(np.diff(indptr) < 0)[0])
+        problem = f"indptr decreases at position {at} ({indptr[at]} -> {indptr[at + 1]})"
+    elif n_data and (indices.min() < 0 or indices.max() >= n_minor):
+        bad = int(indices.max()) if indices.max() >= n_minor else int(indices.min())
+        problem = f"index {bad} is out of range (0..{n_minor - 1})"
+    if problem is not None:
+        raise ReadError(f"{path}: corrupt sparse {what}: {problem}")
+
+
+def check_sparse_matrix(x, path: Path, what: str = "count matrix") -> None:
+    """:func:`check_compressed` for a SciPy CSR/CSC matrix (anything else passes)."""
+    if sp.issparse(x) and x.format in ("csr", "csc"):
+        n_major, n_minor = x.shape if x.format == "csr" else x.shape[::-1]
+        check_compressed(x.data, x.indices, x.indptr, n_major, n_minor, path, what)
+
+
+# a spot farther than this many pitches from every other spot lies off any capture area we
+# know (a Visium area spans 78 x 64 pitches, an ST array 35 x 33): a typo or a sentinel value
+STRAY_PITCHES = 100.0
+# the index raster of a slide may hold this many sites per spot (at least MIN_RASTER_SITES);
+# a real slide holds about 1-4 (tissue with holes), spots thousands of pitches apart far more
+RASTER_SITES_PER_SPOT = 64
+MIN_RASTER_SITES = 1 << 20
+
+
+def check_spots(adata: ad.AnnData, path: Path) -> None:
+    """Raise ReadError for spots whose names or positions would silently corrupt the output.
+
+    Refused: repeated obs names (a barcode mask would hit every spot of that name and the
+    output would repeat names), non-finite ``obsm["spatial"]`` (every output position becomes
+    NaN), and spots far off the slide (see :func:`stray_spot`), whose rasters would cost memory
+    in proportion to the bounding box.
+    """
+    names = adata.obs_names
+    if names.has_duplicates:
+        repeated = names[names.duplicated()].unique()
+        raise ReadError(
+            f"{path}: spot name {repeated[0]!r} occurs more than once ({len(repeated)} repeated "
+            "name(s)); every spot needs its own barcode (e.g. adata.obs_names_make_unique())"
+        )
+    if "spatial" in adata.obsm:
+        spatial = np.asarray(adata.obsm["spatial"], dtype=float)
+        bad = ~np.isfinite(spatial).all(axis=1) if spatial.ndim == 2 else np.zeros(0, bool)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ReadError(
+                f"{path}: obsm['spatial'] of spot {names[i]!r} is {spatial[i].tolist()} "
+                f"({int(bad.sum())} spot(s) without a finite position)"
+            )
+    if {"array_row", "array_col"} <= set(adata.obs.columns):
+        problem = stray_spot(
+            lattice_of(adata),
+            adata.obs["array_row"].to_numpy(dtype=np.int64),
+            adata.obs["array_col"].to_numpy(dtype=np.int64),
+            names,
+        )
+        if problem is not None:
+            raise ReadError(f"{path}: {problem}")
+
+
+def stray_spot(lattice: Lattice, row: np.ndarray, col: np.ndarray, names) -> str | None:
+    """A message naming a spot far off the slide, or None when the spots are compact.
+
+    Two rules, both in units of the lattice pitch: a spot farther than :data:`STRAY_PITCHES`
+    from every other spot, and a bounding box (in index coordinates: the rasters' size) holding
+    more than ``RASTER_SITES_PER_SPOT`` sites per spot (a group of stray spots together), in
+    which case the spot farthest from the median position is named.
+    """
+    n = len(row)
+    if n < 2:
+        return None
+    u, v = lattice.to_index(row, col)
+    box = float(u.max() - u.min() + 1) * float(v.max() - v.min() + 1)
+    xy = lattice.physical(row, col) / lattice.pitch_um
+    from scipy.spatial import cKDTree
+
+    nearest = cKDTree(xy).query(xy, k=2)[0][:, 1]
+    far = nearest > STRAY_PITCHES
+    if far.any():
+        i = int(np.argmax(nearest))
+        return (
+            f"spot {names[i]!r} at array_row {row[i]}, array_col {col[i]} is {nearest[i]:.0f} pitches "
+            f"from every other spot ({int(far.sum())} such spot(s)); a coordinate typo or a "
+            "placeholder? Remove the spot or correct its coordinates"
+        )
+    if box > max(RASTER_SITES_PER_SPOT * n, MIN_RASTER_SITES):
+        centre = np.median(xy, axis=0)
+        i = int(np.argmax(np.linalg.norm(xy - centre, axis=1)))
+        return (
+            f"the spots span array_row {row.min()}..{row.max()}, array_col {col.min()}..{col.max()}: "
+            f"{box:.3g} lattice sites for {n} spots; spot {names[i]!r} at array_row {row[i]}, "
+            f"array_col {col[i]} lies farthest from the others. Remove stray spots or correct "
+            "their coordinates"
+        )
+    return None

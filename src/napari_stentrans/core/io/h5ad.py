@@ -23,6 +23,7 @@ from .common import (
     CountsFromRawWarning,
     ReadError,
     check_not_empty,
+    check_sparse_matrix,
     has_non_integer,
     set_lattice,
     unique_names,
@@ -46,6 +47,11 @@ def read_h5ad(path: Path, library: str | None = None) -> ad.AnnData:
         ``library`` is not in the file, or the file cannot be read as a slide.
     """
     adata = ad.read_h5ad(path)
+    check_sparse_matrix(adata.X, path)  # before any use: scipy does not bounds-check indices
+    if "counts" in adata.layers:
+        check_sparse_matrix(adata.layers["counts"], path, "layers['counts']")
+    if adata.raw is not None:
+        check_sparse_matrix(adata.raw.X, path, "raw.X")
     if is_enhanced(adata):  # predictions on the half-pitch lattice, not a slide of counts
         return read_enhanced(adata, path)
     return slide_from_anndata(one_library(adata, path, library), path)

@@ -34,6 +34,7 @@ from .common import (
     READ_FAULTS,
     OptionalPartWarning,
     ReadError,
+    check_compressed,
     check_not_empty,
     clean_scalefactors,
     first,
@@ -200,7 +201,9 @@ def _read_10x_h5(path: Path) -> ad.AnnData:
             raise ReadError(f"{path}: not a 10x feature-barcode HDF5 file (no 'matrix' group)")
         m = f["matrix"]
         n_genes, n_spots = (int(x) for x in m["shape"][()])
-        counts = sp.csc_matrix((m["data"][()], m["indices"][()], m["indptr"][()]), shape=(n_genes, n_spots))
+        data, indices, indptr = m["data"][()], m["indices"][()], m["indptr"][()]
+        check_compressed(data, indices, indptr, n_spots, n_genes, path)  # before scipy uses them
+        counts = sp.csc_matrix((data, indices, indptr), shape=(n_genes, n_spots))
         barcodes = _decode(m["barcodes"][()])
         feats = m["features"]
         names = _decode(feats["name"][()])

@@ -32,7 +32,7 @@ def read_st_table(path: str | Path, coords: str | Path | None = None) -> ad.AnnD
     ``obsm["spatial"]``; a ``selected`` column keeps only spots under the tissue.
     """
     path = Path(path)
-    table = _read_table(path, index_col=0)
+    table = _read_counts_table(path)
     if table.shape[0] == 0 or table.shape[1] == 0:
         raise ReadError(f"{path}: empty counts table ({table.shape[0]} x {table.shape[1]})")
     coords_path = Path(coords) if coords is not None else _find_coords(path)
@@ -42,17 +42,23 @@ def read_st_table(path: str | Path, coords: str | Path | None = None) -> ad.AnnD
     repeated = table.index[table.index.duplicated()]
     if len(repeated):
         raise ReadError(f"{path}: spot id {repeated[0]!r} occurs more than once ({len(repeated)} repeat(s))")
-    numeric = table.apply(pd.to_numeric, errors="coerce")
-    if numeric.isna().to_numpy().any() and not table.isna().to_numpy().any():
-        bad = numeric.isna().stack()
-        spot, gene = bad[bad].index[0]
-        raise ReadError(
-            f"{path}: non-numeric count {table.loc[spot, gene]!r} at spot {spot!r}, gene {gene!r}"
-        )
+    if all(pd.api.types.is_numeric_dtype(dtype) for dtype in table.dtypes):
+        numeric = table  # parsed as numbers already: no second copy
+    else:
+        numeric = table.apply(pd.to_numeric, errors="coerce")
+        if numeric.isna().to_numpy().any() and not table.isna().to_numpy().any():
+            bad = numeric.isna().stack()
+            spot, gene = bad[bad].index[0]
+            raise ReadError(
+                f"{path}: non-numeric count {table.loc[spot, gene]!r} at spot {spot!r}, gene {gene!r}"
+            )
+    spots, genes = pd.Index(table.index, dtype=str), table.columns.astype(str)
+    values = numeric.to_numpy(dtype=np.float32)
+    del table, numeric  # the dense table is the largest thing a read holds: free it early
     adata = ad.AnnData(
-        X=sp.csr_matrix(numeric.to_numpy(dtype=np.float32)),
-        obs=pd.DataFrame(index=pd.Index(table.index, dtype=str)),
-        var=pd.DataFrame(index=unique_names(table.columns.astype(str), path)),
+        X=_sparse_by_rows(values),
+        obs=pd.DataFrame(index=spots),
+        var=pd.DataFrame(index=unique_names(genes, path)),
     )
     if coord_table is not None:
         adata = _attach_coords(adata, coord_table, coords_path)
@@ -97,6 +103,33 @@ def _read_table(path: Path, **kwargs) -> pd.DataFrame:
             if len(names) == table.shape[1]:
                 table.columns = pd.Index(names)
     return table
+
+
+def _sparse_by_rows(values: np.ndarray, rows: int = 256) -> sp.csr_matrix:
+    """CSR of a dense matrix built a block of rows at a time (SciPy's own conversion holds int64
+    row and column indices of every stored value at once: 2.5x the final matrix)."""
+    if values.shape[0] <= rows:
+        return sp.csr_matrix(values)
+    return sp.vstack([sp.csr_matrix(values[i : i + rows]) for i in range(0, values.shape[0], rows)], "csr")
+
+
+def _read_counts_table(path: Path) -> pd.DataFrame:
+    """The counts table with its first column as the index, counts parsed straight to float32.
+
+    Half the memory of pandas' default int64/float64 columns, and no second numeric copy (a 60 MB
+    table of 1,000 spots x 30,000 genes took 1.4 GB for ``info``). A table with a non-numeric
+    cell is read again the general way, so that the message can name the cell.
+    """
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", pd.errors.ParserWarning)  # converter wins over dtype
+            return _read_table(path, index_col=0, dtype=np.float32, converters={0: str})
+    except ReadError as exc:
+        if not isinstance(exc.__cause__, ValueError):
+            raise
+    return _read_table(path, index_col=0)
 
 
 def _parse_spot_ids(ids: pd.Index) -> np.ndarray | None:
