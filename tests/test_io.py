@@ -210,7 +210,9 @@ def test_unknown_format_and_missing_path(tmp_path):
 @pytest.mark.parametrize("genes_as", ["columns", "rows"])
 def test_st_table_non_numeric_cell_is_named_whichever_way_the_table_is_turned(tmp_path, genes_as):
     # one whole-table conversion (not one per gene) must still name the spot and the gene
-    counts = pd.DataFrame(np.arange(12).reshape(4, 3), index=["1x1", "1x2", "2x1", "2x2"], columns=["A", "B", "C"])
+    counts = pd.DataFrame(
+        np.arange(12).reshape(4, 3), index=["1x1", "1x2", "2x1", "2x2"], columns=["A", "B", "C"]
+    )
     counts = counts.astype(object)
     counts.loc["2x1", "B"] = "seven"
     (counts if genes_as == "columns" else counts.T).to_csv(tmp_path / "counts.tsv", sep="\t")
