@@ -468,14 +468,6 @@ class _ProgressBar:
             self.bar = None
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """The engine's warnings as one line each, like its errors (others as Python prints them)."""
-    if category.__module__.startswith("napari_stentrans"):
-        print(f"stentrans: warning: {message}", file=sys.stderr)
-    else:
-        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``stentrans`` console script."""
     parser = _build_parser()
@@ -483,16 +475,27 @@ def main(argv: list[str] | None = None) -> int:
     from .core.errors import StentransError, TrainingStopped
 
     handlers = {"info": cmd_info, "enhance": cmd_enhance, "evaluate": cmd_evaluate}
-    try:
-        with warnings.catch_warnings():
-            warnings.showwarning = _show_warning
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
             return handlers[args.command](args)
-    except StentransError as exc:
-        print(f"stentrans: error: {exc}", file=sys.stderr)
-        return EXIT_INPUT
-    except (KeyboardInterrupt, TrainingStopped):
-        print("stentrans: interrupted; nothing was written", file=sys.stderr)
-        return EXIT_INTERRUPT
+        except StentransError as exc:
+            print(f"stentrans: error: {exc}", file=sys.stderr)
+            return EXIT_INPUT
+        except (KeyboardInterrupt, TrainingStopped):
+            print("stentrans: interrupted; nothing was written", file=sys.stderr)
+            return EXIT_INTERRUPT
+
+
+_default_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """The engine's own warnings as one line ``stentrans: warning: ...``; others as usual."""
+    if category.__module__.startswith("napari_stentrans"):
+        print(f"stentrans: warning: {message}", file=sys.stderr if file is None else file)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -81,8 +81,6 @@ def read_spaceranger(path: str | Path, library_id: str | None = None) -> ad.AnnD
         path,
         in_tissue_unmeasured=unmeasured[["array_row", "array_col"]].to_numpy(dtype=np.int64),
     )
-    # the positions file is the tissue mask: its in_tissue = 0 sites are not tissue (core/slide.py)
-    adata.uns["stentrans_lattice"]["tissue_mask"] = True
     adata.uns["spatial"] = {library_id: _read_spatial_images(spatial_dir)}
     return adata
 
