@@ -10,7 +10,8 @@ here (seeded): 1,000 spots x 15,000 genes as spots-as-rows and as spots-as-colum
 rows, the other common layout), gzipped. For each file, in one process and on the same load:
 ``pd.read_csv(path, sep=..., index_col=0)`` alone (the floor: parsing the text) and
 ``napari_stentrans.read`` (parsing, orientation, numeric check, coordinates, lattice, count
-checks); median and fastest of ``--repeats`` runs, and the ratio of the medians.
+checks), run alternately so both see the same load, after one warm-up each; median and fastest
+of ``--repeats`` runs, and the ratio of the medians.
 """
 
 from __future__ import annotations
@@ -27,12 +28,15 @@ import pandas as pd
 from napari_stentrans.core.io import read
 
 
-def timed(fn, repeats: int) -> list[float]:
-    times = []
+def timed_pair(baseline, ours, repeats: int) -> tuple[list[float], list[float]]:
+    """Wall times of two functions run alternately (the same load for both), after one warm-up."""
+    times: tuple[list[float], list[float]] = ([], [])
+    baseline(), ours()
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
+        for fn, out in ((baseline, times[0]), (ours, times[1])):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
     return times
 
 
@@ -77,8 +81,9 @@ def main() -> None:
             f"{'st.read med':>12s} {'(min)':>7s} {'ratio':>6s}"
         )
         for path in files:
-            baseline = timed(lambda p=path: pd.read_csv(p, sep="\t", index_col=0), args.repeats)
-            ours = timed(lambda p=path: read(p), args.repeats)
+            baseline, ours = timed_pair(
+                lambda p=path: pd.read_csv(p, sep="\t", index_col=0), lambda p=path: read(p), args.repeats
+            )
             adata = read(path)
             ratio = np.median(ours) / np.median(baseline)
             print(

@@ -68,8 +68,8 @@ class Slide:
         ``True``, ``False`` or ``"auto"``: which sites without a measurement are imputed
         besides the lost sites and the measured spots without counts (see :meth:`from_adata`).
     tissue_mask
-        Whether the slide comes with Space Ranger's tissue mask (``obs["in_tissue"]``): its
-        filtered matrix lists every spot under tissue, so enclosed sites it leaves out
+        Whether the slide was read with its tissue mask (a Space Ranger positions file, which
+        lists every site with its ``in_tissue`` flag): enclosed sites it leaves out
         (``in_tissue = 0``: lumen, folds, background) are not tissue and ``fill_holes="auto"``
         does not fill them.
     """
@@ -114,11 +114,10 @@ class Slide:
         fill_holes
             Which sites without a measurement to impute besides the lost sites and the
             measured spots without counts (always imputed). ``"auto"`` (default): with a
-            tissue mask (Space Ranger output: ``obs["in_tissue"]``) the sites it marks in
-            tissue without counts, and no enclosed site it leaves out of the tissue
-            (``in_tissue = 0``: lumen, folds); without one (ST tables, ``.h5ad`` without
-            ``in_tissue``) every lattice site enclosed by measured spots, the only sign of
-            lost spots there. ``True``: both,
+            tissue mask (a Space Ranger folder's positions file) the sites it marks in tissue
+            without counts, and no enclosed site it leaves out of the tissue (``in_tissue =
+            0``: lumen, folds); without one (ST tables, ``.h5ad``) every lattice site enclosed
+            by measured spots, the only sign of lost spots there. ``True``: both,
             always (enclosed sites outside the mask too). ``False``: neither.
 
         Raises
@@ -148,9 +147,8 @@ class Slide:
         not_lost = ~np.isin(site_keys(row, col), site_keys(lost[:, 0], lost[:, 1]))
         if not (isinstance(fill_holes, bool) or fill_holes == "auto"):
             raise InputError(f"fill_holes: {fill_holes!r} is not allowed; expected True, False or 'auto'")
-        # Space Ranger's filtered matrix holds every spot under tissue (obs["in_tissue"] comes
-        # with it): an enclosed site it lacks is outside the tissue mask (in_tissue = 0)
-        tissue_mask = "in_tissue" in adata.obs
+        # a Space Ranger positions file lists every site with its in_tissue flag (read_spaceranger)
+        tissue_mask = bool(adata.uns.get("stentrans_lattice", {}).get("tissue_mask", False))
         extra = adata.uns.get("stentrans_lattice", {}).get("in_tissue_unmeasured")
         extra = (
             np.zeros((0, 2), np.int64) if extra is None else np.asarray(extra, dtype=np.int64).reshape(-1, 2)
