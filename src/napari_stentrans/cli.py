@@ -246,6 +246,7 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     adata = read(args.path, coords=args.coords)
     # prepared once for fitting and enhancing; a mask file's errors name it (core/masks.py)
     slide = Slide.from_adata(adata, args.mask, "auto" if args.fill_holes is None else args.fill_holes)
+    slide.warn_imputation()  # before any training (printed as one line by main)
     config = preset(args.preset, slide.lattice.kind, **options)
     min_detection = model.min_detection if model is not None else config.data.min_detection
     slide.gene_indices(genes, min_detection)  # unknown genes fail here, not after training

@@ -9,6 +9,7 @@ fitted on.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -237,6 +238,13 @@ class Slide:
                 )
             self._cache["imputation_warning"] = note
         return self._cache["imputation_warning"]
+
+    def warn_imputation(self, stacklevel: int = 2) -> None:
+        """Issue :meth:`imputation_warning` as an :class:`ImputedSitesWarning`, once per slide."""
+        note = self.imputation_warning()
+        if note is not None and not self._cache.get("imputation_warned"):
+            self._cache["imputation_warned"] = True
+            warnings.warn(note, ImputedSitesWarning, stacklevel=stacklevel + 1)
 
     def hole_sizes(self) -> np.ndarray:
         """Number of sites in each connected region to impute (see :meth:`site_images`), largest first."""

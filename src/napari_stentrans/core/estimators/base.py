@@ -475,11 +475,7 @@ class FittedModel(ABC):
         slide = as_slide(data, mask)
         self._check(slide, classical)
         gene_idx = slide.gene_indices(genes, self.min_detection)
-        note = slide.imputation_warning()
-        if note is not None:
-            from ..slide import ImputedSitesWarning
-
-            warnings.warn(note, ImputedSitesWarning, stacklevel=3)
+        slide.warn_imputation(stacklevel=3)  # once per prepared slide
         return slide, gene_idx, output_sites(slide)
 
 
