@@ -87,6 +87,8 @@ def run_one(
         labels=labels_of(name, adata),
     )
     new["wall_seconds"] = round(time.perf_counter() - start, 1)
+    # stored runs and the tables name the presets as reports of version 0.2.0 did (stentrans, ...)
+    new["methods"] = {STORED_NAME.get(m, m): s for m, s in new["methods"].items()}
     if report is not None:  # same split (seeded), more methods
         assert report["genes"] == new["genes"], f"{path}: the split changed; delete it to re-run"
         report["methods"].update(new["methods"])
@@ -199,6 +201,12 @@ HEADLINE = [
     ("residual_cnn", "DIST-like CNN"),
     ("stentrans_published", "published"),
 ]
+# evaluate() reports the presets as default/transformer/published; stored runs keep their names
+STORED_NAME = {
+    "default": "stentrans",
+    "transformer": "stentrans_transformer",
+    "published": "stentrans_published",
+}
 BASELINES = ("nearest", "linear", "cubic", "lowrank_linear", "lowrank_kernel", "residual_cnn")
 README_START, README_END = "<!-- accuracy-table:start -->", "<!-- accuracy-table:end -->"
 
@@ -403,6 +411,7 @@ def main() -> None:
     from napari_stentrans.core.evaluate import DEFAULT_METHODS
 
     methods = DEFAULT_METHODS if args.methods == "all" else tuple(args.methods.split(","))
+    methods = tuple(STORED_NAME.get(m, m) for m in methods)
     reports = []
     for name, relpath in [] if args.table_only else chosen:
         for protocol in args.protocols.split(","):

@@ -20,7 +20,10 @@ def test_defaults_are_the_default_preset_and_train_nothing():
     assert Config() == preset("default", "square") == preset("default", "hex")
     assert Config().optim.epochs == 0 and not Config().learns
     assert preset("transformer").learns and preset("transformer").optim.epochs == 20
-    assert preset("published", "hex").data.raster == "brick" and not preset("published").network.residual
+    assert (
+        preset("published", "hex").data.raster == "brick"
+        and not preset("published", "square").network.residual
+    )
 
 
 @pytest.mark.parametrize(
@@ -110,3 +113,19 @@ def test_round_trips_and_overrides():
     assert Config.from_flat(legacy) == config
     with pytest.raises(ConfigError, match=r"optim: unknown option\(s\) \['momentum'\]"):
         Config.from_dict({**config.to_dict(), "optim": {"momentum": 0.9}})
+
+
+def test_preset_takes_the_lattice_from_the_slide_and_published_requires_one():
+    from helpers import block_sites, make_slide
+    from napari_stentrans.core.slide import Slide
+
+    r, c = block_sites("hex", 6, 8)
+    visium = make_slide(r, c, "hex")
+    # a Visium user gets the Visium recipe (patch 8, 10 epochs, brick raster), never ST's silently
+    assert preset("published", visium) == preset("published", "hex") != preset("published", "square")
+    assert preset("published", Slide.from_adata(visium)).network.patch_size == 8
+    with pytest.raises(ConfigError, match="lattice_kind: the published recipe differs"):
+        preset("published")
+    with pytest.raises(ConfigError, match="lattice_kind: 42 is not allowed"):
+        preset("default", 42)
+    assert preset("default") == preset("default", visium) == Config()  # lattice-free presets

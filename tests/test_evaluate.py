@@ -49,9 +49,12 @@ def test_pearson_per_gene_marks_constant_genes():
 
 
 def test_report_shape_and_methods(hex_slide):
-    methods = ("stentrans", "linear", "lowrank_linear", "lowrank_kernel")
-    report = evaluate(hex_slide, "heldout", methods=methods, epochs=1, device="cpu", dataset="hex")
+    methods = ("default", "linear", "lowrank_linear", "lowrank_kernel")
+    # the default preset's former name is accepted and reported under the preset's name
+    asked = ("stentrans", *methods[1:])
+    report = evaluate(hex_slide, "heldout", methods=asked, epochs=1, device="cpu", dataset="hex")
     assert {"dataset", "protocol", "n_genes", "n_heldout_spots", "methods"} <= set(report)
+    assert list(report["methods"]) == list(methods)
     for name in methods:
         m = report["methods"][name]
         assert {"median_pcc", "mean_pcc", "median_pcc_norm", "n_genes_scored", "seconds", "rmse_norm"} <= set(

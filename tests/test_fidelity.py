@@ -110,11 +110,11 @@ def test_the_report_carries_fidelity_for_every_method_and_the_truth():
     c = slide.obs["array_col"].to_numpy()
     slide.obs["layer"] = np.where(c < 18, "left", "right")
     slide.obs.loc[slide.obs_names[:5], "layer"] = "NA"  # unannotated spots are left out of the ARI
-    report = evaluate(slide, "heldout", methods=("stentrans", "linear"), device="cpu", labels="layer")
+    report = evaluate(slide, "heldout", methods=("default", "linear"), device="cpu", labels="layer")
     assert set(report["truth"]) == {"pc1_share", "effective_rank", "ari", "n_labelled"}
     assert 0 < report["truth"]["n_labelled"] <= report["n_heldout_spots"]
     assert len(report["spatial_genes"]) == min(100, report["n_genes"])
-    for name in ("stentrans", "linear"):
+    for name in ("default", "linear"):
         scores = report["methods"][name]
         for key in (
             "gene_specific_r",

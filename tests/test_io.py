@@ -225,3 +225,29 @@ def test_dlpfc_sections_carry_their_layer_labels(section, n_labelled):
     labelled = labels[labels != "nan"]
     assert len(labelled) == n_labelled
     assert set(labelled) == {"L1", "L2", "L3", "L4", "L5", "L6", "WM"}
+
+
+@pytest.mark.parametrize("genes_as", ["columns", "rows"])
+def test_st_table_non_numeric_cell_is_named_whichever_way_the_table_is_turned(tmp_path, genes_as):
+    # one whole-table conversion (not one per gene) must still name the spot and the gene
+    counts = pd.DataFrame(
+        np.arange(12).reshape(4, 3), index=["1x1", "1x2", "2x1", "2x2"], columns=["A", "B", "C"]
+    )
+    counts = counts.astype(object)
+    counts.loc["2x1", "B"] = "seven"
+    (counts if genes_as == "columns" else counts.T).to_csv(tmp_path / "counts.tsv", sep="\t")
+    with pytest.raises(ReadError, match=r"counts\.tsv: non-numeric count 'seven' at spot '2x1', gene 'B'"):
+        read(tmp_path / "counts.tsv")
+
+
+@pytest.mark.parametrize("name", ["counts.tsv.bz2", "counts.txt.gz", "counts.txt.xz"])
+def test_st_table_compressed_header_keeps_repeated_gene_names(tmp_path, name):
+    table = pd.DataFrame(
+        np.arange(12).reshape(4, 3), index=["1x1", "1x2", "2x1", "2x2"], columns=["Actb", "Gapdh", "Actb"]
+    )
+    table.to_csv(tmp_path / name, sep="\t", encoding="utf-8-sig")  # a byte-order mark too
+    with pytest.warns(UserWarning, match="Actb"):
+        a = read(tmp_path / name)
+    assert list(a.var_names) == ["Actb", "Gapdh", "Actb-1"]
+    assert list(a.obs_names) == ["1x1", "1x2", "2x1", "2x2"]
+    np.testing.assert_array_equal(a.X.toarray(), table.to_numpy())

@@ -83,7 +83,12 @@ def _build_parser() -> argparse.ArgumentParser:
     enh.add_argument(
         "--train-genes", type=int, help="number of most variable genes to train on (default 2000)"
     )
-    enh.add_argument("--mask", type=Path, help="lost sites: CSV with array_row,array_col or barcode columns")
+    enh.add_argument(
+        "--mask",
+        type=Path,
+        help="lost sites (imputed, never used as input): a CSV with array_row,array_col columns, a "
+        "barcode column, or one column of barcodes (header optional)",
+    )
     enh.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
     enh.add_argument("--seed", type=int, help="random seed (default 0)")
     enh.add_argument("--save-model", type=Path, help="also write the fitted model here (.safetensors)")
@@ -100,11 +105,32 @@ def _build_parser() -> argparse.ArgumentParser:
         help="measured spots keep their measured counts in X (default: the estimate, like every "
         "other site; the measured counts are in layers['measured'] either way)",
     )
-    enh.add_argument("--plot", type=Path, help="write a side-by-side PNG of a few genes")
+    enh.add_argument(
+        "--fill-holes",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="impute every lattice site enclosed by tissue (--fill-holes), or only lost sites and "
+        "spots without counts (--no-fill-holes); default: sites the positions file marks in tissue "
+        "without counts, and enclosed sites only when the slide has no tissue mask (ST tables, .h5ad)",
+    )
+    enh.add_argument(
+        "--plot",
+        type=Path,
+        help="write a PNG of the measured and enhanced expression of the --genes given by name (else "
+        "the 3 most variable), over the H&E when the slide has one",
+    )
     enh.add_argument("--overwrite", action="store_true", help="replace existing output files")
     enh.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    ev = sub.add_parser("evaluate", help="honest accuracy against interpolation and classical baselines")
+    from .core.methods import METHOD_HELP
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="honest accuracy against interpolation and classical baselines",
+        description="Score methods on spots they never saw (every method by default).\n\nmethods:\n"
+        + "\n".join(f"  {name:16s}{what}" for name, what in METHOD_HELP.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ev.add_argument(
         "path", type=Path, help="Space Ranger folder, .h5ad, SpatialData .zarr, or ST counts table"
     )
@@ -123,7 +149,11 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--genes", type=int, help="evaluate the N most variable detected genes (default: all detected)"
     )
-    ev.add_argument("--methods", help="comma-separated subset of methods (default: all)")
+    ev.add_argument(
+        "--methods",
+        help=f"comma-separated subset of {', '.join(METHOD_HELP)} (default: all; the former names "
+        "stentrans, stentrans_transformer, stentrans_published still work)",
+    )
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--device", default="auto")
     ev.add_argument(
@@ -167,33 +197,6 @@ def _check_output(
 
     # a folder, a dangling link, an existing file, a missing or read-only folder, a name too long
     check_output(path, overwrite=overwrite, store=path.suffix.lower() == ".zarr")
-
-
-def _read_mask(path: Path):
-    import pandas as pd
-
-    if not path.is_file():
-        raise CliError(f"{path}: mask file not found")
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            header = fh.readline()
-        # comma, tab or semicolon; a one-column table (barcodes only) has none of them
-        sep = max(",\t;", key=header.count) if any(c in header for c in ",\t;") else ","
-        table = pd.read_csv(path, sep=sep)
-    except Exception as exc:
-        raise CliError(f"{path}: cannot read mask table ({exc})") from exc
-    cols = {c.strip().lower(): c for c in table.columns}
-    if "array_row" in cols and "array_col" in cols:
-        sites = table[[cols["array_row"], cols["array_col"]]]
-        if sites.isna().any().any() or not all(pd.api.types.is_numeric_dtype(sites[c]) for c in sites):
-            raise CliError(f"{path}: array_row/array_col must be integers")
-        sites.columns = ["array_row", "array_col"]
-        return sites.astype(int)
-    if "barcode" in cols:
-        return table[[cols["barcode"]]].rename(columns={cols["barcode"]: "barcode"})
-    raise CliError(
-        f"{path}: mask table needs array_row,array_col or barcode columns; found {list(table.columns)}"
-    )
 
 
 def _parse_genes(text: str | None):
@@ -255,6 +258,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     ]
     if "stentrans_read_note" in adata.uns:
         lines.append(f"note:      {adata.uns['stentrans_read_note']}")
+    if slide.imputation_warning() is not None:
+        lines.append(f"warning:   {slide.imputation_warning()}")
     print("\n".join(lines))
     return 0
 
@@ -312,12 +317,13 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     device = Runtime(device=args.device or "auto").device
     preset(args.preset, "square", **options)  # invalid options fail here, before any reading
     genes = _parse_genes(args.genes)
-    mask = _read_mask(args.mask) if args.mask is not None else None
+    if args.mask is not None and not args.mask.is_file():
+        raise CliError(f"{args.mask}: mask file not found")
     from contextlib import ExitStack
     from tempfile import TemporaryDirectory
 
     from .core.checkpoint import load_model
-    from .core.errors import LatticeError, TrainingStopped
+    from .core.errors import TrainingStopped
     from .core.files import atomic_outputs
     from .core.fitting import Trainer
     from .core.io import read
@@ -328,10 +334,9 @@ def cmd_enhance(args: argparse.Namespace) -> int:
 
     adata = read(args.path, coords=args.coords, library=args.library, table=args.table)
     refuse_enhanced(adata)  # before the mask is checked: the slide itself is at fault
-    try:
-        slide = Slide.from_adata(adata, mask)  # prepared once for fitting and enhancing
-    except (LatticeError, InputError) as exc:  # the slide itself was checked by read: the mask is at fault
-        raise CliError(f"{args.mask}: {exc}") from exc
+    # prepared once for fitting and enhancing; a mask file's errors name it (core/masks.py)
+    slide = Slide.from_adata(adata, args.mask, "auto" if args.fill_holes is None else args.fill_holes)
+    slide.warn_imputation()  # before any training (printed as one line by main)
     config = preset(args.preset, slide.lattice.kind, **options)
     min_detection = model.min_detection if model is not None else config.data.min_detection
     if genes == "all":
@@ -375,7 +380,7 @@ def cmd_enhance(args: argparse.Namespace) -> int:
             if args.save_model is not None:
                 model.save(outputs.path(args.save_model))
             if args.plot is not None:
-                _plot(adata, written, outputs.path(args.plot))
+                _plot(adata, written, outputs.path(args.plot), genes)
             if spatialdata_out:  # last: the store appears when everything else has worked
                 import anndata as ad
 
@@ -435,19 +440,27 @@ def _check_free_space(args: argparse.Namespace, slide, n_genes: int) -> None:
     check_free_space(needs)
 
 
-def _plot(adata, written, path: Path) -> None:
-    """A side-by-side PNG of the three most variable enhanced genes (read back from the file)."""
+def _plot(adata, written, path: Path, genes) -> None:
+    """A side-by-side PNG of the genes named in --genes, else the three most variable (read back)."""
     import anndata as ad
 
-    from .core.plotting import plot_side_by_side
+    from .core.plotting import genes_to_plot, plot_side_by_side
 
-    shown = written.var.index[np.argsort(-written.log_variance)[:3]]
+    ranked = list(written.var.index[np.argsort(-written.log_variance)])
+    requested = [str(g) for g in genes] if isinstance(genes, list) else None
+    shown, left_out = genes_to_plot(requested, ranked)
+    if left_out:
+        print(
+            f"stentrans: note: --plot shows the first {len(shown)} of the {len(requested)} genes given; "
+            f"left out: {', '.join(left_out)}",
+            file=sys.stderr,
+        )
     enhanced = ad.read_h5ad(written.path, backed="r")
     try:
         shown_part = enhanced[:, shown].to_memory()
     finally:
         enhanced.file.close()
-    plot_side_by_side(adata, shown_part, list(shown), path)
+    plot_side_by_side(adata, shown_part, shown, path)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -467,9 +480,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .core.evaluate import DEFAULT_METHODS, evaluate
     from .core.files import atomic_outputs
     from .core.io import read
+    from .core.methods import METHOD_ALIASES
 
     methods = tuple(m.strip() for m in args.methods.split(",")) if args.methods else DEFAULT_METHODS
-    unknown = sorted(set(methods) - set(DEFAULT_METHODS))
+    unknown = sorted(set(methods) - set(DEFAULT_METHODS) - set(METHOD_ALIASES))
     if unknown:
         raise CliError(f"--methods: unknown method(s) {unknown}; choose from {', '.join(DEFAULT_METHODS)}")
     adata = read(args.path, coords=args.coords, library=args.library, table=args.table)

@@ -478,7 +478,23 @@ class Runtime:
 # ----------------------------------------------------------------------------- presets
 
 
-def preset(name: str = "default", lattice_kind: str = "square", **overrides) -> Config:
+def _lattice_kind_of(value: Any) -> str | None:
+    """The lattice kind named by a string, a prepared Slide or an AnnData read by ``st.read``."""
+    if value is None or isinstance(value, str):
+        return value
+    if hasattr(value, "lattice") and hasattr(value.lattice, "kind"):  # a Slide
+        return value.lattice.kind
+    if hasattr(value, "obs") and hasattr(value, "uns"):  # an AnnData
+        from .io import lattice_of
+
+        return lattice_of(value).kind
+    _refuse(
+        "lattice_kind", value, "a slide (AnnData or Slide) or one of " + ", ".join(map(repr, LATTICE_KINDS))
+    )
+    return None
+
+
+def preset(name: str = "default", lattice_kind: Any = None, **overrides) -> Config:
     """The configuration of a preset for a lattice type, with options replaced.
 
     Parameters
@@ -486,18 +502,31 @@ def preset(name: str = "default", lattice_kind: str = "square", **overrides) -> 
     name
         ``"default"``, ``"transformer"`` or ``"published"``.
     lattice_kind
-        ``"square"``, ``"hex"`` or ``"checkerboard"``; the published recipe uses patch 8 and 8
-        heads on Visium (hex) and patch 3 and 4 heads on legacy ST.
+        The slide the configuration is for (an AnnData from :func:`napari_stentrans.read` or a
+        :class:`~.slide.Slide`: its lattice is used) or a lattice kind, ``"square"``, ``"hex"``
+        or ``"checkerboard"``. Only the published recipe depends on it (patch 8 and 8 heads,
+        10 epochs and the brick raster on Visium (hex); patch 3 and 4 heads, 50 epochs on
+        legacy ST), and it requires it; ``default`` and ``transformer`` are the same on every
+        lattice.
     overrides
         Options by their flat names (see :meth:`Config.with_overrides`).
 
     Raises
     ------
     ConfigError
-        An unknown preset, lattice kind or option, or an invalid value.
+        An unknown preset, lattice kind or option, an invalid value, or ``published`` without
+        a lattice.
     """
     _check_choice("preset", name, PRESETS)
-    _check_choice("lattice_kind", lattice_kind, LATTICE_KINDS)
+    lattice_kind = _lattice_kind_of(lattice_kind)
+    if lattice_kind is None and name == "published":
+        raise ConfigError(
+            "lattice_kind: the published recipe differs between Visium and legacy ST; pass the "
+            "slide (st.preset('published', adata)) or its lattice: 'hex' (Visium), 'square' (ST "
+            "1k) or 'checkerboard' (ST 2k)"
+        )
+    if lattice_kind is not None:
+        _check_choice("lattice_kind", lattice_kind, LATTICE_KINDS)
     if name == "default":
         config = Config()
     elif name == "transformer":

@@ -41,7 +41,7 @@ from scipy.interpolate import griddata
 
 from .classical import LowRankBasis, normalize
 from .errors import ConfigError, InputError
-from .estimators import METHODS, method_estimator
+from .estimators import METHOD_ALIASES, METHODS, canonical_method, method_estimator
 from .estimators.interpolation import InterpolationModel
 from .fidelity import (
     N_AXES,
@@ -321,6 +321,10 @@ def evaluate(
 
     Parameters
     ----------
+    methods
+        Names from :data:`~.estimators.METHODS` (``default``, ``transformer``, ``published``,
+        ``linear``, ...); the presets' former names ``stentrans``, ``stentrans_transformer`` and
+        ``stentrans_published`` are accepted and reported under the new ones.
     labels
         Annotations of the spots (an ``obs`` column name, or one value per spot): the ARI of the
         fixed clustering pipeline (:func:`.fidelity.cluster_ari`) on each method's prediction at
@@ -332,7 +336,7 @@ def evaluate(
     {"pc1_share", "effective_rank", "ari"}, "methods": {name: {"median_pcc", "mean_pcc",
     "median_pcc_norm", ..., "gene_specific_r", "coexpression_r", "pc1_share", ...}}}``.
     """
-    unknown = set(methods) - set(METHODS)
+    unknown = set(methods) - set(METHODS) - set(METHOD_ALIASES)
     if unknown:
         raise ConfigError(f"methods: unknown method(s) {sorted(unknown)}; choose from {', '.join(METHODS)}")
     if n_genes is not None and (
@@ -346,6 +350,7 @@ def evaluate(
     elif labels is not None and len(labels) != adata.n_obs:
         raise InputError(f"labels: {len(labels)} values for {adata.n_obs} spots")
     refuse_enhanced(adata)  # predictions scored as truth would mean nothing
+    methods = tuple(dict.fromkeys(canonical_method(m) for m in methods))
     split = make_split(adata, protocol, n_genes=n_genes, seed=seed)
     ref = reference(split, labels)
     truth_pc1, truth_rank = spectrum(ref.truth_norm[:, ref.spatial])

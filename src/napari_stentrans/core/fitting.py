@@ -47,7 +47,12 @@ class Trainer:
     config
         A preset name (``"default"``, ``"transformer"``, ``"published"``) or a :class:`Config`.
     mask
-        Lost sites: never used as input or target.
+        Lost sites: never used as input or target (the forms of :meth:`Slide.from_adata
+        <.slide.Slide.from_adata>`: barcodes, ``(k, 2)`` pairs, a boolean per spot, a table or
+        a CSV file).
+    fill_holes
+        Which sites without a measurement are imputed (:meth:`Slide.from_adata
+        <.slide.Slide.from_adata>`); ``None``: ``"auto"``, or a Slide's own choice.
     device
         ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (learned presets train there).
     overrides
@@ -66,9 +71,10 @@ class Trainer:
         *,
         mask: MaskLike = None,
         device: str = "auto",
+        fill_holes: bool | str | None = None,
         **overrides,
     ) -> None:
-        self.slide = as_slide(data, mask)
+        self.slide = as_slide(data, mask, fill_holes)
         self.config = resolve_config(config, self.slide.lattice.kind, overrides)
         self.device = Runtime(device=device).device
         self.estimator = make_estimator(self.config)
@@ -91,6 +97,7 @@ def fit(
     device: str = "auto",
     stop: StopFlag | None = None,
     callback: Callable[[TrainEvent], None] | None = None,
+    fill_holes: bool | str | None = None,
     **overrides,
 ) -> FittedModel | None:
     """Fit a preset on a slide (see :class:`Trainer` for the parameters).
@@ -100,7 +107,7 @@ def fit(
     The fitted model (apply it with ``model.enhance`` / ``model.write``, save it with
     ``model.save``), or None when ``stop`` was set.
     """
-    trainer = Trainer(data, config, mask=mask, device=device, **overrides)
+    trainer = Trainer(data, config, mask=mask, device=device, fill_holes=fill_holes, **overrides)
     for event in trainer.run(stop):
         if callback is not None:
             callback(event)
@@ -124,21 +131,35 @@ def enhance(
     stop: StopFlag | None = None,
     callback: Callable[[TrainEvent], None] | None = None,
     measured: str = "estimate",
+    fill_holes: bool | str | None = None,
     **overrides,
 ) -> ad.AnnData:
     """Fit a preset on the slide and return the enhanced slide (one preparation of the slide).
 
-    Equivalent to ``fit(data, config, mask=mask).enhance(data, mask=mask, genes=genes,
-    measured=measured)``; see
+    Equivalent to ``fit(data, config, mask=mask, fill_holes=fill_holes).enhance(data,
+    mask=mask, genes=genes, measured=measured, fill_holes=fill_holes)``; see
     :meth:`FittedModel.enhance <.estimators.base.FittedModel.enhance>` for the result.
+
+    Every option is checked before any work: an unknown gene name, an invalid option or
+    ``measured`` value fails at once, not after the fit.
 
     Raises
     ------
+    ConfigError
+        An unknown preset or option, or an invalid value.
+    InputError
+        Unknown gene names (or no gene to enhance), a mask that cannot be used.
     TrainingStopped
         ``stop`` was set; nothing was produced.
     """
-    slide = as_slide(data, mask)
-    model = _fitted(slide, config, device, stop, callback, overrides)
+    from .estimators.base import _measured_counts
+
+    _measured_counts(measured)
+    Runtime(device=device)
+    slide = as_slide(data, mask, fill_holes)
+    resolved = resolve_config(config, slide.lattice.kind, overrides)
+    slide.gene_indices(genes, resolved.data.min_detection)  # a typo fails here, not after training
+    model = _fitted(slide, resolved, device, stop, callback, {})
     return model.enhance(slide, genes=genes, device=device, stop=stop, measured=measured)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import anndata as ad
@@ -10,8 +11,10 @@ import scipy.sparse as sp
 
 from .files import atomic_path
 from .io import lattice_of
+from .lattice import fit_affine
 
 _MARKER = {"hex": "h", "square": "s", "checkerboard": "D"}
+MAX_GENES = 12  # rows of one figure; more genes are named as left out, never dropped silently
 
 
 def _dense_column(x, j: int) -> np.ndarray:
@@ -19,11 +22,73 @@ def _dense_column(x, j: int) -> np.ndarray:
     return np.asarray(col.toarray() if sp.issparse(col) else col).ravel()
 
 
+def genes_to_plot(requested: list[str] | None, ranked: list[str], n_default: int = 3) -> tuple[list, list]:
+    """The genes a plot shows and those it leaves out.
+
+    ``requested`` (names the user gave, in their order) are all shown up to :data:`MAX_GENES`;
+    without them the ``n_default`` first of ``ranked`` (e.g. the most variable) are shown.
+    """
+    chosen = list(dict.fromkeys(requested)) if requested else list(ranked[:n_default])
+    return chosen[:MAX_GENES], chosen[MAX_GENES:]
+
+
+@dataclass
+class PlotFrame:
+    """Where spots are drawn: image pixels (y down, as the H&E) when the slide has them, else µm.
+
+    ``xy_in``/``xy_out`` ``(n, 2)`` positions of the measured spots and the output sites,
+    ``pitch`` the input pitch in those units, ``image`` the H&E (or None) and ``extent`` its
+    (left, right, bottom, top) in those units for ``imshow``.
+    """
+
+    xy_in: np.ndarray
+    xy_out: np.ndarray
+    pitch: float
+    units: str
+    image: np.ndarray | None = None
+    extent: tuple[float, float, float, float] | None = None
+
+
+def plot_frame(original: ad.AnnData, enhanced: ad.AnnData) -> PlotFrame:
+    """The drawing frame of a measured slide and its enhancement (see :class:`PlotFrame`).
+
+    With ``obsm["spatial"]`` (full-resolution image pixels from Space Ranger, or the pixel
+    columns of an ST coordinates file) both are drawn as the image shows them, whatever the
+    array axes' orientation (Vis7B's array rows run against its image's y axis); the H&E
+    (hires, else lowres) is placed under them with its scale factor.
+    """
+    lattice = lattice_of(original)
+    row, col = original.obs["array_row"].to_numpy(), original.obs["array_col"].to_numpy()
+    physical = lattice.physical(row, col)
+    spatial = np.asarray(original.obsm["spatial"], float) if "spatial" in original.obsm else None
+    to_px = fit_affine(row, col, spatial) if spatial is not None else None
+    to_um = fit_affine(row, col, physical)
+    if to_px is None or to_um is None or "spatial" not in enhanced.obsm:
+        return PlotFrame(physical, np.asarray(enhanced.obsm["spatial_um"]), lattice.pitch_um, "um")
+    px_per_um = float(np.sqrt(abs(np.linalg.det(to_px[:2])) / abs(np.linalg.det(to_um[:2]))))
+    frame = PlotFrame(
+        spatial, np.asarray(enhanced.obsm["spatial"], float), lattice.pitch_um * px_per_um, "px"
+    )
+    for entry in original.uns.get("spatial", {}).values():
+        images, scalefactors = entry.get("images", {}), entry.get("scalefactors", {})
+        for res in ("hires", "lowres"):
+            scalef = scalefactors.get(f"tissue_{res}_scalef")
+            if res in images and isinstance(scalef, int | float) and scalef > 0:
+                image = np.asarray(images[res])
+                h, w = image.shape[:2]
+                frame.image = image
+                frame.extent = (-0.5 / scalef, (w - 0.5) / scalef, (h - 0.5) / scalef, -0.5 / scalef)
+                return frame
+    return frame
+
+
 def plot_side_by_side(original: ad.AnnData, enhanced: ad.AnnData, genes: list[str], path: str | Path) -> Path:
     """Write a PNG with one row per gene: measured counts (left) and enhanced counts (right).
 
-    Spots are drawn at their physical positions with the lattice's own marker shape and
-    size, so the 2x lattice shows as smaller, denser spots over the same tissue extent.
+    Spots are drawn in the slide's image orientation over its H&E when it has one
+    (:func:`plot_frame`; otherwise at their physical positions), with the lattice's own marker
+    shape and size, so the 2x lattice shows as smaller, denser spots over the same tissue.
+    Every gene of ``genes`` is drawn (choose them with :func:`genes_to_plot`).
     """
     preset_name = enhanced.uns.get("stentrans", {}).get("preset", "stEnTrans")
     import matplotlib
@@ -32,35 +97,31 @@ def plot_side_by_side(original: ad.AnnData, enhanced: ad.AnnData, genes: list[st
     import matplotlib.pyplot as plt
 
     lattice = lattice_of(original)
-    xy_in = lattice.physical(original.obs["array_row"].to_numpy(), original.obs["array_col"].to_numpy())
-    xy_out = np.asarray(enhanced.obsm["spatial_um"])
+    frame = plot_frame(original, enhanced)
+    xy_in, xy_out, pitch = frame.xy_in, frame.xy_out, frame.pitch
     marker = _MARKER[lattice.kind]
     fig, axes = plt.subplots(len(genes), 2, figsize=(8, 3.6 * len(genes)), squeeze=False)
-    extent = np.ptp(np.vstack([xy_in, xy_out]), axis=0).max() + lattice.pitch_um
+    low = np.vstack([xy_in, xy_out]).min(axis=0) - pitch
+    extent = np.ptp(np.vstack([xy_in, xy_out]), axis=0).max() + 2 * pitch
     for i, gene in enumerate(genes):
         before = _dense_column(original.X, original.var_names.get_loc(gene))
         after = _dense_column(enhanced.X, enhanced.var_names.get_loc(gene))
         vmax = float(np.percentile(np.concatenate([before, after]), 99)) or 1.0
-        for ax, xy, values, pitch, title in (
-            (axes[i, 0], xy_in, before, lattice.pitch_um, f"{gene}: measured ({len(before)} spots)"),
-            (
-                axes[i, 1],
-                xy_out,
-                after,
-                lattice.pitch_um / 2,
-                f"{gene}: 2x, {preset_name} ({len(after)} sites)",
-            ),
+        for ax, xy, values, size_pitch, title in (
+            (axes[i, 0], xy_in, before, pitch, f"{gene}: measured ({len(before)} spots)"),
+            (axes[i, 1], xy_out, after, pitch / 2, f"{gene}: 2x, {preset_name} ({len(after)} sites)"),
         ):
             ax.set_aspect("equal")
-            ax.set_xlim(xy_in[:, 0].min() - lattice.pitch_um, xy_in[:, 0].min() + extent)
-            ax.set_ylim(xy_in[:, 1].min() + extent, xy_in[:, 1].min() - lattice.pitch_um)
-            points_per_um = ax.get_window_extent().width / extent * 72.0 / fig.dpi
-            size = (pitch * 0.95 * points_per_um) ** 2
+            if frame.image is not None:
+                ax.imshow(frame.image, extent=frame.extent, interpolation="bilinear")
+            ax.set_xlim(low[0], low[0] + extent)
+            ax.set_ylim(low[1] + extent, low[1])  # y down, as images (and the H&E) are drawn
+            points_per_unit = ax.get_window_extent().width / extent * 72.0 / fig.dpi
             sc = ax.scatter(
                 xy[:, 0],
                 xy[:, 1],
                 c=values,
-                s=size,
+                s=(size_pitch * 0.95 * points_per_unit) ** 2,
                 marker=marker,
                 cmap="magma",
                 vmin=0,

@@ -9,7 +9,9 @@ fitted on.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -24,12 +26,17 @@ from .io import lattice_of
 from .io.common import stray_spot
 from .io.enhanced import refuse_enhanced
 from .lattice import IndexRaster, Lattice
+from .masks import lost_sites
 
-MaskLike = np.ndarray | pd.DataFrame | pd.Series | list | None
+MaskLike = np.ndarray | pd.DataFrame | pd.Series | list | str | Path | None
 # input pitches: a site farther than this from every usable spot lies in a gap. New sites between
 # measured spots are 0.5 (edges) or 0.71 (square cell centres) from one; lattice sites without a
 # measurement are at least 1.
 GAP_DISTANCE = 0.9
+
+
+class ImputedSitesWarning(UserWarning):
+    """Far more sites are imputed than spots were measured (see :meth:`Slide.imputation_warning`)."""
 
 
 @dataclass
@@ -60,6 +67,14 @@ class Slide:
         ``(k, 2)`` array coordinates declared lost by the user (measured or not).
     in_tissue_unmeasured
         ``(m, 2)`` sites the positions file marks as tissue but that have no counts.
+    fill_holes
+        ``True``, ``False`` or ``"auto"``: which sites without a measurement are imputed
+        besides the lost sites and the measured spots without counts (see :meth:`from_adata`).
+    tissue_mask
+        Whether the slide was read with its tissue mask (a Space Ranger positions file, which
+        lists every site with its ``in_tissue`` flag): enclosed sites it leaves out
+        (``in_tissue = 0``: lumen, folds, background) are not tissue and ``fill_holes="auto"``
+        does not fill them.
     """
 
     adata: ad.AnnData
@@ -74,10 +89,18 @@ class Slide:
     usable: np.ndarray
     lost_sites: np.ndarray
     in_tissue_unmeasured: np.ndarray
+    fill_holes: bool | str = "auto"
+    tissue_mask: bool = False
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
+    def __repr__(self) -> str:
+        return (
+            f"Slide({self.lattice.kind} lattice, {len(self.row)} spots ({self.n_usable} usable), "
+            f"{len(self.genes)} genes, {len(self.lost_sites)} lost sites, fill_holes={self.fill_holes})"
+        )
+
     @classmethod
-    def from_adata(cls, adata: ad.AnnData, mask: MaskLike = None) -> Slide:
+    def from_adata(cls, adata: ad.AnnData, mask: MaskLike = None, fill_holes: bool | str = "auto") -> Slide:
         """Prepare an AnnData read by :func:`napari_stentrans.read` (it is not modified).
 
         Parameters
@@ -85,18 +108,30 @@ class Slide:
         adata
             Slide with ``obs["array_row"]``, ``obs["array_col"]`` and raw counts in ``X``.
         mask
-            Lost sites: a boolean array over ``obs``, a list/array of ``(array_row,
-            array_col)`` pairs, a DataFrame with ``array_row``/``array_col`` or ``barcode``
-            columns, or a Series of barcodes.
+            Lost sites (never used as input or target; imputed), any of: a list/array of
+            barcodes; a ``(k, 2)`` list/array of integer ``(array_row, array_col)`` pairs; a
+            boolean array with one entry per spot (True = lost); a DataFrame with
+            ``array_row``/``array_col`` or ``barcode`` columns; a CSV/TSV file path of those
+            (a barcode column, one column of barcodes with or without a header, or
+            ``array_row,array_col``). See :mod:`napari_stentrans.core.masks`.
+        fill_holes
+            Which sites without a measurement to impute besides the lost sites and the
+            measured spots without counts (always imputed). ``"auto"`` (default): with a
+            tissue mask (a Space Ranger folder's positions file) the sites it marks in tissue
+            without counts, and no enclosed site it leaves out of the tissue (``in_tissue =
+            0``: lumen, folds); without one (ST tables, ``.h5ad``) every lattice site enclosed
+            by measured spots, the only sign of lost spots there. ``True``: both,
+            always (enclosed sites outside the mask too). ``False``: neither.
 
         Raises
         ------
         LatticeError
             Coordinates missing or off the slide's lattice (the mask's included).
         InputError
-            A mask of the wrong shape, with unknown barcodes or without usable columns; spots
-            of several libraries (``obs["library_id"]``), which never share a lattice; or an
-            enhanced slide (its ``X`` holds predictions, not counts).
+            A mask of another form or shape, with unknown barcodes, non-integer coordinates
+            or without usable columns; an unreadable mask file (named); spots of several
+            libraries (``obs["library_id"]``), which never share a lattice; or an enhanced
+            slide (its ``X`` holds predictions, not counts).
         """
         refuse_enhanced(adata)
         for column in ("array_row", "array_col"):
@@ -119,9 +154,17 @@ class Slide:
             raise LatticeError(stray)
         counts = sp.csr_matrix(adata.X, dtype=np.float32)
         depth = np.asarray(counts.sum(axis=1)).ravel().astype(np.float64)
-        lost = _lost_sites(mask, adata, row, col)
+        lost = lost_sites(mask, adata.obs_names, row, col)
         if len(lost):
-            lattice.to_index(lost[:, 0], lost[:, 1])
+            try:
+                lattice.to_index(lost[:, 0], lost[:, 1])
+            except LatticeError as exc:
+                source = str(mask) if isinstance(mask, str | Path) else "mask"
+                raise LatticeError(f"{source}: {exc}") from exc
+        if not (isinstance(fill_holes, bool) or fill_holes == "auto"):
+            raise InputError(f"fill_holes: {fill_holes!r} is not allowed; expected True, False or 'auto'")
+        # a Space Ranger positions file lists every site with its in_tissue flag (read_spaceranger)
+        tissue_mask = bool(adata.uns.get("stentrans_lattice", {}).get("tissue_mask", False))
         extra = adata.uns.get("stentrans_lattice", {}).get("in_tissue_unmeasured")
         extra = (
             np.zeros((0, 2), np.int64) if extra is None else np.asarray(extra, dtype=np.int64).reshape(-1, 2)
@@ -143,6 +186,8 @@ class Slide:
             usable=not_lost & (depth > 0),
             lost_sites=lost,
             in_tissue_unmeasured=extra,
+            fill_holes=fill_holes,
+            tissue_mask=tissue_mask,
         )
 
     @property
@@ -177,22 +222,48 @@ class Slide:
     def site_images(self, raster: IndexRaster) -> tuple[np.ndarray, np.ndarray]:
         """Boolean images over ``raster`` of the usable measured sites and of the sites to impute.
 
-        Sites to impute are the user's lost sites, in-tissue sites without counts (spots of the
-        matrix whose counts are all 0, and sites the positions file marks in tissue but the
-        matrix lacks), and lattice sites enclosed by tissue (holes filled with the lattice's own
-        connectivity). So every spot of the input is an output site, measured or imputed: an
-        empty spot and a missing one give the same sites. Every site to impute lies in a gap
-        (:meth:`in_gap`): it is a lattice site without a usable spot, so at least one pitch
-        from the nearest.
+        Sites to impute are the user's lost sites and measured spots without counts; unless
+        :attr:`fill_holes` is False, the sites the tissue mask marks in tissue without counts;
+        and, with ``fill_holes=True`` or with ``"auto"`` on a slide without a tissue mask, the
+        lattice sites enclosed by tissue (holes filled with the lattice's own connectivity).
+        Every one of them lies in a gap (:meth:`in_gap`): it is a lattice site without a
+        usable spot, so at least one pitch from the nearest.
         """
         measured = raster.mask(self.row[self.usable], self.col[self.usable])
-        imputed = ndimage.binary_fill_holes(measured, structure=neighbour_structure(self.lattice))
-        empty = ~self.usable
-        imputed |= raster.mask(self.row[empty], self.col[empty])
-        for sites in (self.lost_sites, self.in_tissue_unmeasured):
+        empty = self.not_lost & (self.depth == 0)  # measured spots that captured nothing
+        imputed = raster.mask(self.row[empty], self.col[empty])
+        if self.fill_holes is True or (self.fill_holes == "auto" and not self.tissue_mask):
+            imputed |= ndimage.binary_fill_holes(measured, structure=neighbour_structure(self.lattice))
+        for sites in [self.lost_sites] + ([self.in_tissue_unmeasured] if self.fill_holes else []):
             if len(sites):
                 imputed |= raster.mask(sites[:, 0], sites[:, 1])
         return measured, imputed & ~measured
+
+    def imputation_warning(self) -> str | None:
+        """A plain-words warning when far more sites are imputed than spots were measured."""
+        if "imputation_warning" not in self._cache:
+            raster = self.index_raster(pad=2)
+            measured, imputed = self.site_images(raster)
+            n_imputed, n_measured = int(imputed.sum()), int(measured.sum())
+            note = None
+            if n_imputed > max(n_measured, 10):
+                unmeasured = len(self.in_tissue_unmeasured) if self.fill_holes else 0
+                note = (
+                    f"{n_imputed} sites are imputed against {n_measured} measured spots "
+                    f"({unmeasured} marked in tissue without counts, {len(self.lost_sites)} declared lost, "
+                    f"the rest enclosed by tissue): most of the output is invented, not measured. "
+                    "Check the slide's tissue mask, or leave them out with fill_holes=False "
+                    "(stentrans enhance --no-fill-holes)"
+                )
+            self._cache["imputation_warning"] = note
+        return self._cache["imputation_warning"]
+
+    def warn_imputation(self, stacklevel: int = 2) -> None:
+        """Issue :meth:`imputation_warning` as an :class:`ImputedSitesWarning`, once per slide."""
+        note = self.imputation_warning()
+        if note is not None and not self._cache.get("imputation_warned"):
+            self._cache["imputation_warned"] = True
+            warnings.warn(note, ImputedSitesWarning, stacklevel=stacklevel + 1)
 
     def hole_sizes(self) -> np.ndarray:
         """Number of sites in each connected region to impute (see :meth:`site_images`), largest first."""
@@ -297,13 +368,17 @@ class Slide:
         return out
 
 
-def as_slide(data: ad.AnnData | Slide, mask: MaskLike = None) -> Slide:
-    """A prepared slide: ``data`` itself when it is one (and no other mask is given)."""
+def as_slide(data: ad.AnnData | Slide, mask: MaskLike = None, fill_holes: bool | str | None = None) -> Slide:
+    """A prepared slide: ``data`` itself when it is one (and no other mask or fill_holes is given).
+
+    ``fill_holes=None`` keeps a Slide's own choice (``"auto"`` for an AnnData).
+    """
     if isinstance(data, Slide):
-        if mask is not None:
-            return Slide.from_adata(data.adata, mask)
+        if mask is not None or (fill_holes is not None and fill_holes != data.fill_holes):
+            mask = data.lost_sites if mask is None else mask
+            return Slide.from_adata(data.adata, mask, data.fill_holes if fill_holes is None else fill_holes)
         return data
-    return Slide.from_adata(data, mask)
+    return Slide.from_adata(data, mask, "auto" if fill_holes is None else fill_holes)
 
 
 def _gene_stats(
@@ -361,35 +436,4 @@ def _check_lost_on_slide(lattice: Lattice, lost: np.ndarray, row: np.ndarray, co
         )
 
 
-def _lost_sites(mask: MaskLike, adata: ad.AnnData, row: np.ndarray, col: np.ndarray) -> np.ndarray:
-    if mask is None:
-        return np.zeros((0, 2), np.int64)
-    if isinstance(mask, pd.DataFrame):
-        if {"array_row", "array_col"} <= set(mask.columns):
-            return mask[["array_row", "array_col"]].to_numpy(dtype=np.int64).reshape(-1, 2)
-        if "barcode" in mask.columns:
-            mask = mask["barcode"]
-        else:
-            raise InputError(
-                f"mask table needs array_row/array_col or barcode columns, found {list(mask.columns)}"
-            )
-    if isinstance(mask, pd.Series) and mask.dtype != bool:
-        names = pd.Index(mask.astype(str))
-        unknown = ~names.isin(adata.obs_names)
-        if unknown.any():
-            raise InputError(
-                f"mask names {int(unknown.sum())} unknown barcode(s), e.g. {names[unknown][0]!r}"
-            )
-        sel = adata.obs_names.isin(names)
-        return np.column_stack([row[sel], col[sel]])
-    arr = np.asarray(mask)
-    if arr.dtype == bool:
-        if arr.shape != (adata.n_obs,):
-            raise InputError(f"boolean mask has shape {arr.shape}, expected ({adata.n_obs},)")
-        return np.column_stack([row[arr], col[arr]])
-    if arr.size and arr.size % 2:
-        raise InputError(f"mask of lost sites must be (array_row, array_col) pairs, got shape {arr.shape}")
-    return arr.astype(np.int64).reshape(-1, 2) if arr.size else np.zeros((0, 2), np.int64)
-
-
-__all__ = ["Slide", "as_slide", "site_keys", "GAP_DISTANCE", "MaskLike"]
+__all__ = ["Slide", "as_slide", "ImputedSitesWarning", "site_keys", "GAP_DISTANCE", "MaskLike"]

@@ -49,6 +49,9 @@ class StreamedSlide:
     def shape(self) -> tuple[int, int]:
         return len(self.obs), len(self.var)
 
+    def __repr__(self) -> str:
+        return f"StreamedSlide({str(self.path)!r}, {self.shape[0]} sites x {self.shape[1]} genes)"
+
 
 def write_streamed(
     slide: Slide,

@@ -3,9 +3,9 @@
 =====================  ==========================================================  ===========
 name                   what                                                        torch
 =====================  ==========================================================  ===========
-``stentrans``          the ``default`` preset: the classical estimator              no
-``stentrans_transformer``  classical estimate + learned ViT correction              yes
-``stentrans_published``    the authors' recipe                                      yes
+``default``            the ``default`` preset: the classical estimator              no
+``transformer``        the ``transformer`` preset: classical + learned ViT correction  yes
+``published``          the ``published`` preset: the authors' recipe                yes
 ``nearest``/``linear``/``cubic``  interpolation of counts and depth                 no
 ``lowrank``            the default without gene residuals (the previous default)    no
 ``lowrank_linear``     low-rank + linear interpolation, on the evaluated genes      no
@@ -13,7 +13,9 @@ name                   what                                                     
 ``residual_cnn``       the DIST-like residual CNN                                   yes
 =====================  ==========================================================  ===========
 
-Only the learned ones import torch, and only when they are built.
+Only the learned ones import torch, and only when they are built. The presets are named as
+everywhere else (``--preset``, ``st.preset``); their names in version 0.2.0 and earlier (``stentrans``,
+``stentrans_transformer``, ``stentrans_published``) are still accepted (:data:`METHOD_ALIASES`).
 """
 
 from __future__ import annotations
@@ -21,27 +23,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..config import ClassicalConfig, Config, preset
+from ..methods import METHOD_ALIASES, METHOD_HELP, METHODS, canonical_method
 from .base import Estimator, FittedModel, Predictor, TrainEvent, run_fit
 from .classical import ClassicalEstimator, ClassicalModel
 from .interpolation import InterpolationEstimator
 
-METHODS = (
-    "stentrans",
-    "stentrans_transformer",
-    "stentrans_published",
-    "nearest",
-    "linear",
-    "cubic",
-    "lowrank",
-    "lowrank_linear",
-    "lowrank_kernel",
-    "residual_cnn",
-)
-PRESET_OF = {
-    "stentrans": "default",
-    "stentrans_transformer": "transformer",
-    "stentrans_published": "published",
-}
+PRESET_OF = {"default": "default", "transformer": "transformer", "published": "published"}
 
 
 def make_estimator(config: Config) -> Estimator:
@@ -56,11 +43,12 @@ def make_estimator(config: Config) -> Estimator:
 def method_estimator(name: str, lattice_kind: str, *, epochs: int | None = None, seed: int = 0) -> Estimator:
     """The estimator of an evaluation method by name (see module docstring).
 
-    ``epochs`` applies to the presets that learn (``stentrans_transformer``,
-    ``stentrans_published``); the default trains nothing.
+    ``epochs`` applies to the presets that learn (``transformer``, ``published``); the default
+    trains nothing. The names of :data:`METHOD_ALIASES` are accepted.
     """
+    name = canonical_method(name)
     if name in PRESET_OF:
-        learned = name != "stentrans" and epochs is not None
+        learned = name != "default" and epochs is not None
         return make_estimator(
             preset(PRESET_OF[name], lattice_kind, seed=seed, **({"epochs": epochs} if learned else {}))
         )
@@ -99,4 +87,7 @@ __all__ = [
     "make_estimator",
     "method_estimator",
     "METHODS",
+    "METHOD_ALIASES",
+    "METHOD_HELP",
+    "canonical_method",
 ]

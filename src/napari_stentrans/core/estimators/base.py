@@ -305,6 +305,21 @@ class FittedModel(ABC):
         """Plain values for reports and ``uns["stentrans"]``."""
         return {"preset": self.name, "n_training_genes": len(self.training_genes)}
 
+    def __repr__(self) -> str:
+        """One line: what made it, where it applies, what it learned (never its weights)."""
+        parts = [
+            f"{self.name!r}",
+            f"{self.lattice_kind} lattice",
+            f"{len(self.training_genes)} training genes",
+        ]
+        epochs = self.history.get("epoch", []) if isinstance(self.history, dict) else []
+        if self.uses_network:
+            parts.append(f"network trained {int(max(epochs)) if len(epochs) else 0} epoch(s)")
+        params = getattr(self, "params", None) or getattr(getattr(self, "classical", None), "params", None)
+        if params is not None and hasattr(params, "rank"):
+            parts.append(f"classical rank {params.rank}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
     def save(self, path: str | Path) -> Path:
         """Write the model to a ``.safetensors`` file (:func:`~..checkpoint.save_model`); presets only."""
         from ..checkpoint import save_model
@@ -368,6 +383,7 @@ class FittedModel(ABC):
         stop: StopFlag | None = None,
         classical: str = "auto",
         measured: str = "estimate",
+        fill_holes: bool | str | None = None,
     ) -> ad.AnnData:
         """The enhanced slide in memory: a 2x denser lattice with re-estimated, imputed and new sites.
 
@@ -390,6 +406,12 @@ class FittedModel(ABC):
         measured
             ``"estimate"``: measured sites hold the model's estimate like every other site;
             ``"keep"``: they hold their measured counts (imputed and new sites are estimated).
+        fill_holes
+            Which sites without a measurement to impute (:meth:`Slide.from_adata
+            <..slide.Slide.from_adata>`): ``"auto"`` (the default for an AnnData), ``True``
+            (every enclosed site too) or ``False`` (only lost sites and measured spots without
+            counts). An :class:`~..slide.ImputedSitesWarning` says when far more sites are
+            imputed than spots were measured.
 
         Returns
         -------
@@ -403,7 +425,7 @@ class FittedModel(ABC):
         from ..patterns import PatternCheck
 
         keep = _measured_counts(measured)
-        slide, gene_idx, sites = self._job(data, mask, genes, classical)
+        slide, gene_idx, sites = self._job(as_slide(data, mask, fill_holes), None, genes, classical)
         counts, predictor = self._predict_all(slide, sites, gene_idx, Runtime(device), stop, classical)
         check = PatternCheck(slide, sites, gene_idx, predictor.depth)
         check.add(0, counts)
@@ -425,10 +447,12 @@ class FittedModel(ABC):
         inputs: tuple = (),
         classical: str = "auto",
         measured: str = "estimate",
+        fill_holes: bool | str | None = None,
     ) -> StreamedSlide:
         """Enhance and stream the result into ``path`` (``.h5ad``) gene batch by gene batch.
 
-        The same AnnData as :meth:`enhance` (``X`` chunked on disk), written atomically: a stop,
+        The same AnnData as :meth:`enhance` (``X`` chunked on disk; the same parameters),
+        written atomically: a stop,
         an error or Ctrl-C leaves no file and keeps any previous one. It never replaces the
         slide's own source file nor any of ``inputs``.
 
@@ -441,7 +465,7 @@ class FittedModel(ABC):
         from ..streaming import write_streamed
 
         keep = _measured_counts(measured)
-        slide = as_slide(data, mask)
+        slide = as_slide(data, mask, fill_holes)
         source = slide.adata.uns.get("stentrans_lattice", {}).get("source", "")
         refuse_inputs(path, [*inputs, *([source] if source else [])])
         slide, gene_idx, sites = self._job(slide, None, genes, classical)
@@ -468,7 +492,9 @@ class FittedModel(ABC):
 
         slide = as_slide(data, mask)
         self._check(slide, classical)
-        return slide, slide.gene_indices(genes, self.min_detection), output_sites(slide)
+        gene_idx = slide.gene_indices(genes, self.min_detection)
+        slide.warn_imputation(stacklevel=3)  # once per prepared slide
+        return slide, gene_idx, output_sites(slide)
 
 
 __all__ = [

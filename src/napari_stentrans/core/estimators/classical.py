@@ -109,7 +109,7 @@ def _usable_digest(slide: Slide) -> str:
     return hashlib.sha1(np.packbits(slide.usable).tobytes()).hexdigest()[:12]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)  # FittedModel.__repr__: one short line
 class ClassicalModel(FittedModel):
     """The fitted classical estimator: its chosen parameters and the genes of its basis.
 
@@ -211,7 +211,7 @@ class ClassicalModel(FittedModel):
         return predictor
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)  # FittedModel.__repr__: one short line
 class _SiteGroup:
     """Sites sharing one parameter set: their smoothed scores and, with gene residuals, the weights."""
 

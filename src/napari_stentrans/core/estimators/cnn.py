@@ -168,7 +168,7 @@ def train_cnn(
     return {k: v.cpu() for k, v in best[2].items()}, int(best[1])
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)  # FittedModel.__repr__: one short line
 class CNNModel(FittedModel):
     """The trained baseline CNN (per-gene images; depth interpolated linearly in log space)."""
 

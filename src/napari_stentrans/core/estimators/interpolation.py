@@ -25,7 +25,7 @@ from .base import Estimator, FitRequest, FittedModel, Predictor, TrainEvent, ins
 METHODS = ("nearest", "linear", "cubic")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)  # FittedModel.__repr__: one short line
 class InterpolationModel(FittedModel):
     """An interpolation method (nothing is fitted)."""
 

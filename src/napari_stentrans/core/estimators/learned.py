@@ -36,7 +36,7 @@ KEPT_EPOCH_0 = (
 )
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)  # FittedModel.__repr__: one short line
 class LearnedModel(FittedModel):
     """A trained network, with the classical model it corrects (None for the published recipe).
 

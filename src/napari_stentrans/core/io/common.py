@@ -250,13 +250,21 @@ def unique_names(names, source: Path) -> pd.Index:
 
 
 def set_lattice(
-    adata: ad.AnnData, lattice: Lattice, source: Path, in_tissue_unmeasured: np.ndarray | None = None
+    adata: ad.AnnData,
+    lattice: Lattice,
+    source: Path,
+    in_tissue_unmeasured: np.ndarray | None = None,
+    tissue_mask: bool = False,
 ) -> None:
+    """Record the lattice in ``uns["stentrans_lattice"]``; ``tissue_mask``: the reader read a
+    positions file that lists every site with its ``in_tissue`` flag (see ``core/slide.py``)."""
     adata.obs["array_row"] = adata.obs["array_row"].astype(np.int64)
     adata.obs["array_col"] = adata.obs["array_col"].astype(np.int64)
     info = {"kind": lattice.kind, "pitch_um": float(lattice.pitch_um), "source": str(source)}
     if in_tissue_unmeasured is not None and len(in_tissue_unmeasured):
         info["in_tissue_unmeasured"] = np.asarray(in_tissue_unmeasured, dtype=np.int64)
+    if tissue_mask:
+        info["tissue_mask"] = True
     adata.uns["stentrans_lattice"] = info
 
 

@@ -7,6 +7,7 @@ pipeline and STUtility, ...).
 
 from __future__ import annotations
 
+import csv
 import re
 from pathlib import Path
 
@@ -14,9 +15,10 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from pandas.io.common import get_handle
 
 from ..lattice import Lattice, detect_lattice, snap_to_integers
-from .common import ReadError, open_text, reading, set_lattice, suffix, unique_names
+from .common import ReadError, reading, set_lattice, suffix, unique_names
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".txt")
 SPOT_ID = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*x\s*(-?\d+(?:\.\d+)?)\s*$")
@@ -37,28 +39,20 @@ def read_st_table(path: str | Path, coords: str | Path | None = None) -> ad.AnnD
         raise ReadError(f"{path}: empty counts table ({table.shape[0]} x {table.shape[1]})")
     coords_path = Path(coords) if coords is not None else _find_coords(path)
     coord_table = _read_coords(coords_path) if coords_path is not None else None
-    table = _orient_spots_as_rows(table, coord_table, path)
-    table.index = table.index.astype(str)
-    repeated = table.index[table.index.duplicated()]
+    transposed = _spots_are_columns(table, coord_table, path)
+    values = _numeric_counts(table, path, transposed)  # as in the file, one conversion for the table
+    spots, genes = (table.columns, table.index) if transposed else (table.index, table.columns)
+    if transposed:
+        values = values.T
+    spots = spots.astype(str)
+    repeated = spots[spots.duplicated()]
     if len(repeated):
         raise ReadError(f"{path}: spot id {repeated[0]!r} occurs more than once ({len(repeated)} repeat(s))")
-    if all(pd.api.types.is_numeric_dtype(dtype) for dtype in table.dtypes):
-        numeric = table  # parsed as numbers already: no second copy
-    else:
-        numeric = table.apply(pd.to_numeric, errors="coerce")
-        if numeric.isna().to_numpy().any() and not table.isna().to_numpy().any():
-            bad = numeric.isna().stack()
-            spot, gene = bad[bad].index[0]
-            raise ReadError(
-                f"{path}: non-numeric count {table.loc[spot, gene]!r} at spot {spot!r}, gene {gene!r}"
-            )
-    spots, genes = pd.Index(table.index, dtype=str), table.columns.astype(str)
-    values = numeric.to_numpy(dtype=np.float32)
-    del table, numeric  # the dense table is the largest thing a read holds: free it early
+    del table  # the dense table is the largest thing a read holds: free it early
     adata = ad.AnnData(
         X=_sparse_by_rows(values),
-        obs=pd.DataFrame(index=spots),
-        var=pd.DataFrame(index=unique_names(genes, path)),
+        obs=pd.DataFrame(index=pd.Index(spots, dtype=str)),
+        var=pd.DataFrame(index=unique_names(genes.astype(str), path)),
     )
     if coord_table is not None:
         adata = _attach_coords(adata, coord_table, coords_path)
@@ -79,30 +73,6 @@ def read_st_table(path: str | Path, coords: str | Path | None = None) -> ad.AnnD
         lattice = Lattice("checkerboard")
     set_lattice(adata, lattice, path)
     return adata
-
-
-def _separator(path: Path) -> str | None:
-    kind = suffix(path)
-    if kind == ".tsv":
-        return "\t"
-    if kind == ".csv":
-        return ","
-    with open_text(path) as fh:
-        line = fh.readline()
-    return "\t" if "\t" in line else ("," if "," in line else r"\s+")
-
-
-def _read_table(path: Path, **kwargs) -> pd.DataFrame:
-    """A delimited table; header names exactly as written (pandas renames repeats ``X.1``)."""
-    sep = _separator(path)
-    with reading(path):
-        table = pd.read_csv(path, sep=sep, **kwargs)
-        if kwargs.get("header", 0) == 0 and table.shape[1]:
-            header = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False)
-            names = header.iloc[0].astype(str).to_numpy()[-table.shape[1] :]  # R omits the index's cell
-            if len(names) == table.shape[1]:
-                table.columns = pd.Index(names)
-    return table
 
 
 def _sparse_by_rows(values: np.ndarray, rows: int = 256) -> sp.csr_matrix:
@@ -130,6 +100,73 @@ def _read_counts_table(path: Path) -> pd.DataFrame:
         if not isinstance(exc.__cause__, ValueError):
             raise
     return _read_table(path, index_col=0)
+
+
+def _separator(path: Path) -> str | None:
+    kind = suffix(path)
+    if kind == ".tsv":
+        return "\t"
+    if kind == ".csv":
+        return ","
+    line = _first_line(path)
+    return "\t" if "\t" in line else ("," if "," in line else r"\s+")
+
+
+def _read_table(path: Path, **kwargs) -> pd.DataFrame:
+    """A delimited table; header names exactly as written (pandas renames repeats ``X.1``).
+
+    One ``read_csv`` of the file; the header line is read again on its own (pandas would
+    rename repeated gene names) and split with the same separator and quoting.
+    """
+    sep = _separator(path)
+    with reading(path):
+        table = pd.read_csv(path, sep=sep, **kwargs)
+        if kwargs.get("header", 0) == 0 and table.shape[1]:
+            names = _header_cells(path, sep)[-table.shape[1] :]  # R omits the index's cell
+            if len(names) == table.shape[1]:
+                table.columns = pd.Index(names)
+    return table
+
+
+def _first_line(path: Path) -> str:
+    """A text file's first line (gzip, bz2, xz, zip or zstd by suffix, as pandas reads them)."""
+    with get_handle(path, "r", compression="infer", encoding="utf-8-sig", errors="replace") as handle:
+        return handle.handle.readline().rstrip("\r\n")
+
+
+def _header_cells(path: Path, sep: str) -> list[str]:
+    """The cells of a table's first line, split as pandas' parser splits them."""
+    line = _first_line(path)
+    if sep == r"\s+":
+        return [cell.strip('"') for cell in line.split()]
+    return next(csv.reader([line], delimiter=sep, quotechar='"'), [])
+
+
+def _numeric_counts(table: pd.DataFrame, path: Path, spots_are_columns: bool) -> np.ndarray:
+    """The table's cells as ``float32`` (file orientation), converted once for the whole table.
+
+    Columns pandas parsed as numbers are taken as they are; the cells of any other column are
+    converted together (one ``to_numeric`` call, not one per gene). A cell that is not a number
+    is a ReadError naming it, unless the table also has empty cells (then NaN, refused later as
+    "NaN or infinite values").
+    """
+    numeric = np.array([pd.api.types.is_numeric_dtype(t) for t in table.dtypes], dtype=bool)
+    if numeric.all():
+        return table.to_numpy(dtype=np.float32)
+    values = np.empty(table.shape, dtype=np.float32)
+    if numeric.any():
+        values[:, numeric] = table.iloc[:, np.flatnonzero(numeric)].to_numpy(dtype=np.float32)
+    cells = table.iloc[:, np.flatnonzero(~numeric)].to_numpy(dtype=object)
+    converted = pd.to_numeric(pd.Series(cells.ravel()), errors="coerce").to_numpy(dtype=np.float64)
+    converted = converted.reshape(cells.shape)
+    values[:, ~numeric] = converted
+    failed = np.isnan(converted) & ~pd.isna(cells)
+    if failed.any() and not table.isna().to_numpy().any():
+        i, j = np.argwhere(failed)[0]
+        row, col = table.index[i], table.columns[np.flatnonzero(~numeric)[j]]
+        spot, gene = (col, row) if spots_are_columns else (row, col)
+        raise ReadError(f"{path}: non-numeric count {cells[i, j]!r} at spot {spot!r}, gene {gene!r}")
+    return values
 
 
 def _parse_spot_ids(ids: pd.Index) -> np.ndarray | None:
@@ -168,8 +205,8 @@ def _find_coords(counts_path: Path) -> Path | None:
 def _read_coords(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise ReadError(f"{path}: coordinates file not found")
-    with reading(path), open_text(path) as fh:
-        first = fh.readline()
+    with reading(path):
+        first = _first_line(path)
     tokens = re.split(r"[,\t ]+", first.strip().replace('"', ""))
     headerless = all(_is_number(t) for t in tokens if t)
     table = _read_table(path, header=None if headerless else 0)
@@ -191,24 +228,25 @@ def _is_number(token: str) -> bool:
     return True
 
 
-def _orient_spots_as_rows(table: pd.DataFrame, coords: pd.DataFrame | None, path: Path) -> pd.DataFrame:
+def _spots_are_columns(table: pd.DataFrame, coords: pd.DataFrame | None, path: Path) -> bool:
+    """Whether the table holds spots as columns (genes as rows), from its labels and coordinates."""
     index_ids = _parse_spot_ids(table.index.astype(str)) is not None
     column_ids = _parse_spot_ids(table.columns.astype(str)) is not None
     if index_ids:
-        return table
+        return False
     if column_ids:
-        return table.T
+        return True
     if coords is not None and not coords.attrs.get("positional"):
         keys = set(_coord_keys(coords))
         if table.index.astype(str).isin(keys).mean() > 0.5:
-            return table
+            return False
         if table.columns.astype(str).isin(keys).mean() > 0.5:
-            return table.T
+            return True
     if coords is not None and coords.attrs.get("positional"):
         if len(coords) == table.shape[0]:
-            return table
+            return False
         if len(coords) == table.shape[1]:
-            return table.T
+            return True
     raise ReadError(
         f"{path}: cannot tell spots from genes: neither the row labels nor the column labels are "
         f"spot ids like '12x7' (first row label {str(table.index[0])!r}) and no coordinates file matches"

@@ -1,0 +1,232 @@
+"""What a new user meets first: options checked before any work, short reprs, hole filling they
+can switch off, the README's Python example (issue 15, kind 8)."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from helpers import TINY_OPTIONS, block_sites, fit_cpu, make_slide, tiny_config
+from napari_stentrans.core.errors import ConfigError, InputError
+from napari_stentrans.core.fitting import enhance
+from napari_stentrans.core.sites import output_sites
+from napari_stentrans.core.slide import ImputedSitesWarning, Slide
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+@pytest.fixture
+def hex_slide():
+    r, c = block_sites("hex", 10, 16)
+    return make_slide(r, c, "hex")
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"genes": ["G1", "Nope"]}, InputError, "1 requested gene\\(s\\) not in the slide, e.g. 'Nope'"),
+        ({"genes": 0}, InputError, "number of genes must be positive"),
+        ({"measured": "raw"}, ConfigError, "measured: 'raw' is not allowed"),
+        ({"device": "tpu"}, ConfigError, "device: 'tpu' is not allowed"),
+        ({"fill_holes": "yes"}, InputError, "fill_holes: 'yes' is not allowed"),
+        ({"epochs": -1}, ConfigError, "epochs: -1 is not allowed"),
+    ],
+)
+def test_api_enhance_checks_every_option_before_any_training(hex_slide, options, error, message):
+    events = []  # a typo in a gene name cost a user 3 min 44 s of training before this
+    with pytest.raises(error, match=message):
+        enhance(hex_slide, config="transformer", callback=events.append, **{**TINY_OPTIONS, **options})
+    assert events == []
+
+
+def test_fitted_models_slides_and_streamed_results_have_short_reprs(hex_slide, tmp_path):
+    learned = fit_cpu(hex_slide, tiny_config("hex", restore_best=False))  # the network is kept
+    classical = fit_cpu(hex_slide, "default")
+    written = classical.write(hex_slide, tmp_path / "out.h5ad", device="cpu")
+    for obj in (learned, classical, written, Slide.from_adata(hex_slide)):
+        text = repr(obj)
+        assert len(text) < 400, text  # the streamed result once printed a whole state dict
+        assert "tensor(" not in text and "array(" not in text and "\n" not in text, text
+    assert "transformer" in repr(learned) and "hex" in repr(learned)
+    assert str(tmp_path / "out.h5ad") in repr(written)
+
+
+def _with_zero_count_spot(adata: ad.AnnData, index: int) -> ad.AnnData:
+    x = adata.X.toarray()
+    x[index] = 0
+    adata = adata.copy()
+    adata.X = sp.csr_matrix(x)
+    return adata
+
+
+def test_a_measured_spot_without_counts_is_imputed_even_on_the_tissue_edge(hex_slide):
+    edge = int(np.flatnonzero(hex_slide.obs["array_row"].to_numpy() == 0)[3])
+    for fill_holes in ("auto", True, False):
+        sites = output_sites(Slide.from_adata(_with_zero_count_spot(hex_slide, edge), fill_holes=fill_holes))
+        imputed = sites.spot[sites.kind == "imputed"]
+        assert imputed.tolist() == [edge], fill_holes  # kept, under its barcode, never dropped
+
+
+def _enclosed_case(tmp_path, tissue_mask: bool):
+    """A hex slide with a lumen of 7 unmeasured sites in its middle, as a Space Ranger folder
+    (its positions file marks the lumen in_tissue = 0) or as an .h5ad (no tissue mask)."""
+    from helpers import write_spaceranger
+    from napari_stentrans.core.io import read
+
+    r, c = block_sites("hex", 12, 24)
+    lumen = np.hypot((r - 6) * np.sqrt(3) / 2, (c - 12) * 0.5) <= 1.01  # a site and its 6 neighbours
+    adata = make_slide(r[~lumen], c[~lumen], "hex")
+    if not tissue_mask:
+        adata.write_h5ad(tmp_path / "slide.h5ad")
+        return read(tmp_path / "slide.h5ad"), int(lumen.sum())
+    # the helper's positions list one more site in tissue without counts, far away (40, 40)
+    write_spaceranger(tmp_path / "sr", adata, matrix="h5", positions="v1")
+    positions = tmp_path / "sr" / "spatial" / "tissue_positions_list.csv"
+    with open(positions, "a") as fh:  # the lumen: listed, outside the tissue
+        for i, (row, col) in enumerate(zip(r[lumen], c[lumen], strict=True)):
+            fh.write(f"LUMEN{i}-1,0,{row},{col},{100 + row * 10},{100 + col * 10}\n")
+    return read(tmp_path / "sr"), int(lumen.sum())
+
+
+@pytest.mark.parametrize("tissue_mask", [True, False])
+def test_enclosed_sites_outside_the_tissue_mask_are_filled_only_when_asked(tmp_path, tissue_mask):
+    adata, n_lumen = _enclosed_case(tmp_path, tissue_mask)
+    assert n_lumen == 7
+    counts = {
+        fill: int((output_sites(Slide.from_adata(adata, fill_holes=fill)).kind == "imputed").sum())
+        for fill in ("auto", True, False)
+    }
+    # a positions file says the lumen is not tissue: "auto" leaves it empty (and imputes the site
+    # it marks in tissue without counts); without a tissue mask an enclosed gap is the only sign
+    # of lost spots, so "auto" fills it
+    in_tissue_empty = 1 if tissue_mask else 0
+    assert counts == {
+        "auto": in_tissue_empty if tissue_mask else n_lumen,
+        True: n_lumen + in_tissue_empty,
+        False: 0,
+    }
+
+
+def test_visium_tiny_warns_of_its_imputed_sites_and_they_can_be_left_out(shared_data, tmp_path, capsys):
+    from napari_stentrans.cli import main
+    from napari_stentrans.core.io import read
+
+    path = shared_data / "visium_tiny_scanpy_testdata"
+    adata = read(path)
+    model = fit_cpu(adata, "default")
+    with pytest.warns(ImputedSitesWarning, match="4135 sites are imputed against 100 measured spots"):
+        out = model.enhance(adata, genes=3, device="cpu")
+    assert (out.obs["kind"] == "imputed").sum() == 4135  # in tissue without counts (positions file)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ImputedSitesWarning)
+        sites = output_sites(Slide.from_adata(adata, fill_holes=False))
+    assert (sites.kind == "imputed").sum() == 0 and (sites.kind == "measured").sum() == 100
+    code = main(["enhance", str(path), "-o", str(tmp_path / "o.h5ad"), "--genes", "3", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 0 and "stentrans: warning: 4135 sites are imputed" in err and "Warning:" not in err
+    code = main(["enhance", str(path), "-o", str(tmp_path / "p.h5ad"), "--genes", "3", "--no-fill-holes"])
+    assert code == 0 and "warning" not in capsys.readouterr().err
+    assert (ad.read_h5ad(tmp_path / "p.h5ad").obs["kind"] == "imputed").sum() == 0
+
+
+def _readme_python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+
+
+def test_readme_installs_from_source_and_names_no_missing_package():
+    text = README.read_text()
+    # napari-stentrans is not on PyPI: no `pip install napari-stentrans...`, only source installs
+    assert not re.search(r"pip install\s+[\"']?napari-stentrans", text)
+    installs = re.findall(r"pip install ([^`\n]*)", text)
+    assert any(i.startswith(".") or i.startswith('".[') for i in installs), installs
+    assert "not on PyPI" in text
+    # the two fresh-machine commands stay the README's first commands
+    first_block = re.search(r"```bash\n(.*?)```", text, flags=re.DOTALL).group(1)
+    assert [line.split()[:2] for line in first_block.splitlines() if line.startswith("make")] == [
+        ["make", "demo"],
+        ["make", "test"],
+    ]
+
+
+def _small(adata: ad.AnnData, keep: tuple[str, ...] = ("Myh3", "Actc1"), n_genes: int = 150) -> ad.AnnData:
+    """The slide with its ``n_genes`` most detected genes (and ``keep``): the README's example in seconds."""
+    detected = np.asarray((adata.X > 0).sum(axis=0)).ravel()
+    top = set(adata.var_names[np.argsort(-detected)[:n_genes]]) | set(keep)
+    return adata[:, adata.var_names.isin(top)].copy()
+
+
+@pytest.mark.slow  # two real Visium slides read whole, four fits: about 10 s
+def test_readme_python_example_runs(shared_data, tmp_path, monkeypatch):
+    """The README's first Python block, run as written on the slide it names (Vis7B), with its
+    150 most detected genes, shorter training and paths changed only."""
+    block = _readme_python_blocks()[0]
+    muscle = shared_data / "visium_mouse_muscle_mckellar2021"
+    code = (
+        block.replace('st.read("Vis7B_5dpi/")', f"_small(st.read({str(muscle / 'Vis7B_5dpi')!r}))")
+        .replace('st.read("other_slide/")', f"_small(st.read({str(muscle / 'Vis5A_2dpi')!r}))")
+        .replace("epochs=20", "epochs=1, n_train_genes=16")
+        .replace("epochs=5", "epochs=1, n_train_genes=16")
+    )
+    assert "lost_sites" in code and code.count("epochs=1") == 2 and code.count("_small(") == 2
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        namespace: dict = {"_small": _small}
+        exec(compile(code, str(README), "exec"), namespace)  # noqa: S102 - the README's own example
+    enhanced = namespace["enhanced"]
+    assert enhanced.n_obs > 1011 and (tmp_path / "enhanced.h5ad").is_file()
+    assert (tmp_path / "all_genes.h5ad").is_file() and (tmp_path / "model.safetensors").is_file()
+    assert namespace["config"].network.patch_size == 2
+
+
+def _slide_with_image(tmp_path):
+    """A hex slide whose image is turned 180 degrees from its array axes (as Vis7B's), with an H&E."""
+    from napari_stentrans.core.lattice import Lattice
+
+    r, c = block_sites("hex", 10, 16)
+    adata = make_slide(r, c, "hex")
+    physical = Lattice("hex").physical(r, c)
+    adata.obsm["spatial"] = 2000.0 - physical * 2.0  # 2 px per um, both axes reversed
+    image = np.zeros((500, 500, 3), dtype=np.uint8)
+    adata.uns["spatial"] = {
+        "lib": {"images": {"lowres": image}, "scalefactors": {"tissue_lowres_scalef": 0.25}}
+    }
+    adata.write_h5ad(tmp_path / "imaged.h5ad")
+    return tmp_path / "imaged.h5ad"
+
+
+def test_plot_draws_every_named_gene_as_the_image_shows_the_slide(tmp_path, capsys):
+    from PIL import Image
+
+    from napari_stentrans.cli import main
+    from napari_stentrans.core.io import read
+    from napari_stentrans.core.plotting import MAX_GENES, plot_frame
+
+    path = _slide_with_image(tmp_path)
+    adata = read(path)
+    out = fit_cpu(adata, "default").enhance(adata, genes=["G1", "G2"], device="cpu")
+    frame = plot_frame(adata, out)
+    assert frame.units == "px" and frame.image is not None
+    np.testing.assert_allclose(frame.xy_in, adata.obsm["spatial"])  # image orientation, not array
+    assert frame.pitch == pytest.approx(200.0)  # 100 um at 2 px per um
+    assert frame.extent == pytest.approx((-2.0, 1998.0, 1998.0, -2.0))  # lowres at 0.25: 4 px per pixel
+    measured = out.obs["kind"].to_numpy() == "measured"
+    np.testing.assert_allclose(out.obsm["spatial"][measured][:3], adata.obsm["spatial"][:3], atol=1e-6)
+
+    genes = ["G1", "G2", "G3", "G4"]  # a fourth gene was dropped silently before
+    code = main(["enhance", str(path), "-o", str(tmp_path / "o.h5ad"), "--genes", ",".join(genes), "--plot",
+                 str(tmp_path / "p.png"), "--quiet"])  # fmt: skip
+    assert code == 0
+    assert Image.open(tmp_path / "p.png").height == round(3.6 * len(genes) * 110)  # one row per gene
+    many = [f"G{i}" for i in range(MAX_GENES + 2)]
+    code = main(["enhance", str(path), "-o", str(tmp_path / "m.h5ad"), "--genes", ",".join(many), "--plot",
+                 str(tmp_path / "m.png"), "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0 and f"--plot shows the first {MAX_GENES} of the {MAX_GENES + 2} genes given" in err
+    assert f"left out: G{MAX_GENES}, G{MAX_GENES + 1}" in err
