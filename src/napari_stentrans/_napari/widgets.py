@@ -34,6 +34,11 @@ if TYPE_CHECKING:
     import napari
 
 
+# pause between two result layers: a 0 ms timer can run again before the event loop repaints
+# or handles input, so two layers (0.3-0.5 s on a loaded machine) landed in one gap
+LAYER_TURN_MS = 15
+
+
 def _status_label(value: str = "") -> Label:
     """A label that wraps long text instead of widening the dock (which squeezed the canvas to 0 px)."""
     from qtpy.QtWidgets import QSizePolicy
@@ -200,7 +205,7 @@ class GenesWidget(_SlideWidget):
             return
         actions.add_layer_tuple(self._viewer, self._pending.pop(0))
         if self._pending:
-            QTimer.singleShot(0, self._add_next_layer)
+            QTimer.singleShot(LAYER_TURN_MS, self._add_next_layer)
         else:
             self._status.value = "slide opened"
 
@@ -335,10 +340,11 @@ class _LossPlot:
     def __init__(self) -> None:
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
         from qtpy.QtWidgets import QSizePolicy
 
         self.figure = Figure(figsize=(3.2, 2.2))
-        self.figure.subplots_adjust(left=0.2, right=0.97, bottom=0.2, top=0.95)
+        self.figure.subplots_adjust(left=0.2, right=0.97, bottom=0.27, top=0.95)
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(self.MIN_HEIGHT)
         self.canvas.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Expanding)
@@ -346,6 +352,7 @@ class _LossPlot:
         self.axes.set_xlabel("epoch", fontsize=8)
         self.axes.set_ylabel("loss", fontsize=8)
         self.axes.tick_params(labelsize=7)
+        self.axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         (self._train_line,) = self.axes.plot([], [], "o-", ms=3, label="train")
         (self._val_line,) = self.axes.plot([], [], "s-", ms=3, label="validation")
         self.axes.legend(fontsize=7, loc="upper right")
@@ -606,7 +613,7 @@ class TrainWidget(_SlideWidget):
         warning = enhanced.uns["stentrans"].get("patterns", {}).get("warning")
         self._status.value = (
             f"run {run}: enhanced {enhanced.n_obs:,} sites x {enhanced.n_vars} genes on screen as "
-            f"'GENE x2' layers (export every gene from 'Enhance & export')"
+            f"'GENE x2' layers (the Export panel writes every gene)"
             + (f". Note: {warning}" if warning else "")
         )
         # the verdict has its own line: later status messages never replace it
@@ -622,7 +629,7 @@ class TrainWidget(_SlideWidget):
         layer_tuple, run = self._pending.pop(0)
         actions.add_enhanced_layer(self._viewer, layer_tuple, run)
         if self._pending:
-            QTimer.singleShot(0, self._add_next_layer)
+            QTimer.singleShot(LAYER_TURN_MS, self._add_next_layer)
 
     @property
     def idle(self) -> bool:
