@@ -352,3 +352,47 @@ def test_open_slide_reads_in_a_worker_and_adds_layers_one_per_turn(make_napari_v
     qtbot.waitUntil(lambda: ws.genes.idle, timeout=60_000)
     assert ws.genes._status.value.startswith("not opened: ") and "broken.h5ad" in ws.genes._status.value
     assert len(viewer.layers) == 4 and ws.genes.idle
+
+
+def test_colour_by_annotation_and_site_kinds_with_legends(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-stentrans", "synthetic_st")
+    _, ws = _workspace(viewer)
+    adata = actions.slide(viewer).adata
+    rows, cols = adata.obs["array_row"].to_numpy(), adata.obs["array_col"].to_numpy()
+    adata.obs["region"] = np.where(cols < np.median(cols), "cortex", "medulla")
+    adata.obs["cluster"] = (rows % 3).astype(int)
+    ws.genes._annotation.reset_choices()
+    assert ws.genes._annotation.choices == ("region", "cluster")
+    layer = ws.genes.show_annotation("region")
+    assert layer.metadata["stentrans"]["role"] == "annotation"
+    # the label at each spot's pixel is its category (square lattice: one pixel per spot)
+    r0, c0 = rows.min() - 1, cols.min() - 1
+    labels = np.asarray(layer.data)[rows - r0, cols - c0]
+    expected = np.where(adata.obs["region"].to_numpy() == "cortex", 1, 2)
+    np.testing.assert_array_equal(labels, expected)
+    assert list(layer.features["region"]) == ["(none)", "cortex", "medulla"]
+    assert [name for name, _ in actions.legend(layer)] == ["cortex", "medulla"]
+    assert "cortex" in ws.genes._legend.value and "&#9632;" in ws.genes._legend.value
+    # site kinds of the enhanced slide: one label per kind, as many pixels as sites of each kind
+    _fast(ws.train, epochs=0)
+    _train(ws.train, qtbot)
+    kinds = ws.export.show_site_kinds()
+    counts = actions.slide(viewer).enhanced.obs["kind"].astype(str).value_counts()
+    data = np.asarray(kinds.data)
+    for label, (name, _) in enumerate(actions.legend(kinds), start=1):
+        assert (data == label).sum() == counts[name], name
+    assert {name for name, _ in actions.legend(kinds)} == set(counts.index)
+
+
+def test_bayesspace_clusters_of_the_melanoma_slide_colour_the_spots(make_napari_viewer, shared_data):
+    viewer = make_napari_viewer()
+    viewer.open(
+        str(shared_data / "st_melanoma_thrane2018_mel1_rep2/mel1_rep2.h5ad"), plugin="napari-stentrans"
+    )
+    _, ws = _workspace(viewer)
+    assert "spatial_cluster_BayesSpace" in ws.genes._annotation.choices
+    layer = ws.genes.show_annotation("spatial_cluster_BayesSpace")
+    clusters = actions.slide(viewer).adata.obs["spatial_cluster_BayesSpace"]
+    assert len(actions.legend(layer)) == clusters.nunique()
+    assert np.unique(np.asarray(layer.data)).size == clusters.nunique() + 1  # and 0, no spot

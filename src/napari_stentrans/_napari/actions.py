@@ -163,6 +163,118 @@ def shown_genes(viewer, slide_id: str | None = None) -> list[str]:
     ]
 
 
+# ----------------------------------------------------------------------------- Annotations
+
+# obs columns that are coordinates or bookkeeping, not annotations
+_NOT_ANNOTATIONS = {"array_row", "array_col", "in_tissue", "barcode", "kind", "spot", "library_id"}
+MAX_CATEGORIES = 50
+
+
+def annotation_columns(viewer, slide_id: str | None = None) -> list[str]:
+    """The slide's categorical ``obs`` columns (2-50 values: clusters, layers, regions)."""
+    import pandas as pd
+
+    obs = slide(viewer, slide_id).adata.obs
+    out = []
+    for name, column in obs.items():
+        if name in _NOT_ANNOTATIONS:
+            continue
+        dtype = column.dtype
+        categorical = (
+            isinstance(dtype, pd.CategoricalDtype)
+            or pd.api.types.is_object_dtype(dtype)
+            or pd.api.types.is_bool_dtype(dtype)
+            or pd.api.types.is_integer_dtype(dtype)
+            or pd.api.types.is_string_dtype(dtype)
+        )
+        if categorical and 1 < column.nunique(dropna=True) <= MAX_CATEGORIES:
+            out.append(str(name))
+    return out
+
+
+def _category_layer(viewer, values, rows, cols, frame, half_pitch: bool, name: str, meta: dict):
+    """A Labels layer of one category per site (label = category + 1; 0 = no site or no value).
+
+    Its ``features`` name each label, so napari's status bar shows the category under the cursor.
+    """
+    import pandas as pd
+
+    codes, categories = pd.factorize(pd.Series(values), sort=True)  # -1 for a missing value
+    raster = spot_raster(frame, rows, cols, (codes + 1)[:, None].astype(np.float32), half_pitch=half_pitch)
+    features = pd.DataFrame(
+        {"index": np.arange(len(categories) + 1), meta["column"]: ["(none)", *map(str, categories)]}
+    )
+    if name in viewer.layers:
+        viewer.layers.remove(name)
+    return viewer.add_labels(
+        raster.images[0].astype(np.int32),
+        name=name,
+        affine=raster.affine,
+        opacity=0.6,
+        features=features,
+        metadata={"stentrans": meta},
+    )
+
+
+def annotation_layer(viewer, column: str, slide_id: str | None = None):
+    """One colour per category of an ``obs`` column (e.g. BayesSpace clusters), at the spots."""
+    info = slide(viewer, slide_id)
+    obs = info.adata.obs
+    if column not in obs:
+        raise KeyError(
+            f"obs has no column {column!r}; annotations: {annotation_columns(viewer, info.slide_id)}"
+        )
+    meta = {"role": "annotation", "slide_id": info.slide_id, "column": column, "adata": info.adata}
+    return _category_layer(
+        viewer,
+        obs[column].to_numpy(),
+        obs["array_row"].to_numpy(),
+        obs["array_col"].to_numpy(),
+        info.frame,
+        False,
+        f"{info.name} {column}",
+        meta,
+    )
+
+
+def site_kind_layer(viewer, slide_id: str | None = None):
+    """The enhanced slide's sites by kind: measured, new (between spots) or imputed (lost/holes)."""
+    info = slide(viewer, slide_id)
+    if info.enhanced is None:
+        raise RuntimeError("enhance the slide first")
+    obs = info.enhanced.obs
+    meta = {"role": "site_kind", "slide_id": info.slide_id, "column": "site kind", "adata": info.enhanced}
+    return _category_layer(
+        viewer,
+        obs["kind"].astype(str).to_numpy(),
+        obs["array_row"].to_numpy(),
+        obs["array_col"].to_numpy(),
+        info.frame,
+        True,
+        f"{info.name} site kinds",
+        meta,
+    )
+
+
+def legend(layer) -> list[tuple[str, tuple[float, float, float, float]]]:
+    """``(category, RGBA)`` of a category layer, in label order (no entry for label 0)."""
+    column = layer.metadata["stentrans"]["column"]
+    names = list(layer.features[column])[1:]
+    colors = np.asarray(layer.colormap.map(np.arange(1, len(names) + 1)), dtype=float)
+    return [(name, tuple(float(v) for v in color)) for name, color in zip(names, colors, strict=True)]
+
+
+def legend_html(layer) -> str:
+    """The legend as rich text: a coloured square and the category, one per line."""
+    from html import escape
+
+    rows = []
+    for name, (r, g, b, _a) in legend(layer):
+        hexcolor = f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}"
+        rows.append(f'<span style="color:{hexcolor}">&#9632;</span> {escape(name)}')
+    return "<br>".join(rows)
+
+
 # ----------------------------------------------------------------------------- Lost regions
 
 

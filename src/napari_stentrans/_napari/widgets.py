@@ -162,15 +162,52 @@ class GenesWidget(_SlideWidget):
         self._genes.native.setMinimumHeight(80)
         self._add = PushButton(text="Add selected as layers")
         self._status = _status_label(value="")
-        self.extend(
-            [self._path, self._open, self._reading, self._query, self._genes, self._add, self._status]
+        self._annotation = ComboBox(
+            label="Colour by",
+            choices=self._annotation_choices,
+            tooltip="Categorical spot annotations of the slide (clusters, layers, regions)",
         )
+        self._show_annotation = PushButton(text="Show")
+        self._legend = _status_label(value="")
+        self.extend(
+            [
+                self._path,
+                self._open,
+                self._reading,
+                self._query,
+                self._genes,
+                self._add,
+                self._status,
+                _row(self._annotation, self._show_annotation, labels=True),
+                self._legend,
+            ]
+        )
+        self._slide.changed.connect(lambda _: self._annotation.reset_choices())
+        viewer.layers.events.inserted.connect(lambda _e: self._annotation.reset_choices())
+        self._show_annotation.changed.connect(lambda _: self.show_annotation(self._annotation.value))
         self._query.changed.connect(lambda _: self._genes.reset_choices())
         self._slide.changed.connect(lambda _: self._genes.reset_choices())
         self._add.changed.connect(self.add_selected)
         self._open.changed.connect(lambda _: self.open_slide(self._path.value))
         self.worker = None
         self._pending: list = []
+
+    def _annotation_choices(self, _widget=None) -> list[str]:
+        if self.slide_id is None:
+            return []
+        try:
+            return actions.annotation_columns(self._viewer, self.slide_id)
+        except LookupError:
+            return []
+
+    def show_annotation(self, column: str | None):
+        """A layer coloured by an annotation column, with its legend under the chooser."""
+        if not column:
+            self._legend.value = "this slide has no categorical annotation in obs"
+            return None
+        layer = actions.annotation_layer(self._viewer, column, self.slide_id)
+        self._legend.value = actions.legend_html(layer)
+        return layer
 
     def open_slide(self, path):
         """Read ``path`` in a worker, then add its layers one per event-loop turn."""
@@ -653,6 +690,11 @@ class ExportWidget(_SlideWidget):
             text="Re-impute lost regions",
             tooltip="Recompute the x2 layers with the lost regions painted now (no retraining)",
         )
+        self._kinds = PushButton(
+            text="Show site kinds",
+            tooltip="A layer of the enhanced sites: measured, new (between spots), imputed (lost or holes)",
+        )
+        self._kinds_legend = _status_label(value="")
         self._which = ComboBox(
             label="Genes",
             choices=list(actions.EXPORT_CHOICES.items()),
@@ -669,7 +711,8 @@ class ExportWidget(_SlideWidget):
             [
                 self._model_path,
                 _row(self._save, self._load),
-                self._refresh,
+                _row(self._refresh, self._kinds),
+                self._kinds_legend,
                 self._which,
                 self._chosen,
                 self._export_path,
@@ -680,6 +723,7 @@ class ExportWidget(_SlideWidget):
         self._save.changed.connect(lambda _: self.save_model(self._model_path.value))
         self._load.changed.connect(lambda _: self.load_model(self._model_path.value))
         self._refresh.changed.connect(self.refresh)
+        self._kinds.changed.connect(self.show_site_kinds)
         self._export.changed.connect(lambda _: self.export(self._export_path.value))
         self._stop.changed.connect(lambda _: self._stop_flag.set())
         self._stop_flag = threading.Event()
@@ -692,6 +736,15 @@ class ExportWidget(_SlideWidget):
             _notify_error(exc)
             return
         self._status.value = f"re-imputed {len(layers)} layer(s) with the current lost regions"
+
+    def show_site_kinds(self, _value=None):
+        try:
+            layer = actions.site_kind_layer(self._viewer, self.slide_id)
+        except (LookupError, RuntimeError) as exc:
+            _notify_error(exc)
+            return None
+        self._kinds_legend.value = actions.legend_html(layer)
+        return layer
 
     def save_model(self, path) -> None:
         from ..core.checkpoint import save_model
