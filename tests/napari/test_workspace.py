@@ -396,3 +396,18 @@ def test_bayesspace_clusters_of_the_melanoma_slide_colour_the_spots(make_napari_
     clusters = actions.slide(viewer).adata.obs["spatial_cluster_BayesSpace"]
     assert len(actions.legend(layer)) == clusters.nunique()
     assert np.unique(np.asarray(layer.data)).size == clusters.nunique() + 1  # and 0, no spot
+
+
+def test_side_by_side_shows_one_gene_measured_and_enhanced(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-stentrans", "synthetic_st")
+    _, ws = _workspace(viewer)
+    _fast(ws.train, epochs=0)
+    _train(ws.train, qtbot)
+    gene = actions.shown_genes(viewer)[0]
+    viewer.layers.selection.active = viewer.layers[f"{gene} x2"]
+    shown = ws.export.toggle_side_by_side()
+    assert viewer.grid.enabled
+    assert sorted(shown) == sorted([gene, f"{gene} x2", f"{gene} truth x2"])  # three cells, not 13
+    assert viewer.grid.actual_shape(viewer.layers)[0] * viewer.grid.actual_shape(viewer.layers)[1] >= 3
+    assert ws.export.toggle_side_by_side() == [] and not viewer.grid.enabled

@@ -265,14 +265,15 @@ def legend(layer) -> list[tuple[str, tuple[float, float, float, float]]]:
 
 
 def legend_html(layer) -> str:
-    """The legend as rich text: a coloured square and the category, one per line."""
+    """The legend as rich text: a coloured square and the category, wrapped as a paragraph (one
+    line per category would make the dock as tall as the number of clusters)."""
     from html import escape
 
     rows = []
     for name, (r, g, b, _a) in legend(layer):
         hexcolor = f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}"
-        rows.append(f'<span style="color:{hexcolor}">&#9632;</span> {escape(name)}')
-    return "<br>".join(rows)
+        rows.append(f'<span style="color:{hexcolor}">&#9632;</span>&nbsp;{escape(name)}')
+    return " &nbsp; ".join(rows)
 
 
 # ----------------------------------------------------------------------------- Lost regions
@@ -655,11 +656,22 @@ def run_export(job: ExportJob, stop=None) -> str:
     )
 
 
-def side_by_side(viewer, enabled: bool = True) -> None:
-    """Grid mode: originals and enhanced layers next to each other."""
+def side_by_side(viewer, enabled: bool = True, gene: str | None = None) -> list[str]:
+    """Grid mode with one gene: measured | ``x2`` (| ``truth x2`` on the samples), nothing else.
+
+    napari gives each visible layer its own cell; with every layer visible that made 13-14 tiny
+    cells. Only the gene's layers stay visible (the others are hidden, one click away). Returns
+    the names of the layers shown, in the layer list's order.
+    """
     viewer.grid.enabled = enabled
-    if enabled:
-        viewer.grid.stride = 1
+    if not enabled or gene is None:
+        return []
+    shown = [name for name in (gene, f"{gene} x2", f"{gene} truth x2") if name in viewer.layers]
+    for layer in viewer.layers:
+        layer.visible = layer.name in shown
+    viewer.grid.stride = 1
+    viewer.reset_view()
+    return [layer.name for layer in viewer.layers if layer.visible]
 
 
 # ----------------------------------------------------------------------------- Quality check

@@ -695,6 +695,10 @@ class ExportWidget(_SlideWidget):
             tooltip="A layer of the enhanced sites: measured, new (between spots), imputed (lost or holes)",
         )
         self._kinds_legend = _status_label(value="")
+        self._grid = PushButton(
+            text="Side by side: measured | x2",
+            tooltip="Grid of the selected (or last visible) gene: measured, enhanced (and truth); again to leave",
+        )
         self._which = ComboBox(
             label="Genes",
             choices=list(actions.EXPORT_CHOICES.items()),
@@ -713,6 +717,7 @@ class ExportWidget(_SlideWidget):
                 _row(self._save, self._load),
                 _row(self._refresh, self._kinds),
                 self._kinds_legend,
+                self._grid,
                 self._which,
                 self._chosen,
                 self._export_path,
@@ -724,6 +729,7 @@ class ExportWidget(_SlideWidget):
         self._load.changed.connect(lambda _: self.load_model(self._model_path.value))
         self._refresh.changed.connect(self.refresh)
         self._kinds.changed.connect(self.show_site_kinds)
+        self._grid.changed.connect(self.toggle_side_by_side)
         self._export.changed.connect(lambda _: self.export(self._export_path.value))
         self._stop.changed.connect(lambda _: self._stop_flag.set())
         self._stop_flag = threading.Event()
@@ -736,6 +742,26 @@ class ExportWidget(_SlideWidget):
             _notify_error(exc)
             return
         self._status.value = f"re-imputed {len(layers)} layer(s) with the current lost regions"
+
+    def toggle_side_by_side(self, _value=None) -> list[str]:
+        """Grid of one gene (the active layer's, else the last visible gene) or back to one view."""
+        if self._viewer.grid.enabled:
+            actions.side_by_side(self._viewer, False)
+            return []
+        active = self._viewer.layers.selection.active
+        meta = active.metadata.get("stentrans", {}) if active is not None else {}
+        gene = meta.get("gene")
+        if gene is None:
+            visible = [
+                layer.metadata["stentrans"]["gene"]
+                for layer in self._viewer.layers
+                if layer.visible and layer.metadata.get("stentrans", {}).get("role") == "gene"
+            ]
+            gene = visible[-1] if visible else None
+        if gene is None:
+            _notify_error(LookupError("select a gene layer to show side by side"))
+            return []
+        return actions.side_by_side(self._viewer, True, gene)
 
     def show_site_kinds(self, _value=None):
         try:
