@@ -411,3 +411,31 @@ def test_side_by_side_shows_one_gene_measured_and_enhanced(make_napari_viewer, q
     assert sorted(shown) == sorted([gene, f"{gene} x2", f"{gene} truth x2"])  # three cells, not 13
     assert viewer.grid.actual_shape(viewer.layers)[0] * viewer.grid.actual_shape(viewer.layers)[1] >= 3
     assert ws.export.toggle_side_by_side() == [] and not viewer.grid.enabled
+
+
+def test_true_size_spots_sit_on_the_lattice_with_counts_on_hover(make_napari_viewer, shared_data):
+    from napari_stentrans.core.io import read
+
+    path = shared_data / "visium_mouse_muscle_mckellar2021/Vis7B_5dpi"
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="napari-stentrans")
+    _, ws = _workspace(viewer)
+    gene = actions.shown_genes(viewer)[0]
+    ws.genes._query.value = gene  # the list shows the first 500 matches
+    ws.genes._genes.value = [gene]
+    (layer,) = ws.genes.add_spots()
+    info = actions.slide(viewer)
+    adata = read(path)
+    # centres on the spots' image positions (micrometres), 55 um circles
+    np.testing.assert_allclose(layer.data, info.frame.um_per_pixel * adata.obsm["spatial"][:, ::-1], atol=3.0)
+    assert layer.size[0] == pytest.approx(55.0)  # Visium spots are 55 um wide, 100 um apart
+    counts = np.asarray(adata[:, gene].X.todense()).ravel()
+    np.testing.assert_allclose(layer.features[gene], counts)
+    assert set(layer.features["kind"]) == {"measured"}
+
+
+def test_st_spots_default_to_half_the_pitch(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-stentrans", "synthetic_st")
+    info = actions.slide(viewer)
+    assert actions.spot_diameter_um(info) == pytest.approx(0.5 * info.frame.lattice.pitch_um)

@@ -161,6 +161,10 @@ class GenesWidget(_SlideWidget):
         )
         self._genes.native.setMinimumHeight(80)
         self._add = PushButton(text="Add selected as layers")
+        self._spots = PushButton(
+            text="As true-size spots",
+            tooltip="The selected genes as circular spots of their real diameter; hover for count and barcode",
+        )
         self._status = _status_label(value="")
         self._annotation = ComboBox(
             label="Colour by",
@@ -176,7 +180,7 @@ class GenesWidget(_SlideWidget):
                 self._reading,
                 self._query,
                 self._genes,
-                self._add,
+                _row(self._add, self._spots),
                 self._status,
                 _row(self._annotation, self._show_annotation, labels=True),
                 self._legend,
@@ -188,9 +192,20 @@ class GenesWidget(_SlideWidget):
         self._query.changed.connect(lambda _: self._genes.reset_choices())
         self._slide.changed.connect(lambda _: self._genes.reset_choices())
         self._add.changed.connect(self.add_selected)
+        self._spots.changed.connect(self.add_spots)
         self._open.changed.connect(lambda _: self.open_slide(self._path.value))
         self.worker = None
         self._pending: list = []
+
+    def add_spots(self, _value=None) -> list:
+        """The selected genes as true-size circular spots."""
+        genes = list(self._genes.value)
+        if not genes:
+            self._status.value = "select one or more genes first"
+            return []
+        layers = [actions.spot_points_layer(self._viewer, gene, self.slide_id) for gene in genes]
+        self._status.value = f"added {len(layers)} spot layer(s), {layers[0].size[0]:.0f} um spots"
+        return layers
 
     def _annotation_choices(self, _widget=None) -> list[str]:
         if self.slide_id is None:
