@@ -9,7 +9,7 @@ import pytest
 
 from napari_stentrans._napari import actions
 
-WIDGETS = ["Genes", "Lost regions", "Train & enhance", "Quality check"]
+WIDGETS = ["Genes", "Lost regions", "Train & enhance", "Enhance & export", "Quality check"]
 FAST = dict(epochs=2, genes=16, patch=2, depth=1, heads=2, batch=8)
 
 
@@ -56,6 +56,10 @@ def test_genes_widget_searches_and_adds_layers(st_viewer):
     layers = widget.add_selected()
     assert [layer.name for layer in layers] == [choices[0], choices[1]]
     assert layers[0].contrast_limits[1] > 0 and layers[0].metadata["stentrans"]["role"] == "gene"
+
+
+def adata_n(viewer) -> int:
+    return actions.slide(viewer).adata.n_obs
 
 
 def _layer_state(viewer):
@@ -118,7 +122,7 @@ def test_train_in_a_worker_adds_aligned_x2_layers_and_keeps_the_viewer_responsiv
     assert widget.last_event.kind == "finished" and "cpu" in widget._device_label.value
     # a second run keeps the first result, renamed, instead of overwriting it silently
     _train(widget, qtbot)
-    assert f"{genes[0]} x2 (run 1)" in st_viewer.layers and f"{genes[0]} x2" in st_viewer.layers
+    assert f"{genes[0]} x2 (run 1: default)" in st_viewer.layers and f"{genes[0]} x2" in st_viewer.layers
 
 
 def test_stop_mid_run_leaves_every_layer_as_it_was(st_viewer, qtbot):
@@ -149,7 +153,13 @@ def test_lost_regions_paint_count_propose_and_undo(make_napari_viewer):
     n_holes = widget.propose()
     assert n_holes == 19  # the synthetic slide's three enclosed holes
     summary = widget.update_summary()
-    assert summary == {"measured": 0, "empty_in_tissue": 19, "total": 19}
+    assert summary == {
+        "measured": 0,
+        "empty_in_tissue": 19,
+        "outside": 0,
+        "total": 19,
+        "n_measured": adata_n(viewer),
+    }
     layer.undo()
     assert actions.lost_sites(viewer).shape == (0, 2)
     # paint two measured spots through the layer's own data API
@@ -218,7 +228,15 @@ def test_quality_check_matches_stentrans_evaluate(st_viewer, qtbot):
     with qtbot.waitSignal(worker.finished, timeout=180_000):
         pass
     report = widget.report
-    direct = evaluate(actions.slide(st_viewer).adata, "heldout", n_genes=40, epochs=1, seed=0, device="cpu")
+    direct = evaluate(
+        actions.slide(st_viewer).adata,
+        "heldout",
+        methods=actions.QUICK_METHODS,
+        n_genes=40,
+        epochs=1,
+        seed=0,
+        device="cpu",
+    )
     for method, scores in direct["methods"].items():
         assert report["methods"][method]["median_pcc"] == pytest.approx(scores["median_pcc"], abs=1e-9), (
             method

@@ -7,8 +7,11 @@ core events and returns results, whose layers the widget adds on the main thread
 
 from __future__ import annotations
 
+import queue
+import threading
 import weakref
 from dataclasses import dataclass
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -30,6 +33,7 @@ class SlideInfo:
     model: object | None = None  # FittedModel
     enhanced: ad.AnnData | None = None
     runs: int = 0
+    sites: object | None = None  # SiteIndex, built on first use
 
 
 # per viewer (by id), the slides it shows; pruned on every look-up so that a slide whose layers
@@ -85,8 +89,9 @@ def _set_or_add(viewer, data: np.ndarray, attrs: dict, keep_previous: bool) -> o
     if name in viewer.layers:
         old = viewer.layers[name]
         if keep_previous:
-            run = old.metadata.get("stentrans", {}).get("run", 0)
-            old.name = f"{name} (run {run})"
+            meta = old.metadata.get("stentrans", {})
+            preset = meta.get("preset")
+            old.name = f"{name} (run {meta.get('run', 0)}" + (f": {preset})" if preset else ")")
             old.visible = False
         else:
             old.data = data
@@ -98,6 +103,25 @@ def _set_or_add(viewer, data: np.ndarray, attrs: dict, keep_previous: bool) -> o
 
 
 # ----------------------------------------------------------------------------- Genes
+
+
+def read_layers(path) -> list[tuple]:
+    """Worker: read a slide with the core reader and build its layer tuples (H&E, genes).
+
+    Touches no napari object, so it can run in a thread worker; the widget adds the layers on
+    the main thread, one per event-loop turn (:func:`add_layer_tuple`).
+    """
+    from ..core.io import read
+    from .layers import slide_layers
+
+    path = Path(path)
+    return slide_layers(read(path), name=path.name.split(".")[0])
+
+
+def add_layer_tuple(viewer, layer_tuple: tuple):
+    """Main thread: add one ``(data, attrs, kind)`` layer tuple to the viewer."""
+    data, attrs, kind = layer_tuple
+    return getattr(viewer, f"add_{kind}")(data, **attrs)
 
 
 def gene_names(viewer, slide_id: str | None = None, query: str = "", limit: int = 500) -> list[str]:
@@ -139,6 +163,178 @@ def shown_genes(viewer, slide_id: str | None = None) -> list[str]:
     ]
 
 
+# ----------------------------------------------------------------------------- Annotations
+
+# obs columns that are coordinates or bookkeeping, not annotations
+_NOT_ANNOTATIONS = {"array_row", "array_col", "in_tissue", "barcode", "kind", "spot", "library_id"}
+MAX_CATEGORIES = 50
+
+
+def annotation_columns(viewer, slide_id: str | None = None) -> list[str]:
+    """The slide's categorical ``obs`` columns (2-50 values: clusters, layers, regions)."""
+    import pandas as pd
+
+    obs = slide(viewer, slide_id).adata.obs
+    out = []
+    for name, column in obs.items():
+        if name in _NOT_ANNOTATIONS:
+            continue
+        dtype = column.dtype
+        categorical = (
+            isinstance(dtype, pd.CategoricalDtype)
+            or pd.api.types.is_object_dtype(dtype)
+            or pd.api.types.is_bool_dtype(dtype)
+            or pd.api.types.is_integer_dtype(dtype)
+            or pd.api.types.is_string_dtype(dtype)
+        )
+        if categorical and 1 < column.nunique(dropna=True) <= MAX_CATEGORIES:
+            out.append(str(name))
+    return out
+
+
+def _category_layer(viewer, values, rows, cols, frame, half_pitch: bool, name: str, meta: dict):
+    """A Labels layer of one category per site (label = category + 1; 0 = no site or no value).
+
+    Its ``features`` name each label, so napari's status bar shows the category under the cursor.
+    """
+    import pandas as pd
+
+    codes, categories = pd.factorize(pd.Series(values), sort=True)  # -1 for a missing value
+    raster = spot_raster(frame, rows, cols, (codes + 1)[:, None].astype(np.float32), half_pitch=half_pitch)
+    features = pd.DataFrame(
+        {"index": np.arange(len(categories) + 1), meta["column"]: ["(none)", *map(str, categories)]}
+    )
+    if name in viewer.layers:
+        viewer.layers.remove(name)
+    return viewer.add_labels(
+        raster.images[0].astype(np.int32),
+        name=name,
+        affine=raster.affine,
+        opacity=0.6,
+        features=features,
+        metadata={"stentrans": meta},
+    )
+
+
+def annotation_layer(viewer, column: str, slide_id: str | None = None):
+    """One colour per category of an ``obs`` column (e.g. BayesSpace clusters), at the spots."""
+    info = slide(viewer, slide_id)
+    obs = info.adata.obs
+    if column not in obs:
+        raise KeyError(
+            f"obs has no column {column!r}; annotations: {annotation_columns(viewer, info.slide_id)}"
+        )
+    meta = {"role": "annotation", "slide_id": info.slide_id, "column": column, "adata": info.adata}
+    return _category_layer(
+        viewer,
+        obs[column].to_numpy(),
+        obs["array_row"].to_numpy(),
+        obs["array_col"].to_numpy(),
+        info.frame,
+        False,
+        f"{info.name} {column}",
+        meta,
+    )
+
+
+def site_kind_layer(viewer, slide_id: str | None = None):
+    """The enhanced slide's sites by kind: measured, new (between spots) or imputed (lost/holes)."""
+    info = slide(viewer, slide_id)
+    if info.enhanced is None:
+        raise RuntimeError("enhance the slide first")
+    obs = info.enhanced.obs
+    meta = {"role": "site_kind", "slide_id": info.slide_id, "column": "site kind", "adata": info.enhanced}
+    return _category_layer(
+        viewer,
+        obs["kind"].astype(str).to_numpy(),
+        obs["array_row"].to_numpy(),
+        obs["array_col"].to_numpy(),
+        info.frame,
+        True,
+        f"{info.name} site kinds",
+        meta,
+    )
+
+
+def legend(layer) -> list[tuple[str, tuple[float, float, float, float]]]:
+    """``(category, RGBA)`` of a category layer, in label order (no entry for label 0)."""
+    column = layer.metadata["stentrans"]["column"]
+    names = list(layer.features[column])[1:]
+    colors = np.asarray(layer.colormap.map(np.arange(1, len(names) + 1)), dtype=float)
+    return [(name, tuple(float(v) for v in color)) for name, color in zip(names, colors, strict=True)]
+
+
+def legend_html(layer) -> str:
+    """The legend as rich text: a coloured square and the category, wrapped as a paragraph (one
+    line per category would make the dock as tall as the number of clusters)."""
+    from html import escape
+
+    rows = []
+    for name, (r, g, b, _a) in legend(layer):
+        hexcolor = f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}"
+        rows.append(f'<span style="color:{hexcolor}">&#9632;</span>&nbsp;{escape(name)}')
+    return " &nbsp; ".join(rows)
+
+
+# ----------------------------------------------------------------------------- True-size spots
+
+# spot diameter / centre-to-centre pitch when the slide does not say (Visium: 55 of 100 um; ST: 100
+# of 200 um)
+DIAMETER_OF_PITCH = {"hex": 0.55, "square": 0.5}
+
+
+def spot_diameter_um(info: SlideInfo) -> float:
+    """The spots' diameter in micrometres: 55 % of the pitch on a hex lattice (Visium: 55 of
+    100 um), half the pitch on a square one (legacy ST: 100 of 200 um), the whole pitch for Visium
+    HD bins (they tile the slide).
+
+    Space Ranger's ``spot_diameter_fullres`` is not used: it spans a 65 um circle, the spot plus
+    a margin, by its definition.
+    """
+    lattice = info.frame.lattice
+    for entry in (info.adata.uns.get("spatial") or {}).values():
+        if (entry.get("scalefactors") or {}).get("bin_size_um"):
+            return float(lattice.pitch_um)
+    return DIAMETER_OF_PITCH.get(lattice.kind, 0.5) * lattice.pitch_um
+
+
+def spot_points_layer(viewer, gene: str, slide_id: str | None = None):
+    """A gene as true-size circular spots (Points, micrometres) coloured by its counts.
+
+    Hovering a spot shows its barcode, count and kind in napari's status bar (the layer's
+    ``features``).
+    """
+    import pandas as pd
+
+    info = slide(viewer, slide_id)
+    adata = info.adata
+    if gene not in adata.var_names:
+        raise KeyError(f"gene {gene!r} is not in the slide")
+    column = adata[:, gene].X
+    counts = np.asarray(column.toarray() if hasattr(column, "toarray") else column, dtype=np.float32).ravel()
+    rows, cols = adata.obs["array_row"].to_numpy(), adata.obs["array_col"].to_numpy()
+    features = pd.DataFrame(
+        {"barcode": adata.obs_names.astype(str), gene: counts, "kind": "measured"}, index=None
+    )
+    from .layers import robust_limits
+
+    name = f"{gene} spots"
+    if name in viewer.layers:
+        viewer.layers.remove(name)
+    layer = viewer.add_points(
+        info.frame.world(rows, cols),
+        name=name,
+        size=spot_diameter_um(info),
+        features=features,
+        face_color=gene,
+        face_colormap="magma",
+        face_contrast_limits=robust_limits(counts),
+        border_width=0,
+        metadata={"stentrans": {"role": "spots", "slide_id": info.slide_id, "gene": gene, "adata": adata}},
+    )
+    return layer
+
+
 # ----------------------------------------------------------------------------- Lost regions
 
 
@@ -157,6 +353,17 @@ def _site_grid(info: SlideInfo) -> SpotRaster:
     return spot_raster(info.frame, r[on], c[on], np.zeros((int(on.sum()), 1)), pad=0)
 
 
+# cyan: visible on magma's black-red-yellow and on the pink/purple of H&E (red vanished on magma)
+LOST_COLOR = (0.0, 0.9, 1.0, 1.0)
+
+
+def lost_colormap():
+    """Label 1 (lost) in cyan, everything else transparent."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    return DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0), LOST_LABEL: LOST_COLOR})
+
+
 def lost_layer(viewer, slide_id: str | None = None, create: bool = True):
     """The slide's lost-regions Labels layer (created aligned with the gene layers if absent)."""
     info = slide(viewer, slide_id)
@@ -171,7 +378,8 @@ def lost_layer(viewer, slide_id: str | None = None, create: bool = True):
         np.zeros(grid.mask.shape, dtype=np.uint8),
         name=f"{info.name} lost regions",
         affine=grid.affine,
-        opacity=0.6,
+        opacity=0.7,
+        colormap=lost_colormap(),
         metadata={
             "stentrans": {"role": "lost", "slide_id": info.slide_id, "adata": info.adata, "raster": grid}
         },
@@ -190,36 +398,104 @@ def lost_sites(viewer, slide_id: str | None = None) -> np.ndarray:
     return np.column_stack([rows, cols]).astype(np.int64)
 
 
-def lost_summary(viewer, slide_id: str | None = None) -> dict[str, int]:
-    """How many measured spots and empty in-tissue sites are marked lost."""
+@dataclass
+class SiteIndex:
+    """A slide's measured spots and in-tissue empty sites as sorted site keys (built once a slide).
+
+    The lost-regions counter looks painted sites up here instead of recomputing the slide's
+    output sites on every brush stroke.
+    """
+
+    measured: np.ndarray  # sorted keys of the measured spots
+    holes: np.ndarray  # sorted keys of the unmeasured sites enclosed by tissue (imputed if lost)
+    hole_rows: np.ndarray
+    hole_cols: np.ndarray
+
+
+def site_index(info: SlideInfo) -> SiteIndex:
+    """The slide's :class:`SiteIndex`, computed on first use and kept with the slide."""
     from ..core.sites import output_sites
     from ..core.slide import Slide, site_keys
+
+    if info.sites is not None:
+        return info.sites
+    adata = info.adata
+    out = output_sites(Slide.from_adata(adata))
+    holes = out.kind == "imputed"
+    index = SiteIndex(
+        np.unique(site_keys(adata.obs["array_row"].to_numpy(), adata.obs["array_col"].to_numpy())),
+        np.unique(site_keys(out.fine_row[holes], out.fine_col[holes])),
+        out.fine_row[holes],
+        out.fine_col[holes],
+    )
+    info.sites = index
+    return index
+
+
+def _count_in(sorted_keys: np.ndarray, keys: np.ndarray) -> int:
+    if len(sorted_keys) == 0 or len(keys) == 0:
+        return 0
+    pos = np.clip(np.searchsorted(sorted_keys, keys), 0, len(sorted_keys) - 1)
+    return int((sorted_keys[pos] == keys).sum())
+
+
+def lost_summary(viewer, slide_id: str | None = None) -> dict[str, int]:
+    """How many measured spots and empty in-tissue sites are marked lost.
+
+    Returns ``{"measured", "empty_in_tissue", "outside", "total", "n_measured"}``: painted
+    measured spots, painted unmeasured sites enclosed by tissue, painted sites outside the tissue
+    (ignored by the fit), all painted sites, and the slide's number of measured spots. Cost: one
+    pass over the layer's pixels and two sorted look-ups (no output sites recomputed).
+    """
+    from ..core.slide import site_keys
 
     info = slide(viewer, slide_id)
     sites = lost_sites(viewer, info.slide_id)
     keys = site_keys(sites[:, 0], sites[:, 1])
-    adata = info.adata
-    measured = np.isin(site_keys(adata.obs["array_row"].to_numpy(), adata.obs["array_col"].to_numpy()), keys)
-    out = output_sites(Slide.from_adata(adata))
-    holes = out.kind == "imputed"
-    empty = np.isin(site_keys(out.fine_row[holes], out.fine_col[holes]), keys)
-    return {"measured": int(measured.sum()), "empty_in_tissue": int(empty.sum()), "total": int(len(sites))}
+    index = site_index(info)
+    measured = _count_in(index.measured, keys)
+    empty = _count_in(index.holes, keys)
+    return {
+        "measured": measured,
+        "empty_in_tissue": empty,
+        "outside": int(len(keys)) - measured - empty,
+        "total": int(len(keys)),
+        "n_measured": int(len(index.measured)),
+    }
+
+
+def lost_summary_text(summary: dict[str, int]) -> str:
+    """One plain line for the counter."""
+    if summary["total"] == 0:
+        return "no lost regions"
+    text = (
+        f"lost: {summary['measured']:,} of {summary['n_measured']:,} measured spots, "
+        f"{summary['empty_in_tissue']:,} empty in-tissue site(s)"
+    )
+    if summary["outside"]:
+        text += f" ({summary['outside']:,} painted site(s) outside the tissue are ignored)"
+    return text
+
+
+# a single edit that marks more than this share of the measured spots is a flood fill gone wide
+FLOOD_SHARE = 0.5
+
+
+def is_flood(before: dict[str, int], after: dict[str, int]) -> bool:
+    """Whether one edit marked more than half of the slide's measured spots as lost at once."""
+    return after["measured"] - before["measured"] > FLOOD_SHARE * max(1, after["n_measured"])
 
 
 def propose_holes(viewer, slide_id: str | None = None) -> int:
     """Paint the slide's in-tissue holes (unmeasured sites enclosed by tissue) as lost; undoable."""
-    from ..core.sites import output_sites
-    from ..core.slide import Slide
-
     info = slide(viewer, slide_id)
     layer = lost_layer(viewer, info.slide_id)
-    out = output_sites(Slide.from_adata(info.adata))
-    holes = out.kind == "imputed"
-    painted = layer.metadata["stentrans"]["raster"].pixels_of_sites(out.fine_row[holes], out.fine_col[holes])
+    index = site_index(info)
+    painted = layer.metadata["stentrans"]["raster"].pixels_of_sites(index.hole_rows, index.hole_cols)
     idx = np.nonzero(painted & (np.asarray(layer.data) != LOST_LABEL))
     if len(idx[0]):
         layer.data_setitem(idx, LOST_LABEL)  # recorded in the layer's undo history
-    return int(holes.sum())
+    return int(len(index.holes))
 
 
 # ----------------------------------------------------------------------------- Train & enhance
@@ -288,9 +564,26 @@ def record_result(viewer, slide_id: str, model, enhanced: ad.AnnData) -> int:
 
 
 def add_enhanced_layer(viewer, layer_tuple: tuple, run: int):
-    """Main thread: add one ``GENE x2`` layer, keeping an earlier run's layer renamed."""
+    """Main thread: add one ``GENE x2`` layer, keeping an earlier run's layer renamed.
+
+    It is visible when its gene's measured layer is: one gene on screen at a time, and a hidden
+    layer costs no drawing (on software OpenGL each new visible layer links a shader, ~0.1 s).
+    """
     data, attrs, _ = layer_tuple
-    attrs["metadata"]["stentrans"]["run"] = run
+    meta = attrs["metadata"]["stentrans"]
+    meta["run"] = run
+    meta["preset"] = meta["adata"].uns.get("stentrans", {}).get("preset")
+    original = next(
+        (
+            layer
+            for layer in viewer.layers
+            if layer.metadata.get("stentrans", {}).get("role") == "gene"
+            and layer.metadata["stentrans"].get("gene") == meta.get("gene")
+            and layer.metadata["stentrans"].get("slide_id") == meta.get("slide_id")
+        ),
+        None,
+    )
+    attrs["visible"] = original is None or bool(original.visible)
     return _set_or_add(viewer, data, attrs, keep_previous=True)
 
 
@@ -311,14 +604,217 @@ def refresh_imputation(viewer, slide_id: str | None = None) -> list:
     return out
 
 
-def side_by_side(viewer, enabled: bool = True) -> None:
-    """Grid mode: originals and enhanced layers next to each other."""
+PRESET_LABELS = {
+    "default": "default (classical estimate)",
+    "transformer": "transformer (learned correction)",
+    "published": "published recipe",
+}
+
+
+def run_verdict(model, enhanced: ad.AnnData) -> str:
+    """The plain end-of-run verdict of a fitted model (what the result is, in one or two sentences)."""
+    described = model.describe()
+    preset = described.get("preset", getattr(model, "name", ""))
+    label = PRESET_LABELS.get(preset, preset)
+    history = getattr(model, "history", None) or {}
+    note = described.get("note")
+    if note or (history and int(np.ravel(history.get("best_epoch", [1]))[0]) == 0):
+        return (
+            f"{label}: the learned correction did not improve on the validation genes, so the "
+            "result is the classical estimate (the same as the default preset, which takes seconds)."
+        )
+    if history and len(np.ravel(history.get("val_loss", []))) > 1:
+        val = np.asarray(history["val_loss"], dtype=float).ravel()
+        best = int(np.ravel(history["best_epoch"])[0])
+        return (
+            f"{label}: the learned correction improved the validation loss from {val[0]:.4g} "
+            f"(classical estimate) to {val[best]:.4g} (epoch {best} of {len(val) - 1})."
+        )
+    summary = enhanced.uns.get("stentrans", {}).get("classical_summary")
+    return f"{label}: classical estimate chosen on this slide, nothing trained" + (
+        f" ({summary})." if summary else "."
+    )
+
+
+EXPORT_CHOICES = {
+    "all detected genes": "all",
+    "genes on screen": "shown",
+    "chosen genes": "chosen",
+}
+
+
+@dataclass
+class ExportJob:
+    """Inputs of an export, copied on the main thread before the worker writes."""
+
+    model: object  # FittedModel
+    adata: ad.AnnData
+    mask: np.ndarray
+    genes: list[str] | None  # None: every gene detected in >= the model's min_detection of spots
+    path: str
+    source: str
+    what: str  # what the gene selection is, in words
+
+
+def prepare_export(
+    viewer, path, which: str = "all", genes: list[str] | None = None, slide_id: str | None = None
+) -> ExportJob:
+    """Main thread: what to export (``which``: ``all``, ``shown`` or ``chosen`` with ``genes``).
+
+    Raises
+    ------
+    RuntimeError
+        Nothing trained or loaded yet.
+    ValueError
+        No path, no gene chosen, or gene names not in the slide.
+    """
+    info = slide(viewer, slide_id)
+    if info.model is None:
+        raise RuntimeError("nothing to export: train or load a model first")
+    if not path or str(path) in (".", ""):
+        raise ValueError("choose a file to export to (.h5ad)")
+    if which == "all":
+        chosen, what = None, f"every gene detected in >= {info.model.min_detection:.0%} of spots"
+    elif which == "shown":
+        chosen, what = shown_genes(viewer, info.slide_id), "the genes on screen"
+    elif which == "chosen":
+        chosen, what = [g.strip() for g in (genes or []) if g and g.strip()], "the chosen genes"
+    else:
+        raise ValueError(f"export: {which!r} is not one of all, shown, chosen")
+    if chosen is not None:
+        if not chosen:
+            raise ValueError(f"no gene to export: {what} is empty")
+        missing = [g for g in chosen if g not in info.adata.var_names]
+        if missing:
+            raise ValueError(f"{len(missing)} gene(s) not in the slide, e.g. {missing[0]!r}")
+    source = info.adata.uns.get("stentrans_lattice", {}).get("source", "")
+    return ExportJob(
+        info.model, info.adata, lost_sites(viewer, info.slide_id).copy(), chosen, str(path), source, what
+    )
+
+
+def run_export(job: ExportJob, stop=None) -> str:
+    """Worker: enhance and stream the slide to ``job.path`` with the CLI's writer; a summary line.
+
+    The file is written by :meth:`FittedModel.write` (atomic, never over an input), the same
+    writer as ``stentrans enhance``, so it opens again like any enhanced output.
+    """
+    written = job.model.write(
+        job.adata,
+        job.path,
+        mask=job.mask,
+        genes=job.genes,
+        stop=stop,
+        device="cpu",
+        inputs=tuple(p for p in [job.source] if p),
+    )
+    n_sites, n_genes = len(written.obs), len(written.var)
+    return (
+        f"exported {n_sites:,} sites x {n_genes:,} genes ({job.what}; {n_genes:,} of the slide's "
+        f"{job.adata.n_vars:,}) to {Path(job.path).name}"
+    )
+
+
+def side_by_side(viewer, enabled: bool = True, gene: str | None = None) -> list[str]:
+    """Grid mode with one gene: measured | ``x2`` (| ``truth x2`` on the samples), nothing else.
+
+    napari gives each visible layer its own cell; with every layer visible that made 13-14 tiny
+    cells. Only the gene's layers stay visible (the others are hidden, one click away). Returns
+    the names of the layers shown, in the layer list's order.
+    """
     viewer.grid.enabled = enabled
-    if enabled:
-        viewer.grid.stride = 1
+    if not enabled or gene is None:
+        return []
+    shown = [name for name in (gene, f"{gene} x2", f"{gene} truth x2") if name in viewer.layers]
+    for layer in viewer.layers:
+        layer.visible = layer.name in shown
+    viewer.grid.stride = 1
+    viewer.reset_view()
+    return [layer.name for layer in viewer.layers if layer.visible]
 
 
 # ----------------------------------------------------------------------------- Quality check
+
+
+METHOD_LABELS = {
+    "default": "stEnTrans default",
+    "transformer": "stEnTrans transformer",
+    "published": "stEnTrans published recipe",
+    "nearest": "nearest spot (interpolation)",
+    "linear": "linear interpolation",
+    "cubic": "cubic interpolation",
+    "lowrank": "low-rank only (the previous default)",
+    "lowrank_linear": "low-rank + linear (reference)",
+    "lowrank_kernel": "low-rank + kernel (reference)",
+    "residual_cnn": "residual CNN (DIST-like reference)",
+}
+# the enhancement a user can run from the widget, and the interpolation it has to beat
+ENHANCEMENTS = ("default", "transformer", "published")
+INTERPOLATIONS = ("nearest", "linear", "cubic")
+QUICK_METHODS = ("default", *INTERPOLATIONS)  # seconds on a Visium slide
+LEARNED_METHODS = ("transformer", "published")  # minutes each on a CPU
+
+
+class QualityStopped(Exception):
+    """The quality check was stopped between two methods."""
+
+
+def quality_events(
+    adata: ad.AnnData,
+    epochs: int = 5,
+    n_genes: int = 200,
+    seed: int = 0,
+    methods: tuple[str, ...] = QUICK_METHODS,
+    stop=None,
+):
+    """Worker: the held-out protocol (as ``stentrans evaluate``), one event per finished method.
+
+    Yields ``(done, total, method)`` after each method; returns the report, or None when ``stop``
+    was set (it takes effect when the running method ends).
+    """
+    from ..core.evaluate import evaluate
+
+    done: queue.Queue = queue.Queue()
+    outcome: dict = {}
+
+    def callback(name: str, _summary: dict) -> None:
+        done.put(name)
+        if stop is not None and stop.is_set():
+            raise QualityStopped
+
+    def work() -> None:
+        try:
+            outcome["report"] = evaluate(
+                adata,
+                "heldout",
+                methods=tuple(methods),
+                n_genes=n_genes,
+                epochs=epochs,
+                seed=seed,
+                device="cpu",
+                callback=callback,
+            )
+        except QualityStopped:
+            outcome["report"] = None
+        except Exception as exc:  # re-raised in the worker, which reports it
+            outcome["error"] = exc
+        finally:
+            done.put(None)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    count = 0
+    yield (0, len(methods), None)
+    while True:
+        name = done.get()
+        if name is None:
+            break
+        count += 1
+        yield (count, len(methods), name)
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("report")
 
 
 def quality_check(
@@ -342,6 +838,63 @@ def quality_check(
     )
 
 
+def method_label(name: str) -> str:
+    """The user-facing name of an evaluation method."""
+    return METHOD_LABELS.get(name, name)
+
+
+def quality_verdict(report: dict) -> str:
+    """One plain sentence: does the enhancement beat interpolation on this slide (median r)?"""
+    from ..core.methods import canonical_method
+
+    methods = report["methods"]  # reports of 0.2.0 and earlier name the default "stentrans"
+    r = {
+        canonical_method(m): float(v["median_pcc"])
+        for m, v in methods.items()
+        if np.isfinite(v["median_pcc"])
+    }
+    ours = [m for m in ENHANCEMENTS if m in r]
+    theirs = [m for m in INTERPOLATIONS if m in r]
+    where = f"at {report['n_heldout_spots']:,} held-out spots, {report['n_genes']} genes"
+    if not ours or not theirs:
+        return f"Not enough methods scored to compare the enhancement with interpolation ({where})."
+    best_ours = max(ours, key=r.get)
+    best_theirs = max(theirs, key=r.get)
+    verb = "beats" if r[best_ours] > r[best_theirs] else "does not beat"
+    return (
+        f"On this slide the enhancement ({method_label(best_ours)}) {verb} interpolation: median r "
+        f"{r[best_ours]:.3f} vs {r[best_theirs]:.3f} ({method_label(best_theirs)}), {where}."
+    )
+
+
+def quality_table(report: dict, columns: dict[str, str]) -> dict[str, list]:
+    """Table columns (method name, then ``columns``: header -> report key), rounded to 3 digits."""
+    names = list(report["methods"])
+
+    def value(m: str, key: str):
+        v = report["methods"][m].get(key)
+        return None if v is None or not np.isfinite(v) else round(float(v), 3)
+
+    return {
+        "method": [method_label(m) for m in names],
+        **{column: [value(m, key) for m in names] for column, key in columns.items()},
+    }
+
+
+def write_quality_csv(report: dict, path, columns: dict[str, str]) -> Path:
+    """The quality table as CSV (one row per method, plus the measured slide's own PC1 share)."""
+    import pandas as pd
+
+    from ..core.files import atomic_path
+
+    table = pd.DataFrame(quality_table(report, columns))
+    table.insert(1, "method id", list(report["methods"]))
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+    return path
+
+
 def residual_layer(viewer, gene: str, slide_id: str | None = None) -> object:
     """Enhanced minus measured counts of one gene at the measured spots (a residual map)."""
     info = slide(viewer, slide_id)
@@ -361,8 +914,19 @@ def residual_layer(viewer, gene: str, slide_id: str | None = None) -> object:
         "affine": raster.affine,
         "colormap": "PiYG",
         "contrast_limits": (-limit, limit),
+        "blending": "translucent",
+        "opacity": 0.75,
         "metadata": {
             "stentrans": {"role": "residual", "slide_id": info.slide_id, "gene": gene, "adata": enh}
         },
     }
-    return _set_or_add(viewer, raster.images[0], attrs, keep_previous=False)
+    layer = _set_or_add(viewer, raster.images[0], attrs, keep_previous=False)
+    _show_colorbar(layer)
+    return layer
+
+
+def _show_colorbar(layer) -> None:
+    """Turn on the layer's colour bar (napari >= 0.6); older napari has none."""
+    colorbar = getattr(layer, "colorbar", None)
+    if colorbar is not None:
+        colorbar.visible = True

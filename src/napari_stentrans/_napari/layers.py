@@ -8,6 +8,7 @@ was built from, so widgets and the writer can find a layer's slide without guess
 from __future__ import annotations
 
 import itertools
+import re
 
 import anndata as ad
 import numpy as np
@@ -135,19 +136,50 @@ def enhanced_layers(
     ]
 
 
+# unannotated clones and loci without a gene symbol: rarely what a biologist wants to see first
+_UNNAMED = re.compile(r"^(RP\d+-|RP[LS]\d|CT[ABCD]-|A[CLP]\d{6}|LINC\d|LOC\d|ENS[A-Z]*G\d)|\.\d+$")
+
+
+def gene_family(name: str) -> str:
+    """A gene's family for picking distinct defaults: the part before ``-``, else without its
+    trailing number (HLA-A, HLA-B -> HLA; COL1A1, COL1A2 -> COL1A; S100A8 -> S100A)."""
+    head = name.split("-")[0] if "-" in name else name
+    return re.sub(r"\d+$", "", head).upper() or name.upper()
+
+
+def distinct_genes(ranked: list[str], n: int) -> list[str]:
+    """The first ``n`` of ``ranked`` with one gene per family and no unannotated clone, topped up
+    in rank order when there are too few of those (e.g. synthetic Gene001, Gene002...)."""
+    picked, families = [], set()
+    for gene in ranked:
+        family = gene_family(gene)
+        if family not in families and not _UNNAMED.search(gene):
+            picked.append(gene)
+            families.add(family)
+        if len(picked) == n:
+            return picked
+    rest = [g for g in ranked if g not in picked]
+    return [g for g in ranked if g in set(picked) | set(rest[: n - len(picked)])]
+
+
 def slide_layers(
     adata: ad.AnnData, name: str, n_genes: int = 4, genes: list[str] | None = None
 ) -> list[tuple]:
-    """H&E (when present) and the ``n_genes`` most spatially variable genes of a slide."""
+    """H&E (when present) and the ``n_genes`` most spatially variable genes of a slide.
+
+    Default genes are distinct (:func:`distinct_genes`); only the last gene layer is visible (one
+    gene at a time over the H&E, the others one click away).
+    """
     slide_id = new_slide_id(name)
     frame = DisplayFrame.of(adata)
-    genes = genes if genes is not None else spatially_variable_genes(adata, n=n_genes)
-    layers = he_layers(adata, slide_id, frame) + gene_layers(adata, genes, slide_id, frame)
-    for _, attrs, _ in layers[1:]:
-        attrs["visible"] = False  # one gene at a time over the H&E; the others one click away
-    if layers and layers[-1][1]["metadata"]["stentrans"]["role"] == "gene":
-        layers[-1][1]["visible"] = True
-    return layers
+    if genes is None:
+        genes = distinct_genes(spatially_variable_genes(adata, n=4 * n_genes), n_genes)
+    gene_tuples = gene_layers(adata, genes, slide_id, frame)
+    for _, attrs, _ in gene_tuples:
+        attrs["visible"] = False
+    if gene_tuples:
+        gene_tuples[-1][1]["visible"] = True
+    return he_layers(adata, slide_id, frame) + gene_tuples
 
 
 def enhanced_file_layers(enhanced: ad.AnnData, name: str, n_genes: int = 4) -> list[tuple]:

@@ -1,17 +1,20 @@
-"""The dock widgets: "Genes", "Lost regions", "Train & enhance", "Quality check".
+"""The dock widgets: "Genes", "Lost regions", "Train & enhance", "Enhance & export", "Quality
+check", and "Workspace", one dock holding all five as tabs (fits a 1280x800 screen).
 
 magicgui containers wired to the plain functions of :mod:`.actions`; qtpy only for the loss-plot
-canvas (magicgui has no plot widget). Long work runs in napari thread workers that only yield
-core events and return results; layers change on the main thread only.
+canvas, the collapsible section and the tabs (magicgui has none of them). Long work runs in napari
+thread workers that only yield events and return results; layers change on the main thread only.
 """
 
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from magicgui.widgets import (
+    CheckBox,
     ComboBox,
     Container,
     FileEdit,
@@ -31,6 +34,11 @@ if TYPE_CHECKING:
     import napari
 
 
+# pause between two result layers: a 0 ms timer can run again before the event loop repaints
+# or handles input, so two layers (0.3-0.5 s on a loaded machine) landed in one gap
+LAYER_TURN_MS = 15
+
+
 def _status_label(value: str = "") -> Label:
     """A label that wraps long text instead of widening the dock (which squeezed the canvas to 0 px)."""
     from qtpy.QtWidgets import QSizePolicy
@@ -42,10 +50,66 @@ def _status_label(value: str = "") -> Label:
     return label
 
 
-def _notify_error(exc: Exception) -> None:
+def readable_error(exc: BaseException) -> str:
+    """An error message with the reason first: a leading file path moves to the end, by name.
+
+    ``"/very/long/path/slide.csv: no spots ..."`` becomes ``"no spots ... (slide.csv)"`` so that
+    a notification cut at its width still shows why.
+    """
+    import re
+    from pathlib import PurePath
+
+    text = str(exc) or type(exc).__name__
+    match = re.match(r"^\s*'?(/[^:']+|[A-Za-z]:\\[^:']+)'?:\s+(.+)$", text, flags=re.S)
+    if match:
+        return f"{match.group(2)} ({PurePath(match.group(1)).name})"
+    return text
+
+
+def _notify_error(exc: BaseException) -> None:
     from napari.utils.notifications import show_error
 
-    show_error(f"stEnTrans: {exc}")
+    show_error(f"stEnTrans: {readable_error(exc)}")
+
+
+def _row(*widgets, labels: bool = False) -> Container:
+    """Widgets side by side (e.g. Start | Stop), without margins: rows stay as low as one widget."""
+    row = Container(widgets=list(widgets), layout="horizontal", labels=labels)
+    row.margins = (0, 0, 0, 0)
+    return row
+
+
+class _Section:
+    """A titled section that opens and closes (Qt: magicgui has no collapsible container)."""
+
+    def __init__(self, title: str, body: Container, open_: bool = False) -> None:
+        from qtpy.QtCore import Qt
+        from qtpy.QtWidgets import QToolButton, QVBoxLayout, QWidget
+
+        self.body = body
+        self.native = QWidget()
+        layout = QVBoxLayout(self.native)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.button = QToolButton()
+        self.button.setText(title)
+        self.button.setCheckable(True)
+        self.button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.button.setStyleSheet("QToolButton { border: none; font-weight: bold; }")
+        self.button.toggled.connect(self.set_open)
+        layout.addWidget(self.button)
+        layout.addWidget(body.native)
+        self.set_open(open_)
+        self.button.setChecked(open_)
+
+    def set_open(self, open_: bool) -> None:
+        from qtpy.QtCore import Qt
+
+        self.body.native.setVisible(open_)
+        self.button.setArrowType(Qt.ArrowType.DownArrow if open_ else Qt.ArrowType.RightArrow)
+
+    @property
+    def is_open(self) -> bool:
+        return self.body.native.isVisible() or self.button.isChecked()
 
 
 class _SlideWidget(Container):
@@ -77,20 +141,139 @@ class _SlideWidget(Container):
 
 
 class GenesWidget(_SlideWidget):
-    """Search all genes of a slide and add the selected ones as image layers."""
+    """Open a slide in the background; search all genes of a slide and add them as image layers."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(viewer)
+        self._path = FileEdit(
+            label="Open",
+            mode="r",
+            tooltip="A Space Ranger folder (type or paste its path), an .h5ad or an ST count table",
+        )
+        self._open = PushButton(
+            text="Open slide in the background",
+            tooltip="Read in a worker: the viewer stays responsive while a large file is read",
+        )
+        self._reading = ProgressBar(label="Reading", min=0, max=1, value=0, visible=False)
         self._query = LineEdit(label="Search", tooltip="Part of a gene name (case-insensitive)")
         self._genes = Select(
             label="Genes", choices=self._gene_choices, tooltip="Hold Ctrl/Shift to pick several"
         )
+        self._genes.native.setMinimumHeight(80)
         self._add = PushButton(text="Add selected as layers")
+        self._spots = PushButton(
+            text="As true-size spots",
+            tooltip="The selected genes as circular spots of their real diameter; hover for count and barcode",
+        )
         self._status = _status_label(value="")
-        self.extend([self._query, self._genes, self._add, self._status])
+        self._annotation = ComboBox(
+            label="Colour by",
+            choices=self._annotation_choices,
+            tooltip="Categorical spot annotations of the slide (clusters, layers, regions)",
+        )
+        self._show_annotation = PushButton(text="Show")
+        self._legend = _status_label(value="")
+        self.extend(
+            [
+                self._path,
+                self._open,
+                self._reading,
+                self._query,
+                self._genes,
+                _row(self._add, self._spots),
+                self._status,
+                _row(self._annotation, self._show_annotation, labels=True),
+                self._legend,
+            ]
+        )
+        self._slide.changed.connect(lambda _: self._annotation.reset_choices())
+        viewer.layers.events.inserted.connect(lambda _e: self._annotation.reset_choices())
+        self._show_annotation.changed.connect(lambda _: self.show_annotation(self._annotation.value))
         self._query.changed.connect(lambda _: self._genes.reset_choices())
         self._slide.changed.connect(lambda _: self._genes.reset_choices())
         self._add.changed.connect(self.add_selected)
+        self._spots.changed.connect(self.add_spots)
+        self._open.changed.connect(lambda _: self.open_slide(self._path.value))
+        self.worker = None
+        self._pending: list = []
+
+    def add_spots(self, _value=None) -> list:
+        """The selected genes as true-size circular spots."""
+        genes = list(self._genes.value)
+        if not genes:
+            self._status.value = "select one or more genes first"
+            return []
+        layers = [actions.spot_points_layer(self._viewer, gene, self.slide_id) for gene in genes]
+        self._status.value = f"added {len(layers)} spot layer(s), {layers[0].size[0]:.0f} um spots"
+        return layers
+
+    def _annotation_choices(self, _widget=None) -> list[str]:
+        if self.slide_id is None:
+            return []
+        try:
+            return actions.annotation_columns(self._viewer, self.slide_id)
+        except LookupError:
+            return []
+
+    def show_annotation(self, column: str | None):
+        """A layer coloured by an annotation column, with its legend under the chooser."""
+        if not column:
+            self._legend.value = "this slide has no categorical annotation in obs"
+            return None
+        layer = actions.annotation_layer(self._viewer, column, self.slide_id)
+        self._legend.value = actions.legend_html(layer)
+        return layer
+
+    def open_slide(self, path):
+        """Read ``path`` in a worker, then add its layers one per event-loop turn."""
+        from napari.qt.threading import create_worker
+
+        if self.worker is not None:
+            return self.worker
+        if not path or str(path) in (".", ""):
+            _notify_error(ValueError("choose a slide to open"))
+            return None
+        self._status.value = f"reading {Path(str(path)).name}..."
+        self._reading.visible = True
+        self._reading.max = 0  # busy: the core reader reports no progress
+        worker = create_worker(actions.read_layers, str(path), _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(self._on_read)
+        worker.errored.connect(self._on_read_error)
+        worker.finished.connect(self._on_read_finished)
+        self.worker = worker
+        self._open.enabled = False
+        worker.start()
+        return worker
+
+    def _on_read(self, layer_tuples: list) -> None:
+        self._pending = list(layer_tuples)
+        self._status.value = f"adding {len(layer_tuples)} layer(s)..."
+        self._add_next_layer()
+
+    def _add_next_layer(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        if not self._pending:
+            return
+        actions.add_layer_tuple(self._viewer, self._pending.pop(0))
+        if self._pending:
+            QTimer.singleShot(LAYER_TURN_MS, self._add_next_layer)
+        else:
+            self._status.value = "slide opened"
+
+    def _on_read_error(self, exc: BaseException) -> None:
+        self._status.value = f"not opened: {readable_error(exc)}"
+        _notify_error(exc)
+
+    def _on_read_finished(self) -> None:
+        self.worker = None
+        self._open.enabled = True
+        self._reading.visible = False
+
+    @property
+    def idle(self) -> bool:
+        """No read in progress and no layers waiting to be added."""
+        return self.worker is None and not self._pending
 
     def _gene_choices(self, _widget=None) -> list[str]:
         if self.slide_id is None:
@@ -108,29 +291,38 @@ class GenesWidget(_SlideWidget):
 
 
 class LostRegionsWidget(_SlideWidget):
-    """A Labels layer aligned with the slide to paint lost regions; hole proposal; counts."""
+    """A Labels layer aligned with the slide to paint lost regions; hole proposal; counts.
+
+    The counter follows every change of the layer, undo and redo included (they emit only
+    ``set_data``), at most once per event-loop turn; a single edit that marks more than half of
+    the measured spots (a fill click on the background floods the whole slide) is undone.
+    """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(viewer)
         self._create = PushButton(
             text="Paint lost regions",
-            tooltip="Create (or select) the slide's lost-regions layer and start painting",
+            tooltip="Create (or select) the slide's lost-regions layer and start painting; "
+            "outline a region with the brush, then fill inside it",
         )
         self._holes = PushButton(
             text="Propose in-tissue holes",
             tooltip="Mark unmeasured sites enclosed by tissue as lost (undo with Ctrl+Z)",
         )
         self._summary = _status_label(value="no lost regions")
-        self.extend([self._create, self._holes, self._summary])
+        self._note = _status_label(value="")
+        self.extend([self._create, self._holes, self._summary, self._note])
         self._connected: set[int] = set()
+        self._last: dict | None = None
+        self._update_pending = False
         self._create.changed.connect(self.create_layer)
         self._holes.changed.connect(self.propose)
 
     def create_layer(self, _value=None):
         layer = actions.lost_layer(self._viewer, self.slide_id)
         if id(layer) not in self._connected:
-            layer.events.paint.connect(self.update_summary)
-            layer.events.data.connect(self.update_summary)
+            layer.events.paint.connect(self._on_paint)
+            layer.events.set_data.connect(self._schedule_update)  # undo/redo emit only this
             self._connected.add(id(layer))
         self._viewer.layers.selection.active = layer
         layer.mode = "paint"
@@ -143,25 +335,79 @@ class LostRegionsWidget(_SlideWidget):
         self.update_summary()
         return n
 
+    def _schedule_update(self, _event=None) -> None:
+        from qtpy.QtCore import QTimer
+
+        if not self._update_pending:
+            self._update_pending = True
+            QTimer.singleShot(0, self._deferred_update)
+
+    def _deferred_update(self) -> None:
+        self._update_pending = False
+        try:
+            self.update_summary()
+        except LookupError:  # the slide was closed meanwhile
+            pass
+
+    def _on_paint(self, _event=None) -> None:
+        from qtpy.QtCore import QTimer
+
+        # napari records the edit (and emits paint) before it writes the data: check next turn
+        before = self._last
+        QTimer.singleShot(0, lambda: self._check_flood(before))
+
+    def _check_flood(self, before: dict | None) -> None:
+        try:
+            after = self.update_summary()
+        except LookupError:  # the slide was closed meanwhile
+            return
+        if before is not None and actions.is_flood(before, after):
+            layer = actions.lost_layer(self._viewer, self.slide_id, create=False)
+            layer.undo()
+            self._note.value = (
+                f"undone: that edit marked {after['measured'] - before['measured']:,} of "
+                f"{after['n_measured']:,} measured spots (a fill outside an outline floods the whole "
+                "slide); outline the region with the brush first, then fill inside it"
+            )
+            self.update_summary()
+        else:
+            self._note.value = ""
+
     def update_summary(self, _event=None) -> dict:
         summary = actions.lost_summary(self._viewer, self.slide_id)
-        self._summary.value = (
-            f"lost: {summary['measured']} measured spot(s), "
-            f"{summary['empty_in_tissue']} empty in-tissue site(s)"
-        )
+        self._summary.value = actions.lost_summary_text(summary)
+        self._last = summary
         return summary
 
 
 class _LossPlot:
-    """Train/validation loss per epoch (matplotlib canvas; magicgui has no plot widget)."""
+    """Train/validation loss per epoch (matplotlib canvas; magicgui has no plot widget).
+
+    Fixed margins instead of ``tight_layout`` (which warned "Tight layout not applied" in a small
+    dock); new points update the lines' data and redraw once the event loop is idle.
+    """
+
+    MIN_HEIGHT = 180  # px: a readable plot in a 1280x800 window
 
     def __init__(self) -> None:
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
+        from qtpy.QtWidgets import QSizePolicy
 
-        self.figure = Figure(figsize=(3.2, 2.0), tight_layout=True)
+        self.figure = Figure(figsize=(3.2, 2.2))
+        self.figure.subplots_adjust(left=0.2, right=0.97, bottom=0.27, top=0.95)
         self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(self.MIN_HEIGHT)
+        self.canvas.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Expanding)
         self.axes = self.figure.add_subplot(111)
+        self.axes.set_xlabel("epoch", fontsize=8)
+        self.axes.set_ylabel("loss", fontsize=8)
+        self.axes.tick_params(labelsize=7)
+        self.axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        (self._train_line,) = self.axes.plot([], [], "o-", ms=3, label="train")
+        (self._val_line,) = self.axes.plot([], [], "s-", ms=3, label="validation")
+        self.axes.legend(fontsize=7, loc="upper right")
         self.clear()
 
     def clear(self) -> None:
@@ -175,15 +421,16 @@ class _LossPlot:
         self._draw()
 
     def _draw(self) -> None:
-        ax = self.axes
-        ax.clear()
-        if self.epochs:
-            ax.plot(self.epochs, self.train, "o-", ms=3, label="train")
-            ax.plot(self.epochs, self.val, "s-", ms=3, label="validation")
-            ax.legend(fontsize=7)
-        ax.set_xlabel("epoch", fontsize=8)
-        ax.set_ylabel("loss", fontsize=8)
-        ax.tick_params(labelsize=7)
+        self._train_line.set_data(self.epochs, self.train)
+        self._val_line.set_data(self.epochs, self.val)
+        values = np.asarray(self.train + self.val, dtype=float)
+        values = values[np.isfinite(values)]
+        if len(self.epochs):
+            self.axes.set_xlim(-0.2, max(1, max(self.epochs)) + 0.2)
+        if values.size:
+            low, high = float(values.min()), float(values.max())
+            pad = 0.05 * (high - low) or 0.05 * abs(high) or 1.0
+            self.axes.set_ylim(low - pad, high + pad)
         self.canvas.draw_idle()
 
 
@@ -197,7 +444,8 @@ def _cuda_devices() -> list[str]:
 
 
 class TrainWidget(_SlideWidget):
-    """Train on the slide in the background, stop, enhance, save/load models, export."""
+    """Train on the slide in the background, stop; the x2 layers of the genes on screen and a
+    plain verdict at the end (save, load and export: :class:`ExportWidget`)."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(viewer)
@@ -206,7 +454,7 @@ class TrainWidget(_SlideWidget):
         defaults = preset("default", "square").flat()
         self._preset = ComboBox(
             label="Preset",
-            choices=list(PRESETS),
+            choices=[(actions.PRESET_LABELS.get(name, name), name) for name in PRESETS],
             value="default",
             tooltip="default: low-rank reconstruction + linear or kernel smoothing chosen on the slide, "
             "the best method on the honest benchmark (no training, seconds); transformer: a ViT correction learned on top; "
@@ -221,7 +469,7 @@ class TrainWidget(_SlideWidget):
             "0 = the classical estimate, nothing learned",
         )
         self._genes = SpinBox(
-            label="Training genes",
+            label="Train genes",
             min=8,
             max=50000,
             value=defaults["n_train_genes"],
@@ -269,47 +517,38 @@ class TrainWidget(_SlideWidget):
         self._stop = PushButton(text="Stop", enabled=False)
         self._progress = ProgressBar(label="Progress", min=0, max=1, value=0)
         self._status = _status_label(value="idle")
-        self._grid = PushButton(text="Side by side (grid)")
-        self._model_path = FileEdit(label="Model file", mode="w", filter="*.safetensors")
-        self._save = PushButton(text="Save model")
-        self._load = PushButton(text="Load model")
-        self._export_path = FileEdit(label="Export to", mode="w", filter="*.h5ad")
-        self._export = PushButton(text="Export enhanced .h5ad")
+        self._verdict = _status_label(value="")
+        self._verdict.native.setStyleSheet("font-weight: bold;")
         self.extend(
             [
                 self._preset,
                 self._epochs,
-                self._genes,
-                self._patch,
-                self._depth,
-                self._heads,
-                self._lr,
-                self._batch,
-                self._seed,
                 self._device,
-                self._device_label,
-                self._start,
-                self._stop,
+                _row(self._start, self._stop),
                 self._progress,
                 self._status,
+                self._verdict,
             ]
         )
         self._plot = _LossPlot()
-        self.native.layout().addWidget(self._plot.canvas)  # right under the progress bar
-        # magicgui rows added later would go above the foreign canvas: a sub-container follows it
-        self._files = Container(
-            widgets=[self._grid, self._model_path, self._save, self._load, self._export_path, self._export]
+        self.native.layout().addWidget(self._plot.canvas)  # right under the verdict
+        self._advanced = _Section(
+            "Advanced settings",
+            Container(
+                widgets=[
+                    _row(self._genes, self._seed, labels=True),
+                    _row(self._patch, self._depth, labels=True),
+                    _row(self._heads, self._batch, labels=True),
+                    self._lr,
+                    self._device_label,
+                ]
+            ),
+            open_=False,
         )
-        self.native.layout().addWidget(self._files.native)
+        self.native.layout().addWidget(self._advanced.native)
         self._preset.changed.connect(self._apply_preset)
         self._start.changed.connect(self.start)
         self._stop.changed.connect(self.stop)
-        self._grid.changed.connect(
-            lambda _: actions.side_by_side(self._viewer, not self._viewer.grid.enabled)
-        )
-        self._save.changed.connect(lambda _: self.save_model(self._model_path.value))
-        self._load.changed.connect(lambda _: self.load_model(self._model_path.value))
-        self._export.changed.connect(lambda _: self.export(self._export_path.value))
         self.worker = None
         self._pending: list = []
         self._stop_flag = threading.Event()
@@ -373,9 +612,12 @@ class TrainWidget(_SlideWidget):
             return None
         self._stop_flag = threading.Event()
         self._plot.clear()
-        self._status.value = "preparing..."
+        self._status.value = f"preparing the slide ({job.adata.n_obs:,} spots) and the classical estimate..."
+        self._verdict.value = ""
         self._progress.value = 0
-        worker = create_worker(actions.run_job, job, self._stop_flag, _start_thread=False)
+        worker = create_worker(
+            actions.run_job, job, self._stop_flag, _start_thread=False, _ignore_errors=True
+        )
         worker.yielded.connect(self._on_event)
         worker.returned.connect(
             lambda result, sid=job.slide_id, genes=job.genes: self._on_result(sid, genes, result)
@@ -421,9 +663,13 @@ class TrainWidget(_SlideWidget):
         run = actions.record_result(self._viewer, slide_id, model, enhanced)
         self._pending = [(t, run) for t in layer_tuples]
         warning = enhanced.uns["stentrans"].get("patterns", {}).get("warning")
-        self._status.value = f"enhanced {enhanced.n_obs} sites x {enhanced.n_vars} genes" + (
-            f". Note: {warning}" if warning else ""
+        self._status.value = (
+            f"run {run}: enhanced {enhanced.n_obs:,} sites x {enhanced.n_vars} genes on screen as "
+            f"'GENE x2' layers (the Export panel writes every gene)"
+            + (f". Note: {warning}" if warning else "")
         )
+        # the verdict has its own line: later status messages never replace it
+        self._verdict.value = f"Run {run}, {actions.run_verdict(model, enhanced)}"
         self._add_next_layer()
 
     def _add_next_layer(self) -> None:
@@ -435,7 +681,7 @@ class TrainWidget(_SlideWidget):
         layer_tuple, run = self._pending.pop(0)
         actions.add_enhanced_layer(self._viewer, layer_tuple, run)
         if self._pending:
-            QTimer.singleShot(0, self._add_next_layer)
+            QTimer.singleShot(LAYER_TURN_MS, self._add_next_layer)
 
     @property
     def idle(self) -> bool:
@@ -445,6 +691,101 @@ class TrainWidget(_SlideWidget):
     def _on_finished(self) -> None:
         self.worker = None
         self._start.enabled, self._stop.enabled = True, False
+
+
+class ExportWidget(_SlideWidget):
+    """The Predict side: save/load a model, re-impute lost regions, export all or chosen genes."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(viewer)
+        self._model_path = FileEdit(label="Model file", mode="w", filter="*.safetensors")
+        self._save = PushButton(text="Save model")
+        self._load = PushButton(text="Load model")
+        self._refresh = PushButton(
+            text="Re-impute lost regions",
+            tooltip="Recompute the x2 layers with the lost regions painted now (no retraining)",
+        )
+        self._kinds = PushButton(
+            text="Show site kinds",
+            tooltip="A layer of the enhanced sites: measured, new (between spots), imputed (lost or holes)",
+        )
+        self._kinds_legend = _status_label(value="")
+        self._grid = PushButton(
+            text="Side by side: measured | x2",
+            tooltip="Grid of the selected (or last visible) gene: measured, enhanced (and truth); again to leave",
+        )
+        self._which = ComboBox(
+            label="Genes",
+            choices=list(actions.EXPORT_CHOICES.items()),
+            value="all",
+            tooltip="all detected genes: every gene detected in >= 10% of spots (like stentrans enhance); "
+            "genes on screen: those with a layer; chosen genes: the names below",
+        )
+        self._chosen = LineEdit(label="Chosen", tooltip="Gene names separated by commas")
+        self._export_path = FileEdit(label="Export to", mode="w", filter="*.h5ad")
+        self._export = PushButton(text="Export enhanced .h5ad")
+        self._stop = PushButton(text="Stop", enabled=False)
+        self._status = _status_label(value="train or load a model, then export")
+        self.extend(
+            [
+                self._model_path,
+                _row(self._save, self._load),
+                _row(self._refresh, self._kinds),
+                self._kinds_legend,
+                self._grid,
+                self._which,
+                self._chosen,
+                self._export_path,
+                _row(self._export, self._stop),
+                self._status,
+            ]
+        )
+        self._save.changed.connect(lambda _: self.save_model(self._model_path.value))
+        self._load.changed.connect(lambda _: self.load_model(self._model_path.value))
+        self._refresh.changed.connect(self.refresh)
+        self._kinds.changed.connect(self.show_site_kinds)
+        self._grid.changed.connect(self.toggle_side_by_side)
+        self._export.changed.connect(lambda _: self.export(self._export_path.value))
+        self._stop.changed.connect(lambda _: self._stop_flag.set())
+        self._stop_flag = threading.Event()
+        self.worker = None
+
+    def refresh(self, _value=None) -> None:
+        try:
+            layers = actions.refresh_imputation(self._viewer, self.slide_id)
+        except (LookupError, RuntimeError) as exc:
+            _notify_error(exc)
+            return
+        self._status.value = f"re-imputed {len(layers)} layer(s) with the current lost regions"
+
+    def toggle_side_by_side(self, _value=None) -> list[str]:
+        """Grid of one gene (the active layer's, else the last visible gene) or back to one view."""
+        if self._viewer.grid.enabled:
+            actions.side_by_side(self._viewer, False)
+            return []
+        active = self._viewer.layers.selection.active
+        meta = active.metadata.get("stentrans", {}) if active is not None else {}
+        gene = meta.get("gene")
+        if gene is None:
+            visible = [
+                layer.metadata["stentrans"]["gene"]
+                for layer in self._viewer.layers
+                if layer.visible and layer.metadata.get("stentrans", {}).get("role") == "gene"
+            ]
+            gene = visible[-1] if visible else None
+        if gene is None:
+            _notify_error(LookupError("select a gene layer to show side by side"))
+            return []
+        return actions.side_by_side(self._viewer, True, gene)
+
+    def show_site_kinds(self, _value=None):
+        try:
+            layer = actions.site_kind_layer(self._viewer, self.slide_id)
+        except (LookupError, RuntimeError) as exc:
+            _notify_error(exc)
+            return None
+        self._kinds_legend.value = actions.legend_html(layer)
+        return layer
 
     def save_model(self, path) -> None:
         from ..core.checkpoint import save_model
@@ -477,20 +818,47 @@ class TrainWidget(_SlideWidget):
         choice = provenance.get("classical_choice")
         self._status.value = f"loaded {path}" + (f"; classical estimate {choice}" if choice else "")
 
-    def export(self, path) -> None:
-        from ..core.files import write_h5ad
+    def export(self, path):
+        """Write the enhanced slide (all, on-screen or chosen genes) in a worker; the status says which."""
+        from napari.qt.threading import create_worker
 
-        info = actions.slide(self._viewer, self.slide_id)
-        if info.enhanced is None:
-            _notify_error(RuntimeError("nothing to export: train or load a model first"))
-            return
-        source = info.enhanced.uns.get("stentrans", {}).get("source")
+        if self.worker is not None:
+            return self.worker
         try:
-            write_h5ad(info.enhanced, path, inputs=[source] if source else [])
-        except (ValueError, OSError) as exc:  # OSError: a WriteError (full disk, read-only folder)
+            job = actions.prepare_export(
+                self._viewer, path, self._which.value, self._chosen.value.split(","), self.slide_id
+            )
+        except (LookupError, ValueError, RuntimeError, OSError) as exc:  # OSError: a WriteError
             _notify_error(exc)
+            return None
+        self._stop_flag = threading.Event()
+        self._status.value = f"exporting {job.what}..."
+        worker = create_worker(
+            actions.run_export, job, self._stop_flag, _start_thread=False, _ignore_errors=True
+        )
+        worker.returned.connect(self._on_exported)
+        worker.errored.connect(self._on_export_error)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self._export.enabled, self._stop.enabled = False, True
+        worker.start()
+        return worker
+
+    def _on_exported(self, summary: str) -> None:
+        self._status.value = summary
+
+    def _on_export_error(self, exc: BaseException) -> None:
+        from ..core.errors import TrainingStopped
+
+        if isinstance(exc, TrainingStopped):
+            self._status.value = "export stopped: nothing written"
             return
-        self._status.value = f"exported {path}"
+        self._status.value = f"export failed: {readable_error(exc)}"
+        _notify_error(exc)
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self._export.enabled, self._stop.enabled = True, False
 
 
 # table column -> report key (see core.evaluate and core.fidelity)
@@ -505,45 +873,64 @@ QUALITY_COLUMNS = {
 
 
 class QualityWidget(_SlideWidget):
-    """The honest held-out protocol on the current slide, against interpolation and classical baselines."""
+    """The honest held-out protocol on the current slide: stEnTrans against interpolation.
+
+    Progress after each method, Stop (after the running method), a plain verdict, the fidelity
+    metrics (gene-specific r, co-expression r, PC1 share) and a CSV export of the table.
+    """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(viewer)
         self._epochs = SpinBox(
-            label="Epochs", min=1, max=200, value=5, tooltip="Fast setting for a quick check"
+            label="Epochs", min=1, max=200, value=5, tooltip="Epochs of the learned presets (quick check)"
         )
         self._genes = SpinBox(
             label="Genes", min=10, max=5000, value=200, tooltip="Most variable genes scored"
         )
         self._seed = SpinBox(label="Seed", min=0, max=2**31 - 1, value=0)
+        self._learned = CheckBox(
+            text="Include the learned presets (minutes each)",
+            value=False,
+            tooltip="Also score the transformer and the published recipe",
+        )
         self._run = PushButton(text="Run held-out check")
-        self._table = Table(value={column: [] for column in ("method", *QUALITY_COLUMNS)})
+        self._stop = PushButton(text="Stop", enabled=False)
+        self._progress = ProgressBar(label="Progress", min=0, max=1, value=0)
         self._status = _status_label(
             value="same engine and settings as: stentrans evaluate PATH --epochs 5 --genes 200"
         )
+        self._verdict = _status_label(value="")
+        self._verdict.native.setStyleSheet("font-weight: bold;")
+        self._table = Table(value={column: [] for column in ("method", *QUALITY_COLUMNS)})
+        self._table.native.setMinimumHeight(140)
+        self._csv_path = FileEdit(label="CSV", mode="w", filter="*.csv")
+        self._csv = PushButton(text="Save table as CSV")
         self._gene = ComboBox(
             label="Residual of", choices=self._shown, tooltip="Enhanced minus measured counts"
         )
         self._residual = PushButton(text="Add residual layer")
         self.extend(
             [
-                self._epochs,
-                self._genes,
+                _row(self._epochs, self._genes),
                 self._seed,
-                self._run,
+                self._learned,
+                _row(self._run, self._stop),
+                self._progress,
                 self._status,
+                self._verdict,
                 self._table,
-                self._gene,
-                self._residual,
+                _row(self._csv_path, self._csv),
+                _row(self._gene, self._residual),
             ]
         )
         self._run.changed.connect(self.run)
-        self._residual.changed.connect(
-            lambda _: actions.residual_layer(self._viewer, self._gene.value, self.slide_id)
-        )
+        self._stop.changed.connect(self.stop)
+        self._csv.changed.connect(lambda _: self.save_csv(self._csv_path.value))
+        self._residual.changed.connect(self.add_residual)
         viewer.layers.events.inserted.connect(lambda _e: self._gene.reset_choices())
         self.worker = None
         self.report = None
+        self._stop_flag = threading.Event()
 
     def _shown(self, _widget=None) -> list[str]:
         try:
@@ -551,35 +938,124 @@ class QualityWidget(_SlideWidget):
         except LookupError:
             return []
 
-    def run(self, _value=None):
+    def methods(self) -> tuple[str, ...]:
+        """The methods a run scores (user-runnable enhancement and the interpolations)."""
+        return actions.QUICK_METHODS + (actions.LEARNED_METHODS if self._learned.value else ())
+
+    def run(self, _value=None, methods: tuple[str, ...] | None = None):
         from napari.qt.threading import create_worker
 
-        info = actions.slide(self._viewer, self.slide_id)
-        adata = info.adata.copy()
-        epochs, genes, seed = self._epochs.value, self._genes.value, self._seed.value
-        self._status.value = "running the held-out protocol..."
-        worker = create_worker(actions.quality_check, adata, epochs, genes, seed, _start_thread=False)
-        worker.returned.connect(self.show_report)
+        if self.worker is not None:
+            return self.worker
+        try:
+            info = actions.slide(self._viewer, self.slide_id)
+        except LookupError as exc:
+            _notify_error(exc)
+            return None
+        methods = tuple(methods or self.methods())
+        self._stop_flag = threading.Event()
+        self._progress.max, self._progress.value = len(methods), 0
+        self._status.value = f"running the held-out protocol: {len(methods)} methods..."
+        self._verdict.value = ""
+        worker = create_worker(
+            actions.quality_events,
+            info.adata.copy(),
+            self._epochs.value,
+            self._genes.value,
+            self._seed.value,
+            methods,
+            self._stop_flag,
+            _start_thread=False,
+            _ignore_errors=True,
+        )
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(self._on_report)
         worker.errored.connect(_notify_error)
-        worker.finished.connect(lambda: setattr(self, "worker", None))
+        worker.finished.connect(self._on_finished)
         self.worker = worker
+        self._run.enabled, self._stop.enabled = False, True
         worker.start()
         return worker
 
+    def stop(self, _value=None) -> None:
+        """Stop after the running method; the table keeps the previous report."""
+        self._stop_flag.set()
+        self._status.value = "stopping after the running method..."
+
+    def _on_progress(self, progress: tuple) -> None:
+        done, total, name = progress
+        self._progress.value = done
+        if name is not None:
+            self._status.value = f"{done}/{total} methods scored (last: {actions.method_label(name)})"
+
+    def _on_report(self, report: dict | None) -> None:
+        if report is None:
+            self._status.value = "quality check stopped: nothing changed"
+            return
+        self.show_report(report)
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self._run.enabled, self._stop.enabled = True, False
+
     def show_report(self, report: dict) -> None:
         self.report = report
-        names = list(report["methods"])
-        self._table.value = {
-            "method": names,
-            **{
-                column: [round(float(report["methods"][m][key]), 3) for m in names]
-                for column, key in QUALITY_COLUMNS.items()
-            },
-        }
-        best = max(names, key=lambda m: report["methods"][m]["median_pcc"])
+        self._table.value = actions.quality_table(report, QUALITY_COLUMNS)
+        self._verdict.value = actions.quality_verdict(report)
         truth = report["truth"]
         self._status.value = (
-            f"{report['n_heldout_spots']} held-out spots, {report['n_genes']} genes; best median r: {best}. "
-            f"Measured slide at those spots: PC1 share {truth['pc1_share']:.2f}, effective rank "
-            f"{truth['effective_rank']:.1f} (over the {len(report['spatial_genes'])} most spatially variable genes)"
+            f"{report['n_heldout_spots']:,} held-out spots, {report['n_genes']} genes. Measured slide at "
+            f"those spots: PC1 share {truth['pc1_share']:.2f}, effective rank {truth['effective_rank']:.1f} "
+            f"(over the {len(report['spatial_genes'])} most spatially variable genes); a method close to "
+            "these keeps the slide's gene-specific structure"
         )
+
+    def save_csv(self, path):
+        if self.report is None:
+            _notify_error(RuntimeError("run the quality check first"))
+            return None
+        if not path or str(path) in (".", ""):
+            _notify_error(ValueError("choose a .csv file to save the table to"))
+            return None
+        written = actions.write_quality_csv(self.report, path, QUALITY_COLUMNS)
+        self._status.value = f"saved the table to {written.name}"
+        return written
+
+    def add_residual(self, _value=None):
+        try:
+            return actions.residual_layer(self._viewer, self._gene.value, self.slide_id)
+        except (LookupError, RuntimeError, KeyError) as exc:
+            _notify_error(exc)
+            return None
+
+
+class WorkspaceWidget(Container):
+    """One dock with every panel as a tab: Genes, Lost regions, Train, Export, Quality.
+
+    Its minimum size fits a 1280x800 screen (the separate docks stacked grew the window past the
+    screen and squeezed the loss plot to a strip).
+    """
+
+    TABS = ("Genes", "Lost regions", "Train", "Export", "Quality")
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        from qtpy.QtCore import QSize
+        from qtpy.QtWidgets import QTabWidget
+
+        class _Tabs(QTabWidget):
+            def sizeHint(self) -> QSize:  # as narrow as it can be: the width goes to the image
+                return QSize(self.minimumSizeHint().width(), super().sizeHint().height())
+
+        super().__init__(labels=False)
+        self.genes = GenesWidget(viewer)
+        self.lost = LostRegionsWidget(viewer)
+        self.train = TrainWidget(viewer)
+        self.export = ExportWidget(viewer)
+        self.quality = QualityWidget(viewer)
+        self.tabs = _Tabs()
+        for title, widget in zip(
+            self.TABS, (self.genes, self.lost, self.train, self.export, self.quality), strict=True
+        ):
+            self.tabs.addTab(widget.native, title)
+        self.tabs.setCurrentIndex(2)
+        self.native.layout().addWidget(self.tabs)

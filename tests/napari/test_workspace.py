@@ -1,0 +1,437 @@
+"""The one-dock workspace (issue 14): layout at 1280x800, export, verdict, lost-region counter,
+quality check with progress and Stop, and the smaller points (status, visibility, errors)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from napari_stentrans._napari import actions
+from napari_stentrans._napari.widgets import QUALITY_COLUMNS, readable_error
+
+WORKSPACE = "Workspace (all panels)"
+
+
+def _workspace(viewer):
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-stentrans", WORKSPACE)
+    return dock, widget
+
+
+def _fast(widget, epochs=2):
+    widget._epochs.value, widget._genes.value = epochs, 16
+    widget._patch.value, widget._depth.value = 2, 1
+    widget._heads.value, widget._batch.value = 2, 8
+    widget._device.value = "cpu"
+
+
+def _train(widget, qtbot) -> None:
+    assert widget.start() is not None
+    # a fast run can finish before a waitSignal connects: wait on the widget's state instead
+    qtbot.waitUntil(lambda: widget.idle, timeout=120_000)
+
+
+def test_workspace_fits_a_1280x800_screen_with_every_section_open(make_napari_viewer, qtbot):
+    from qtpy.QtWidgets import QApplication
+
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample("napari-stentrans", "synthetic_visium")
+    window = viewer.window._qt_window
+    dock, ws = _workspace(viewer)
+    ws.train._advanced.set_open(True)  # everything open, the advanced settings too
+    ws.train._advanced.button.setChecked(True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib's "Tight layout not applied" is a UserWarning
+        window.resize(1280, 800)
+        for index in range(ws.tabs.count()):
+            ws.tabs.setCurrentIndex(index)
+            QApplication.processEvents()
+        ws.tabs.setCurrentIndex(ws.TABS.index("Train"))
+        ws.train._plot.add(0, None, 1.0)
+        ws.train._plot.add(1, 0.9, 0.95)
+        ws.train._plot.canvas.draw()
+        QApplication.processEvents()
+    hint = dock.minimumSizeHint()
+    # a 1280x800 screen leaves ~700 px under the menu and title bars, and the canvas needs width
+    assert hint.height() <= 680, hint
+    assert hint.width() <= 420, hint
+    window_hint = window.minimumSizeHint()
+    assert window_hint.width() <= 1280 and window_hint.height() <= 800, window_hint
+    assert window.width() <= 1280 and window.height() <= 800
+    assert ws.train._plot.canvas.height() >= 180  # a readable loss plot, not a strip
+    assert dock.width() <= 420  # docked at its narrowest: napari's own layer controls take ~380 px
+    assert viewer.window._qt_viewer.canvas.native.width() >= 450
+
+
+def test_advanced_settings_start_collapsed(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-stentrans", "synthetic_st")
+    _, ws = _workspace(viewer)
+    assert not ws.train._advanced.button.isChecked()
+    assert ws.train._advanced.body.native.isHidden()
+    assert ws.train._preset.value == "default"
+    assert "(" in ws.train._preset.native.currentText()  # a user-facing label, not the bare id
+
+
+def test_export_writes_all_or_chosen_genes_and_reopens(make_napari_viewer, qtbot, tmp_path):
+    import anndata as ad
+
+    import napari_stentrans as st
+    from napari_stentrans._napari.reader import get_reader
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-stentrans", "synthetic_st")
+    _, ws = _workspace(viewer)
+    _fast(ws.train, epochs=0)  # the default preset: the classical estimate, seconds
+    _train(ws.train, qtbot)
+    info = actions.slide(viewer)
+    shown = actions.shown_genes(viewer)
+    detected = info.model.min_detection
+    expected_all = int(((info.adata.X > 0).sum(axis=0).A1 >= detected * info.adata.n_obs).sum())
+    assert expected_all > len(shown)
+    export = ws.export
+    for which, chosen, n_genes in (
+        ("all", "", expected_all),
+        ("chosen", f"{info.adata.var_names[5]}, {info.adata.var_names[7]}", 2),
+    ):
+        export._which.value, export._chosen.value = which, chosen
+        path = tmp_path / f"{which}.h5ad"
+        assert export.export(path) is not None
+        qtbot.waitUntil(lambda: export.worker is None, timeout=120_000)
+        back = ad.read_h5ad(path)
+        assert back.n_vars == n_genes
+        assert f"x {n_genes:,} genes" in export._status.value  # it says what it wrote
+        assert ("every gene detected" in export._status.value) == (which == "all")
+        assert back.n_obs == info.enhanced.n_obs
+    assert list(back.var_names) == [str(info.adata.var_names[5]), str(info.adata.var_names[7])]
+    # the export is the CLI writer's file: it opens again through the core and the plugin reader
+    again = st.read(tmp_path / "all.h5ad")  # an enhanced slide: predictions, not counts
+    assert again.n_vars == expected_all
+    assert again.uns["stentrans_lattice"]["enhanced"] is True
+    reader = get_reader(str(tmp_path / "all.h5ad"))
+    assert reader is not None
+    roles = [t[1]["metadata"]["stentrans"]["role"] for t in reader(str(tmp_path / "all.h5ad"))]
+    assert roles.count("enhanced") == 4  # its "GENE x2" layers
+
+
+def test_export_refuses_unknown_genes_and_writes_nothing(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-stentrans", "synthetic_st")
+    _, ws = _workspace(viewer)
+    with pytest.raises(RuntimeError, match="train or load a model first"):
+        actions.prepare_export(viewer, tmp_path / "x.h5ad")
+    _fast(ws.train, epochs=0)
+    _train(ws.train, qtbot)
+    with pytest.raises(ValueError, match="not in the slide, e.g. 'NOPE'"):
+        actions.prepare_export(viewer, tmp_path / "x.h5ad", "chosen", ["NOPE"])
+    with pytest.raises(ValueError, match="empty"):
+        actions.prepare_export(viewer, tmp_path / "x.h5ad", "chosen", [" "])
+    # Stop: the streamed write ends at the next gene batch and leaves no file
+    import threading
+
+    from napari_stentrans.core.errors import TrainingStopped
+
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(TrainingStopped):
+        actions.run_export(actions.prepare_export(viewer, tmp_path / "x.h5ad"), stop)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_verdict_stays_visible_and_earlier_runs_are_named_by_preset(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-stentrans", "synthetic_st")
+    _, ws = _workspace(viewer)
+    train = ws.train
+    _fast(train, epochs=0)
+    _train(train, qtbot)
+    gene = actions.shown_genes(viewer)[0]
+    assert train._verdict.value.startswith("Run 1, default")
+    assert "{" not in train._status.value and "{" not in train._verdict.value  # no raw dict
+    train._preset.value = "transformer"
+    _fast(train, epochs=2)
+    _train(train, qtbot)
+    verdict = train._verdict.value
+    model = actions.slide(viewer).model
+    if np.ravel(model.history["best_epoch"])[0] == 0:
+        assert "did not improve" in verdict and "classical estimate" in verdict
+    else:
+        assert "improved the validation loss" in verdict
+    assert verdict.startswith("Run 2, transformer")
+    # the status line changes afterwards; the verdict does not
+    qtbot.wait(200)
+    ws.export._status.value = "anything"
+    assert train._verdict.value == verdict
+    assert f"{gene} x2 (run 1: default)" in viewer.layers and f"{gene} x2" in viewer.layers
+    assert "{" not in train._status.value
+
+
+def test_verdict_of_a_correction_that_did_not_improve():
+    import napari_stentrans as st
+    from napari_stentrans._napari.sample_data import synthetic_st
+
+    adata = synthetic_st()[-1][1]["metadata"]["stentrans"]["adata"]
+    model = st.fit(adata, "default")
+    enhanced = model.enhance(adata, genes=2, device="cpu")
+    text = actions.run_verdict(model, enhanced)
+    assert text.startswith("default (classical estimate): classical estimate chosen on this slide")
+    model.history = {"val_loss": np.array([1.0, 1.1]), "best_epoch": np.array([0])}
+    assert "did not improve" in actions.run_verdict(model, enhanced)
+    model.history = {"val_loss": np.array([1.0, 0.8, 0.9]), "best_epoch": np.array([1])}
+    assert "from 1 (classical estimate) to 0.8 (epoch 1 of 2)" in actions.run_verdict(model, enhanced)
+
+
+def test_lost_counter_follows_undo_and_a_flood_fill_is_undone(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-stentrans", "synthetic_visium")
+    _, ws = _workspace(viewer)
+    lost = ws.lost
+    layer = lost.create_layer()
+    assert lost.update_summary()["total"] == 0 and lost._summary.value == "no lost regions"
+    adata = actions.slide(viewer).adata
+    rows, cols = adata.obs["array_row"].to_numpy()[:3], adata.obs["array_col"].to_numpy()[:3]
+    painted = layer.metadata["stentrans"]["raster"].pixels_of_sites(rows, cols)
+    layer.data_setitem(np.nonzero(painted), actions.LOST_LABEL)
+    qtbot.waitUntil(lambda: lost._last["measured"] == 3, timeout=5_000)
+    assert lost._summary.value.startswith("lost: 3 of ")
+    layer.undo()  # Ctrl+Z emits only set_data: the counter must follow
+    qtbot.waitUntil(lambda: lost._last["total"] == 0, timeout=5_000)
+    assert lost._summary.value == "no lost regions"
+    layer.redo()
+    qtbot.waitUntil(lambda: lost._last["measured"] == 3, timeout=5_000)
+    # one fill click on the background floods the whole rectangle: undone, with a note why
+    layer.fill((0, 0), actions.LOST_LABEL)
+    qtbot.waitUntil(lambda: "undone" in lost._note.value, timeout=5_000)
+    assert "outline" in lost._note.value and lost._last["measured"] == 3
+    assert actions.lost_sites(viewer).shape == (3, 2)
+
+
+def test_lost_counter_uses_the_cached_site_index(make_napari_viewer, monkeypatch):
+    import napari_stentrans.core.sites as sites
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-stentrans", "synthetic_visium")
+    layer = actions.lost_layer(viewer)
+    assert actions.propose_holes(viewer) == 19
+    calls = []
+    original = sites.output_sites
+    monkeypatch.setattr(sites, "output_sites", lambda *a, **k: calls.append(1) or original(*a, **k))
+    for _ in range(5):  # brush strokes
+        layer.data_setitem(np.nonzero(np.asarray(layer.data) == 0)[:2], 0)
+        summary = actions.lost_summary(viewer)
+    assert calls == []  # no output sites recomputed per stroke
+    assert summary["empty_in_tissue"] == 19 and summary["measured"] == 0 and summary["outside"] == 0
+
+
+def test_quality_check_progress_stop_verdict_and_csv(make_napari_viewer, qtbot, tmp_path):
+    import pandas as pd
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-stentrans", "synthetic_st")
+    _, ws = _workspace(viewer)
+    quality = ws.quality
+    quality._genes.value = 40
+    seen = []
+    worker = quality.run(methods=("default", "nearest", "linear"))
+    worker.yielded.connect(seen.append)
+    qtbot.waitUntil(lambda: quality.worker is None, timeout=180_000)
+    # (the first, "0 of 3", can be emitted before this test connects)
+    assert [s[0] for s in seen if s[2] is not None] == [1, 2, 3] and quality._progress.value == 3
+    report = quality.report
+    assert set(report["methods"]) == {"default", "nearest", "linear"}
+    headers = quality._table.column_headers
+    assert {"gene-specific r", "co-expression r", "PC1 share"} <= set(headers)
+    labels = [row[0] for row in quality._table.data]
+    assert labels == ["stEnTrans default", "nearest spot (interpolation)", "linear interpolation"]
+    verdict = quality._verdict.value
+    assert verdict.startswith("On this slide the enhancement (stEnTrans default) ")
+    assert ("beats interpolation" in verdict) == (
+        report["methods"]["default"]["median_pcc"]
+        > max(report["methods"][m]["median_pcc"] for m in ("nearest", "linear"))
+    )
+    assert "residual_cnn" not in verdict and "best" not in verdict
+    csv = quality.save_csv(tmp_path / "quality.csv")
+    table = pd.read_csv(csv)
+    assert list(table["method id"]) == ["default", "nearest", "linear"]
+    np.testing.assert_allclose(
+        table["gene-specific r"],
+        [round(report["methods"][m]["gene_specific_r"], 3) for m in table["method id"]],
+    )
+    # Stop: ends after the running method, keeps the previous report, enables Run again
+    worker = quality.run(methods=("default", "nearest", "linear", "cubic"))
+    worker.yielded.connect(lambda p: quality.stop() if p[0] == 1 else None)
+    qtbot.waitUntil(lambda: quality.worker is None, timeout=180_000)
+    assert quality._status.value == "quality check stopped: nothing changed"
+    assert quality.report is report and quality._run.enabled and not quality._stop.enabled
+
+
+def test_quality_verdict_names_only_runnable_methods():
+    report = {
+        "n_heldout_spots": 100,
+        "n_genes": 50,
+        "methods": {
+            "stentrans": {"median_pcc": 0.40},
+            "cubic": {"median_pcc": 0.45},
+            "residual_cnn": {"median_pcc": 0.60},
+        },
+    }
+    text = actions.quality_verdict(report)
+    assert text == (
+        "On this slide the enhancement (stEnTrans default) does not beat interpolation: median r "
+        "0.400 vs 0.450 (cubic interpolation), at 100 held-out spots, 50 genes."
+    )
+    report["methods"]["stentrans"]["median_pcc"] = 0.5  # an old report's name for the default
+    assert "beats interpolation: median r 0.500 vs 0.450" in actions.quality_verdict(report)
+    report["methods"]["default"] = report["methods"].pop("stentrans")
+    assert "(stEnTrans default) beats interpolation" in actions.quality_verdict(report)
+    assert QUALITY_COLUMNS["gene-specific r"] == "gene_specific_r"
+
+
+def test_slide_opens_with_one_gene_visible_and_distinct_default_genes():
+    from napari_stentrans._napari.layers import distinct_genes, slide_layers
+    from napari_stentrans.synthetic import synthetic_slide
+
+    layers = slide_layers(synthetic_slide("square", n_genes=60, seed=0), name="st")  # no H&E
+    genes = [t for t in layers if t[1]["metadata"]["stentrans"]["role"] == "gene"]
+    assert len(genes) == 4 and [t[1]["visible"] for t in genes] == [False, False, False, True]
+    ranked = ["HLA-B", "HLA-A", "RP11-34P13.7", "AC092143.1", "COL1A1", "COL1A2", "MGP", "HLA-C", "KRT5"]
+    assert distinct_genes(ranked, 4) == ["HLA-B", "COL1A1", "MGP", "KRT5"]
+
+
+def test_error_messages_put_the_reason_first():
+    exc = ValueError("/very/long/folder/with/many/parts/slide_counts.csv: no spot coordinates found")
+    assert readable_error(exc) == "no spot coordinates found (slide_counts.csv)"
+    assert readable_error(ValueError("plain reason")) == "plain reason"
+
+
+def test_residual_layer_is_translucent_with_a_colour_bar_and_lost_is_visible(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-stentrans", "synthetic_st")
+    _, ws = _workspace(viewer)
+    _fast(ws.train, epochs=0)
+    _train(ws.train, qtbot)
+    gene = actions.shown_genes(viewer)[0]
+    layer = actions.residual_layer(viewer, gene)
+    assert layer.blending == "translucent" and layer.opacity < 1 and layer.colorbar.visible
+    lost = actions.lost_layer(viewer)
+    color = np.asarray(lost.colormap.map(np.array([actions.LOST_LABEL])))[0]
+    assert color[2] > 0.8 and color[0] < 0.3  # cyan, not red (red vanishes on magma)
+
+
+def test_open_slide_reads_in_a_worker_and_adds_layers_one_per_turn(make_napari_viewer, qtbot, tmp_path):
+    from qtpy.QtCore import QElapsedTimer, QTimer
+
+    from helpers import block_sites, make_slide
+
+    r, c = block_sites("square", 12, 12)
+    make_slide(r, c, "square").write_h5ad(tmp_path / "slide.h5ad")
+    (tmp_path / "broken.h5ad").write_text("not an h5ad")
+    viewer = make_napari_viewer()
+    _, ws = _workspace(viewer)
+    clock, ticks, added = QElapsedTimer(), [], []
+    clock.start()
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(clock.elapsed()))
+    timer.start(0)  # a tick on every turn of the event loop
+    viewer.layers.events.inserted.connect(lambda _e: added.append(len(ticks)))
+    # a fast worker can finish before a waitSignal connects: wait on the widget's state instead
+    assert ws.genes.open_slide(tmp_path / "slide.h5ad") is not None
+    qtbot.waitUntil(lambda: ws.genes.idle, timeout=60_000)
+    timer.stop()
+    genes = [layer for layer in viewer.layers if layer.metadata["stentrans"]["role"] == "gene"]
+    assert len(genes) == 4 and sum(layer.visible for layer in genes) == 1
+    assert ws.genes.slide_id is not None and ws.genes._status.value == "slide opened"
+    # one layer per event-loop turn: the loop ticked between every two insertions
+    assert len(added) == 4 and all(b > a for a, b in zip(added, added[1:], strict=False))
+    assert ws.genes.open_slide(tmp_path / "broken.h5ad") is not None
+    qtbot.waitUntil(lambda: ws.genes.idle, timeout=60_000)
+    assert ws.genes._status.value.startswith("not opened: ") and "broken.h5ad" in ws.genes._status.value
+    assert len(viewer.layers) == 4 and ws.genes.idle
+
+
+def test_colour_by_annotation_and_site_kinds_with_legends(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-stentrans", "synthetic_st")
+    _, ws = _workspace(viewer)
+    adata = actions.slide(viewer).adata
+    rows, cols = adata.obs["array_row"].to_numpy(), adata.obs["array_col"].to_numpy()
+    adata.obs["region"] = np.where(cols < np.median(cols), "cortex", "medulla")
+    adata.obs["cluster"] = (rows % 3).astype(int)
+    ws.genes._annotation.reset_choices()
+    assert ws.genes._annotation.choices == ("region", "cluster")
+    layer = ws.genes.show_annotation("region")
+    assert layer.metadata["stentrans"]["role"] == "annotation"
+    # the label at each spot's pixel is its category (square lattice: one pixel per spot)
+    r0, c0 = rows.min() - 1, cols.min() - 1
+    labels = np.asarray(layer.data)[rows - r0, cols - c0]
+    expected = np.where(adata.obs["region"].to_numpy() == "cortex", 1, 2)
+    np.testing.assert_array_equal(labels, expected)
+    assert list(layer.features["region"]) == ["(none)", "cortex", "medulla"]
+    assert [name for name, _ in actions.legend(layer)] == ["cortex", "medulla"]
+    assert "cortex" in ws.genes._legend.value and "&#9632;" in ws.genes._legend.value
+    # site kinds of the enhanced slide: one label per kind, as many pixels as sites of each kind
+    _fast(ws.train, epochs=0)
+    _train(ws.train, qtbot)
+    kinds = ws.export.show_site_kinds()
+    counts = actions.slide(viewer).enhanced.obs["kind"].astype(str).value_counts()
+    data = np.asarray(kinds.data)
+    for label, (name, _) in enumerate(actions.legend(kinds), start=1):
+        assert (data == label).sum() == counts[name], name
+    assert {name for name, _ in actions.legend(kinds)} == set(counts.index)
+
+
+def test_bayesspace_clusters_of_the_melanoma_slide_colour_the_spots(make_napari_viewer, shared_data):
+    viewer = make_napari_viewer()
+    viewer.open(
+        str(shared_data / "st_melanoma_thrane2018_mel1_rep2/mel1_rep2.h5ad"), plugin="napari-stentrans"
+    )
+    _, ws = _workspace(viewer)
+    assert "spatial_cluster_BayesSpace" in ws.genes._annotation.choices
+    layer = ws.genes.show_annotation("spatial_cluster_BayesSpace")
+    clusters = actions.slide(viewer).adata.obs["spatial_cluster_BayesSpace"]
+    assert len(actions.legend(layer)) == clusters.nunique()
+    assert np.unique(np.asarray(layer.data)).size == clusters.nunique() + 1  # and 0, no spot
+
+
+def test_side_by_side_shows_one_gene_measured_and_enhanced(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-stentrans", "synthetic_st")
+    _, ws = _workspace(viewer)
+    _fast(ws.train, epochs=0)
+    _train(ws.train, qtbot)
+    gene = actions.shown_genes(viewer)[0]
+    viewer.layers.selection.active = viewer.layers[f"{gene} x2"]
+    shown = ws.export.toggle_side_by_side()
+    assert viewer.grid.enabled
+    assert sorted(shown) == sorted([gene, f"{gene} x2", f"{gene} truth x2"])  # three cells, not 13
+    assert viewer.grid.actual_shape(viewer.layers)[0] * viewer.grid.actual_shape(viewer.layers)[1] >= 3
+    assert ws.export.toggle_side_by_side() == [] and not viewer.grid.enabled
+
+
+def test_true_size_spots_sit_on_the_lattice_with_counts_on_hover(make_napari_viewer, shared_data):
+    from napari_stentrans.core.io import read
+
+    path = shared_data / "visium_mouse_muscle_mckellar2021/Vis7B_5dpi"
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="napari-stentrans")
+    _, ws = _workspace(viewer)
+    gene = actions.shown_genes(viewer)[0]
+    ws.genes._query.value = gene  # the list shows the first 500 matches
+    ws.genes._genes.value = [gene]
+    (layer,) = ws.genes.add_spots()
+    info = actions.slide(viewer)
+    adata = read(path)
+    # centres on the spots' image positions (micrometres), 55 um circles
+    np.testing.assert_allclose(layer.data, info.frame.um_per_pixel * adata.obsm["spatial"][:, ::-1], atol=3.0)
+    assert layer.size[0] == pytest.approx(55.0)  # Visium spots are 55 um wide, 100 um apart
+    counts = np.asarray(adata[:, gene].X.todense()).ravel()
+    np.testing.assert_allclose(layer.features[gene], counts)
+    assert set(layer.features["kind"]) == {"measured"}
+
+
+def test_st_spots_default_to_half_the_pitch(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-stentrans", "synthetic_st")
+    info = actions.slide(viewer)
+    assert actions.spot_diameter_um(info) == pytest.approx(0.5 * info.frame.lattice.pitch_um)
