@@ -93,8 +93,13 @@ def test_a_correction_that_does_not_help_gives_the_classical_estimate(pretrained
     fitted = finetune(blank, other, device="cpu")
     assert isinstance(fitted, ClassicalModel) and fitted.note == NOT_IMPROVED
     assert fitted.history["val_loss"][0] == pytest.approx(fitted.history["classical_val_loss"][0])
-    # the fallback is the default's classical estimate: gene residuals included
+    # the fallback is exactly the per-slide default's classical estimate (gene residuals included)
+    from napari_stentrans.core.fitting import fit
+
+    default = fit(other, "default", device="cpu")
     assert fitted.config.classical.gene_residuals == "shrunk"
+    assert fitted.params.describe() == default.params.describe()
+    np.testing.assert_array_equal(fitted.enhance(other).X, default.enhance(other).X)
 
 
 def test_finetune_refuses_a_classical_model(slides):

@@ -28,7 +28,7 @@ from collections.abc import Generator, Sequence
 from dataclasses import replace
 
 from .classical import TARGET_SUM
-from .config import Config
+from .config import Config, preset
 from .errors import ConfigError, InputError
 from .estimators.base import FittedModel, StopFlag, TrainEvent
 from .estimators.classical import MIN_USABLE_SPOTS, ClassicalEstimator, ClassicalModel
@@ -229,9 +229,9 @@ def finetune_events(
     improved = result.best_val is None or (
         result.classical_val is not None and result.best_val < result.classical_val
     )
-    if not improved:  # the per-slide default's classical estimate (gene residuals included)
-        default = Config(data=config.data, classical=replace(config.classical, gene_residuals="shrunk"))
-        fallback = ClassicalEstimator(replace(default, seed=config.seed)).fit_model(slide, values=part.values)
+    if not improved:  # exactly what the per-slide default gives on this slide
+        default = preset("default", slide.lattice.kind, seed=config.seed)
+        fallback = ClassicalEstimator(default).fit_model(slide)
         return replace(fallback, name=config.preset, history=history, note=NOT_IMPROVED)
     return LearnedModel(
         config=config,
