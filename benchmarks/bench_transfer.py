@@ -3,11 +3,11 @@
 Usage::
 
     python benchmarks/bench_transfer.py [--datasets melanoma_mel1_rep2,mob_stahl2016,bc_layer2]
-        [--protocols heldout,lost] [--epochs 5] [--train-genes 300] [--finetune 0,2]
+        [--test NAME,...] [--protocols heldout,lost] [--epochs 5] [--train-genes 300] [--finetune 0,2]
         [--seed 0] [--out docs/accuracy/transfer]
 
-For every test slide T among ``--datasets``: one correction network is pretrained on the other
-slides (:func:`napari_stentrans.pretrain`; T's spots are never seen), then on each protocol's
+For every test slide T among ``--test`` (default: every slide of ``--datasets``; names as in
+``bench_accuracy.py``): one correction network is pretrained on the other slides of ``--datasets`` (:func:`napari_stentrans.pretrain`; T's spots are never seen), then on each protocol's
 split of T (``stentrans evaluate``'s engine: the held-out coset, or lost blobs) it is judged on
 T's seen spots and fine-tuned there for each ``--finetune`` epoch count
 (:func:`napari_stentrans.finetune`; the classical estimate when it does not help), and scored
@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_accuracy import DATASETS, SHARED  # noqa: E402
+from bench_accuracy import DATASETS, SHARED, labels_of  # noqa: E402
 
 METRICS = [
     ("median_pcc", "r (counts)"),
@@ -40,6 +40,7 @@ METRICS = [
     ("coexpression_r", "co-expr r"),
     ("pc1_share", "PC1 share"),
     ("effective_rank", "eff. rank"),
+    ("ari", "ARI"),
     ("seconds", "seconds"),
 ]
 
@@ -116,7 +117,7 @@ def evaluate_fold(test: str, pool: list[str], args) -> None:
     adata = read_slide(test)
     for protocol in todo:
         split = make_split(adata, protocol, seed=args.seed)
-        ref = reference(split)
+        ref = reference(split, labels_of(test, adata))  # the ARI of annotated slides (DLPFC)
         report = {
             "dataset": test,
             "protocol": protocol,
@@ -187,6 +188,7 @@ def table(args) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="melanoma_mel1_rep2,mob_stahl2016,bc_layer2")
+    parser.add_argument("--test", help="the slides to test on (default: every slide of --datasets)")
     parser.add_argument("--protocols", default="heldout,lost")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--train-genes", type=int, default=300)
@@ -198,7 +200,7 @@ def main() -> None:
     args.protocols = args.protocols.split(",")
     args.finetune = [int(x) for x in args.finetune.split(",")]
     pool = args.datasets.split(",")
-    for test in pool:
+    for test in args.test.split(",") if args.test else pool:
         evaluate_fold(test, pool, args)
     args.out.mkdir(parents=True, exist_ok=True)
     text = table(args)
