@@ -411,7 +411,8 @@ def cmd_enhance(args: argparse.Namespace) -> int:
         best = int(model.history["best_epoch"][0])
         print(
             f"the learned correction improved held-out genes on this slide: held-out loss "
-            f"{model.history['val_loss'][best]:.4f} (classical estimate {model.history['classical_val_loss'][0]:.4f})"
+            f"{model.history['val_loss'][best]:.4f} (the low-rank estimate it corrects: "
+            f"{model.history['classical_val_loss'][0]:.4f})"
         )
     patterns = written.uns["patterns"]
     if "effective_rank" in patterns:
