@@ -7,6 +7,8 @@ at every step, and half of the steps are same-scale hole-filling pairs; user-dec
 spots are never input nor target. Three parts: :class:`PairSampler` builds pairs,
 :class:`Validation` scores held-out genes at a held-out region, :func:`train_network` is the
 loop, a generator of :class:`~.estimators.base.TrainEvent` with a stop flag.
+:func:`train_slides` is the same loop over several slides (pretraining, :mod:`.pretrain`), and
+under ``torchrun`` it runs data-parallel (torch.distributed; NCCL on GPUs, gloo on CPUs).
 """
 
 from __future__ import annotations
