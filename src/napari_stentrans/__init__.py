@@ -12,6 +12,8 @@ Public API (imported lazily: ``import napari_stentrans`` loads neither torch nor
     model.save("model.safetensors")
     st.load_model("model.safetensors").enhance(other_slide)   # classical choice re-made there
     st.enhance(adata, config="transformer", epochs=5)          # fit and enhance in one call
+    pre = st.pretrain([slide_a, slide_b], epochs=5)            # one network learned on several slides
+    st.finetune(pre, slide_c, epochs=2).enhance(slide_c)       # judged (and tuned) on slide_c first
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ _API = {
     "load_model": "napari_stentrans.core.checkpoint",
     "save_model": "napari_stentrans.core.checkpoint",
     "evaluate": "napari_stentrans.core.evaluate",
+    "pretrain": "napari_stentrans.core.pretrain",
+    "finetune": "napari_stentrans.core.pretrain",
     "write_h5ad": "napari_stentrans.core.files",
     "write_spatialdata": "napari_stentrans.core.io.spatialdata",
     "StentransError": "napari_stentrans.core.errors",
@@ -89,6 +93,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .core.io import read  # noqa: F401
     from .core.io.spatialdata import write_spatialdata  # noqa: F401
     from .core.lattice import Lattice, detect_lattice  # noqa: F401
+    from .core.pretrain import finetune, pretrain  # noqa: F401
     from .core.slide import Slide  # noqa: F401
 
 

@@ -94,6 +94,13 @@ def _build_parser() -> argparse.ArgumentParser:
     enh.add_argument("--save-model", type=Path, help="also write the fitted model here (.safetensors)")
     enh.add_argument("--model", type=Path, help="apply this saved model instead of fitting one")
     enh.add_argument(
+        "--finetune",
+        type=int,
+        metavar="EPOCHS",
+        help="with --model: fine-tune the learned correction on this slide for EPOCHS epochs first "
+        "(a pretrained model is always judged on the slide's held-out genes, fine-tuned or not)",
+    )
+    enh.add_argument(
         "--keep-classical",
         action="store_true",
         help="with --model on another slide: keep the model's classical rank and smoothers "
@@ -121,6 +128,23 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     enh.add_argument("--overwrite", action="store_true", help="replace existing output files")
     enh.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    pre = sub.add_parser(
+        "pretrain",
+        help="train one learned correction on several slides (several processes: torchrun, see README)",
+    )
+    pre.add_argument(
+        "paths", nargs="+", type=Path, help="slides of one lattice type: Space Ranger folders, .h5ad, .zarr"
+    )
+    pre.add_argument("-o", "--output", type=Path, required=True, help="the model to write (.safetensors)")
+    pre.add_argument("--epochs", type=int, help="training epochs (default: the transformer preset's 20)")
+    pre.add_argument(
+        "--train-genes", type=int, help="most variable genes per slide to train on (default 2000)"
+    )
+    pre.add_argument("--seed", type=int, help="random seed (default 0)")
+    pre.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
+    pre.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    pre.add_argument("--quiet", action="store_true", help="no progress bar")
 
     from .core.methods import METHOD_HELP
 
@@ -312,6 +336,8 @@ def cmd_enhance(args: argparse.Namespace) -> int:
         raise CliError("--model applies a fitted model: --epochs/--train-genes/--seed do not apply")
     if args.model is None and args.keep_classical:
         raise CliError("--keep-classical applies to a model given with --model")
+    if args.finetune is not None and (args.model is None or args.finetune < 0):
+        raise CliError("--finetune: a number of epochs >= 0 for a model given with --model")
     from .core.config import Runtime, preset
 
     device = Runtime(device=args.device or "auto").device
@@ -347,6 +373,15 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     trainer = None if model is not None else Trainer(slide, config, device=device)
     bar = _ProgressBar(disabled=args.quiet)
     try:
+        from .core.pretrain import uses_validation
+
+        if model is not None and (args.finetune is not None or uses_validation(model)):
+            # a pretrained model is judged on this slide's held-out genes (and fine-tuned) first
+            if args.keep_classical:
+                raise CliError(
+                    "--keep-classical: a pretrained model's classical estimate is chosen on the slide"
+                )
+            model = _drive(_finetune_events(model, slide, args.finetune or 0, device, stop), bar)
         if trainer is not None:
             for event in trainer.run(stop):
                 bar.update(event)
@@ -403,6 +438,13 @@ def cmd_enhance(args: argparse.Namespace) -> int:
         print(f"classical estimate {written.uns['classical_choice']}: {written.uns['classical_summary']}")
     if model.name != "default" and not model.uses_network and getattr(model, "note", ""):
         print(f"note: {model.note}")
+    if "classical_val_loss" in model.history and model.uses_network:  # a pretrained model, judged here
+        best = int(model.history["best_epoch"][0])
+        print(
+            f"the learned correction improved held-out genes on this slide: held-out loss "
+            f"{model.history['val_loss'][best]:.4f} (the low-rank estimate it corrects: "
+            f"{model.history['classical_val_loss'][0]:.4f})"
+        )
     patterns = written.uns["patterns"]
     if "effective_rank" in patterns:
         print(
@@ -438,6 +480,99 @@ def _check_free_space(args: argparse.Namespace, slide, n_genes: int) -> None:
         if extra is not None:
             needs[extra] = 4 << 20
     check_free_space(needs)
+
+
+def _finetune_events(model, slide, epochs: int, device: str, stop):
+    from .core.pretrain import finetune_events
+
+    return finetune_events(model, slide, epochs, device, stop)
+
+
+def _drive(events, bar: _ProgressBar):
+    """Run a fit's event generator through the progress bar; its model (TrainingStopped if stopped)."""
+    from .core.errors import TrainingStopped
+
+    while True:
+        try:
+            bar.update(next(events))
+        except StopIteration as done:
+            if done.value is None:
+                raise TrainingStopped("training stopped by request; nothing was written") from None
+            return done.value
+
+
+def _distributed(device: str | None) -> tuple[int, int, str | None]:
+    """Join the torchrun process group when there is one: ``(rank, world size, device)``.
+
+    NCCL on CUDA (each process on ``cuda:LOCAL_RANK``), gloo on the CPU (``--device cpu``, or no GPU).
+    """
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device
+    import torch
+    import torch.distributed as dist
+
+    cuda = torch.cuda.is_available() and (device is None or device.startswith(("auto", "cuda")))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda:
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    elif device in (None, "auto"):
+        device = "cpu"
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    _check_output(args.output, list(args.paths), args.overwrite, MODEL_SUFFIX)
+    options = _training_options(args)
+    from .core.config import Runtime, preset
+
+    preset("transformer", "square", **options)  # invalid options fail here, before any reading
+    Runtime(device=args.device or "auto")
+    rank, world, device = _distributed(args.device)
+    device = Runtime(device=device or "auto").device
+    from .core.io import read, refuse_enhanced
+    from .core.pretrain import pretrain_events
+    from .core.slide import Slide
+
+    slides = []
+    for path in args.paths:
+        adata = read(path)
+        refuse_enhanced(adata)
+        slides.append(Slide.from_adata(adata))
+    config = preset("transformer", slides[0].lattice.kind, **options)
+    stop = threading.Event()
+    bar = _ProgressBar(disabled=args.quiet or rank != 0)
+    try:
+        model = _drive(pretrain_events(slides, config, device, stop, [str(p) for p in args.paths]), bar)
+    finally:
+        bar.close()
+    if rank == 0:
+        model.save(args.output)  # atomic
+        history = model.history
+        best = int(history["best_epoch"][0])
+        val = history["val_loss"]
+        print(
+            f"wrote {args.output}: a correction network pretrained on {len(slides)} slides "
+            f"({', '.join(s['name'] for s in model.pretrained_on)})"
+            + (f" by {world} processes" if world > 1 else "")
+            + f"; best epoch {best}, held-out loss {val[0]:.4f} (classical estimate) -> {val[best]:.4f}"
+        )
+        if best == 0:
+            print(
+                "stentrans: warning: the correction did not improve the pretraining slides' held-out genes; "
+                "applied to a slide it will give the classical estimate",
+                file=sys.stderr,
+            )
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    return 0
 
 
 def _plot(adata, written, path: Path, genes) -> None:
@@ -612,7 +747,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from .core.errors import StentransError, TrainingStopped, WriteError
 
-    handlers = {"info": cmd_info, "enhance": cmd_enhance, "evaluate": cmd_evaluate}
+    handlers = {"info": cmd_info, "enhance": cmd_enhance, "evaluate": cmd_evaluate, "pretrain": cmd_pretrain}
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         previous = _handle_sigterm()

@@ -79,6 +79,8 @@ def save_model(model: FittedModel, path: str | Path) -> Path:
             slide_fingerprint=model.slide_fingerprint,
             target_sum=float(model.target_sum),
         )
+        if model.pretrained_on:  # the slides a pretrained network learned from
+            description["pretrained_on"] = [dict(s) for s in model.pretrained_on]
         description["versions"]["torch"] = str(torch.__version__)
         tensors = {k: v.detach().cpu().float().contiguous().numpy() for k, v in model.state_dict.items()}
     from safetensors.numpy import save_file
@@ -178,11 +180,20 @@ def _from_description(description: dict, tensors: dict[str, np.ndarray]) -> Fitt
         str(description.get("slide_fingerprint", "")),
         history,
         float(description.get("target_sum", TARGET_SUM)),
+        [dict(s) for s in description.get("pretrained_on", [])],
     )
 
 
 def _learned_model(
-    config, tensors, lattice_kind, classical, training_genes, fingerprint, history, target_sum
+    config,
+    tensors,
+    lattice_kind,
+    classical,
+    training_genes,
+    fingerprint,
+    history,
+    target_sum,
+    pretrained_on=(),
 ):
     """A LearnedModel whose weights were checked against the architecture before any allocation."""
     import torch
@@ -214,6 +225,7 @@ def _learned_model(
         slide_fingerprint=fingerprint,
         history=history,
         target_sum=target_sum,
+        pretrained_on=list(pretrained_on),
     )
 
 

@@ -7,6 +7,8 @@ at every step, and half of the steps are same-scale hole-filling pairs; user-dec
 spots are never input nor target. Three parts: :class:`PairSampler` builds pairs,
 :class:`Validation` scores held-out genes at a held-out region, :func:`train_network` is the
 loop, a generator of :class:`~.estimators.base.TrainEvent` with a stop flag.
+:func:`train_slides` is the same loop over several slides (pretraining, :mod:`.pretrain`), and
+under ``torchrun`` it runs data-parallel (torch.distributed; NCCL on GPUs, gloo on CPUs).
 """
 
 from __future__ import annotations
@@ -327,11 +329,101 @@ class Validation:
 
 @dataclass
 class TrainResult:
-    """What :func:`train_network` returns: the kept weights and the history."""
+    """What :func:`train_network` returns: the kept weights and the history.
+
+    ``start_val`` is the validation loss of the network training started from (epoch 0) and
+    ``classical_val`` that of the classical estimate alone (a zero correction); they differ
+    only when training starts from given weights (a pretrained model).
+    """
 
     state_dict: dict[str, torch.Tensor]
     best_epoch: int
     history: dict[str, list]
+    best_val: float | None = None
+    start_val: float | None = None
+    classical_val: float | None = None
+
+
+@dataclass
+class TrainingSlide:
+    """One slide's part of a training run: the slide, its training genes' values, its classical model.
+
+    Several slides train one network together (:func:`train_slides`); each keeps its own
+    lattice, raster, pairs, classical estimate and held-out genes and region.
+    """
+
+    slide: Slide
+    values: np.ndarray
+    classical: ClassicalModel | None
+
+
+@dataclass
+class _SlidePart:
+    """What :func:`train_slides` prepares per slide."""
+
+    sampler: PairSampler
+    fit_genes: np.ndarray
+    n_val: int
+    cosets: list[int]
+    ops: list
+    train_sites: np.ndarray | None
+    inpaint: bool
+    validate: Validation
+    window: tuple[int, int]
+
+
+def _prepare(
+    source: TrainingSlide, config: Config, rng: np.random.Generator, seed: int, device
+) -> _SlidePart:
+    """Pairs, held-out genes, held-out region and validation of one slide."""
+    pairs = config.pairs
+    slide, values = source.slide, source.values
+    sampler = PairSampler(slide, values, config, source.classical)
+    n_genes = values.shape[1]
+    perm = rng.permutation(n_genes)
+    n_val = int(round(pairs.val_fraction * n_genes)) if n_genes >= 10 else 0
+    val_genes, fit_genes = np.sort(perm[:n_val]), perm[n_val:]
+    cosets = sampler.available_cosets()
+    ops = list(slide.lattice.symmetries) if pairs.symmetries and config.data.raster == "index" else [IDENTITY]
+    val_rng = np.random.default_rng(seed + 1)
+    val_drop = sampler.blob_drop(0, val_rng) if pairs.blob_fraction > 0 else None
+    val_sites = sampler.validation_sites(pairs.val_sites, val_rng) if pairs.val_sites > 0 else None
+    train_sites = None if val_sites is None else ~val_sites
+    inpaint = pairs.inpaint_fraction > 0 and config.network.residual
+    val_hole = val_sites if val_sites is not None else sampler.inpaint_drop(val_rng)
+    validate = Validation(
+        sampler, val_genes, cosets[0], val_drop, val_sites, val_hole if inpaint else None, device
+    )
+    window = (max(8, sampler.raster.shape[0] // 2), max(8, sampler.raster.shape[1] // 2))
+    return _SlidePart(sampler, fit_genes, n_val, cosets, ops, train_sites, inpaint, validate, window)
+
+
+def _world() -> tuple[int, int]:
+    """``(rank, world size)`` of the torch.distributed process group, ``(0, 1)`` without one."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _validate(parts: list[_SlidePart], net: StEnTransViT, world: int) -> float | None:
+    """Mean held-out loss per validation gene over every slide (None without held-out genes).
+
+    Every process computes the same number; under torch.distributed rank 0's is broadcast so
+    early stopping and the kept epoch are decided identically everywhere.
+    """
+    total, n = 0.0, 0
+    for part in parts:
+        val = part.validate(net)
+        if val is not None:
+            total, n = total + val * part.n_val, n + part.n_val
+    value = total / n if n else None
+    if world > 1 and value is not None:
+        device = next(net.parameters()).device
+        shared = torch.tensor([value], dtype=torch.float64, device=device)
+        torch.distributed.broadcast(shared, 0)
+        value = float(shared.item())
+    return value
 
 
 def train_network(
@@ -342,8 +434,9 @@ def train_network(
     device: torch.device,
     stop: StopFlag | None = None,
     message: str = "",
+    init_state: dict[str, torch.Tensor] | None = None,
 ) -> Generator[TrainEvent, None, TrainResult | None]:
-    """Train the network on the slide's own pairs, yielding progress events.
+    """Train the network on one slide's own pairs, yielding progress events.
 
     Parameters
     ----------
@@ -362,35 +455,57 @@ def train_network(
         returns None.
     message
         What the ``"prepared"`` event reports besides the training set.
+    init_state
+        Weights to start from (a pretrained model, fine-tuned here); None: a fresh network.
 
     Returns
     -------
     The weights to keep (the best validation epoch's when ``restore_best``), the best epoch
     and the history; None when stopped.
     """
+    return train_slides(
+        [TrainingSlide(slide, values, classical)], config, device, stop, message, init_state=init_state
+    )
+
+
+def train_slides(
+    sources: list[TrainingSlide],
+    config: Config,
+    device: torch.device,
+    stop: StopFlag | None = None,
+    message: str = "",
+    init_state: dict[str, torch.Tensor] | None = None,
+) -> Generator[TrainEvent, None, TrainResult | None]:
+    """Train one network on the pairs of one or several slides (see :func:`train_network`).
+
+    Each slide keeps its own lattice raster, pairs, held-out genes and held-out region; an
+    epoch is one pass over every slide's training genes, its gene batches shuffled across
+    slides (a batch holds genes of one slide); validation is the mean held-out loss per gene
+    over all slides. The network sees one gene at a time, so slides need not share genes.
+
+    Under ``torch.distributed`` (``torchrun``; NCCL on GPUs, gloo on CPUs) every process draws
+    the same pairs and each takes its share of every gene batch; gradients are averaged by
+    :class:`~torch.nn.parallel.DistributedDataParallel` with each share's loss weighted by its
+    size, so the weights follow those of one process with the same global batch. Only the
+    scheduling is replicated (a cheap step), never the network's work.
+    """
     optim, pairs = config.optim, config.pairs
     start = time.perf_counter()
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    sampler = PairSampler(slide, values, config, classical)
-    n_genes = values.shape[1]
-    perm = rng.permutation(n_genes)
-    n_val = int(round(pairs.val_fraction * n_genes)) if n_genes >= 10 else 0
-    val_genes, fit_genes = np.sort(perm[:n_val]), perm[n_val:]
-    cosets = sampler.available_cosets()
-    ops = list(slide.lattice.symmetries) if pairs.symmetries and config.data.raster == "index" else [IDENTITY]
-    val_rng = np.random.default_rng(config.seed + 1)
-    val_drop = sampler.blob_drop(0, val_rng) if pairs.blob_fraction > 0 else None
-    val_sites = sampler.validation_sites(pairs.val_sites, val_rng) if pairs.val_sites > 0 else None
-    train_sites = None if val_sites is None else ~val_sites
-    inpaint = pairs.inpaint_fraction > 0 and config.network.residual
-    val_hole = val_sites if val_sites is not None else sampler.inpaint_drop(val_rng)
-    validate = Validation(
-        sampler, val_genes, cosets[0], val_drop, val_sites, val_hole if inpaint else None, device
-    )
-    window = (max(8, sampler.raster.shape[0] // 2), max(8, sampler.raster.shape[1] // 2))
+    rank, world = _world()
+    parts = [_prepare(source, config, rng, config.seed + 101 * i, device) for i, source in enumerate(sources)]
 
     model = StEnTransViT(config.network).to(device)
+    classical_val = None
+    if init_state is not None:
+        classical_val = _validate(parts, model, world) if config.network.residual else None
+        model.load_state_dict(init_state)
+    net: torch.nn.Module = model
+    if world > 1 and optim.epochs > 0:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = (  # nothing to optimise without epochs (and importing AdamW costs seconds)
         torch.optim.AdamW(
             model.parameters(), lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay
@@ -399,9 +514,10 @@ def train_network(
         else None
     )
     use_amp = device.type == "cuda"
-    n_steps = max(1, int(np.ceil(len(fit_genes) / optim.batch_size)))
+    batches_per_slide = [max(1, int(np.ceil(len(p.fit_genes) / optim.batch_size))) for p in parts]
+    n_steps = sum(batches_per_slide)
     total_steps = n_steps * optim.epochs
-    dev = str(device)
+    dev = str(device) + (f" x{world} processes" if world > 1 else "")
     history: dict[str, list] = {"epoch": [], "train_loss": [], "val_loss": [], "seconds": []}
 
     def record(epoch: int, train_loss: float | None, val_loss: float | None) -> float:
@@ -418,47 +534,77 @@ def train_network(
             kind, epoch, optim.epochs, step, n_steps, train_loss, val_loss, best, elapsed, eta, dev, text
         )
 
-    best_val = validate(model) if optim.epochs > 0 else None
+    def stopping() -> bool:
+        flag = stop is not None and stop.is_set()
+        if world > 1:  # every process stops at the same step, or the others would wait forever
+            shared = torch.tensor([float(flag)], device=device)
+            torch.distributed.all_reduce(shared, op=torch.distributed.ReduceOp.MAX)
+            flag = bool(shared.item() > 0)
+        return flag
+
+    validates = optim.epochs > 0 or init_state is not None
+    best_val = _validate(parts, model, world) if validates else None
+    start_val = best_val
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     best_epoch, since_best = 0, 0
     record(0, None, best_val)
+    n_usable = sum(p.sampler.slide.n_usable for p in parts)
+    n_genes = sum(s.values.shape[1] for s in sources)
+    n_val = sum(p.n_val for p in parts)
+    where = f"{len(sources)} slides, " if len(sources) > 1 else ""
     yield event(
         "prepared",
         0,
         0,
         val_loss=best_val,
         best=best_val,
-        text=f"{slide.n_usable} spots, {n_genes} training genes ({len(val_genes)} validation)" + message,
+        text=f"{where}{n_usable} spots, {n_genes} training genes ({n_val} validation)" + message,
     )
     done, epoch = 0, 0
     try:
         for epoch in range(1, optim.epochs + 1):
-            order = rng.permutation(fit_genes)
+            orders = [rng.permutation(p.fit_genes) for p in parts]
+            schedule = [(i, b) for i, n in enumerate(batches_per_slide) for b in range(n)]
+            if len(parts) > 1:  # one slide keeps the single-slide order (and random stream)
+                schedule = [schedule[j] for j in rng.permutation(len(schedule))]
             epoch_losses = []
-            for step in range(n_steps):
-                if stop is not None and stop.is_set():
+            for step, (which, b) in enumerate(schedule):
+                if stopping():
                     yield event("stopped", epoch, step, best=best_val, text="stopped by request")
                     return None
-                genes = np.sort(order[step * optim.batch_size : (step + 1) * optim.batch_size])
-                coset = int(rng.choice(cosets))
-                op = ops[int(rng.integers(len(ops)))]
-                if inpaint and rng.random() < pairs.inpaint_fraction:
+                part = parts[which]
+                sampler = part.sampler
+                genes = np.sort(orders[which][b * optim.batch_size : (b + 1) * optim.batch_size])
+                coset = int(rng.choice(part.cosets))
+                op = part.ops[int(rng.integers(len(part.ops)))]
+                # this process's share of the global batch, weighted so the averaged gradient
+                # is the global batch's (an empty share runs one gene with weight 0)
+                local = np.array_split(genes, world)[rank] if world > 1 else genes
+                weight = len(local) * world / len(genes)
+                if len(local) == 0:
+                    local = genes[:1]
+                if part.inpaint and rng.random() < pairs.inpaint_fraction:
                     drop = sampler.inpaint_drop(rng)
-                    pair = sampler.hole_pair(genes, op, drop, device, train_sites, window, rng)
+                    pair = sampler.hole_pair(local, op, drop, device, part.train_sites, part.window, rng)
                 else:
                     drop = sampler.blob_drop(coset, rng) if rng.random() < pairs.blob_fraction else None
-                    pair = sampler.upsampling_pair(genes, coset, op, drop, device, train_sites)
+                    pair = sampler.upsampling_pair(local, coset, op, drop, device, part.train_sites)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    loss = pair_loss(model(pair.inputs, pair.base), pair, pairs.loss_on)
+                    loss = pair_loss(net(pair.inputs, pair.base), pair, pairs.loss_on) * weight
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                epoch_losses.append(loss.item())
+                step_loss = loss.detach().float()
+                if world > 1:  # the global batch's loss, for the history
+                    step_loss = step_loss.clone()
+                    torch.distributed.all_reduce(step_loss)
+                    step_loss = step_loss / world
+                epoch_losses.append(float(step_loss.item()))
                 done += 1
                 elapsed = time.perf_counter() - start
                 eta = elapsed / done * (total_steps - done)
                 yield event("step", epoch, step + 1, epoch_losses[-1], best=best_val, eta=eta)
-            val = validate(model)
+            val = _validate(parts, model, world)
             train_loss = float(np.mean(epoch_losses))
             elapsed = record(epoch, train_loss, val)
             if val is not None and (best_val is None or val < best_val):
@@ -476,13 +622,24 @@ def train_network(
             state_dict={k: v.detach().cpu().clone() for k, v in best_state.items()},
             best_epoch=best_epoch,
             history=dict(history, best_epoch=[best_epoch]),
+            best_val=best_val,
+            start_val=start_val,
+            classical_val=start_val if init_state is None else classical_val,
         )
         yield event("finished", epoch, n_steps, best=best_val, eta=0.0, text=f"best epoch {best_epoch}")
         return result
     finally:
-        model = optimizer = best_state = None  # release parameters and optimiser state
+        model = net = optimizer = best_state = None  # release parameters and optimiser state
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
 
-__all__ = ["PairSampler", "Validation", "train_network", "pair_loss", "TrainResult"]
+__all__ = [
+    "PairSampler",
+    "Validation",
+    "train_network",
+    "train_slides",
+    "TrainingSlide",
+    "pair_loss",
+    "TrainResult",
+]

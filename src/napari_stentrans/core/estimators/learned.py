@@ -58,6 +58,7 @@ class LearnedModel(FittedModel):
     slide_fingerprint: str
     history: dict = field(default_factory=dict, repr=False)
     target_sum: float = TARGET_SUM
+    pretrained_on: list[dict] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -86,6 +87,12 @@ class LearnedModel(FittedModel):
         }
         if self.classical is not None:
             out["classical"] = self.classical.params.describe()
+        if self.pretrained_on:
+            # strings (an .h5ad's uns holds no list of dicts)
+            out["pretrained_on"] = [
+                f"{s['name']} (fingerprint {s['fingerprint']}, {s['n_spots']} spots)"
+                for s in self.pretrained_on
+            ]
         return out
 
     def predictor(
