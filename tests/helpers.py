@@ -8,11 +8,12 @@ import os
 from pathlib import Path
 
 import anndata as ad
-import h5py
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+
+from napari_stentrans.synthetic import write_10x_h5
 
 SHARED_DATA = Path(
     os.environ.get("STENTRANS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -119,15 +120,8 @@ def write_spaceranger(folder, adata, *, matrix: str, positions: str):
     counts = sp.csc_matrix(adata.X.T).astype(np.int32)
     barcodes = np.asarray(adata.obs_names)
     if matrix == "h5":
-        with h5py.File(folder / "filtered_feature_bc_matrix.h5", "w") as f:
-            m = f.create_group("matrix")
-            m["data"], m["indices"], m["indptr"] = counts.data, counts.indices, counts.indptr
-            m["shape"] = np.array(counts.shape)
-            m["barcodes"] = barcodes.astype("S")
-            feats = m.create_group("features")
-            feats["name"] = np.asarray(adata.var_names).astype("S")
-            feats["id"] = np.array([f"ENSG{i:05d}" for i in range(adata.n_vars)]).astype("S")
-            feats["feature_type"] = np.array(["Gene Expression"] * adata.n_vars).astype("S")
+        ids = [f"ENSG{i:05d}" for i in range(adata.n_vars)]
+        write_10x_h5(folder / "filtered_feature_bc_matrix.h5", adata.X, barcodes, adata.var_names, ids)
     else:
         mtx = folder / "filtered_feature_bc_matrix"
         mtx.mkdir()

@@ -172,6 +172,33 @@ def _tissue_image(tissue, lattice: Lattice, xy: np.ndarray, pixels_per_um: float
 HD_MICRONS_PER_PIXEL = 0.2737  # a Visium HD full-resolution image
 
 
+def write_10x_h5(path, counts, barcodes, names, ids) -> None:
+    """Write a 10x feature-barcode HDF5 matrix (``matrix/`` group, Gene Expression features).
+
+    Parameters
+    ----------
+    path
+        The ``.h5`` file to create.
+    counts
+        ``(n_spots, n_genes)`` integer counts (dense or sparse); stored genes x spots as CSC,
+        as Space Ranger stores them (10x Genomics, "Feature-barcode matrix HDF5 format").
+    barcodes, names, ids
+        ``n_spots`` barcodes, ``n_genes`` gene names and gene ids.
+    """
+    import h5py
+
+    matrix = sp.csc_matrix(sp.csr_matrix(counts).T).astype(np.int32)
+    with h5py.File(path, "w") as f:
+        m = f.create_group("matrix")
+        m["data"], m["indices"], m["indptr"] = matrix.data, matrix.indices, matrix.indptr
+        m["shape"] = np.array(matrix.shape)
+        m["barcodes"] = np.asarray(barcodes).astype("S")
+        feats = m.create_group("features")
+        feats["name"] = np.asarray(names).astype("S")
+        feats["id"] = np.asarray(ids).astype("S")
+        feats["feature_type"] = np.full(len(names), "Gene Expression").astype("S")
+
+
 def write_visium_hd(outs, bin_um: int = 16, n_genes: int = 100, seed: int = 0):
     """Write a synthetic Visium HD output: ``outs/binned_outputs/square_NNNum/`` and ``outs/spatial/``.
 
@@ -199,7 +226,6 @@ def write_visium_hd(outs, bin_um: int = 16, n_genes: int = 100, seed: int = 0):
     import json
     from pathlib import Path
 
-    import h5py
     from PIL import Image
 
     adata = synthetic_slide("square", n_genes=n_genes, seed=seed)
@@ -214,16 +240,13 @@ def write_visium_hd(outs, bin_um: int = 16, n_genes: int = 100, seed: int = 0):
         np.char.add(f"s_{bin_um:03d}um_", np.char.zfill(row.astype(str), 5)),
         np.char.add("_", np.char.add(np.char.zfill(col.astype(str), 5), "-1")),
     )
-    counts = sp.csc_matrix(adata.X.T).astype(np.int32)  # genes x bins, as 10x stores it
-    with h5py.File(folder / "filtered_feature_bc_matrix.h5", "w") as f:
-        m = f.create_group("matrix")
-        m["data"], m["indices"], m["indptr"] = counts.data, counts.indices, counts.indptr
-        m["shape"] = np.array(counts.shape)
-        m["barcodes"] = barcodes.astype("S")
-        feats = m.create_group("features")
-        feats["name"] = np.asarray(adata.var_names).astype("S")
-        feats["id"] = np.char.add("SYNG", np.arange(adata.n_vars).astype(str)).astype("S")
-        feats["feature_type"] = np.full(adata.n_vars, "Gene Expression").astype("S")
+    write_10x_h5(
+        folder / "filtered_feature_bc_matrix.h5",
+        adata.X,
+        barcodes,
+        adata.var_names,
+        np.char.add("SYNG", np.arange(adata.n_vars).astype(str)),
+    )
     # every bin of the array rectangle, as Space Ranger lists them; in tissue = measured
     all_rc = _all_sites("square")
     measured = {(r, c) for r, c in zip(row.tolist(), col.tolist(), strict=True)}
