@@ -280,3 +280,23 @@ def test_inputs_the_core_reads_open_in_napari(make_napari_viewer, tmp_path):
         added = viewer.layers[before:]
         assert len(added) == 4 and all(layer.metadata["stentrans"]["role"] == "gene" for layer in added)
         assert all(layer.metadata["stentrans"]["gene"] in slide.var_names for layer in added)
+
+
+def test_reader_leaves_images_and_other_tables_to_other_readers(tmp_path):
+    """Issue 14 item 5: the reader claimed every PNG, CSV and folder (napari then asked which plugin)."""
+    import pandas as pd
+    from PIL import Image
+
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "he.png")
+    (tmp_path / "layers.csv").write_text("barcode,layer\nAAAC-1,L1\nAAAG-1,L2\n")
+    (tmp_path / "points.csv").write_text("index,axis-0,axis-1\n0,10.5,20.0\n1,11.0,21.5\n")
+    (tmp_path / "mask.csv").write_text("array_row,array_col\n3,5\n4,6\n")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes/readme.txt").write_text("hello\n")
+    for name in ("he.png", "layers.csv", "points.csv", "mask.csv", "notes"):
+        assert get_reader(str(tmp_path / name)) is None, name
+    counts = pd.DataFrame([[3, 0, 5], [1, 2, 0]], index=["1x1", "1x2"], columns=["A", "B", "C"])
+    counts.to_csv(tmp_path / "counts.csv")
+    counts.T.to_csv(tmp_path / "genes_as_rows.tsv", sep="\t")
+    for name in ("counts.csv", "genes_as_rows.tsv"):
+        assert get_reader(str(tmp_path / name)) is not None, name

@@ -9,17 +9,23 @@ from pathlib import Path
 def get_reader(path: str | list[str]) -> Callable | None:
     """Return a reader for a slide, or None (never raises) for anything else.
 
-    A path is claimed exactly when the core reader would read it (one definition of the
-    supported inputs, :func:`napari_stentrans.core.io.input_format`).
+    A path is claimed when the core reader would read it (one definition of the supported
+    inputs, :func:`napari_stentrans.core.io.input_format`), except text tables that do not look
+    like counts (:func:`~..core.io.st_table.looks_like_counts_table`): napari opens CSVs of
+    points, labels and annotations too, and those are left to their readers.
     """
     from ..core.io import input_format
+    from ..core.io.st_table import looks_like_counts_table
 
     try:
         if isinstance(path, list):
             if len(path) != 1:
                 return None
             path = path[0]
-        return read_slide_layers if input_format(Path(path)) is not None else None
+        kind = input_format(Path(path))
+        if kind == "table" and not looks_like_counts_table(Path(path)):
+            return None
+        return read_slide_layers if kind is not None else None
     except (OSError, TypeError, ValueError):
         return None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import re
+import zlib
 from pathlib import Path
 
 import anndata as ad
@@ -126,6 +127,36 @@ def _read_table(path: Path, **kwargs) -> pd.DataFrame:
             if len(names) == table.shape[1]:
                 table.columns = pd.Index(names)
     return table
+
+
+def looks_like_counts_table(path: Path) -> bool:
+    """False when a ``.csv``/``.tsv``/``.txt`` file is clearly another kind of table (first two lines).
+
+    For front ends that share file types with other tools (napari opens CSVs of points, labels
+    and annotations too). Another kind of table: napari's own point and shape tables (header
+    ``index,axis-0,...``); a second line of fewer than 3 cells that does not start with a spot
+    id ``12x7`` (masks, labels, coordinates); or a second line whose cells
+    after the first are mostly not numbers. Anything unclear (an empty, one-line, unreadable or
+    corrupt file) is True, so the reader that understands tables says what is wrong. Never raises.
+    """
+    try:
+        with get_handle(path, "r", compression="infer", encoding="utf-8-sig", errors="replace") as handle:
+            header = handle.handle.readline().rstrip("\r\n")
+            line = handle.handle.readline().rstrip("\r\n")
+    except (OSError, ValueError, EOFError, UnicodeError, zlib.error):
+        return True
+    sep = "\t" if "\t" in header else ("," if "," in header else None)
+    if "axis-0" in header.split(sep):
+        return False
+    if not line.strip():
+        return True
+    cells = line.split(sep)
+    if SPOT_ID.match(cells[0].strip('"')):  # a legacy ST spot id: "12x7"
+        return True
+    if len(cells) < 3:
+        return False
+    numeric = [_is_number(cell.strip().strip('"')) for cell in cells[1:]]
+    return 2 * sum(numeric) >= len(numeric)
 
 
 def _first_line(path: Path) -> str:
