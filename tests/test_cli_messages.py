@@ -201,6 +201,10 @@ def test_info_of_an_enhanced_file_counts_the_model_training_genes(tmp_path, caps
     assert code == 0
     assert f"genes:     3 enhanced; the model was trained on 16 genes, {among} of them among these 3\n" in out
     assert "images:    none\n" in out
+    del result.uns["stentrans"]["n_training_genes"]  # as in files of older versions
+    result.write_h5ad(tmp_path / "older.h5ad")
+    code, out, _ = run_cli(["info", tmp_path / "older.h5ad"], capsys)
+    assert code == 0 and f"genes:     3 enhanced ({among} of them training genes of the model)\n" in out
 
 
 # ----------------------------------------------------------------------------- 3. --library

@@ -337,10 +337,12 @@ def _describe_enhanced(path: Path, adata) -> str:
     kinds = adata.obs["kind"].value_counts()
     row, col = adata.obs["array_row"], adata.obs["array_col"]
     among = int(np.sum(adata.var["training_gene"])) if "training_gene" in adata.var else 0
-    n_training = int(info.get("n_training_genes", among))
-    if n_training:
+    n_training = info.get("n_training_genes")  # absent from files of older versions
+    if n_training is None:
+        genes = f"{adata.n_vars} enhanced ({among} of them training genes of the model)"
+    elif int(n_training):
         genes = (
-            f"{adata.n_vars} enhanced; the model was trained on {n_training} genes, "
+            f"{adata.n_vars} enhanced; the model was trained on {int(n_training)} genes, "
             f"{among} of them among these {adata.n_vars}"
         )
     else:
