@@ -226,7 +226,10 @@ def test_parquet_without_pyarrow_is_one_line_with_the_install_command(cases, tmp
     monkeypatch.setitem(sys.modules, "fastparquet", None)
     with pytest.raises(ReadError) as info:
         read(folder)
-    assert str(info.value).startswith(f"{parquet}: reading .parquet positions needs pyarrow: pip install")
+    assert str(info.value).startswith(
+        f"{parquet}: reading .parquet positions needs pyarrow: pip install pyarrow"
+    )
+    assert "napari-stentrans[" not in str(info.value)  # not on PyPI, and pyarrow is a base dependency
     for command in (["info", folder], ["enhance", folder, "-o", tmp_path / "out.h5ad", "--genes", "5"]):
         code, _, err = run_cli(command, capsys)
         line = _one_error_line(err)

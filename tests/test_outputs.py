@@ -238,7 +238,7 @@ def test_cli_picks_a_table_of_a_store(tmp_path, capsys):
     assert main(["info", str(tmp_path / "two.zarr")]) == 2
     assert "choose one with --table NAME" in capsys.readouterr().err
     assert main(["info", str(tmp_path / "two.zarr"), "--table", "b"]) == 0
-    assert "spots:     50 measured" in capsys.readouterr().out
+    assert "spots:     50;" in capsys.readouterr().out
 
 
 def test_shared_spatialdata_store_reads_like_its_space_ranger_folder():

@@ -14,6 +14,7 @@ import argparse
 import os
 import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -178,8 +179,10 @@ def _build_parser() -> argparse.ArgumentParser:
         help=f"comma-separated subset of {', '.join(METHOD_HELP)} (default: all; the former names "
         "stentrans, stentrans_transformer, stentrans_published still work)",
     )
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--device", default="auto")
+    ev.add_argument(
+        "--seed", type=int, default=0, help="random seed of the held-out split and the training (default 0)"
+    )
+    ev.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     ev.add_argument(
         "--labels",
         help="spot annotations for the ARI of a fixed clustering: an obs column of the slide, or a "
@@ -254,12 +257,45 @@ def _parse_genes(text: str | None):
     return names
 
 
+def _read_input(args: argparse.Namespace):
+    """The slide named on the command line (``path``, ``--coords``, ``--library``, ``--table``).
+
+    A Space Ranger folder holds one library, filed under the folder's name: a ``--library`` naming
+    another one is refused (a mistyped name would otherwise silently rename the library; the
+    Python API's ``read(folder, library=...)`` still files it under the name given).
+    """
+    from .core.io import input_format, read
+
+    path = Path(args.path)
+    if args.library is not None and input_format(path) == "spaceranger" and args.library != path.name:
+        raise CliError(
+            f"{path}: this folder holds one library, {path.name}; --library names the library of a "
+            f"multi-library .h5ad: leave it out here (--library {args.library!r} does not match)"
+        )
+    return read(args.path, coords=args.coords, library=args.library, table=args.table)
+
+
+def _images_text(adata) -> str:
+    """``uns["spatial"]``'s images in words: ``"lowres, hires (LIBRARY)"`` per library, or ``"none"``."""
+    parts = []
+    for library, entry in dict(adata.uns.get("spatial", {})).items():
+        names = sorted(dict(entry.get("images", {}))) if isinstance(entry, dict) else []
+        if names:
+            parts.append(f"{', '.join(names)} ({library})")
+    return "; ".join(parts) if parts else "none"
+
+
+def _coordinates_text(adata) -> str | None:
+    """Where the spots' lattice coordinates came from, when the reader recorded it."""
+    return adata.uns["stentrans_lattice"].get("coordinates")
+
+
 def cmd_info(args: argparse.Namespace) -> int:
-    from .core.io import is_enhanced, read
+    from .core.io import is_enhanced
     from .core.sites import output_sites
     from .core.slide import Slide
 
-    adata = read(args.path, coords=args.coords, library=args.library, table=args.table)
+    adata = _read_input(args)
     if is_enhanced(adata):
         print(_describe_enhanced(args.path, adata))
         return 0
@@ -268,18 +304,24 @@ def cmd_info(args: argparse.Namespace) -> int:
     kinds = {k: int((sites.kind == k).sum()) for k in ("measured", "imputed", "new")}
     info = adata.uns["stentrans_lattice"]
     detected = len(slide.eligible_genes(0.10))
-    libraries = list(adata.uns.get("spatial", {}))
-    images = {lib: sorted(adata.uns["spatial"][lib].get("images", {})) for lib in libraries}
+    empty = int(np.sum(slide.depth == 0))
+    absent = len(info.get("in_tissue_unmeasured", ()))
+    notes = [f"{empty} without counts, imputed"] if empty else []
+    if absent:
+        notes.append(f"{absent} more in tissue but absent from the matrix, imputed")
     lines = [
         f"path:      {args.path}",
         f"lattice:   {info['kind']} (pitch {info['pitch_um']:g} um)",
-        f"spots:     {adata.n_obs} measured; array_row {slide.row.min()}..{slide.row.max()}, "
-        f"array_col {slide.col.min()}..{slide.col.max()}",
+        f"spots:     {adata.n_obs}"
+        + (f" ({'; '.join(notes)})" if notes else "")
+        + f"; array_row {slide.row.min()}..{slide.row.max()}, array_col {slide.col.min()}..{slide.col.max()}",
         f"genes:     {adata.n_vars} ({detected} detected in >= 10% of spots)",
         f"depth:     median {np.median(slide.depth):.0f} counts per spot",
         f"2x output: {kinds['measured']} measured, {kinds['imputed']} imputed, {kinds['new']} new sites",
-        f"images:    {images if libraries else 'none'}",
+        f"images:    {_images_text(adata)}",
     ]
+    if _coordinates_text(adata) is not None:
+        lines.insert(2, f"coords:    {_coordinates_text(adata)}")
     if "stentrans_read_note" in adata.uns:
         lines.append(f"note:      {adata.uns['stentrans_read_note']}")
     if slide.imputation_warning() is not None:
@@ -294,9 +336,17 @@ def _describe_enhanced(path: Path, adata) -> str:
     lattice = adata.uns["stentrans_lattice"]
     kinds = adata.obs["kind"].value_counts()
     row, col = adata.obs["array_row"], adata.obs["array_col"]
-    training = int(np.sum(adata.var["training_gene"])) if "training_gene" in adata.var else 0
-    libraries = adata.uns.get("spatial", {})
-    images = {lib: sorted(entry.get("images", {})) for lib, entry in libraries.items()}
+    among = int(np.sum(adata.var["training_gene"])) if "training_gene" in adata.var else 0
+    n_training = info.get("n_training_genes")  # absent from files of older versions
+    if n_training is None:
+        genes = f"{adata.n_vars} enhanced ({among} of them training genes of the model)"
+    elif int(n_training):
+        genes = (
+            f"{adata.n_vars} enhanced; the model was trained on {int(n_training)} genes, "
+            f"{among} of them among these {adata.n_vars}"
+        )
+    else:
+        genes = f"{adata.n_vars} enhanced (the method uses no training genes)"
     return "\n".join(
         [
             f"path:      {path}",
@@ -307,10 +357,16 @@ def _describe_enhanced(path: Path, adata) -> str:
             f"sites:     {adata.n_obs} ({kinds.get('measured', 0)} measured, {kinds.get('imputed', 0)} "
             f"imputed, {kinds.get('new', 0)} new); array_row {row.min()}..{row.max()}, "
             f"array_col {col.min()}..{col.max()}",
-            f"genes:     {adata.n_vars} enhanced ({training} used in training)",
-            f"images:    {images if libraries else 'none'}",
+            f"genes:     {genes}",
+            f"images:    {_images_text(adata)}",
         ]
     )
+
+
+def _lattice_words(kind: str) -> str:
+    """A lattice kind with the platform that has it, for messages."""
+    platform = {"hex": "Visium", "square": "legacy ST, 1k", "checkerboard": "legacy ST, 2k"}.get(kind)
+    return f"{kind} lattice ({platform})" if platform else f"{kind} lattice"
 
 
 def _training_options(args: argparse.Namespace) -> dict:
@@ -352,16 +408,22 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     from .core.errors import TrainingStopped
     from .core.files import atomic_outputs
     from .core.fitting import Trainer
-    from .core.io import read
     from .core.slide import Slide
 
     model = load_model(args.model) if args.model is not None else None
     from .core.io import refuse_enhanced
 
-    adata = read(args.path, coords=args.coords, library=args.library, table=args.table)
+    adata = _read_input(args)
     refuse_enhanced(adata)  # before the mask is checked: the slide itself is at fault
     # prepared once for fitting and enhancing; a mask file's errors name it (core/masks.py)
     slide = Slide.from_adata(adata, args.mask, "auto" if args.fill_holes is None else args.fill_holes)
+    if model is not None and model.lattice_kind != slide.lattice.kind:
+        raise CliError(
+            f"{args.model}: this model was fitted on a {_lattice_words(model.lattice_kind)} but "
+            f"{args.path} is on a {_lattice_words(slide.lattice.kind)}; a model applies only to slides "
+            "of its lattice kind: enhance without --model (a model is fitted on this slide), or give "
+            f"one fitted on a {slide.lattice.kind} slide"
+        )
     slide.warn_imputation()  # before any training (printed as one line by main)
     config = preset(args.preset, slide.lattice.kind, **options)
     min_detection = model.min_detection if model is not None else config.data.min_detection
@@ -614,14 +676,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from .core.evaluate import DEFAULT_METHODS, evaluate
     from .core.files import atomic_outputs
-    from .core.io import read
     from .core.methods import METHOD_ALIASES
 
     methods = tuple(m.strip() for m in args.methods.split(",")) if args.methods else DEFAULT_METHODS
     unknown = sorted(set(methods) - set(DEFAULT_METHODS) - set(METHOD_ALIASES))
     if unknown:
         raise CliError(f"--methods: unknown method(s) {unknown}; choose from {', '.join(DEFAULT_METHODS)}")
-    adata = read(args.path, coords=args.coords, library=args.library, table=args.table)
+    adata = _read_input(args)
     labels = _read_labels(args.labels, adata) if args.labels is not None else None
     ari = labels is not None
     print(
@@ -697,48 +758,92 @@ def _finite(value):
 
 
 class _ProgressBar:
-    """tqdm bar over all training steps with loss and validation in the postfix."""
+    """Training progress on stderr: a tqdm bar on a terminal, plain lines otherwise.
 
-    def __init__(self, disabled: bool) -> None:
+    On a terminal the bar is redrawn in place, with loss and validation in its postfix. When
+    stderr is redirected (a log file, a pipe, a job scheduler) carriage-return animation would
+    leave hundreds of partial lines, so it prints at most one line per tenth of the steps (and
+    one when training ends) instead. Other lines printed while a bar is drawn go through
+    :meth:`line`, which clears the bar first, so none lands in the middle of it.
+    """
+
+    active: _ProgressBar | None = None  # the bar on screen, for warnings printed meanwhile
+
+    def __init__(self, disabled: bool, stream=None) -> None:
         self.disabled = disabled
+        self.stream = sys.stderr if stream is None else stream
         self.bar = None
+        self.total = 0
+        self.done = 0
+        self.reported = 0  # tenths of the steps already reported as a line (plain mode)
+        self.started = 0.0
+
+    def _interactive(self) -> bool:
+        isatty = getattr(self.stream, "isatty", None)
+        try:
+            return bool(isatty and isatty())
+        except ValueError:  # a closed stream
+            return False
+
+    def line(self, text: str) -> None:
+        """Print ``text`` on its own line of stderr, clearing the bar around it."""
+        if self.bar is not None:
+            self.bar.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream, flush=True)
 
     def update(self, event) -> None:
         if self.disabled:
             return
-        from tqdm import tqdm
+        if event.kind == "prepared" and self.bar is None:  # a fit begins (a second one after a first)
+            self.line(f"stentrans: {event.message}")
+            self.total = event.n_steps * event.n_epochs
+            self.done = self.reported = 0
+            if self.total and self._interactive():
+                from tqdm import tqdm
 
-        if self.bar is None and event.kind == "prepared" and event.n_steps * event.n_epochs == 0:
-            print(f"stentrans: {event.message}", file=sys.stderr)  # nothing to train: no bar
-        elif self.bar is None and event.kind == "prepared":
-            self.bar = tqdm(
-                total=event.n_steps * event.n_epochs,
-                desc=f"training on {event.device}",
-                unit="step",
-                file=sys.stderr,
-                dynamic_ncols=True,
-            )
-            self.bar.write(f"stentrans: {event.message}", file=sys.stderr)
-        elif self.bar is not None and event.kind == "step":
-            self.bar.update(1)
-            self.bar.set_postfix(
-                epoch=event.epoch,
-                loss=f"{event.train_loss:.4f}",
-                val="-" if event.best_val_loss is None else f"{event.best_val_loss:.4f}",
-            )
-        elif event.kind in ("finished", "stopped"):
-            line = f"stentrans: training {event.kind} ({event.message}, {event.elapsed:.1f} s)"
-            if self.bar is None:
-                print(line, file=sys.stderr)
+                self.bar = tqdm(
+                    total=self.total,
+                    desc=f"training on {event.device}",
+                    unit="step",
+                    file=self.stream,
+                    dynamic_ncols=True,
+                )
+                _ProgressBar.active = self
+            elif self.total:
+                self.started = time.monotonic()
+                self.line(f"stentrans: training on {event.device}: {self.total} steps")
+        elif event.kind == "step" and self.total:
+            self.done = min(self.done + 1, self.total)
+            if self.bar is not None:
+                self.bar.update(1)
+                self.bar.set_postfix(
+                    epoch=event.epoch,
+                    loss=f"{event.train_loss:.4f}",
+                    val="-" if event.best_val_loss is None else f"{event.best_val_loss:.4f}",
+                )
                 return
-            if event.kind == "finished":  # early stopping ends before the planned last step
+            tenth = self.done * 10 // self.total
+            if tenth > self.reported and self.done < self.total:
+                self.reported = tenth
+                val = "-" if event.best_val_loss is None else f"{event.best_val_loss:.4f}"
+                self.line(
+                    f"stentrans: training {self.done}/{self.total} steps ({self.done / self.total:.0%}), "
+                    f"epoch {event.epoch}, loss {event.train_loss:.4f}, val {val}, "
+                    f"{time.monotonic() - self.started:.0f} s"
+                )
+        elif event.kind in ("finished", "stopped"):
+            if self.bar is not None and event.kind == "finished":  # early stopping ends before the last step
                 self.bar.update(self.bar.total - self.bar.n)
-            self.bar.write(line, file=sys.stderr)
+            self.close()  # the bar's last state stays on screen; the line goes under it
+            self.line(f"stentrans: training {event.kind} ({event.message}, {event.elapsed:.1f} s)")
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        if _ProgressBar.active is self:
+            _ProgressBar.active = None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -782,7 +887,11 @@ _default_showwarning = warnings.showwarning
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """The engine's own warnings as one line ``stentrans: warning: ...``; others as usual."""
     if category.__module__.startswith("napari_stentrans"):
-        print(f"stentrans: warning: {message}", file=sys.stderr if file is None else file)
+        text = f"stentrans: warning: {message}"
+        if file is None and _ProgressBar.active is not None:
+            _ProgressBar.active.line(text)  # clears the bar first: the warning never lands mid-bar
+        else:
+            print(text, file=sys.stderr if file is None else file)
     else:
         _default_showwarning(message, category, filename, lineno, file, line)
 

@@ -10,7 +10,9 @@ Every reader returns an AnnData in scanpy/squidpy conventions:
   only known scale factors with positive numbers, only images that decode and can be placed
   (``common.clean_spatial``); what is left out is an :class:`OptionalPartWarning`;
 * ``uns["stentrans_lattice"]``: ``{"kind", "pitch_um", "source"}`` and, when the positions
-  file lists them, ``in_tissue_unmeasured`` sites ``(k, 2)`` that are in tissue but have no counts.
+  file lists them, ``in_tissue_unmeasured`` sites ``(k, 2)`` that are in tissue but have no counts;
+  ``coordinates`` says where the lattice coordinates came from when that is not obvious (an ST
+  table's coordinates file or spot ids; an ``.h5ad``'s ``obsm["spatial"]``).
 """
 
 from __future__ import annotations

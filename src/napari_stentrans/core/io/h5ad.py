@@ -71,6 +71,7 @@ def slide_from_anndata(adata: ad.AnnData, path: Path) -> ad.AnnData:
         adata = _counts_from_raw(adata, path)
     adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
     spatial = np.asarray(adata.obsm["spatial"], float) if "spatial" in adata.obsm else None
+    rebuilt = False  # lattice coordinates recovered from the positions
     if {"array_row", "array_col"} <= set(adata.obs.columns):
         row = snap_to_integers(adata.obs["array_row"].to_numpy(dtype=float), f"{path.name} obs['array_row']")
         col = snap_to_integers(adata.obs["array_col"].to_numpy(dtype=float), f"{path.name} obs['array_col']")
@@ -80,6 +81,7 @@ def slide_from_anndata(adata: ad.AnnData, path: Path) -> ad.AnnData:
         )
     elif spatial is not None:
         row, col, lattice = lattice_from_positions(spatial)
+        rebuilt = True
     else:
         raise ReadError(
             f"{path}: no coordinates: obs has no 'array_row'/'array_col' and obsm has no 'spatial'"
@@ -89,6 +91,10 @@ def slide_from_anndata(adata: ad.AnnData, path: Path) -> ad.AnnData:
     if spatial is None:
         adata.obsm["spatial"] = np.column_stack([col, row]).astype(float)
     set_lattice(adata, lattice, path)
+    if rebuilt:
+        adata.uns["stentrans_lattice"]["coordinates"] = (
+            "rebuilt from obsm['spatial'] (obs has no array_row/array_col)"
+        )
     return adata
 
 

@@ -276,8 +276,8 @@ def _read_positions(path: Path) -> pd.DataFrame:
             table = pd.read_parquet(path)
         except ImportError as exc:  # pyarrow is a dependency, but may be missing or broken
             raise ReadError(
-                f"{path}: reading .parquet positions needs pyarrow: pip install pyarrow "
-                "(or pip install 'napari-stentrans[parquet]')"
+                f"{path}: reading .parquet positions needs pyarrow: pip install pyarrow (a dependency "
+                "of napari-stentrans, missing or broken in this environment)"
             ) from exc
     else:
         with open_text(path) as fh:

@@ -37,7 +37,10 @@ def read_st_table(path: str | Path, coords: str | Path | None = None) -> ad.AnnD
     path = Path(path)
     table = _read_counts_table(path)
     if table.shape[0] == 0 or table.shape[1] == 0:
-        raise ReadError(f"{path}: empty counts table ({table.shape[0]} x {table.shape[1]})")
+        raise ReadError(
+            f"{path}: no counts: the table has a header but no rows or columns of numbers; "
+            "expected a counts table of spots x genes"
+        )
     coords_path = Path(coords) if coords is not None else _find_coords(path)
     coord_table = _read_coords(coords_path) if coords_path is not None else None
     transposed = _spots_are_columns(table, coord_table, path)
@@ -73,6 +76,12 @@ def read_st_table(path: str | Path, coords: str | Path | None = None) -> ad.AnnD
     if lattice.kind == "hex":  # ST tables are square (1k) or checkerboard (2k) arrays, never Visium
         lattice = Lattice("checkerboard")
     set_lattice(adata, lattice, path)
+    # which positions were used: ``stentrans info`` says so (a sibling file is picked by name)
+    adata.uns["stentrans_lattice"]["coordinates"] = (
+        f"from {coords_path}"
+        if coord_table is not None
+        else "from the spot ids ('{x}x{y}'); no coordinates file"
+    )
     return adata
 
 

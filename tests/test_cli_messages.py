@@ -1,0 +1,313 @@
+"""The CLI's words for a new user: progress in a log file, ``info``'s lines, and one-line errors
+that name the file at fault (a mistyped ``--library``, a model of another lattice, a counts table
+with no counts) and say what to do."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from helpers import block_sites, make_slide, write_spaceranger
+from napari_stentrans.cli import _ProgressBar, _show_warning, main
+from napari_stentrans.core.estimators.base import TrainEvent
+
+FAST = ["--epochs", "1", "--train-genes", "16", "--device", "cpu"]
+
+
+def run_cli(args, capsys):
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("stentrans: error: "), err
+    return lines[0]
+
+
+def _events(n_epochs: int, n_steps: int):
+    """A fit's events as the trainer yields them: prepared, steps and an epoch per epoch, finished."""
+
+    def event(kind, epoch, step, loss, message="", elapsed=0.1):
+        best = None if kind == "prepared" else 0.5
+        return TrainEvent(
+            kind, epoch, n_epochs, step, n_steps, loss, None, best, elapsed, None, "cpu", message
+        )
+
+    yield event("prepared", 0, 0, None, "100 spots, 16 training genes", 0.0)
+    for epoch in range(1, n_epochs + 1):
+        for step in range(1, n_steps + 1):
+            yield event("step", epoch, step, 1.0 / epoch)
+        yield event("epoch", epoch, n_steps, 1.0 / epoch)
+    yield event("finished", n_epochs, n_steps, None, "best epoch 3", 1.5)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+# ----------------------------------------------------------------------------- 1. progress
+
+
+def test_progress_into_a_log_file_is_a_few_plain_lines():
+    log = io.StringIO()  # not a terminal: as with 2>log
+    bar = _ProgressBar(disabled=False, stream=log)
+    for event in _events(n_epochs=40, n_steps=25):  # 1,000 steps
+        bar.update(event)
+    bar.close()
+    text = log.getvalue()
+    lines = text.splitlines()
+    assert "\r" not in text and "\x1b" not in text
+    assert len(lines) <= 13, lines  # message, start, one per tenth, finished
+    assert lines[0] == "stentrans: 100 spots, 16 training genes"
+    assert lines[1] == "stentrans: training on cpu: 1000 steps"
+    assert lines[2].startswith("stentrans: training 100/1000 steps (10%), epoch 4, loss 0.2500, val 0.5000")
+    assert lines[-1] == "stentrans: training finished (best epoch 3, 1.5 s)"
+    assert all(line.startswith("stentrans: ") for line in lines)
+
+
+def test_a_warning_during_the_bar_is_printed_on_its_own_line(monkeypatch):
+    from napari_stentrans.core.io.common import OptionalPartWarning
+
+    screen = _Terminal()
+    monkeypatch.setattr("sys.stderr", screen)
+    bar = _ProgressBar(disabled=False, stream=screen)
+    events = _events(n_epochs=2, n_steps=5)
+    for _ in range(4):
+        bar.update(next(events))
+    assert _ProgressBar.active is bar
+    _show_warning(OptionalPartWarning("a part is missing"), OptionalPartWarning, "x.py", 1)
+    for event in events:
+        bar.update(event)
+    bar.close()
+    assert _ProgressBar.active is None
+    text = screen.getvalue()
+    # tqdm clears the bar (carriage return) before the line: it starts a line of its own
+    assert (
+        "\rstentrans: warning: a part is missing\n" in text
+        or "\nstentrans: warning: a part is missing\n" in text
+    )
+    assert "\rstentrans: training finished (best epoch 3, 1.5 s)\n" in text or text.endswith(
+        "\nstentrans: training finished (best epoch 3, 1.5 s)\n"
+    )
+
+
+def test_enhance_with_stderr_redirected_writes_no_bar(tmp_path, capsys):
+    r, c = block_sites("square", 10, 10)
+    make_slide(r, c, "square", n_genes=20).write_h5ad(tmp_path / "slide.h5ad")
+    code, out, err = run_cli(
+        [
+            "enhance",
+            tmp_path / "slide.h5ad",
+            "-o",
+            tmp_path / "out.h5ad",
+            *FAST[2:],
+            "--epochs",
+            "3",
+            "--train-genes",
+            "16",
+        ],
+        capsys,
+    )
+    assert code == 0 and out.startswith("wrote ")
+    assert "\r" not in err and "%|" not in err  # no tqdm animation in a captured stderr
+    training = [line for line in err.splitlines() if line.startswith("stentrans: training")]
+    assert training[0].startswith("stentrans: training on cpu: ") and "finished" in training[-1]
+    assert len(err.splitlines()) <= 16
+
+
+# ----------------------------------------------------------------------------- 2. info
+
+
+def _slide_with_empty_spots(tmp_path, n_empty=3):
+    r, c = block_sites("hex", 8, 16)
+    adata = make_slide(r, c, "hex", n_genes=12)
+    x = adata.X.toarray()
+    x[:n_empty] = 0
+    adata.X = sp.csr_matrix(x)
+    adata.uns["spatial"] = {
+        "libA": {
+            "images": {"lowres": np.zeros((8, 8, 3), np.uint8)},
+            "scalefactors": {"spot_diameter_fullres": 5.0, "tissue_lowres_scalef": 0.1},
+        }
+    }
+    path = tmp_path / "slide.h5ad"
+    adata.write_h5ad(path)
+    return path, adata
+
+
+def test_info_says_images_and_spots_without_counts_in_words(tmp_path, capsys):
+    path, adata = _slide_with_empty_spots(tmp_path)
+    code, out, _ = run_cli(["info", path], capsys)
+    lines = dict(line.split(":", 1) for line in out.splitlines())
+    assert code == 0
+    assert lines["images"].strip() == "lowres (libA)"
+    assert lines["spots"].strip().startswith(f"{adata.n_obs} (3 without counts, imputed); array_row")
+    assert "{" not in out and "[" not in out  # no Python dict or list
+    assert "coords" not in lines  # array_row/array_col given: nothing rebuilt
+
+
+def test_info_without_images_says_none_and_when_the_lattice_was_rebuilt(tmp_path, capsys):
+    r, c = block_sites("square", 6, 6)
+    adata = make_slide(r, c, "square", n_genes=8)
+    adata.obsm["spatial"] = np.column_stack([c, r]).astype(float) * 30.0
+    adata.obs = adata.obs.drop(columns=["array_row", "array_col"])
+    adata.uns["spatial"] = {"X": {"images": {}, "scalefactors": {"spot_diameter_fullres": 5.0}}}
+    adata.write_h5ad(tmp_path / "positions_only.h5ad")
+    code, out, _ = run_cli(["info", tmp_path / "positions_only.h5ad"], capsys)
+    assert code == 0
+    assert "images:    none\n" in out
+    assert "coords:    rebuilt from obsm['spatial'] (obs has no array_row/array_col)\n" in out
+
+
+def test_info_names_the_coordinates_file_of_a_counts_table(tmp_path, capsys):
+    r, c = block_sites("square", 6, 6)
+    adata = make_slide(r, c, "square", n_genes=8)
+    table = adata.to_df().astype(int)
+    table.index = [f"s{i}" for i in range(adata.n_obs)]
+    table.to_csv(tmp_path / "counts.csv")
+    import pandas as pd
+
+    pd.DataFrame({"spot": table.index, "x": c, "y": r}).to_csv(tmp_path / "coords.csv", index=False)
+    code, out, _ = run_cli(["info", tmp_path / "counts.csv"], capsys)
+    assert code == 0 and f"coords:    from {tmp_path / 'coords.csv'}\n" in out
+    table.index = [f"{x}x{y}" for x, y in zip(c, r, strict=True)]
+    (tmp_path / "ids").mkdir()
+    table.to_csv(tmp_path / "ids" / "counts.csv")
+    code, out, _ = run_cli(["info", tmp_path / "ids" / "counts.csv"], capsys)
+    assert code == 0 and "coords:    from the spot ids ('{x}x{y}'); no coordinates file\n" in out
+
+
+def test_info_of_an_enhanced_file_counts_the_model_training_genes(tmp_path, capsys):
+    r, c = block_sites("square", 10, 10)
+    make_slide(r, c, "square", n_genes=30).write_h5ad(tmp_path / "slide.h5ad")
+    out_path = tmp_path / "out.h5ad"
+    code, _, _ = run_cli(
+        ["enhance", tmp_path / "slide.h5ad", "-o", out_path, "--genes", "G0,G1,G2", "--quiet", *FAST], capsys
+    )
+    assert code == 0
+    result = ad.read_h5ad(out_path)
+    n_training = int(result.uns["stentrans"]["n_training_genes"])
+    among = int(result.var["training_gene"].sum())
+    assert n_training == 16 and result.n_vars == 3
+    code, out, _ = run_cli(["info", out_path], capsys)
+    assert code == 0
+    assert f"genes:     3 enhanced; the model was trained on 16 genes, {among} of them among these 3\n" in out
+    assert "images:    none\n" in out
+    del result.uns["stentrans"]["n_training_genes"]  # as in files of older versions
+    result.write_h5ad(tmp_path / "older.h5ad")
+    code, out, _ = run_cli(["info", tmp_path / "older.h5ad"], capsys)
+    assert code == 0 and f"genes:     3 enhanced ({among} of them training genes of the model)\n" in out
+
+
+# ----------------------------------------------------------------------------- 3. --library
+
+
+@pytest.fixture
+def spaceranger_folder(tmp_path):
+    r, c = block_sites("hex", 6, 12)
+    adata = make_slide(r, c, "hex", n_genes=10)
+    adata.obs_names = [f"AAAC{i:04d}-1" for i in range(adata.n_obs)]
+    folder = tmp_path / "Vis5A"
+    write_spaceranger(folder, adata, matrix="h5", positions="csv")
+    return folder
+
+
+def test_a_mistyped_library_on_a_space_ranger_folder_is_refused(spaceranger_folder, tmp_path, capsys):
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    for command in (
+        ["info", spaceranger_folder, "--library", "nope"],
+        ["enhance", spaceranger_folder, "--library", "nope", "-o", tmp_path / "out.h5ad", "--quiet", *FAST],
+    ):
+        code, out, err = run_cli(command, capsys)
+        line = _one_error_line(err)
+        assert code == 2 and out == ""
+        assert line == (
+            f"stentrans: error: {spaceranger_folder}: this folder holds one library, Vis5A; --library "
+            "names the library of a multi-library .h5ad: leave it out here (--library 'nope' does not match)"
+        )
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+    # its own name is accepted, and the Python API still files the library under the name given
+    code, out, _ = run_cli(["info", spaceranger_folder, "--library", "Vis5A"], capsys)
+    assert code == 0 and "path:" in out
+    from napari_stentrans.core.io import read
+
+    assert list(read(spaceranger_folder, library="renamed").uns["spatial"]) == ["renamed"]
+
+
+# ----------------------------------------------------------------------------- 4. model lattice
+
+
+def test_a_model_of_another_lattice_is_refused_naming_the_model_file(tmp_path, capsys):
+    r, c = block_sites("hex", 8, 16)
+    make_slide(r, c, "hex", n_genes=20).write_h5ad(tmp_path / "visium.h5ad")
+    model = tmp_path / "m1.safetensors"
+    code, _, _ = run_cli(
+        [
+            "enhance",
+            tmp_path / "visium.h5ad",
+            "-o",
+            tmp_path / "a.h5ad",
+            "--save-model",
+            model,
+            "--quiet",
+            *FAST,
+        ],
+        capsys,
+    )
+    assert code == 0
+    r, c = block_sites("square", 8, 8)
+    make_slide(r, c, "square", n_genes=20).write_h5ad(tmp_path / "st.h5ad")
+    code, _, err = run_cli(
+        ["enhance", tmp_path / "st.h5ad", "-o", tmp_path / "b.h5ad", "--model", model], capsys
+    )
+    line = _one_error_line(err)
+    assert code == 2 and not (tmp_path / "b.h5ad").exists()
+    assert line.startswith(
+        f"stentrans: error: {model}: this model was fitted on a hex lattice (Visium) but "
+        f"{tmp_path / 'st.h5ad'} is on a square lattice (legacy ST, 1k)"
+    )
+    assert "enhance without --model" in line
+
+
+# ----------------------------------------------------------------------------- 6. small ones
+
+
+def test_evaluate_help_explains_seed_and_device(capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--seed SEED random seed" in text
+    assert "--device DEVICE auto (default), cpu, cuda" in text
+
+
+@pytest.mark.parametrize("content", ["hello\n", "gene\n", "spot,G1\n"])
+def test_a_table_without_numbers_says_it_has_no_counts(tmp_path, capsys, content):
+    path = tmp_path / "word.txt"
+    path.write_text(content)
+    code, _, err = run_cli(["info", path], capsys)
+    line = _one_error_line(err)
+    assert code == 2 and line.startswith(f"stentrans: error: {path}: no counts: ")
+    assert "(0 x 0)" not in line and "empty counts table" not in line
+
+
+def test_the_parquet_advice_names_pyarrow_not_an_extra():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert '".[parquet]"' not in readme and "pip install pyarrow" in readme
+
+
+def test_warnings_still_print_as_one_line_without_a_bar(capsys):
+    from napari_stentrans.core.io.common import OptionalPartWarning
+
+    with warnings.catch_warnings():
+        _show_warning(OptionalPartWarning("x"), OptionalPartWarning, "f.py", 1)
+    assert capsys.readouterr().err == "stentrans: warning: x\n"
