@@ -56,7 +56,8 @@ class PatternCheck:
         values = slide.expression(candidates)[spot_rows]
         top = spatially_variable(values, neighbour_weights(slide.positions(slide.usable)[spot_rows]), N_GENES)
         self.genes = np.sort(candidates[top])  # slide gene indices
-        self.columns = np.searchsorted(np.asarray(gene_idx), self.genes)  # their columns in the batches
+        order = np.argsort(gene_idx)  # gene_idx follows the user's request, not the slide's order
+        self.columns = order[np.searchsorted(np.asarray(gene_idx)[order], self.genes)]  # batch columns
         self.measured = slide.expression(self.genes)[spot_rows]
         measured_depth = slide.depth[sites.spot[measured]]
         self.depth = measured_depth if depth is None else np.asarray(depth)[measured]
