@@ -272,3 +272,42 @@ def test_requested_genes_are_written_in_the_order_asked(hex_slide, tmp_path):
     written = fit(hex_slide, "default", device="cpu").write(hex_slide, tmp_path / "o.h5ad", genes=asked)
     assert ad.read_h5ad(tmp_path / "o.h5ad").var_names.tolist() == ["G7", "G2", "G11", "G0"]
     assert written.uns["patterns"]["n_genes"] == 4
+
+
+def _with_ensembl_ids(adata: ad.AnnData, column: str = "symbol") -> ad.AnnData:
+    """var_names as Ensembl-like ids, symbols in a column (scanpy / cellxgene style)."""
+    adata = adata.copy()
+    symbols = [f"Sym{i}" for i in range(adata.n_vars)]
+    symbols[5] = "Sym4"  # one symbol shared by two genes, as happens with real annotations
+    adata.var_names = [f"ENSMUSG{i:011d}" for i in range(adata.n_vars)]
+    adata.var[column] = symbols
+    adata.var["feature_types"] = "Gene Expression"
+    adata.var["gene_ids"] = adata.var_names.to_numpy()
+    return adata
+
+
+@pytest.mark.parametrize("column", ["symbol", "gene_symbols", "gene_name", "feature_name"])
+def test_genes_are_asked_for_by_symbol_and_annotations_are_kept(hex_slide, tmp_path, column):
+    """``--genes Spp1,Myh3`` on an .h5ad with Ensembl var_names failed with "not in the slide",
+    and the output's var kept only training_gene."""
+    from napari_stentrans.core.fitting import fit
+
+    adata = _with_ensembl_ids(hex_slide, column)
+    adata.write_h5ad(tmp_path / "ids.h5ad")
+    adata = ad.read_h5ad(tmp_path / "ids.h5ad")
+    asked = ["Sym7", "ENSMUSG00000000002", "Sym3"]  # symbols and ids mixed, in this order
+    out = enhance(adata, config="default", device="cpu", genes=asked)
+    ids = ["ENSMUSG00000000007", "ENSMUSG00000000002", "ENSMUSG00000000003"]
+    assert out.var_names.tolist() == ids
+    assert out.var[column].tolist() == ["Sym7", "Sym2", "Sym3"]
+    assert out.var["gene_ids"].tolist() == ids and set(out.var["feature_types"]) == {"Gene Expression"}
+    assert "training_gene" in out.var.columns
+    fit(adata, "default", device="cpu").write(adata, tmp_path / "o.h5ad", genes=asked)
+    written = ad.read_h5ad(tmp_path / "o.h5ad")
+    assert written.var_names.tolist() == ids and written.var[column].tolist() == ["Sym7", "Sym2", "Sym3"]
+    with pytest.raises(
+        InputError, match="'Sym4' is the symbol of 2 genes .*ENSMUSG00000000004, ENSMUSG00000000005"
+    ):
+        enhance(adata, config="default", device="cpu", genes=["Sym4"])
+    with pytest.raises(InputError, match="1 requested gene\\(s\\) not in the slide, e.g. 'Nope'"):
+        enhance(adata, config="default", device="cpu", genes=["Sym1", "Nope"])

@@ -39,6 +39,16 @@ GAP_DISTANCE = 0.9
 # it became the hottest spot on the slide (olfactory bulb: 4 counts, 260th of 262, median
 # 14,606). It is imputed from its neighbours like a spot without counts.
 MIN_DEPTH_FRACTION = 0.02
+# var columns holding gene symbols when var_names are ids (scanpy, cellxgene, Space Ranger readers)
+SYMBOL_COLUMNS = ("symbol", "gene_symbols", "gene_symbol", "gene_name", "gene_names", "feature_name")
+
+
+def symbol_column(var: pd.DataFrame) -> np.ndarray | None:
+    """The gene symbols of ``var`` as strings (first of :data:`SYMBOL_COLUMNS` present), or None."""
+    for name in SYMBOL_COLUMNS:
+        if name in var.columns:
+            return var[name].astype(str).to_numpy()
+    return None
 
 
 def near_empty(depth: np.ndarray) -> np.ndarray:
@@ -360,6 +370,35 @@ class Slide:
             )
         return self.most_variable(eligible, n)
 
+    def _indices_of_names(self, names: list[str]) -> np.ndarray:
+        """Gene indices of ``names``: var_names first, else a unique match in a symbol column.
+
+        ``.h5ad`` files from scanpy or cellxgene often carry Ensembl ids as var_names and the
+        symbols in a column (:data:`SYMBOL_COLUMNS`); users ask for symbols.
+
+        Raises
+        ------
+        InputError
+            A name found nowhere, or a symbol shared by several genes (the candidates listed).
+        """
+        index = self.genes.get_indexer(pd.Index(names))
+        symbols = symbol_column(self.adata.var)
+        missing = []
+        for i in np.flatnonzero(index < 0):
+            hits = np.flatnonzero(symbols == names[i]) if symbols is not None else np.zeros(0, int)
+            if len(hits) == 1:
+                index[i] = hits[0]
+            elif len(hits) > 1:
+                raise InputError(
+                    f"gene {names[i]!r} is the symbol of {len(hits)} genes "
+                    f"({', '.join(map(str, self.genes[hits][:5]))}): ask for one of them by id"
+                )
+            else:
+                missing.append(names[i])
+        if missing:
+            raise InputError(f"{len(missing)} requested gene(s) not in the slide, e.g. {missing[0]!r}")
+        return index
+
     def gene_indices(self, genes, min_detection: float) -> np.ndarray:
         """Gene indices to enhance: names, the N most variable detected genes, or all detected.
 
@@ -382,13 +421,7 @@ class Slide:
                 raise InputError(f"number of genes must be positive, got {genes}")
             out = self.most_variable(self.eligible_genes(min_detection), int(genes))
         else:
-            names = pd.Index([str(g) for g in genes])
-            missing = ~names.isin(self.genes)
-            if missing.any():
-                raise InputError(
-                    f"{int(missing.sum())} requested gene(s) not in the slide, e.g. {names[missing][0]!r}"
-                )
-            out = self.genes.get_indexer(names.unique())  # in the order asked (repeats dropped)
+            out = pd.unique(self._indices_of_names([str(g) for g in genes]))  # in the order asked
         if len(out) == 0:
             raise InputError(
                 f"no gene to enhance: none is detected in at least {min_detection:.0%} of the spots"
