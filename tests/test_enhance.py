@@ -62,12 +62,12 @@ def test_output_positions_in_the_input_image_pixels(square_case):
 def test_output_values_layers_and_provenance(square_case):
     adata, model = square_case
     out = model.enhance(adata, genes=["G3", "G1"], device="cpu")
-    assert list(out.var_names) == ["G1", "G3"]
+    assert list(out.var_names) == ["G3", "G1"]  # in the order asked
     assert np.isfinite(out.X).all() and out.X.min() >= 0
     measured = (out.obs["kind"] == "measured").to_numpy()
     rows = adata.obs_names.get_indexer(out.obs_names[measured])
     np.testing.assert_array_equal(
-        out.layers["measured"][measured].toarray(), adata[rows, ["G1", "G3"]].X.toarray()
+        out.layers["measured"][measured].toarray(), adata[rows, ["G3", "G1"]].X.toarray()
     )
     assert out.layers["measured"][~measured].nnz == 0
     info = out.uns["stentrans"]

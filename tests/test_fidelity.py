@@ -160,3 +160,25 @@ def test_every_enhancement_reports_its_patterns_and_warns_when_genes_share_few(t
     assert per_gene["effective_rank"] > 5 and "warning" not in per_gene
     few = rank_one.enhance(adata, genes=["G1", "G2", "G3", "G4"]).uns["stentrans"]["patterns"]
     assert few["n_genes"] == 4 and "warning" not in few  # four genes say nothing about patterns
+    assert "only 4 genes" in few["not_judged"]
+
+
+def test_pattern_warning_with_few_genes_needs_strong_evidence():
+    """Under 20 genes, a rank-1 estimate with a clearly richer measured slide is still warned about."""
+    from dataclasses import replace
+
+    from napari_stentrans.core.classical import ClassicalParams
+    from napari_stentrans.core.config import preset
+    from napari_stentrans.core.fitting import fit
+
+    r, c = block_sites("hex", 24, 40)
+    adata = make_slide(r, c, "hex", n_genes=60, seed=7)
+    fitted = fit(adata, preset("default", "hex", min_detection=0.0), device="cpu")
+    rank_one = replace(fitted, params=ClassicalParams(1, None, None), _bases={})
+    ten = rank_one.enhance(adata, genes=[f"G{i}" for i in range(10)]).uns["stentrans"]["patterns"]
+    assert ten["n_genes"] == 10 and ten["effective_rank"] < 1.5
+    assert ten["measured_effective_rank"] >= 2 * ten["effective_rank"]
+    assert "not suitable for co-expression" in ten["warning"] and "not_judged" not in ten
+    per_gene = replace(fitted, params=ClassicalParams(20, None, None, residual=0.0), _bases={})
+    rich = per_gene.enhance(adata, genes=[f"G{i}" for i in range(10)]).uns["stentrans"]["patterns"]
+    assert "warning" not in rich and "under 20" in rich["not_judged"]

@@ -300,7 +300,7 @@ def test_genes_all_and_a_file_of_gene_names(square_file, tmp_path, capsys):
     names.write_text("\ufeffG3\nG1\n\nG7, G2\n", encoding="utf-8")  # BOM, blank line, commas
     out = tmp_path / "some.h5ad"
     assert main(["enhance", str(square_file), "-o", str(out), "--genes", f"@{names}", "--quiet"]) == 0
-    assert list(ad.read_h5ad(out, backed="r").var_names) == ["G1", "G2", "G3", "G7"]
+    assert list(ad.read_h5ad(out, backed="r").var_names) == ["G3", "G1", "G7", "G2"]  # the file's order
     names.write_text("G1\nNOPE\n")
     assert main(["enhance", str(square_file), "-o", str(tmp_path / "x.h5ad"), "--genes", f"@{names}"]) == 2
     assert "'NOPE'" in capsys.readouterr().err

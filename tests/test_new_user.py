@@ -230,3 +230,84 @@ def test_plot_draws_every_named_gene_as_the_image_shows_the_slide(tmp_path, caps
     err = capsys.readouterr().err
     assert code == 0 and f"--plot shows the first {MAX_GENES} of the {MAX_GENES + 2} genes given" in err
     assert f"left out: G{MAX_GENES}, G{MAX_GENES + 1}" in err
+
+
+def test_a_near_empty_spot_is_imputed_from_its_neighbours_not_blown_up(hex_slide):
+    """A spot with 3 counts (all in one gene) read as 7,500 per 10k of it: it became the hottest
+    spot on the slide (olfactory bulb: 4 counts, Apod 46 against 12.5 around it)."""
+    r = hex_slide.obs["array_row"].to_numpy()
+    c = hex_slide.obs["array_col"].to_numpy()
+    spot = int(np.argmin(np.hypot((r - 5) * np.sqrt(3) / 2, (c - 8) * 0.5)))
+    x = hex_slide.X.toarray() * 20  # a slide of ~2,000 counts a spot
+    gene = int(np.argmin(x.sum(axis=0)))  # its 3 counts in the slide's rarest gene
+    x[spot] = 0
+    x[spot, gene] = 3
+    adata = hex_slide.copy()
+    adata.X = sp.csr_matrix(x)
+    assert 0 < x[spot].sum() < 0.005 * np.median(x.sum(axis=1))
+    out = enhance(adata, config="default", device="cpu")
+    row = out.obs_names.get_loc(adata.obs_names[spot])
+    assert out.obs["kind"].iloc[row] == "imputed"
+    distance = np.hypot(  # output coordinates are doubled: one input pitch is 4 array_col
+        (out.obs["array_row"] - 2 * r[spot]) * np.sqrt(3) / 4, (out.obs["array_col"] - 2 * c[spot]) / 4
+    )
+    ring = (out.obs["kind"].to_numpy() == "measured") & (distance > 0) & (distance < 1.01)
+    assert ring.sum() == 6
+    ring_values = np.asarray(out.X)[ring, gene]
+    assert ring_values.min() * 0.5 <= np.asarray(out.X)[row, gene] <= ring_values.max() * 1.5
+    assert out.layers["measured"][row, gene] == 3  # what was measured is kept
+
+
+def test_requested_genes_are_written_in_the_order_asked(hex_slide, tmp_path):
+    """``--genes Myh3,Actc1,Spp1`` was written in the slide's order (Actc1, Spp1, Myh3)."""
+    from napari_stentrans.core.fitting import fit
+
+    asked = ["G7", "G2", "G11", "G2", "G0"]
+    out = enhance(hex_slide, config="default", device="cpu", genes=asked)
+    assert out.var_names.tolist() == ["G7", "G2", "G11", "G0"]
+    names = hex_slide.var_names.tolist()
+    rows = [out.obs_names.get_loc(b) for b in hex_slide.obs_names]
+    expected = hex_slide.X.toarray()[:, [names.index(g) for g in ["G7", "G2", "G11", "G0"]]]
+    np.testing.assert_array_equal(out.layers["measured"][rows].toarray(), expected)
+    written = fit(hex_slide, "default", device="cpu").write(hex_slide, tmp_path / "o.h5ad", genes=asked)
+    assert ad.read_h5ad(tmp_path / "o.h5ad").var_names.tolist() == ["G7", "G2", "G11", "G0"]
+    assert written.uns["patterns"]["n_genes"] == 4
+
+
+def _with_ensembl_ids(adata: ad.AnnData, column: str = "symbol") -> ad.AnnData:
+    """var_names as Ensembl-like ids, symbols in a column (scanpy / cellxgene style)."""
+    adata = adata.copy()
+    symbols = [f"Sym{i}" for i in range(adata.n_vars)]
+    symbols[5] = "Sym4"  # one symbol shared by two genes, as happens with real annotations
+    adata.var_names = [f"ENSMUSG{i:011d}" for i in range(adata.n_vars)]
+    adata.var[column] = symbols
+    adata.var["feature_types"] = "Gene Expression"
+    adata.var["gene_ids"] = adata.var_names.to_numpy()
+    return adata
+
+
+@pytest.mark.parametrize("column", ["symbol", "gene_symbols", "gene_name", "feature_name"])
+def test_genes_are_asked_for_by_symbol_and_annotations_are_kept(hex_slide, tmp_path, column):
+    """``--genes Spp1,Myh3`` on an .h5ad with Ensembl var_names failed with "not in the slide",
+    and the output's var kept only training_gene."""
+    from napari_stentrans.core.fitting import fit
+
+    adata = _with_ensembl_ids(hex_slide, column)
+    adata.write_h5ad(tmp_path / "ids.h5ad")
+    adata = ad.read_h5ad(tmp_path / "ids.h5ad")
+    asked = ["Sym7", "ENSMUSG00000000002", "Sym3"]  # symbols and ids mixed, in this order
+    out = enhance(adata, config="default", device="cpu", genes=asked)
+    ids = ["ENSMUSG00000000007", "ENSMUSG00000000002", "ENSMUSG00000000003"]
+    assert out.var_names.tolist() == ids
+    assert out.var[column].tolist() == ["Sym7", "Sym2", "Sym3"]
+    assert out.var["gene_ids"].tolist() == ids and set(out.var["feature_types"]) == {"Gene Expression"}
+    assert "training_gene" in out.var.columns
+    fit(adata, "default", device="cpu").write(adata, tmp_path / "o.h5ad", genes=asked)
+    written = ad.read_h5ad(tmp_path / "o.h5ad")
+    assert written.var_names.tolist() == ids and written.var[column].tolist() == ["Sym7", "Sym2", "Sym3"]
+    with pytest.raises(
+        InputError, match="'Sym4' is the symbol of 2 genes .*ENSMUSG00000000004, ENSMUSG00000000005"
+    ):
+        enhance(adata, config="default", device="cpu", genes=["Sym4"])
+    with pytest.raises(InputError, match="1 requested gene\\(s\\) not in the slide, e.g. 'Nope'"):
+        enhance(adata, config="default", device="cpu", genes=["Sym1", "Nope"])

@@ -71,7 +71,8 @@ def test_empty_spots_are_imputed_with_their_barcodes(cases, tmp_path, capsys):
     result = ad.read_h5ad(out)
     barcodes = result.obs["barcode"][result.obs["barcode"] != ""]
     assert set(barcodes) == set(adata.obs_names)  # every spot of the input is in the output
-    assert len(result) == 3800 and (result.obs["kind"] == "imputed").sum() == 25
+    # 25 without counts and 2 near-empty (12 and 20 counts against a median of 4,033)
+    assert len(result) == 3800 and (result.obs["kind"] == "imputed").sum() == 27
     for barcode, (row, col) in EDGE_SPOTS.items():
         site = result.obs[result.obs["barcode"] == barcode]
         assert len(site) == 1 and site["kind"].iloc[0] == "imputed"

@@ -644,7 +644,9 @@ def _plot(adata, written, path: Path, genes) -> None:
     from .core.plotting import genes_to_plot, plot_side_by_side
 
     ranked = list(written.var.index[np.argsort(-written.log_variance)])
-    requested = [str(g) for g in genes] if isinstance(genes, list) else None
+    # the written genes are the requested ones, in the order asked, by var_name (a symbol asked
+    # for is written under its id)
+    requested = [str(g) for g in written.var.index] if isinstance(genes, list) else None
     shown, left_out = genes_to_plot(requested, ranked)
     if left_out:
         print(

@@ -435,3 +435,18 @@ def test_st_spots_default_to_half_the_pitch(make_napari_viewer):
     viewer.open_sample("napari-stentrans", "synthetic_st")
     info = actions.slide(viewer)
     assert actions.spot_diameter_um(info) == pytest.approx(0.5 * info.frame.lattice.pitch_um)
+
+
+def test_gene_layers_are_named_by_symbol_when_var_names_are_ids():
+    """An .h5ad with Ensembl var_names and symbols in var["symbol"] showed layers ENSMUSG..."""
+    from napari_stentrans._napari.layers import slide_layers
+    from napari_stentrans.synthetic import synthetic_slide
+
+    adata = synthetic_slide("square", n_genes=12, seed=0)
+    adata.var["symbol"] = [f"Sym{i}" for i in range(adata.n_vars)]
+    adata.var.loc[adata.var_names[2], "symbol"] = "nan"  # no symbol: the id is kept
+    ids = adata.var_names.tolist()
+    layers = slide_layers(adata, name="st", genes=[ids[3], ids[2]])
+    genes = [t for t in layers if t[1]["metadata"]["stentrans"]["role"] == "gene"]
+    assert [t[1]["name"] for t in genes] == ["Sym3", ids[2]]
+    assert [t[1]["metadata"]["stentrans"]["gene"] for t in genes] == [ids[3], ids[2]]  # lookups by id

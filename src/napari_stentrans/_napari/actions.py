@@ -725,7 +725,13 @@ def side_by_side(viewer, enabled: bool = True, gene: str | None = None) -> list[
     viewer.grid.enabled = enabled
     if not enabled or gene is None:
         return []
-    shown = [name for name in (gene, f"{gene} x2", f"{gene} truth x2") if name in viewer.layers]
+    labels = [  # layers are named by the gene's symbol when the slide has one (layers.gene_label)
+        layer.metadata["stentrans"].get("label", gene)
+        for layer in viewer.layers
+        if layer.metadata.get("stentrans", {}).get("gene") == gene
+    ]
+    label = labels[0] if labels else gene
+    shown = [name for name in (label, f"{label} x2", f"{label} truth x2") if name in viewer.layers]
     for layer in viewer.layers:
         layer.visible = layer.name in shown
     viewer.grid.stride = 1

@@ -85,6 +85,17 @@ def he_layers(adata: ad.AnnData, slide_id: str, frame: DisplayFrame) -> list[tup
     return out
 
 
+def gene_label(adata: ad.AnnData, gene: str) -> str:
+    """A gene's layer name: its symbol when var names are ids with symbols in a column, else itself."""
+    from ..core.slide import symbol_column
+
+    symbols = symbol_column(adata.var)
+    if symbols is None:
+        return gene
+    symbol = symbols[adata.var_names.get_loc(gene)]
+    return symbol if symbol not in ("", "nan", "None") else gene
+
+
 def gene_layers(adata: ad.AnnData, genes: list[str], slide_id: str, frame: DisplayFrame) -> list[tuple]:
     """One image layer per gene (raw counts), named by the gene, with the lattice's geometry."""
     rows, cols = adata.obs["array_row"].to_numpy(), adata.obs["array_col"].to_numpy()
@@ -94,12 +105,12 @@ def gene_layers(adata: ad.AnnData, genes: list[str], slide_id: str, frame: Displ
         (
             raster.images[i],
             {
-                "name": gene,
+                "name": gene_label(adata, gene),
                 "affine": raster.affine,
                 "colormap": expression_colormap(),
                 "blending": "translucent",
                 "contrast_limits": robust_limits(values[:, i]),
-                "metadata": _meta("gene", slide_id, adata, gene=gene),
+                "metadata": _meta("gene", slide_id, adata, gene=gene, label=gene_label(adata, gene)),
             },
             "image",
         )
@@ -123,12 +134,12 @@ def enhanced_layers(
         (
             raster.images[i],
             {
-                "name": f"{gene}{suffix}",
+                "name": f"{gene_label(enhanced, gene)}{suffix}",
                 "affine": raster.affine,
                 "colormap": expression_colormap(),
                 "blending": "translucent",
                 "contrast_limits": robust_limits(values[:, i]),
-                "metadata": _meta(role, slide_id, enhanced, gene=gene),
+                "metadata": _meta(role, slide_id, enhanced, gene=gene, label=gene_label(enhanced, gene)),
             },
             "image",
         )

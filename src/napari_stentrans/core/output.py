@@ -83,7 +83,9 @@ def assemble(
     library = library_of(slide.adata)
     if library is not None and "library_id" in slide.adata.obs.columns:
         obs["library_id"] = pd.Categorical(np.full(len(obs), library))
-    var = pd.DataFrame(index=pd.Index(slide.genes[gene_idx], dtype=str))
+    # the input's gene annotations (symbols, ids, feature types) travel with the written genes
+    var = slide.adata.var.iloc[gene_idx].drop(columns=["training_gene"], errors="ignore").copy()
+    var.index = pd.Index(slide.genes[gene_idx], dtype=str)
     var["training_gene"] = var.index.isin(model.training_genes)
     measured = _measured_layer(slide, gene_idx, sites.spot)
     out = ad.AnnData(X=counts, obs=obs, var=var, layers={"measured": measured})

@@ -5,7 +5,10 @@ not enough"). While the enhanced matrix is predicted, the values of the most spa
 enhanced genes at the measured spots are kept; at the end their PC1 share and effective rank
 are compared with the measured slide's at the same spots and genes, and when the enhanced genes
 follow fewer than :data:`FEW_PATTERNS` effective patterns the user is told, in plain words, not
-to read co-expression from them (no verdict with fewer than :data:`MIN_GENES` enhanced genes).
+to read co-expression from them. With fewer than :data:`MIN_GENES` genes (but at least
+:data:`MIN_GENES_STRONG`) only strong evidence counts: the enhanced genes follow about one pattern
+(effective rank below :data:`STRONG_RANK`) while the measured ones clearly follow more (at least
+:data:`STRONG_RATIO` times as many); otherwise ``not_judged`` says why no verdict was given.
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ from .slide import Slide
 N_GENES = 100  # the most spatially variable enhanced genes
 N_CANDIDATES = 500  # most variable genes whose Moran's I is computed
 FEW_PATTERNS = 5.0  # an effective rank below this: "the genes follow a few shared patterns"
-MIN_GENES = 20  # fewer enhanced genes say nothing about how many patterns they share
+MIN_GENES = 20  # below this, the effective rank is capped by the gene count: only strong evidence
+MIN_GENES_STRONG = 5  # fewer genes say nothing about how many patterns they share
+STRONG_RANK = 1.5  # with few genes: the enhanced genes follow about one pattern ...
+STRONG_RATIO = 2.0  # ... and the measured ones at least this many times as many
 
 
 class PatternCheck:
@@ -50,7 +56,8 @@ class PatternCheck:
         values = slide.expression(candidates)[spot_rows]
         top = spatially_variable(values, neighbour_weights(slide.positions(slide.usable)[spot_rows]), N_GENES)
         self.genes = np.sort(candidates[top])  # slide gene indices
-        self.columns = np.searchsorted(np.asarray(gene_idx), self.genes)  # their columns in the batches
+        order = np.argsort(gene_idx)  # gene_idx follows the user's request, not the slide's order
+        self.columns = order[np.searchsorted(np.asarray(gene_idx)[order], self.genes)]  # batch columns
         self.measured = slide.expression(self.genes)[spot_rows]
         measured_depth = slide.depth[sites.spot[measured]]
         self.depth = measured_depth if depth is None else np.asarray(depth)[measured]
@@ -66,7 +73,10 @@ class PatternCheck:
     def result(self) -> dict:
         """PC1 share and effective rank of the enhanced and the measured values, and a warning."""
         if len(self.genes) < 3 or len(self.rows) < 3:
-            return {"n_genes": int(len(self.genes))}
+            return {
+                "n_genes": int(len(self.genes)),
+                "not_judged": f"only {len(self.genes)} genes or {len(self.rows)} measured spots",
+            }
         pc1, rank = spectrum(self.enhanced)
         measured_pc1, measured_rank = spectrum(self.measured)
         out = {
@@ -76,7 +86,23 @@ class PatternCheck:
             "measured_pc1_share": measured_pc1,
             "measured_effective_rank": measured_rank,
         }
-        if len(self.genes) >= MIN_GENES and np.isfinite(rank) and rank < FEW_PATTERNS:
+        n = len(self.genes)
+        if not (np.isfinite(rank) and np.isfinite(measured_rank)):
+            out["not_judged"] = "the effective rank is not finite (constant values)"
+            return out
+        if n >= MIN_GENES:
+            few = rank < FEW_PATTERNS
+        elif n >= MIN_GENES_STRONG:
+            few = rank < STRONG_RANK and measured_rank >= STRONG_RATIO * rank
+            if not few:
+                out["not_judged"] = (
+                    f"only {n} genes (under {MIN_GENES}): a warning needs an effective rank under "
+                    f"{STRONG_RANK} with the measured at least {STRONG_RATIO:g} times higher"
+                )
+        else:
+            few = False
+            out["not_judged"] = f"only {n} genes: at least {MIN_GENES_STRONG} are needed to judge patterns"
+        if few:
             out["warning"] = (
                 f"the enhanced genes follow a few shared patterns (effective rank {rank:.1f} over the "
                 f"{len(self.genes)} most spatially variable genes; measured {measured_rank:.1f}; PC1 holds "
@@ -87,4 +113,4 @@ class PatternCheck:
         return out
 
 
-__all__ = ["PatternCheck", "FEW_PATTERNS"]
+__all__ = ["PatternCheck", "FEW_PATTERNS", "MIN_GENES", "MIN_GENES_STRONG"]

@@ -33,6 +33,43 @@ MaskLike = np.ndarray | pd.DataFrame | pd.Series | list | str | Path | None
 # measured spots are 0.5 (edges) or 0.71 (square cell centres) from one; lattice sites without a
 # measurement are at least 1.
 GAP_DISTANCE = 0.9
+# A spot with fewer counts than this fraction of the slide's median depth is near-empty: its
+# library-size-normalised profile is a few counts blown up by 1e4/depth (4 counts: one count of a
+# gene reads as 2,500 per 10k), and the estimate at a measured spot follows its own profile, so
+# it became the hottest spot on the slide (olfactory bulb: 4 counts, 260th of 262, median
+# 14,606). It is imputed from its neighbours like a spot without counts. 0.5% leaves the low but
+# meaningful spots of real slides measured (muscle Visium: 88-209 counts against a median of
+# 10,484) and catches only the near-empty ones (2-6 counts on three ST slides).
+MIN_DEPTH_FRACTION = 0.005
+# var columns holding gene symbols when var_names are ids (scanpy, cellxgene, Space Ranger readers)
+SYMBOL_COLUMNS = ("symbol", "gene_symbols", "gene_symbol", "gene_name", "gene_names", "feature_name")
+
+
+def symbol_column(var: pd.DataFrame) -> np.ndarray | None:
+    """The gene symbols of ``var`` as strings (first of :data:`SYMBOL_COLUMNS` present), or None."""
+    for name in SYMBOL_COLUMNS:
+        if name in var.columns:
+            return var[name].astype(str).to_numpy()
+    return None
+
+
+def near_empty(depth: np.ndarray) -> np.ndarray:
+    """Spots whose depth is below :data:`MIN_DEPTH_FRACTION` of the median depth of spots with counts.
+
+    Parameters
+    ----------
+    depth
+        ``(n_spots,)`` total counts per spot.
+
+    Returns
+    -------
+    np.ndarray
+        ``(n_spots,)`` bool; spots without counts are near-empty too.
+    """
+    depth = np.asarray(depth, dtype=np.float64)
+    positive = depth[depth > 0]
+    floor = MIN_DEPTH_FRACTION * float(np.median(positive)) if len(positive) else 0.0
+    return (depth <= 0) | (depth < floor)
 
 
 class ImputedSitesWarning(UserWarning):
@@ -62,7 +99,8 @@ class Slide:
     not_lost
         Measured spots that are not declared lost.
     usable
-        Spots that are not lost and have counts: the only spots used as input or target.
+        Spots that are not lost and not near-empty (:func:`near_empty`: fewer counts than 0.5% of
+        the median depth): the only spots used as input or target.
     lost_sites
         ``(k, 2)`` array coordinates declared lost by the user (measured or not).
     in_tissue_unmeasured
@@ -183,7 +221,7 @@ class Slide:
             genes=adata.var_names,
             depth=depth,
             not_lost=not_lost,
-            usable=not_lost & (depth > 0),
+            usable=not_lost & ~near_empty(depth),
             lost_sites=lost,
             in_tissue_unmeasured=extra,
             fill_holes=fill_holes,
@@ -222,7 +260,8 @@ class Slide:
     def site_images(self, raster: IndexRaster) -> tuple[np.ndarray, np.ndarray]:
         """Boolean images over ``raster`` of the usable measured sites and of the sites to impute.
 
-        Sites to impute are the user's lost sites and measured spots without counts; unless
+        Sites to impute are the user's lost sites and measured spots without counts or with too
+        few (:func:`near_empty`); unless
         :attr:`fill_holes` is False, the sites the tissue mask marks in tissue without counts;
         and, with ``fill_holes=True`` or with ``"auto"`` on a slide without a tissue mask, the
         lattice sites enclosed by tissue (holes filled with the lattice's own connectivity).
@@ -230,7 +269,7 @@ class Slide:
         usable spot, so at least one pitch from the nearest.
         """
         measured = raster.mask(self.row[self.usable], self.col[self.usable])
-        empty = self.not_lost & (self.depth == 0)  # measured spots that captured nothing
+        empty = self.not_lost & ~self.usable  # measured spots with no or too few counts (near_empty)
         imputed = raster.mask(self.row[empty], self.col[empty])
         if self.fill_holes is True or (self.fill_holes == "auto" and not self.tissue_mask):
             imputed |= ndimage.binary_fill_holes(measured, structure=neighbour_structure(self.lattice))
@@ -333,6 +372,35 @@ class Slide:
             )
         return self.most_variable(eligible, n)
 
+    def _indices_of_names(self, names: list[str]) -> np.ndarray:
+        """Gene indices of ``names``: var_names first, else a unique match in a symbol column.
+
+        ``.h5ad`` files from scanpy or cellxgene often carry Ensembl ids as var_names and the
+        symbols in a column (:data:`SYMBOL_COLUMNS`); users ask for symbols.
+
+        Raises
+        ------
+        InputError
+            A name found nowhere, or a symbol shared by several genes (the candidates listed).
+        """
+        index = self.genes.get_indexer(pd.Index(names))
+        symbols = symbol_column(self.adata.var)
+        missing = []
+        for i in np.flatnonzero(index < 0):
+            hits = np.flatnonzero(symbols == names[i]) if symbols is not None else np.zeros(0, int)
+            if len(hits) == 1:
+                index[i] = hits[0]
+            elif len(hits) > 1:
+                raise InputError(
+                    f"gene {names[i]!r} is the symbol of {len(hits)} genes "
+                    f"({', '.join(map(str, self.genes[hits][:5]))}): ask for one of them by id"
+                )
+            else:
+                missing.append(names[i])
+        if missing:
+            raise InputError(f"{len(missing)} requested gene(s) not in the slide, e.g. {missing[0]!r}")
+        return index
+
     def gene_indices(self, genes, min_detection: float) -> np.ndarray:
         """Gene indices to enhance: names, the N most variable detected genes, or all detected.
 
@@ -340,7 +408,8 @@ class Slide:
         ----------
         genes
             ``None`` (every gene detected in at least ``min_detection`` of the spots), an
-            integer N (the N most variable of those) or gene names.
+            integer N (the N most variable of those) or gene names, kept in the order given
+            (a repeated name once): the output's genes follow the request.
 
         Raises
         ------
@@ -354,13 +423,7 @@ class Slide:
                 raise InputError(f"number of genes must be positive, got {genes}")
             out = self.most_variable(self.eligible_genes(min_detection), int(genes))
         else:
-            names = pd.Index([str(g) for g in genes])
-            missing = ~names.isin(self.genes)
-            if missing.any():
-                raise InputError(
-                    f"{int(missing.sum())} requested gene(s) not in the slide, e.g. {names[missing][0]!r}"
-                )
-            out = np.sort(self.genes.get_indexer(names.unique()))
+            out = pd.unique(self._indices_of_names([str(g) for g in genes]))  # in the order asked
         if len(out) == 0:
             raise InputError(
                 f"no gene to enhance: none is detected in at least {min_detection:.0%} of the spots"

@@ -395,8 +395,10 @@ class FittedModel(ABC):
         mask
             Lost sites (see :meth:`Slide.from_adata`): never used as input, imputed.
         genes
-            Genes to enhance: names, an integer N (the N most variable detected genes), or None
-            for every gene detected in at least ``min_detection`` of the spots.
+            Genes to enhance: names (var_names, or symbols in a ``var`` symbol column when the
+            var_names are ids; written in the order given), an integer N (the N most variable
+            detected genes), or None for every gene detected in at least ``min_detection`` of
+            the spots.
         device
             ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         stop
