@@ -311,3 +311,20 @@ def test_warnings_still_print_as_one_line_without_a_bar(capsys):
     with warnings.catch_warnings():
         _show_warning(OptionalPartWarning("x"), OptionalPartWarning, "f.py", 1)
     assert capsys.readouterr().err == "stentrans: warning: x\n"
+
+
+def test_enhance_says_when_the_patterns_were_not_judged(tmp_path, capsys):
+    """With 3 genes there is no verdict on shared patterns: the CLI says so instead of staying silent."""
+    r, c = block_sites("square", 8, 8)
+    make_slide(r, c, "square").write_h5ad(tmp_path / "s.h5ad")
+    code, out, err = run_cli(
+        ["enhance", tmp_path / "s.h5ad", "-o", tmp_path / "o.h5ad", "--genes", "3", "--quiet"], capsys
+    )
+    assert code == 0
+    assert "patterns: not judged (only 3 genes: at least 5 are needed to judge patterns)" in out
+    assert "patterns" not in err
+    assert (
+        ad.read_h5ad(tmp_path / "o.h5ad")
+        .uns["stentrans"]["patterns"]["not_judged"]
+        .startswith("only 3 genes")
+    )

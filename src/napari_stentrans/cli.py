@@ -517,6 +517,8 @@ def cmd_enhance(args: argparse.Namespace) -> int:
         )
     if "warning" in patterns:
         print(f"stentrans: warning: {patterns['warning']}", file=sys.stderr)
+    elif "not_judged" in patterns:  # no verdict either way: say so rather than stay silent
+        print(f"patterns: not judged ({patterns['not_judged']})")
     return 0
 
 
