@@ -328,3 +328,13 @@ def test_enhance_says_when_the_patterns_were_not_judged(tmp_path, capsys):
         .uns["stentrans"]["patterns"]["not_judged"]
         .startswith("only 3 genes")
     )
+
+
+def test_library_on_a_visium_hd_top_folder_still_names_its_bin_folders(tmp_path, capsys):
+    """A Visium HD outs/ folder has no count matrix: the message must point at its bins, whatever --library says."""
+    from napari_stentrans.synthetic import write_visium_hd
+
+    write_visium_hd(tmp_path / "outs", n_genes=10)
+    code, _, err = run_cli(["info", tmp_path / "outs", "--library", "anything"], capsys)
+    assert code == 2
+    assert "a Visium HD output" in _one_error_line(err) and "binned_outputs/square_016um" in err

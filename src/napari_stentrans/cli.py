@@ -260,14 +260,16 @@ def _parse_genes(text: str | None):
 def _read_input(args: argparse.Namespace):
     """The slide named on the command line (``path``, ``--coords``, ``--library``, ``--table``).
 
-    A Space Ranger folder holds one library, filed under the folder's name: a ``--library`` naming
+    A Space Ranger folder with a count matrix holds one library, filed under the folder's name
+    (a Visium HD top folder has none: reading it names its bin folders): a ``--library`` naming
     another one is refused (a mistyped name would otherwise silently rename the library; the
     Python API's ``read(folder, library=...)`` still files it under the name given).
     """
     from .core.io import input_format, read
 
     path = Path(args.path)
-    if args.library is not None and input_format(path) == "spaceranger" and args.library != path.name:
+    one_library = input_format(path) == "spaceranger" and any(path.glob("*filtered_feature_bc_matrix*"))
+    if args.library is not None and one_library and args.library != path.name:
         raise CliError(
             f"{path}: this folder holds one library, {path.name}; --library names the library of a "
             f"multi-library .h5ad: leave it out here (--library {args.library!r} does not match)"
