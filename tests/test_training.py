@@ -246,6 +246,10 @@ def test_the_gate_refuses_a_network_that_beats_the_low_rank_estimate_but_not_the
     last = tiny_config(restore_best=False)
     assert not gate(_result([1.00, 0.80, 0.90], 0.85, restore_best=False), last)
     assert not gate(_result([1.00, 0.80], None), config)  # nothing to judge against: the default
+    # the default's squared error above the low-rank estimate's: a network that only equals its
+    # low-rank base (a zero correction) does not pass for beating the default
+    assert not gate(_result([1.00, 1.00], 1.20), config)
+    assert gate(_result([1.00, 0.99], 1.20), config)
 
 
 def test_the_baseline_is_scored_on_the_same_pairs_with_the_defaults_gene_residuals(square_slide):

@@ -13,9 +13,9 @@ Applying a pretrained model to a slide (:func:`finetune_events`) fits the classi
 that slide, then judges the pretrained correction on the slide's own held-out genes at its
 held-out region (the same validation as a per-slide fit), optionally after ``epochs`` of
 fine-tuning on the slide's pairs that starts from the pretrained weights. When neither the
-pretrained nor a fine-tuned network beats the ``default`` preset's estimate there (low-rank plus
-shrunk gene residuals, chosen on the slide, scored on the same held-out genes, pairs and region:
-:func:`.estimators.learned.gate`), the result is that default's classical model fitted on the
+pretrained nor a fine-tuned network beats both the ``default`` preset's estimate there (low-rank
+plus shrunk gene residuals, chosen on the slide, scored on the same held-out genes, pairs and
+region) and the low-rank estimate it corrects (:func:`.estimators.learned.gate`), the result is that default's classical model fitted on the
 slide (a :class:`~.estimators.classical.ClassicalModel` whose ``note`` says so), exactly what
 ``fit(slide)`` gives.
 

@@ -4,7 +4,7 @@
 trains a Vision Transformer that predicts a correction on top of it (:mod:`..training`); the
 network starts at zero. The network is kept only when its held-out loss beats that of the
 ``default`` preset's estimate (low-rank plus shrunk gene residuals, chosen on the slide) on the
-same held-out genes, pairs and region (:func:`gate`); otherwise the fitted model *is* the
+same held-out genes, pairs and region, and that of the low-rank estimate it corrects (:func:`gate`); otherwise the fitted model *is* the
 default's classical model, exactly what ``fit(slide)`` gives (no network is stored or run). ``published`` trains the authors'
 network on raw counts with no classical base.
 
@@ -54,17 +54,23 @@ def gate(result, config: Config) -> bool:
     """Whether the trained network is kept: its held-out loss beats the default's estimate.
 
     ``result`` is a :class:`~..training.TrainResult`. The kept weights' loss (the best epoch's
-    with ``restore_best``, else the last epoch's) must be below ``result.default_val``, the
-    default's estimate scored on the same held-out genes, pairs and region. Without epochs,
-    or when the kept weights are those training started from and never beat anything, or
-    without a baseline or held-out genes to judge on, nothing is kept.
+    with ``restore_best``, else the last epoch's) must be below both ``result.default_val``, the
+    default's estimate scored on the same held-out genes, pairs and region, and
+    ``result.classical_val``, the low-rank estimate it corrects (a zero correction): the loss is
+    a squared error, which the default's shrunk gene residuals (chosen for correlation) can
+    raise while improving every correlation metric, so a network that merely equals its
+    low-rank base must not pass for beating the default. Without a baseline or held-out genes
+    to judge on, nothing is kept.
     """
     if result.default_val is None or result.best_val is None:
         return False
     kept_val = result.best_val if config.optim.restore_best else result.history["val_loss"][-1]
     if not np.isfinite(kept_val):
         return False
-    return bool(kept_val < result.default_val)
+    bar = (
+        result.default_val if result.classical_val is None else min(result.default_val, result.classical_val)
+    )
+    return bool(kept_val < bar)
 
 
 @dataclass(eq=False, repr=False)  # FittedModel.__repr__: one short line
