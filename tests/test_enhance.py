@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from helpers import TINY_OPTIONS, block_sites, fit_cpu, make_slide, tiny_config
+from helpers import TINY_OPTIONS, block_sites, fit_cpu, fit_network, make_slide, tiny_config
 from napari_stentrans.core.checkpoint import CheckpointError, load_model, save_model
 from napari_stentrans.core.fitting import enhance
 from napari_stentrans.core.lattice import Lattice
@@ -21,7 +21,7 @@ def _without(rows, cols, site):
 def square_case():
     r, c = _without(*block_sites("square", 6, 6), (3, 3))  # a hole in the middle
     adata = make_slide(r, c, "square", n_genes=20)
-    model = fit_cpu(adata, tiny_config("square", restore_best=False))  # the network runs
+    model = fit_network(adata, tiny_config("square", restore_best=False))  # the network runs
     return adata, model
 
 
