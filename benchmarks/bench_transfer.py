@@ -65,6 +65,7 @@ def run_pretrained(model, split, epochs: int, seed: int, device: str):
     extra = {
         "kept": "network" if fitted.uses_network else "classical (default)",
         "classical_val_loss": float(history["classical_val_loss"][0]),
+        "default_val_loss": float(history.get("default_val_loss", [np.nan])[0]),
         "best_val_loss": float(np.nanmin(history["val_loss"])),
     }
     return MethodResult(counts, depth, time.perf_counter() - start, extra)
@@ -88,7 +89,7 @@ def run_per_slide_transformer(split, args):
     counts, depth = model.predict(
         split.known_slide, split.sites, split.gene_idx, device=args.device, classical="keep"
     )
-    kept = "network" if model.uses_network else "classical (low rank)"
+    kept = "network" if model.uses_network else "classical (default)"
     return MethodResult(counts, depth, time.perf_counter() - start, {"kept": kept})
 
 

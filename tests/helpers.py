@@ -220,3 +220,38 @@ def with_image(adata: ad.AnnData, library: str = "lib") -> ad.AnnData:
         }
     }
     return adata
+
+
+def fit_network(adata, config, mask=None):
+    """A correction network trained on the CPU and kept whatever validation says.
+
+    For tests of the network's own inference (the learned preset keeps a network only when it
+    beats the default's estimate on held-out genes, which a tiny test network rarely does).
+    """
+    import torch
+
+    from napari_stentrans.core.classical import TARGET_SUM
+    from napari_stentrans.core.estimators.classical import ClassicalEstimator
+    from napari_stentrans.core.estimators.learned import LearnedModel
+    from napari_stentrans.core.slide import as_slide
+    from napari_stentrans.core.training import train_network
+
+    slide = as_slide(adata, mask)
+    idx = slide.training_genes(config.data.n_train_genes, config.data.min_detection)
+    values = slide.expression(idx, config.data.normalization, TARGET_SUM)
+    classical = ClassicalEstimator(config).fit_model(slide, values=values)
+    run = train_network(slide, values, config, classical, torch.device("cpu"))
+    try:
+        while True:
+            next(run)
+    except StopIteration as done:
+        result = done.value
+    return LearnedModel(
+        config=config,
+        state_dict=result.state_dict,
+        lattice_kind=slide.lattice.kind,
+        classical=classical,
+        training_genes=[str(g) for g in slide.genes[idx]],
+        slide_fingerprint=slide.fingerprint,
+        history=result.history,
+    )

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import block_sites, fit_cpu, make_slide, tiny_config
+from helpers import block_sites, fit_network, make_slide, tiny_config
 from napari_stentrans.cli import EXIT_INTERRUPT, main
 from napari_stentrans.core.errors import TrainingStopped
 from napari_stentrans.core.estimators import base as base_module
@@ -30,7 +30,7 @@ def slide():
 @pytest.fixture(scope="module")
 def learned(slide):
     """A transformer model whose network runs at inference (restore_best off)."""
-    return fit_cpu(slide, tiny_config("square", restore_best=False))
+    return fit_network(slide, tiny_config("square", restore_best=False))
 
 
 def _files(folder):

@@ -200,11 +200,11 @@ def test_non_finite_predictions_are_refused_before_anything_is_written(tmp_path)
     """A model whose weights went NaN in memory (a diverged fit, an edited state_dict)."""
     import torch
 
-    from helpers import fit_cpu, tiny_config
+    from helpers import fit_network, tiny_config
 
     r, c = block_sites("square", 12, 12)
     adata = make_slide(r, c, "square", n_genes=40, seed=4)
-    model = fit_cpu(adata, tiny_config("square", restore_best=False))
+    model = fit_network(adata, tiny_config("square", restore_best=False))
     head = next(k for k in model.state_dict if k.startswith("head.") and k.endswith("bias"))
     model.state_dict[head] = torch.full_like(model.state_dict[head], float("nan"))
     with pytest.raises(InputError, match=r"predicted NaN or infinite counts for gene 'G\d+'"):

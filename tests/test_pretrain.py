@@ -72,13 +72,13 @@ def test_a_pretrained_model_applies_to_a_slide_with_other_genes(pretrained):
     events = []
     fitted = finetune(model, other, epochs=1, device="cpu", callback=events.append)
     assert events[0].kind == "prepared" and events[-1].kind == "finished"
-    classical_loss = fitted.history["classical_val_loss"][0]
+    default_loss = fitted.history["default_val_loss"][0]
     best_loss = fitted.history["val_loss"][int(fitted.history["best_epoch"][0])]
-    if isinstance(fitted, LearnedModel):  # kept only when it beat the classical estimate here
-        assert best_loss < classical_loss
+    if isinstance(fitted, LearnedModel):  # kept only when it beat the default's estimate here
+        assert best_loss < default_loss
         assert fitted.slide_fingerprint == Slide.from_adata(other).fingerprint
     else:
-        assert fitted.note == NOT_IMPROVED and best_loss >= classical_loss
+        assert fitted.note == NOT_IMPROVED and best_loss >= default_loss
     enhanced = fitted.enhance(other, device="cpu")
     assert enhanced.n_vars == len(Slide.from_adata(other).gene_indices(None, fitted.min_detection))
     assert np.isfinite(enhanced.X).all()

@@ -63,19 +63,41 @@ def test_stop_flag_ends_the_run_within_one_batch(square_slide):
     assert fit_cpu(square_slide, tiny_config(), stop=stop) is None  # already set: nothing trained
 
 
+def _train(slide, config):
+    """Train the network as the learned preset does (its classical base) and return the TrainResult."""
+    from napari_stentrans.core.classical import TARGET_SUM
+    from napari_stentrans.core.estimators.classical import ClassicalEstimator
+    from napari_stentrans.core.estimators.learned import default_model
+    from napari_stentrans.core.training import train_network
+
+    slide = Slide.from_adata(slide)
+    values = slide.expression(
+        slide.training_genes(config.data.n_train_genes, config.data.min_detection), "log1p", TARGET_SUM
+    )
+    classical = ClassicalEstimator(config).fit_model(slide, values=values)
+    run = train_network(
+        slide, values, config, classical, torch.device("cpu"), baseline=default_model(slide, config)
+    )
+    try:
+        while True:
+            next(run)
+    except StopIteration as done:
+        return done.value
+
+
 def test_same_seed_gives_identical_weights_on_cpu(square_slide):
-    a = fit_cpu(square_slide, tiny_config(seed=3, restore_best=False))
-    b = fit_cpu(square_slide, tiny_config(seed=3, restore_best=False))
-    c = fit_cpu(square_slide, tiny_config(seed=4, restore_best=False))
+    a = _train(square_slide, tiny_config(seed=3, restore_best=False))
+    b = _train(square_slide, tiny_config(seed=3, restore_best=False))
+    c = _train(square_slide, tiny_config(seed=4, restore_best=False))
     for key in a.state_dict:
         assert torch.equal(a.state_dict[key], b.state_dict[key]), key
     assert any(not torch.equal(a.state_dict[k], c.state_dict[k]) for k in a.state_dict)
 
 
 def test_best_weights_are_never_worse_than_the_classical_start_on_validation(square_slide):
-    model = fit_cpu(square_slide, tiny_config(epochs=4, lr=0.05))  # a deliberately wild learning rate
-    val = np.asarray(model.history["val_loss"])
-    best_epoch = model.history["best_epoch"][0]
+    result = _train(square_slide, tiny_config(epochs=4, lr=0.05))  # a deliberately wild learning rate
+    val = np.asarray(result.history["val_loss"])
+    best_epoch = result.history["best_epoch"][0]
     assert val[best_epoch] == np.nanmin(val)
     assert val[best_epoch] <= val[0]
 
@@ -191,3 +213,101 @@ def test_inpainting_base_uses_the_gap_smoothers_in_the_hole_and_the_main_ones_el
     np.testing.assert_allclose(both[:, drop], base(gaps)[:, drop], rtol=1e-5)
     np.testing.assert_allclose(both[:, ~drop], base(main)[:, ~drop], rtol=1e-5)
     assert np.abs(both[:, drop] - base(main)[:, drop]).max() > 1e-3  # the two smoothers differ in the hole
+
+
+# ----------------------------------------------------------------------------- the gate (issue 13)
+
+
+def _result(val_loss, default_val, restore_best=True):
+    from napari_stentrans.core.training import TrainResult
+
+    best = int(np.argmin(val_loss)) if restore_best else len(val_loss) - 1
+    return TrainResult(
+        state_dict={},
+        best_epoch=best,
+        history={"val_loss": list(val_loss), "best_epoch": [best]},
+        best_val=float(np.min(val_loss)),
+        start_val=val_loss[0],
+        classical_val=val_loss[0],
+        default_val=default_val,
+    )
+
+
+def test_the_gate_refuses_a_network_that_beats_the_low_rank_estimate_but_not_the_default():
+    from napari_stentrans.core.estimators.learned import gate
+
+    config = tiny_config()
+    # epoch 0 is the low-rank estimate (1.00); the network reaches 0.90 (beats it) but the
+    # default's estimate scores 0.85 on the same held-out pairs: not kept
+    assert not gate(_result([1.00, 0.95, 0.90], 0.85), config)
+    assert not gate(_result([1.00, 0.95, 0.90], 0.90), config)  # a tie keeps the default
+    assert gate(_result([1.00, 0.95, 0.80], 0.85), config)
+    # without restore_best the last epoch's weights are kept, so they are the ones judged
+    last = tiny_config(restore_best=False)
+    assert not gate(_result([1.00, 0.80, 0.90], 0.85, restore_best=False), last)
+    assert not gate(_result([1.00, 0.80], None), config)  # nothing to judge against: the default
+    # the default's squared error above the low-rank estimate's: a network that only equals its
+    # low-rank base (a zero correction) does not pass for beating the default
+    assert not gate(_result([1.00, 1.00], 1.20), config)
+    assert gate(_result([1.00, 0.99], 1.20), config)
+
+
+def test_the_baseline_is_scored_on_the_same_pairs_with_the_defaults_gene_residuals(square_slide):
+    from dataclasses import replace
+
+    from napari_stentrans.core.classical import TARGET_SUM
+    from napari_stentrans.core.estimators.classical import ClassicalEstimator
+    from napari_stentrans.core.estimators.learned import default_model
+    from napari_stentrans.core.training import train_network
+
+    slide = Slide.from_adata(square_slide)
+    config = tiny_config(n_train_genes=24)
+    values = slide.expression(slide.training_genes(24, 0.0), "log1p", TARGET_SUM)
+    classical = ClassicalEstimator(config).fit_model(slide, values=values)
+    default = default_model(slide, config)
+    assert default.params.residual is not None and classical.params.residual is None
+
+    def default_val(baseline):
+        run = train_network(
+            slide, values, config.with_overrides(epochs=0), classical, torch.device("cpu"), baseline=baseline
+        )
+        try:
+            while True:
+                next(run)
+        except StopIteration as done:
+            return done.value.default_val
+
+    low_rank = _train(square_slide, tiny_config(n_train_genes=24, epochs=1)).history["val_loss"][0]
+    # the low-rank model as baseline scores exactly epoch 0 (the same genes, pairs and region) ...
+    assert default_val(replace(default, params=classical.params, _bases={})) == pytest.approx(low_rank)
+    # ... and the default's own shrunk gene residuals change that score
+    with_residuals = default_val(replace(default, params=replace(classical.params, residual=0.0), _bases={}))
+    assert with_residuals != pytest.approx(low_rank)
+
+
+def test_a_per_slide_correction_that_learns_nothing_gives_exactly_the_default(square_slide):
+    from napari_stentrans.core.estimators.learned import KEPT_EPOCH_0
+    from napari_stentrans.core.fitting import fit
+
+    # trains (two epochs) but cannot move: validation keeps epoch 0, the zero correction
+    fitted = fit_cpu(square_slide, tiny_config(lr=1e-12, weight_decay=0.0))
+    assert int(fitted.history["best_epoch"][0]) == 0
+    default = fit(square_slide, "default", device="cpu")
+    assert isinstance(fitted, ClassicalModel) and fitted.note == KEPT_EPOCH_0
+    assert fitted.config.classical.gene_residuals == "shrunk"
+    assert fitted.params.describe() == default.params.describe()
+    np.testing.assert_array_equal(fitted.enhance(square_slide).X, default.enhance(square_slide).X)
+    assert np.isfinite(fitted.history["default_val_loss"][0])
+
+
+def test_a_kept_per_slide_correction_beat_the_default_on_held_out_genes(square_slide):
+    from napari_stentrans.core.estimators.learned import LearnedModel
+
+    fitted = fit_cpu(square_slide, tiny_config(epochs=3, lr=1e-3))
+    history = fitted.history
+    best = history["val_loss"][int(history["best_epoch"][0])]
+    if isinstance(fitted, LearnedModel):
+        assert best < history["default_val_loss"][0]
+    else:  # the default's own model, chosen on this slide
+        assert best >= history["default_val_loss"][0] or int(history["best_epoch"][0]) == 0
+        assert fitted.config.classical.gene_residuals == "shrunk" and fitted.params.residual is not None

@@ -13,11 +13,11 @@ Applying a pretrained model to a slide (:func:`finetune_events`) fits the classi
 that slide, then judges the pretrained correction on the slide's own held-out genes at its
 held-out region (the same validation as a per-slide fit), optionally after ``epochs`` of
 fine-tuning on the slide's pairs that starts from the pretrained weights. When neither the
-pretrained nor a fine-tuned network beats a zero correction there, the result is the ``default``
-preset's classical estimate fitted on the slide (gene residuals included: a
-:class:`~.estimators.classical.ClassicalModel` whose ``note`` says so). The network is judged
-against the low-rank estimate it corrects (its training pairs build no gene residuals), not
-against the default's estimate with gene residuals.
+pretrained nor a fine-tuned network beats both the ``default`` preset's estimate there (low-rank
+plus shrunk gene residuals, chosen on the slide, scored on the same held-out genes, pairs and
+region) and the low-rank estimate it corrects (:func:`.estimators.learned.gate`), the result is that default's classical model fitted on the
+slide (a :class:`~.estimators.classical.ClassicalModel` whose ``note`` says so), exactly what
+``fit(slide)`` gives.
 
 Under ``torchrun`` both run data-parallel (:func:`.training.train_slides`).
 """
@@ -28,7 +28,7 @@ from collections.abc import Generator, Sequence
 from dataclasses import replace
 
 from .classical import TARGET_SUM
-from .config import Config, preset
+from .config import Config
 from .errors import ConfigError, InputError
 from .estimators.base import FittedModel, StopFlag, TrainEvent
 from .estimators.classical import MIN_USABLE_SPOTS, ClassicalEstimator, ClassicalModel
@@ -193,9 +193,9 @@ def finetune_events(
     The classical estimate is fitted on ``slide`` (the model's configuration); the network
     starts from the model's weights and trains ``epochs`` epochs on the slide's own pairs
     (0: none), keeping the best validation epoch (epoch 0: the weights as given). When the kept
-    network's held-out loss is not below the classical estimate's (a zero correction), the
-    result is the ``default`` preset's classical estimate on the slide, with
-    :data:`NOT_IMPROVED` as its note.
+    network's held-out loss is not below that of the ``default`` preset's estimate on the same
+    held-out genes, pairs and region (history ``default_val_loss``), the result is the
+    ``default`` preset's classical model on the slide, with :data:`NOT_IMPROVED` as its note.
 
     Raises
     ------
@@ -204,7 +204,7 @@ def finetune_events(
         too few usable spots.
     """
     from .device import resolve_device
-    from .estimators.learned import LearnedModel
+    from .estimators.learned import LearnedModel, baseline_copy, default_model, gate
     from .training import train_network
 
     if not isinstance(model, LearnedModel) or model.classical is None:
@@ -220,19 +220,23 @@ def finetune_events(
     config: Config = model.config.with_overrides(epochs=epochs)
     part, genes = _training_part(slide, config)
     message = f"; classical estimate: {part.classical.params.summary()}"
+    default = default_model(slide, config)
     result = yield from train_network(
-        slide, part.values, config, part.classical, resolve_device(device), stop, message, model.state_dict
+        slide,
+        part.values,
+        config,
+        part.classical,
+        resolve_device(device),
+        stop,
+        message,
+        model.state_dict,
+        baseline=baseline_copy(default),
     )
     if result is None:
         return None
     history = dict(result.history, classical_val_loss=[result.classical_val])
-    improved = result.best_val is None or (
-        result.classical_val is not None and result.best_val < result.classical_val
-    )
-    if not improved:  # exactly what the per-slide default gives on this slide
-        default = preset("default", slide.lattice.kind, seed=config.seed)
-        fallback = ClassicalEstimator(default).fit_model(slide)
-        return replace(fallback, name=config.preset, history=history, note=NOT_IMPROVED)
+    if not gate(result, config):  # exactly what the per-slide default gives on this slide
+        return replace(default, name=config.preset, history=history, note=NOT_IMPROVED)
     return LearnedModel(
         config=config,
         state_dict=result.state_dict,

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .classical import ClassicalParams, LowRankBasis, smooth
+from .classical import ClassicalParams, LowRankBasis, noise_factor, residual_shrinkage, smooth
 from .config import Config
 from .estimators.base import StopFlag, TrainEvent
 from .estimators.classical import ClassicalModel
+from .fidelity import morans_i, neighbour_weights
 from .lattice import BrickRaster, apply_symmetry, scatter
 from .model import StEnTransViT
 from .regions import random_disks
@@ -161,6 +162,11 @@ class PairSampler:
             weights = self.params.weights(self.positions[kept] / 2.0, self.positions / 2.0)
             scores = weights @ basis.scores[rows_in_basis, :rank]
             estimate = scores @ basis.components[genes, :rank].T + basis.mean[genes]
+            if self.params.residual is not None:  # a base with gene residuals (the default's)
+                kept_scores = basis.scores[rows_in_basis, :rank]
+                estimate = estimate + self._residuals(
+                    kept, kept_scores, basis, genes, rank, weights, self.params
+                )
             stack.append(self.image(estimate.astype(np.float32)))
         full = np.concatenate(stack, axis=0)
         if self.config.pairs.symmetries:
@@ -194,6 +200,31 @@ class PairSampler:
             target_mask=torch.from_numpy(np.ascontiguousarray(tmask_hr)).to(device),
         )
 
+    def _residuals(
+        self,
+        kept: np.ndarray,
+        kept_scores: np.ndarray,
+        basis: LowRankBasis,
+        genes: np.ndarray,
+        rank: int,
+        weights,
+        params: ClassicalParams,
+    ) -> np.ndarray:
+        """``(n_targets, n_genes)`` each gene's smoothed residual, shrunk as the classical inference does.
+
+        ``kept`` are the input spots (indices into the usable spots), ``kept_scores`` their basis
+        scores and ``weights`` the ``(n_targets, n_kept)`` smoother; the residual of the rank-``rank``
+        reconstruction at the input spots is smoothed and weighted by
+        :func:`~.classical.residual_shrinkage` with ``params.residual`` (its Moran's I taken over
+        the input spots' nearest neighbours), as :class:`~.estimators.classical.ClassicalPredictor`
+        does on the whole slide.
+        """
+        coef = basis.components[genes, :rank].T
+        residual = self.values[np.ix_(kept, genes)] - basis.mean[genes] - kept_scores @ coef
+        moran = morans_i(residual, neighbour_weights(self.positions[kept]))
+        shrink = residual_shrinkage(moran, noise_factor(weights), params.residual)
+        return (shrink * (weights @ residual)).astype(np.float32)
+
     def hole_pair(
         self,
         genes: np.ndarray,
@@ -218,6 +249,7 @@ class PairSampler:
         basis = self.basis(None)
         # the base inference gives: the main smoothers at measured sites, the gap smoothers in gaps
         estimate = np.empty((len(kept), n), dtype=np.float32)
+        kept_rows = np.flatnonzero(kept)
         for rows, params in self.params.site_groups(drop):
             scores = smooth(
                 self.positions[kept],
@@ -226,6 +258,12 @@ class PairSampler:
                 basis.scores[kept, : params.rank],
             )
             estimate[rows] = scores @ basis.components[genes, : params.rank].T + basis.mean[genes]
+            if params.residual is not None:  # a base with gene residuals (the default's)
+                weights = params.weights(self.positions[kept], self.positions[rows])
+                kept_scores = basis.scores[kept, : params.rank]
+                estimate[rows] += self._residuals(
+                    kept_rows, kept_scores, basis, genes, params.rank, weights, params
+                )
         full = np.concatenate(
             [
                 self.image(self.values[:, genes]),
@@ -333,7 +371,10 @@ class TrainResult:
 
     ``start_val`` is the validation loss of the network training started from (epoch 0) and
     ``classical_val`` that of the classical estimate alone (a zero correction); they differ
-    only when training starts from given weights (a pretrained model).
+    only when training starts from given weights (a pretrained model). ``default_val`` is the
+    held-out loss, on the same genes, pairs and region, of the baseline estimate given with
+    the slide (:attr:`TrainingSlide.baseline`: the ``default`` preset's, gene residuals
+    included); None without one.
     """
 
     state_dict: dict[str, torch.Tensor]
@@ -342,6 +383,7 @@ class TrainResult:
     best_val: float | None = None
     start_val: float | None = None
     classical_val: float | None = None
+    default_val: float | None = None
 
 
 @dataclass
@@ -355,6 +397,7 @@ class TrainingSlide:
     slide: Slide
     values: np.ndarray
     classical: ClassicalModel | None
+    baseline: ClassicalModel | None = None  # scored on the same validation (a zero correction on it)
 
 
 @dataclass
@@ -370,6 +413,7 @@ class _SlidePart:
     inpaint: bool
     validate: Validation
     window: tuple[int, int]
+    baseline: Validation | None = None
 
 
 def _prepare(
@@ -395,7 +439,21 @@ def _prepare(
         sampler, val_genes, cosets[0], val_drop, val_sites, val_hole if inpaint else None, device
     )
     window = (max(8, sampler.raster.shape[0] // 2), max(8, sampler.raster.shape[1] // 2))
-    return _SlidePart(sampler, fit_genes, n_val, cosets, ops, train_sites, inpaint, validate, window)
+    baseline = None
+    if source.baseline is not None and config.network.residual:
+        # the same held-out genes, coset, drop, region and hole, with the baseline's estimate as base
+        baseline = Validation(
+            PairSampler(slide, values, config, source.baseline),
+            val_genes,
+            cosets[0],
+            val_drop,
+            val_sites,
+            val_hole if inpaint else None,
+            device,
+        )
+    return _SlidePart(
+        sampler, fit_genes, n_val, cosets, ops, train_sites, inpaint, validate, window, baseline
+    )
 
 
 def _world() -> tuple[int, int]:
@@ -406,15 +464,18 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
-def _validate(parts: list[_SlidePart], net: StEnTransViT, world: int) -> float | None:
+def _validate(parts: list[_SlidePart], net: StEnTransViT, world: int, baseline: bool = False) -> float | None:
     """Mean held-out loss per validation gene over every slide (None without held-out genes).
 
     Every process computes the same number; under torch.distributed rank 0's is broadcast so
-    early stopping and the kept epoch are decided identically everywhere.
+    early stopping and the kept epoch are decided identically everywhere. ``baseline``: score
+    each slide's baseline validation instead (None unless every slide has one).
     """
+    if baseline and any(part.baseline is None for part in parts):
+        return None
     total, n = 0.0, 0
     for part in parts:
-        val = part.validate(net)
+        val = (part.baseline if baseline else part.validate)(net)
         if val is not None:
             total, n = total + val * part.n_val, n + part.n_val
     value = total / n if n else None
@@ -435,6 +496,7 @@ def train_network(
     stop: StopFlag | None = None,
     message: str = "",
     init_state: dict[str, torch.Tensor] | None = None,
+    baseline: ClassicalModel | None = None,
 ) -> Generator[TrainEvent, None, TrainResult | None]:
     """Train the network on one slide's own pairs, yielding progress events.
 
@@ -457,6 +519,9 @@ def train_network(
         What the ``"prepared"`` event reports besides the training set.
     init_state
         Weights to start from (a pretrained model, fine-tuned here); None: a fresh network.
+    baseline
+        A classical model (the ``default`` preset's on this slide) whose estimate is scored on
+        the same validation (``TrainResult.default_val``); None: not scored.
 
     Returns
     -------
@@ -464,7 +529,12 @@ def train_network(
     and the history; None when stopped.
     """
     return train_slides(
-        [TrainingSlide(slide, values, classical)], config, device, stop, message, init_state=init_state
+        [TrainingSlide(slide, values, classical, baseline)],
+        config,
+        device,
+        stop,
+        message,
+        init_state=init_state,
     )
 
 
@@ -497,6 +567,9 @@ def train_slides(
     parts = [_prepare(source, config, rng, config.seed + 101 * i, device) for i, source in enumerate(sources)]
 
     model = StEnTransViT(config.network).to(device)
+    # a fresh residual network corrects nothing (zero head): scored on the baseline's pairs it
+    # gives the baseline's own held-out loss
+    default_val = _validate(parts, model, world, baseline=True) if config.network.residual else None
     classical_val = None
     if init_state is not None:
         classical_val = _validate(parts, model, world) if config.network.residual else None
@@ -519,6 +592,8 @@ def train_slides(
     total_steps = n_steps * optim.epochs
     dev = str(device) + (f" x{world} processes" if world > 1 else "")
     history: dict[str, list] = {"epoch": [], "train_loss": [], "val_loss": [], "seconds": []}
+    if default_val is not None:
+        history["default_val_loss"] = [default_val]
 
     def record(epoch: int, train_loss: float | None, val_loss: float | None) -> float:
         elapsed = time.perf_counter() - start
@@ -625,6 +700,7 @@ def train_slides(
             best_val=best_val,
             start_val=start_val,
             classical_val=start_val if init_state is None else classical_val,
+            default_val=default_val,
         )
         yield event("finished", epoch, n_steps, best=best_val, eta=0.0, text=f"best epoch {best_epoch}")
         return result

@@ -2,8 +2,10 @@
 
 ``transformer`` (and ``default`` with ``epochs > 0``) first fits the classical estimator, then
 trains a Vision Transformer that predicts a correction on top of it (:mod:`..training`); the
-network starts at zero, so when validation keeps epoch 0 nothing was learned and the fitted
-model *is* the classical model (no network is stored or run). ``published`` trains the authors'
+network starts at zero. The network is kept only when its held-out loss beats that of the
+``default`` preset's estimate (low-rank plus shrunk gene residuals, chosen on the slide) on the
+same held-out genes, pairs and region, and that of the low-rank estimate it corrects (:func:`gate`); otherwise the fitted model *is* the
+default's classical model, exactly what ``fit(slide)`` gives (no network is stored or run). ``published`` trains the authors'
 network on raw counts with no classical base.
 
 Applied to another slide, a learned model reuses its weights; its classical base is re-chosen
@@ -31,9 +33,44 @@ from .base import BatchTooLarge, Estimator, FitRequest, FittedModel, Predictor, 
 from .classical import MIN_USABLE_SPOTS, ClassicalEstimator, ClassicalModel, ClassicalPredictor
 
 KEPT_EPOCH_0 = (
-    "validation kept epoch 0: the learned correction did not beat the classical estimate on the "
-    "held-out region, so the result is the classical estimate (no network)"
+    "the learned correction did not beat the default's estimate on held-out genes of this slide, "
+    "so the result is the default's classical estimate (no network)"
 )
+
+
+def default_model(slide: Slide, config: Config) -> ClassicalModel:
+    """The ``default`` preset's classical model fitted on ``slide`` (what ``fit(slide)`` gives)."""
+    from ..config import preset
+
+    return ClassicalEstimator(preset("default", slide.lattice.kind, seed=config.seed)).fit_model(slide)
+
+
+def baseline_copy(model: ClassicalModel) -> ClassicalModel:
+    """``model`` with its own basis cache, for scoring on training genes (its cache stays its own)."""
+    return replace(model, _bases={})
+
+
+def gate(result, config: Config) -> bool:
+    """Whether the trained network is kept: its held-out loss beats the default's estimate.
+
+    ``result`` is a :class:`~..training.TrainResult`. The kept weights' loss (the best epoch's
+    with ``restore_best``, else the last epoch's) must be below both ``result.default_val``, the
+    default's estimate scored on the same held-out genes, pairs and region, and
+    ``result.classical_val``, the low-rank estimate it corrects (a zero correction): the loss is
+    a squared error, which the default's shrunk gene residuals (chosen for correlation) can
+    raise while improving every correlation metric, so a network that merely equals its
+    low-rank base must not pass for beating the default. Without a baseline or held-out genes
+    to judge on, nothing is kept.
+    """
+    if result.default_val is None or result.best_val is None:
+        return False
+    kept_val = result.best_val if config.optim.restore_best else result.history["val_loss"][-1]
+    if not np.isfinite(kept_val):
+        return False
+    bar = (
+        result.default_val if result.classical_val is None else min(result.default_val, result.classical_val)
+    )
+    return bool(kept_val < bar)
 
 
 @dataclass(eq=False, repr=False)  # FittedModel.__repr__: one short line
@@ -197,16 +234,27 @@ class LearnedEstimator(Estimator):
             )
         train_idx = slide.training_genes(config.data.n_train_genes, config.data.min_detection)
         values = slide.expression(train_idx, config.data.normalization, TARGET_SUM)
-        classical, message = None, ""
+        classical, default, message = None, None, ""
         if config.network.residual:
             classical = ClassicalEstimator(config).fit_model(slide, values=values)
+            default = default_model(slide, config)
             message = f"; classical estimate: {classical.params.summary()}"
-        result = yield from train_network(slide, values, config, classical, torch_device, stop, message)
+        result = yield from train_network(
+            slide,
+            values,
+            config,
+            classical,
+            torch_device,
+            stop,
+            message,
+            baseline=baseline_copy(default) if default is not None else None,
+        )
         if result is None:
             return None
         nothing_learned = config.optim.epochs == 0 or (config.optim.restore_best and result.best_epoch == 0)
-        if classical is not None and nothing_learned:
-            return replace(classical, history=result.history, note=KEPT_EPOCH_0)
+        if default is not None and (nothing_learned or not gate(result, config)):
+            # exactly the per-slide default's model on this slide
+            return replace(default, name=config.preset, history=result.history, note=KEPT_EPOCH_0)
         return LearnedModel(
             config=config,
             state_dict=result.state_dict,
@@ -218,4 +266,4 @@ class LearnedEstimator(Estimator):
         )
 
 
-__all__ = ["LearnedEstimator", "LearnedModel", "NetworkPredictor", "KEPT_EPOCH_0"]
+__all__ = ["LearnedEstimator", "LearnedModel", "NetworkPredictor", "KEPT_EPOCH_0", "gate", "default_model"]
