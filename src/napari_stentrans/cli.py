@@ -504,10 +504,12 @@ def cmd_enhance(args: argparse.Namespace) -> int:
         print(f"note: {model.note}")
     if "classical_val_loss" in model.history and model.uses_network:  # a pretrained model, judged here
         best = int(model.history["best_epoch"][0])
+        default = model.history.get("default_val_loss")
         print(
             f"the learned correction improved held-out genes on this slide: held-out loss "
-            f"{model.history['val_loss'][best]:.4f} (the low-rank estimate it corrects: "
-            f"{model.history['classical_val_loss'][0]:.4f})"
+            f"{model.history['val_loss'][best]:.4f} ("
+            + (f"the default's estimate: {float(np.ravel(default)[0]):.4f}; " if default is not None else "")
+            + f"the low-rank estimate it corrects: {model.history['classical_val_loss'][0]:.4f})"
         )
     patterns = written.uns["patterns"]
     if "effective_rank" in patterns:
