@@ -246,12 +246,20 @@ def fit_network(adata, config, mask=None):
             next(run)
     except StopIteration as done:
         result = done.value
-    return LearnedModel(
-        config=config,
-        state_dict=result.state_dict,
-        lattice_kind=slide.lattice.kind,
-        classical=classical,
-        training_genes=[str(g) for g in slide.genes[idx]],
-        slide_fingerprint=slide.fingerprint,
-        history=result.history,
-    )
+    return LearnedModel.trained_on(slide, config, classical, idx, result)
+
+
+def run_cli(args, capsys) -> tuple[int, str, str]:
+    """Run ``stentrans ARGS`` in-process: exit code, stdout, stderr."""
+    from napari_stentrans.cli import main
+
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def one_error_line(err: str) -> str:
+    """The CLI's single ``stentrans: error: ...`` line (asserts there is exactly one line)."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("stentrans: error: "), err
+    return lines[0]

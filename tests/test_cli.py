@@ -12,8 +12,7 @@ import pandas as pd
 import pytest
 
 from bad_inputs import CASES
-from helpers import block_sites, make_slide
-from napari_stentrans.cli import main
+from helpers import block_sites, make_slide, run_cli
 
 FAST = ["--epochs", "1", "--train-genes", "16", "--quiet", "--device", "cpu"]
 
@@ -28,12 +27,6 @@ def slide_file(tmp_path):
 
 def _files(folder):
     return sorted(p.name for p in folder.rglob("*"))
-
-
-def run_cli(args, capsys):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_enhance_writes_output_model_and_plot(slide_file, tmp_path, capsys):

@@ -12,23 +12,11 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from helpers import block_sites, make_slide, write_spaceranger
+from helpers import block_sites, make_slide, one_error_line, run_cli, write_spaceranger
 from napari_stentrans.cli import _ProgressBar, _show_warning, main
 from napari_stentrans.core.estimators.base import TrainEvent
 
 FAST = ["--epochs", "1", "--train-genes", "16", "--device", "cpu"]
-
-
-def run_cli(args, capsys):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def _one_error_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("stentrans: error: "), err
-    return lines[0]
 
 
 def _events(n_epochs: int, n_steps: int):
@@ -231,7 +219,7 @@ def test_a_mistyped_library_on_a_space_ranger_folder_is_refused(spaceranger_fold
         ["enhance", spaceranger_folder, "--library", "nope", "-o", tmp_path / "out.h5ad", "--quiet", *FAST],
     ):
         code, out, err = run_cli(command, capsys)
-        line = _one_error_line(err)
+        line = one_error_line(err)
         assert code == 2 and out == ""
         assert line == (
             f"stentrans: error: {spaceranger_folder}: this folder holds one library, Vis5A; --library "
@@ -272,7 +260,7 @@ def test_a_model_of_another_lattice_is_refused_naming_the_model_file(tmp_path, c
     code, _, err = run_cli(
         ["enhance", tmp_path / "st.h5ad", "-o", tmp_path / "b.h5ad", "--model", model], capsys
     )
-    line = _one_error_line(err)
+    line = one_error_line(err)
     assert code == 2 and not (tmp_path / "b.h5ad").exists()
     assert line.startswith(
         f"stentrans: error: {model}: this model was fitted on a hex lattice (Visium) but "
@@ -297,7 +285,7 @@ def test_a_table_without_numbers_says_it_has_no_counts(tmp_path, capsys, content
     path = tmp_path / "word.txt"
     path.write_text(content)
     code, _, err = run_cli(["info", path], capsys)
-    line = _one_error_line(err)
+    line = one_error_line(err)
     assert code == 2 and line.startswith(f"stentrans: error: {path}: no counts: ")
     assert "(0 x 0)" not in line and "empty counts table" not in line
 
@@ -341,4 +329,4 @@ def test_library_on_a_visium_hd_top_folder_still_names_its_bin_folders(tmp_path,
     write_visium_hd(tmp_path / "outs", n_genes=10)
     code, _, err = run_cli(["info", tmp_path / "outs", "--library", "anything"], capsys)
     assert code == 2
-    assert "a Visium HD output" in _one_error_line(err) and "binned_outputs/square_016um" in err
+    assert "a Visium HD output" in one_error_line(err) and "binned_outputs/square_016um" in err

@@ -21,8 +21,7 @@ import pytest
 import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
-from helpers import block_sites, build_cases, make_slide, write_spaceranger
-from napari_stentrans.cli import main
+from helpers import block_sites, build_cases, make_slide, one_error_line, run_cli, write_spaceranger
 from napari_stentrans.core.io import (
     CountsFromRawWarning,
     DuplicateGeneNamesWarning,
@@ -46,18 +45,6 @@ FAST = ["--genes", "5", "--train-genes", "16", "--quiet", "--device", "cpu"]  # 
 @pytest.fixture(scope="module")
 def cases(tmp_path_factory):
     return build_cases(tmp_path_factory.mktemp("cases"), *CASES)
-
-
-def run_cli(args, capsys):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def _one_error_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("stentrans: error: "), err
-    return lines[0]
 
 
 def _read_warning(path, category):
@@ -232,7 +219,7 @@ def test_parquet_without_pyarrow_is_one_line_with_the_install_command(cases, tmp
     assert "napari-stentrans[" not in str(info.value)  # not on PyPI, and pyarrow is a base dependency
     for command in (["info", folder], ["enhance", folder, "-o", tmp_path / "out.h5ad", "--genes", "5"]):
         code, _, err = run_cli(command, capsys)
-        line = _one_error_line(err)
+        line = one_error_line(err)
         assert code == 2 and str(parquet) in line and "pip install" in line
     assert list(tmp_path.iterdir()) == []
 
@@ -282,7 +269,7 @@ def test_visium_hd_bins_enhance_to_8um_bins_from_the_command_line(cases, tmp_pat
 def test_visium_hd_top_folders_name_the_bin_folders(cases, sub, tmp_path, capsys):
     for command in (["info", cases / sub], ["enhance", cases / sub, "-o", tmp_path / "out.h5ad"]):
         code, _, err = run_cli(command, capsys)
-        line = _one_error_line(err)
+        line = one_error_line(err)
         assert code == 2 and "Visium HD" in line and "square_016um" in line and str(cases / HD) in line
     assert list(tmp_path.iterdir()) == []
 

@@ -97,6 +97,22 @@ class LearnedModel(FittedModel):
     target_sum: float = TARGET_SUM
     pretrained_on: list[dict] = field(default_factory=list)
 
+    @classmethod
+    def trained_on(
+        cls, slide: Slide, config: Config, classical: ClassicalModel | None, gene_idx: np.ndarray, result
+    ) -> LearnedModel:
+        """The model of a network trained on ``slide``'s genes ``gene_idx`` (``result``: the
+        :func:`~..training.train_network` outcome, with ``state_dict`` and ``history``)."""
+        return cls(
+            config=config,
+            state_dict=result.state_dict,
+            lattice_kind=slide.lattice.kind,
+            classical=classical,
+            training_genes=[str(g) for g in slide.genes[gene_idx]],
+            slide_fingerprint=slide.fingerprint,
+            history=result.history,
+        )
+
     @property
     def name(self) -> str:
         return self.config.preset
@@ -255,15 +271,7 @@ class LearnedEstimator(Estimator):
         if default is not None and (nothing_learned or not gate(result, config)):
             # exactly the per-slide default's model on this slide
             return replace(default, name=config.preset, history=result.history, note=KEPT_EPOCH_0)
-        return LearnedModel(
-            config=config,
-            state_dict=result.state_dict,
-            lattice_kind=slide.lattice.kind,
-            classical=classical,
-            training_genes=[str(g) for g in slide.genes[train_idx]],
-            slide_fingerprint=slide.fingerprint,
-            history=result.history,
-        )
+        return LearnedModel.trained_on(slide, config, classical, train_idx, result)
 
 
 __all__ = ["LearnedEstimator", "LearnedModel", "NetworkPredictor", "KEPT_EPOCH_0", "gate", "default_model"]
