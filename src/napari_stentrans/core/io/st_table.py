@@ -149,9 +149,7 @@ def looks_like_counts_table(path: Path) -> bool:
     corrupt file) is True, so the reader that understands tables says what is wrong. Never raises.
     """
     try:
-        with get_handle(path, "r", compression="infer", encoding="utf-8-sig", errors="replace") as handle:
-            header = handle.handle.readline().rstrip("\r\n")
-            line = handle.handle.readline().rstrip("\r\n")
+        header, line = (_first_lines(path, 2) + ["", ""])[:2]
     except (OSError, ValueError, EOFError, UnicodeError, zlib.error):
         return True
     sep = "\t" if "\t" in header else ("," if "," in header else None)
@@ -168,10 +166,17 @@ def looks_like_counts_table(path: Path) -> bool:
     return 2 * sum(numeric) >= len(numeric)
 
 
-def _first_line(path: Path) -> str:
-    """A text file's first line (gzip, bz2, xz, zip or zstd by suffix, as pandas reads them)."""
+def _first_lines(path: Path, n: int) -> list[str]:
+    """A text file's first ``n`` lines (fewer if shorter; gzip, bz2, xz, zip or zstd by suffix,
+    as pandas reads them), line endings removed."""
     with get_handle(path, "r", compression="infer", encoding="utf-8-sig", errors="replace") as handle:
-        return handle.handle.readline().rstrip("\r\n")
+        lines = [handle.handle.readline() for _ in range(n)]
+    return [line.rstrip("\r\n") for line in lines if line]
+
+
+def _first_line(path: Path) -> str:
+    """A text file's first line ("" for an empty file)."""
+    return (_first_lines(path, 1) or [""])[0]
 
 
 def _header_cells(path: Path, sep: str) -> list[str]:
