@@ -60,7 +60,14 @@ def _measured_spot(slide: Slide, fine_row: np.ndarray, fine_col: np.ndarray, chi
 
 
 def output_sites(slide: Slide) -> OutputSites:
-    """Measured, imputed and new half-pitch sites of a slide (see module docstring)."""
+    """Measured, imputed and new half-pitch sites of a slide (see module docstring).
+
+    Computed once per slide (cached on it: its spots, lost sites and ``fill_holes`` are fixed),
+    so the CLI's size estimate and the writer share one computation.
+    """
+    cached = slide._cache.get("output_sites")
+    if cached is not None:
+        return cached
     lattice = slide.lattice
     raster = slide.index_raster(pad=2)
     measured_img, imputed_img = slide.site_images(raster)
@@ -76,7 +83,7 @@ def output_sites(slide: Slide) -> OutputSites:
     spot = _measured_spot(slide, fr, fc, k)
     kinds = np.asarray(KINDS)[kind_img[k, p, q]]
     order = np.lexsort((2 * fc + dc, 2 * fr + dr, kind_img[k, p, q]))
-    return OutputSites(
+    sites = OutputSites(
         row=(2 * fr + dr)[order],
         col=(2 * fc + dc)[order],
         fine_row=fr[order],
@@ -85,6 +92,8 @@ def output_sites(slide: Slide) -> OutputSites:
         kind=kinds[order],
         spot=spot[order],
     )
+    slide._cache["output_sites"] = sites
+    return sites
 
 
 def sites_at(slide: Slide, rows: np.ndarray, cols: np.ndarray, kind: str = "new") -> OutputSites:
