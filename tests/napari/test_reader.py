@@ -293,7 +293,20 @@ def test_reader_leaves_images_and_other_tables_to_other_readers(tmp_path):
     (tmp_path / "mask.csv").write_text("array_row,array_col\n3,5\n4,6\n")
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes/readme.txt").write_text("hello\n")
-    for name in ("he.png", "layers.csv", "points.csv", "mask.csv", "notes"):
+    (tmp_path / "tissue_positions.csv").write_text(
+        "barcode,in_tissue,array_row,array_col,pxl_row_in_fullres,pxl_col_in_fullres\n"
+        "ACGCCTGACACGCGCT-1,0,0,0,2433,1705\nTACCGATCCAACACTT-1,1,1,1,2554,1774\n"
+    )
+    (tmp_path / "tissue_positions_list.csv").write_text(
+        "ACGCCTGACACGCGCT-1,0,0,0,2433,1705\nTACCGATCCAACACTT-1,1,1,1,2554,1774\n"
+    )
+    (tmp_path / "spot_data-selection.tsv").write_text(
+        "x\ty\tnew_x\tnew_y\tpixel_x\tpixel_y\tselected\n7\t12\t7.02\t11.96\t1234.5\t2201.1\t1\n"
+    )
+    (tmp_path / "coords.csv").write_text(",x,y\nAAAC-1,10.5,20.0\nAAAG-1,11.5,22.0\n")
+    others = ("he.png", "layers.csv", "points.csv", "mask.csv", "notes", "tissue_positions.csv")
+    others += ("tissue_positions_list.csv", "spot_data-selection.tsv", "coords.csv")
+    for name in others:
         assert get_reader(str(tmp_path / name)) is None, name
     counts = pd.DataFrame([[3, 0, 5], [1, 2, 0]], index=["1x1", "1x2"], columns=["A", "B", "C"])
     counts.to_csv(tmp_path / "counts.csv")

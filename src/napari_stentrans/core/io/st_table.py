@@ -23,6 +23,13 @@ from .common import ReadError, reading, set_lattice, suffix, unique_names
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".txt")
 SPOT_ID = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*x\s*(-?\d+(?:\.\d+)?)\s*$")
+# column names of spot-position tables (Space Ranger tissue_positions, the legacy ST spot
+# detector's spot_data-selection, scanpy/Seurat coordinate exports): never a counts header
+POSITION_COLUMNS = frozenset(
+    "barcode in_tissue tissue array_row array_col row col pxl_row_in_fullres pxl_col_in_fullres "
+    "x y new_x new_y pixel_x pixel_y selected imagerow imagecol spatial_1 spatial_2".split()
+)
+TEN_X_BARCODE = re.compile(r"^[ACGTN]{12,18}(-\d+)?$")
 
 
 def read_st_table(path: str | Path, coords: str | Path | None = None) -> ad.AnnData:
@@ -143,9 +150,11 @@ def looks_like_counts_table(path: Path) -> bool:
 
     For front ends that share file types with other tools (napari opens CSVs of points, labels
     and annotations too). Another kind of table: napari's own point and shape tables (header
-    ``index,axis-0,...``); a second line of fewer than 3 cells that does not start with a spot
-    id ``12x7`` (masks, labels, coordinates); or a second line whose cells
-    after the first are mostly not numbers. Anything unclear (an empty, one-line, unreadable or
+    ``index,axis-0,...``); spot-position tables (a header naming two or more position columns
+    such as ``array_row``, ``pxl_col_in_fullres``, ``x``, ``new_y``, or Space Ranger 1's
+    headerless ``barcode,in_tissue,row,col,pxl_row,pxl_col`` lines); a second line of fewer than 3 cells that does not start with a spot id ``12x7`` (masks,
+    labels, coordinates); or a second line whose cells after the first are mostly not numbers.
+    Anything unclear (an empty, one-line, unreadable or
     corrupt file) is True, so the reader that understands tables says what is wrong. Never raises.
     """
     try:
@@ -153,8 +162,13 @@ def looks_like_counts_table(path: Path) -> bool:
     except (OSError, ValueError, EOFError, UnicodeError, zlib.error):
         return True
     sep = "\t" if "\t" in header else ("," if "," in header else None)
-    if "axis-0" in header.split(sep):
+    header_cells = [cell.strip().strip('"').lower() for cell in header.split(sep)]
+    if "axis-0" in header_cells:
         return False
+    if sum(cell in POSITION_COLUMNS for cell in header_cells) >= 2:
+        return False
+    if len(header_cells) == 6 and TEN_X_BARCODE.match(header_cells[0].upper()):
+        return False  # Space Ranger 1's headerless tissue_positions_list.csv
     if not line.strip():
         return True
     cells = line.split(sep)
