@@ -32,7 +32,7 @@ def square_slide():
 
 def test_events_report_progress_and_a_model_is_produced(square_slide):
     trainer = Trainer(square_slide, tiny_config(epochs=3, restore_best=False), device="cpu")
-    events = list(trainer.run())
+    events = [e for e in trainer.run() if e.kind != "stage"]  # stages: test_stages_report_...
     kinds = [e.kind for e in events]
     assert kinds[0] == "prepared" and kinds[-1] == "finished"
     steps = [e for e in events if e.kind == "step"]
@@ -44,6 +44,60 @@ def test_events_report_progress_and_a_model_is_produced(square_slide):
     assert trainer.result is not None
     assert trainer.result.history["epoch"] == [0, 1, 2, 3]
     assert events[0].device == "cpu"
+
+
+def _stages(events) -> dict[str, list]:
+    """The stage events before the first training step, by stage: ``[(done, total, elapsed)]``."""
+    stages: dict[str, list] = {}
+    for event in events:
+        if event.kind in ("prepared", "step"):
+            break
+        assert event.kind == "stage", event
+        stages.setdefault(event.message, []).append((event.step, event.n_steps, event.elapsed))
+    return stages
+
+
+@pytest.mark.parametrize("preset_name", ["default", "transformer"])
+def test_stages_report_the_work_before_training_with_counts(square_slide, preset_name):
+    """The first seconds of a run (classical choice over the pairs, the pairs, validation) say
+    what they do and how far they got, before the first epoch; not one opaque 'preparing'."""
+    config = tiny_config(epochs=1) if preset_name == "transformer" else "default"
+    events = list(Trainer(square_slide, config, device="cpu").run())
+    kinds = [e.kind for e in events]
+    first_epoch = kinds.index("epoch") if "epoch" in kinds else len(kinds)
+    assert kinds.index("prepared") < first_epoch and kinds[0] == "stage"
+    stages = _stages(events)
+    names = list(stages)
+    assert any("rank and smoothers on 4 coset pairs" in n for n in names)
+    assert any("gene-residual shrinkage on 4 coset pairs" in n for n in names)
+    for name, counts in stages.items():
+        done = [d for d, _, _ in counts]
+        totals = {t for _, t, _ in counts}
+        assert len(totals) == 1 and done[0] == 0 and done[-1] == totals.pop(), (name, counts)
+        assert done == sorted(done) and len(set(done)) == len(done), (name, counts)  # counts increase
+    pairs = next(counts for name, counts in stages.items() if "rank and smoothers" in name)
+    assert [d for d, _, _ in pairs] == [0, 1, 2, 3, 4]
+    for counts in stages.values():
+        elapsed = [t for _, _, t in counts]
+        assert elapsed == sorted(elapsed)
+    if preset_name == "transformer":  # the classical base, the default's estimate, pairs, validation
+        assert any(n.startswith("classical base: ") for n in names)
+        assert any(n.startswith("the default's estimate (the bar to beat): ") for n in names)
+        assert "building the training pairs, held-out genes and region" in names
+        validation = stages["scoring the starting network on the held-out genes"]
+        assert validation[-1][0] == validation[-1][1] >= 1  # counted in gene batches
+
+
+def test_stop_during_the_stages_ends_the_fit_before_training(square_slide):
+    stop = threading.Event()
+    events = []
+    trainer = Trainer(square_slide, tiny_config(epochs=5), device="cpu")
+    for event in trainer.run(stop):
+        events.append(event)
+        if event.kind == "stage" and "gene-residual" in event.message:
+            stop.set()
+    assert events[-1].kind == "stopped" and not any(e.kind in ("prepared", "step") for e in events)
+    assert trainer.result is None
 
 
 def test_stop_flag_ends_the_run_within_one_batch(square_slide):

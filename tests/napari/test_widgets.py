@@ -125,6 +125,38 @@ def test_train_in_a_worker_adds_aligned_x2_layers_and_keeps_the_viewer_responsiv
     assert f"{genes[0]} x2 (run 1: default)" in st_viewer.layers and f"{genes[0]} x2" in st_viewer.layers
 
 
+def test_the_first_seconds_of_a_run_show_each_stage_with_its_count(st_viewer, qtbot):
+    """Before the first epoch the status names the stage and its count, and the progress bar
+    follows it (it used to say only 'preparing...' for 15-47 s on real slides)."""
+    widget = _dock(st_viewer, "Train & enhance")
+    _fast(widget, epochs=1)
+    worker = widget.start()
+    shown = []  # connected after the widget's own slot: what the widget shows after each event
+    worker.yielded.connect(
+        lambda event: shown.append(
+            (event.kind, widget._status.value, widget._progress.value, widget._progress.max)
+        )
+    )
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    qtbot.waitUntil(lambda: widget.idle, timeout=10_000)
+    kinds = [kind for kind, *_ in shown]
+    before = shown[: kinds.index("prepared")]
+    assert before and all(kind == "stage" for kind, *_ in before)
+    texts = [text for _, text, _, _ in before]
+    assert texts[0].startswith("preparing the slide: lattice, lost sites and gaps of ")
+    pairs = [(t, v, m) for _, t, v, m in before if "coset pairs: " in t]
+    assert [text.split("coset pairs: ")[1].split(" ")[0] for text, _, _ in pairs[:4]] == [
+        "1/4",
+        "2/4",
+        "3/4",
+        "4/4",
+    ]
+    assert [(value, top) for _, value, top in pairs[:4]] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert any(t.startswith("scoring the starting network on the held-out genes: ") for t in texts)
+    assert not any(t.startswith("preparing...") or t == "preparing" for t in texts)
+
+
 def test_stop_mid_run_leaves_every_layer_as_it_was(st_viewer, qtbot):
     widget = _dock(st_viewer, "Train & enhance")
     _fast(widget, epochs=200)

@@ -538,10 +538,17 @@ def run_job(job: TrainingJob, stop=None):
     data of the ``GENE x2`` layers are built here, off the main thread; no napari object is
     touched.
     """
+    import time
+
     from ..core.errors import TrainingStopped
+    from ..core.estimators.base import stage_event
     from ..core.fitting import Trainer
 
+    start = time.perf_counter()
+    what = f"preparing the slide: lattice, lost sites and gaps of {job.adata.n_obs:,} spots"
+    yield stage_event(what, 0, 1, 0.0)
     trainer = Trainer(job.adata, job.config, mask=job.mask, device=job.device)
+    yield stage_event(what, 1, 1, time.perf_counter() - start)
     yield from trainer.run(stop)
     if trainer.result is None:
         return None

@@ -612,7 +612,7 @@ class TrainWidget(_SlideWidget):
             return None
         self._stop_flag = threading.Event()
         self._plot.clear()
-        self._status.value = f"preparing the slide ({job.adata.n_obs:,} spots) and the classical estimate..."
+        self._status.value = f"starting the run on {job.adata.n_obs:,} spots..."
         self._verdict.value = ""
         self._progress.value = 0
         worker = create_worker(
@@ -636,7 +636,13 @@ class TrainWidget(_SlideWidget):
 
     def _on_event(self, event) -> None:
         self.last_event = event
-        if event.kind == "prepared":
+        if event.kind == "stage":  # the work before training: what it is and how far it got
+            self._progress.max = max(1, event.n_steps)
+            self._progress.value = min(self._progress.max, event.step)
+            from ..core.estimators.base import stage_text
+
+            self._status.value = stage_text(event)
+        elif event.kind == "prepared":
             self._progress.max = max(1, event.n_steps * event.n_epochs)
             self._device_label.value = f"training on: {event.device}"
             self._plot.add(0, None, event.val_loss)
