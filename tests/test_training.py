@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -365,3 +366,37 @@ def test_a_kept_per_slide_correction_beat_the_default_on_held_out_genes(square_s
     else:  # the default's own model, chosen on this slide
         assert best >= history["default_val_loss"][0] or int(history["best_epoch"][0]) == 0
         assert fitted.config.classical.gene_residuals == "shrunk" and fitted.params.residual is not None
+
+
+def test_the_napari_worker_trains_with_a_core_left_to_the_viewer(square_slide):
+    """While the widget's worker fits and enhances, torch and BLAS use one core fewer than the
+    machine has (the event loop keeps one); both are restored when the run ends."""
+    from threadpoolctl import threadpool_info
+
+    from napari_stentrans._napari.actions import TrainingJob, run_job, worker_threads
+    from napari_stentrans.core.display import DisplayFrame
+
+    def blas() -> set[int]:
+        return {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+
+    torch_before, blas_before = torch.get_num_threads(), blas()
+    job = TrainingJob(
+        "s",
+        square_slide.copy(),
+        np.zeros((0, 2), int),
+        ["G0"],
+        tiny_config(epochs=1),
+        DisplayFrame.of(square_slide),
+        "cpu",
+    )
+    during = []
+    gen = run_job(job)
+    with pytest.raises(StopIteration) as done:
+        while True:
+            if next(gen).kind == "step":
+                during.append((torch.get_num_threads(), blas()))
+    assert done.value.value is not None and during
+    n = worker_threads()
+    assert n == max(1, (os.cpu_count() or 1) - 1)
+    assert all(t == min(n, torch_before) and b <= {n} for t, b in during), during
+    assert torch.get_num_threads() == torch_before and blas() == blas_before
