@@ -64,7 +64,7 @@ def test_progress_into_a_log_file_is_a_few_plain_lines():
 def _stage_events():
     from napari_stentrans.core.estimators.base import stage_event
 
-    what = "choosing the rank and smoothers on 4 coset pairs"
+    what = "choosing rank and smoothers on 4 coset pairs"
     yield stage_event("normalising 16 genes at 100 spots", 0, 1, 0.0)
     yield stage_event("normalising 16 genes at 100 spots", 1, 1, 0.1)
     for done in range(5):
@@ -80,7 +80,7 @@ def test_stages_before_training_are_one_line_each_in_a_log_and_a_bar_on_a_termin
     lines = log.getvalue().splitlines()
     assert lines[:3] == [
         "stentrans: normalising 16 genes at 100 spots... (0.0 s)",
-        "stentrans: choosing the rank and smoothers on 4 coset pairs... (0.2 s)",
+        "stentrans: choosing rank and smoothers on 4 coset pairs... (0.2 s)",
         "stentrans: 100 spots, 16 training genes",
     ]
     screen = _Terminal()
@@ -90,8 +90,8 @@ def test_stages_before_training_are_one_line_each_in_a_log_and_a_bar_on_a_termin
     assert bar.stage_bar is None  # closed at 4/4, its line printed
     bar.close()
     text = screen.getvalue()
-    assert "choosing the rank and smoothers on 4 coset pairs" in text and "3/4" in text  # the bar
-    assert "stentrans: choosing the rank and smoothers on 4 coset pairs: 4/4 (4.2 s)\n" in text
+    assert "choosing rank and smoothers on 4 coset pairs" in text and "3/4" in text  # the bar
+    assert "stentrans: choosing rank and smoothers on 4 coset pairs: 4/4 (4.2 s)\n" in text
 
 
 def test_a_warning_during_the_bar_is_printed_on_its_own_line(monkeypatch):

@@ -70,7 +70,7 @@ def test_stages_report_the_work_before_training_with_counts(square_slide, preset
     stages = _stages(events)
     names = list(stages)
     assert any("rank and smoothers on 4 coset pairs" in n for n in names)
-    assert any("gene-residual shrinkage on 4 coset pairs" in n for n in names)
+    assert any("rank and residual shrinkage on 4 coset pairs" in n for n in names)
     for name, counts in stages.items():
         done = [d for d, _, _ in counts]
         totals = {t for _, t, _ in counts}
@@ -83,7 +83,7 @@ def test_stages_report_the_work_before_training_with_counts(square_slide, preset
         assert elapsed == sorted(elapsed)
     if preset_name == "transformer":  # the classical base, the default's estimate, pairs, validation
         assert any(n.startswith("classical base: ") for n in names)
-        assert any(n.startswith("the default's estimate (the bar to beat): ") for n in names)
+        assert any(n.startswith("default's estimate: ") for n in names)
         assert "building the training pairs, held-out genes and region" in names
         validation = stages["scoring the starting network on the held-out genes"]
         assert validation[-1][0] == validation[-1][1] >= 1  # counted in gene batches
@@ -95,7 +95,7 @@ def test_stop_during_the_stages_ends_the_fit_before_training(square_slide):
     trainer = Trainer(square_slide, tiny_config(epochs=5), device="cpu")
     for event in trainer.run(stop):
         events.append(event)
-        if event.kind == "stage" and "gene-residual" in event.message:
+        if event.kind == "stage" and "residual shrinkage" in event.message:
             stop.set()
     assert events[-1].kind == "stopped" and not any(e.kind in ("prepared", "step") for e in events)
     assert trainer.result is None

@@ -45,7 +45,7 @@ class TrainEvent:
     """One progress report of a fit.
 
     ``kind`` is ``"stage"`` (the work before training: ``message`` names the stage, e.g.
-    ``"choosing the rank and smoothers on 4 coset pairs"``, ``step`` of ``n_steps`` of its
+    ``"choosing rank and smoothers on 4 coset pairs"``, ``step`` of ``n_steps`` of its
     items are done, ``0`` when it begins), ``"prepared"`` (data ready, before any step;
     ``message`` says what was chosen), ``"step"``, ``"epoch"`` (after validation),
     ``"finished"`` or ``"stopped"`` (stop flag; no model is produced). Times are seconds since

@@ -116,7 +116,7 @@ def choose_params_steps(
     residuals = config.classical.gene_residuals == "shrunk"
     params, _ = yield from _pairs(
         classical_params_steps(values, positions, keep, **choice),
-        "choosing the rank and smoothers",
+        "choosing rank and smoothers",
         "coset pairs",
     )
     if residuals:
@@ -129,7 +129,7 @@ def choose_params_steps(
     if len(hole_sizes):  # gaps to fill: their smoothers are chosen on gaps of the same size
         holes, scores = yield from _pairs(
             classical_params_steps(values, positions, pairs, scale=1.0, **choice),
-            "choosing the gap smoothers",
+            "choosing gap smoothers",
             "hole-filling pairs",
         )
         if scores:  # gaps of one or two sites make no pair with >= 3 targets: keep the main choice
@@ -148,7 +148,7 @@ def _with_residuals(
     gaps: bool = False,
 ) -> Generator[tuple[str, int, int], None, ClassicalParams]:
     """``params`` with rank and gene-residual shrinkage re-chosen jointly on the same pairs."""
-    what = f"choosing the {'gap ' if gaps else ''}rank and gene-residual shrinkage"
+    what = f"choosing {'gap ' if gaps else ''}rank and residual shrinkage"
     (rank, kappa), _ = yield from _pairs(
         gene_residuals_steps(values, positions, pairs, params.bandwidth, scale=scale),
         what,

@@ -275,7 +275,7 @@ class LearnedEstimator(Estimator):
                 start,
                 stop,
                 str(torch_device),
-                "the default's estimate (the bar to beat): ",
+                "default's estimate: ",
             )
             if default is None:
                 return None
