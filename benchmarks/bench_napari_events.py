@@ -24,6 +24,12 @@ Phases (one row each; the longest gap whose end falls in the phase, and the 99th
 
 Prints a Markdown table, with the load average, for docs/benchmarks.md. Not a test: gaps
 depend on the machine and its load.
+
+``--probe``: no viewer; the Train tab's worker body (``actions.run_job``) runs in a thread
+while the main thread sleeps 5 ms at a time and records how late it wakes (what the event loop
+would feel: the worker's BLAS threads or a held GIL), with the worker's thread limit
+(:func:`~napari_stentrans._napari.actions.leave_a_core_to_the_viewer`) on and off in turn; it
+names where the worker was after each wake-up later than 60 ms.
 """
 
 from __future__ import annotations
@@ -143,13 +149,76 @@ def run_once(slide: Path | None, preset: str, epochs: int) -> dict[str, np.ndarr
     return out
 
 
+def probe(preset: str, epochs: int, limited: bool) -> tuple[np.ndarray, dict[str, float]]:
+    """Main-thread wake-up delays (ms) while the worker body runs; where the worker was on late ones."""
+    import contextlib
+    import sys
+    import threading
+
+    from napari_stentrans._napari import actions
+    from napari_stentrans.core.config import preset as make_preset
+    from napari_stentrans.core.display import DisplayFrame
+    from napari_stentrans.core.estimators.base import run_fit
+    from napari_stentrans.synthetic import synthetic_slide
+
+    adata = synthetic_slide("hex", n_genes=300, seed=0)
+    config = make_preset(preset, "hex", **({"epochs": epochs} if preset != "default" else {}))
+    job = actions.TrainingJob(
+        "s", adata, np.zeros((0, 2), int), list(adata.var_names[:4]), config, DisplayFrame.of(adata), "cpu"
+    )
+    real = actions.leave_a_core_to_the_viewer
+    if not limited:
+        actions.leave_a_core_to_the_viewer = lambda uses_torch: contextlib.nullcontext(1)
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (run_fit(actions.run_job(job), None), done.set()))
+    delays, where = [], {}
+    try:
+        worker.start()
+        while not done.is_set():
+            t = time.perf_counter()
+            time.sleep(0.005)
+            delay = (time.perf_counter() - t) * 1000 - 5
+            delays.append(delay)
+            frame = sys._current_frames().get(worker.ident) if delay > 60 else None
+            if frame is not None:
+                key = f"{Path(frame.f_code.co_filename).name}:{frame.f_lineno} {frame.f_code.co_name}"
+                where[key] = where.get(key, 0.0) + delay
+        worker.join()
+    finally:
+        actions.leave_a_core_to_the_viewer = real
+    return np.asarray(delays), where
+
+
+def main_probe(args) -> None:
+    import napari  # noqa: F401  (the viewer's imports, as in a session: numba, vispy)
+
+    probe(args.preset, args.epochs, True)  # first-time imports (torch, its optimiser) not counted
+    rows = []
+    for _ in range(args.repeats):
+        for limited in (False, True):
+            load = os.getloadavg()[0]
+            delays, where = probe(args.preset, args.epochs, limited)
+            top = max(where, key=where.get) if where else "-"
+            rows.append((limited, load, delays.max(), np.percentile(delays, 99), top))
+    print(f"\nworker body alone ({args.preset}), main thread sleeping 5 ms; {os.cpu_count()} CPUs\n")
+    print("| worker threads | load | longest wake-up delay, ms | 99th percentile, ms | worker then at |")
+    print("|---|---:|---:|---:|---|")
+    for limited, load, longest, p99, top in rows:
+        label = "cpu_count-1 (this branch)" if limited else "all (as before)"
+        print(f"| {label} | {load:.1f} | {longest:.0f} | {p99:.0f} | {top} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slide", type=Path, help="a slide to open (default: the synthetic Visium sample)")
     parser.add_argument("--preset", default="default")
     parser.add_argument("--epochs", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--probe", action="store_true", help="worker thread limit on/off, no viewer")
     args = parser.parse_args()
+    if args.probe:
+        main_probe(args)
+        return
     runs = [run_once(args.slide, args.preset, args.epochs) for _ in range(args.repeats)]
     load = os.getloadavg()
     print(

@@ -241,14 +241,26 @@ def test_the_choice_runs_with_one_blas_thread(monkeypatch):
     from napari_stentrans.core.slide import Slide
 
     seen = []
-    real = estimator_module.select_classical_params
+    real = estimator_module.classical_params_steps
 
-    def spy(*args, **kwargs):
-        seen.append([lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"])
-        return real(*args, **kwargs)
+    def spy(*args, **kwargs):  # the choice runs pair by pair: the thread count of each stretch
+        steps = real(*args, **kwargs)
+        while True:
+            seen.append([lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"])
+            try:
+                item = next(steps)
+            except StopIteration as end:
+                return end.value
+            yield item
 
-    monkeypatch.setattr(estimator_module, "select_classical_params", spy)
+    def blas_threads() -> list[int]:
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    before = blas_threads()
+    monkeypatch.setattr(estimator_module, "classical_params_steps", spy)
     r, c = block_sites("hex", 10, 16)
     slide = Slide.from_adata(make_slide(r, c, "hex", n_genes=12))
     estimator_module.choose_params(slide, slide.expression(np.arange(12)), Config())
-    assert seen and all(threads and set(threads) == {1} for threads in seen)
+    assert len(seen) >= 5 and all(threads and set(threads) == {1} for threads in seen)
+    # released after each stretch: a consumer of the fit's events keeps its own BLAS threads
+    assert blas_threads() == before

@@ -227,7 +227,7 @@ def test_a_bug_inside_the_engine_exits_1_with_its_traceback(slide_file, tmp_path
         "from napari_stentrans.core.estimators import classical\n"
         "def broken(*args, **kwargs):\n"
         f"    raise {error}\n"
-        "classical.choose_params = broken\n"
+        "classical.choose_params_steps = broken\n"
         "from napari_stentrans.cli import main\n"
         f"sys.exit(main(['enhance', {str(slide_file)!r}, '-o', {str(tmp_path / 'out.h5ad')!r}, '--quiet']))\n"
     )

@@ -61,6 +61,39 @@ def test_progress_into_a_log_file_is_a_few_plain_lines():
     assert all(line.startswith("stentrans: ") for line in lines)
 
 
+def _stage_events():
+    from napari_stentrans.core.estimators.base import stage_event
+
+    what = "choosing rank and smoothers on 4 coset pairs"
+    yield stage_event("normalising 16 genes at 100 spots", 0, 1, 0.0)
+    yield stage_event("normalising 16 genes at 100 spots", 1, 1, 0.1)
+    for done in range(5):
+        yield stage_event(what, done, 4, 0.2 + done)
+
+
+def test_stages_before_training_are_one_line_each_in_a_log_and_a_bar_on_a_terminal():
+    log = io.StringIO()
+    bar = _ProgressBar(disabled=False, stream=log)
+    for event in [*_stage_events(), *_events(n_epochs=1, n_steps=2)]:
+        bar.update(event)
+    bar.close()
+    lines = log.getvalue().splitlines()
+    assert lines[:3] == [
+        "stentrans: normalising 16 genes at 100 spots... (0.0 s)",
+        "stentrans: choosing rank and smoothers on 4 coset pairs... (0.2 s)",
+        "stentrans: 100 spots, 16 training genes",
+    ]
+    screen = _Terminal()
+    bar = _ProgressBar(disabled=False, stream=screen)
+    for event in _stage_events():
+        bar.update(event)
+    assert bar.stage_bar is None  # closed at 4/4, its line printed
+    bar.close()
+    text = screen.getvalue()
+    assert "choosing rank and smoothers on 4 coset pairs" in text and "3/4" in text  # the bar
+    assert "stentrans: choosing rank and smoothers on 4 coset pairs: 4/4 (4.2 s)\n" in text
+
+
 def test_a_warning_during_the_bar_is_printed_on_its_own_line(monkeypatch):
     from napari_stentrans.core.io.common import OptionalPartWarning
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -32,7 +33,7 @@ def square_slide():
 
 def test_events_report_progress_and_a_model_is_produced(square_slide):
     trainer = Trainer(square_slide, tiny_config(epochs=3, restore_best=False), device="cpu")
-    events = list(trainer.run())
+    events = [e for e in trainer.run() if e.kind != "stage"]  # stages: test_stages_report_...
     kinds = [e.kind for e in events]
     assert kinds[0] == "prepared" and kinds[-1] == "finished"
     steps = [e for e in events if e.kind == "step"]
@@ -44,6 +45,60 @@ def test_events_report_progress_and_a_model_is_produced(square_slide):
     assert trainer.result is not None
     assert trainer.result.history["epoch"] == [0, 1, 2, 3]
     assert events[0].device == "cpu"
+
+
+def _stages(events) -> dict[str, list]:
+    """The stage events before the first training step, by stage: ``[(done, total, elapsed)]``."""
+    stages: dict[str, list] = {}
+    for event in events:
+        if event.kind in ("prepared", "step"):
+            break
+        assert event.kind == "stage", event
+        stages.setdefault(event.message, []).append((event.step, event.n_steps, event.elapsed))
+    return stages
+
+
+@pytest.mark.parametrize("preset_name", ["default", "transformer"])
+def test_stages_report_the_work_before_training_with_counts(square_slide, preset_name):
+    """The first seconds of a run (classical choice over the pairs, the pairs, validation) say
+    what they do and how far they got, before the first epoch; not one opaque 'preparing'."""
+    config = tiny_config(epochs=1) if preset_name == "transformer" else "default"
+    events = list(Trainer(square_slide, config, device="cpu").run())
+    kinds = [e.kind for e in events]
+    first_epoch = kinds.index("epoch") if "epoch" in kinds else len(kinds)
+    assert kinds.index("prepared") < first_epoch and kinds[0] == "stage"
+    stages = _stages(events)
+    names = list(stages)
+    assert any("rank and smoothers on 4 coset pairs" in n for n in names)
+    assert any("rank and residual shrinkage on 4 coset pairs" in n for n in names)
+    for name, counts in stages.items():
+        done = [d for d, _, _ in counts]
+        totals = {t for _, t, _ in counts}
+        assert len(totals) == 1 and done[0] == 0 and done[-1] == totals.pop(), (name, counts)
+        assert done == sorted(done) and len(set(done)) == len(done), (name, counts)  # counts increase
+    pairs = next(counts for name, counts in stages.items() if "rank and smoothers" in name)
+    assert [d for d, _, _ in pairs] == [0, 1, 2, 3, 4]
+    for counts in stages.values():
+        elapsed = [t for _, _, t in counts]
+        assert elapsed == sorted(elapsed)
+    if preset_name == "transformer":  # the classical base, the default's estimate, pairs, validation
+        assert any(n.startswith("classical base: ") for n in names)
+        assert any(n.startswith("default's estimate: ") for n in names)
+        assert "building the training pairs, held-out genes and region" in names
+        validation = stages["scoring the starting network on the held-out genes"]
+        assert validation[-1][0] == validation[-1][1] >= 1  # counted in gene batches
+
+
+def test_stop_during_the_stages_ends_the_fit_before_training(square_slide):
+    stop = threading.Event()
+    events = []
+    trainer = Trainer(square_slide, tiny_config(epochs=5), device="cpu")
+    for event in trainer.run(stop):
+        events.append(event)
+        if event.kind == "stage" and "residual shrinkage" in event.message:
+            stop.set()
+    assert events[-1].kind == "stopped" and not any(e.kind in ("prepared", "step") for e in events)
+    assert trainer.result is None
 
 
 def test_stop_flag_ends_the_run_within_one_batch(square_slide):
@@ -311,3 +366,37 @@ def test_a_kept_per_slide_correction_beat_the_default_on_held_out_genes(square_s
     else:  # the default's own model, chosen on this slide
         assert best >= history["default_val_loss"][0] or int(history["best_epoch"][0]) == 0
         assert fitted.config.classical.gene_residuals == "shrunk" and fitted.params.residual is not None
+
+
+def test_the_napari_worker_trains_with_a_core_left_to_the_viewer(square_slide):
+    """While the widget's worker fits and enhances, torch and BLAS use one core fewer than the
+    machine has (the event loop keeps one); both are restored when the run ends."""
+    from threadpoolctl import threadpool_info
+
+    from napari_stentrans._napari.actions import TrainingJob, run_job, worker_threads
+    from napari_stentrans.core.display import DisplayFrame
+
+    def blas() -> set[int]:
+        return {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+
+    torch_before, blas_before = torch.get_num_threads(), blas()
+    job = TrainingJob(
+        "s",
+        square_slide.copy(),
+        np.zeros((0, 2), int),
+        ["G0"],
+        tiny_config(epochs=1),
+        DisplayFrame.of(square_slide),
+        "cpu",
+    )
+    during = []
+    gen = run_job(job)
+    with pytest.raises(StopIteration) as done:
+        while True:
+            if next(gen).kind == "step":
+                during.append((torch.get_num_threads(), blas()))
+    assert done.value.value is not None and during
+    n = worker_threads()
+    assert n == max(1, (os.cpu_count() or 1) - 1)
+    assert all(t == min(n, torch_before) and b <= {n} for t, b in during), during
+    assert torch.get_num_threads() == torch_before and blas() == blas_before

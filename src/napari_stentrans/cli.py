@@ -785,6 +785,8 @@ class _ProgressBar:
         self.done = 0
         self.reported = 0  # tenths of the steps already reported as a line (plain mode)
         self.started = 0.0
+        self.stage_bar = None  # the current stage's bar of items (interactive)
+        self.stage_name: str | None = None
 
     def _interactive(self) -> bool:
         isatty = getattr(self.stream, "isatty", None)
@@ -803,6 +805,10 @@ class _ProgressBar:
     def update(self, event) -> None:
         if self.disabled:
             return
+        if event.kind == "stage":
+            self.stage(event)
+            return
+        self.close_stage()
         if event.kind == "prepared" and self.bar is None:  # a fit begins (a second one after a first)
             self.line(f"stentrans: {event.message}")
             self.total = event.n_steps * event.n_epochs
@@ -846,7 +852,40 @@ class _ProgressBar:
             self.close()  # the bar's last state stays on screen; the line goes under it
             self.line(f"stentrans: training {event.kind} ({event.message}, {event.elapsed:.1f} s)")
 
+    def stage(self, event) -> None:
+        """The work before training: one line per stage (interactive: with a bar of its items)."""
+        from .core.estimators.base import stage_text
+
+        if event.step == 0 or self.stage_name != event.message:
+            self.close_stage()
+            self.stage_name = event.message
+            if event.n_steps > 1 and self._interactive():
+                from tqdm import tqdm
+
+                self.stage_bar = tqdm(
+                    total=event.n_steps,
+                    desc=event.message,
+                    file=self.stream,
+                    dynamic_ncols=True,
+                    leave=False,
+                    mininterval=0,  # a stage has a few items, each worth showing
+                )
+            else:
+                self.line(f"stentrans: {stage_text(event)}")
+        if self.stage_bar is not None:
+            self.stage_bar.update(event.step - self.stage_bar.n)
+            if event.step >= event.n_steps:
+                self.close_stage()
+                self.line(f"stentrans: {stage_text(event)}")
+
+    def close_stage(self) -> None:
+        if self.stage_bar is not None:
+            self.stage_bar.close()
+            self.stage_bar = None
+        self.stage_name = None
+
     def close(self) -> None:
+        self.close_stage()
         if self.bar is not None:
             self.bar.close()
             self.bar = None

@@ -125,6 +125,49 @@ def test_train_in_a_worker_adds_aligned_x2_layers_and_keeps_the_viewer_responsiv
     assert f"{genes[0]} x2 (run 1: default)" in st_viewer.layers and f"{genes[0]} x2" in st_viewer.layers
 
 
+def test_the_first_seconds_of_a_run_show_each_stage_with_its_count(make_napari_viewer, qtbot):
+    """Before the first epoch the status names the stage and the progress bar counts its items
+    (it used to say only 'preparing...' for 15-47 s on real slides); the status never shrinks
+    during the run (each change of its height resized and re-rendered the loss plot)."""
+    st_viewer = make_napari_viewer(show=True)  # layouts run in a shown window
+    st_viewer.window._qt_window.resize(1280, 800)
+    st_viewer.open_sample("napari-stentrans", "synthetic_st")
+    widget = _dock(st_viewer, "Train & enhance")
+    _fast(widget, epochs=1)
+    worker = widget.start()
+    shown = []  # connected after the widget's own slot: what the widget shows after each event
+    worker.yielded.connect(
+        lambda event: shown.append(
+            (
+                event.kind,
+                widget._status.value,
+                widget._progress.native.text(),
+                widget._plot.canvas.height(),
+            )
+        )
+    )
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    qtbot.waitUntil(lambda: widget.idle, timeout=10_000)
+    kinds = [kind for kind, *_ in shown]
+    before = shown[: kinds.index("prepared")]
+    assert before and all(kind == "stage" for kind, *_ in before)
+    texts = [text for _, text, _, _ in before]
+    assert texts[0].startswith("preparing the slide: lattice, lost sites and gaps of ")
+    counts = [
+        bar
+        for _, text, bar, _ in before
+        if text == "classical base: choosing rank and smoothers on 4 coset pairs"
+    ]
+    assert counts == ["0/4", "1/4", "2/4", "3/4", "4/4"]
+    assert "scoring the starting network on the held-out genes" in texts
+    assert not any(t.startswith("preparing...") or t == "preparing" for t in texts)
+    heights = [height for *_, height in before]
+    # it only shrinks, once per new longest name (1 -> 2 -> 3 lines), never back and forth
+    assert heights == sorted(heights, reverse=True) and len(set(heights)) <= 3, heights
+    assert shown[kinds.index("prepared")][2].endswith("%")  # training: a percentage again
+
+
 def test_stop_mid_run_leaves_every_layer_as_it_was(st_viewer, qtbot):
     widget = _dock(st_viewer, "Train & enhance")
     _fast(widget, epochs=200)

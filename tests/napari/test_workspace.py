@@ -450,3 +450,42 @@ def test_gene_layers_are_named_by_symbol_when_var_names_are_ids():
     genes = [t for t in layers if t[1]["metadata"]["stentrans"]["role"] == "gene"]
     assert [t[1]["name"] for t in genes] == ["Sym3", ids[2]]
     assert [t[1]["metadata"]["stentrans"]["gene"] for t in genes] == [ids[3], ids[2]]  # lookups by id
+
+
+def test_save_selected_layers_with_h5ad_picks_our_writer_and_the_menu_opens_export(
+    make_napari_viewer, qtbot, tmp_path
+):
+    """napari 0.9.2's Save dialog lists its TIFF writer first for any image layer and no plugin
+    can change that (src/napari_stentrans/_napari/menus.py): our writer is in the list and is
+    the one napari picks for a ``.h5ad`` name; File > IO Utilities opens the Export tab."""
+    from napari._app_model import get_app_model
+    from napari._qt.qt_viewer import _npe2_decode_selected_filter
+    from napari.plugins._npe2 import file_extensions_string_for_layers
+
+    import napari_stentrans as st
+    from napari_stentrans._napari.menus import open_export
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-stentrans", "synthetic_st")
+    _, ws = _workspace(viewer)
+    _fast(ws.train, epochs=0)
+    _train(ws.train, qtbot)
+    enhanced = [layer for layer in viewer.layers if layer.metadata["stentrans"].get("role") == "enhanced"]
+    viewer.layers.selection = {enhanced[0]}
+    filters, writers = file_extensions_string_for_layers([enhanced[0]])
+    ours = next(f for f in filters.split(";;") if f.startswith("stEnTrans "))
+    assert ours == "stEnTrans enhanced slide (.h5ad) (*.h5ad)"
+    assert _npe2_decode_selected_filter(filters, ours, writers).command == "napari-stentrans.write_enhanced"
+    # a .h5ad name without a chosen filter (File > Save, the console): napari picks our writer
+    written = viewer.layers.save(str(tmp_path / "slide.h5ad"), selected=True)
+    assert written == [str(tmp_path / "slide.h5ad")]
+    back = st.read(tmp_path / "slide.h5ad")
+    assert (
+        back.uns["stentrans_lattice"]["enhanced"] is True
+        and back.n_obs == actions.slide(viewer).enhanced.n_obs
+    )
+    # the menu entry (the manifest's napari/file/io_utilities) shows the Workspace's Export tab
+    items = get_app_model().menus.get_menu("napari/file/io_utilities")
+    assert "napari-stentrans.open_export" in [getattr(i, "command", None) and i.command.id for i in items]
+    ws.tabs.setCurrentIndex(0)
+    assert open_export(viewer) is ws and ws.tabs.tabText(ws.tabs.currentIndex()) == "Export"

@@ -7,9 +7,11 @@ core events and returns results, whose layers the widget adds on the main thread
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -531,28 +533,69 @@ def prepare_job(
     )
 
 
+def worker_threads() -> int:
+    """Compute threads a worker may use: every core but one, which stays with the viewer."""
+    return max(1, (os.cpu_count() or 1) - 1)
+
+
+@contextmanager
+def leave_a_core_to_the_viewer(uses_torch: bool):
+    """Hold torch's and the BLAS/OpenMP pools to :func:`worker_threads` threads, restored after.
+
+    The event loop runs on the main thread: a worker whose torch or BLAS threads fill every
+    core leaves it waiting for the scheduler (gaps of 0.2-0.4 s on a loaded 2-core machine).
+    Both settings are process-wide; the main thread runs no torch or BLAS work meanwhile.
+    Learned scores depend slightly on torch's thread count (summation order), so a napari run
+    may differ from a CLI run in the last digits.
+    """
+    from threadpoolctl import threadpool_limits
+
+    n = worker_threads()
+    torch = None
+    if uses_torch:
+        import torch
+    previous = torch.get_num_threads() if torch is not None else None
+    try:
+        with threadpool_limits(limits=n):
+            if torch is not None:
+                torch.set_num_threads(min(n, previous))
+            yield n
+    finally:
+        if torch is not None:
+            torch.set_num_threads(previous)
+
+
 def run_job(job: TrainingJob, stop=None):
     """Worker body: yields every training event; returns ``(model, enhanced, layer tuples)``.
 
     Returns None when stopped. The slide is prepared once for fitting and enhancing; the layer
     data of the ``GENE x2`` layers are built here, off the main thread; no napari object is
-    touched.
+    touched. Torch and BLAS use one core fewer than the machine has
+    (:func:`leave_a_core_to_the_viewer`).
     """
+    import time
+
     from ..core.errors import TrainingStopped
+    from ..core.estimators.base import stage_event
     from ..core.fitting import Trainer
 
-    trainer = Trainer(job.adata, job.config, mask=job.mask, device=job.device)
-    yield from trainer.run(stop)
-    if trainer.result is None:
-        return None
-    try:
-        enhanced = trainer.result.enhance(
-            trainer.slide, genes=job.genes or None, device=job.device, stop=stop
-        )
-    except TrainingStopped:
-        return None
-    genes = [g for g in job.genes if g in enhanced.var_names]
-    return trainer.result, enhanced, enhanced_layers(enhanced, genes, job.slide_id, job.frame)
+    start = time.perf_counter()
+    what = f"preparing the slide: lattice, lost sites and gaps of {job.adata.n_obs:,} spots"
+    yield stage_event(what, 0, 1, 0.0)
+    with leave_a_core_to_the_viewer(getattr(job.config, "learns", False)):
+        trainer = Trainer(job.adata, job.config, mask=job.mask, device=job.device)
+        yield stage_event(what, 1, 1, time.perf_counter() - start)
+        yield from trainer.run(stop)
+        if trainer.result is None:
+            return None
+        try:
+            enhanced = trainer.result.enhance(
+                trainer.slide, genes=job.genes or None, device=job.device, stop=stop
+            )
+        except TrainingStopped:
+            return None
+        genes = [g for g in job.genes if g in enhanced.var_names]
+        return trainer.result, enhanced, enhanced_layers(enhanced, genes, job.slide_id, job.frame)
 
 
 def record_result(viewer, slide_id: str, model, enhanced: ad.AnnData) -> int:
@@ -699,15 +742,16 @@ def run_export(job: ExportJob, stop=None) -> str:
     The file is written by :meth:`FittedModel.write` (atomic, never over an input), the same
     writer as ``stentrans enhance``, so it opens again like any enhanced output.
     """
-    written = job.model.write(
-        job.adata,
-        job.path,
-        mask=job.mask,
-        genes=job.genes,
-        stop=stop,
-        device="cpu",
-        inputs=tuple(p for p in [job.source] if p),
-    )
+    with leave_a_core_to_the_viewer(job.model.uses_network):
+        written = job.model.write(
+            job.adata,
+            job.path,
+            mask=job.mask,
+            genes=job.genes,
+            stop=stop,
+            device="cpu",
+            inputs=tuple(p for p in [job.source] if p),
+        )
     n_sites, n_genes = len(written.obs), len(written.var)
     return (
         f"exported {n_sites:,} sites x {n_genes:,} genes ({job.what}; {n_genes:,} of the slide's "
@@ -790,16 +834,17 @@ def quality_events(
 
     def work() -> None:
         try:
-            outcome["report"] = evaluate(
-                adata,
-                "heldout",
-                methods=tuple(methods),
-                n_genes=n_genes,
-                epochs=epochs,
-                seed=seed,
-                device="cpu",
-                callback=callback,
-            )
+            with leave_a_core_to_the_viewer(not set(methods) <= set(QUICK_METHODS)):
+                outcome["report"] = evaluate(
+                    adata,
+                    "heldout",
+                    methods=tuple(methods),
+                    n_genes=n_genes,
+                    epochs=epochs,
+                    seed=seed,
+                    device="cpu",
+                    callback=callback,
+                )
         except QualityStopped:
             outcome["report"] = None
         except Exception as exc:  # re-raised in the worker, which reports it

@@ -15,7 +15,9 @@ that does so is :mod:`.estimators.classical`.
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -34,6 +36,19 @@ DEPTH_BANDWIDTH_GRID: tuple[float | None, ...] = (None, 0.3, 0.5, 0.7, 1.0, 1.4,
 # 0 = the whole smoothed residual (each gene smoothed on its own), else the assumed correlation
 # of a gene's residual signal between neighbouring spots (smaller = more residual kept)
 RESIDUAL_GRID: tuple[float | None, ...] = (None, 1.0, 0.6, 0.3, 0.0)
+
+T = TypeVar("T")
+#: what a stepwise choice yields: ``(pairs done, pairs in all)``, ``(0, n)`` before the first
+Progress = Generator[tuple[int, int], None, T]
+
+
+def run_steps(steps: Generator[object, None, T]) -> T:
+    """Run a stepwise computation (e.g. :func:`classical_params_steps`) to the end; its result."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
 
 
 def normalize(counts: np.ndarray, depth: np.ndarray, target_sum: float = TARGET_SUM) -> np.ndarray:
@@ -454,6 +469,41 @@ def select_classical_params(
 ) -> tuple[ClassicalParams, dict[tuple[int, float | None], float]]:
     """Choose rank and smoothers on the self-supervised pairs of the slide (coset -> the rest).
 
+    See :func:`classical_params_steps` (the same choice, reporting its progress pair by pair)
+    for the criterion, the parameters and the result.
+    """
+    return run_steps(
+        classical_params_steps(
+            values,
+            positions,
+            cosets,
+            ranks,
+            bandwidths,
+            log_depth,
+            max_genes,
+            depth_bandwidths,
+            max_targets,
+            scale,
+            depth_choice,
+        )
+    )
+
+
+def classical_params_steps(
+    values: np.ndarray,
+    positions: np.ndarray,
+    cosets: np.ndarray,
+    ranks: tuple[int, ...] = RANK_GRID,
+    bandwidths: tuple[float | None, ...] = BANDWIDTH_GRID,
+    log_depth: np.ndarray | None = None,
+    max_genes: int = 300,
+    depth_bandwidths: tuple[float | None, ...] = DEPTH_BANDWIDTH_GRID,
+    max_targets: int = 1000,
+    scale: float = 2.0,
+    depth_choice: str = "best",
+) -> Progress[tuple[ClassicalParams, dict[tuple[int, float | None], float]]]:
+    """:func:`select_classical_params`, yielding ``(pairs done, pairs)`` after each pair.
+
     The criterion is the one the results are judged by: the median over genes of the Pearson
     r between estimate and truth at the target sites (squared error favours shrinkage towards
     the mean and chose the largest bandwidth on small slides, which lost half of the score). It
@@ -490,13 +540,14 @@ def select_classical_params(
     inputs = _pair_inputs(cosets)
     if not inputs:
         return ClassicalParams(), {}
+    yield 0, len(inputs)
     chosen = _evenly(values, max_genes)
     scores: dict[tuple[int, float | None], list[float]] = {}
     depth_scores: dict[float | None, list[float]] = {}
     depth_estimates: list[np.ndarray] = []
     depth_truth: list[np.ndarray] = []
     kernels = [h for h in (*bandwidths, *depth_bandwidths) if h is not None]
-    for keep in inputs:
+    for done, keep in enumerate(inputs, 1):
         basis = LowRankBasis.fit(chosen[keep], max(ranks))
         targets = _pair_targets(keep, max_targets)
         dst = chosen[targets]
@@ -530,6 +581,7 @@ def select_classical_params(
             r_depths = pearson_per_gene(candidates, log_depth[targets][:, None])
             for hd, r_depth in zip(depth_bandwidths, r_depths, strict=True):
                 depth_scores.setdefault(hd, []).append(-1.0 if np.isnan(r_depth) else float(r_depth))
+        yield done, len(inputs)
     mean_scores = {k: float(np.mean(v)) for k, v in scores.items() if len(v) == len(inputs)}
     (rank, h) = max(mean_scores, key=mean_scores.get)
     depth_h, mixture = h, ()
@@ -562,6 +614,30 @@ def select_gene_residuals(
 ) -> tuple[tuple[int, float | None], dict[tuple[int, float | None], float]]:
     """Choose the rank and the gene-residual shrinkage jointly on the pairs, for three metrics.
 
+    See :func:`gene_residuals_steps` (the same choice, reporting its progress pair by pair) for
+    the criterion, the parameters and the result.
+    """
+    return run_steps(
+        gene_residuals_steps(
+            values, positions, cosets, bandwidth, ranks, residuals, max_genes, max_targets, scale, tolerance
+        )
+    )
+
+
+def gene_residuals_steps(
+    values: np.ndarray,
+    positions: np.ndarray,
+    cosets,
+    bandwidth: float | None,
+    ranks: tuple[int, ...] = RANK_GRID,
+    residuals: tuple[float | None, ...] = RESIDUAL_GRID,
+    max_genes: int = 300,
+    max_targets: int = 1000,
+    scale: float = 2.0,
+    tolerance: float = 0.005,
+) -> Progress[tuple[tuple[int, float | None], dict[tuple[int, float | None], float]]]:
+    """:func:`select_gene_residuals`, yielding ``(pairs done, pairs)`` after each pair.
+
     The estimate at a pair's targets is the rank-``r`` reconstruction smoothed with
     ``bandwidth`` plus each gene's smoothed residual weighted by :func:`residual_shrinkage`
     (``kappa`` from ``residuals``; None adds nothing). Each candidate is scored, on the
@@ -588,10 +664,11 @@ def select_gene_residuals(
     inputs = _pair_inputs(cosets)
     if not inputs:
         return (ClassicalParams().rank, None), {}
+    yield 0, len(inputs)
     chosen = _evenly(values, max_genes)
     scores: dict[tuple[int, float | None], list[float]] = {}
     per_gene: dict[tuple[int, float | None], list[float]] = {}
-    for keep in inputs:
+    for done, keep in enumerate(inputs, 1):
         kept, targets = chosen[keep], _pair_targets(keep, max_targets)
         truth = chosen[targets].astype(np.float64)
         basis = LowRankBasis.fit(kept, max(ranks))
@@ -622,6 +699,7 @@ def select_gene_residuals(
                 total = sum(medians) + (coexpression if np.isfinite(coexpression) else 0.0)
                 scores.setdefault((r, kappa), []).append(total)
                 per_gene.setdefault((r, kappa), []).append(medians[0])
+        yield done, len(inputs)
     mean_scores = {k: float(np.mean(v)) for k, v in scores.items() if len(v) == len(inputs)}
     mean_r = {k: float(np.mean(per_gene[k])) for k in mean_scores}
     # per-gene r may not pay for the other two: candidates more than `tolerance` below the best

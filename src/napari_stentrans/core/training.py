@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .classical import ClassicalParams, LowRankBasis, noise_factor, residual_shrinkage, smooth
+from .classical import ClassicalParams, LowRankBasis, noise_factor, residual_shrinkage, run_steps, smooth
 from .config import Config
-from .estimators.base import StopFlag, TrainEvent
+from .estimators.base import StopFlag, TrainEvent, stage_event
 from .estimators.classical import ClassicalModel
 from .fidelity import morans_i, neighbour_weights
 from .lattice import BrickRaster, apply_symmetry, scatter
@@ -340,29 +340,47 @@ class Validation:
 
     def __call__(self, net: StEnTransViT) -> float | None:
         """Mean loss per held-out gene (None without held-out genes)."""
+        return run_steps(self.steps(net))
+
+    @property
+    def n_batches(self) -> int:
+        """Gene batches one validation runs."""
+        return (
+            max(1, int(np.ceil(len(self.genes) / self.sampler.config.optim.batch_size)))
+            if len(self.genes)
+            else 0
+        )
+
+    def steps(self, net: StEnTransViT) -> Generator[int, None, float | None]:
+        """:meth:`__call__`, yielding the number of gene batches done after each one.
+
+        The network is in evaluation mode and gradients are off only while a batch is scored,
+        never across a yield (the consumer runs on this thread between them).
+        """
         if len(self.genes) == 0:
             return None
-        config, device = self.sampler.config, self.device
-        batch = config.optim.batch_size
-        net.eval()
         losses = []
+        for done, chunk in enumerate(np.array_split(self.genes, self.n_batches), 1):
+            net.eval()
+            try:
+                losses.append(self._loss(net, chunk) * len(chunk))
+            finally:
+                net.train()
+            yield done
+        return sum(losses) / len(self.genes)
+
+    def _loss(self, net: StEnTransViT, chunk: np.ndarray) -> float:
+        config, device = self.sampler.config, self.device
         with (
             torch.no_grad(),
             torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"),
         ):
-            for chunk in np.array_split(self.genes, max(1, int(np.ceil(len(self.genes) / batch)))):
-                pair = self.sampler.upsampling_pair(
-                    chunk, self.coset, IDENTITY, self.drop, device, self.sites
-                )
-                loss = pair_loss(net(pair.inputs, pair.base), pair, config.pairs.loss_on).item()
-                if self.hole is not None:  # the validation region as a lost hole, at full resolution
-                    hole = self.sampler.hole_pair(chunk, IDENTITY, self.hole, device, self.hole, None, None)
-                    loss = (
-                        loss + pair_loss(net(hole.inputs, hole.base), hole, config.pairs.loss_on).item()
-                    ) / 2
-                losses.append(loss * len(chunk))
-        net.train()
-        return sum(losses) / len(self.genes)
+            pair = self.sampler.upsampling_pair(chunk, self.coset, IDENTITY, self.drop, device, self.sites)
+            loss = pair_loss(net(pair.inputs, pair.base), pair, config.pairs.loss_on).item()
+            if self.hole is not None:  # the validation region as a lost hole, at full resolution
+                hole = self.sampler.hole_pair(chunk, IDENTITY, self.hole, device, self.hole, None, None)
+                loss = (loss + pair_loss(net(hole.inputs, hole.base), hole, config.pairs.loss_on).item()) / 2
+        return loss
 
 
 @dataclass
@@ -471,11 +489,35 @@ def _validate(parts: list[_SlidePart], net: StEnTransViT, world: int, baseline: 
     early stopping and the kept epoch are decided identically everywhere. ``baseline``: score
     each slide's baseline validation instead (None unless every slide has one).
     """
+    return run_steps(_validate_steps(parts, net, world, baseline))
+
+
+def _validations(parts: list[_SlidePart], baseline: bool) -> list[Validation] | None:
+    """Each slide's validation (``baseline``: its baseline's; None unless every slide has one)."""
     if baseline and any(part.baseline is None for part in parts):
         return None
-    total, n = 0.0, 0
-    for part in parts:
-        val = (part.baseline if baseline else part.validate)(net)
+    return [part.baseline if baseline else part.validate for part in parts]
+
+
+def _validate_steps(
+    parts: list[_SlidePart], net: StEnTransViT, world: int, baseline: bool = False
+) -> Generator[tuple[int, int], None, float | None]:
+    """:func:`_validate`, yielding ``(gene batches done, gene batches)`` after each batch."""
+    validations = _validations(parts, baseline)
+    if validations is None:
+        return None
+    total_batches = sum(v.n_batches for v in validations)
+    total, n, done = 0.0, 0, 0
+    for part, validation in zip(parts, validations, strict=True):
+        steps = validation.steps(net)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as end:
+                val = end.value
+                break
+            done += 1
+            yield done, total_batches
         if val is not None:
             total, n = total + val * part.n_val, n + part.n_val
     value = total / n if n else None
@@ -564,12 +606,37 @@ def train_slides(
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     rank, world = _world()
-    parts = [_prepare(source, config, rng, config.seed + 101 * i, device) for i, source in enumerate(sources)]
+    dev = str(device) + (f" x{world} processes" if world > 1 else "")
+
+    def stage(text: str, done: int, total: int) -> TrainEvent:
+        return stage_event(text, done, total, time.perf_counter() - start, dev)
+
+    def scored(what: str, baseline: bool = False) -> Generator[TrainEvent, None, float | None]:
+        """A validation as a stage (counted in gene batches); its loss."""
+        steps = _validate_steps(parts, model, world, baseline)
+        yield stage(what, 0, sum(v.n_batches for v in _validations(parts, baseline) or []))
+        while True:
+            try:
+                done, total = next(steps)
+            except StopIteration as end:
+                return end.value
+            yield stage(what, done, total)
+
+    what = "building the training pairs, held-out genes and region" + (
+        f" of {len(sources)} slides" if len(sources) > 1 else ""
+    )
+    parts = []
+    for i, source in enumerate(sources):
+        yield stage(what, i, len(sources))
+        parts.append(_prepare(source, config, rng, config.seed + 101 * i, device))
+    yield stage(what, len(sources), len(sources))
 
     model = StEnTransViT(config.network).to(device)
     # a fresh residual network corrects nothing (zero head): scored on the baseline's pairs it
     # gives the baseline's own held-out loss
-    default_val = _validate(parts, model, world, baseline=True) if config.network.residual else None
+    default_val = None
+    if config.network.residual:
+        default_val = yield from scored("scoring the default's estimate on the held-out genes", baseline=True)
     classical_val = None
     if init_state is not None:
         classical_val = _validate(parts, model, world) if config.network.residual else None
@@ -590,7 +657,6 @@ def train_slides(
     batches_per_slide = [max(1, int(np.ceil(len(p.fit_genes) / optim.batch_size))) for p in parts]
     n_steps = sum(batches_per_slide)
     total_steps = n_steps * optim.epochs
-    dev = str(device) + (f" x{world} processes" if world > 1 else "")
     history: dict[str, list] = {"epoch": [], "train_loss": [], "val_loss": [], "seconds": []}
     if default_val is not None:
         history["default_val_loss"] = [default_val]
@@ -618,7 +684,12 @@ def train_slides(
         return flag
 
     validates = optim.epochs > 0 or init_state is not None
-    best_val = _validate(parts, model, world) if validates else None
+    best_val = (
+        (yield from scored("scoring the starting network on the held-out genes")) if validates else None
+    )
+    if stopping():
+        yield event("stopped", 0, 0, text="stopped by request")
+        return None
     start_val = best_val
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     best_epoch, since_best = 0, 0

@@ -44,9 +44,13 @@ class StopFlag(Protocol):
 class TrainEvent:
     """One progress report of a fit.
 
-    ``kind`` is ``"prepared"`` (data ready, before any step; ``message`` says what was chosen),
-    ``"step"``, ``"epoch"`` (after validation), ``"finished"`` or ``"stopped"`` (stop flag; no
-    model is produced). Times are seconds since the fit started; ``eta`` is the expected rest.
+    ``kind`` is ``"stage"`` (the work before training: ``message`` names the stage, e.g.
+    ``"choosing rank and smoothers on 4 coset pairs"``, ``step`` of ``n_steps`` of its
+    items are done, ``0`` when it begins), ``"prepared"`` (data ready, before any step;
+    ``message`` says what was chosen), ``"step"``, ``"epoch"`` (after validation),
+    ``"finished"`` or ``"stopped"`` (stop flag; no model is produced). Times are seconds since
+    the fit started (training's own events: since training started); ``eta`` is the expected
+    rest.
     """
 
     kind: str
@@ -61,6 +65,47 @@ class TrainEvent:
     eta: float | None
     device: str
     message: str = ""
+
+
+#: the steps of the work before training: ``(stage, done, total)``, ``done = 0`` when it begins;
+#: the generator returns what the stages built
+StageSteps = Generator[tuple[str, int, int], None, object]
+
+
+def stage_event(message: str, done: int, total: int, elapsed: float, device: str = "cpu") -> TrainEvent:
+    """A ``"stage"`` event: ``done`` of ``total`` items of the stage ``message``."""
+    return TrainEvent("stage", 0, 0, done, total, None, None, None, elapsed, None, device, message)
+
+
+def stage_text(event: TrainEvent) -> str:
+    """A ``"stage"`` event in words: ``"STAGE: 2/4 (3.1 s)"``, ``"STAGE... (0.4 s)"`` as it begins."""
+    if event.step == 0:
+        return f"{event.message}... ({event.elapsed:.1f} s)"
+    return f"{event.message}: {event.step}/{event.n_steps} ({event.elapsed:.1f} s)"
+
+
+def staged(
+    steps: StageSteps, start: float, stop: StopFlag | None = None, device: str = "cpu", prefix: str = ""
+) -> Generator[TrainEvent, None, object]:
+    """Drive ``steps``, yielding a ``"stage"`` event per report; returns what ``steps`` returns.
+
+    ``start`` is the fit's :func:`time.perf_counter` at its start; ``prefix`` is put before each
+    stage's name (e.g. which of several fits it is). Once ``stop.is_set()`` the work ends before
+    the next stage item with a ``"stopped"`` event, and None is returned.
+    """
+    while True:
+        if stop is not None and stop.is_set():
+            steps.close()
+            elapsed = time.perf_counter() - start
+            yield TrainEvent(
+                "stopped", 0, 0, 0, 0, None, None, None, elapsed, None, device, "stopped by request"
+            )
+            return None
+        try:
+            message, done, total = next(steps)
+        except StopIteration as end:
+            return end.value
+        yield stage_event(prefix + message, done, total, time.perf_counter() - start, device)
 
 
 def run_fit(
@@ -500,6 +545,10 @@ class FittedModel(ABC):
 
 
 __all__ = [
+    "StageSteps",
+    "stage_event",
+    "stage_text",
+    "staged",
     "Estimator",
     "FittedModel",
     "Predictor",

@@ -15,6 +15,7 @@ depth smoother, no gap smoothers, the basis on the evaluated genes).
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Generator
 from dataclasses import dataclass, field, replace
 
@@ -28,12 +29,13 @@ from ..classical import (
     TARGET_SUM,
     ClassicalParams,
     LowRankBasis,
+    classical_params_steps,
     denormalize,
+    gene_residuals_steps,
     hole_pairs,
     noise_factor,
     residual_shrinkage,
-    select_classical_params,
-    select_gene_residuals,
+    run_steps,
     smooth,
     smoothing_weights,
 )
@@ -42,7 +44,7 @@ from ..errors import InputError
 from ..fidelity import morans_i, neighbour_weights
 from ..sites import OutputSites
 from ..slide import Slide
-from .base import Estimator, FitRequest, FittedModel, Predictor, TrainEvent, instant_fit
+from .base import Estimator, FitRequest, FittedModel, Predictor, StageSteps, TrainEvent, staged
 
 MIN_USABLE_SPOTS = 8  # fewer spots make no self-supervised pair to choose on
 
@@ -71,7 +73,35 @@ def choose_params(slide: Slide, values: np.ndarray, config: Config) -> Classical
         their own parameters; ``config.seed`` seeds the hole-filling pairs.
 
     The choice runs many small matrix products: BLAS is held to one thread, so a loaded machine
-    does not lose it to thread oversubscription (docs/benchmarks.md).
+    does not lose it to thread oversubscription (docs/benchmarks.md). :func:`choose_params_steps`
+    is the same choice reporting its progress.
+    """
+    return run_steps(choose_params_steps(slide, values, config))
+
+
+def _pairs(steps: Generator, what: str, pairs: str) -> Generator[tuple[str, int, int], None, object]:
+    """``(stage, done, total)`` for each ``(done, total)`` of a stepwise choice on ``pairs``; its result.
+
+    BLAS is held to one thread while the choice computes, released at each yield (a generator
+    runs on its consumer's thread: a limit held across a yield would bind the consumer's work).
+    """
+    while True:
+        try:
+            with threadpool_limits(limits=1, user_api="blas"):
+                done, total = next(steps)
+        except StopIteration as end:
+            return end.value
+        yield f"{what} on {total} {pairs}", done, total
+
+
+def choose_params_steps(
+    slide: Slide, values: np.ndarray, config: Config
+) -> Generator[tuple[str, int, int], None, ClassicalParams]:
+    """:func:`choose_params`, yielding ``(stage, pairs done, pairs)`` as the choice goes on.
+
+    The stages: rank and smoothers on the coset pairs, rank and gene-residual shrinkage on the
+    same pairs (``gene_residuals="shrunk"``), and the same two for sites in gaps on hole-filling
+    pairs shaped like the slide's gaps (``gap_smoothers``).
     """
     usable = slide.usable
     keep = slide.lattice.coset(slide.row[usable], slide.col[usable])  # all four coset pairs
@@ -84,24 +114,46 @@ def choose_params(slide: Slide, values: np.ndarray, config: Config) -> Classical
         depth_bandwidths=depth_bandwidths,
     )
     residuals = config.classical.gene_residuals == "shrunk"
+    params, _ = yield from _pairs(
+        classical_params_steps(values, positions, keep, **choice),
+        "choosing rank and smoothers",
+        "coset pairs",
+    )
+    if residuals:
+        params = yield from _with_residuals(params, values, positions, keep, scale=2.0)
     with threadpool_limits(limits=1, user_api="blas"):
-        params, _ = select_classical_params(values, positions, keep, **choice)
-        if residuals:
-            params = _with_residuals(params, values, positions, keep, scale=2.0)
         hole_sizes = slide.hole_sizes() if config.classical.gap_smoothers else ()
-        if len(hole_sizes):  # gaps to fill: their smoothers are chosen on gaps of the same size
-            pairs = hole_pairs(positions, hole_sizes, np.random.default_rng(config.seed))
-            holes, scores = select_classical_params(values, positions, pairs, scale=1.0, **choice)
-            if scores:  # gaps of one or two sites make no pair with >= 3 targets: keep the main choice
-                if residuals:
-                    holes = _with_residuals(holes, values, positions, pairs, scale=1.0)
-                params = replace(params, holes=holes)
+        pairs = (
+            hole_pairs(positions, hole_sizes, np.random.default_rng(config.seed)) if len(hole_sizes) else []
+        )
+    if len(hole_sizes):  # gaps to fill: their smoothers are chosen on gaps of the same size
+        holes, scores = yield from _pairs(
+            classical_params_steps(values, positions, pairs, scale=1.0, **choice),
+            "choosing gap smoothers",
+            "hole-filling pairs",
+        )
+        if scores:  # gaps of one or two sites make no pair with >= 3 targets: keep the main choice
+            if residuals:
+                holes = yield from _with_residuals(holes, values, positions, pairs, scale=1.0, gaps=True)
+            params = replace(params, holes=holes)
     return params
 
 
-def _with_residuals(params: ClassicalParams, values: np.ndarray, positions: np.ndarray, pairs, scale: float):
+def _with_residuals(
+    params: ClassicalParams,
+    values: np.ndarray,
+    positions: np.ndarray,
+    pairs,
+    scale: float,
+    gaps: bool = False,
+) -> Generator[tuple[str, int, int], None, ClassicalParams]:
     """``params`` with rank and gene-residual shrinkage re-chosen jointly on the same pairs."""
-    (rank, kappa), _ = select_gene_residuals(values, positions, pairs, params.bandwidth, scale=scale)
+    what = f"choosing {'gap ' if gaps else ''}rank and residual shrinkage"
+    (rank, kappa), _ = yield from _pairs(
+        gene_residuals_steps(values, positions, pairs, params.bandwidth, scale=scale),
+        what,
+        "hole-filling pairs" if gaps else "coset pairs",
+    )
     return replace(params, rank=rank, residual=kappa)
 
 
@@ -302,6 +354,20 @@ class ClassicalEstimator(Estimator):
         self, slide: Slide, genes: np.ndarray | None = None, values: np.ndarray | None = None
     ) -> ClassicalModel:
         """Fit without events (see :meth:`fit_events`); ``values`` of the basis genes may be given."""
+        return run_steps(self.fit_model_steps(slide, genes, values))
+
+    def fit_model_steps(
+        self, slide: Slide, genes: np.ndarray | None = None, values: np.ndarray | None = None
+    ) -> StageSteps:
+        """:meth:`fit_model`, yielding ``(stage, done, total)`` as it goes (:func:`choose_params_steps`).
+
+        Returns the :class:`ClassicalModel`.
+
+        Raises
+        ------
+        InputError
+            Fewer than 8 usable spots, or a basis on given genes without ``genes``.
+        """
         if slide.n_usable < MIN_USABLE_SPOTS:
             raise InputError(
                 f"only {slide.n_usable} usable spots: the classical choice needs at least {MIN_USABLE_SPOTS}"
@@ -314,32 +380,42 @@ class ClassicalEstimator(Estimator):
         else:
             gene_idx = slide.training_genes(config.data.n_train_genes, config.data.min_detection)
         if values is None:
+            what = f"normalising {len(gene_idx):,} genes at {slide.n_usable:,} spots"
+            yield what, 0, 1
             values = slide.expression(gene_idx, "log1p", TARGET_SUM)
+            yield what, 1, 1
+        params = yield from choose_params_steps(slide, values, config)
         model = ClassicalModel(
             config=config,
-            params=choose_params(slide, values, config),
+            params=params,
             lattice_kind=slide.lattice.kind,
             basis_genes=[str(g) for g in slide.genes[gene_idx]],
             slide_fingerprint=slide.fingerprint,
             name=self.name,
         )
+        what = f"fitting the rank-{max(params.rank, params.for_holes.rank)} basis"
+        yield what, 0, 1
         model.basis(slide, values)  # fitted here once; training and prediction on this slide reuse it
+        yield what, 1, 1
         return model
 
     def events(self, request: FitRequest) -> Generator[TrainEvent, None, ClassicalModel | None]:
         slide, genes, stop = request.slide, request.genes, request.stop
-        if stop is not None and stop.is_set():
-            yield TrainEvent("stopped", 0, 0, 0, 0, None, None, None, 0.0, None, "cpu", "stopped by request")
+        start = time.perf_counter()
+        model = yield from staged(self.fit_model_steps(slide, genes), start, stop)
+        if model is None:
             return None
-        return (
-            yield from instant_fit(
-                lambda model: (
-                    f"{slide.n_usable} spots, {len(model.basis_genes)} genes; classical "
-                    f"estimate: {model.params.summary()}"
-                ),
-                lambda: self.fit_model(slide, genes),
-            )
-        )
+        elapsed = time.perf_counter() - start
+        message = f"{slide.n_usable} spots, {len(model.basis_genes)} genes; classical estimate: {model.params.summary()}"
+        yield TrainEvent("prepared", 0, 0, 0, 0, None, None, None, elapsed, None, "cpu", message)
+        yield TrainEvent("finished", 0, 0, 0, 0, None, None, None, elapsed, 0.0, "cpu", "nothing to train")
+        return model
 
 
-__all__ = ["ClassicalEstimator", "ClassicalModel", "ClassicalPredictor", "choose_params"]
+__all__ = [
+    "ClassicalEstimator",
+    "ClassicalModel",
+    "ClassicalPredictor",
+    "choose_params",
+    "choose_params_steps",
+]

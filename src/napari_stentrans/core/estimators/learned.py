@@ -14,6 +14,7 @@ on that slide unless asked to keep it (:meth:`~.classical.ClassicalModel.for_sli
 
 from __future__ import annotations
 
+import time
 from collections.abc import Generator
 from dataclasses import dataclass, field, replace
 
@@ -29,7 +30,7 @@ from ..model import StEnTransViT
 from ..sites import OutputSites
 from ..slide import Slide
 from ..training import train_network
-from .base import BatchTooLarge, Estimator, FitRequest, FittedModel, Predictor, TrainEvent
+from .base import BatchTooLarge, Estimator, FitRequest, FittedModel, Predictor, TrainEvent, staged
 from .classical import MIN_USABLE_SPOTS, ClassicalEstimator, ClassicalModel, ClassicalPredictor
 
 KEPT_EPOCH_0 = (
@@ -40,9 +41,13 @@ KEPT_EPOCH_0 = (
 
 def default_model(slide: Slide, config: Config) -> ClassicalModel:
     """The ``default`` preset's classical model fitted on ``slide`` (what ``fit(slide)`` gives)."""
+    return _default_estimator(slide, config).fit_model(slide)
+
+
+def _default_estimator(slide: Slide, config: Config) -> ClassicalEstimator:
     from ..config import preset
 
-    return ClassicalEstimator(preset("default", slide.lattice.kind, seed=config.seed)).fit_model(slide)
+    return ClassicalEstimator(preset("default", slide.lattice.kind, seed=config.seed))
 
 
 def baseline_copy(model: ClassicalModel) -> ClassicalModel:
@@ -243,17 +248,37 @@ class LearnedEstimator(Estimator):
     def events(self, request: FitRequest) -> Generator[TrainEvent, None, FittedModel | None]:
         slide, device, stop = request.slide, request.device, request.stop
         config = self.config
+        start = time.perf_counter()
         torch_device = resolve_device(device)
         if slide.n_usable < MIN_USABLE_SPOTS:
             raise InputError(
                 f"only {slide.n_usable} usable spots: too few to train on (at least {MIN_USABLE_SPOTS})"
             )
         train_idx = slide.training_genes(config.data.n_train_genes, config.data.min_detection)
-        values = slide.expression(train_idx, config.data.normalization, TARGET_SUM)
+        values = yield from staged(self._normalised(slide, train_idx), start, stop, str(torch_device))
+        if values is None:
+            return None
         classical, default, message = None, None, ""
         if config.network.residual:
-            classical = ClassicalEstimator(config).fit_model(slide, values=values)
-            default = default_model(slide, config)
+            # the classical estimate the network corrects, then the default's (the bar to beat)
+            classical = yield from staged(
+                ClassicalEstimator(config).fit_model_steps(slide, values=values),
+                start,
+                stop,
+                str(torch_device),
+                "classical base: ",
+            )
+            if classical is None:
+                return None
+            default = yield from staged(
+                _default_estimator(slide, config).fit_model_steps(slide),
+                start,
+                stop,
+                str(torch_device),
+                "default's estimate: ",
+            )
+            if default is None:
+                return None
             message = f"; classical estimate: {classical.params.summary()}"
         result = yield from train_network(
             slide,
@@ -272,6 +297,15 @@ class LearnedEstimator(Estimator):
             # exactly the per-slide default's model on this slide
             return replace(default, name=config.preset, history=result.history, note=KEPT_EPOCH_0)
         return LearnedModel.trained_on(slide, config, classical, train_idx, result)
+
+    def _normalised(self, slide: Slide, train_idx: np.ndarray):
+        """Stage steps of the training genes' values (the network's input normalisation)."""
+        config = self.config
+        what = f"normalising {len(train_idx):,} training genes at {slide.n_usable:,} spots"
+        yield what, 0, 1
+        values = slide.expression(train_idx, config.data.normalization, TARGET_SUM)
+        yield what, 1, 1
+        return values
 
 
 __all__ = ["LearnedEstimator", "LearnedModel", "NetworkPredictor", "KEPT_EPOCH_0", "gate", "default_model"]
