@@ -510,6 +510,12 @@ def cmd_enhance(args: argparse.Namespace) -> int:
             f"{model.history['val_loss'][best]:.4f} ("
             + (f"the default's estimate: {float(np.ravel(default)[0]):.4f}; " if default is not None else "")
             + f"the low-rank estimate it corrects: {model.history['classical_val_loss'][0]:.4f})"
+            + (
+                f"; correlation score {model.history['val_score'][0]:.3f} (the default's: "
+                f"{model.history['default_val_score'][0]:.3f})"
+                if "val_score" in model.history and "default_val_score" in model.history
+                else ""
+            )
         )
     patterns = written.uns["patterns"]
     if "effective_rank" in patterns:
