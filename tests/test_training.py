@@ -252,6 +252,44 @@ def test_the_gate_refuses_a_network_that_lowers_squared_error_but_not_the_correl
     assert not gate(_result([1.00, 0.90], 0.85, score=0.45, default_score=0.40), config)
 
 
+def test_a_correction_that_lowers_squared_error_without_better_correlations_gives_the_default(square_slide):
+    """A real network whose correction is a constant shift of its base: the held-out squared error
+    can go down (the base is biased), every correlation stays that of the base; refused, and the
+    output is exactly the per-slide default's."""
+    from napari_stentrans.core.estimators.classical import ClassicalEstimator
+    from napari_stentrans.core.estimators.learned import LearnedModel
+    from napari_stentrans.core.fitting import fit
+    from napari_stentrans.core.model import StEnTransViT
+    from napari_stentrans.core.pretrain import finetune, is_classical_fallback
+
+    slide = Slide.from_adata(square_slide)
+    config = tiny_config(n_train_genes=24)
+    classical = ClassicalEstimator(config).fit_model(slide)
+    default_x = fit(square_slide, "default", device="cpu").enhance(square_slide).X
+    lowered = []
+    for shift in (0.03, 0.05, 0.08):
+        net = StEnTransViT(config.network)
+        with torch.no_grad():
+            net.head.bias.fill_(shift)  # zero weights: the correction is `shift` everywhere
+        shifted = LearnedModel(
+            config=config,
+            state_dict={k: v.clone() for k, v in net.state_dict().items()},
+            lattice_kind="square",
+            classical=classical,
+            training_genes=[],
+            slide_fingerprint="another slide",
+            pretrained_on=[{"name": "shift", "fingerprint": "0", "n_spots": 0}],
+        )
+        fitted = finetune(shifted, slide, epochs=0, device="cpu")
+        history = fitted.history
+        if history["val_loss"][0] < min(history["default_val_loss"][0], history["classical_val_loss"][0]):
+            lowered.append(shift)
+        assert abs(history["val_score"][0] - history["default_val_score"][0]) < 1e-3
+        assert is_classical_fallback(fitted)
+        np.testing.assert_array_equal(fitted.enhance(square_slide).X, default_x)
+    assert lowered  # at least one shift beat both baselines on squared error, and was refused
+
+
 def test_the_correlation_score_is_the_defaults_choice_criterion():
     from napari_stentrans.core.training import correlation_score
 

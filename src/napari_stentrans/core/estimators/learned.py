@@ -52,6 +52,11 @@ def baseline_copy(model: ClassicalModel) -> ClassicalModel:
     return replace(model, _bases={})
 
 
+# the correlation score (a sum of three r's) must beat the default's by more than this: a network
+# that only shifts its base's values changes every r by rounding and clipping alone (~1e-5)
+SCORE_MARGIN = 1e-3
+
+
 def gate(result, config: Config) -> bool:
     """Whether the trained network is kept: it beats the default's estimate on held-out genes.
 
@@ -61,7 +66,7 @@ def gate(result, config: Config) -> bool:
     1. the kept weights' correlation score (``result.score``: median per-gene r + median
        gene-specific r + co-expression r, the criterion the ``default`` preset chooses its own
        rank and shrinkage by, :func:`~..classical.select_gene_residuals`) is above
-       ``result.default_score``, the default's estimate's;
+       ``result.default_score``, the default's estimate's, by more than :data:`SCORE_MARGIN`;
     2. their loss (the best epoch's with ``restore_best``, else the last epoch's) is below both
        ``result.default_val``, the default's estimate's, and ``result.classical_val``, the
        low-rank estimate it corrects (a zero correction).
@@ -75,7 +80,7 @@ def gate(result, config: Config) -> bool:
         return False
     if result.score is None or result.default_score is None:
         return False
-    if not (np.isfinite(result.score) and result.score > result.default_score):
+    if not (np.isfinite(result.score) and result.score > result.default_score + SCORE_MARGIN):
         return False
     kept_val = result.best_val if config.optim.restore_best else result.history["val_loss"][-1]
     if not np.isfinite(kept_val):
