@@ -4,7 +4,7 @@ Usage::
 
     python benchmarks/bench_transfer.py [--datasets melanoma_mel1_rep2,mob_stahl2016,bc_layer2]
         [--test NAME,...] [--protocols heldout,lost] [--epochs 5] [--train-genes 300] [--finetune 0,2]
-        [--seed 0[,1,2]] [--reference] [--out docs/accuracy/transfer]
+        [--seed 0[,1,2]] [--reference] [--no-learned] [--out docs/accuracy/transfer]
 
 For every test slide T among ``--test`` (default: every slide of ``--datasets``; names as in
 ``bench_accuracy.py``): one correction network is pretrained on the other slides of ``--datasets`` (:func:`napari_stentrans.pretrain`; T's spots are never seen), then on each protocol's
@@ -70,6 +70,7 @@ def run_pretrained(model, split, epochs: int, seed: int, device: str):
         "classical_val_loss": float(history["classical_val_loss"][0]),
         "default_val_loss": float(history.get("default_val_loss", [np.nan])[0]),
         "best_val_loss": float(np.nanmin(history["val_loss"])),
+        **_gate_scores(fitted),
     }
     return MethodResult(counts, depth, time.perf_counter() - start, extra)
 
@@ -93,7 +94,15 @@ def run_per_slide_transformer(split, args):
         split.known_slide, split.sites, split.gene_idx, device=args.device, classical="keep"
     )
     kept = "network" if model.uses_network else "classical (default)"
-    return MethodResult(counts, depth, time.perf_counter() - start, {"kept": kept})
+    return MethodResult(counts, depth, time.perf_counter() - start, {"kept": kept, **_gate_scores(model)})
+
+
+def _gate_scores(model) -> dict:
+    """The gate's correlation scores of the kept network and of the default (when recorded)."""
+    history = model.history or {}
+    return {
+        key: float(np.ravel(history[key])[0]) for key in ("val_score", "default_val_score") if key in history
+    }
 
 
 def evaluate_fold(test: str, pool: list[str], args) -> None:
@@ -106,18 +115,23 @@ def evaluate_fold(test: str, pool: list[str], args) -> None:
         return
     others = [n for n in pool if n != test]
     start = time.perf_counter()
-    model = st.pretrain(
-        [read_slide(n) for n in others],
-        "transformer",
-        device=args.device,
-        names=others,
-        epochs=args.epochs,
-        n_train_genes=args.train_genes,
-        seed=args.seed,
+    model = (
+        None
+        if not args.learned
+        else st.pretrain(
+            [read_slide(n) for n in others],
+            "transformer",
+            device=args.device,
+            names=others,
+            epochs=args.epochs,
+            n_train_genes=args.train_genes,
+            seed=args.seed,
+        )
     )
     pretrain_seconds = time.perf_counter() - start
-    best = int(model.history["best_epoch"][0])
-    print(f"{test}: pretrained on {others} in {pretrain_seconds:.0f} s, best epoch {best}", flush=True)
+    best = None if model is None else int(model.history["best_epoch"][0])
+    if model is not None:
+        print(f"{test}: pretrained on {others} in {pretrain_seconds:.0f} s, best epoch {best}", flush=True)
     adata = read_slide(test)
     references = None
     if args.reference:
@@ -158,9 +172,10 @@ def evaluate_fold(test: str, pool: list[str], args) -> None:
                 ref,
                 args.seed,
             )
-        result = run_per_slide_transformer(split, args)
-        report["methods"]["stentrans_transformer"] = score(result, split, ref, args.seed)
-        for epochs in args.finetune:
+        if args.learned:  # --no-learned: the default and the reference only
+            result = run_per_slide_transformer(split, args)
+            report["methods"]["stentrans_transformer"] = score(result, split, ref, args.seed)
+        for epochs in args.finetune if args.learned else []:
             result = run_pretrained(model, split, epochs, args.seed, args.device)
             report["methods"][f"pretrained_ft{epochs}"] = score(result, split, ref, args.seed)
         for name, s in report["methods"].items():
@@ -224,6 +239,13 @@ def main() -> None:
     parser.add_argument("--train-genes", type=int, default=300)
     parser.add_argument("--finetune", default="0,2")
     parser.add_argument("--seed", default="0", help="seed, or comma-separated seeds (one run each)")
+    parser.add_argument(
+        "--learned",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="--no-learned: no pretraining, per-slide transformer or fine-tuning (the default and "
+        "--reference only)",
+    )
     parser.add_argument(
         "--reference",
         action="store_true",
