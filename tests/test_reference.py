@@ -91,6 +91,16 @@ def test_a_reference_changes_the_basis_and_the_estimate_but_not_the_choice():
     assert np.abs(x_own - x_ref).max() > 1e-3
 
 
+def test_a_model_fitted_with_a_reference_is_not_saved(tmp_path):
+    import napari_stentrans as st
+    from napari_stentrans.core.errors import CheckpointError
+
+    model = st.fit(_slide(0), reference=[_slide(1)])
+    with pytest.raises(CheckpointError, match="reference slides"):
+        model.save(tmp_path / "m.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_reference_with_too_few_shared_genes_is_refused_and_nothing_is_written(tmp_path, capsys):
     slide_file, ref_file = tmp_path / "slide.h5ad", tmp_path / "other.h5ad"
     _slide(0).write_h5ad(slide_file)
