@@ -290,6 +290,25 @@ def test_a_correction_that_lowers_squared_error_without_better_correlations_give
     assert lowered  # at least one shift beat both baselines on squared error, and was refused
 
 
+def test_the_correlation_score_needs_enough_scored_spots(square_slide):
+    from napari_stentrans.core.classical import TARGET_SUM
+    from napari_stentrans.core.model import StEnTransViT
+    from napari_stentrans.core.training import MIN_SCORED_SPOTS, Validation
+
+    slide = Slide.from_adata(square_slide)
+    values = slide.expression(slide.training_genes(24, 0.0), "log1p", TARGET_SUM)
+    config = tiny_config(n_train_genes=24)
+    sampler = _sampler(slide, values, ClassicalParams(2, None), config)
+    net = StEnTransViT(config.network)
+    genes = np.arange(6)
+    everywhere = Validation(sampler, genes, 0, None, None, None, torch.device("cpu"))
+    assert np.isfinite(everywhere.score(net))  # 126 scored spots
+    few = np.zeros(slide.n_usable, dtype=bool)
+    few[: MIN_SCORED_SPOTS - 1] = True  # fewer spots than the score needs (some are inputs, too)
+    assert Validation(sampler, genes, 0, None, few, None, torch.device("cpu")).score(net) is None
+    assert Validation(sampler, genes, 0, None, few, few, torch.device("cpu")).score(net) is None
+
+
 def test_the_correlation_score_is_the_defaults_choice_criterion():
     from napari_stentrans.core.training import correlation_score
 
