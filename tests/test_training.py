@@ -273,7 +273,8 @@ def test_inpainting_base_uses_the_gap_smoothers_in_the_hole_and_the_main_ones_el
 # ----------------------------------------------------------------------------- the gate (issue 13)
 
 
-def _result(val_loss, default_val, restore_best=True):
+def _result(val_loss, default_val, restore_best=True, score=0.5, default_score=0.4):
+    """A TrainResult; by default the kept network's correlation score beats the default's."""
     from napari_stentrans.core.training import TrainResult
 
     best = int(np.argmin(val_loss)) if restore_best else len(val_loss) - 1
@@ -285,7 +286,103 @@ def _result(val_loss, default_val, restore_best=True):
         start_val=val_loss[0],
         classical_val=val_loss[0],
         default_val=default_val,
+        score=score,
+        default_score=default_score,
     )
+
+
+def test_the_gate_refuses_a_network_that_lowers_squared_error_but_not_the_correlation_score():
+    from napari_stentrans.core.estimators.learned import gate
+
+    config = tiny_config()
+    # DLPFC 151673 (issue 13): the network's held-out loss is below the default's and its
+    # low-rank base's, but its per-gene + gene-specific + co-expression r is lower: refused
+    assert not gate(_result([1.00, 0.80], 0.85, score=0.35, default_score=0.40), config)
+    assert not gate(_result([1.00, 0.80], 0.85, score=0.40, default_score=0.40), config)  # a tie
+    assert not gate(_result([1.00, 0.80], 0.85, score=float("nan"), default_score=0.40), config)
+    assert not gate(_result([1.00, 0.80], 0.85, score=None, default_score=None), config)
+    # a higher correlation score and a lower loss: kept
+    assert gate(_result([1.00, 0.80], 0.85, score=0.45, default_score=0.40), config)
+    # a higher correlation score is not enough when the squared error is worse than the default's
+    assert not gate(_result([1.00, 0.90], 0.85, score=0.45, default_score=0.40), config)
+
+
+def test_a_correction_that_lowers_squared_error_without_better_correlations_gives_the_default(square_slide):
+    """A real network whose correction is a constant shift of its base: the held-out squared error
+    can go down (the base is biased), every correlation stays that of the base; refused, and the
+    output is exactly the per-slide default's."""
+    from napari_stentrans.core.estimators.classical import ClassicalEstimator
+    from napari_stentrans.core.estimators.learned import LearnedModel
+    from napari_stentrans.core.fitting import fit
+    from napari_stentrans.core.model import StEnTransViT
+    from napari_stentrans.core.pretrain import finetune, is_classical_fallback
+
+    slide = Slide.from_adata(square_slide)
+    config = tiny_config(n_train_genes=24)
+    classical = ClassicalEstimator(config).fit_model(slide)
+    default_x = fit(square_slide, "default", device="cpu").enhance(square_slide).X
+    lowered = []
+    for shift in (0.03, 0.05, 0.08):
+        net = StEnTransViT(config.network)
+        with torch.no_grad():
+            net.head.bias.fill_(shift)  # zero weights: the correction is `shift` everywhere
+        shifted = LearnedModel(
+            config=config,
+            state_dict={k: v.clone() for k, v in net.state_dict().items()},
+            lattice_kind="square",
+            classical=classical,
+            training_genes=[],
+            slide_fingerprint="another slide",
+            pretrained_on=[{"name": "shift", "fingerprint": "0", "n_spots": 0}],
+        )
+        fitted = finetune(shifted, slide, epochs=0, device="cpu")
+        history = fitted.history
+        if history["val_loss"][0] < min(history["default_val_loss"][0], history["classical_val_loss"][0]):
+            lowered.append(shift)
+        assert abs(history["val_score"][0] - history["default_val_score"][0]) < 1e-3
+        assert is_classical_fallback(fitted)
+        np.testing.assert_array_equal(fitted.enhance(square_slide).X, default_x)
+    assert lowered  # at least one shift beat both baselines on squared error, and was refused
+
+
+def test_the_correlation_score_needs_enough_scored_spots(square_slide):
+    from napari_stentrans.core.classical import TARGET_SUM
+    from napari_stentrans.core.model import StEnTransViT
+    from napari_stentrans.core.training import MIN_SCORED_SPOTS, Validation
+
+    slide = Slide.from_adata(square_slide)
+    values = slide.expression(slide.training_genes(24, 0.0), "log1p", TARGET_SUM)
+    config = tiny_config(n_train_genes=24)
+    sampler = _sampler(slide, values, ClassicalParams(2, None), config)
+    net = StEnTransViT(config.network)
+    genes = np.arange(6)
+    everywhere = Validation(sampler, genes, 0, None, None, None, torch.device("cpu"))
+    assert np.isfinite(everywhere.score(net))  # 126 scored spots
+    few = np.zeros(slide.n_usable, dtype=bool)
+    few[: MIN_SCORED_SPOTS - 1] = True  # fewer spots than the score needs (some are inputs, too)
+    assert Validation(sampler, genes, 0, None, few, None, torch.device("cpu")).score(net) is None
+    assert Validation(sampler, genes, 0, None, few, few, torch.device("cpu")).score(net) is None
+
+
+def test_the_correlation_score_is_the_defaults_choice_criterion():
+    from napari_stentrans.core.training import correlation_score
+
+    rng = np.random.default_rng(0)
+    xy = np.stack(np.meshgrid(np.arange(10.0), np.arange(10.0)), -1).reshape(-1, 2)
+    fields = np.stack([np.sin(xy[:, 0] / (1 + k)) + np.cos(xy[:, 1] / (2 + k)) for k in range(12)], 1)
+    truth = fields + 0.3 * rng.standard_normal(fields.shape)
+    seen = truth[::2]
+    assert correlation_score(truth, truth, seen, xy[::2]) == pytest.approx(3.0)
+    # shrinking each gene towards its mean lowers the squared error of a noisy estimate but not
+    # one correlation: the score is unchanged, so the gate cannot be won by shrinkage
+    noisy = truth + 0.5 * rng.standard_normal(truth.shape)
+    shrunk = truth.mean(axis=0) + 0.5 * (noisy - truth.mean(axis=0))
+    assert ((shrunk - truth) ** 2).mean() < ((noisy - truth) ** 2).mean()
+    assert correlation_score(shrunk, truth, seen, xy[::2]) == pytest.approx(
+        correlation_score(noisy, truth, seen, xy[::2])
+    )
+    # the estimate of other spots scores lower than the truth's own pattern
+    assert correlation_score(truth[::-1], truth, seen, xy[::2]) < 1.0
 
 
 def test_the_gate_refuses_a_network_that_beats_the_low_rank_estimate_but_not_the_default():
@@ -361,8 +458,10 @@ def test_a_kept_per_slide_correction_beat_the_default_on_held_out_genes(square_s
     fitted = fit_cpu(square_slide, tiny_config(epochs=3, lr=1e-3))
     history = fitted.history
     best = history["val_loss"][int(history["best_epoch"][0])]
+    assert np.isfinite(history["default_val_score"][0])
     if isinstance(fitted, LearnedModel):
         assert best < history["default_val_loss"][0]
+        assert history["val_score"][0] > history["default_val_score"][0]
     else:  # the default's own model, chosen on this slide
         assert best >= history["default_val_loss"][0] or int(history["best_epoch"][0]) == 0
         assert fitted.config.classical.gene_residuals == "shrunk" and fitted.params.residual is not None

@@ -12,6 +12,7 @@ Public API (imported lazily: ``import napari_stentrans`` loads neither torch nor
     model.save("model.safetensors")
     st.load_model("model.safetensors").enhance(other_slide)   # classical choice re-made there
     st.enhance(adata, config="transformer", epochs=5)          # fit and enhance in one call
+    st.enhance(adata, reference=[adjacent_section])            # basis loadings pooled with a same-tissue slide
     pre = st.pretrain([slide_a, slide_b], epochs=5)            # one network learned on several slides
     st.finetune(pre, slide_c, epochs=2).enhance(slide_c)       # judged (and tuned) on slide_c first
 """

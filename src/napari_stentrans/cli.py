@@ -127,6 +127,13 @@ def _build_parser() -> argparse.ArgumentParser:
         help="write a PNG of the measured and enhanced expression of the --genes given by name (else "
         "the 3 most variable), over the H&E when the slide has one",
     )
+    enh.add_argument(
+        "--reference",
+        nargs="+",
+        type=Path,
+        metavar="OTHER",
+        help=REFERENCE_HELP,
+    )
     enh.add_argument("--overwrite", action="store_true", help="replace existing output files")
     enh.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -188,10 +195,40 @@ def _build_parser() -> argparse.ArgumentParser:
         help="spot annotations for the ARI of a fixed clustering: an obs column of the slide, or a "
         "CSV of barcode,label",
     )
+    ev.add_argument(
+        "--reference",
+        nargs="+",
+        type=Path,
+        metavar="OTHER",
+        help="other slides of the same tissue given to the classical methods (default, lowrank, "
+        "lowrank_linear, lowrank_kernel) as in enhance --reference; a reference holding the evaluated "
+        "slide's spots is refused",
+    )
     ev.add_argument("--json", type=Path, help="write the full report (per-gene r included) as JSON")
     ev.add_argument("--plot", type=Path, help="write a box plot of per-gene r per method")
     ev.add_argument("--overwrite", action="store_true", help="replace existing output files")
     return parser
+
+
+REFERENCE_HELP = (
+    "other slides of the same tissue (e.g. adjacent sections; Space Ranger folders, .h5ad, .zarr; "
+    "never the slide itself): the low-rank basis of the default estimate (gene loadings) is fitted "
+    "on their spots pooled with the slide's own, each slide centred on its own gene means, genes "
+    "matched by name; basis genes a reference lacks are left out of the basis (still enhanced); "
+    "fewer than 50 shared basis genes is refused. The basis mean, the spot scores, the choice of "
+    "rank, smoothers and gene residuals, and depth stay the slide's own. Default preset only; the "
+    "references are recorded in uns['stentrans']"
+)
+
+
+def _read_references(paths: list[Path]) -> list:
+    """The reference slides named by ``--reference`` (each read as a whole file or folder)."""
+    from .core.io import read
+
+    for path in paths:
+        if not Path(path).exists():
+            raise CliError(f"--reference: {path}: no such file or folder")
+    return [read(path) for path in paths]
 
 
 def _version() -> str:
@@ -378,9 +415,18 @@ def _training_options(args: argparse.Namespace) -> dict:
 
 
 def cmd_enhance(args: argparse.Namespace) -> int:
+    references = list(args.reference or [])
     _check_output(
-        args.output, [args.path, args.coords, args.mask, args.model], args.overwrite, (".h5ad", ".zarr")
+        args.output,
+        [args.path, args.coords, args.mask, args.model, *references],
+        args.overwrite,
+        (".h5ad", ".zarr"),
     )
+    if references and (args.model is not None or args.save_model is not None or args.preset != "default"):
+        raise CliError(
+            "--reference shapes the default preset's basis on this slide: it does not apply with "
+            "--model, --save-model (such a model is not saved) or another --preset"
+        )
     spatialdata_out = args.output.suffix.lower() == ".zarr"
     if spatialdata_out:
         from .core.io.spatialdata import INSTALL, _spatialdata
@@ -434,7 +480,11 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     gene_idx = slide.gene_indices(genes, min_detection)  # unknown genes fail here, not after training
     _check_free_space(args, slide, len(gene_idx))
     stop = threading.Event()
-    trainer = None if model is not None else Trainer(slide, config, device=device)
+    trainer = None
+    if model is None:
+        reference = _read_references(references) if references else None
+        names = [str(p) for p in references] or None
+        trainer = Trainer(slide, config, device=device, reference=reference, reference_names=names)
     bar = _ProgressBar(disabled=args.quiet)
     try:
         from .core.pretrain import uses_validation
@@ -500,6 +550,13 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     )
     if "classical_summary" in written.uns:
         print(f"classical estimate {written.uns['classical_choice']}: {written.uns['classical_summary']}")
+    if getattr(model, "reference", None) is not None:
+        ref = model.reference
+        print(
+            f"basis gene loadings fitted with {len(ref.slides)} reference slide(s): {'; '.join(ref.slides)}; "
+            f"{len(ref.genes)} basis genes"
+            + (f" ({ref.n_left_out} left out: not in every reference)" if ref.n_left_out else "")
+        )
     if model.name != "default" and not model.uses_network and getattr(model, "note", ""):
         print(f"note: {model.note}")
     if "classical_val_loss" in model.history and model.uses_network:  # a pretrained model, judged here
@@ -510,6 +567,12 @@ def cmd_enhance(args: argparse.Namespace) -> int:
             f"{model.history['val_loss'][best]:.4f} ("
             + (f"the default's estimate: {float(np.ravel(default)[0]):.4f}; " if default is not None else "")
             + f"the low-rank estimate it corrects: {model.history['classical_val_loss'][0]:.4f})"
+            + (
+                f"; correlation score {model.history['val_score'][0]:.3f} (the default's: "
+                f"{model.history['default_val_score'][0]:.3f})"
+                if "val_score" in model.history and "default_val_score" in model.history
+                else ""
+            )
         )
     patterns = written.uns["patterns"]
     if "effective_rank" in patterns:
@@ -669,8 +732,9 @@ def _plot(adata, written, path: Path, genes) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    _check_output(args.json, [args.path, args.coords], args.overwrite, ".json")
-    _check_output(args.plot, [args.path, args.coords], args.overwrite, ".png")
+    references = list(args.reference or [])
+    _check_output(args.json, [args.path, args.coords, *references], args.overwrite, ".json")
+    _check_output(args.plot, [args.path, args.coords, *references], args.overwrite, ".png")
     from .core.config import Runtime
 
     Runtime(device=args.device)
@@ -692,6 +756,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise CliError(f"--methods: unknown method(s) {unknown}; choose from {', '.join(DEFAULT_METHODS)}")
     adata = _read_input(args)
     labels = _read_labels(args.labels, adata) if args.labels is not None else None
+    reference = _read_references(references) if references else None
     ari = labels is not None
     print(
         f"{'method':22s} {'median r':>9s} {'r (norm)':>9s} {'gene-specific r':>16s} {'co-expr r':>10s} "
@@ -719,6 +784,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         dataset=str(args.path),
         labels=labels,
         callback=show,
+        reference=reference,
+        reference_names=[str(p) for p in references] or None,
     )
     truth = report["truth"]
     print(
@@ -732,6 +799,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         + (f"; ARI over the {truth['n_labelled']} scored spots with a label" if ari else "")
         + (f"; {report['warning']}" if "warning" in report else "")
     )
+    if "reference" in report:
+        used = [name for name, s in report["methods"].items() if s.get("reference")]
+        print(f"reference slides: {'; '.join(report['reference'])}; used by {', '.join(used) or 'no method'}")
     with atomic_outputs(exclusive=not args.overwrite) as outputs:
         if args.json is not None:
             text = json.dumps(_finite(report), indent=1)

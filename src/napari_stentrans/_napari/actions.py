@@ -514,14 +514,45 @@ class TrainingJob:
     config: object  # Config
     frame: DisplayFrame
     device: str = "auto"
+    model_path: str | None = None  # a saved (e.g. pretrained) model applied instead of a fit
+    finetune: int = 0  # epochs of fine-tuning a pretrained model on the slide
+    references: tuple[str, ...] = ()  # same-tissue reference slides (default preset)
 
 
 def prepare_job(
-    viewer, config, slide_id: str | None = None, genes: list[str] | None = None, device: str = "auto"
+    viewer,
+    config,
+    slide_id: str | None = None,
+    genes: list[str] | None = None,
+    device: str = "auto",
+    model_path: str | Path | None = None,
+    finetune: int = 0,
+    references: tuple[str | Path, ...] | list = (),
 ) -> TrainingJob:
-    """Copy everything the worker needs (slide, lost sites, genes) on the main thread."""
+    """Copy everything the worker needs (slide, lost sites, genes) on the main thread.
+
+    ``model_path``: a saved model to apply (a pretrained one is judged on the slide's held-out
+    genes and fine-tuned ``finetune`` epochs first, as ``stentrans enhance --model --finetune``);
+    ``references``: same-tissue slides for the default's basis (``--reference``). Both are
+    checked here (files exist; not together; references with the default preset only).
+
+    Raises
+    ------
+    ValueError
+        A missing file, or options that do not go together.
+    """
     info = slide(viewer, slide_id)
     genes = list(genes) if genes is not None else shown_genes(viewer, info.slide_id)
+    references = tuple(str(r) for r in references)
+    if model_path is not None and references:
+        raise ValueError("reference slides shape a fit on this slide: they do not apply with a model file")
+    if references and config.preset != "default":
+        raise ValueError(f"reference slides apply to the default preset, not to {config.preset}")
+    for path in ([model_path] if model_path is not None else []) + list(references):
+        if not Path(path).exists():
+            raise ValueError(f"{path}: no such file or folder")
+    if finetune < 0:
+        raise ValueError(f"fine-tune epochs: {finetune} is not a number of epochs >= 0")
     return TrainingJob(
         info.slide_id,
         info.adata.copy(),
@@ -530,6 +561,9 @@ def prepare_job(
         config,
         info.frame,
         device,
+        None if model_path is None else str(model_path),
+        int(finetune),
+        references,
     )
 
 
@@ -565,6 +599,27 @@ def leave_a_core_to_the_viewer(uses_torch: bool):
             torch.set_num_threads(previous)
 
 
+def _apply_model_events(job: TrainingJob, prepared, stop):
+    """Worker: load ``job.model_path``, judge (and fine-tune) a pretrained model on the slide.
+
+    The same core functions as ``stentrans enhance --model [--finetune]``; returns the model to
+    enhance with and the prepared slide, or None when stopped.
+    """
+    from ..core.checkpoint import load_model
+    from ..core.errors import InputError
+    from ..core.pretrain import finetune_events, uses_validation
+
+    model = load_model(job.model_path)
+    if model.lattice_kind != prepared.lattice.kind:
+        raise InputError(
+            f"{job.model_path}: the model was fitted on a {model.lattice_kind} lattice but this slide "
+            f"is {prepared.lattice.kind}"
+        )
+    if job.finetune or uses_validation(model):
+        model = yield from finetune_events(model, prepared, job.finetune, job.device, stop)
+    return model, prepared
+
+
 def run_job(job: TrainingJob, stop=None):
     """Worker body: yields every training event; returns ``(model, enhanced, layer tuples)``.
 
@@ -582,20 +637,39 @@ def run_job(job: TrainingJob, stop=None):
     start = time.perf_counter()
     what = f"preparing the slide: lattice, lost sites and gaps of {job.adata.n_obs:,} spots"
     yield stage_event(what, 0, 1, 0.0)
-    with leave_a_core_to_the_viewer(getattr(job.config, "learns", False)):
-        trainer = Trainer(job.adata, job.config, mask=job.mask, device=job.device)
-        yield stage_event(what, 1, 1, time.perf_counter() - start)
-        yield from trainer.run(stop)
-        if trainer.result is None:
+    learns = job.model_path is not None or getattr(job.config, "learns", False)
+    with leave_a_core_to_the_viewer(learns):
+        if job.model_path is not None:
+            from ..core.slide import as_slide
+
+            prepared = as_slide(job.adata, job.mask)
+            yield stage_event(what, 1, 1, time.perf_counter() - start)
+            model, prepared = yield from _apply_model_events(job, prepared, stop)
+        else:
+            reference = None
+            if job.references:
+                from ..core.io import read
+
+                reference = [read(path) for path in job.references]
+            trainer = Trainer(
+                job.adata,
+                job.config,
+                mask=job.mask,
+                device=job.device,
+                reference=reference,
+                reference_names=list(job.references) or None,
+            )
+            yield stage_event(what, 1, 1, time.perf_counter() - start)
+            yield from trainer.run(stop)
+            model, prepared = trainer.result, trainer.slide
+        if model is None:
             return None
         try:
-            enhanced = trainer.result.enhance(
-                trainer.slide, genes=job.genes or None, device=job.device, stop=stop
-            )
+            enhanced = model.enhance(prepared, genes=job.genes or None, device=job.device, stop=stop)
         except TrainingStopped:
             return None
         genes = [g for g in job.genes if g in enhanced.var_names]
-        return trainer.result, enhanced, enhanced_layers(enhanced, genes, job.slide_id, job.frame)
+        return model, enhanced, enhanced_layers(enhanced, genes, job.slide_id, job.frame)
 
 
 def record_result(viewer, slide_id: str, model, enhanced: ad.AnnData) -> int:
@@ -673,8 +747,19 @@ def run_verdict(model, enhanced: ad.AnnData) -> str:
             f"{label}: the learned correction improved the validation loss from {val[0]:.4g} "
             f"(classical estimate) to {val[best]:.4g} (epoch {best} of {len(val) - 1})."
         )
+    if described.get("pretrained_on"):  # a pretrained model that passed the slide's own gate
+        return (
+            f"{label}: the pretrained correction ({len(described['pretrained_on'])} slides) improved "
+            "held-out genes on this slide, so it is applied."
+        )
     summary = enhanced.uns.get("stentrans", {}).get("classical_summary")
-    return f"{label}: classical estimate chosen on this slide, nothing trained" + (
+    reference = described.get("reference")
+    with_reference = (
+        f", basis gene loadings fitted with {len(reference['slides'])} reference slide(s)"
+        if reference
+        else ""
+    )
+    return f"{label}: classical estimate chosen on this slide{with_reference}, nothing trained" + (
         f" ({summary})." if summary else "."
     )
 

@@ -533,8 +533,7 @@ class TrainWidget(_SlideWidget):
         self.extend(
             [
                 self._preset,
-                self._epochs,
-                self._device,
+                _row(self._epochs, self._device, labels=True),  # one row: the panel fits 800 px
                 _row(self._start, self._stop),
                 self._progress,
                 self._status,
@@ -557,6 +556,36 @@ class TrainWidget(_SlideWidget):
             open_=False,
         )
         self.native.layout().addWidget(self._advanced.native)
+        # learning across slides (issue 13): the same core functions as enhance --model/--reference
+        self._pretrained = FileEdit(
+            label="Pretrained model",
+            mode="r",
+            filter="*.safetensors",
+            nullable=True,
+            tooltip="Apply this saved model (e.g. from stentrans pretrain) instead of fitting one; a "
+            "pretrained correction is judged on the slide's held-out genes first and kept only if it beats "
+            "the default there",
+        )
+        self._finetune = SpinBox(
+            label="Fine-tune epochs",
+            min=0,
+            max=1000,
+            value=0,
+            tooltip="Epochs of fine-tuning the pretrained model on this slide's own pairs (0: judged as it is)",
+        )
+        self._references = LineEdit(
+            label="Reference slides",
+            value="",
+            tooltip="Other slides of the same tissue (files or Space Ranger folders, separated by ';'): "
+            "the default's low-rank gene loadings are fitted on them pooled with this slide; the rest "
+            "stays this slide's own (default preset only; see README 'Same-tissue reference slides')",
+        )
+        self._across = _Section(
+            "Across slides",
+            Container(widgets=[self._pretrained, self._finetune, self._references]),
+            open_=False,
+        )
+        self.native.layout().addWidget(self._across.native)
         self._preset.changed.connect(self._apply_preset)
         self._start.changed.connect(self.start)
         self._stop.changed.connect(self.stop)
@@ -617,7 +646,13 @@ class TrainWidget(_SlideWidget):
         if self.worker is not None:
             return self.worker
         try:
-            job = actions.prepare_job(self._viewer, self.config(), self.slide_id, device=self._device.value)
+            job = actions.prepare_job(
+                self._viewer,
+                self.config(),
+                self.slide_id,
+                device=self._device.value,
+                **self.across_slides(),
+            )
         except (LookupError, ValueError, RuntimeError) as exc:
             _notify_error(exc)
             return None
@@ -641,6 +676,13 @@ class TrainWidget(_SlideWidget):
         self._start.enabled, self._stop.enabled = False, True
         worker.start()
         return worker
+
+    def across_slides(self) -> dict:
+        """The "Across slides" choices: a model file (+ fine-tune epochs) and reference slides."""
+        model = self._pretrained.value
+        model = None if model is None or str(model) in ("", ".") else Path(model)
+        references = tuple(Path(p.strip()) for p in self._references.value.split(";") if p.strip())
+        return {"model_path": model, "finetune": int(self._finetune.value), "references": references}
 
     def stop(self, _value=None) -> None:
         """Ask the run to stop; it ends within one batch and changes nothing."""

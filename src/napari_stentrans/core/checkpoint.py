@@ -48,7 +48,8 @@ def save_model(model: FittedModel, path: str | Path) -> Path:
     Raises
     ------
     CheckpointError
-        ``model`` is not a preset's model (the evaluation's baselines are not saved).
+        ``model`` is not a preset's model (the evaluation's baselines are not saved), or was
+        fitted with reference slides.
     """
     from .. import __version__
 
@@ -62,6 +63,11 @@ def save_model(model: FittedModel, path: str | Path) -> Path:
         "versions": {"napari-stentrans": __version__},
     }
     tensors: dict[str, np.ndarray] = {}
+    if isinstance(model, ClassicalModel) and model.reference is not None:
+        raise CheckpointError(
+            "a model fitted with reference slides is not saved: its basis belongs to those slides and "
+            "this slide; fit it again with the same references where it is needed"
+        )
     if isinstance(model, ClassicalModel):
         description.update(kind="classical", config=model.config.to_dict(), classical=_classical_part(model))
     else:

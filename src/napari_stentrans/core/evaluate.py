@@ -128,6 +128,9 @@ def reference(split: Split, labels: np.ndarray | None = None) -> Reference:
     )
 
 
+_judged_against = reference  # evaluate() has a ``reference`` argument (the reference slides)
+
+
 def _annotated(labels: np.ndarray) -> np.ndarray:
     """Which labels are real annotations (not missing, empty or "NA")."""
     text = np.asarray([str(x) for x in labels])
@@ -252,18 +255,35 @@ def _lost_blobs(xy: np.ndarray, fraction: float, rng: np.random.Generator) -> np
 
 
 def run_method(
-    name: str, split: Split, *, epochs: int | None = None, seed: int = 0, device: str = "auto"
+    name: str,
+    split: Split,
+    *,
+    epochs: int | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    reference: list[Slide] | None = None,
+    reference_names: list[str] | None = None,
 ) -> MethodResult:
     """Fit one method on the split's training slide and predict at its scored sites.
+
+    ``reference``: same-tissue slides (:mod:`.reference`, checked by :func:`check_references`)
+    given to the classical methods (``default``, ``lowrank``, ``lowrank_linear``,
+    ``lowrank_kernel``) for their basis; the other methods do not take them
+    (``extra["reference"]`` says which did).
 
     Raises
     ------
     ConfigError
         An unknown method name.
     """
+    from .estimators.classical import ClassicalEstimator
+
     start = time.perf_counter()
     kind = split.known_slide.lattice.kind
     estimator = method_estimator(name, kind, epochs=epochs, seed=seed)
+    uses_reference = bool(reference) and isinstance(estimator, ClassicalEstimator)
+    if uses_reference:
+        estimator.reference, estimator.reference_names = list(reference), reference_names
     model = estimator.fit(split.train_slide, genes=split.gene_idx, device=device)
     # the paper protocol predicts from x_d with what was chosen on the full slide
     counts, depth = model.predict(
@@ -275,7 +295,38 @@ def run_method(
     extra = {f"classical_{k}": v for k, v in described.get("classical", {}).items()}
     if "best_epoch" in described or model.history.get("best_epoch"):
         extra["best_epoch"] = described.get("best_epoch", model.history.get("best_epoch", [None])[0])
+    if reference:
+        extra["reference"] = uses_reference
     return MethodResult(counts, depth, time.perf_counter() - start, extra)
+
+
+def check_references(adata: ad.AnnData, references: list[Slide], names: list[str]) -> None:
+    """Refuse a reference slide that is, or holds most spots of, the evaluated slide.
+
+    A reference carrying the evaluated slide's scored spots would leak their truth into the
+    basis. Spots are compared by (array_row, array_col, total counts): a reference sharing more
+    than half of its spots with the slide is refused, as is one of another lattice type.
+
+    Raises
+    ------
+    InputError
+        Such a reference (named).
+    """
+    full = Slide.from_adata(adata)
+    own = set(zip(full.row.tolist(), full.col.tolist(), np.round(full.depth).tolist(), strict=True))
+    for ref, name in zip(references, names, strict=True):
+        if ref.lattice.kind != full.lattice.kind:
+            raise InputError(
+                f"reference {name} is on a {ref.lattice.kind} lattice but the slide is {full.lattice.kind}"
+            )
+        spots = zip(ref.row.tolist(), ref.col.tolist(), np.round(ref.depth).tolist(), strict=True)
+        shared = sum(spot in own for spot in spots)
+        if ref.fingerprint == full.fingerprint or shared > len(ref.row) / 2:
+            raise InputError(
+                f"reference {name} holds {shared} of the evaluated slide's spots (same position and "
+                "counts): a reference must be another slide, or the scored spots' truth would leak into "
+                "the basis"
+            )
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -316,6 +367,8 @@ def evaluate(
     dataset: str = "",
     labels: str | np.ndarray | None = None,
     callback: Callable[[str, dict], None] | None = None,
+    reference: list | None = None,
+    reference_names: list[str] | None = None,
 ) -> dict:
     """Run every method on one split of a protocol and score it.
 
@@ -329,6 +382,10 @@ def evaluate(
         Annotations of the spots (an ``obs`` column name, or one value per spot): the ARI of the
         fixed clustering pipeline (:func:`.fidelity.cluster_ari`) on each method's prediction at
         the scored spots, beside the same pipeline on the measured truth there.
+    reference
+        Other slides of the same tissue (AnnData or Slides; never the evaluated slide, checked
+        by :func:`check_references`) given to the classical methods for their basis
+        (:mod:`.reference`); ``reference_names`` name them in the report.
 
     Returns
     -------
@@ -351,8 +408,15 @@ def evaluate(
         raise InputError(f"labels: {len(labels)} values for {adata.n_obs} spots")
     refuse_enhanced(adata)  # predictions scored as truth would mean nothing
     methods = tuple(dict.fromkeys(canonical_method(m) for m in methods))
+    references = None
+    if reference:
+        from .slide import as_slide
+
+        references = [as_slide(r) for r in reference]
+        reference_names = list(reference_names or [f"reference {i + 1}" for i in range(len(references))])
+        check_references(adata, references, reference_names)
     split = make_split(adata, protocol, n_genes=n_genes, seed=seed)
-    ref = reference(split, labels)
+    ref = _judged_against(split, labels)
     truth_pc1, truth_rank = spectrum(ref.truth_norm[:, ref.spatial])
     report = {
         "dataset": dataset,
@@ -372,8 +436,22 @@ def evaluate(
         report["truth"]["n_labelled"] = int(keep.sum())  # scored spots with an annotation
     if protocol == "paper":
         report["warning"] = "published (leaky) protocol: stEnTrans is scored on spots it trained on"
+    if references:
+        report["reference"] = [
+            f"{name} (fingerprint {r.fingerprint}, {r.n_usable} spots)"
+            for r, name in zip(references, reference_names, strict=True)
+        ]
     for name in methods:
-        summary = score(run_method(name, split, epochs=epochs, seed=seed, device=device), split, ref, seed)
+        result = run_method(
+            name,
+            split,
+            epochs=epochs,
+            seed=seed,
+            device=device,
+            reference=references,
+            reference_names=reference_names,
+        )
+        summary = score(result, split, ref, seed)
         report["methods"][name] = summary
         if callback is not None:
             callback(name, summary)

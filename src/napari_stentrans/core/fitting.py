@@ -55,13 +55,24 @@ class Trainer:
         <.slide.Slide.from_adata>`); ``None``: ``"auto"``, or a Slide's own choice.
     device
         ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (learned presets train there).
+    reference
+        Slides of the same tissue (AnnData or prepared Slides, never the slide itself) whose
+        spots join the slide's own in fitting the classical estimate's low-rank gene loadings,
+        genes matched by name; the rest of the fit is the slide's own (:mod:`.reference` has
+        the exact rule). Classical presets only.
+    reference_names
+        A name per reference slide for ``uns["stentrans"]`` (e.g. its file).
     overrides
         Options by their flat names (``epochs=5``, ``n_train_genes=500``, ``seed=1``, ...).
 
     Raises
     ------
     ConfigError
-        An unknown preset or option, or an invalid value (before any work).
+        An unknown preset or option, or an invalid value (before any work); a reference with a
+        preset that trains a network.
+    InputError
+        A reference that is the slide itself or shares too few genes with it (at fit time,
+        before anything is written).
     """
 
     def __init__(
@@ -72,12 +83,15 @@ class Trainer:
         mask: MaskLike = None,
         device: str = "auto",
         fill_holes: bool | str | None = None,
+        reference: list | None = None,
+        reference_names: list[str] | None = None,
         **overrides,
     ) -> None:
         self.slide = as_slide(data, mask, fill_holes)
         self.config = resolve_config(config, self.slide.lattice.kind, overrides)
         self.device = Runtime(device=device).device
-        self.estimator = make_estimator(self.config)
+        references = reference_slides(reference, self.slide)
+        self.estimator = make_estimator(self.config, references, reference_names)
         self.result: FittedModel | None = None
 
     def run(self, stop: StopFlag | None = None) -> Iterator[TrainEvent]:
@@ -98,6 +112,8 @@ def fit(
     stop: StopFlag | None = None,
     callback: Callable[[TrainEvent], None] | None = None,
     fill_holes: bool | str | None = None,
+    reference: list | None = None,
+    reference_names: list[str] | None = None,
     **overrides,
 ) -> FittedModel | None:
     """Fit a preset on a slide (see :class:`Trainer` for the parameters).
@@ -107,11 +123,44 @@ def fit(
     The fitted model (apply it with ``model.enhance`` / ``model.write``, save it with
     ``model.save``), or None when ``stop`` was set.
     """
-    trainer = Trainer(data, config, mask=mask, device=device, fill_holes=fill_holes, **overrides)
+    trainer = Trainer(
+        data,
+        config,
+        mask=mask,
+        device=device,
+        fill_holes=fill_holes,
+        reference=reference,
+        reference_names=reference_names,
+        **overrides,
+    )
     for event in trainer.run(stop):
         if callback is not None:
             callback(event)
     return trainer.result
+
+
+def reference_slides(reference: list | None, slide: Slide) -> list[Slide] | None:
+    """The reference slides prepared (lattice checked against ``slide``'s), or None.
+
+    Raises
+    ------
+    InputError
+        A reference of another lattice type than ``slide``.
+    """
+    if reference is None or (isinstance(reference, list | tuple) and len(reference) == 0):
+        return None
+    if not isinstance(reference, list | tuple):
+        reference = [reference]
+    from .errors import InputError
+
+    slides = [as_slide(r) for r in reference]
+    for i, ref in enumerate(slides):
+        if ref.lattice.kind != slide.lattice.kind:
+            raise InputError(
+                f"reference {i + 1} is on a {ref.lattice.kind} lattice but the slide is {slide.lattice.kind}: "
+                "give reference slides of the same technology"
+            )
+    return slides
 
 
 def _fitted(slide, config, device, stop, callback, overrides) -> FittedModel:
@@ -132,6 +181,8 @@ def enhance(
     callback: Callable[[TrainEvent], None] | None = None,
     measured: str = "estimate",
     fill_holes: bool | str | None = None,
+    reference: list | None = None,
+    reference_names: list[str] | None = None,
     **overrides,
 ) -> ad.AnnData:
     """Fit a preset on the slide and return the enhanced slide (one preparation of the slide).
@@ -141,7 +192,8 @@ def enhance(
     :meth:`FittedModel.enhance <.estimators.base.FittedModel.enhance>` for the result.
 
     Every option is checked before any work: an unknown gene name, an invalid option or
-    ``measured`` value fails at once, not after the fit.
+    ``measured`` value fails at once, not after the fit. ``reference``: same-tissue slides for
+    the basis (see :class:`Trainer`); they are recorded in ``uns["stentrans"]["model"]["reference"]``.
 
     Raises
     ------
@@ -159,7 +211,8 @@ def enhance(
     slide = as_slide(data, mask, fill_holes)
     resolved = resolve_config(config, slide.lattice.kind, overrides)
     slide.gene_indices(genes, resolved.data.min_detection)  # a typo fails here, not after training
-    model = _fitted(slide, resolved, device, stop, callback, {})
+    references = {"reference": reference, "reference_names": reference_names} if reference else {}
+    model = _fitted(slide, resolved, device, stop, callback, references)
     return model.enhance(slide, genes=genes, device=device, stop=stop, measured=measured)
 
 

@@ -31,10 +31,26 @@ from .interpolation import InterpolationEstimator
 PRESET_OF = {"default": "default", "transformer": "transformer", "published": "published"}
 
 
-def make_estimator(config: Config) -> Estimator:
-    """The estimator a configuration describes: classical alone when it trains no network."""
+def make_estimator(config: Config, reference=None, reference_names: list[str] | None = None) -> Estimator:
+    """The estimator a configuration describes: classical alone when it trains no network.
+
+    ``reference`` (prepared slides of the same tissue, :mod:`..reference`) shapes the classical
+    estimate's basis; only the classical presets take it.
+
+    Raises
+    ------
+    ConfigError
+        ``reference`` with a preset that trains a network.
+    """
     if not config.learns:
-        return ClassicalEstimator(config)
+        return ClassicalEstimator(config, reference=reference, reference_names=reference_names)
+    if reference:
+        from ..errors import ConfigError
+
+        raise ConfigError(
+            f"reference: the {config.preset} preset trains a network, which does not take reference "
+            "slides; use the default preset (a reference shapes its low-rank basis)"
+        )
     from .learned import LearnedEstimator  # imports torch
 
     return LearnedEstimator(config)

@@ -26,6 +26,7 @@ from threadpoolctl import threadpool_limits
 from ..classical import (
     BANDWIDTH_GRID,
     DEPTH_BANDWIDTH_GRID,
+    RANK_GRID,
     TARGET_SUM,
     ClassicalParams,
     LowRankBasis,
@@ -42,6 +43,7 @@ from ..classical import (
 from ..config import DEFAULT_RUNTIME, Config, Runtime
 from ..errors import InputError
 from ..fidelity import morans_i, neighbour_weights
+from ..reference import ReferenceBasis, fit_reference_basis
 from ..sites import OutputSites
 from ..slide import Slide
 from .base import Estimator, FitRequest, FittedModel, Predictor, StageSteps, TrainEvent, staged
@@ -180,6 +182,9 @@ class ClassicalModel(FittedModel):
     history, note
         Training history when it is the result of a learned preset whose validation kept
         epoch 0 (the classical estimate), and a line saying so.
+    reference
+        Gene loadings fitted with same-tissue reference slides (:mod:`..reference`), or None:
+        the basis is fitted on the slide's own spots.
     """
 
     config: Config
@@ -191,6 +196,7 @@ class ClassicalModel(FittedModel):
     history: dict = field(default_factory=dict, repr=False)
     note: str = ""
     name: str = "default"
+    reference: ReferenceBasis | None = field(default=None, repr=False)
     _bases: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -210,6 +216,8 @@ class ClassicalModel(FittedModel):
         }
         if self.note:
             out["note"] = self.note
+        if self.reference is not None:
+            out["reference"] = self.reference.describe()
         return out
 
     def basis_gene_indices(self, slide: Slide) -> np.ndarray:
@@ -228,16 +236,20 @@ class ClassicalModel(FittedModel):
         """The low-rank basis of ``slide``'s usable spots, fitted once per slide and mask.
 
         ``values`` (the basis genes' log-normalised expression, when the caller has it) saves
-        computing it again. The rank covers both the main and the gap parameters.
+        computing it again. The rank covers both the main and the gap parameters. With a
+        :attr:`reference`, the axes are the reference's and ``values`` is not used.
         """
         key = (slide.fingerprint, _usable_digest(slide))
         if key not in self._bases:
-            if values is None:
+            if values is None and self.reference is None:
                 values = slide.expression(self.basis_gene_indices(slide), "log1p", self.target_sum)
             rank = max(self.params.rank, self.params.for_holes.rank)
             if len(self._bases) >= 2:  # e.g. a napari slide repainted: keep the latest ones only
                 self._bases.pop(next(iter(self._bases)))
-            self._bases[key] = LowRankBasis.fit(values, rank)
+            if self.reference is not None:  # the reference slides' axes, this slide's scores
+                self._bases[key] = self.reference.basis(slide, rank)
+            else:
+                self._bases[key] = LowRankBasis.fit(values, rank)
         return self._bases[key]
 
     def for_slide(self, slide: Slide, classical: str = "auto") -> tuple[ClassicalModel, str]:
@@ -344,11 +356,25 @@ class ClassicalEstimator(Estimator):
     name
         Name of the fitted model (``default`` or a preset that trained nothing; a baseline's
         method name in the evaluation).
+    reference
+        Same-tissue reference slides (:mod:`..reference`): the basis's gene loadings are fitted
+        on them pooled with the slide; None: on the slide alone.
+    reference_names
+        A name per reference slide for the record (e.g. its file).
     """
 
-    def __init__(self, config: Config | None = None, *, name: str | None = None) -> None:
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        name: str | None = None,
+        reference: list[Slide] | None = None,
+        reference_names: list[str] | None = None,
+    ) -> None:
         self.config = config or Config()
         self.name = name or self.config.preset
+        self.reference = list(reference) if reference else None
+        self.reference_names = reference_names
 
     def fit_model(
         self, slide: Slide, genes: np.ndarray | None = None, values: np.ndarray | None = None
@@ -379,6 +405,11 @@ class ClassicalEstimator(Estimator):
             gene_idx = np.asarray(genes)
         else:
             gene_idx = slide.training_genes(config.data.n_train_genes, config.data.min_detection)
+        reference = None
+        if self.reference is not None:  # checked (genes shared, not the slide itself) before the choice
+            reference = fit_reference_basis(
+                slide, gene_idx, self.reference, max(RANK_GRID), self.reference_names, seed=config.seed
+            )
         if values is None:
             what = f"normalising {len(gene_idx):,} genes at {slide.n_usable:,} spots"
             yield what, 0, 1
@@ -392,6 +423,7 @@ class ClassicalEstimator(Estimator):
             basis_genes=[str(g) for g in slide.genes[gene_idx]],
             slide_fingerprint=slide.fingerprint,
             name=self.name,
+            reference=reference,
         )
         what = f"fitting the rank-{max(params.rank, params.for_holes.rank)} basis"
         yield what, 0, 1
