@@ -223,11 +223,12 @@ def test_a_crafted_huge_architecture_is_refused_without_allocating_it(tmp_path):
     from safetensors import safe_open
     from safetensors.numpy import save_file
 
-    from helpers import fit_cpu, tiny_config
+    from helpers import fit_network, tiny_config
     from napari_stentrans.core.checkpoint import CheckpointError, load_model
 
     r, c = block_sites("square", 8, 8)
-    model = fit_cpu(make_slide(r, c, "square", n_genes=20), tiny_config("square", restore_best=False))
+    # a network kept whatever the gate says: the architecture check is what is tested
+    model = fit_network(make_slide(r, c, "square", n_genes=20), tiny_config("square", restore_best=False))
     model.save(tmp_path / "ok.safetensors")
     with safe_open(str(tmp_path / "ok.safetensors"), framework="np") as f:
         meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
