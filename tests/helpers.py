@@ -263,3 +263,10 @@ def one_error_line(err: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("stentrans: error: "), err
     return lines[0]
+
+
+def run_to_end(widget, qtbot) -> None:
+    """Start the Train widget's run (napari tests) and wait until its layers are in the viewer."""
+    assert widget.start() is not None
+    # a fast run can finish before a waitSignal connects: wait on the widget's state instead
+    qtbot.waitUntil(lambda: widget.idle, timeout=120_000)

@@ -22,3 +22,14 @@ if _missing or _no_display:
         raise RuntimeError(f"CI is set but the napari tests cannot run: {reason}")
     collect_ignore_glob = ["test_*.py"]
     print(f"napari tests skipped: {reason}", file=sys.stderr)
+
+
+if not (_missing or _no_display):
+    import pytest
+
+    @pytest.fixture
+    def st_viewer(make_napari_viewer):
+        """A viewer with the synthetic legacy-ST sample open."""
+        viewer = make_napari_viewer()
+        viewer.open_sample("napari-stentrans", "synthetic_st")
+        return viewer

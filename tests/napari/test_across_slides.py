@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from helpers import run_to_end
 from napari_stentrans._napari import actions
 
 
@@ -13,21 +14,6 @@ def _dock(viewer):
     _, widget = viewer.window.add_plugin_dock_widget("napari-stentrans", "Train & enhance")
     widget._device.value = "cpu"
     return widget
-
-
-def _run(widget, qtbot):
-    worker = widget.start()
-    assert worker is not None
-    with qtbot.waitSignal(worker.finished, timeout=120_000):
-        pass
-    qtbot.waitUntil(lambda: widget.idle, timeout=10_000)
-
-
-@pytest.fixture
-def st_viewer(make_napari_viewer):
-    viewer = make_napari_viewer()
-    viewer.open_sample("napari-stentrans", "synthetic_st")
-    return viewer
 
 
 def test_reference_slides_shape_the_default_basis_in_the_widget(st_viewer, qtbot, tmp_path):
@@ -38,7 +24,7 @@ def test_reference_slides_shape_the_default_basis_in_the_widget(st_viewer, qtbot
     widget = _dock(st_viewer)
     widget._references.value = f"{reference}; "
     assert widget.across_slides()["references"] == (reference,)
-    _run(widget, qtbot)
+    run_to_end(widget, qtbot)
     info = actions.slide(st_viewer)
     assert info.model.reference is not None and len(info.model.reference.slides) == 1
     assert str(reference) in info.model.reference.slides[0]

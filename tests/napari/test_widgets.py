@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 
+from helpers import run_to_end
 from napari_stentrans._napari import actions
 
 WIDGETS = ["Genes", "Lost regions", "Train & enhance", "Enhance & export", "Quality check"]
@@ -24,21 +25,6 @@ def _fast(widget, **overrides):
     widget._patch.value, widget._depth.value = values["patch"], values["depth"]
     widget._heads.value, widget._batch.value = values["heads"], values["batch"]
     widget._device.value = "cpu"
-
-
-def _train(widget, qtbot) -> None:
-    """Start a run and wait until its layers are in the viewer."""
-    worker = widget.start()
-    with qtbot.waitSignal(worker.finished, timeout=120_000):
-        pass
-    qtbot.waitUntil(lambda: widget.idle, timeout=10_000)
-
-
-@pytest.fixture
-def st_viewer(make_napari_viewer):
-    viewer = make_napari_viewer()
-    viewer.open_sample("napari-stentrans", "synthetic_st")
-    return viewer
 
 
 @pytest.mark.parametrize("name", WIDGETS)
@@ -121,7 +107,7 @@ def test_train_in_a_worker_adds_aligned_x2_layers_and_keeps_the_viewer_responsiv
     assert info.model is not None and info.enhanced is not None
     assert widget.last_event.kind == "finished" and "cpu" in widget._device_label.value
     # a second run keeps the first result, renamed, instead of overwriting it silently
-    _train(widget, qtbot)
+    run_to_end(widget, qtbot)
     assert f"{genes[0]} x2 (run 1: default)" in st_viewer.layers and f"{genes[0]} x2" in st_viewer.layers
 
 
@@ -218,7 +204,7 @@ def test_live_imputation_and_export_round_trip(st_viewer, qtbot, tmp_path):
 
     widget = _dock(st_viewer, "Train & enhance")
     _fast(widget)
-    _train(widget, qtbot)
+    run_to_end(widget, qtbot)
     gene = actions.shown_genes(st_viewer)[0]
     before = np.asarray(st_viewer.layers[f"{gene} x2"].data).copy()
     layer = actions.lost_layer(st_viewer)
@@ -252,7 +238,7 @@ def test_rendered_enhanced_layer_is_not_blank(make_napari_viewer, qtbot):
     st_viewer.open_sample("napari-stentrans", "synthetic_st")
     widget = _dock(st_viewer, "Train & enhance")
     _fast(widget)
-    _train(widget, qtbot)
+    run_to_end(widget, qtbot)
     gene = actions.shown_genes(st_viewer)[0]
     for layer in st_viewer.layers:
         layer.visible = layer.name == f"{gene} x2"

@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
+from helpers import run_to_end
 from napari_stentrans._napari import actions
 from napari_stentrans._napari.widgets import QUALITY_COLUMNS, readable_error
 
@@ -24,12 +25,6 @@ def _fast(widget, epochs=2):
     widget._patch.value, widget._depth.value = 2, 1
     widget._heads.value, widget._batch.value = 2, 8
     widget._device.value = "cpu"
-
-
-def _train(widget, qtbot) -> None:
-    assert widget.start() is not None
-    # a fast run can finish before a waitSignal connects: wait on the widget's state instead
-    qtbot.waitUntil(lambda: widget.idle, timeout=120_000)
 
 
 def test_workspace_fits_a_1280x800_screen_with_every_section_open(make_napari_viewer, qtbot):
@@ -84,7 +79,7 @@ def test_export_writes_all_or_chosen_genes_and_reopens(make_napari_viewer, qtbot
     viewer.open_sample("napari-stentrans", "synthetic_st")
     _, ws = _workspace(viewer)
     _fast(ws.train, epochs=0)  # the default preset: the classical estimate, seconds
-    _train(ws.train, qtbot)
+    run_to_end(ws.train, qtbot)
     info = actions.slide(viewer)
     shown = actions.shown_genes(viewer)
     detected = info.model.min_detection
@@ -122,7 +117,7 @@ def test_export_refuses_unknown_genes_and_writes_nothing(make_napari_viewer, qtb
     with pytest.raises(RuntimeError, match="train or load a model first"):
         actions.prepare_export(viewer, tmp_path / "x.h5ad")
     _fast(ws.train, epochs=0)
-    _train(ws.train, qtbot)
+    run_to_end(ws.train, qtbot)
     with pytest.raises(ValueError, match="not in the slide, e.g. 'NOPE'"):
         actions.prepare_export(viewer, tmp_path / "x.h5ad", "chosen", ["NOPE"])
     with pytest.raises(ValueError, match="empty"):
@@ -145,13 +140,13 @@ def test_verdict_stays_visible_and_earlier_runs_are_named_by_preset(make_napari_
     _, ws = _workspace(viewer)
     train = ws.train
     _fast(train, epochs=0)
-    _train(train, qtbot)
+    run_to_end(train, qtbot)
     gene = actions.shown_genes(viewer)[0]
     assert train._verdict.value.startswith("Run 1, default")
     assert "{" not in train._status.value and "{" not in train._verdict.value  # no raw dict
     train._preset.value = "transformer"
     _fast(train, epochs=2)
-    _train(train, qtbot)
+    run_to_end(train, qtbot)
     verdict = train._verdict.value
     model = actions.slide(viewer).model
     if np.ravel(model.history["best_epoch"])[0] == 0:
@@ -310,7 +305,7 @@ def test_residual_layer_is_translucent_with_a_colour_bar_and_lost_is_visible(mak
     viewer.open_sample("napari-stentrans", "synthetic_st")
     _, ws = _workspace(viewer)
     _fast(ws.train, epochs=0)
-    _train(ws.train, qtbot)
+    run_to_end(ws.train, qtbot)
     gene = actions.shown_genes(viewer)[0]
     layer = actions.residual_layer(viewer, gene)
     assert layer.blending == "translucent" and layer.opacity < 1 and layer.colorbar.visible
@@ -372,7 +367,7 @@ def test_colour_by_annotation_and_site_kinds_with_legends(make_napari_viewer, qt
     assert "cortex" in ws.genes._legend.value and "&#9632;" in ws.genes._legend.value
     # site kinds of the enhanced slide: one label per kind, as many pixels as sites of each kind
     _fast(ws.train, epochs=0)
-    _train(ws.train, qtbot)
+    run_to_end(ws.train, qtbot)
     kinds = ws.export.show_site_kinds()
     counts = actions.slide(viewer).enhanced.obs["kind"].astype(str).value_counts()
     data = np.asarray(kinds.data)
@@ -399,7 +394,7 @@ def test_side_by_side_shows_one_gene_measured_and_enhanced(make_napari_viewer, q
     viewer.open_sample("napari-stentrans", "synthetic_st")
     _, ws = _workspace(viewer)
     _fast(ws.train, epochs=0)
-    _train(ws.train, qtbot)
+    run_to_end(ws.train, qtbot)
     gene = actions.shown_genes(viewer)[0]
     viewer.layers.selection.active = viewer.layers[f"{gene} x2"]
     shown = ws.export.toggle_side_by_side()
@@ -469,7 +464,7 @@ def test_save_selected_layers_with_h5ad_picks_our_writer_and_the_menu_opens_expo
     viewer.open_sample("napari-stentrans", "synthetic_st")
     _, ws = _workspace(viewer)
     _fast(ws.train, epochs=0)
-    _train(ws.train, qtbot)
+    run_to_end(ws.train, qtbot)
     enhanced = [layer for layer in viewer.layers if layer.metadata["stentrans"].get("role") == "enhanced"]
     viewer.layers.selection = {enhanced[0]}
     filters, writers = file_extensions_string_for_layers([enhanced[0]])

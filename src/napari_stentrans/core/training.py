@@ -605,7 +605,11 @@ def _validate_steps(
             yield done, total_batches
         if val is not None:
             total, n = total + val * part.n_val, n + part.n_val
-    value = total / n if n else None
+    return _from_rank_0(total / n if n else None, net, world)
+
+
+def _from_rank_0(value: float | None, net: StEnTransViT, world: int) -> float | None:
+    """``value`` as process 0 has it under torch.distributed (every process judges alike)."""
     if world > 1 and value is not None:
         device = next(net.parameters()).device
         shared = torch.tensor([value], dtype=torch.float64, device=device)
@@ -627,13 +631,7 @@ def _score(parts: list[_SlidePart], net: StEnTransViT, world: int, baseline: boo
         value = (part.baseline if baseline else part.validate).score(net)
         if value is not None:
             total, n = total + value * part.n_val, n + part.n_val
-    value = total / n if n else None
-    if world > 1 and value is not None:
-        device = next(net.parameters()).device
-        shared = torch.tensor([value], dtype=torch.float64, device=device)
-        torch.distributed.broadcast(shared, 0)
-        value = float(shared.item())
-    return value
+    return _from_rank_0(total / n if n else None, net, world)
 
 
 def train_network(
