@@ -293,13 +293,13 @@ def test_disk_full_while_writing_is_one_line_and_keeps_the_previous_output(tmp_p
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
             if any(p.name.endswith(".tmp") for p in fs.iterdir()):
-                with open(fs / "filler", "wb") as fh:
-                    try:
+                try:  # the output may already have filled the disk: then opening fails too
+                    with open(fs / "filler", "wb") as fh:
                         while True:
                             fh.write(b"\0" * (1 << 16))
                             fh.flush()
-                    except OSError:
-                        return
+                except OSError:
+                    return
             time.sleep(0.005)
 
     filler = threading.Thread(target=fill_when_writing)
