@@ -81,6 +81,7 @@ def test_a_pretrained_model_file_is_judged_and_fine_tuned_on_the_slide(st_viewer
         pass
     qtbot.waitUntil(lambda: widget.idle, timeout=10_000)
     model = actions.slide(st_viewer).model
+    assert widget._verdict.value.endswith("Model file: pre.safetensors.")
     kinds = [e.kind for e in events]
     assert kinds[0] == "stage" and "prepared" in kinds and kinds[-1] == "finished"
     assert [e.epoch for e in events if e.kind == "epoch"] == [1]  # the fine-tuning epoch ran
@@ -91,3 +92,39 @@ def test_a_pretrained_model_file_is_judged_and_fine_tuned_on_the_slide(st_viewer
     else:  # the classical estimate, said plainly
         assert is_classical_fallback(model)
         assert "did not improve" in widget._verdict.value and "classical estimate" in widget._verdict.value
+
+
+def test_a_refused_run_says_not_run_and_keeps_the_previous_verdict(st_viewer, qtbot, tmp_path):
+    """New-user trial: a reference equal to the slide left "preparing the slide ... 1/1" and
+    cleared the last verdict; the toast was cut at the reference's long path."""
+    widget = _dock(st_viewer)
+    run_to_end(widget, qtbot)
+    verdict = widget._verdict.value
+    assert verdict.startswith("Run 1")
+    itself = tmp_path / "a" / "long" / "folder" / "same.h5ad"
+    itself.parent.mkdir(parents=True)
+    actions.slide(st_viewer).adata.write_h5ad(itself)
+    widget._references.value = str(itself)
+    run_to_end(widget, qtbot)
+    status = widget._status.value
+    assert status.startswith("not run: ") and "slide being enhanced itself" in status, status
+    assert str(itself.parent) not in status and "same.h5ad" in status  # the reason, not the folder
+    assert status.endswith("Nothing changed.")
+    assert widget._verdict.value == verdict and widget._progress.value == 0
+    assert actions.slide(st_viewer).runs == 1
+
+
+def test_export_tab_names_the_model_and_reports_a_model_it_cannot_save(st_viewer, qtbot, tmp_path):
+    from napari_stentrans.synthetic import synthetic_slide
+
+    _, export = st_viewer.window.add_plugin_dock_widget("napari-stentrans", "Enhance & export")
+    assert export._status.value == "train or load a model, then export"
+    reference = tmp_path / "adjacent.h5ad"
+    synthetic_slide("square", n_genes=300, seed=1).write_h5ad(reference)
+    widget = _dock(st_viewer)
+    widget._references.value = str(reference)
+    run_to_end(widget, qtbot)
+    assert export._status.value.startswith("ready: run 1 (")
+    target = tmp_path / "model.safetensors"
+    export.save_model(target)  # a model fitted with references belongs to them: not saved
+    assert export._status.value.startswith("model not saved: ") and not target.exists()

@@ -65,7 +65,8 @@ def readable_error(exc: BaseException) -> str:
     """An error message with the reason first: a leading file path moves to the end, by name.
 
     ``"/very/long/path/slide.csv: no spots ..."`` becomes ``"no spots ... (slide.csv)"`` so that
-    a notification cut at its width still shows why.
+    a notification cut at its width still shows why; any other absolute path is shortened to
+    its last part (``"reference /data/151673/ is ..."`` -> ``"reference 151673 is ..."``).
     """
     import re
     from pathlib import PurePath
@@ -73,8 +74,9 @@ def readable_error(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     match = re.match(r"^\s*'?(/[^:']+|[A-Za-z]:\\[^:']+)'?:\s+(.+)$", text, flags=re.S)
     if match:
-        return f"{match.group(2)} ({PurePath(match.group(1)).name})"
-    return text
+        text = f"{match.group(2)} ({PurePath(match.group(1)).name})"
+    # any other absolute path in the text: its last part (a long folder pushes the reason out)
+    return re.sub(r"(?<![\w.~])/(?:[^\s:'\",;()/]+/)+([^\s:'\",;()/]+)/?", r"\1", text)
 
 
 def _notify_error(exc: BaseException) -> None:
@@ -659,7 +661,7 @@ class TrainWidget(_SlideWidget):
         self._stop_flag = threading.Event()
         self._plot.clear()
         self._status.value = f"starting the run on {job.adata.n_obs:,} spots..."
-        self._verdict.value = ""
+        self._last_verdict, self._verdict.value = self._verdict.value, ""
         self._progress.value = 0
         self._progress.native.setFormat("%p%")
         self._status.native.setMinimumHeight(0)  # see _never_shrink
@@ -668,9 +670,11 @@ class TrainWidget(_SlideWidget):
         )
         worker.yielded.connect(self._on_event)
         worker.returned.connect(
-            lambda result, sid=job.slide_id, genes=job.genes: self._on_result(sid, genes, result)
+            lambda result, sid=job.slide_id, genes=job.genes, model=job.model_path: self._on_result(
+                sid, genes, result, model
+            )
         )
-        worker.errored.connect(_notify_error)
+        worker.errored.connect(self._on_run_error)
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self._start.enabled, self._stop.enabled = False, True
@@ -716,9 +720,18 @@ class TrainWidget(_SlideWidget):
                 self._progress.value = self._progress.max
             self._status.value = f"training {event.kind} ({event.message})"
 
-    def _on_result(self, slide_id: str, genes: list[str], result) -> None:
+    def _on_run_error(self, exc: BaseException) -> None:
+        """A run that failed or was refused: say so where the progress was; nothing changed."""
+        self._progress.native.setFormat("%p%")
+        self._progress.value = 0
+        self._status.value = f"not run: {readable_error(exc)}. Nothing changed."
+        self._verdict.value = getattr(self, "_last_verdict", "")
+        _notify_error(exc)
+
+    def _on_result(self, slide_id: str, genes: list[str], result, model_path: Path | None = None) -> None:
         if result is None:
             self._status.value = "stopped: nothing changed"
+            self._verdict.value = getattr(self, "_last_verdict", "")
             return
         model, enhanced, layer_tuples = result
         if slide_id not in actions.slides(self._viewer):
@@ -733,7 +746,8 @@ class TrainWidget(_SlideWidget):
             + (f". Note: {warning}" if warning else "")
         )
         # the verdict has its own line: later status messages never replace it
-        self._verdict.value = f"Run {run}, {actions.run_verdict(model, enhanced)}"
+        source = f" Model file: {Path(model_path).name}." if model_path is not None else ""
+        self._verdict.value = f"Run {run}, {actions.run_verdict(model, enhanced)}{source}"
         self._add_next_layer()
 
     def _add_next_layer(self) -> None:
@@ -755,6 +769,9 @@ class TrainWidget(_SlideWidget):
     def _on_finished(self) -> None:
         self.worker = None
         self._start.enabled, self._stop.enabled = True, False
+
+
+HINT_NO_MODEL = "train or load a model, then export"
 
 
 class ExportWidget(_SlideWidget):
@@ -789,7 +806,7 @@ class ExportWidget(_SlideWidget):
         self._export_path = FileEdit(label="Export to", mode="w", filter="*.h5ad")
         self._export = PushButton(text="Export enhanced .h5ad")
         self._stop = PushButton(text="Stop", enabled=False)
-        self._status = _status_label(value="train or load a model, then export")
+        self._status = _status_label(value=HINT_NO_MODEL)
         self.extend(
             [
                 self._model_path,
@@ -813,6 +830,25 @@ class ExportWidget(_SlideWidget):
         self._stop.changed.connect(lambda _: self._stop_flag.set())
         self._stop_flag = threading.Event()
         self.worker = None
+        # a run adds layers: the hint then names the model that export would use
+        viewer.layers.events.inserted.connect(self._describe_model)
+        self._slide.changed.connect(self._describe_model)
+
+    def _describe_model(self, _event=None) -> None:
+        """The idle status: what export would write, or what to do first."""
+        idle_hint = self._status.value in ("", HINT_NO_MODEL) or self._status.value.startswith("ready: ")
+        if self.worker is not None or not idle_hint:
+            return  # the message of the user's last action stays
+        try:
+            info = actions.slide(self._viewer, self.slide_id)
+        except LookupError:
+            return
+        if info.model is None:
+            self._status.value = HINT_NO_MODEL
+            return
+        preset = info.model.describe().get("preset", getattr(info.model, "name", "model"))
+        label = actions.PRESET_LABELS.get(preset, preset)
+        self._status.value = f"ready: run {info.runs} ({label}) can be exported or saved"
 
     def refresh(self, _value=None) -> None:
         try:
@@ -853,12 +889,18 @@ class ExportWidget(_SlideWidget):
 
     def save_model(self, path) -> None:
         from ..core.checkpoint import save_model
+        from ..core.errors import StentransError
 
         info = actions.slide(self._viewer, self.slide_id)
         if info.model is None:
             _notify_error(RuntimeError("no trained model to save"))
             return
-        save_model(info.model, path)
+        try:
+            save_model(info.model, path)
+        except (StentransError, OSError, ValueError) as exc:  # e.g. a model fitted with references
+            self._status.value = f"model not saved: {readable_error(exc)}"
+            _notify_error(exc)
+            return
         self._status.value = f"saved {path}"
 
     def load_model(self, path) -> None:
