@@ -172,6 +172,32 @@ def _fresh_state() -> dict[str, torch.Tensor]:
     return StEnTransViT(tiny_config(**DDP_OPTIONS).network).state_dict()
 
 
+def test_judging_a_pretrained_model_calls_its_base_the_classical_base(slides, pretrained):
+    """The CLI prints the prepared line before "classical estimate chosen on this slide: ...":
+    the network's base (chosen for the network) must not read as a second, contradicting estimate."""
+    from napari_stentrans.core.pretrain import finetune_events
+
+    model, _ = pretrained
+    events = finetune_events(model, Slide.from_adata(slides[0]), 0, "cpu")
+    prepared = next(e for e in events if e.kind == "prepared").message
+    assert "; classical base: rank " in prepared and "classical estimate" not in prepared
+
+
+def test_cli_finetune_without_model_says_it_needs_one_and_a_negative_count_says_so(tmp_path, capsys):
+    slide = tmp_path / "s.h5ad"
+    _slide(8, 8, 0, "A").write_h5ad(slide)
+    code = main(["enhance", str(slide), "-o", str(tmp_path / "o.h5ad"), "--finetune", "2"])
+    assert code == 2
+    assert capsys.readouterr().err.startswith("stentrans: error: --finetune needs --model")
+    fake_model = tmp_path / "m.safetensors"
+    fake_model.write_bytes(b"x")
+    args = ["enhance", str(slide), "-o", str(tmp_path / "o.h5ad"), "--model", str(fake_model)]
+    assert main([*args, "--finetune", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert err == "stentrans: error: --finetune: -1 is not a number of epochs (>= 0)\n"
+    assert not (tmp_path / "o.h5ad").exists()
+
+
 # ----------------------------------------------------------------------------- command line
 
 

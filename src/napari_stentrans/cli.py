@@ -440,8 +440,10 @@ def cmd_enhance(args: argparse.Namespace) -> int:
         raise CliError("--model applies a fitted model: --epochs/--train-genes/--seed do not apply")
     if args.model is None and args.keep_classical:
         raise CliError("--keep-classical applies to a model given with --model")
-    if args.finetune is not None and (args.model is None or args.finetune < 0):
-        raise CliError("--finetune: a number of epochs >= 0 for a model given with --model")
+    if args.finetune is not None and args.model is None:
+        raise CliError("--finetune needs --model: it fine-tunes a saved (pretrained) model on this slide")
+    if args.finetune is not None and args.finetune < 0:
+        raise CliError(f"--finetune: {args.finetune} is not a number of epochs (>= 0)")
     from .core.config import Runtime, preset
 
     device = Runtime(device=args.device or "auto").device
