@@ -363,3 +363,52 @@ def test_library_on_a_visium_hd_top_folder_still_names_its_bin_folders(tmp_path,
     code, _, err = run_cli(["info", tmp_path / "outs", "--library", "anything"], capsys)
     assert code == 2
     assert "a Visium HD output" in one_error_line(err) and "binned_outputs/square_016um" in err
+
+
+# ----------------------------------------------------------------------------- new-user trial
+
+
+def _cli_process(args, stdout):
+    """``python -m napari_stentrans.cli ARGS`` with this checkout's source, stderr captured."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src}
+    command = [sys.executable, "-m", "napari_stentrans.cli", *map(str, args)]
+    return subprocess.Popen(command, env=env, stdout=stdout, stderr=subprocess.PIPE)
+
+
+def test_info_into_a_reader_that_left_ends_quietly(tmp_path):
+    """``stentrans info SLIDE | head -1``: the reader leaves; no traceback, exit 141 (as SIGPIPE)."""
+    import os
+
+    r, c = block_sites("square", 6, 6)
+    make_slide(r, c, "square").write_h5ad(tmp_path / "s.h5ad")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has left before the first line: the write must fail (EPIPE)
+    try:
+        proc = _cli_process(["info", tmp_path / "s.h5ad"], write_end)
+    finally:
+        os.close(write_end)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141, err
+    assert err == b""
+
+
+def test_info_read_one_line_through_a_real_pipe_then_closed(tmp_path):
+    """The ``head -1`` pattern itself: read one line, close; the first line is the path, and
+    whether the rest was still being written or not, no traceback."""
+    import subprocess
+
+    r, c = block_sites("square", 6, 6)
+    make_slide(r, c, "square").write_h5ad(tmp_path / "s.h5ad")
+    proc = _cli_process(["info", tmp_path / "s.h5ad"], subprocess.PIPE)
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.wait(timeout=120)
+    assert first == f"path:      {tmp_path / 's.h5ad'}\n".encode()
+    assert proc.returncode in (0, 141) and b"Traceback" not in err and b"BrokenPipe" not in err

@@ -3,7 +3,8 @@
 Every problem the user can fix (a :class:`~.core.errors.StentransError`: bad input file, invalid
 option, unusable model, unavailable device, ...) prints one line ``stentrans: error: ...`` naming
 the file or option and the problem, exits with status 2 and writes nothing. Ctrl-C or a stop
-exits 130, SIGTERM 143, and both write nothing (temporaries removed, previous outputs kept). Anything else is a bug: it keeps its traceback (exit 1).
+exits 130, SIGTERM 143, and both write nothing (temporaries removed, previous outputs kept). A reader
+that leaves early (``| head -1``) ends the command quietly (exit 141, as a SIGPIPE would). Anything else is a bug: it keeps its traceback (exit 1).
 
 ``stentrans --help`` and ``stentrans info`` import no torch: only learned models need it.
 """
@@ -25,6 +26,7 @@ from .core.errors import InputError
 EXIT_INPUT = 2
 EXIT_INTERRUPT = 130
 EXIT_TERMINATED = 143  # 128 + SIGTERM, what shells report for a terminated command
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what shells report for a writer whose reader left
 MODEL_SUFFIX = ".safetensors"
 TABLE_HELP = "the table to read from a SpatialData store that holds several"
 
@@ -976,7 +978,15 @@ def main(argv: list[str] | None = None) -> int:
         warnings.showwarning = _show_warning
         previous = _handle_sigterm()
         try:
-            return handlers[args.command](args)
+            code = handlers[args.command](args)
+            sys.stdout.flush()  # here, not at exit: a closed pipe is then caught below
+            return code
+        except BrokenPipeError:
+            # the reader left (``stentrans info SLIDE | head -1``): quiet, as Unix tools are. Python's
+            # recipe: stdout to devnull, so the flush at exit does not raise again
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return EXIT_BROKEN_PIPE
         except StentransError as exc:
             print(f"stentrans: error: {exc}", file=sys.stderr)
             if argv is None and isinstance(exc, WriteError):
