@@ -210,6 +210,38 @@ def test_cli_finetune_needs_a_model(tmp_path, capsys):
     assert not (tmp_path / "o.h5ad").exists()
 
 
+def test_cli_pretrain_refuses_the_same_slide_twice_naming_both_paths(tmp_path, capsys):
+    """One path twice, or two files of identical content, is one slide: refused before training
+    (as enhance --reference refuses the slide itself), naming both paths; nothing written."""
+    import shutil
+
+    first, copy = tmp_path / "a.h5ad", tmp_path / "copy_of_a.h5ad"
+    _slide(12, 14, 0, "A").write_h5ad(first)
+    shutil.copy(first, copy)
+    out = tmp_path / "m.safetensors"
+    for paths in ([first, first], [first, copy]):
+        code = main(["pretrain", *map(str, paths), "-o", str(out), "--epochs", "1", "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1, err
+        assert err.startswith(f"stentrans: error: {paths[0]} and {paths[1]} are the same slide (fingerprint ")
+        assert not out.exists()
+
+
+def test_pretrain_refuses_the_same_slide_twice_in_python(slides):
+    with pytest.raises(InputError, match=r"^A.h5ad and A.h5ad are the same slide"):
+        pretrain([slides[0], slides[1], slides[0]], tiny_config(), device="cpu")
+
+
+def test_cli_pretrain_on_one_slide_says_slide_not_slides(tmp_path, capsys):
+    slide, out = tmp_path / "a.h5ad", tmp_path / "m.safetensors"
+    _slide(12, 14, 0, "A").write_h5ad(slide)
+    args = ["--epochs", "1", "--train-genes", "16", "--device", "cpu", "--quiet"]
+    assert main(["pretrain", str(slide), "-o", str(out), *args]) == 0
+    assert f"wrote {out}: a correction network pretrained on 1 slide ({slide}); best epoch" in (
+        capsys.readouterr().out
+    )
+
+
 def test_cli_pretrain_refuses_mixed_lattices(tmp_path, capsys):
     square, hexagonal = tmp_path / "sq.h5ad", tmp_path / "hex.h5ad"
     _slide(8, 8, 0, "A").write_h5ad(square)

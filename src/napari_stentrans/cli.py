@@ -692,8 +692,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         best = int(history["best_epoch"][0])
         val = history["val_loss"]
         print(
-            f"wrote {args.output}: a correction network pretrained on {len(slides)} slides "
-            f"({', '.join(s['name'] for s in model.pretrained_on)})"
+            f"wrote {args.output}: a correction network pretrained on {len(slides)} "
+            + ("slide " if len(slides) == 1 else "slides ")
+            + f"({', '.join(s['name'] for s in model.pretrained_on)})"
             + (f" by {world} processes" if world > 1 else "")
             + f"; best epoch {best}, held-out loss {val[0]:.4f} (classical estimate) -> {val[best]:.4f}"
         )
