@@ -412,3 +412,37 @@ def test_info_read_one_line_through_a_real_pipe_then_closed(tmp_path):
     proc.wait(timeout=120)
     assert first == f"path:      {tmp_path / 's.h5ad'}\n".encode()
     assert proc.returncode in (0, 141) and b"Traceback" not in err and b"BrokenPipe" not in err
+
+
+def _slide_with_symbols(n_genes: int = 24) -> ad.AnnData:
+    r, c = block_sites("square", 8, 8)
+    adata = make_slide(r, c, "square", n_genes=n_genes)
+    adata.var_names = ["MBP", "PCP4", "GFAP", *(f"GENE{g}" for g in range(3, n_genes))]
+    return adata
+
+
+@pytest.mark.parametrize("from_file", [False, True])
+def test_unknown_genes_name_the_option_and_the_name_meant(tmp_path, capsys, from_file):
+    """``--genes mbp,PCP44``: the error names --genes (or its @FILE) and suggests MBP (same name in
+    another case) and PCP4 (closest spelling); a name like no gene gets no suggestion."""
+    _slide_with_symbols().write_h5ad(tmp_path / "s.h5ad")
+    spec = "mbp,PCP44,XYZZY"
+    if from_file:
+        (tmp_path / "genes.txt").write_text(spec.replace(",", "\n"))
+        spec = f"@{tmp_path / 'genes.txt'}"
+    out = tmp_path / "o.h5ad"
+    code, _, err = run_cli(["enhance", tmp_path / "s.h5ad", "-o", out, "--genes", spec, "--quiet"], capsys)
+    assert code == 2 and not out.exists()
+    assert one_error_line(err) == (
+        f"stentrans: error: --genes{' ' + spec if from_file else ''}: 3 requested gene(s) not in the "
+        "slide, e.g. 'mbp' (did you mean 'MBP'? gene names are case-sensitive), 'PCP44' (did you mean "
+        "'PCP4'?), 'XYZZY'"
+    )
+
+
+def test_unknown_genes_suggest_the_name_meant_in_python_too():
+    from napari_stentrans import enhance
+    from napari_stentrans.core.errors import InputError
+
+    with pytest.raises(InputError, match=r"e\.g\. 'gfap' \(did you mean 'GFAP'\? gene names are case"):
+        enhance(_slide_with_symbols(), genes=["gfap"])

@@ -481,7 +481,13 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     min_detection = model.min_detection if model is not None else config.data.min_detection
     if genes == "all":
         genes = list(slide.genes)
-    gene_idx = slide.gene_indices(genes, min_detection)  # unknown genes fail here, not after training
+    try:
+        gene_idx = slide.gene_indices(genes, min_detection)  # unknown genes fail here, not after training
+    except InputError as exc:  # name the option (and the list file) the genes came from
+        if args.genes is None:
+            raise
+        given = args.genes.strip()
+        raise CliError(f"--genes{' ' + given if given.startswith('@') else ''}: {exc}") from exc
     _check_free_space(args, slide, len(gene_idx))
     stop = threading.Event()
     trainer = None
