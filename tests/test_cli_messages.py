@@ -446,3 +446,57 @@ def test_unknown_genes_suggest_the_name_meant_in_python_too():
 
     with pytest.raises(InputError, match=r"e\.g\. 'gfap' \(did you mean 'GFAP'\? gene names are case"):
         enhance(_slide_with_symbols(), genes=["gfap"])
+
+
+def test_every_reference_error_starts_with_the_option_and_its_path(tmp_path, capsys):
+    """Missing, unreadable, another lattice, the slide itself: ``--reference PATH: ...``, one
+    line, exit 2, nothing written."""
+    slide = tmp_path / "slide.h5ad"
+    make_slide(*block_sites("hex", 10, 16), "hex").write_h5ad(slide)
+    square, garbage = tmp_path / "square.h5ad", tmp_path / "garbage.h5ad"
+    make_slide(*block_sites("square", 8, 8), "square").write_h5ad(square)
+    garbage.write_text("not a slide\n")
+    cases = {
+        tmp_path / "missing.h5ad": "no such file or folder",
+        garbage: "cannot be read",
+        square: "on a square lattice but the slide is hex: give reference slides of the same technology",
+        slide: "the slide being enhanced itself (same fingerprint ",
+    }
+    out = tmp_path / "o.h5ad"
+    for reference, problem in cases.items():
+        args = ["enhance", slide, "-o", out, "--reference", reference, "--quiet"]
+        code, stdout, err = run_cli(args, capsys)
+        assert code == 2 and stdout == ""
+        assert one_error_line(err).startswith(f"stentrans: error: --reference {reference}: {problem}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["garbage.h5ad", "slide.h5ad", "square.h5ad"]
+
+
+def test_reference_errors_in_python_name_the_reference_once():
+    from napari_stentrans import enhance
+    from napari_stentrans.core.errors import InputError
+
+    square = make_slide(*block_sites("square", 8, 8), "square")
+    with pytest.raises(InputError, match=r"^reference 1: on a square lattice but the slide is hex"):
+        enhance(make_slide(*block_sites("hex", 10, 16), "hex"), reference=[square])
+
+
+def test_evaluate_refuses_a_near_copy_reference_before_printing_anything(tmp_path, capsys):
+    """The table header came out on stdout before the (correct) refusal: nothing on stdout now."""
+    adata = make_slide(*block_sites("square", 16, 18), "square", n_genes=60)
+    adata.write_h5ad(tmp_path / "s.h5ad")
+    near_copy = adata.copy()
+    near_copy.obs_names = [f"x{i}" for i in range(adata.n_obs)]  # same spots under other barcodes
+    near_copy = near_copy[: adata.n_obs - 3].copy()
+    near_copy.write_h5ad(tmp_path / "near.h5ad")
+    report = tmp_path / "r.json"
+    code, stdout, err = run_cli(
+        ["evaluate", tmp_path / "s.h5ad", "--methods", "default", "--reference", tmp_path / "near.h5ad"]
+        + ["--json", report],
+        capsys,
+    )
+    assert code == 2 and stdout == ""
+    assert one_error_line(err).startswith(
+        f"stentrans: error: --reference {tmp_path / 'near.h5ad'}: holds {adata.n_obs - 3} of the evaluated "
+        "slide's spots"
+    )
+    assert not report.exists()

@@ -224,13 +224,28 @@ REFERENCE_HELP = (
 
 
 def _read_references(paths: list[Path]) -> list:
-    """The reference slides named by ``--reference`` (each read as a whole file or folder)."""
+    """The reference slides named by ``--reference`` (each read as a whole file or folder).
+
+    Raises
+    ------
+    ReferenceSlideError
+        A missing or unreadable reference, named by its path (``--reference PATH: ...``).
+    """
+    from .core.errors import ReferenceSlideError, StentransError
     from .core.io import read
 
     for path in paths:
         if not Path(path).exists():
-            raise CliError(f"--reference: {path}: no such file or folder")
-    return [read(path) for path in paths]
+            raise ReferenceSlideError(str(path), "no such file or folder")
+    slides = []
+    for path in paths:
+        try:
+            slides.append(read(path))
+        except StentransError as exc:
+            text = str(exc)
+            problem = text[len(f"{path}: ") :] if text.startswith(f"{path}: ") else text
+            raise ReferenceSlideError(str(path), problem) from exc
+    return slides
 
 
 def _version() -> str:
@@ -769,10 +784,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     labels = _read_labels(args.labels, adata) if args.labels is not None else None
     reference = _read_references(references) if references else None
     ari = labels is not None
-    print(
+    header = (
         f"{'method':22s} {'median r':>9s} {'r (norm)':>9s} {'gene-specific r':>16s} {'co-expr r':>10s} "
         f"{'PC1 share':>10s} {'eff. rank':>10s}" + (f" {'ARI':>6s}" if ari else "") + f" {'seconds':>8s}"
     )
+    # printed with the first row: evaluate() checks everything (references included) before
+    # scoring, and a refusal must not follow half a table on stdout
+    pending_header = [header]
 
     def row(name: str, s: dict) -> str:
         return (
@@ -782,6 +800,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
 
     def show(name: str, s: dict) -> None:
+        while pending_header:
+            print(pending_header.pop())
         print(row(name, s) + f" {s['seconds']:8.1f}", flush=True)
 
     report = evaluate(
@@ -799,6 +819,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         reference_names=[str(p) for p in references] or None,
     )
     truth = report["truth"]
+    while pending_header:  # no method row was shown
+        print(pending_header.pop())
     print(
         f"{'measured (truth)':22s} {'':9s} {'':9s} {'':16s} {'':10s} {truth['pc1_share']:10.2f} "
         f"{truth['effective_rank']:10.1f}" + (f" {truth['ari']:6.3f}" if ari else "")
@@ -995,7 +1017,7 @@ def main(argv: list[str] | None = None) -> int:
             os.dup2(devnull, sys.stdout.fileno())
             return EXIT_BROKEN_PIPE
         except StentransError as exc:
-            print(f"stentrans: error: {exc}", file=sys.stderr)
+            print(f"stentrans: error: {_error_text(exc)}", file=sys.stderr)
             if argv is None and isinstance(exc, WriteError):
                 # HDF5 cannot close a file whose writes failed (full disk): h5py's finalizers then
                 # print pages of "Exception ignored" and can crash the interpreter at exit (exit 139).
@@ -1015,6 +1037,15 @@ def main(argv: list[str] | None = None) -> int:
                 import signal
 
                 signal.signal(signal.SIGTERM, previous)
+
+
+def _error_text(exc: Exception) -> str:
+    """An engine error in the CLI's words: a reference slide's starts ``--reference PATH:``."""
+    from .core.errors import ReferenceSlideError
+
+    if isinstance(exc, ReferenceSlideError):
+        return f"--reference{'' if exc.name is None else ' ' + exc.name}: {exc.problem}"
+    return str(exc)
 
 
 _default_showwarning = warnings.showwarning
