@@ -363,3 +363,140 @@ def test_library_on_a_visium_hd_top_folder_still_names_its_bin_folders(tmp_path,
     code, _, err = run_cli(["info", tmp_path / "outs", "--library", "anything"], capsys)
     assert code == 2
     assert "a Visium HD output" in one_error_line(err) and "binned_outputs/square_016um" in err
+
+
+# ----------------------------------------------------------------------------- new-user trial
+
+
+def _cli_process(args, stdout):
+    """``python -m napari_stentrans.cli ARGS`` with this checkout's source, stderr captured."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src}
+    command = [sys.executable, "-m", "napari_stentrans.cli", *map(str, args)]
+    return subprocess.Popen(command, env=env, stdout=stdout, stderr=subprocess.PIPE)
+
+
+def test_info_into_a_reader_that_left_ends_quietly(tmp_path):
+    """``stentrans info SLIDE | head -1``: the reader leaves; no traceback, exit 141 (as SIGPIPE)."""
+    import os
+
+    r, c = block_sites("square", 6, 6)
+    make_slide(r, c, "square").write_h5ad(tmp_path / "s.h5ad")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has left before the first line: the write must fail (EPIPE)
+    try:
+        proc = _cli_process(["info", tmp_path / "s.h5ad"], write_end)
+    finally:
+        os.close(write_end)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141, err
+    assert err == b""
+
+
+def test_info_read_one_line_through_a_real_pipe_then_closed(tmp_path):
+    """The ``head -1`` pattern itself: read one line, close; the first line is the path, and
+    whether the rest was still being written or not, no traceback."""
+    import subprocess
+
+    r, c = block_sites("square", 6, 6)
+    make_slide(r, c, "square").write_h5ad(tmp_path / "s.h5ad")
+    proc = _cli_process(["info", tmp_path / "s.h5ad"], subprocess.PIPE)
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.wait(timeout=120)
+    assert first == f"path:      {tmp_path / 's.h5ad'}\n".encode()
+    assert proc.returncode in (0, 141) and b"Traceback" not in err and b"BrokenPipe" not in err
+
+
+def _slide_with_symbols(n_genes: int = 24) -> ad.AnnData:
+    r, c = block_sites("square", 8, 8)
+    adata = make_slide(r, c, "square", n_genes=n_genes)
+    adata.var_names = ["MBP", "PCP4", "GFAP", *(f"GENE{g}" for g in range(3, n_genes))]
+    return adata
+
+
+@pytest.mark.parametrize("from_file", [False, True])
+def test_unknown_genes_name_the_option_and_the_name_meant(tmp_path, capsys, from_file):
+    """``--genes mbp,PCP44``: the error names --genes (or its @FILE) and suggests MBP (same name in
+    another case) and PCP4 (closest spelling); a name like no gene gets no suggestion."""
+    _slide_with_symbols().write_h5ad(tmp_path / "s.h5ad")
+    spec = "mbp,PCP44,XYZZY"
+    if from_file:
+        (tmp_path / "genes.txt").write_text(spec.replace(",", "\n"))
+        spec = f"@{tmp_path / 'genes.txt'}"
+    out = tmp_path / "o.h5ad"
+    code, _, err = run_cli(["enhance", tmp_path / "s.h5ad", "-o", out, "--genes", spec, "--quiet"], capsys)
+    assert code == 2 and not out.exists()
+    assert one_error_line(err) == (
+        f"stentrans: error: --genes{' ' + spec if from_file else ''}: 3 requested gene(s) not in the "
+        "slide, e.g. 'mbp' (did you mean 'MBP'? gene names are case-sensitive), 'PCP44' (did you mean "
+        "'PCP4'?), 'XYZZY'"
+    )
+
+
+def test_unknown_genes_suggest_the_name_meant_in_python_too():
+    from napari_stentrans import enhance
+    from napari_stentrans.core.errors import InputError
+
+    with pytest.raises(InputError, match=r"e\.g\. 'gfap' \(did you mean 'GFAP'\? gene names are case"):
+        enhance(_slide_with_symbols(), genes=["gfap"])
+
+
+def test_every_reference_error_starts_with_the_option_and_its_path(tmp_path, capsys):
+    """Missing, unreadable, another lattice, the slide itself: ``--reference PATH: ...``, one
+    line, exit 2, nothing written."""
+    slide = tmp_path / "slide.h5ad"
+    make_slide(*block_sites("hex", 10, 16), "hex").write_h5ad(slide)
+    square, garbage = tmp_path / "square.h5ad", tmp_path / "garbage.h5ad"
+    make_slide(*block_sites("square", 8, 8), "square").write_h5ad(square)
+    garbage.write_text("not a slide\n")
+    cases = {
+        tmp_path / "missing.h5ad": "no such file or folder",
+        garbage: "cannot be read",
+        square: "on a square lattice but the slide is hex: give reference slides of the same technology",
+        slide: "the slide being enhanced itself (same fingerprint ",
+    }
+    out = tmp_path / "o.h5ad"
+    for reference, problem in cases.items():
+        args = ["enhance", slide, "-o", out, "--reference", reference, "--quiet"]
+        code, stdout, err = run_cli(args, capsys)
+        assert code == 2 and stdout == ""
+        assert one_error_line(err).startswith(f"stentrans: error: --reference {reference}: {problem}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["garbage.h5ad", "slide.h5ad", "square.h5ad"]
+
+
+def test_reference_errors_in_python_name_the_reference_once():
+    from napari_stentrans import enhance
+    from napari_stentrans.core.errors import InputError
+
+    square = make_slide(*block_sites("square", 8, 8), "square")
+    with pytest.raises(InputError, match=r"^reference 1: on a square lattice but the slide is hex"):
+        enhance(make_slide(*block_sites("hex", 10, 16), "hex"), reference=[square])
+
+
+def test_evaluate_refuses_a_near_copy_reference_before_printing_anything(tmp_path, capsys):
+    """The table header came out on stdout before the (correct) refusal: nothing on stdout now."""
+    adata = make_slide(*block_sites("square", 16, 18), "square", n_genes=60)
+    adata.write_h5ad(tmp_path / "s.h5ad")
+    near_copy = adata.copy()
+    near_copy.obs_names = [f"x{i}" for i in range(adata.n_obs)]  # same spots under other barcodes
+    near_copy = near_copy[: adata.n_obs - 3].copy()
+    near_copy.write_h5ad(tmp_path / "near.h5ad")
+    report = tmp_path / "r.json"
+    code, stdout, err = run_cli(
+        ["evaluate", tmp_path / "s.h5ad", "--methods", "default", "--reference", tmp_path / "near.h5ad"]
+        + ["--json", report],
+        capsys,
+    )
+    assert code == 2 and stdout == ""
+    assert one_error_line(err).startswith(
+        f"stentrans: error: --reference {tmp_path / 'near.h5ad'}: holds {adata.n_obs - 3} of the evaluated "
+        "slide's spots"
+    )
+    assert not report.exists()

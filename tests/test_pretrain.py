@@ -172,6 +172,32 @@ def _fresh_state() -> dict[str, torch.Tensor]:
     return StEnTransViT(tiny_config(**DDP_OPTIONS).network).state_dict()
 
 
+def test_judging_a_pretrained_model_calls_its_base_the_classical_base(slides, pretrained):
+    """The CLI prints the prepared line before "classical estimate chosen on this slide: ...":
+    the network's base (chosen for the network) must not read as a second, contradicting estimate."""
+    from napari_stentrans.core.pretrain import finetune_events
+
+    model, _ = pretrained
+    events = finetune_events(model, Slide.from_adata(slides[0]), 0, "cpu")
+    prepared = next(e for e in events if e.kind == "prepared").message
+    assert "; classical base: rank " in prepared and "classical estimate" not in prepared
+
+
+def test_cli_finetune_without_model_says_it_needs_one_and_a_negative_count_says_so(tmp_path, capsys):
+    slide = tmp_path / "s.h5ad"
+    _slide(8, 8, 0, "A").write_h5ad(slide)
+    code = main(["enhance", str(slide), "-o", str(tmp_path / "o.h5ad"), "--finetune", "2"])
+    assert code == 2
+    assert capsys.readouterr().err.startswith("stentrans: error: --finetune needs --model")
+    fake_model = tmp_path / "m.safetensors"
+    fake_model.write_bytes(b"x")
+    args = ["enhance", str(slide), "-o", str(tmp_path / "o.h5ad"), "--model", str(fake_model)]
+    assert main([*args, "--finetune", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert err == "stentrans: error: --finetune: -1 is not a number of epochs (>= 0)\n"
+    assert not (tmp_path / "o.h5ad").exists()
+
+
 # ----------------------------------------------------------------------------- command line
 
 
@@ -182,6 +208,38 @@ def test_cli_finetune_needs_a_model(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("stentrans: error: --finetune") and err.count("\n") == 1
     assert not (tmp_path / "o.h5ad").exists()
+
+
+def test_cli_pretrain_refuses_the_same_slide_twice_naming_both_paths(tmp_path, capsys):
+    """One path twice, or two files of identical content, is one slide: refused before training
+    (as enhance --reference refuses the slide itself), naming both paths; nothing written."""
+    import shutil
+
+    first, copy = tmp_path / "a.h5ad", tmp_path / "copy_of_a.h5ad"
+    _slide(12, 14, 0, "A").write_h5ad(first)
+    shutil.copy(first, copy)
+    out = tmp_path / "m.safetensors"
+    for paths in ([first, first], [first, copy]):
+        code = main(["pretrain", *map(str, paths), "-o", str(out), "--epochs", "1", "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1, err
+        assert err.startswith(f"stentrans: error: {paths[0]} and {paths[1]} are the same slide (fingerprint ")
+        assert not out.exists()
+
+
+def test_pretrain_refuses_the_same_slide_twice_in_python(slides):
+    with pytest.raises(InputError, match=r"^A.h5ad and A.h5ad are the same slide"):
+        pretrain([slides[0], slides[1], slides[0]], tiny_config(), device="cpu")
+
+
+def test_cli_pretrain_on_one_slide_says_slide_not_slides(tmp_path, capsys):
+    slide, out = tmp_path / "a.h5ad", tmp_path / "m.safetensors"
+    _slide(12, 14, 0, "A").write_h5ad(slide)
+    args = ["--epochs", "1", "--train-genes", "16", "--device", "cpu", "--quiet"]
+    assert main(["pretrain", str(slide), "-o", str(out), *args]) == 0
+    assert f"wrote {out}: a correction network pretrained on 1 slide ({slide}); best epoch" in (
+        capsys.readouterr().out
+    )
 
 
 def test_cli_pretrain_refuses_mixed_lattices(tmp_path, capsys):

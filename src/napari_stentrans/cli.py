@@ -3,7 +3,8 @@
 Every problem the user can fix (a :class:`~.core.errors.StentransError`: bad input file, invalid
 option, unusable model, unavailable device, ...) prints one line ``stentrans: error: ...`` naming
 the file or option and the problem, exits with status 2 and writes nothing. Ctrl-C or a stop
-exits 130, SIGTERM 143, and both write nothing (temporaries removed, previous outputs kept). Anything else is a bug: it keeps its traceback (exit 1).
+exits 130, SIGTERM 143, and both write nothing (temporaries removed, previous outputs kept). A reader
+that leaves early (``| head -1``) ends the command quietly (exit 141, as a SIGPIPE would). Anything else is a bug: it keeps its traceback (exit 1).
 
 ``stentrans --help`` and ``stentrans info`` import no torch: only learned models need it.
 """
@@ -25,6 +26,7 @@ from .core.errors import InputError
 EXIT_INPUT = 2
 EXIT_INTERRUPT = 130
 EXIT_TERMINATED = 143  # 128 + SIGTERM, what shells report for a terminated command
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what shells report for a writer whose reader left
 MODEL_SUFFIX = ".safetensors"
 TABLE_HELP = "the table to read from a SpatialData store that holds several"
 
@@ -222,13 +224,28 @@ REFERENCE_HELP = (
 
 
 def _read_references(paths: list[Path]) -> list:
-    """The reference slides named by ``--reference`` (each read as a whole file or folder)."""
+    """The reference slides named by ``--reference`` (each read as a whole file or folder).
+
+    Raises
+    ------
+    ReferenceSlideError
+        A missing or unreadable reference, named by its path (``--reference PATH: ...``).
+    """
+    from .core.errors import ReferenceSlideError, StentransError
     from .core.io import read
 
     for path in paths:
         if not Path(path).exists():
-            raise CliError(f"--reference: {path}: no such file or folder")
-    return [read(path) for path in paths]
+            raise ReferenceSlideError(str(path), "no such file or folder")
+    slides = []
+    for path in paths:
+        try:
+            slides.append(read(path))
+        except StentransError as exc:
+            text = str(exc)
+            problem = text[len(f"{path}: ") :] if text.startswith(f"{path}: ") else text
+            raise ReferenceSlideError(str(path), problem) from exc
+    return slides
 
 
 def _version() -> str:
@@ -440,8 +457,10 @@ def cmd_enhance(args: argparse.Namespace) -> int:
         raise CliError("--model applies a fitted model: --epochs/--train-genes/--seed do not apply")
     if args.model is None and args.keep_classical:
         raise CliError("--keep-classical applies to a model given with --model")
-    if args.finetune is not None and (args.model is None or args.finetune < 0):
-        raise CliError("--finetune: a number of epochs >= 0 for a model given with --model")
+    if args.finetune is not None and args.model is None:
+        raise CliError("--finetune needs --model: it fine-tunes a saved (pretrained) model on this slide")
+    if args.finetune is not None and args.finetune < 0:
+        raise CliError(f"--finetune: {args.finetune} is not a number of epochs (>= 0)")
     from .core.config import Runtime, preset
 
     device = Runtime(device=args.device or "auto").device
@@ -477,7 +496,13 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     min_detection = model.min_detection if model is not None else config.data.min_detection
     if genes == "all":
         genes = list(slide.genes)
-    gene_idx = slide.gene_indices(genes, min_detection)  # unknown genes fail here, not after training
+    try:
+        gene_idx = slide.gene_indices(genes, min_detection)  # unknown genes fail here, not after training
+    except InputError as exc:  # name the option (and the list file) the genes came from
+        if args.genes is None:
+            raise
+        given = args.genes.strip()
+        raise CliError(f"--genes{' ' + given if given.startswith('@') else ''}: {exc}") from exc
     _check_free_space(args, slide, len(gene_idx))
     stop = threading.Event()
     trainer = None
@@ -688,8 +713,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         best = int(history["best_epoch"][0])
         val = history["val_loss"]
         print(
-            f"wrote {args.output}: a correction network pretrained on {len(slides)} slides "
-            f"({', '.join(s['name'] for s in model.pretrained_on)})"
+            f"wrote {args.output}: a correction network pretrained on {len(slides)} "
+            + ("slide " if len(slides) == 1 else "slides ")
+            + f"({', '.join(s['name'] for s in model.pretrained_on)})"
             + (f" by {world} processes" if world > 1 else "")
             + f"; best epoch {best}, held-out loss {val[0]:.4f} (classical estimate) -> {val[best]:.4f}"
         )
@@ -758,10 +784,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     labels = _read_labels(args.labels, adata) if args.labels is not None else None
     reference = _read_references(references) if references else None
     ari = labels is not None
-    print(
+    header = (
         f"{'method':22s} {'median r':>9s} {'r (norm)':>9s} {'gene-specific r':>16s} {'co-expr r':>10s} "
         f"{'PC1 share':>10s} {'eff. rank':>10s}" + (f" {'ARI':>6s}" if ari else "") + f" {'seconds':>8s}"
     )
+    # printed with the first row: evaluate() checks everything (references included) before
+    # scoring, and a refusal must not follow half a table on stdout
+    pending_header = [header]
 
     def row(name: str, s: dict) -> str:
         return (
@@ -771,6 +800,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
 
     def show(name: str, s: dict) -> None:
+        while pending_header:
+            print(pending_header.pop())
         print(row(name, s) + f" {s['seconds']:8.1f}", flush=True)
 
     report = evaluate(
@@ -788,6 +819,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         reference_names=[str(p) for p in references] or None,
     )
     truth = report["truth"]
+    while pending_header:  # no method row was shown
+        print(pending_header.pop())
     print(
         f"{'measured (truth)':22s} {'':9s} {'':9s} {'':16s} {'':10s} {truth['pc1_share']:10.2f} "
         f"{truth['effective_rank']:10.1f}" + (f" {truth['ari']:6.3f}" if ari else "")
@@ -974,9 +1007,17 @@ def main(argv: list[str] | None = None) -> int:
         warnings.showwarning = _show_warning
         previous = _handle_sigterm()
         try:
-            return handlers[args.command](args)
+            code = handlers[args.command](args)
+            sys.stdout.flush()  # here, not at exit: a closed pipe is then caught below
+            return code
+        except BrokenPipeError:
+            # the reader left (``stentrans info SLIDE | head -1``): quiet, as Unix tools are. Python's
+            # recipe: stdout to devnull, so the flush at exit does not raise again
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return EXIT_BROKEN_PIPE
         except StentransError as exc:
-            print(f"stentrans: error: {exc}", file=sys.stderr)
+            print(f"stentrans: error: {_error_text(exc)}", file=sys.stderr)
             if argv is None and isinstance(exc, WriteError):
                 # HDF5 cannot close a file whose writes failed (full disk): h5py's finalizers then
                 # print pages of "Exception ignored" and can crash the interpreter at exit (exit 139).
@@ -996,6 +1037,15 @@ def main(argv: list[str] | None = None) -> int:
                 import signal
 
                 signal.signal(signal.SIGTERM, previous)
+
+
+def _error_text(exc: Exception) -> str:
+    """An engine error in the CLI's words: a reference slide's starts ``--reference PATH:``."""
+    from .core.errors import ReferenceSlideError
+
+    if isinstance(exc, ReferenceSlideError):
+        return f"--reference{'' if exc.name is None else ' ' + exc.name}: {exc.problem}"
+    return str(exc)
 
 
 _default_showwarning = warnings.showwarning

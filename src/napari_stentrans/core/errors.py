@@ -45,6 +45,24 @@ class InputError(StentransError, ValueError):
     """A request that cannot be met: unknown genes, a bad mask, an output that would replace an input."""
 
 
+class ReferenceSlideError(InputError):
+    """A reference slide (``reference=``, ``--reference``) that cannot be used.
+
+    ``name`` is the reference as given (its path on the command line, ``reference N`` by
+    default), or None when the problem concerns the references together; ``problem`` says what
+    is wrong and what to do. The CLI prints ``--reference NAME: PROBLEM``.
+    """
+
+    def __init__(self, name: str | None, problem: str) -> None:
+        self.name = name
+        self.problem = problem
+        if name is None:
+            super().__init__(problem)
+        else:
+            label = name if name.startswith("reference ") else f"reference {name}"
+            super().__init__(f"{label}: {problem}")
+
+
 class WriteError(StentransError, OSError):
     """An output that cannot be written: missing or read-only folder, a name too long, too little
     free space, a full disk, or another run writing the same output. Nothing was written."""

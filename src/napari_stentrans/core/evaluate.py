@@ -40,7 +40,7 @@ import scipy.sparse as sp
 from scipy.interpolate import griddata
 
 from .classical import LowRankBasis, normalize
-from .errors import ConfigError, InputError
+from .errors import ConfigError, InputError, ReferenceSlideError
 from .estimators import METHOD_ALIASES, METHODS, canonical_method, method_estimator
 from .estimators.interpolation import InterpolationModel
 from .fidelity import (
@@ -309,23 +309,24 @@ def check_references(adata: ad.AnnData, references: list[Slide], names: list[str
 
     Raises
     ------
-    InputError
+    ReferenceSlideError
         Such a reference (named).
     """
     full = Slide.from_adata(adata)
     own = set(zip(full.row.tolist(), full.col.tolist(), np.round(full.depth).tolist(), strict=True))
     for ref, name in zip(references, names, strict=True):
         if ref.lattice.kind != full.lattice.kind:
-            raise InputError(
-                f"reference {name} is on a {ref.lattice.kind} lattice but the slide is {full.lattice.kind}"
+            raise ReferenceSlideError(
+                name, f"on a {ref.lattice.kind} lattice but the slide is {full.lattice.kind}"
             )
         spots = zip(ref.row.tolist(), ref.col.tolist(), np.round(ref.depth).tolist(), strict=True)
         shared = sum(spot in own for spot in spots)
         if ref.fingerprint == full.fingerprint or shared > len(ref.row) / 2:
-            raise InputError(
-                f"reference {name} holds {shared} of the evaluated slide's spots (same position and "
+            raise ReferenceSlideError(
+                name,
+                f"holds {shared} of the evaluated slide's spots (same position and "
                 "counts): a reference must be another slide, or the scored spots' truth would leak into "
-                "the basis"
+                "the basis",
             )
 
 

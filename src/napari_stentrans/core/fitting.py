@@ -90,7 +90,7 @@ class Trainer:
         self.slide = as_slide(data, mask, fill_holes)
         self.config = resolve_config(config, self.slide.lattice.kind, overrides)
         self.device = Runtime(device=device).device
-        references = reference_slides(reference, self.slide)
+        references = reference_slides(reference, self.slide, reference_names)
         self.estimator = make_estimator(self.config, references, reference_names)
         self.result: FittedModel | None = None
 
@@ -139,26 +139,32 @@ def fit(
     return trainer.result
 
 
-def reference_slides(reference: list | None, slide: Slide) -> list[Slide] | None:
+def reference_slides(
+    reference: list | None, slide: Slide, names: list[str] | None = None
+) -> list[Slide] | None:
     """The reference slides prepared (lattice checked against ``slide``'s), or None.
+
+    ``names`` name the references in errors (default ``reference N``).
 
     Raises
     ------
-    InputError
+    ReferenceSlideError
         A reference of another lattice type than ``slide``.
     """
     if reference is None or (isinstance(reference, list | tuple) and len(reference) == 0):
         return None
     if not isinstance(reference, list | tuple):
         reference = [reference]
-    from .errors import InputError
+    from .errors import ReferenceSlideError
 
     slides = [as_slide(r) for r in reference]
-    for i, ref in enumerate(slides):
+    names = list(names) if names is not None else [f"reference {i + 1}" for i in range(len(slides))]
+    for name, ref in zip(names, slides, strict=True):
         if ref.lattice.kind != slide.lattice.kind:
-            raise InputError(
-                f"reference {i + 1} is on a {ref.lattice.kind} lattice but the slide is {slide.lattice.kind}: "
-                "give reference slides of the same technology"
+            raise ReferenceSlideError(
+                name,
+                f"on a {ref.lattice.kind} lattice but the slide is {slide.lattice.kind}: "
+                "give reference slides of the same technology",
             )
     return slides
 

@@ -89,7 +89,9 @@ def pretrain_events(
     Raises
     ------
     InputError
-        No slide, slides of different lattice types, or a slide with too few usable spots.
+        No slide, slides of different lattice types, the same slide twice (equal
+        :attr:`~.slide.Slide.fingerprint`: a path given twice, or a copy), or a slide with too
+        few usable spots.
     ConfigError
         A configuration that trains nothing.
     """
@@ -111,6 +113,16 @@ def pretrain_events(
         raise InputError(
             f"pretraining needs slides of one lattice type; got {listing}: pretrain one model per type"
         )
+    first_of: dict[str, int] = {}
+    for i, slide in enumerate(slides):
+        # the same slide twice (one path given twice, or a copy) would weigh it double, and be
+        # recorded as two slides in the model's provenance
+        first = first_of.setdefault(slide.fingerprint, i)
+        if first != i:
+            raise InputError(
+                f"{names[first]} and {names[i]} are the same slide (fingerprint {slide.fingerprint}): "
+                "give each slide once"
+            )
     for name, slide in zip(names, slides, strict=True):
         if slide.n_usable < MIN_USABLE_SPOTS:
             raise InputError(
@@ -219,7 +231,7 @@ def finetune_events(
         )
     config: Config = model.config.with_overrides(epochs=epochs)
     part, genes = _training_part(slide, config)
-    message = f"; classical estimate: {part.classical.params.summary()}"
+    message = f"; classical base: {part.classical.params.summary()}"
     default = default_model(slide, config)
     result = yield from train_network(
         slide,

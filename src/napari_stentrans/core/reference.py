@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .classical import TARGET_SUM, LowRankBasis
-from .errors import InputError
+from .errors import InputError, ReferenceSlideError
 from .slide import Slide
 
 MIN_SHARED_GENES = 50  # fewer shared basis genes make a basis of a few genes: refused
@@ -122,7 +122,8 @@ def fit_reference_basis(
     Raises
     ------
     InputError
-        No reference, a reference equal to ``slide`` (same fingerprint), or fewer than
+        No reference. :class:`~.errors.ReferenceSlideError` (an InputError): a reference equal
+        to ``slide`` (same fingerprint), or fewer than
         :data:`MIN_SHARED_GENES` basis genes shared with every reference.
     """
     if not references:
@@ -132,22 +133,25 @@ def fit_reference_basis(
     shared = np.ones(len(genes), dtype=bool)
     for ref, name in zip(references, names, strict=True):
         if ref.fingerprint == slide.fingerprint:
-            raise InputError(
-                f"reference {name} is the slide being enhanced itself (same fingerprint {slide.fingerprint}): "
-                "give other slides of the same tissue"
+            raise ReferenceSlideError(
+                name,
+                f"the slide being enhanced itself (same fingerprint {slide.fingerprint}): "
+                "give other slides of the same tissue",
             )
         here = ref.genes.get_indexer(list(genes)) >= 0
         if here.sum() < MIN_SHARED_GENES:
-            raise InputError(
-                f"reference {name} shares only {int(here.sum())} of the slide's {len(genes)} basis genes "
+            raise ReferenceSlideError(
+                name,
+                f"shares only {int(here.sum())} of the slide's {len(genes)} basis genes "
                 f"(matched by name; at least {MIN_SHARED_GENES} needed): give a reference of the same "
-                "tissue and species, with the same kind of gene names (symbols or ids)"
+                "tissue and species, with the same kind of gene names (symbols or ids)",
             )
         shared &= here
     if shared.sum() < MIN_SHARED_GENES:
-        raise InputError(
+        raise ReferenceSlideError(
+            None,
             f"the reference slides share only {int(shared.sum())} of the slide's {len(genes)} basis genes "
-            f"all together (matched by name; at least {MIN_SHARED_GENES} needed): give fewer or more similar references"
+            f"all together (matched by name; at least {MIN_SHARED_GENES} needed): give fewer or more similar references",
         )
     kept = genes[shared]
     blocks = []

@@ -53,6 +53,22 @@ def symbol_column(var: pd.DataFrame) -> np.ndarray | None:
     return None
 
 
+def _did_you_mean(name: str, known: np.ndarray) -> str:
+    """``" (did you mean 'X'?)"`` for the gene ``name`` was likely meant to be, else ``""``.
+
+    ``known`` holds the slide's gene names (and symbols). The same name in another case comes
+    first (``mbp`` for ``MBP``: names are case-sensitive), else the closest spelling by
+    :func:`difflib.get_close_matches` (similarity >= 0.8: ``PCP44`` for ``PCP4``).
+    """
+    import difflib
+
+    same = np.flatnonzero(np.char.lower(known.astype(str)) == name.lower())
+    if len(same):
+        return f" (did you mean {str(known[same[0]])!r}? gene names are case-sensitive)"
+    close = difflib.get_close_matches(name, np.unique(known).tolist(), n=1, cutoff=0.8)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def near_empty(depth: np.ndarray) -> np.ndarray:
     """Spots whose depth is below :data:`MIN_DEPTH_FRACTION` of the median depth of spots with counts.
 
@@ -398,7 +414,11 @@ class Slide:
             else:
                 missing.append(names[i])
         if missing:
-            raise InputError(f"{len(missing)} requested gene(s) not in the slide, e.g. {missing[0]!r}")
+            known = self.genes.astype(str).to_numpy()
+            if symbols is not None:
+                known = np.concatenate([known, symbols])
+            shown = ", ".join(f"{name!r}{_did_you_mean(name, known)}" for name in missing[:3])
+            raise InputError(f"{len(missing)} requested gene(s) not in the slide, e.g. {shown}")
         return index
 
     def gene_indices(self, genes, min_detection: float) -> np.ndarray:
