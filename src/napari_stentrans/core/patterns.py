@@ -75,7 +75,7 @@ class PatternCheck:
         if len(self.genes) < 3 or len(self.rows) < 3:
             return {
                 "n_genes": int(len(self.genes)),
-                "not_judged": f"only {len(self.genes)} genes or {len(self.rows)} measured spots",
+                "not_judged": f"only {_count(len(self.genes), 'gene')} or {_count(len(self.rows), 'measured spot')}",
             }
         pc1, rank = spectrum(self.enhanced)
         measured_pc1, measured_rank = spectrum(self.measured)
@@ -101,7 +101,9 @@ class PatternCheck:
                 )
         else:
             few = False
-            out["not_judged"] = f"only {n} genes: at least {MIN_GENES_STRONG} are needed to judge patterns"
+            out["not_judged"] = (
+                f"only {_count(n, 'gene')}: at least {MIN_GENES_STRONG} are needed to judge patterns"
+            )
         if few:
             out["warning"] = (
                 f"the enhanced genes follow a few shared patterns (effective rank {rank:.1f} over the "
@@ -114,3 +116,8 @@ class PatternCheck:
 
 
 __all__ = ["PatternCheck", "FEW_PATTERNS", "MIN_GENES", "MIN_GENES_STRONG"]
+
+
+def _count(n: int, noun: str) -> str:
+    """``"1 gene"``, ``"2 genes"``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
