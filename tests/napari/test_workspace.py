@@ -118,8 +118,11 @@ def test_export_refuses_unknown_genes_and_writes_nothing(make_napari_viewer, qtb
         actions.prepare_export(viewer, tmp_path / "x.h5ad")
     _fast(ws.train, epochs=0)
     run_to_end(ws.train, qtbot)
-    with pytest.raises(ValueError, match="not in the slide, e.g. 'NOPE'"):
+    with pytest.raises(ValueError, match="1 chosen gene\\(s\\) not in the slide: 'NOPE'$"):
         actions.prepare_export(viewer, tmp_path / "x.h5ad", "chosen", ["NOPE"])
+    gene = str(actions.slide(viewer).adata.var_names[3])
+    with pytest.raises(ValueError, match=f"did you mean '{gene}'\\? gene names are case-sensitive"):
+        actions.prepare_export(viewer, tmp_path / "x.h5ad", "chosen", [gene.lower()])
     with pytest.raises(ValueError, match="empty"):
         actions.prepare_export(viewer, tmp_path / "x.h5ad", "chosen", [" "])
     # Stop: the streamed write ends at the next gene batch and leaves no file

@@ -814,7 +814,11 @@ def prepare_export(
             raise ValueError(f"no gene to export: {what} is empty")
         missing = [g for g in chosen if g not in info.adata.var_names]
         if missing:
-            raise ValueError(f"{len(missing)} gene(s) not in the slide, e.g. {missing[0]!r}")
+            from ..core.slide import did_you_mean
+
+            known = np.asarray(info.adata.var_names)
+            shown = ", ".join(f"{name!r}{did_you_mean(name, known)}" for name in missing[:3])
+            raise ValueError(f"{len(missing)} chosen gene(s) not in the slide: {shown}")
     source = info.adata.uns.get("stentrans_lattice", {}).get("source", "")
     return ExportJob(
         info.model, info.adata, lost_sites(viewer, info.slide_id).copy(), chosen, str(path), source, what

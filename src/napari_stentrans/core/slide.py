@@ -53,7 +53,7 @@ def symbol_column(var: pd.DataFrame) -> np.ndarray | None:
     return None
 
 
-def _did_you_mean(name: str, known: np.ndarray) -> str:
+def did_you_mean(name: str, known: np.ndarray) -> str:
     """``" (did you mean 'X'?)"`` for the gene ``name`` was likely meant to be, else ``""``.
 
     ``known`` holds the slide's gene names (and symbols). The same name in another case comes
@@ -417,7 +417,7 @@ class Slide:
             known = self.genes.astype(str).to_numpy()
             if symbols is not None:
                 known = np.concatenate([known, symbols])
-            shown = ", ".join(f"{name!r}{_did_you_mean(name, known)}" for name in missing[:3])
+            shown = ", ".join(f"{name!r}{did_you_mean(name, known)}" for name in missing[:3])
             raise InputError(f"{len(missing)} requested gene(s) not in the slide, e.g. {shown}")
         return index
 
