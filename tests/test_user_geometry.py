@@ -87,6 +87,31 @@ def test_an_empty_spot_and_a_missing_spot_give_the_same_sites(cases):
     assert _sites(base / "Vis5A_empty_spots") == absent
 
 
+def test_in_tissue_spots_missing_from_the_matrix_keep_their_barcodes(cases, tmp_path, capsys):
+    """New-user trial: the 25 spots absent from the matrix were imputed with an empty barcode,
+    although the positions file names them."""
+    import pandas as pd
+
+    folder = cases / "zero-count-spots" / "Vis5A_spots_absent"
+    adata = read(folder)
+    positions = pd.read_csv(next((folder / "spatial").glob("tissue_positions*.csv")), header=None)
+    if not str(positions.iloc[0, 1]).isdigit():  # a header line
+        positions = positions.iloc[1:]
+    positions = positions.set_index(0)
+    in_tissue = positions[positions.iloc[:, 0].astype(int) == 1]
+    absent = in_tissue.index.difference(adata.obs_names)
+    assert len(absent) == 25
+    out = tmp_path / "out.h5ad"
+    code, stdout, _ = run_cli(["enhance", folder, "-o", out, *FAST], capsys)
+    assert code == 0, stdout
+    obs = ad.read_h5ad(out).obs
+    named = obs[obs["barcode"].isin(absent)]
+    assert len(named) == 25 and set(named["kind"]) == {"imputed"}
+    rows = in_tissue.loc[named["barcode"]].iloc[:, 1:3].astype(int).to_numpy()
+    np.testing.assert_array_equal(named[["array_row", "array_col"]].to_numpy(), 2 * rows)
+    assert obs["barcode"][obs["barcode"] != ""].is_unique
+
+
 def test_a_shallow_slide_keeps_every_spot(cases):
     adata = read(cases / "zero-count-spots" / "Vis5A_thin_1pct")
     slide = Slide.from_adata(adata)

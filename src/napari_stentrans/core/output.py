@@ -15,7 +15,7 @@ from .io import library_of
 from .io.common import clean_spatial
 from .lattice import fit_affine
 from .sites import KINDS, OutputSites
-from .slide import Slide
+from .slide import Slide, site_keys
 
 
 def _version_of(package: str) -> str:
@@ -66,6 +66,7 @@ def assemble(
     """
     has_spot = sites.spot >= 0
     barcodes = np.where(has_spot, slide.barcodes[np.clip(sites.spot, 0, None)], "")
+    barcodes = _unmeasured_barcodes(slide, sites, barcodes)
     names = np.where(
         has_spot,
         barcodes,
@@ -176,3 +177,25 @@ def _plain(value):
 
 
 __all__ = ["assemble"]
+
+
+def _unmeasured_barcodes(slide: Slide, sites: OutputSites, barcodes: np.ndarray) -> np.ndarray:
+    """``barcodes`` with the imputed in-tissue spots that the count matrix lacks named too.
+
+    A Space Ranger positions file names every in-tissue spot, also one missing from the matrix
+    (filtered out upstream): its site is imputed like a spot without counts, and keeps its
+    barcode like one (``uns["stentrans_lattice"]["in_tissue_unmeasured_barcodes"]``).
+    """
+    known = slide.adata.uns.get("stentrans_lattice", {}).get("in_tissue_unmeasured_barcodes")
+    if known is None or len(known) != len(slide.in_tissue_unmeasured) or not len(known):
+        return barcodes
+    own = (sites.spot < 0) & (sites.child == 0)  # a site of the input lattice without a spot
+    keys = site_keys(sites.fine_row[own], sites.fine_col[own])
+    table = site_keys(slide.in_tissue_unmeasured[:, 0], slide.in_tissue_unmeasured[:, 1])
+    order = np.argsort(table)
+    at = np.clip(np.searchsorted(table[order], keys), 0, len(table) - 1)
+    found = table[order][at] == keys
+    out = barcodes.astype(object)
+    named = np.flatnonzero(own)[found]
+    out[named] = np.asarray(known, dtype=str)[order][at[found]]
+    return out.astype(str)

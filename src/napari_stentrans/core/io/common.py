@@ -255,14 +255,19 @@ def set_lattice(
     source: Path,
     in_tissue_unmeasured: np.ndarray | None = None,
     tissue_mask: bool = False,
+    unmeasured_barcodes: np.ndarray | None = None,
 ) -> None:
     """Record the lattice in ``uns["stentrans_lattice"]``; ``tissue_mask``: the reader read a
-    positions file that lists every site with its ``in_tissue`` flag (see ``core/slide.py``)."""
+    positions file that lists every site with its ``in_tissue`` flag (see ``core/slide.py``);
+    ``unmeasured_barcodes``: the barcodes of ``in_tissue_unmeasured``, in its order (the
+    output names those imputed sites by them)."""
     adata.obs["array_row"] = adata.obs["array_row"].astype(np.int64)
     adata.obs["array_col"] = adata.obs["array_col"].astype(np.int64)
     info = {"kind": lattice.kind, "pitch_um": float(lattice.pitch_um), "source": str(source)}
     if in_tissue_unmeasured is not None and len(in_tissue_unmeasured):
         info["in_tissue_unmeasured"] = np.asarray(in_tissue_unmeasured, dtype=np.int64)
+        if unmeasured_barcodes is not None:
+            info["in_tissue_unmeasured_barcodes"] = np.asarray(unmeasured_barcodes, dtype=str)
     if tissue_mask:
         info["tissue_mask"] = True
     adata.uns["stentrans_lattice"] = info

@@ -123,6 +123,7 @@ def read_spaceranger(path: str | Path, library_id: str | None = None) -> ad.AnnD
         path,
         in_tissue_unmeasured=unmeasured[["array_row", "array_col"]].to_numpy(dtype=np.int64),
         tissue_mask=True,  # every site is listed with its in_tissue flag (core/slide.py)
+        unmeasured_barcodes=unmeasured.index.to_numpy(dtype=str),
     )
     adata.uns["spatial"] = {library_id: entry}
     return adata
