@@ -54,6 +54,13 @@ def make_slide(
     return adata
 
 
+def write_block_slide(path: Path, kind: str, n_rows: int, n_cols: int, **kwargs) -> Path:
+    """:func:`make_slide` on an ``n_rows x n_cols`` block of ``kind`` sites, written to ``path`` (.h5ad)."""
+    r, c = block_sites(kind, n_rows, n_cols)
+    make_slide(r, c, kind, **kwargs).write_h5ad(path)
+    return path
+
+
 def two_layer_slide(seed: int = 5) -> ad.AnnData:
     """The hex test slide (20 x 36) whose right half (``array_col >= 18``) expresses 10 of its 30
     genes five times higher: two layers that clustering can tell apart."""

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from helpers import block_sites, make_slide, write_spaceranger
+from helpers import block_sites, make_slide, write_block_slide, write_spaceranger
 from napari_stentrans.cli import main
 from napari_stentrans.core.errors import InputError, LatticeError
 from napari_stentrans.core.io import ReadError, read
@@ -252,10 +252,9 @@ def test_a_crafted_huge_architecture_is_refused_without_allocating_it(tmp_path):
 
 @pytest.fixture(scope="module")
 def square_file(tmp_path_factory):
-    r, c = block_sites("square", 10, 10)
-    path = tmp_path_factory.mktemp("sq") / "slide.h5ad"
-    make_slide(r, c, "square", n_genes=30, seed=3).write_h5ad(path)
-    return path
+    return write_block_slide(
+        tmp_path_factory.mktemp("sq") / "slide.h5ad", "square", 10, 10, n_genes=30, seed=3
+    )
 
 
 @pytest.mark.parametrize(

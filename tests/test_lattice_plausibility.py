@@ -34,6 +34,12 @@ def _block(kind: str, n_rows: int, n_cols: int) -> tuple[np.ndarray, np.ndarray]
     return r + 3, c + 5  # away from 0, as on a real array
 
 
+def _in_image(kind: str, r: np.ndarray, c: np.ndarray, frame) -> np.ndarray:
+    """The true image positions of sites ``r, c`` of a ``kind`` lattice, in pitches, framed."""
+    lattice = Lattice(kind)
+    return _frame(lattice.physical(r, c) / lattice.pitch_um, *frame)
+
+
 def _image_neighbours_are_one_pitch_apart(lattice: Lattice, r, c, spatial) -> None:
     """The README's check: spots nearest in the image are lattice neighbours, one pitch apart."""
     tree = cKDTree(spatial)
@@ -59,8 +65,7 @@ frames = st.tuples(
 )
 def test_true_lattices_are_read_as_themselves(kind, size, frame, noise, hint):
     r, c = _block(kind, *size)
-    lattice = Lattice(kind)
-    spatial = _frame(lattice.physical(r, c) / lattice.pitch_um, *frame)
+    spatial = _in_image(kind, r, c, frame)
     spatial += np.random.default_rng(1).normal(0, noise * frame[2], spatial.shape)
     found = detect_lattice(r, c, spatial=spatial, hint=kind if hint else None)
     assert found.kind == kind
@@ -77,8 +82,7 @@ def test_true_lattices_are_read_as_themselves(kind, size, frame, noise, hint):
 )
 def test_swapped_coordinates_are_refused_or_read_with_the_true_geometry(kind, size, frame, hint):
     r, c = _block(kind, *size)
-    lattice = Lattice(kind)
-    spatial = _frame(lattice.physical(r, c) / lattice.pitch_um, *frame)
+    spatial = _in_image(kind, r, c, frame)
     try:
         found = detect_lattice(c, r, spatial=spatial, hint=kind if hint else None)
     except LatticeError as exc:
@@ -98,8 +102,7 @@ def test_swapped_coordinates_are_refused_or_read_with_the_true_geometry(kind, si
 )
 def test_permuted_coordinates_are_refused(kind, size, frame, n_moved, seed):
     r, c = _block(kind, *size)
-    lattice = Lattice(kind)
-    spatial = _frame(lattice.physical(r, c) / lattice.pitch_um, *frame)
+    spatial = _in_image(kind, r, c, frame)
     rng = np.random.default_rng(seed)
     moved = rng.choice(len(r), size=min(n_moved, len(r)), replace=False)
     order = np.arange(len(r))
@@ -121,8 +124,7 @@ def test_scaled_coordinates_are_refused(kind, size, frame, factor, with_xy, hint
     """Of 20 spots or more (fewer say too little about their spacing)."""
     r, c = _block(kind, *size)
     assume(len(r) >= 20)
-    lattice = Lattice(kind)
-    spatial = _frame(lattice.physical(r, c) / lattice.pitch_um, *frame) if with_xy else None
+    spatial = _in_image(kind, r, c, frame) if with_xy else None
     rs, cs = r * factor[0], c * factor[1]
     try:
         found = detect_lattice(rs, cs, spatial=spatial, hint=kind if hint else None)

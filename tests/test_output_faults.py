@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import block_sites, make_slide
+from helpers import block_sites, make_slide, write_block_slide
 from napari_stentrans.cli import EXIT_INPUT, EXIT_TERMINATED, main
 from napari_stentrans.core.errors import WriteError
 from napari_stentrans.core.files import atomic_outputs, clean_stale_temporaries
@@ -27,10 +27,9 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 @pytest.fixture(scope="module")
 def slide_file(tmp_path_factory):
-    r, c = block_sites("square", 12, 12)
-    path = tmp_path_factory.mktemp("in") / "slide.h5ad"
-    make_slide(r, c, "square", n_genes=40, seed=4).write_h5ad(path)
-    return path
+    return write_block_slide(
+        tmp_path_factory.mktemp("in") / "slide.h5ad", "square", 12, 12, n_genes=40, seed=4
+    )
 
 
 def _names(folder: Path) -> list[str]:

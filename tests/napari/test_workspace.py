@@ -27,6 +27,16 @@ def _fast(widget, epochs=2):
     widget._device.value = "cpu"
 
 
+def _st_after_default_run(make_napari_viewer, qtbot):
+    """A viewer on the synthetic ST sample, its workspace, after one default run (seconds)."""
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-stentrans", "synthetic_st")
+    _, ws = _workspace(viewer)
+    _fast(ws.train, epochs=0)  # the default preset: the classical estimate
+    run_to_end(ws.train, qtbot)
+    return viewer, ws
+
+
 def test_workspace_fits_a_1280x800_screen_with_every_section_open(make_napari_viewer, qtbot):
     from qtpy.QtWidgets import QApplication
 
@@ -75,11 +85,7 @@ def test_export_writes_all_or_chosen_genes_and_reopens(make_napari_viewer, qtbot
     import napari_stentrans as st
     from napari_stentrans._napari.reader import get_reader
 
-    viewer = make_napari_viewer()
-    viewer.open_sample("napari-stentrans", "synthetic_st")
-    _, ws = _workspace(viewer)
-    _fast(ws.train, epochs=0)  # the default preset: the classical estimate, seconds
-    run_to_end(ws.train, qtbot)
+    viewer, ws = _st_after_default_run(make_napari_viewer, qtbot)
     info = actions.slide(viewer)
     shown = actions.shown_genes(viewer)
     detected = info.model.min_detection
@@ -304,11 +310,7 @@ def test_error_messages_put_the_reason_first():
 
 
 def test_residual_layer_is_translucent_with_a_colour_bar_and_lost_is_visible(make_napari_viewer, qtbot):
-    viewer = make_napari_viewer()
-    viewer.open_sample("napari-stentrans", "synthetic_st")
-    _, ws = _workspace(viewer)
-    _fast(ws.train, epochs=0)
-    run_to_end(ws.train, qtbot)
+    viewer, ws = _st_after_default_run(make_napari_viewer, qtbot)
     gene = actions.shown_genes(viewer)[0]
     layer = actions.residual_layer(viewer, gene)
     assert layer.blending == "translucent" and layer.opacity < 1 and layer.colorbar.visible
@@ -393,11 +395,7 @@ def test_bayesspace_clusters_of_the_melanoma_slide_colour_the_spots(make_napari_
 
 
 def test_side_by_side_shows_one_gene_measured_and_enhanced(make_napari_viewer, qtbot):
-    viewer = make_napari_viewer()
-    viewer.open_sample("napari-stentrans", "synthetic_st")
-    _, ws = _workspace(viewer)
-    _fast(ws.train, epochs=0)
-    run_to_end(ws.train, qtbot)
+    viewer, ws = _st_after_default_run(make_napari_viewer, qtbot)
     gene = actions.shown_genes(viewer)[0]
     viewer.layers.selection.active = viewer.layers[f"{gene} x2"]
     shown = ws.export.toggle_side_by_side()
@@ -463,11 +461,7 @@ def test_save_selected_layers_with_h5ad_picks_our_writer_and_the_menu_opens_expo
     import napari_stentrans as st
     from napari_stentrans._napari.menus import open_export
 
-    viewer = make_napari_viewer()
-    viewer.open_sample("napari-stentrans", "synthetic_st")
-    _, ws = _workspace(viewer)
-    _fast(ws.train, epochs=0)
-    run_to_end(ws.train, qtbot)
+    viewer, ws = _st_after_default_run(make_napari_viewer, qtbot)
     enhanced = [layer for layer in viewer.layers if layer.metadata["stentrans"].get("role") == "enhanced"]
     viewer.layers.selection = {enhanced[0]}
     filters, writers = file_extensions_string_for_layers([enhanced[0]])
