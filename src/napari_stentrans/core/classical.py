@@ -693,12 +693,9 @@ def gene_residuals_steps(
                     if kappa is None
                     else low_rank + residual_shrinkage(moran, c, kappa) * smoothed_residual
                 )
-                parts = (pearson_per_gene(pred, truth), target.gene_specific_r(pred))
-                coexpression = target.coexpression_r(pred)
-                medians = [float(np.nanmedian(x)) if np.isfinite(x).any() else -1.0 for x in parts]
-                total = sum(medians) + (coexpression if np.isfinite(coexpression) else 0.0)
+                total, median_r = target.score(pred)
                 scores.setdefault((r, kappa), []).append(total)
-                per_gene.setdefault((r, kappa), []).append(medians[0])
+                per_gene.setdefault((r, kappa), []).append(median_r)
         yield done, len(inputs)
     mean_scores = {k: float(np.mean(v)) for k, v in scores.items() if len(v) == len(inputs)}
     mean_r = {k: float(np.mean(per_gene[k])) for k in mean_scores}

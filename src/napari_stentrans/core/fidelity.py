@@ -119,7 +119,7 @@ class FidelityTarget:
     """
 
     def __init__(self, truth: np.ndarray, mean: np.ndarray, axes: np.ndarray, genes: np.ndarray) -> None:
-        self.mean, self.axes, self.genes = mean, axes, genes
+        self.truth, self.mean, self.axes, self.genes = truth, mean, axes, genes
         self.truth_residual = remove_axes(truth, mean, axes, genes)
         self.truth_upper = correlation_upper(truth[:, genes]) if len(genes) >= 3 else None
 
@@ -132,6 +132,18 @@ class FidelityTarget:
         if self.truth_upper is None:
             return float("nan")
         return _coexpression(correlation_upper(pred[:, self.genes]), self.truth_upper)
+
+    def score(self, pred: np.ndarray) -> tuple[float, float]:
+        """The choice criterion of the default and of the learned gate, and its per-gene part.
+
+        Returns ``(median per-gene r + median gene-specific r + co-expression r, median
+        per-gene r)`` of ``pred`` ``(targets, all genes)``; a median with no finite value counts
+        -1, a co-expression r that is not finite 0.
+        """
+        parts = (pearson_per_gene(pred, self.truth), self.gene_specific_r(pred))
+        medians = [float(np.nanmedian(x)) if np.isfinite(x).any() else -1.0 for x in parts]
+        coexpression = self.coexpression_r(pred)
+        return sum(medians) + (coexpression if np.isfinite(coexpression) else 0.0), medians[0]
 
 
 def spectrum(values: np.ndarray) -> tuple[float, float]:

@@ -26,7 +26,6 @@ from .estimators.base import StopFlag, TrainEvent, stage_event
 from .estimators.classical import ClassicalModel
 from .fidelity import N_AXES, FidelityTarget, morans_i, neighbour_weights, spatially_variable
 from .lattice import BrickRaster, apply_symmetry, scatter
-from .metrics import pearson_per_gene
 from .model import StEnTransViT
 from .regions import random_disks
 from .slide import Slide
@@ -320,10 +319,7 @@ def correlation_score(pred: np.ndarray, truth: np.ndarray, seen: np.ndarray, see
     target = FidelityTarget(
         truth, basis.mean.astype(np.float64), basis.components.astype(np.float64), spatial
     )
-    parts = (pearson_per_gene(pred, truth), target.gene_specific_r(pred))
-    medians = [float(np.nanmedian(x)) if np.isfinite(x).any() else -1.0 for x in parts]
-    coexpression = target.coexpression_r(pred)
-    return sum(medians) + (coexpression if np.isfinite(coexpression) else 0.0)
+    return target.score(pred)[0]
 
 
 def pair_loss(pred: torch.Tensor, pair: Pair, loss_on: str) -> torch.Tensor:
