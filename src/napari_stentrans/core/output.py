@@ -190,12 +190,9 @@ def _unmeasured_barcodes(slide: Slide, sites: OutputSites, barcodes: np.ndarray)
     if known is None or len(known) != len(slide.in_tissue_unmeasured) or not len(known):
         return barcodes
     own = (sites.spot < 0) & (sites.child == 0)  # a site of the input lattice without a spot
-    keys = site_keys(sites.fine_row[own], sites.fine_col[own])
-    table = site_keys(slide.in_tissue_unmeasured[:, 0], slide.in_tissue_unmeasured[:, 1])
-    order = np.argsort(table)
-    at = np.clip(np.searchsorted(table[order], keys), 0, len(table) - 1)
-    found = table[order][at] == keys
+    unmeasured = slide.in_tissue_unmeasured
+    lookup = pd.Series(np.asarray(known, dtype=str), index=site_keys(unmeasured[:, 0], unmeasured[:, 1]))
+    found = lookup.reindex(site_keys(sites.fine_row[own], sites.fine_col[own])).fillna("").to_numpy(str)
     out = barcodes.astype(object)
-    named = np.flatnonzero(own)[found]
-    out[named] = np.asarray(known, dtype=str)[order][at[found]]
+    out[own] = np.where(found != "", found, barcodes[own])
     return out.astype(str)
