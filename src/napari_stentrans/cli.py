@@ -790,7 +790,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     # printed with the first row: evaluate() checks everything (references included) before
     # scoring, and a refusal must not follow half a table on stdout
-    pending_header = [header]
+    header_shown = False
+
+    def show_header() -> None:
+        nonlocal header_shown
+        if not header_shown:
+            print(header)
+            header_shown = True
 
     def row(name: str, s: dict) -> str:
         return (
@@ -800,8 +806,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
 
     def show(name: str, s: dict) -> None:
-        while pending_header:
-            print(pending_header.pop())
+        show_header()
         print(row(name, s) + f" {s['seconds']:8.1f}", flush=True)
 
     report = evaluate(
@@ -819,8 +824,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         reference_names=[str(p) for p in references] or None,
     )
     truth = report["truth"]
-    while pending_header:  # no method row was shown
-        print(pending_header.pop())
+    show_header()  # when no method row was shown
     print(
         f"{'measured (truth)':22s} {'':9s} {'':9s} {'':16s} {'':10s} {truth['pc1_share']:10.2f} "
         f"{truth['effective_rank']:10.1f}" + (f" {truth['ari']:6.3f}" if ari else "")
