@@ -70,7 +70,7 @@ def test_chosen_residuals_are_recorded_and_read_back():
     adata = _slide_with_own_patterns()
     model = fit(adata, preset("default", "hex", min_detection=0.0), device="cpu")
     params = model.params
-    assert params.residual is not None  # blobs of their own: the residuals pay on the pairs
+    assert params.residual == 1.0  # kappa is fixed (RESIDUAL_GRID); only the rank is chosen
     assert "gene residuals" in params.summary()
     assert ClassicalParams.from_description(params.describe()) == params
     old = {"rank": 2, "bandwidth": "linear", "depth_bandwidth": 0.5}  # stored before gene residuals
@@ -116,3 +116,19 @@ def test_keep_measured_puts_the_measured_counts_in_x_and_estimates_elsewhere(tmp
     )
     with pytest.raises(ConfigError, match="measured: 'raw' is not allowed"):
         model.enhance(adata, measured="raw")
+
+
+def test_the_rank_is_chosen_with_fixed_shrinkage_and_a_grid_still_chooses_kappa():
+    """The default offers one kappa (choosing it on the pairs followed their noise); callers may offer more."""
+    from napari_stentrans.core.classical import RESIDUAL_GRID, select_gene_residuals
+    from napari_stentrans.core.slide import Slide
+
+    slide = Slide.from_adata(_slide_with_own_patterns())
+    values = slide.expression(np.arange(len(slide.genes)))
+    positions = slide.positions(slide.usable)
+    cosets = slide.lattice.coset(slide.row[slide.usable], slide.col[slide.usable])
+    (rank, kappa), table = select_gene_residuals(values, positions, cosets, None)
+    assert RESIDUAL_GRID == (1.0,) and kappa == 1.0
+    assert {k for _, k in table} == {1.0} and len(table) > 1  # several ranks scored
+    (_, kappa), table = select_gene_residuals(values, positions, cosets, None, residuals=(None, 1.0, 0.0))
+    assert {k for _, k in table} == {None, 1.0, 0.0} and kappa in (None, 1.0, 0.0)

@@ -70,7 +70,7 @@ def test_stages_report_the_work_before_training_with_counts(square_slide, preset
     stages = _stages(events)
     names = list(stages)
     assert any("rank and smoothers on 4 coset pairs" in n for n in names)
-    assert any("rank and residual shrinkage on 4 coset pairs" in n for n in names)
+    assert any("rank with gene residuals on 4 coset pairs" in n for n in names)
     for name, counts in stages.items():
         done = [d for d, _, _ in counts]
         totals = {t for _, t, _ in counts}
@@ -98,7 +98,7 @@ def test_stop_during_the_stages_ends_the_fit_before_training(square_slide):
     trainer = Trainer(square_slide, tiny_config(epochs=5), device="cpu")
     for event in trainer.run(stop):
         events.append(event)
-        if event.kind == "stage" and "residual shrinkage" in event.message:
+        if event.kind == "stage" and "with gene residuals" in event.message:
             stop.set()
     assert events[-1].kind == "stopped" and not any(e.kind in ("prepared", "step") for e in events)
     assert trainer.result is None

@@ -34,8 +34,11 @@ BANDWIDTH_GRID: tuple[float | None, ...] = (None, 0.4, 0.5, 0.7, 1.0, 1.4, 2.0)
 DEPTH_BANDWIDTH_GRID: tuple[float | None, ...] = (None, 0.3, 0.5, 0.7, 1.0, 1.4, 2.0)
 # kappa of residual_shrinkage: None = no gene residual (the low-rank reconstruction alone),
 # 0 = the whole smoothed residual (each gene smoothed on its own), else the assumed correlation
-# of a gene's residual signal between neighbouring spots (smaller = more residual kept)
-RESIDUAL_GRID: tuple[float | None, ...] = (None, 1.0, 0.6, 0.3, 0.0)
+# of a gene's residual signal between neighbouring spots (smaller = more residual kept).
+# The default fixes kappa = 1 (signal share = the residual's Moran's I) and chooses only the
+# rank: choosing kappa too, among (None, 1, 0.6, 0.3, 0), followed the pairs' noise and held
+# issue 12's bar in 59 of 108 accuracy runs against 64 (docs/design.md).
+RESIDUAL_GRID: tuple[float | None, ...] = (1.0,)
 
 T = TypeVar("T")
 #: what a stepwise choice yields: ``(pairs done, pairs in all)``, ``(0, n)`` before the first
@@ -612,7 +615,7 @@ def select_gene_residuals(
     scale: float = 2.0,
     tolerance: float = 0.005,
 ) -> tuple[tuple[int, float | None], dict[tuple[int, float | None], float]]:
-    """Choose the rank and the gene-residual shrinkage jointly on the pairs, for three metrics.
+    """Choose the rank (and ``kappa`` when ``residuals`` offers several) on the pairs, for three metrics.
 
     See :func:`gene_residuals_steps` (the same choice, reporting its progress pair by pair) for
     the criterion, the parameters and the result.
@@ -640,7 +643,8 @@ def gene_residuals_steps(
 
     The estimate at a pair's targets is the rank-``r`` reconstruction smoothed with
     ``bandwidth`` plus each gene's smoothed residual weighted by :func:`residual_shrinkage`
-    (``kappa`` from ``residuals``; None adds nothing). Each candidate is scored, on the
+    (``kappa`` from ``residuals``; None adds nothing; the default offers the one kappa 1, so only
+    the rank is chosen). Each candidate is scored, on the
     normalised values of every pair's targets, by the sum of three numbers judged in the
     evaluation (:mod:`.fidelity`): the median per-gene r, the median gene-specific r (top
     principal axes of the pair's kept sites removed) and the co-expression r, the last two over

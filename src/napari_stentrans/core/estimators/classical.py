@@ -101,8 +101,8 @@ def choose_params_steps(
 ) -> Generator[tuple[str, int, int], None, ClassicalParams]:
     """:func:`choose_params`, yielding ``(stage, pairs done, pairs)`` as the choice goes on.
 
-    The stages: rank and smoothers on the coset pairs, rank and gene-residual shrinkage on the
-    same pairs (``gene_residuals="shrunk"``), and the same two for sites in gaps on hole-filling
+    The stages: rank and smoothers on the coset pairs, the rank again with shrunk gene residuals on
+    the same pairs (``gene_residuals="shrunk"``), and the same two for sites in gaps on hole-filling
     pairs shaped like the slide's gaps (``gap_smoothers``).
     """
     usable = slide.usable
@@ -149,8 +149,11 @@ def _with_residuals(
     scale: float,
     gaps: bool = False,
 ) -> Generator[tuple[str, int, int], None, ClassicalParams]:
-    """``params`` with rank and gene-residual shrinkage re-chosen jointly on the same pairs."""
-    what = f"choosing {'gap ' if gaps else ''}rank and residual shrinkage"
+    """``params`` with the rank re-chosen, with shrunk gene residuals, on the same pairs.
+
+    The shrinkage's ``kappa`` comes from :data:`~..classical.RESIDUAL_GRID` (one value: fixed).
+    """
+    what = f"choosing {'gap ' if gaps else ''}rank with gene residuals"
     (rank, kappa), _ = yield from _pairs(
         gene_residuals_steps(values, positions, pairs, params.bandwidth, scale=scale),
         what,
