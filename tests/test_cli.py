@@ -300,3 +300,20 @@ def test_unknown_genes_are_refused_before_any_training(slide_file, tmp_path, cap
 def test_evaluate_refuses_unknown_methods_before_printing(slide_file, capsys):
     code, out, err = run_cli(["evaluate", slide_file, "--methods", "linear,bogus"], capsys)
     assert code == 2 and out == "" and "--methods: unknown method(s) ['bogus']" in err
+
+
+@pytest.mark.parametrize("command", ["enhance", "evaluate"])
+def test_an_unavailable_device_is_refused_even_when_the_preset_runs_no_network(
+    command, slide_file, tmp_path, capsys
+):
+    """``--device cuda`` without CUDA stops with one line (exit 2) before any reading, writing nothing."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the device is available")
+    before = _files(tmp_path)
+    args = {"enhance": ["-o", tmp_path / "out.h5ad"], "evaluate": ["--json", tmp_path / "r.json"]}
+    code, _, err = run_cli([command, slide_file, *args[command], "--device", "cuda"], capsys)
+    assert code == 2
+    assert "device 'cuda' requested but CUDA is not available" in err and err.count("\n") == 1
+    assert _files(tmp_path) == before

@@ -74,7 +74,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "--preset",
         choices=["default", "transformer", "published"],  # = core.presets.PRESETS (tested)
         default="default",
-        help="default: classical low-rank estimate (best on the honest benchmark, no training); "
+        help="default: classical low-rank estimate plus shrunk gene residuals (no training; the "
+        "most accurate preset on the honest benchmark, docs/accuracy); "
         "transformer: a learned ViT correction on top; published: the authors' recipe",
     )
     enh.add_argument("--epochs", type=int, help="training epochs (preset default otherwise)")
@@ -280,6 +281,23 @@ def _check_output(
     check_output(path, overwrite=overwrite, store=path.suffix.lower() == ".zarr")
 
 
+def _check_device(name: str | None) -> str:
+    """The device name, refused before any reading when it is asked for and not available.
+
+    CUDA or MPS named explicitly is checked even for presets that run no network, so that
+    ``--device cuda`` on a machine without it stops with one line instead of being ignored
+    (``auto`` and ``cpu`` need no check and keep torch unimported).
+    """
+    from .core.config import Runtime
+
+    device = Runtime(device=name or "auto").device
+    if device not in ("auto", "cpu"):
+        from .core.device import resolve_device
+
+        resolve_device(device)
+    return device
+
+
 def _parse_genes(text: str | None):
     """``--genes``: None (default), ``all``, a positive number, comma-separated names, or
     ``@FILE``: names one per line or comma-separated (a list of 33,000 names exceeds the
@@ -461,9 +479,9 @@ def cmd_enhance(args: argparse.Namespace) -> int:
         raise CliError("--finetune needs --model: it fine-tunes a saved (pretrained) model on this slide")
     if args.finetune is not None and args.finetune < 0:
         raise CliError(f"--finetune: {args.finetune} is not a number of epochs (>= 0)")
-    from .core.config import Runtime, preset
+    from .core.config import preset
 
-    device = Runtime(device=args.device or "auto").device
+    device = _check_device(args.device)
     preset(args.preset, "square", **options)  # invalid options fail here, before any reading
     genes = _parse_genes(args.genes)
     if args.mask is not None and not args.mask.is_file():
@@ -761,9 +779,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     references = list(args.reference or [])
     _check_output(args.json, [args.path, args.coords, *references], args.overwrite, ".json")
     _check_output(args.plot, [args.path, args.coords, *references], args.overwrite, ".png")
-    from .core.config import Runtime
-
-    Runtime(device=args.device)
+    _check_device(args.device)
     if args.genes is not None and args.genes < 1:
         raise CliError(f"--genes: {args.genes} is not a positive number of genes")
     if args.epochs is not None:
