@@ -5,7 +5,7 @@ Usage: python sample_data/generate.py [OUT_DIR]   (default: this folder)
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 from napari_stentrans.core.files import write_h5ad
@@ -21,4 +21,8 @@ def main(out_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "out_dir", nargs="?", type=Path, default=Path(__file__).parent, help="default: this folder"
+    )
+    main(parser.parse_args().out_dir)

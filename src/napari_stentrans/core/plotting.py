@@ -154,7 +154,7 @@ def plot_evaluation(report: dict, path: str | Path) -> Path:
     ax.axhline(0, color="0.6", lw=0.8)
     ax.set_ylabel("per-gene Pearson r (counts) at scored spots")
     ax.set_title(
-        f"{report['dataset']}: {report['protocol']}, {report['n_genes']} genes, "
+        f"{Path(report['dataset']).name or report['dataset']}: {report['protocol']}, {report['n_genes']} genes, "
         f"{report['n_heldout_spots']} spots",
         fontsize=9,
     )
