@@ -128,3 +128,5 @@ def test_export_tab_names_the_model_and_reports_a_model_it_cannot_save(st_viewer
     target = tmp_path / "model.safetensors"
     export.save_model(target)  # a model fitted with references belongs to them: not saved
     assert export._status.value.startswith("model not saved: ") and not target.exists()
+    export._describe_model()  # a layer added later (its handler) keeps the last action's message
+    assert export._status.value.startswith("model not saved: ")

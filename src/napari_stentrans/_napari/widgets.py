@@ -807,6 +807,7 @@ class ExportWidget(_SlideWidget):
         self._export = PushButton(text="Export enhanced .h5ad")
         self._stop = PushButton(text="Stop", enabled=False)
         self._status = _status_label(value=HINT_NO_MODEL)
+        self._idle_hint = True  # the status shows the idle hint, not the message of a last action
         self.extend(
             [
                 self._model_path,
@@ -836,8 +837,7 @@ class ExportWidget(_SlideWidget):
 
     def _describe_model(self, _event=None) -> None:
         """The idle status: what export would write, or what to do first."""
-        idle_hint = self._status.value in ("", HINT_NO_MODEL) or self._status.value.startswith("ready: ")
-        if self.worker is not None or not idle_hint:
+        if self.worker is not None or not self._idle_hint:
             return  # the message of the user's last action stays
         try:
             info = actions.slide(self._viewer, self.slide_id)
@@ -850,13 +850,18 @@ class ExportWidget(_SlideWidget):
         label = actions.PRESET_LABELS.get(preset, preset)
         self._status.value = f"ready: run {info.runs} ({label}) can be exported or saved"
 
+    def _say(self, text: str) -> None:
+        """Status of the user's last action: it stays until the next action (no idle hint over it)."""
+        self._idle_hint = False
+        self._status.value = text
+
     def refresh(self, _value=None) -> None:
         try:
             layers = actions.refresh_imputation(self._viewer, self.slide_id)
         except (LookupError, RuntimeError) as exc:
             _notify_error(exc)
             return
-        self._status.value = f"re-imputed {len(layers)} layer(s) with the current lost regions"
+        self._say(f"re-imputed {len(layers)} layer(s) with the current lost regions")
 
     def toggle_side_by_side(self, _value=None) -> list[str]:
         """Grid of one gene (the active layer's, else the last visible gene) or back to one view."""
@@ -898,10 +903,10 @@ class ExportWidget(_SlideWidget):
         try:
             save_model(info.model, path)
         except (StentransError, OSError, ValueError) as exc:  # e.g. a model fitted with references
-            self._status.value = f"model not saved: {readable_error(exc)}"
+            self._say(f"model not saved: {readable_error(exc)}")
             _notify_error(exc)
             return
-        self._status.value = f"saved {path}"
+        self._say(f"saved {path}")
 
     def load_model(self, path) -> None:
         from ..core.checkpoint import load_model
@@ -922,7 +927,7 @@ class ExportWidget(_SlideWidget):
         info.runs += 1
         provenance = info.enhanced.uns["stentrans"] if info.enhanced is not None else {}
         choice = provenance.get("classical_choice")
-        self._status.value = f"loaded {path}" + (f"; classical estimate {choice}" if choice else "")
+        self._say(f"loaded {path}" + (f"; classical estimate {choice}" if choice else ""))
 
     def export(self, path):
         """Write the enhanced slide (all, on-screen or chosen genes) in a worker; the status says which."""
@@ -938,7 +943,7 @@ class ExportWidget(_SlideWidget):
             _notify_error(exc)
             return None
         self._stop_flag = threading.Event()
-        self._status.value = f"exporting {job.what}..."
+        self._say(f"exporting {job.what}...")
         worker = create_worker(
             actions.run_export, job, self._stop_flag, _start_thread=False, _ignore_errors=True
         )
@@ -951,15 +956,15 @@ class ExportWidget(_SlideWidget):
         return worker
 
     def _on_exported(self, summary: str) -> None:
-        self._status.value = summary
+        self._say(summary)
 
     def _on_export_error(self, exc: BaseException) -> None:
         from ..core.errors import TrainingStopped
 
         if isinstance(exc, TrainingStopped):
-            self._status.value = "export stopped: nothing written"
+            self._say("export stopped: nothing written")
             return
-        self._status.value = f"export failed: {readable_error(exc)}"
+        self._say(f"export failed: {readable_error(exc)}")
         _notify_error(exc)
 
     def _on_finished(self) -> None:
