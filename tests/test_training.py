@@ -86,7 +86,7 @@ def test_stages_report_the_work_before_training_with_counts(square_slide, preset
         assert any(n.startswith("default's estimate: ") for n in names)
         # the network's base is named as its stage is, not as the result's "classical estimate"
         prepared = next(e for e in events if e.kind == "prepared").message
-        assert "; classical base: rank " in prepared and "classical estimate" not in prepared
+        assert "classical base (low-rank only): rank " in prepared and "classical estimate" not in prepared
         assert "building the training pairs, held-out genes and region" in names
         validation = stages["scoring the starting network on the held-out genes"]
         assert validation[-1][0] == validation[-1][1] >= 1  # counted in gene batches

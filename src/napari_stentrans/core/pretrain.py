@@ -231,7 +231,7 @@ def finetune_events(
         )
     config: Config = model.config.with_overrides(epochs=epochs)
     part, genes = _training_part(slide, config)
-    message = f"; classical base: {part.classical.params.summary()}"
+    message = f"; the network's classical base (low-rank only): {part.classical.params.summary()}"
     default = default_model(slide, config)
     result = yield from train_network(
         slide,

@@ -297,7 +297,7 @@ class LearnedEstimator(Estimator):
             )
             if default is None:
                 return None
-            message = f"; classical base: {classical.params.summary()}"
+            message = f"; the network's classical base (low-rank only): {classical.params.summary()}"
         result = yield from train_network(
             slide,
             values,
