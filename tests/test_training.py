@@ -276,7 +276,7 @@ def test_inpainting_base_uses_the_gap_smoothers_in_the_hole_and_the_main_ones_el
 # ----------------------------------------------------------------------------- the gate (issue 13)
 
 
-def _result(val_loss, default_val, restore_best=True, score=0.5, default_score=0.4):
+def _result(val_loss, default_val, restore_best=True, score=0.5, default_score=0.4, classical_score=None):
     """A TrainResult; by default the kept network's correlation score beats the default's."""
     from napari_stentrans.core.training import TrainResult
 
@@ -291,6 +291,7 @@ def _result(val_loss, default_val, restore_best=True, score=0.5, default_score=0
         default_val=default_val,
         score=score,
         default_score=default_score,
+        classical_score=classical_score,
     )
 
 
@@ -308,6 +309,19 @@ def test_the_gate_refuses_a_network_that_lowers_squared_error_but_not_the_correl
     assert gate(_result([1.00, 0.80], 0.85, score=0.45, default_score=0.40), config)
     # a higher correlation score is not enough when the squared error is worse than the default's
     assert not gate(_result([1.00, 0.90], 0.85, score=0.45, default_score=0.40), config)
+
+
+def test_the_gate_refuses_a_network_that_beats_the_default_only_through_its_base():
+    """Visium embryo heldout seed 0: the base alone (no gene residuals) scored above the default on
+    the coarse pairs; the correction added nothing. Refused: the correction must beat its base too."""
+    from napari_stentrans.core.estimators.learned import gate
+
+    config = tiny_config()
+    base_wins = _result(
+        [1.08403, 1.08402], 1.09225, score=0.9295, default_score=0.9098, classical_score=0.9294
+    )
+    assert not gate(base_wins, config)
+    assert gate(_result([1.084, 1.070], 1.092, score=0.95, default_score=0.91, classical_score=0.93), config)
 
 
 def test_a_correction_that_lowers_squared_error_without_better_correlations_gives_the_default(square_slide):

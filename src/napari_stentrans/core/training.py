@@ -471,7 +471,8 @@ class TrainResult:
     the slide (:attr:`TrainingSlide.baseline`: the ``default`` preset's, gene residuals
     included); None without one. ``score`` and ``default_score`` are the correlation scores
     (:meth:`Validation.score`: per-gene r + gene-specific r + co-expression r, higher is better)
-    of the kept network and of that baseline on the same held-out genes, pairs and region.
+    of the kept network and of that baseline on the same held-out genes, pairs and region;
+    ``classical_score`` that of the low-rank estimate the network corrects (a zero correction).
     """
 
     state_dict: dict[str, torch.Tensor]
@@ -483,6 +484,7 @@ class TrainResult:
     default_val: float | None = None
     score: float | None = None
     default_score: float | None = None
+    classical_score: float | None = None
 
 
 @dataclass
@@ -735,10 +737,13 @@ def train_slides(
     model = StEnTransViT(config.network).to(device)
     # a fresh residual network corrects nothing (zero head): scored on the baseline's pairs it
     # gives the baseline's own held-out loss
-    default_val = default_score = None
+    default_val = default_score = classical_score = None
     if config.network.residual:
         default_val = yield from scored("scoring the default's estimate on the held-out genes", baseline=True)
         default_score = _score(parts, model, world, baseline=True)
+        # the estimate the network corrects, alone: a correction must beat it too, or a base that
+        # happens to score well at the coarse scale would be kept for nothing the network learned
+        classical_score = _score(parts, model, world)
     classical_val = None
     if init_state is not None:
         classical_val = _validate(parts, model, world) if config.network.residual else None
@@ -883,6 +888,7 @@ def train_slides(
             default_val=default_val,
             score=score,
             default_score=default_score,
+            classical_score=classical_score,
         )
         yield event("finished", epoch, n_steps, best=best_val, eta=0.0, text=f"best epoch {best_epoch}")
         return result

@@ -70,8 +70,9 @@ def gate(result, config: Config) -> bool:
 
     1. the kept weights' correlation score (``result.score``: median per-gene r + median
        gene-specific r + co-expression r, the criterion the ``default`` preset chooses its own
-       rank and shrinkage by, :func:`~..classical.select_gene_residuals`) is above
-       ``result.default_score``, the default's estimate's, by more than :data:`SCORE_MARGIN`;
+       rank by, :func:`~..classical.select_gene_residuals`) is above both
+       ``result.default_score``, the default's estimate's, and ``result.classical_score``, the
+       low-rank estimate's it corrects, by more than :data:`SCORE_MARGIN`;
     2. their loss (the best epoch's with ``restore_best``, else the last epoch's) is below both
        ``result.default_val``, the default's estimate's, and ``result.classical_val``, the
        low-rank estimate it corrects (a zero correction).
@@ -79,13 +80,17 @@ def gate(result, config: Config) -> bool:
     The squared error alone ranked a network whose correlations were all lower above the
     default (DLPFC 151673: normalised r 0.165 against the default's 0.174): it rewards
     shrinking towards the mean, which the default's correlation-chosen gene residuals do not
-    do. Without a baseline, held-out genes or scores to judge on, nothing is kept.
+    do. Beating the default without beating its own base kept, on Visium embryo `heldout` seed
+    0, a network whose base (no gene residuals) scored above the default on the coarse pairs
+    while its correction changed the loss by 1e-5; at the held-out truth it lost on all four
+    metrics. Without a baseline, held-out genes or scores to judge on, nothing is kept.
     """
     if result.default_val is None or result.best_val is None:
         return False
     if result.score is None or result.default_score is None:
         return False
-    if not (np.isfinite(result.score) and result.score > result.default_score + SCORE_MARGIN):
+    bars = [result.default_score] + ([] if result.classical_score is None else [result.classical_score])
+    if not (np.isfinite(result.score) and result.score > max(bars) + SCORE_MARGIN):
         return False
     kept_val = result.best_val if config.optim.restore_best else result.history["val_loss"][-1]
     if not np.isfinite(kept_val):
