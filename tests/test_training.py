@@ -455,14 +455,14 @@ def test_the_baseline_is_scored_on_the_same_pairs_with_the_defaults_gene_residua
 
 
 def test_a_per_slide_correction_that_learns_nothing_gives_exactly_the_default(square_slide):
-    from napari_stentrans.core.estimators.learned import KEPT_EPOCH_0
+    from napari_stentrans.core.estimators.learned import NOTHING_LEARNED
     from napari_stentrans.core.fitting import fit
 
     # trains (two epochs) but cannot move: validation keeps epoch 0, the zero correction
     fitted = fit_cpu(square_slide, tiny_config(lr=1e-12, weight_decay=0.0))
     assert int(fitted.history["best_epoch"][0]) == 0
     default = fit(square_slide, "default", device="cpu")
-    assert isinstance(fitted, ClassicalModel) and fitted.note == KEPT_EPOCH_0
+    assert isinstance(fitted, ClassicalModel) and fitted.note == NOTHING_LEARNED
     assert fitted.config.classical.gene_residuals == "shrunk"
     assert fitted.params.describe() == default.params.describe()
     np.testing.assert_array_equal(fitted.enhance(square_slide).X, default.enhance(square_slide).X)

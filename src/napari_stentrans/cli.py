@@ -600,7 +600,7 @@ def cmd_enhance(args: argparse.Namespace) -> int:
             f"{len(ref.genes)} basis genes"
             + (f" ({ref.n_left_out} left out: not in every reference)" if ref.n_left_out else "")
         )
-    if model.name != "default" and not model.uses_network and getattr(model, "note", ""):
+    if not model.uses_network and getattr(model, "note", ""):  # e.g. `default --epochs 2`, not kept
         print(f"note: {model.note}")
     if "classical_val_loss" in model.history and model.uses_network:  # a pretrained model, judged here
         best = int(model.history["best_epoch"][0])

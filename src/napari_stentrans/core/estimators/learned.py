@@ -35,9 +35,15 @@ from ..training import train_network
 from .base import BatchTooLarge, Estimator, FitRequest, FittedModel, Predictor, TrainEvent, staged
 from .classical import MIN_USABLE_SPOTS, ClassicalEstimator, ClassicalModel, ClassicalPredictor
 
-KEPT_EPOCH_0 = (
+#: the note of a learned preset whose trained network the gate refused
+NOT_KEPT = (
     "the learned correction did not beat the default's estimate on held-out genes of this slide, "
     "so the result is the default's classical estimate (no network)"
+)
+#: the note when no epoch improved the held-out loss (best epoch 0) or no epoch ran
+NOTHING_LEARNED = (
+    "training did not improve the held-out loss of this slide (best epoch 0), so the result is "
+    "the default's classical estimate (no network)"
 )
 
 
@@ -318,7 +324,8 @@ class LearnedEstimator(Estimator):
         nothing_learned = config.optim.epochs == 0 or (config.optim.restore_best and result.best_epoch == 0)
         if default is not None and (nothing_learned or not gate(result, config)):
             # exactly the per-slide default's model on this slide
-            return replace(default, name=config.preset, history=result.history, note=KEPT_EPOCH_0)
+            note = NOTHING_LEARNED if nothing_learned else NOT_KEPT
+            return replace(default, name=config.preset, history=result.history, note=note)
         return LearnedModel.trained_on(slide, config, classical, train_idx, result)
 
     def _normalised(self, slide: Slide, train_idx: np.ndarray):
@@ -331,4 +338,12 @@ class LearnedEstimator(Estimator):
         return values
 
 
-__all__ = ["LearnedEstimator", "LearnedModel", "NetworkPredictor", "KEPT_EPOCH_0", "gate", "default_model"]
+__all__ = [
+    "LearnedEstimator",
+    "LearnedModel",
+    "NetworkPredictor",
+    "NOT_KEPT",
+    "NOTHING_LEARNED",
+    "gate",
+    "default_model",
+]
