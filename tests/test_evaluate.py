@@ -62,6 +62,16 @@ def test_report_shape_and_methods(hex_slide):
         )
         assert -1 <= m["median_pcc"] <= 1 and m["n_genes_scored"] + m["n_genes_excluded"] == report["n_genes"]
         assert len(m["pcc"]) == report["n_genes"]
+    assert all("note" not in report["methods"][name] for name in methods)  # nothing to explain
+
+
+def test_a_learned_preset_whose_network_is_not_kept_says_why_in_the_report(hex_slide):
+    from napari_stentrans.core.estimators.learned import NOT_KEPT, NOTHING_LEARNED
+
+    report = evaluate(hex_slide, "heldout", methods=("default", "transformer"), epochs=1, device="cpu")
+    default, transformer = report["methods"]["default"], report["methods"]["transformer"]
+    assert transformer["note"] in (NOT_KEPT, NOTHING_LEARNED)  # this seed: the gate refuses
+    assert transformer["pcc"] == default["pcc"]  # and the result is exactly the default's
 
 
 def test_borrowing_strength_across_genes_beats_interpolation_on_shared_domains():

@@ -295,6 +295,8 @@ def run_method(
     extra = {f"classical_{k}": v for k, v in described.get("classical", {}).items()}
     if "best_epoch" in described or model.history.get("best_epoch"):
         extra["best_epoch"] = described.get("best_epoch", model.history.get("best_epoch", [None])[0])
+    if getattr(model, "note", ""):  # e.g. a learned preset whose network was not kept, and why
+        extra["note"] = model.note
     if reference:
         extra["reference"] = uses_reference
     return MethodResult(counts, depth, time.perf_counter() - start, extra)
