@@ -111,8 +111,9 @@ def summarise(reports: list[dict], out: Path, command: str) -> None:
         "the scored spots (in brackets: on library-size-normalised log expression, truth normalised by",
         "its own depth); median over seeds. `heldout`: methods see the lattice-preserving quarter",
         "`x_d` and are scored at the other spots; `lost`: about 10 % of the spots are hidden as",
-        "contiguous blobs. Bold: best method of the row. †: fewer seeds than the row (the learned",
-        "methods cost minutes per run; the estimators that train nothing ran on every seed).",
+        "contiguous blobs. Bold: best of the methods run on every seed of the row. †: fewer seeds than",
+        "the row (the learned methods cost minutes per run; the estimators that train nothing ran on",
+        "every seed), not comparable with the medians beside them.",
         "",
     ]
     for protocol in sorted({r["protocol"] for r in reports}):
@@ -127,8 +128,9 @@ def summarise(reports: list[dict], out: Path, command: str) -> None:
             runs = [r for r in rows if r["dataset"] == dataset]
             med = {m: _median(runs, m, "median_pcc") for m in methods}
             norm = {m: _median(runs, m, "median_pcc_norm") for m in methods}
-            best = max((m for m in methods if np.isfinite(med[m])), key=med.get)
             fewer = {m: sum(m in r["methods"] for r in runs) < len(runs) for m in methods}
+            # as in the README's table: a value from fewer seeds is not comparable with a median
+            best = max((m for m in methods if np.isfinite(med[m]) and not fewer[m]), key=med.get)
             cells = [
                 "-"
                 if not np.isfinite(med[m])
