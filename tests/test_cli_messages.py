@@ -56,7 +56,9 @@ def test_progress_into_a_log_file_is_a_few_plain_lines():
     assert len(lines) <= 13, lines  # message, start, one per tenth, finished
     assert lines[0] == "stentrans: 100 spots, 16 training genes"
     assert lines[1] == "stentrans: training on cpu: 1000 steps"
-    assert lines[2].startswith("stentrans: training 100/1000 steps (10%), epoch 4, loss 0.2500, val 0.5000")
+    assert lines[2].startswith(
+        "stentrans: training 100/1000 steps (10%), epoch 4, loss 0.2500, best val 0.5000"
+    )
     assert lines[-1] == "stentrans: training finished (best epoch 3, 1.5 s)"
     assert all(line.startswith("stentrans: ") for line in lines)
 

@@ -957,7 +957,7 @@ class _ProgressBar:
                 self.bar.set_postfix(
                     epoch=event.epoch,
                     loss=f"{event.train_loss:.4f}",
-                    val="-" if event.best_val_loss is None else f"{event.best_val_loss:.4f}",
+                    best_val="-" if event.best_val_loss is None else f"{event.best_val_loss:.4f}",
                 )
                 return
             tenth = self.done * 10 // self.total
@@ -966,7 +966,7 @@ class _ProgressBar:
                 val = "-" if event.best_val_loss is None else f"{event.best_val_loss:.4f}"
                 self.line(
                     f"stentrans: training {self.done}/{self.total} steps ({self.done / self.total:.0%}), "
-                    f"epoch {event.epoch}, loss {event.train_loss:.4f}, val {val}, "
+                    f"epoch {event.epoch}, loss {event.train_loss:.4f}, best val {val}, "
                     f"{time.monotonic() - self.started:.0f} s"
                 )
         elif event.kind in ("finished", "stopped"):
