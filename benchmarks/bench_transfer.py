@@ -107,7 +107,7 @@ def _gate_scores(model) -> dict:
 
 def evaluate_fold(test: str, pool: list[str], args) -> None:
     import napari_stentrans as st
-    from napari_stentrans.core.evaluate import make_split, reference, run_method, score
+    from napari_stentrans.core.evaluate import judged_against, make_split, run_method, score
 
     runs = args.out / "runs"
     todo = [p for p in args.protocols if not (runs / f"{test}_{p}_s{args.seed}.json").exists()]
@@ -142,7 +142,7 @@ def evaluate_fold(test: str, pool: list[str], args) -> None:
         check_references(adata, references, others)  # never the test slide, nor its spots
     for protocol in todo:
         split = make_split(adata, protocol, seed=args.seed)
-        ref = reference(split, labels_of(test, adata))  # the ARI of annotated slides (DLPFC)
+        ref = judged_against(split, labels_of(test, adata))  # the ARI of annotated slides (DLPFC)
         report = {
             "dataset": test,
             "protocol": protocol,

@@ -110,7 +110,7 @@ class Reference:
     labels: np.ndarray | None
 
 
-def reference(split: Split, labels: np.ndarray | None = None) -> Reference:
+def judged_against(split: Split, labels: np.ndarray | None = None) -> Reference:
     """The split's :class:`Reference` (``labels``: one annotation per spot of the slide, or None)."""
     slide = split.known_slide
     seen = slide.expression(split.gene_idx)  # log-normalised, usable seen spots
@@ -126,9 +126,6 @@ def reference(split: Split, labels: np.ndarray | None = None) -> Reference:
         truth_norm=normalize(split.truth, split.truth_depth),
         labels=target_labels,
     )
-
-
-_judged_against = reference  # evaluate() has a ``reference`` argument (the reference slides)
 
 
 def _annotated(labels: np.ndarray) -> np.ndarray:
@@ -419,7 +416,7 @@ def evaluate(
         reference_names = list(reference_names or [f"reference {i + 1}" for i in range(len(references))])
         check_references(adata, references, reference_names)
     split = make_split(adata, protocol, n_genes=n_genes, seed=seed)
-    ref = _judged_against(split, labels)
+    ref = judged_against(split, labels)
     truth_pc1, truth_rank = spectrum(ref.truth_norm[:, ref.spatial])
     report = {
         "dataset": dataset,
