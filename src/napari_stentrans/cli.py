@@ -224,31 +224,6 @@ REFERENCE_HELP = (
 )
 
 
-def _read_references(paths: list[Path]) -> list:
-    """The reference slides named by ``--reference`` (each read as a whole file or folder).
-
-    Raises
-    ------
-    ReferenceSlideError
-        A missing or unreadable reference, named by its path (``--reference PATH: ...``).
-    """
-    from .core.errors import ReferenceSlideError, StentransError
-    from .core.io import read
-
-    for path in paths:
-        if not Path(path).exists():
-            raise ReferenceSlideError(str(path), "no such file or folder")
-    slides = []
-    for path in paths:
-        try:
-            slides.append(read(path))
-        except StentransError as exc:
-            text = str(exc)
-            problem = text[len(f"{path}: ") :] if text.startswith(f"{path}: ") else text
-            raise ReferenceSlideError(str(path), problem) from exc
-    return slides
-
-
 def _version() -> str:
     from . import __version__
 
@@ -525,7 +500,9 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     stop = threading.Event()
     trainer = None
     if model is None:
-        reference = _read_references(references) if references else None
+        from .core.reference import read_references
+
+        reference = read_references(references) if references else None
         names = [str(p) for p in references] or None
         trainer = Trainer(slide, config, device=device, reference=reference, reference_names=names)
     bar = _ProgressBar(disabled=args.quiet)
@@ -798,7 +775,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise CliError(f"--methods: unknown method(s) {unknown}; choose from {', '.join(DEFAULT_METHODS)}")
     adata = _read_input(args)
     labels = _read_labels(args.labels, adata) if args.labels is not None else None
-    reference = _read_references(references) if references else None
+    from .core.reference import read_references
+
+    reference = read_references(references) if references else None
     ari = labels is not None
     header = (
         f"{'method':22s} {'median r':>9s} {'r (norm)':>9s} {'gene-specific r':>16s} {'co-expr r':>10s} "

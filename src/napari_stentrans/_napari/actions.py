@@ -648,9 +648,9 @@ def run_job(job: TrainingJob, stop=None):
         else:
             reference = None
             if job.references:
-                from ..core.io import read
+                from ..core.reference import read_references
 
-                reference = [read(path) for path in job.references]
+                reference = read_references(job.references)
             trainer = Trainer(
                 job.adata,
                 job.config,

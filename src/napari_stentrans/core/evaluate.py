@@ -309,15 +309,14 @@ def check_references(adata: ad.AnnData, references: list[Slide], names: list[str
     Raises
     ------
     ReferenceSlideError
-        Such a reference (named).
+        Such a reference (named), or one of another lattice type.
     """
+    from .fitting import reference_slides
+
     full = Slide.from_adata(adata)
+    reference_slides(references, full, names)  # of the slide's lattice type
     own = set(zip(full.row.tolist(), full.col.tolist(), np.round(full.depth).tolist(), strict=True))
     for ref, name in zip(references, names, strict=True):
-        if ref.lattice.kind != full.lattice.kind:
-            raise ReferenceSlideError(
-                name, f"on a {ref.lattice.kind} lattice but the slide is {full.lattice.kind}"
-            )
         spots = zip(ref.row.tolist(), ref.col.tolist(), np.round(ref.depth).tolist(), strict=True)
         shared = sum(spot in own for spot in spots)
         if ref.fingerprint == full.fingerprint or shared > len(ref.row) / 2:
@@ -410,10 +409,11 @@ def evaluate(
     methods = tuple(dict.fromkeys(canonical_method(m) for m in methods))
     references = None
     if reference:
+        from .reference import reference_names as default_names
         from .slide import as_slide
 
         references = [as_slide(r) for r in reference]
-        reference_names = list(reference_names or [f"reference {i + 1}" for i in range(len(references))])
+        reference_names = default_names(len(references), reference_names)
         check_references(adata, references, reference_names)
     split = make_split(adata, protocol, n_genes=n_genes, seed=seed)
     ref = judged_against(split, labels)

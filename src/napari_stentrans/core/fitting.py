@@ -156,9 +156,10 @@ def reference_slides(
     if not isinstance(reference, list | tuple):
         reference = [reference]
     from .errors import ReferenceSlideError
+    from .reference import reference_names
 
     slides = [as_slide(r) for r in reference]
-    names = list(names) if names is not None else [f"reference {i + 1}" for i in range(len(slides))]
+    names = reference_names(len(slides), names)
     for name, ref in zip(names, slides, strict=True):
         if ref.lattice.kind != slide.lattice.kind:
             raise ReferenceSlideError(

@@ -19,9 +19,9 @@ The rule (documented in README "Same-tissue reference" and ``stentrans enhance -
   e.g. of sequencing depth or batch, is not tissue structure and would otherwise become the
   first axis); the basis **mean** and the spot **scores** are the slide's own (its values less
   its own mean, projected on the pooled axes);
-- everything else is the slide's own: the choice of rank, smoothers and gene-residual
-  shrinkage (on its own self-supervised pairs, as without a reference), depth, residuals, and
-  every gene's loadings at prediction.
+- everything else is the slide's own: the choice of rank and smoothers (on its own
+  self-supervised pairs, as without a reference), depth, the gene residuals and their
+  shrinkage, and every gene's loadings at prediction.
 
 A reference never contains the slide itself: a reference with the slide's fingerprint is
 refused, and the evaluation refuses one equal to the evaluated (full) slide.
@@ -38,6 +38,40 @@ from .errors import InputError, ReferenceSlideError
 from .slide import Slide
 
 MIN_SHARED_GENES = 50  # fewer shared basis genes make a basis of a few genes: refused
+
+
+def reference_names(count: int, names: list[str] | None = None) -> list[str]:
+    """``names`` as a list, or ``reference 1``, ``reference 2``, ... for ``count`` unnamed slides."""
+    return list(names) if names is not None else [f"reference {i + 1}" for i in range(count)]
+
+
+def read_references(paths: list) -> list:
+    """The reference slides at ``paths`` (files or folders, each read whole by :func:`.io.read`).
+
+    Every path is checked to exist before any is read.
+
+    Raises
+    ------
+    ReferenceSlideError
+        A missing or unreadable reference, named by its path (the CLI prints ``--reference PATH: ...``).
+    """
+    from pathlib import Path
+
+    from .errors import StentransError
+    from .io import read
+
+    for path in paths:
+        if not Path(path).exists():
+            raise ReferenceSlideError(str(path), "no such file or folder")
+    slides = []
+    for path in paths:
+        try:
+            slides.append(read(path))
+        except StentransError as exc:
+            text = str(exc)
+            problem = text[len(f"{path}: ") :] if text.startswith(f"{path}: ") else text
+            raise ReferenceSlideError(str(path), problem) from exc
+    return slides
 
 
 @dataclass(frozen=True)
@@ -128,7 +162,7 @@ def fit_reference_basis(
     """
     if not references:
         raise InputError("no reference slide given")
-    names = list(names) if names is not None else [f"reference {i + 1}" for i in range(len(references))]
+    names = reference_names(len(references), names)
     genes = np.asarray(slide.genes[basis_genes]).astype(str)
     shared = np.ones(len(genes), dtype=bool)
     for ref, name in zip(references, names, strict=True):
@@ -170,4 +204,4 @@ def fit_reference_basis(
     )
 
 
-__all__ = ["ReferenceBasis", "fit_reference_basis", "MIN_SHARED_GENES"]
+__all__ = ["ReferenceBasis", "fit_reference_basis", "read_references", "reference_names", "MIN_SHARED_GENES"]
