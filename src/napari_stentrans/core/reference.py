@@ -95,10 +95,12 @@ class ReferenceBasis:
     slides: tuple[str, ...]
     n_left_out: int = 0
 
-    def basis(self, slide: Slide, max_rank: int) -> LowRankBasis:
+    def basis(self, slide: Slide, max_rank: int, values: np.ndarray | None = None) -> LowRankBasis:
         """The slide's :class:`~.classical.LowRankBasis` on the reference axes.
 
-        Mean and scores are ``slide``'s own (its usable spots, basis genes by name).
+        Mean and scores are ``slide``'s own (its usable spots, basis genes by name);
+        ``values``, when the caller has them, are those spots' log-normalised values of
+        :attr:`genes`, in order (saves normalising them again).
 
         Raises
         ------
@@ -111,7 +113,9 @@ class ReferenceBasis:
             raise InputError(
                 f"{int((idx < 0).sum())} gene(s) of the reference basis are not in this slide, e.g. {missing!r}"
             )
-        values = slide.expression(idx, "log1p", TARGET_SUM).astype(np.float64)
+        if values is None:
+            values = slide.expression(idx, "log1p", TARGET_SUM)
+        values = np.asarray(values, dtype=np.float64)
         mean = values.mean(axis=0)
         components = self.components[:, : max(1, min(max_rank, self.components.shape[1]))]
         scores = (values - mean) @ components.astype(np.float64)
@@ -135,6 +139,7 @@ def fit_reference_basis(
     max_rank: int,
     names: list[str] | None = None,
     seed: int = 0,
+    values: np.ndarray | None = None,
 ) -> ReferenceBasis:
     """Fit the gene loadings on ``references`` pooled with ``slide`` (see module docstring).
 
@@ -152,6 +157,9 @@ def fit_reference_basis(
         A name per reference (e.g. its file), for the record; default: ``reference N``.
     seed
         Seed of the randomized SVD.
+    values
+        ``slide``'s log-normalised values of ``basis_genes`` at its usable spots, when the
+        caller has them (saves normalising them again).
 
     Raises
     ------
@@ -190,8 +198,11 @@ def fit_reference_basis(
     kept = genes[shared]
     blocks = []
     for source in [slide, *references]:
-        values = source.expression(source.genes.get_indexer(list(kept)), "log1p", TARGET_SUM)
-        blocks.append(values - values.mean(axis=0))
+        if source is slide and values is not None:
+            block = np.ascontiguousarray(values[:, shared])
+        else:
+            block = source.expression(source.genes.get_indexer(list(kept)), "log1p", TARGET_SUM)
+        blocks.append(block - block.mean(axis=0))
     pooled = LowRankBasis.fit(np.concatenate(blocks), max_rank, seed=seed)
     return ReferenceBasis(
         genes=tuple(kept),

@@ -20,6 +20,7 @@ from collections.abc import Generator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
@@ -238,9 +239,9 @@ class ClassicalModel(FittedModel):
     def basis(self, slide: Slide, values: np.ndarray | None = None) -> LowRankBasis:
         """The low-rank basis of ``slide``'s usable spots, fitted once per slide and mask.
 
-        ``values`` (the basis genes' log-normalised expression, when the caller has it) saves
-        computing it again. The rank covers both the main and the gap parameters. With a
-        :attr:`reference`, the axes are the reference's and ``values`` is not used.
+        ``values`` (the log-normalised expression of :attr:`basis_genes`, when the caller has
+        it) saves computing it again. The rank covers both the main and the gap parameters.
+        With a :attr:`reference`, the axes are the reference's (``values`` gives its genes).
         """
         key = (slide.fingerprint, _usable_digest(slide))
         if key not in self._bases:
@@ -250,7 +251,15 @@ class ClassicalModel(FittedModel):
             if len(self._bases) >= 2:  # e.g. a napari slide repainted: keep the latest ones only
                 self._bases.pop(next(iter(self._bases)))
             if self.reference is not None:  # the reference slides' axes, this slide's scores
-                self._bases[key] = self.reference.basis(slide, rank)
+                columns = (
+                    None if values is None else pd.Index(self.basis_genes).get_indexer(self.reference.genes)
+                )
+                shared = (
+                    None
+                    if columns is None or (columns < 0).any()
+                    else np.ascontiguousarray(values[:, columns])
+                )
+                self._bases[key] = self.reference.basis(slide, rank, shared)
             else:
                 self._bases[key] = LowRankBasis.fit(values, rank)
         return self._bases[key]
@@ -408,16 +417,22 @@ class ClassicalEstimator(Estimator):
             gene_idx = np.asarray(genes)
         else:
             gene_idx = slide.training_genes(config.data.n_train_genes, config.data.min_detection)
-        reference = None
-        if self.reference is not None:  # checked (genes shared, not the slide itself) before the choice
-            reference = fit_reference_basis(
-                slide, gene_idx, self.reference, max(RANK_GRID), self.reference_names, seed=config.seed
-            )
         if values is None:
             what = f"normalising {len(gene_idx):,} genes at {slide.n_usable:,} spots"
             yield what, 0, 1
             values = slide.expression(gene_idx, "log1p", TARGET_SUM)
             yield what, 1, 1
+        reference = None
+        if self.reference is not None:  # checked (genes shared, not the slide itself) before the choice
+            reference = fit_reference_basis(
+                slide,
+                gene_idx,
+                self.reference,
+                max(RANK_GRID),
+                self.reference_names,
+                seed=config.seed,
+                values=values,
+            )
         params = yield from choose_params_steps(slide, values, config)
         model = ClassicalModel(
             config=config,
