@@ -531,6 +531,7 @@ class TrainWidget(_SlideWidget):
         self._progress = ProgressBar(label="Progress", min=0, max=1, value=0)
         self._status = _status_label(value="idle")
         self._verdict = _status_label(value="")
+        self._last_verdict = ""  # the verdict a refused or stopped run puts back
         self._verdict.native.setStyleSheet("font-weight: bold;")
         self.extend(
             [
@@ -725,13 +726,13 @@ class TrainWidget(_SlideWidget):
         self._progress.native.setFormat("%p%")
         self._progress.value = 0
         self._status.value = f"not run: {readable_error(exc)}. Nothing changed."
-        self._verdict.value = getattr(self, "_last_verdict", "")
+        self._verdict.value = self._last_verdict
         _notify_error(exc)
 
     def _on_result(self, slide_id: str, genes: list[str], result, model_path: Path | None = None) -> None:
         if result is None:
             self._status.value = "stopped: nothing changed"
-            self._verdict.value = getattr(self, "_last_verdict", "")
+            self._verdict.value = self._last_verdict
             return
         model, enhanced, layer_tuples = result
         if slide_id not in actions.slides(self._viewer):
