@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from helpers import block_sites, fit_cpu, make_slide, tiny_config
+from helpers import block_sites, fit_cpu, fit_network, make_slide, tiny_config
 from napari_stentrans.core.config import preset
 from napari_stentrans.core.errors import TrainingStopped
 from napari_stentrans.core.estimators import base as base_module
@@ -36,37 +36,11 @@ def _same_slide(got: ad.AnnData, expected: ad.AnnData) -> None:
     assert sorted(got.uns["stentrans"]) == sorted(expected.uns["stentrans"])
 
 
-def _network_model(adata):
-    """A learned model whose network changes the estimate: a real fit of a tiny network may be
-    refused by the gate (and then is the classical model), so its weights are set here."""
-    import torch
-
-    from napari_stentrans.core.estimators.classical import ClassicalEstimator
-    from napari_stentrans.core.estimators.learned import LearnedModel
-    from napari_stentrans.core.model import StEnTransViT
-    from napari_stentrans.core.slide import Slide
-
-    config = tiny_config("hex", restore_best=False)
-    slide = Slide.from_adata(adata)
-    classical = ClassicalEstimator(config).fit_model(slide)
-    torch.manual_seed(0)
-    network = StEnTransViT(config.network)
-    with torch.no_grad():  # the zero-initialised head would correct nothing
-        for weights in network.parameters():
-            weights.add_(0.02 * torch.randn_like(weights))
-    return LearnedModel(
-        config=config,
-        state_dict=network.state_dict(),
-        lattice_kind="hex",
-        classical=classical,
-        training_genes=classical.training_genes,
-        slide_fingerprint=slide.fingerprint,
-    )
-
-
 @pytest.mark.parametrize("name", ["default", "transformer"])
 def test_streamed_file_equals_the_in_memory_result(slide, tmp_path, name):
-    model = _network_model(slide) if name == "transformer" else fit_cpu(slide, preset("default", "hex"))
+    # a tiny network is kept whatever validation says (the gate would refuse it)
+    config = tiny_config("hex", restore_best=False)
+    model = fit_network(slide, config) if name == "transformer" else fit_cpu(slide, preset("default", "hex"))
     assert model.uses_network == (name == "transformer")
     expected_path = tmp_path / "memory.h5ad"
     model.enhance(slide, device="cpu").write_h5ad(expected_path)
