@@ -8,6 +8,11 @@ ticks (what a user feels as a frozen viewer: no redraw, no click). Run under a d
 
 Phases (one row each; the longest gap whose end falls in the phase, and the 99th percentile):
 
+``opening the panel``
+    ``add_plugin_dock_widget``: napari builds the workspace on the main thread (the plugin's
+    imports: anndata, matplotlib); then the Train tab imports torch in a worker.
+``choosing a learned preset``
+    the worker imports ``torch._dynamo`` (torch's optimisers import it on first use).
 ``read: napari File > Open``
     ``viewer.open(path, plugin="napari-stentrans")``: napari runs readers on the main thread,
     so the whole read is one gap (the reader is napari's to call, not the plugin's).
@@ -58,6 +63,11 @@ class Ticks:
     def now(self) -> int:
         return self.clock.elapsed()
 
+    def after(self, t: int) -> int:
+        """The first tick after ``t`` (``t`` itself when none came yet)."""
+        later = [tick for tick in self.ticks if tick > t]
+        return later[0] if later else t
+
     def gaps(self, start: int, end: int) -> np.ndarray:
         """Gaps (ms) between consecutive ticks whose later tick falls in ``(start, end]``,
         counting the tick just after ``end`` (a block that straddles the end belongs here)."""
@@ -97,11 +107,18 @@ def run_once(slide: Path | None, preset: str, epochs: int) -> dict[str, np.ndarr
 
     viewer = napari.Viewer(show=True, title="bench")
     viewer.window._qt_window.resize(1280, 800)
-    _, ws = viewer.window.add_plugin_dock_widget("napari-stentrans", "Workspace (all panels)")
     settle()
     ticks = Ticks()
     settle(200)
     out: dict[str, np.ndarray] = {}
+    start = ticks.now()
+    _, ws = viewer.window.add_plugin_dock_widget("napari-stentrans", "Workspace (all panels)")
+    end = ticks.now()
+    wait(lambda: ws.train.warmed_up)
+    out["opening the panel (napari's synchronous call)"] = ticks.gaps(start, end)
+    # from the first tick after the call: the call's own block belongs to the row above
+    out["importing torch (worker, after the panel opens)"] = ticks.gaps(ticks.after(end), ticks.now())
+    settle(200)
     if slide is not None:
         start = ticks.now()
         viewer.open(str(slide), plugin="napari-stentrans")
@@ -122,7 +139,12 @@ def run_once(slide: Path | None, preset: str, epochs: int) -> dict[str, np.ndarr
         out["read: sample (synthetic Visium), napari's synchronous call"] = ticks.gaps(start, end)
     settle(200)
     train = ws.train
+    start = ticks.now()
     train._preset.value = preset
+    wait(lambda: train.warmed_up)
+    if preset != "default":
+        out["choosing a learned preset (worker imports torch._dynamo)"] = ticks.gaps(start, ticks.now())
+        settle(200)
     train._epochs.value = epochs
     train._device.value = "cpu"
     marks: dict[str, int] = {}

@@ -300,3 +300,24 @@ def test_closing_a_slide_releases_it_and_a_late_result_is_discarded(st_viewer, q
     del info
     gc.collect()
     assert released() is None  # nothing keeps the closed slide's table or model alive
+
+
+def test_train_panel_imports_torch_in_a_worker_then_offers_its_devices(st_viewer, qtbot):
+    import sys
+
+    import torch
+
+    widget = _dock(st_viewer, "Train & enhance")
+    qtbot.waitUntil(lambda: widget.warmed_up, timeout=60_000)
+    cuda = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    assert list(widget._device.choices) == ["auto", "cpu", *cuda, "mps"]
+    assert widget._device_label.value.startswith("auto uses: ")
+    assert ("CUDA not available" in widget._device_label.value) == (not torch.cuda.is_available())
+    # a learned preset also imports the optimiser's compiler stack, ahead of its first epoch
+    assert widget._warmed == {False}
+    widget._preset.value = "transformer"
+    qtbot.waitUntil(lambda: widget.warmed_up, timeout=60_000)
+    assert widget._warmed == {False, True} and "torch._dynamo" in sys.modules
+    widget._preset.value = "default"
+    widget._preset.value = "published"
+    assert widget.warmed_up and widget._warmed == {False, True}  # once per panel

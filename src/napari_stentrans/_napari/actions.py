@@ -599,6 +599,38 @@ def leave_a_core_to_the_viewer(uses_torch: bool):
             torch.set_num_threads(previous)
 
 
+def warm_up(learned: bool = False) -> tuple[list[str], str]:
+    """Import torch ahead of a run, in a worker; the device choices and a hint about ``auto``.
+
+    Importing torch takes 1-2 s and importing it in the Train panel's constructor froze the
+    viewer that long while the panel opened; a worker started when the panel opens does it
+    instead. With ``learned``, also import ``torch._dynamo``: torch's optimisers import it on
+    first use (``torch._compile._disable_dynamo``, about 800 modules and 1.2 s), and doing that
+    in the first epoch of the first learned run stalled the viewer mid-run (docs/benchmarks.md).
+    Only for learned presets: it costs about 70 MB that the default preset never needs.
+
+    Returns
+    -------
+    devices
+        ``["cuda:0", ...]`` for each CUDA device torch sees (empty without CUDA support).
+    hint
+        One line: the device ``auto`` resolves to, and how to get CUDA when it is missing.
+    """
+    import torch
+
+    from ..core.device import resolve_device
+
+    if learned:
+        import torch._dynamo  # noqa: F401  (see above)
+    try:
+        devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        cuda = torch.cuda.is_available()
+    except Exception:  # a torch build without CUDA support
+        devices, cuda = [], False
+    hint = "" if cuda else " (CUDA not available: install a CUDA build of PyTorch to use a GPU)"
+    return devices, f"auto uses: {resolve_device('auto')}{hint}"
+
+
 def _apply_model_events(job: TrainingJob, prepared, stop):
     """Worker: load ``job.model_path``, judge (and fine-tune) a pretrained model on the slide.
 

@@ -9,6 +9,7 @@ thread workers that only yield events and return results; layers change on the m
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -447,13 +448,8 @@ class _LossPlot:
         self.canvas.draw_idle()
 
 
-def _cuda_devices() -> list[str]:
-    try:
-        import torch
-
-        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    except Exception:  # torch without CUDA support
-        return []
+#: one thread for the Train panels' torch imports (non-daemon: an exit waits for an import to end)
+_WARM_UP = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stentrans-warm-up")
 
 
 class TrainWidget(_SlideWidget):
@@ -521,11 +517,11 @@ class TrainWidget(_SlideWidget):
         )
         self._device = ComboBox(
             label="Device",
-            choices=["auto", "cpu", *_cuda_devices(), "mps"],
+            choices=["auto", "cpu", "mps"],  # + the CUDA devices once torch is imported (_warm_up)
             value="auto",
             tooltip="auto picks CUDA, then MPS, then the CPU",
         )
-        self._device_label = _status_label(value=self._device_hint())
+        self._device_label = _status_label(value="looking for a GPU...")
         self._start = PushButton(text="Start")
         self._stop = PushButton(text="Stop", enabled=False)
         self._progress = ProgressBar(label="Progress", min=0, max=1, value=0)
@@ -596,22 +592,58 @@ class TrainWidget(_SlideWidget):
         self._pending: list = []
         self._stop_flag = threading.Event()
         self.last_event = None
+        self._warmed: set[bool] = set()
+        self._warming: list[Future] = []
+        self._warm_timer = None
+        self._warm_up()
 
-    def _device_hint(self) -> str:
-        from ..core.device import resolve_device
+    def _warm_up(self, learned: bool = False) -> None:
+        """Import torch in a thread (:func:`.actions.warm_up`), then offer its CUDA devices.
 
-        try:
-            import torch
+        Once per panel, and once more for the first learned preset; a run started before the
+        import ends waits for it in its own worker (Python's import lock), never on the viewer.
+        A plain thread, polled by a timer the panel owns: a napari worker still running when
+        the viewer closes emits into deleted Qt objects and aborts the process.
+        """
+        from qtpy.QtCore import QTimer
 
-            cuda = torch.cuda.is_available()
-        except Exception:
-            cuda = False
-        device = resolve_device("auto")
-        hint = "" if cuda else " (CUDA not available: install a CUDA build of PyTorch to use a GPU)"
-        return f"auto uses: {device}{hint}"
+        if learned in self._warmed:
+            return
+        self._warmed.add(learned)
+        self._warming.append(_WARM_UP.submit(actions.warm_up, learned))
+        if self._warm_timer is None:
+            self._warm_timer = QTimer(self.native)
+            self._warm_timer.timeout.connect(self._poll_warm_up)
+        self._warm_timer.start(50)
+
+    def _poll_warm_up(self) -> None:
+        while self._warming and self._warming[0].done():
+            future = self._warming.pop(0)
+            if future.exception() is not None:
+                self._device_label.value = f"torch not usable: {readable_error(future.exception())}"
+            else:
+                self._set_devices(future.result())
+        if not self._warming:
+            self._warm_timer.stop()
+
+    def _set_devices(self, found: tuple[list[str], str]) -> None:
+        devices, hint = found
+        value = self._device.value
+        self._device.choices = ["auto", "cpu", *devices, "mps"]
+        self._device.value = value
+        if self.worker is None:  # a run in progress names its own device there
+            self._device_label.value = hint
+
+    @property
+    def warmed_up(self) -> bool:
+        """No torch import left running in the background (:meth:`_warm_up`)."""
+        return not self._warming
 
     def _apply_preset(self, name: str) -> None:
         from ..core.config import preset
+
+        if name != "default":
+            self._warm_up(learned=True)
 
         kind = actions.slide(self._viewer, self.slide_id).frame.lattice.kind if self.slide_id else "square"
         config = preset(name, kind).flat()
