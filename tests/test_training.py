@@ -465,8 +465,25 @@ def test_a_per_slide_correction_that_learns_nothing_gives_exactly_the_default(sq
     assert isinstance(fitted, ClassicalModel) and fitted.note == NOTHING_LEARNED
     assert fitted.config.classical.gene_residuals == "shrunk"
     assert fitted.params.describe() == default.params.describe()
-    np.testing.assert_array_equal(fitted.enhance(square_slide).X, default.enhance(square_slide).X)
+    enhanced = fitted.enhance(square_slide)
+    np.testing.assert_array_equal(enhanced.X, default.enhance(square_slide).X)
     assert np.isfinite(fitted.history["default_val_loss"][0])
+    # the record says what ran (the default's configuration) and what was asked for
+    info = enhanced.uns["stentrans"]
+    assert info["preset"] == "transformer" and info["config"]["preset"] == "default"
+    assert info["requested_config"]["preset"] == "transformer"
+    assert info["requested_config"]["optim"]["lr"] == pytest.approx(1e-12)
+    assert "requested_config" not in default.enhance(square_slide).uns["stentrans"]
+
+
+def test_a_saved_fallback_model_keeps_the_preset_it_was_asked_for(square_slide, tmp_path):
+    from napari_stentrans.core.checkpoint import load_model, save_model
+
+    fitted = fit_cpu(square_slide, tiny_config(lr=1e-12, weight_decay=0.0))
+    loaded = load_model(save_model(fitted, tmp_path / "fallback.safetensors"))
+    assert isinstance(loaded, ClassicalModel) and loaded.note == fitted.note
+    assert loaded.requested.to_dict() == fitted.requested.to_dict()
+    assert loaded.config.to_dict() == fitted.config.to_dict()
 
 
 def test_a_kept_per_slide_correction_beat_the_default_on_held_out_genes(square_slide):

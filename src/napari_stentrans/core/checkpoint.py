@@ -39,6 +39,7 @@ def _classical_part(model: ClassicalModel) -> dict:
         "slide_fingerprint": model.slide_fingerprint,
         "target_sum": float(model.target_sum),
         "note": model.note,
+        **({"requested_config": model.requested.to_dict()} if model.requested is not None else {}),
     }
 
 
@@ -161,6 +162,7 @@ def _classical_model(
         history=history,
         note=str(part.get("note", "")),
         name=name,
+        requested=_config(part["requested_config"]) if "requested_config" in part else None,
     )
 
 

@@ -108,6 +108,12 @@ def assemble(
         "coordinates": "half-pitch: measured spot (r, c) of the input is at (2r, 2c)",
         "preset": described.pop("preset"),
         "config": _plain(model.config.to_dict()) if hasattr(model, "config") else {},
+        # a learned preset that fell back to the default: what was asked for, beside what ran
+        **(
+            {"requested_config": _plain(model.requested.to_dict())}
+            if getattr(model, "requested", None) is not None
+            else {}
+        ),
         "model": _plain(described),
         "n_training_genes": len(model.training_genes),
         "history": {k: np.asarray(v, dtype=float) for k, v in model.history.items()},

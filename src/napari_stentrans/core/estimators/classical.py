@@ -183,9 +183,10 @@ class ClassicalModel(FittedModel):
         Genes the basis and the choice used on the fitting slide.
     slide_fingerprint
         :attr:`Slide.fingerprint` of that slide.
-    history, note
-        Training history when it is the result of a learned preset whose validation kept
-        epoch 0 (the classical estimate), and a line saying so.
+    history, note, requested
+        When it is the result of a learned preset whose network was not kept: the training
+        history, a line saying so, and that preset's configuration (``config`` is the
+        default's, which made the estimate).
     reference
         Gene loadings fitted with same-tissue reference slides (:mod:`..reference`), or None:
         the basis is fitted on the slide's own spots.
@@ -200,6 +201,7 @@ class ClassicalModel(FittedModel):
     history: dict = field(default_factory=dict, repr=False)
     note: str = ""
     name: str = "default"
+    requested: Config | None = field(default=None, repr=False)
     reference: ReferenceBasis | None = field(default=None, repr=False)
     _bases: dict = field(default_factory=dict, repr=False)
 

@@ -325,7 +325,7 @@ class LearnedEstimator(Estimator):
         if default is not None and (nothing_learned or not gate(result, config)):
             # exactly the per-slide default's model on this slide
             note = NOTHING_LEARNED if nothing_learned else NOT_KEPT
-            return replace(default, name=config.preset, history=result.history, note=note)
+            return replace(default, name=config.preset, history=result.history, note=note, requested=config)
         return LearnedModel.trained_on(slide, config, classical, train_idx, result)
 
     def _normalised(self, slide: Slide, train_idx: np.ndarray):
