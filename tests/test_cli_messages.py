@@ -177,6 +177,26 @@ def test_info_says_images_and_spots_without_counts_in_words(tmp_path, capsys):
     assert "coords" not in lines  # array_row/array_col given: nothing rebuilt
 
 
+def test_info_names_near_empty_spots_so_the_imputed_count_adds_up(tmp_path, capsys):
+    path, adata = _slide_with_empty_spots(tmp_path)
+    x = adata.X.toarray() * 1000.0  # a median depth in the thousands, as on a real slide
+    x[3] = 0
+    x[3, 0] = 1  # one count: far below 0.5 % of the median depth, not used as input
+    adata.X = sp.csr_matrix(x)
+    adata.write_h5ad(path)
+    code, out, _ = run_cli(["info", path], capsys)
+    lines = dict(line.split(":", 1) for line in out.splitlines())
+    assert code == 0
+    assert (
+        lines["spots"]
+        .strip()
+        .startswith(
+            f"{adata.n_obs} (3 without counts, imputed; 1 with fewer than 0.5% of the median depth, imputed);"
+        )
+    )
+    assert ", 4 imputed, " in lines["2x output"]
+
+
 def test_info_without_images_says_none_and_when_the_lattice_was_rebuilt(tmp_path, capsys):
     r, c = block_sites("square", 6, 6)
     adata = make_slide(r, c, "square", n_genes=8)

@@ -342,7 +342,7 @@ def _coordinates_text(adata) -> str | None:
 def cmd_info(args: argparse.Namespace) -> int:
     from .core.io import is_enhanced
     from .core.sites import output_sites
-    from .core.slide import Slide
+    from .core.slide import MIN_DEPTH_FRACTION, Slide
 
     adata = _read_input(args)
     if is_enhanced(adata):
@@ -354,8 +354,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     info = adata.uns["stentrans_lattice"]
     detected = len(slide.eligible_genes(0.10))
     empty = int(np.sum(slide.depth == 0))
+    # measured but below the depth floor: not used as input, imputed like the empty ones
+    shallow = int(np.sum(slide.not_lost & ~slide.usable)) - empty
     absent = len(info.get("in_tissue_unmeasured", ()))
     notes = [f"{empty} without counts, imputed"] if empty else []
+    if shallow:
+        notes.append(f"{shallow} with fewer than {MIN_DEPTH_FRACTION:.1%} of the median depth, imputed")
     if absent:
         notes.append(f"{absent} more in tissue but absent from the matrix, imputed")
     lines = [
