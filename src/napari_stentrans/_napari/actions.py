@@ -14,12 +14,15 @@ import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import anndata as ad
 import numpy as np
 
 from ..core.display import DisplayFrame, SpotRaster, spot_raster
 from .layers import enhanced_layers, gene_layers
+
+if TYPE_CHECKING:  # not imported when napari builds the panel (see core.display)
+    import anndata as ad
 
 LOST_LABEL = 1
 
@@ -603,8 +606,9 @@ def warm_up(learned: bool = False) -> tuple[list[str], str]:
     """Import torch ahead of a run, in a worker; the device choices and a hint about ``auto``.
 
     Importing torch takes 1-2 s and importing it in the Train panel's constructor froze the
-    viewer that long while the panel opened; a worker started when the panel opens does it
-    instead. With ``learned``, also import ``torch._dynamo``: torch's optimisers import it on
+    viewer that long while the panel opened; a thread started when the panel opens does it
+    instead, after the core readers (anndata and pandas, about 1 s, also left out of the
+    panel's own imports) unless a slide was opened first. With ``learned``, also import ``torch._dynamo``: torch's optimisers import it on
     first use (``torch._compile._disable_dynamo``, about 800 modules and 1.2 s), and doing that
     in the first epoch of the first learned run stalled the viewer mid-run (docs/benchmarks.md).
     Only for learned presets: it costs about 70 MB that the default preset never needs.
@@ -618,6 +622,7 @@ def warm_up(learned: bool = False) -> tuple[list[str], str]:
     """
     import torch
 
+    from ..core import io  # noqa: F401  (the readers: anndata, pandas, h5py)
     from ..core.device import resolve_device
 
     if learned:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import itertools
 import re
+from typing import TYPE_CHECKING
 
-import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
 from ..core.display import DisplayFrame, spatially_variable_genes, spot_raster
-from ..core.io import clean_spatial
+
+if TYPE_CHECKING:  # not imported when napari builds the panel (see core.display)
+    import anndata as ad
 
 _IDS = itertools.count(1)
 
@@ -62,6 +64,8 @@ def he_layers(adata: ad.AnnData, slide_id: str, frame: DisplayFrame) -> list[tup
     An image without its scale factor cannot be placed: it is left out with an
     ``OptionalPartWarning`` (the core readers already do so; this covers AnnData from elsewhere).
     """
+    from ..core.io import clean_spatial
+
     out = []
     source = adata.uns.get("stentrans_lattice", {}).get("source") or "slide"
     for library, entry in clean_spatial(adata.uns.get("spatial", {}), source).items():

@@ -16,12 +16,14 @@ on the original spot.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import anndata as ad
 import numpy as np
 
-from .io import lattice_of
 from .lattice import Lattice, fit_affine
+
+if TYPE_CHECKING:  # anndata (with pandas) takes about a second to import: not when napari builds the panel
+    import anndata as ad
 
 _NEIGHBOUR = {"square": (0, 1), "hex": (0, 2), "checkerboard": (1, 1)}
 
@@ -45,6 +47,8 @@ class DisplayFrame:
     @classmethod
     def of(cls, adata: ad.AnnData) -> DisplayFrame:
         """Fit the array -> image affine on the measured spots and scale it to micrometres."""
+        from .io import lattice_of
+
         lattice = lattice_of(adata)
         row = adata.obs["array_row"].to_numpy(dtype=float)
         col = adata.obs["array_col"].to_numpy(dtype=float)
