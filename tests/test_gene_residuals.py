@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 from helpers import block_sites, make_slide
-from napari_stentrans.core.classical import ClassicalParams, noise_factor, residual_shrinkage
+from napari_stentrans.core.classical import SAME_AS_SCORES, ClassicalParams, noise_factor, residual_shrinkage
 from napari_stentrans.core.config import preset
 from napari_stentrans.core.errors import ConfigError
 from napari_stentrans.core.lattice import Lattice
@@ -127,8 +127,54 @@ def test_the_rank_is_chosen_with_fixed_shrinkage_and_a_grid_still_chooses_kappa(
     values = slide.expression(np.arange(len(slide.genes)))
     positions = slide.positions(slide.usable)
     cosets = slide.lattice.coset(slide.row[slide.usable], slide.col[slide.usable])
-    (rank, kappa), table = select_gene_residuals(values, positions, cosets, None)
-    assert RESIDUAL_GRID == (1.0,) and kappa == 1.0
-    assert {k for _, k in table} == {1.0} and len(table) > 1  # several ranks scored
-    (_, kappa), table = select_gene_residuals(values, positions, cosets, None, residuals=(None, 1.0, 0.0))
-    assert {k for _, k in table} == {None, 1.0, 0.0} and kappa in (None, 1.0, 0.0)
+    (rank, kappa, smoother), table = select_gene_residuals(values, positions, cosets, None)
+    assert RESIDUAL_GRID == (1.0,) and kappa == 1.0 and smoother == SAME_AS_SCORES
+    assert {k for _, k, _ in table} == {1.0} and len(table) > 1  # several ranks scored
+    (_, kappa, _), table = select_gene_residuals(values, positions, cosets, None, residuals=(None, 1.0, 0.0))
+    assert {k for _, k, _ in table} == {None, 1.0, 0.0} and kappa in (None, 1.0, 0.0)
+
+
+def test_the_residuals_smoother_is_chosen_and_changes_the_estimate_only_through_the_residual():
+    """The rank and the residuals' own smoother (the scores', linear, 0.5 pitch) are chosen on
+    same-scale dropout pairs; the smoother acts on the gene residual alone."""
+    from dataclasses import replace
+
+    from napari_stentrans.core.classical import (
+        RESIDUAL_SMOOTHER_GRID,
+        dropout_pairs,
+        select_gene_residuals,
+    )
+    from napari_stentrans.core.fitting import fit
+    from napari_stentrans.core.slide import Slide
+
+    adata = _slide_with_own_patterns()
+    slide = Slide.from_adata(adata)
+    values = slide.expression(np.arange(len(slide.genes)))
+    positions = slide.positions(slide.usable)
+    pairs = dropout_pairs(len(positions), np.random.default_rng(0))
+    assert len(pairs) == 8 and all((~keep).sum() == int(0.25 * len(positions)) for keep in pairs)
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(pairs, dropout_pairs(len(positions), np.random.default_rng(0)), strict=True)
+    )
+    choice, table = select_gene_residuals(
+        values, positions, pairs, 1.0, scale=1.0, residual_bandwidths=RESIDUAL_SMOOTHER_GRID
+    )
+    assert {h for _, _, h in table} == set(RESIDUAL_SMOOTHER_GRID) and choice in table
+    model = fit(adata, preset("default", "hex", min_detection=0.0), device="cpu")
+    params = model.params
+    assert params.residual_bandwidth in RESIDUAL_SMOOTHER_GRID
+    assert ClassicalParams.from_description(params.describe()) == params
+
+    # the same model with each residual smoother: the estimates differ where the residual does;
+    # without residuals the smoother changes nothing
+    def enhanced(params_):
+        x = replace(model, params=replace(params_, holes=None), _bases={}).enhance(adata).X
+        return x.toarray() if sp.issparse(x) else np.asarray(x)
+
+    assert not np.allclose(
+        enhanced(replace(params, residual_bandwidth=SAME_AS_SCORES)),
+        enhanced(replace(params, residual_bandwidth=None)),
+    )
+    plain = replace(params, residual=None)
+    np.testing.assert_array_equal(enhanced(plain), enhanced(replace(plain, residual_bandwidth=None)))

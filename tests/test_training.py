@@ -70,7 +70,7 @@ def test_stages_report_the_work_before_training_with_counts(square_slide, preset
     stages = _stages(events)
     names = list(stages)
     assert any("rank and smoothers on 4 coset pairs" in n for n in names)
-    assert any("rank with gene residuals on 4 coset pairs" in n for n in names)
+    assert any("rank and residual smoother on 8 dropout pairs" in n for n in names)
     for name, counts in stages.items():
         done = [d for d, _, _ in counts]
         totals = {t for _, t, _ in counts}
@@ -98,7 +98,7 @@ def test_stop_during_the_stages_ends_the_fit_before_training(square_slide):
     trainer = Trainer(square_slide, tiny_config(epochs=5), device="cpu")
     for event in trainer.run(stop):
         events.append(event)
-        if event.kind == "stage" and "with gene residuals" in event.message:
+        if event.kind == "stage" and "residual smoother" in event.message:
             stop.set()
     assert events[-1].kind == "stopped" and not any(e.kind in ("prepared", "step") for e in events)
     assert trainer.result is None
@@ -326,8 +326,9 @@ def test_the_gate_refuses_a_network_that_beats_the_default_only_through_its_base
 
 def test_a_correction_that_lowers_squared_error_without_better_correlations_gives_the_default(square_slide):
     """A real network whose correction is a constant shift of its base: the held-out squared error
-    can go down (the base is biased), every correlation stays that of the base; refused, and the
-    output is exactly the per-slide default's."""
+    of its base can go down (the base is biased), every correlation stays that of the base;
+    refused, and the output is exactly the per-slide default's. (Refused with a loss below the
+    default's too: ``test_the_gate_refuses_a_network_that_lowers_squared_error_but_not_the_correlation_score``.)"""
     from napari_stentrans.core.estimators.classical import ClassicalEstimator
     from napari_stentrans.core.estimators.learned import LearnedModel
     from napari_stentrans.core.fitting import fit
@@ -354,12 +355,13 @@ def test_a_correction_that_lowers_squared_error_without_better_correlations_give
         )
         fitted = finetune(shifted, slide, epochs=0, device="cpu")
         history = fitted.history
-        if history["val_loss"][0] < min(history["default_val_loss"][0], history["classical_val_loss"][0]):
+        if history["val_loss"][0] < history["classical_val_loss"][0]:
             lowered.append(shift)
-        assert abs(history["val_score"][0] - history["default_val_score"][0]) < 1e-3
+        # a constant shift keeps every correlation of its base
+        assert abs(history["val_score"][0] - history["classical_val_score"][0]) < 1e-3
         assert is_classical_fallback(fitted)
         np.testing.assert_array_equal(fitted.enhance(square_slide).X, default_x)
-    assert lowered  # at least one shift beat both baselines on squared error, and was refused
+    assert lowered  # at least one shift beat its base on squared error, and was refused
 
 
 def test_the_correlation_score_needs_enough_scored_spots(square_slide):

@@ -39,6 +39,14 @@ DEPTH_BANDWIDTH_GRID: tuple[float | None, ...] = (None, 0.3, 0.5, 0.7, 1.0, 1.4,
 # rank: choosing kappa too, among (None, 1, 0.6, 0.3, 0), followed the pairs' noise and held
 # issue 12's bar in 59 of 108 accuracy runs against 64 (docs/design.md).
 RESIDUAL_GRID: tuple[float | None, ...] = (1.0,)
+#: the gene residual's own smoother: the scores' (SAME_AS_SCORES), linear interpolation (None) or a
+#: 0.5-pitch kernel. A wide scores' kernel keeps broad patterns and loses the fine-scale
+#: co-variation of genes that linear interpolation keeps; chosen with the rank on same-scale
+#: dropout pairs (docs/design.md, sixth session).
+SAME_AS_SCORES = "scores"
+RESIDUAL_SMOOTHER_GRID: tuple[float | str | None, ...] = (SAME_AS_SCORES, None, 0.5)
+#: weight of the co-expression r in that choice's criterion (per-gene and gene-specific r: 1)
+COEXPRESSION_WEIGHT = 2.0
 
 T = TypeVar("T")
 #: what a stepwise choice yields: ``(pairs done, pairs in all)``, ``(0, n)`` before the first
@@ -232,8 +240,9 @@ class ClassicalParams:
     shared bandwidth of 2 pitches). ``depth_mixture``, when given, replaces the single depth
     smoother by a convex mixture ``((bandwidth, weight), ...)`` of candidate smoothers
     (:func:`stack_weights`); ``depth_bandwidth`` is then its heaviest member. ``residual``,
-    when not None, adds each gene's own smoothed residual (same smoother as the scores),
-    shrunk by :func:`residual_shrinkage` with that ``kappa``.
+    when not None, adds each gene's own residual smoothed with ``residual_bandwidth``
+    (:data:`SAME_AS_SCORES`: the scores' smoother; None: linear interpolation; a number: a
+    kernel), shrunk by :func:`residual_shrinkage` with that ``kappa``.
     """
 
     rank: int = 5
@@ -242,6 +251,7 @@ class ClassicalParams:
     holes: ClassicalParams | None = None  # for sites to impute, chosen on hole-filling pairs
     depth_mixture: tuple[tuple[float | None, float], ...] = ()
     residual: float | None = None  # kappa of residual_shrinkage; None: no gene residuals
+    residual_bandwidth: float | str | None = SAME_AS_SCORES
 
     @property
     def for_holes(self) -> ClassicalParams:
@@ -259,6 +269,19 @@ class ClassicalParams:
 
     def weights(self, source_xy: np.ndarray, target_xy: np.ndarray) -> sp.csr_matrix:
         return smoothing_weights(source_xy, target_xy, self.bandwidth)
+
+    @property
+    def residual_smoother(self) -> float | None:
+        """The gene residuals' bandwidth as a smoother takes it (None: linear interpolation)."""
+        return self.bandwidth if self.residual_bandwidth == SAME_AS_SCORES else self.residual_bandwidth
+
+    def residual_weights(
+        self, source_xy: np.ndarray, target_xy: np.ndarray, weights: sp.csr_matrix | None = None
+    ) -> sp.csr_matrix:
+        """The gene residuals' smoother; the scores' ``weights``, when given, serve if it is the same."""
+        if weights is not None and self.residual_smoother == self.bandwidth:
+            return weights
+        return smoothing_weights(source_xy, target_xy, self.residual_smoother)
 
     def smooth_log_depth(
         self, source_xy: np.ndarray, target_xy: np.ndarray, log_depth: np.ndarray
@@ -292,6 +315,8 @@ class ClassicalParams:
             line += ", gene residuals " + (
                 "whole" if self.residual == 0 else f"shrunk (kappa {self.residual:g})"
             )
+            if self.residual_bandwidth != SAME_AS_SCORES:
+                line += f" smoothed {name(self.residual_bandwidth)}"
         if self.holes is not None:
             line += f"; in gaps: {self.holes.summary()}"
         return line
@@ -312,6 +337,8 @@ class ClassicalParams:
             described["depth_mixture"] = {str(name(h)): float(w) for h, w in self.depth_mixture}
         if self.residual is not None:
             described["residual"] = float(self.residual)
+            if self.residual_bandwidth != SAME_AS_SCORES:
+                described["residual_bandwidth"] = name(self.residual_bandwidth)
         if self.holes is not None:
             described["holes"] = self.holes.describe()
         return described
@@ -335,6 +362,7 @@ class ClassicalParams:
             holes,
             mixture,
             None if data.get("residual") is None else float(data["residual"]),
+            value(data["residual_bandwidth"]) if "residual_bandwidth" in data else SAME_AS_SCORES,
         )
 
 
@@ -603,6 +631,80 @@ def classical_params_steps(
     return ClassicalParams(rank, h, depth_h, depth_mixture=mixture), mean_scores
 
 
+class _ResidualPair:
+    """One pair of :func:`gene_residuals_steps`: what the candidates of every call share.
+
+    The low-rank basis of the kept sites, the truth's side of the metrics, the smoothers (and
+    smoothed scores) of each bandwidth asked for, and each rank's Moran's I of the residual:
+    small next to the values, so a pair can be kept for the next call.
+    """
+
+    def __init__(
+        self,
+        kept: np.ndarray,
+        truth: np.ndarray,
+        source_xy: np.ndarray,
+        target_xy: np.ndarray,
+        neighbours: sp.csr_matrix,
+        max_rank: int,
+    ) -> None:
+        self.basis = LowRankBasis.fit(kept, max_rank)
+        self.source_xy, self.target_xy, self.neighbours = source_xy, target_xy, neighbours
+        self.mean = self.basis.mean.astype(np.float64)
+        axes = self.basis.components[:, :N_AXES].astype(np.float64)
+        self.target = FidelityTarget(truth, self.mean, axes, spatially_variable(kept, neighbours))
+        self._weights: dict = {}
+        self._scores: dict = {}
+        self._moran: dict[int, np.ndarray] = {}
+
+    def weights(self, bandwidth: float | None) -> tuple[sp.csr_matrix, np.ndarray]:
+        """The smoother of ``bandwidth`` from the kept sites to the targets, and its noise factor."""
+        if bandwidth not in self._weights:
+            w = smoothing_weights(self.source_xy, self.target_xy, bandwidth)
+            self._weights[bandwidth] = w, noise_factor(w)
+        return self._weights[bandwidth]
+
+    def smoothed_scores(self, bandwidth: float | None) -> np.ndarray:
+        if bandwidth not in self._scores:
+            self._scores[bandwidth] = self.weights(bandwidth)[0] @ self.basis.scores.astype(np.float64)
+        return self._scores[bandwidth]
+
+    def moran(self, rank: int, residual: np.ndarray) -> np.ndarray:
+        """Moran's I of ``residual``, the rank's residual at the kept sites (the same every call)."""
+        if rank not in self._moran:
+            self._moran[rank] = morans_i(residual, self.neighbours)
+        return self._moran[rank]
+
+
+#: a residual choice's key: (rank, kappa, the residual's smoother)
+ResidualChoice = tuple[int, float | None, float | str | None]
+
+
+def dropout_pairs(
+    n_sites: int, rng: np.random.Generator, n_pairs: int = 8, fraction: float = 0.25
+) -> list[np.ndarray]:
+    """Kept-site masks of same-scale pairs: each drops a random ``fraction`` of the sites.
+
+    Unlike the coset pairs (which halve the lattice, so every smoother is judged at twice the
+    real spacing), the kept sites keep the slide's own spacing around each dropped one; the
+    gene residuals' smoother is chosen on these (docs/design.md, sixth session).
+
+    Parameters
+    ----------
+    n_sites
+        Usable spots of the slide.
+    rng
+        Seeded generator (the configuration's seed): the same pairs on every run.
+    """
+    n_drop = int(fraction * n_sites)
+    pairs = []
+    for _ in range(n_pairs):
+        keep = np.ones(n_sites, dtype=bool)
+        keep[rng.choice(n_sites, n_drop, replace=False)] = False
+        pairs.append(keep)
+    return pairs
+
+
 def select_gene_residuals(
     values: np.ndarray,
     positions: np.ndarray,
@@ -614,15 +716,28 @@ def select_gene_residuals(
     max_targets: int = 1000,
     scale: float = 2.0,
     tolerance: float = 0.005,
-) -> tuple[tuple[int, float | None], dict[tuple[int, float | None], float]]:
-    """Choose the rank (and ``kappa`` when ``residuals`` offers several) on the pairs, for three metrics.
+    residual_bandwidths: tuple[float | str | None, ...] = (SAME_AS_SCORES,),
+    coexpression_weight: float = 1.0,
+) -> tuple[ResidualChoice, dict[ResidualChoice, float]]:
+    """Choose the rank (and ``kappa`` and the residual's smoother where several are offered) on the pairs.
 
     See :func:`gene_residuals_steps` (the same choice, reporting its progress pair by pair) for
     the criterion, the parameters and the result.
     """
     return run_steps(
         gene_residuals_steps(
-            values, positions, cosets, bandwidth, ranks, residuals, max_genes, max_targets, scale, tolerance
+            values,
+            positions,
+            cosets,
+            bandwidth,
+            ranks,
+            residuals,
+            max_genes,
+            max_targets,
+            scale,
+            tolerance,
+            residual_bandwidths,
+            coexpression_weight,
         )
     )
 
@@ -638,18 +753,22 @@ def gene_residuals_steps(
     max_targets: int = 1000,
     scale: float = 2.0,
     tolerance: float = 0.005,
-) -> Progress[tuple[tuple[int, float | None], dict[tuple[int, float | None], float]]]:
+    residual_bandwidths: tuple[float | str | None, ...] = (SAME_AS_SCORES,),
+    coexpression_weight: float = 1.0,
+    cache: dict | None = None,
+) -> Progress[tuple[ResidualChoice, dict[ResidualChoice, float]]]:
     """:func:`select_gene_residuals`, yielding ``(pairs done, pairs)`` after each pair.
 
     The estimate at a pair's targets is the rank-``r`` reconstruction smoothed with
-    ``bandwidth`` plus each gene's smoothed residual weighted by :func:`residual_shrinkage`
-    (``kappa`` from ``residuals``; None adds nothing; the default offers the one kappa 1, so only
-    the rank is chosen). Each candidate is scored, on the
-    normalised values of every pair's targets, by the sum of three numbers judged in the
+    ``bandwidth`` plus each gene's residual, smoothed with each of ``residual_bandwidths``
+    (:data:`SAME_AS_SCORES`: ``bandwidth``), weighted by :func:`residual_shrinkage` (``kappa``
+    from ``residuals``; None adds nothing; the default offers the one kappa 1). Each candidate is
+    scored, on the normalised values of every pair's targets, by three numbers judged in the
     evaluation (:mod:`.fidelity`): the median per-gene r, the median gene-specific r (top
-    principal axes of the pair's kept sites removed) and the co-expression r, the last two over
-    the genes with the highest Moran's I at the kept sites. Per-gene r alone favours rank 1-5
-    without residuals, which makes unrelated genes follow one map (issue 12 of the project).
+    principal axes of the pair's kept sites removed) and ``coexpression_weight`` times the
+    co-expression r, the last two over the genes with the highest Moran's I at the kept sites.
+    Per-gene r alone favours rank 1-5 without residuals, which makes unrelated genes follow one
+    map (issue 12 of the project).
 
     Parameters
     ----------
@@ -660,46 +779,59 @@ def gene_residuals_steps(
     tolerance
         Only candidates whose mean median per-gene r is within this of the best candidate's
         are eligible: the fidelity metrics may not be bought with per-gene r.
+    cache
+        A dict kept between calls on the same ``values``, ``positions``, pairs and ``scale``
+        with other ``bandwidth`` values (the measured sites and the gaps choose on the same
+        pairs): each pair's basis, Moran's I and smoothed residuals are computed once.
 
     Returns
     -------
-    ``(rank, kappa)`` with the highest mean score over the pairs, and the table of scores.
+    ``(rank, kappa, residual smoother)`` with the highest mean score over the pairs, and the
+    table of scores.
     """
     inputs = _pair_inputs(cosets)
     if not inputs:
-        return (ClassicalParams().rank, None), {}
+        return (ClassicalParams().rank, None, SAME_AS_SCORES), {}
     yield 0, len(inputs)
     chosen = _evenly(values, max_genes)
-    scores: dict[tuple[int, float | None], list[float]] = {}
-    per_gene: dict[tuple[int, float | None], list[float]] = {}
+    cache = {} if cache is None else cache
+    scores: dict[ResidualChoice, list[float]] = {}
+    per_gene: dict[ResidualChoice, list[float]] = {}
     for done, keep in enumerate(inputs, 1):
         kept, targets = chosen[keep], _pair_targets(keep, max_targets)
-        truth = chosen[targets].astype(np.float64)
-        basis = LowRankBasis.fit(kept, max(ranks))
-        smoother = smoothing_weights(positions[keep] / scale, positions[targets] / scale, bandwidth)
-        c = noise_factor(smoother)
-        neighbours = neighbour_weights(positions[keep])
-        spatial = spatially_variable(kept, neighbours)
-        kept_mean = basis.mean.astype(np.float64)
-        target = FidelityTarget(truth, kept_mean, basis.components[:, :N_AXES].astype(np.float64), spatial)
-        smoothed_scores = smoother @ basis.scores.astype(np.float64)
+        pair = cache.get(done)
+        if pair is None:
+            pair = cache[done] = _ResidualPair(
+                kept,
+                chosen[targets].astype(np.float64),
+                positions[keep] / scale,
+                positions[targets] / scale,
+                neighbour_weights(positions[keep]),
+                max(ranks),
+            )
+        low_scores = pair.smoothed_scores(bandwidth)
+        smoothers = {h: bandwidth if h == SAME_AS_SCORES else h for h in residual_bandwidths}
         for r in ranks:
-            if r > basis.max_rank:
+            if r > pair.basis.max_rank:
                 continue
-            loadings = basis.components[:, :r].astype(np.float64)
-            low_rank = smoothed_scores[:, :r] @ loadings.T + kept_mean
-            residual = kept - kept_mean - basis.scores[:, :r].astype(np.float64) @ loadings.T
-            moran = morans_i(residual, neighbours)
-            smoothed_residual = smoother @ residual
-            for kappa in residuals:
-                pred = (
-                    low_rank
-                    if kappa is None
-                    else low_rank + residual_shrinkage(moran, c, kappa) * smoothed_residual
-                )
-                total, median_r = target.score(pred)
-                scores.setdefault((r, kappa), []).append(total)
-                per_gene.setdefault((r, kappa), []).append(median_r)
+            loadings = pair.basis.components[:, :r].astype(np.float64)
+            low_rank = low_scores[:, :r] @ loadings.T + pair.mean
+            residual = kept - pair.mean - pair.basis.scores[:, :r].astype(np.float64) @ loadings.T
+            moran = pair.moran(r, residual)
+            for h, h_smoother in smoothers.items():
+                weights, noise = pair.weights(h_smoother)
+                smoothed_residual = weights @ residual
+                for kappa in residuals:
+                    if kappa is None and h != residual_bandwidths[0]:
+                        continue  # no residual: the smoother makes no difference
+                    pred = (
+                        low_rank
+                        if kappa is None
+                        else low_rank + residual_shrinkage(moran, noise, kappa) * smoothed_residual
+                    )
+                    total, median_r = pair.target.score(pred, coexpression_weight)
+                    scores.setdefault((r, kappa, h), []).append(total)
+                    per_gene.setdefault((r, kappa, h), []).append(median_r)
         yield done, len(inputs)
     mean_scores = {k: float(np.mean(v)) for k, v in scores.items() if len(v) == len(inputs)}
     mean_r = {k: float(np.mean(per_gene[k])) for k in mean_scores}

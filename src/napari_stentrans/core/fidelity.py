@@ -133,17 +133,18 @@ class FidelityTarget:
             return float("nan")
         return _coexpression(correlation_upper(pred[:, self.genes]), self.truth_upper)
 
-    def score(self, pred: np.ndarray) -> tuple[float, float]:
+    def score(self, pred: np.ndarray, coexpression_weight: float = 1.0) -> tuple[float, float]:
         """The choice criterion of the default and of the learned gate, and its per-gene part.
 
-        Returns ``(median per-gene r + median gene-specific r + co-expression r, median
-        per-gene r)`` of ``pred`` ``(targets, all genes)``; a median with no finite value counts
-        -1, a co-expression r that is not finite 0.
+        Returns ``(median per-gene r + median gene-specific r + w * co-expression r, median
+        per-gene r)`` of ``pred`` ``(targets, all genes)`` with ``w = coexpression_weight``; a
+        median with no finite value counts -1, a co-expression r that is not finite 0.
         """
         parts = (pearson_per_gene(pred, self.truth), self.gene_specific_r(pred))
         medians = [float(np.nanmedian(x)) if np.isfinite(x).any() else -1.0 for x in parts]
         coexpression = self.coexpression_r(pred)
-        return sum(medians) + (coexpression if np.isfinite(coexpression) else 0.0), medians[0]
+        coexpression = coexpression if np.isfinite(coexpression) else 0.0
+        return sum(medians) + coexpression_weight * coexpression, medians[0]
 
 
 def spectrum(values: np.ndarray) -> tuple[float, float]:

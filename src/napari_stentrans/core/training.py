@@ -169,8 +169,11 @@ class PairSampler:
             estimate = scores @ basis.components[genes, :rank].T + basis.mean[genes]
             if self.params.residual is not None:  # a base with gene residuals (the default's)
                 kept_scores = basis.scores[rows_in_basis, :rank]
+                residual_weights = self.params.residual_weights(
+                    self.positions[kept] / 2.0, self.positions / 2.0, weights
+                )
                 estimate = estimate + self._residuals(
-                    kept, kept_scores, basis, genes, rank, weights, self.params
+                    kept, kept_scores, basis, genes, rank, residual_weights, self.params
                 )
             stack.append(self.image(estimate.astype(np.float32)))
         full = np.concatenate(stack, axis=0)
@@ -218,7 +221,8 @@ class PairSampler:
         """``(n_targets, n_genes)`` each gene's smoothed residual, shrunk as the classical inference does.
 
         ``kept`` are the input spots (indices into the usable spots), ``kept_scores`` their basis
-        scores and ``weights`` the ``(n_targets, n_kept)`` smoother; the residual of the rank-``rank``
+        scores and ``weights`` the ``(n_targets, n_kept)`` residuals' smoother
+        (:meth:`~.classical.ClassicalParams.residual_weights`); the residual of the rank-``rank``
         reconstruction at the input spots is smoothed and weighted by
         :func:`~.classical.residual_shrinkage` with ``params.residual`` (its Moran's I taken over
         the input spots' nearest neighbours), as :class:`~.estimators.classical.ClassicalPredictor`
@@ -264,7 +268,7 @@ class PairSampler:
             )
             estimate[rows] = scores @ basis.components[genes, : params.rank].T + basis.mean[genes]
             if params.residual is not None:  # a base with gene residuals (the default's)
-                weights = params.weights(self.positions[kept], self.positions[rows])
+                weights = params.residual_weights(self.positions[kept], self.positions[rows])
                 kept_scores = basis.scores[kept, : params.rank]
                 estimate[rows] += self._residuals(
                     kept_rows, kept_scores, basis, genes, params.rank, weights, params
@@ -769,6 +773,8 @@ def train_slides(
         history["default_val_loss"] = [default_val]
     if default_score is not None:
         history["default_val_score"] = [default_score]
+    if classical_score is not None:  # the gate's second bar: the network's own base
+        history["classical_val_score"] = [classical_score]
 
     def record(epoch: int, train_loss: float | None, val_loss: float | None) -> float:
         elapsed = time.perf_counter() - start
