@@ -616,7 +616,8 @@ def warm_up(learned: bool = False) -> tuple[list[str], str]:
     Returns
     -------
     devices
-        ``["cuda:0", ...]`` for each CUDA device torch sees (empty without CUDA support).
+        ``["cuda:0", ...]`` for each CUDA device torch sees, then ``"mps"`` where Apple's Metal
+        backend is available (empty on a machine with neither).
     hint
         One line: the device ``auto`` resolves to, and how to get CUDA when it is missing.
     """
@@ -632,6 +633,9 @@ def warm_up(learned: bool = False) -> tuple[list[str], str]:
         cuda = torch.cuda.is_available()
     except Exception:  # a torch build without CUDA support
         devices, cuda = [], False
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():  # Apple silicon; never offered where it cannot run
+        devices.append("mps")
     hint = "" if cuda else " (CUDA not available: install a CUDA build of PyTorch to use a GPU)"
     return devices, f"auto uses: {resolve_device('auto')}{hint}"
 

@@ -458,6 +458,8 @@ class TrainWidget(_SlideWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(viewer)
+        from qtpy.QtCore import QTimer
+
         from ..core.config import PRESETS, preset
 
         defaults = preset("default", "square").flat()
@@ -517,7 +519,7 @@ class TrainWidget(_SlideWidget):
         )
         self._device = ComboBox(
             label="Device",
-            choices=["auto", "cpu", "mps"],  # + the CUDA devices once torch is imported (_warm_up)
+            choices=["auto", "cpu"],  # + the CUDA and MPS devices once torch is imported (_warm_up)
             value="auto",
             tooltip="auto picks CUDA, then MPS, then the CPU",
         )
@@ -595,7 +597,12 @@ class TrainWidget(_SlideWidget):
         self._warmed: set[bool] = set()
         self._warming: list[Future] = []
         self._warm_timer = None
-        self._warm_up()
+        # once napari has built the whole panel: an import started in the constructor shares the
+        # GIL with the rest of the panel's construction, which napari runs as one blocking call
+        self._warm_start = QTimer(self.native)
+        self._warm_start.setSingleShot(True)
+        self._warm_start.timeout.connect(self._warm_up)
+        self._warm_start.start(0)
 
     def _warm_up(self, learned: bool = False) -> None:
         """Import torch in a thread (:func:`.actions.warm_up`), then offer its CUDA devices.
@@ -629,15 +636,15 @@ class TrainWidget(_SlideWidget):
     def _set_devices(self, found: tuple[list[str], str]) -> None:
         devices, hint = found
         value = self._device.value
-        self._device.choices = ["auto", "cpu", *devices, "mps"]
+        self._device.choices = ["auto", "cpu", *devices]
         self._device.value = value
         if self.worker is None:  # a run in progress names its own device there
             self._device_label.value = hint
 
     @property
     def warmed_up(self) -> bool:
-        """No torch import left running in the background (:meth:`_warm_up`)."""
-        return not self._warming
+        """The panel's torch import (:meth:`_warm_up`) started and no import is left running."""
+        return False in self._warmed and not self._warming
 
     def _apply_preset(self, name: str) -> None:
         from ..core.config import preset
