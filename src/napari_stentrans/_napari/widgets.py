@@ -605,7 +605,7 @@ class TrainWidget(_SlideWidget):
         self._warm_start.start(0)
 
     def _warm_up(self, learned: bool = False) -> None:
-        """Import torch in a thread (:func:`.actions.warm_up`), then offer its CUDA devices.
+        """Import torch in a thread (:func:`.actions.warm_up`), then offer its CUDA and MPS devices.
 
         Once per panel, and once more for the first learned preset; a run started before the
         import ends waits for it in its own worker (Python's import lock), never on the viewer.

@@ -782,7 +782,8 @@ def gene_residuals_steps(
     cache
         A dict kept between calls on the same ``values``, ``positions``, pairs and ``scale``
         with other ``bandwidth`` values (the measured sites and the gaps choose on the same
-        pairs): each pair's basis, Moran's I and smoothed residuals are computed once.
+        pairs): each pair's basis, truth-side metrics, smoothers and Moran's I per rank are
+        computed once (:class:`_ResidualPair`); the residuals themselves are not kept.
 
     Returns
     -------

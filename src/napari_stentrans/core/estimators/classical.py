@@ -159,9 +159,9 @@ def _with_residuals(
     """``params`` with the rank and the residuals' smoother chosen, with shrunk gene residuals.
 
     On same-scale dropout pairs (:func:`~..classical.dropout_pairs`), with co-expression r
-    counted twice: chosen so on the coset and hole pairs (the scores' own smoother only, the
-    criterion's weights 1/1/1) the bar of issue 12 held in 64 of 108 accuracy runs, so in 69
-    (a rule picked on 17 slides and applied to the 18th; docs/design.md, sixth session). The
+    counted twice: chosen on the coset and hole pairs (the scores' own smoother only, weights
+    1/1/1) the bar of issue 12 held in 64 of 108 accuracy runs, chosen so in 71 (69 for the rule
+    picked on 17 slides and applied to the 18th; docs/design.md, sixth session). The
     shrinkage's ``kappa`` comes from :data:`~..classical.RESIDUAL_GRID` (one value: fixed).
     """
     what = f"choosing {'gap ' if gaps else ''}rank and residual smoother"
