@@ -811,7 +811,13 @@ def gene_residuals_steps(
                 max(ranks),
             )
         low_scores = pair.smoothed_scores(bandwidth)
-        smoothers = {h: bandwidth if h == SAME_AS_SCORES else h for h in residual_bandwidths}
+        # each residual smoother once: the scores' may equal another candidate (e.g. 0.5), whose
+        # scores would tie with it, and the earlier candidate wins a tie anyway
+        smoothers: dict = {}
+        for h in residual_bandwidths:
+            effective = bandwidth if h == SAME_AS_SCORES else h
+            if effective not in smoothers.values():
+                smoothers[h] = effective
         for r in ranks:
             if r > pair.basis.max_rank:
                 continue
