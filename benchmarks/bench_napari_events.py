@@ -9,10 +9,10 @@ ticks (what a user feels as a frozen viewer: no redraw, no click). Run under a d
 Phases (one row each; the longest gap whose end falls in the phase, and the 99th percentile):
 
 ``opening the panel``
-    ``add_plugin_dock_widget``: napari builds the workspace on the main thread (the plugin's
-    imports: anndata, matplotlib); then the Train tab imports torch in a worker.
+    ``add_plugin_dock_widget``: napari builds the workspace on the main thread; then, once it
+    is built, the Train tab imports the readers and torch in a thread.
 ``choosing a learned preset``
-    the worker imports ``torch._dynamo`` (torch's optimisers import it on first use).
+    the thread imports ``torch._dynamo`` (torch's optimisers import it on first use).
 ``read: napari File > Open``
     ``viewer.open(path, plugin="napari-stentrans")``: napari runs readers on the main thread,
     so the whole read is one gap (the reader is napari's to call, not the plugin's).
@@ -117,7 +117,9 @@ def run_once(slide: Path | None, preset: str, epochs: int) -> dict[str, np.ndarr
     wait(lambda: ws.train.warmed_up)
     out["opening the panel (napari's synchronous call)"] = ticks.gaps(start, end)
     # from the first tick after the call: the call's own block belongs to the row above
-    out["importing torch (worker, after the panel opens)"] = ticks.gaps(ticks.after(end), ticks.now())
+    out["importing the readers and torch (thread, after the panel opens)"] = ticks.gaps(
+        ticks.after(end), ticks.now()
+    )
     settle(200)
     if slide is not None:
         start = ticks.now()
@@ -143,7 +145,7 @@ def run_once(slide: Path | None, preset: str, epochs: int) -> dict[str, np.ndarr
     train._preset.value = preset
     wait(lambda: train.warmed_up)
     if preset != "default":
-        out["choosing a learned preset (worker imports torch._dynamo)"] = ticks.gaps(start, ticks.now())
+        out["choosing a learned preset (thread imports torch._dynamo)"] = ticks.gaps(start, ticks.now())
         settle(200)
     train._epochs.value = epochs
     train._device.value = "cpu"

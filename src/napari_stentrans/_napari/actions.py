@@ -606,12 +606,13 @@ def warm_up(learned: bool = False) -> tuple[list[str], str]:
     """Import torch ahead of a run, in a worker; the device choices and a hint about ``auto``.
 
     Importing torch takes 1-2 s and importing it in the Train panel's constructor froze the
-    viewer that long while the panel opened; a thread started when the panel opens does it
-    instead, after the core readers (anndata and pandas, about 1 s, also left out of the
-    panel's own imports) unless a slide was opened first. With ``learned``, also import ``torch._dynamo``: torch's optimisers import it on
-    first use (``torch._compile._disable_dynamo``, about 800 modules and 1.2 s), and doing that
-    in the first epoch of the first learned run stalled the viewer mid-run (docs/benchmarks.md).
-    Only for learned presets: it costs about 70 MB that the default preset never needs.
+    viewer that long while the panel opened; a thread started once the panel is built does it
+    instead, with the core readers (anndata and pandas, about 1 s, also left out of the panel's
+    own imports). With ``learned``, also import ``torch._dynamo``: torch's optimisers import it
+    on first use (``torch._compile._disable_dynamo``, about 800 modules and 1.2 s), and doing
+    that in the first epoch of the first learned run stalled the viewer mid-run
+    (docs/benchmarks.md). Only for learned presets: it costs about 70 MB that the default preset
+    never needs.
 
     Returns
     -------

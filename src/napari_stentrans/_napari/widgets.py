@@ -596,7 +596,8 @@ class TrainWidget(_SlideWidget):
         self.last_event = None
         self._warmed: set[bool] = set()
         self._warming: list[Future] = []
-        self._warm_timer = None
+        self._warm_timer = QTimer(self.native)  # polls the imports running in the thread
+        self._warm_timer.timeout.connect(self._poll_warm_up)
         # once napari has built the whole panel: an import started in the constructor shares the
         # GIL with the rest of the panel's construction, which napari runs as one blocking call
         self._warm_start = QTimer(self.native)
@@ -612,15 +613,10 @@ class TrainWidget(_SlideWidget):
         A plain thread, polled by a timer the panel owns: a napari worker still running when
         the viewer closes emits into deleted Qt objects and aborts the process.
         """
-        from qtpy.QtCore import QTimer
-
         if learned in self._warmed:
             return
         self._warmed.add(learned)
         self._warming.append(_WARM_UP.submit(actions.warm_up, learned))
-        if self._warm_timer is None:
-            self._warm_timer = QTimer(self.native)
-            self._warm_timer.timeout.connect(self._poll_warm_up)
         self._warm_timer.start(50)
 
     def _poll_warm_up(self) -> None:

@@ -16,9 +16,9 @@ Presets (:func:`preset`):
     The most accurate preset on the honest benchmark (docs/accuracy): the classical low-rank
     reconstruction of log-normalised expression, its scores and log depth smoothed to every
     output site (linear interpolation or Gaussian kernels), plus each gene's own smoothed
-    residual shrunk by its Moran's I (``kappa`` 1); rank and smoothers chosen on the slide's own
-    coset pairs, and for sites in gaps on hole-filling pairs shaped like the slide's gaps; no
-    network (``epochs=0``). With ``epochs > 0`` it learns the transformer's correction.
+    residual shrunk by its Moran's I (``kappa`` 1); smoothers chosen on the slide's own coset
+    pairs, and for sites in gaps on hole-filling pairs shaped like the slide's gaps; the rank and
+    the residuals' own smoother on same-scale dropout pairs; no network (``epochs=0``). With ``epochs > 0`` it learns the transformer's correction.
 ``transformer``
     The same classical estimate plus a Vision Transformer correction trained on the slide (20
     epochs, early stopping on a held-out region), fixing METHOD.md defects 1-4 and 8.
