@@ -128,7 +128,7 @@ def test_the_first_seconds_of_a_run_show_each_stage_with_its_count(make_napari_v
                 event.kind,
                 widget._status.value,
                 widget._progress.native.text(),
-                widget._plot.canvas.height(),
+                widget._plot.widget.height(),
             )
         )
     )
@@ -323,3 +323,20 @@ def test_train_panel_imports_torch_in_a_worker_then_offers_its_devices(st_viewer
     widget._preset.value = "default"
     widget._preset.value = "published"
     assert widget.warmed_up and widget._warmed == {False, True}  # once per panel
+
+
+def test_loss_plot_is_drawn_once_matplotlib_is_imported_and_keeps_earlier_points(st_viewer, qtbot):
+    widget = _dock(st_viewer, "Train & enhance")
+    plot = widget._plot
+    # the panel opens with an empty frame of the plot's size; matplotlib comes in the warm-up thread
+    assert plot.canvas is None and plot.widget.minimumHeight() == plot.MIN_HEIGHT
+    plot.add(0, None, 1.0)
+    plot.add(1, 0.9, 0.95)
+    qtbot.waitUntil(lambda: widget.warmed_up, timeout=60_000)
+    assert plot.canvas is not None and plot.canvas.parent() is plot.widget
+    epochs, val = plot._val_line.get_data()
+    assert list(epochs) == [0, 1] and np.allclose(val, [1.0, 0.95])
+    assert np.allclose(plot._train_line.get_data()[1], [np.nan, 0.9], equal_nan=True)
+    assert plot.axes.get_ylim()[0] < 0.9 and plot.axes.get_ylim()[1] > 1.0
+    plot.clear()
+    assert len(plot._val_line.get_data()[0]) == 0

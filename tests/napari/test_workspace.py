@@ -53,6 +53,7 @@ def test_workspace_fits_a_1280x800_screen_with_every_section_open(make_napari_vi
             ws.tabs.setCurrentIndex(index)
             QApplication.processEvents()
         ws.tabs.setCurrentIndex(ws.TABS.index("Train"))
+        qtbot.waitUntil(lambda: ws.train.warmed_up, timeout=60_000)  # the plot, drawn after the imports
         ws.train._plot.add(0, None, 1.0)
         ws.train._plot.add(1, 0.9, 0.95)
         ws.train._plot.canvas.draw()

@@ -9,6 +9,7 @@ thread workers that only yield events and return results; layers change on the m
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -398,12 +399,30 @@ class _LossPlot:
     """Train/validation loss per epoch (matplotlib canvas; magicgui has no plot widget).
 
     Fixed margins instead of ``tight_layout`` (which warned "Tight layout not applied" in a small
-    dock); new points update the lines' data and redraw once the event loop is idle.
+    dock); new points update the lines' data and redraw once the event loop is idle. The panel
+    holds an empty frame of the plot's size until :meth:`build` draws into it: importing
+    matplotlib took about 0.25 s of the panel's opening, so the Train panel imports it in its
+    warm-up thread and builds the canvas after (points added before then are kept).
     """
 
     MIN_HEIGHT = 180  # px: a readable plot in a 1280x800 window
 
     def __init__(self) -> None:
+        from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
+
+        self.widget = QWidget()
+        QVBoxLayout(self.widget).setContentsMargins(0, 0, 0, 0)
+        self.widget.setMinimumHeight(self.MIN_HEIGHT)
+        self.widget.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Expanding)
+        self.canvas = None
+        self.epochs: list[int] = []
+        self.train: list[float] = []
+        self.val: list[float] = []
+
+    def build(self) -> None:
+        """Make the figure and its canvas in the frame (main thread; once)."""
+        if self.canvas is not None:
+            return
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
         from matplotlib.ticker import MaxNLocator
@@ -412,7 +431,6 @@ class _LossPlot:
         self.figure = Figure(figsize=(3.2, 2.2))
         self.figure.subplots_adjust(left=0.2, right=0.97, bottom=0.27, top=0.95)
         self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(self.MIN_HEIGHT)
         self.canvas.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Expanding)
         self.axes = self.figure.add_subplot(111)
         self.axes.set_xlabel("epoch", fontsize=8)
@@ -422,7 +440,8 @@ class _LossPlot:
         (self._train_line,) = self.axes.plot([], [], "o-", ms=3, label="train")
         (self._val_line,) = self.axes.plot([], [], "s-", ms=3, label="validation")
         self.axes.legend(fontsize=7, loc="upper right")
-        self.clear()
+        self.widget.layout().addWidget(self.canvas)
+        self._draw()
 
     def clear(self) -> None:
         self.epochs, self.train, self.val = [], [], []
@@ -435,6 +454,8 @@ class _LossPlot:
         self._draw()
 
     def _draw(self) -> None:
+        if self.canvas is None:
+            return
         self._train_line.set_data(self.epochs, self.train)
         self._val_line.set_data(self.epochs, self.val)
         values = np.asarray(self.train + self.val, dtype=float)
@@ -446,6 +467,13 @@ class _LossPlot:
             pad = 0.05 * (high - low) or 0.05 * abs(high) or 1.0
             self.axes.set_ylim(low - pad, high + pad)
         self.canvas.draw_idle()
+
+
+def _import_plot_modules() -> None:
+    """Import matplotlib and its Qt canvas (about 0.25 s; the warm-up thread, not the viewer)."""
+    import matplotlib.backends.backend_qtagg  # noqa: F401
+    import matplotlib.figure  # noqa: F401
+    import matplotlib.ticker  # noqa: F401
 
 
 #: one thread for the Train panels' torch imports (non-daemon: an exit waits for an import to end)
@@ -542,7 +570,7 @@ class TrainWidget(_SlideWidget):
             ]
         )
         self._plot = _LossPlot()
-        self.native.layout().addWidget(self._plot.canvas)  # right under the verdict
+        self.native.layout().addWidget(self._plot.widget)  # right under the verdict
         self._advanced = _Section(
             "Advanced settings",
             Container(
@@ -595,7 +623,7 @@ class TrainWidget(_SlideWidget):
         self._stop_flag = threading.Event()
         self.last_event = None
         self._warmed: set[bool] = set()
-        self._warming: list[Future] = []
+        self._warming: list[tuple[str, Future, Callable]] = []  # an import, what to do once it ends
         self._warm_timer = QTimer(self.native)  # polls the imports running in the thread
         self._warm_timer.timeout.connect(self._poll_warm_up)
         # once napari has built the whole panel: an import started in the constructor shares the
@@ -606,26 +634,30 @@ class TrainWidget(_SlideWidget):
         self._warm_start.start(0)
 
     def _warm_up(self, learned: bool = False) -> None:
-        """Import torch in a thread (:func:`.actions.warm_up`), then offer its CUDA and MPS devices.
+        """Import matplotlib, then torch, in a thread (:func:`.actions.warm_up`); then draw the
+        loss plot and offer torch's CUDA and MPS devices.
 
-        Once per panel, and once more for the first learned preset; a run started before the
-        import ends waits for it in its own worker (Python's import lock), never on the viewer.
-        A plain thread, polled by a timer the panel owns: a napari worker still running when
-        the viewer closes emits into deleted Qt objects and aborts the process.
+        Once per panel, and once more (torch's compiler stack) for the first learned preset; a
+        run started before an import ends waits for it in its own worker (Python's import lock),
+        never on the viewer. A plain thread, polled by a timer the panel owns: a napari worker
+        still running when the viewer closes emits into deleted Qt objects and aborts the process.
         """
         if learned in self._warmed:
             return
         self._warmed.add(learned)
-        self._warming.append(_WARM_UP.submit(actions.warm_up, learned))
+        if not learned:
+            plot = _WARM_UP.submit(_import_plot_modules)
+            self._warming.append(("matplotlib", plot, lambda _: self._plot.build()))
+        self._warming.append(("torch", _WARM_UP.submit(actions.warm_up, learned), self._set_devices))
         self._warm_timer.start(50)
 
     def _poll_warm_up(self) -> None:
-        while self._warming and self._warming[0].done():
-            future = self._warming.pop(0)
+        while self._warming and self._warming[0][1].done():
+            what, future, then = self._warming.pop(0)
             if future.exception() is not None:
-                self._device_label.value = f"torch not usable: {readable_error(future.exception())}"
+                self._device_label.value = f"{what} not usable: {readable_error(future.exception())}"
             else:
-                self._set_devices(future.result())
+                then(future.result())
         if not self._warming:
             self._warm_timer.stop()
 
@@ -639,7 +671,7 @@ class TrainWidget(_SlideWidget):
 
     @property
     def warmed_up(self) -> bool:
-        """The panel's torch import (:meth:`_warm_up`) started and no import is left running."""
+        """The panel's imports (:meth:`_warm_up`) started and none is left running or unused."""
         return False in self._warmed and not self._warming
 
     def _apply_preset(self, name: str) -> None:
