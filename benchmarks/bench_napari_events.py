@@ -48,17 +48,46 @@ import numpy as np
 
 
 class Ticks:
-    """A 10 ms QTimer whose ticks (ms since start) show when the event loop ran."""
+    """A 10 ms QTimer whose ticks (ms since start) show when the event loop ran.
+
+    Also records CPython's full (generation 2) collections, as (start, end) in the same clock:
+    a collection holds the GIL on whichever thread allocates, so it stalls the event loop too.
+    """
 
     def __init__(self, interval_ms: int = 10) -> None:
+        import gc
+
         from qtpy.QtCore import QElapsedTimer, QTimer
 
         self.clock = QElapsedTimer()
         self.clock.start()
         self.ticks: list[int] = []
+        self.collections: list[tuple[int, int]] = []
+        self._collecting: int | None = None
         self.timer = QTimer()
         self.timer.timeout.connect(lambda: self.ticks.append(self.clock.elapsed()))
         self.timer.start(interval_ms)
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._collecting = self.clock.elapsed()
+        elif self._collecting is not None:
+            self.collections.append((self._collecting, self.clock.elapsed()))
+            self._collecting = None
+
+    def close(self) -> None:
+        import gc
+
+        self.timer.stop()
+        gc.callbacks.remove(self._on_gc)
+
+    def longest_collection(self, start: int, end: int) -> int:
+        """The longest full collection (ms) that ended in ``(start, end]``; 0 when none."""
+        inside = [b - a for a, b in self.collections if start < b <= end]
+        return max(inside, default=0)
 
     def now(self) -> int:
         return self.clock.elapsed()
@@ -101,7 +130,7 @@ def settle(ms: int = 300) -> None:
         time.sleep(0.002)
 
 
-def run_once(slide: Path | None, preset: str, epochs: int) -> dict[str, np.ndarray]:
+def run_once(slide: Path | None, preset: str, epochs: int) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     import napari
     from napari_stentrans._napari import actions
 
@@ -111,41 +140,45 @@ def run_once(slide: Path | None, preset: str, epochs: int) -> dict[str, np.ndarr
     ticks = Ticks()
     settle(200)
     out: dict[str, np.ndarray] = {}
+    collections: dict[str, int] = {}
+
+    def record(phase: str, start: int, end: int) -> None:
+        out[phase] = ticks.gaps(start, end)
+        collections[phase] = ticks.longest_collection(start, ticks.after(end))
+
     start = ticks.now()
     _, ws = viewer.window.add_plugin_dock_widget("napari-stentrans", "Workspace (all panels)")
     end = ticks.now()
     wait(lambda: ws.train.warmed_up)
-    out["opening the panel (napari's synchronous call)"] = ticks.gaps(start, end)
+    record("opening the panel (napari's synchronous call)", start, end)
     # from the first tick after the call: the call's own block belongs to the row above
-    out["importing the readers and torch (thread, after the panel opens)"] = ticks.gaps(
-        ticks.after(end), ticks.now()
-    )
+    record("importing the readers and torch (thread, after the panel opens)", ticks.after(end), ticks.now())
     settle(200)
     if slide is not None:
         start = ticks.now()
         viewer.open(str(slide), plugin="napari-stentrans")
         end = ticks.now()
         settle(200)
-        out["read: napari File > Open"] = ticks.gaps(start, end)
+        record("read: napari File > Open", start, end)
         viewer.layers.clear()
         settle(200)
         start = ticks.now()
         ws.genes.open_slide(slide)
         wait(lambda: ws.genes.idle)
-        out["read: workspace Open"] = ticks.gaps(start, ticks.now())
+        record("read: workspace Open", start, ticks.now())
     else:
         start = ticks.now()
         viewer.open_sample("napari-stentrans", "synthetic_visium")
         end = ticks.now()
         settle(200)
-        out["read: sample (synthetic Visium), napari's synchronous call"] = ticks.gaps(start, end)
+        record("read: sample (synthetic Visium), napari's synchronous call", start, end)
     settle(200)
     train = ws.train
     start = ticks.now()
     train._preset.value = preset
     wait(lambda: train.warmed_up)
     if preset != "default":
-        out["choosing a learned preset (thread imports torch._dynamo)"] = ticks.gaps(start, ticks.now())
+        record("choosing a learned preset (thread imports torch._dynamo)", start, ticks.now())
         settle(200)
     train._epochs.value = epochs
     train._device.value = "cpu"
@@ -164,13 +197,14 @@ def run_once(slide: Path | None, preset: str, epochs: int) -> dict[str, np.ndarr
     marks["idle"] = ticks.now()
     settle(200)
     end_training = marks.get("finished", marks["result"])
-    out[f"training ({preset}, {epochs} epochs)"] = ticks.gaps(marks["start"], end_training)
-    out["enhancing (worker)"] = ticks.gaps(end_training, marks["result"])
+    record(f"training ({preset}, {epochs} epochs)", marks["start"], end_training)
+    record("enhancing (worker)", end_training, marks["result"])
     n_layers = len([layer for layer in viewer.layers if layer.metadata["stentrans"]["role"] == "enhanced"])
-    out[f"adding result layers ({n_layers})"] = ticks.gaps(marks["result"], marks["idle"])
+    record(f"adding result layers ({n_layers})", marks["result"], marks["idle"])
     out["info"] = np.array([len(actions.slide(viewer).adata), marks["idle"] - marks["start"]])
+    ticks.close()
     viewer.close()
-    return out
+    return out, collections
 
 
 def probe(preset: str, epochs: int, limited: bool) -> tuple[np.ndarray, dict[str, float]]:
@@ -243,21 +277,26 @@ def main() -> None:
     if args.probe:
         main_probe(args)
         return
-    runs = [run_once(args.slide, args.preset, args.epochs) for _ in range(args.repeats)]
+    results = [run_once(args.slide, args.preset, args.epochs) for _ in range(args.repeats)]
+    runs = [gaps for gaps, _ in results]
     load = os.getloadavg()
     print(
         f"\nslide: {args.slide or 'synthetic Visium sample'} ({int(runs[0]['info'][0]):,} spots); "
         f"{args.repeats} runs; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on "
         f"{os.cpu_count()} CPUs\n"
     )
-    print("| phase | longest gap, ms (per run) | 99th percentile, ms (worst run) |")
-    print("|---|---:|---:|")
+    print(
+        "| phase | longest gap, ms (per run) | 99th percentile, ms (worst run) "
+        "| longest full collection, ms (per run) |"
+    )
+    print("|---|---:|---:|---:|")
     for phase in runs[0]:
         if phase == "info":
             continue
         longest = [float(r[phase].max()) if len(r[phase]) else 0.0 for r in runs]
         p99 = max(float(np.percentile(r[phase], 99)) if len(r[phase]) else 0.0 for r in runs)
-        print(f"| {phase} | {', '.join(f'{v:.0f}' for v in longest)} | {p99:.0f} |")
+        collected = ", ".join(str(c[phase]) for _, c in results)
+        print(f"| {phase} | {', '.join(f'{v:.0f}' for v in longest)} | {p99:.0f} | {collected} |")
 
 
 if __name__ == "__main__":
