@@ -543,7 +543,13 @@ class TrainWidget(_SlideWidget):
             label="Batch size", min=1, max=4096, value=defaults["batch_size"], tooltip="Genes a step"
         )
         self._seed = SpinBox(
-            label="Seed", min=0, max=2**31 - 1, value=0, tooltip="Same seed, same result on the CPU"
+            label="Seed",
+            min=0,
+            max=2**31 - 1,
+            value=0,
+            tooltip="Same seed and thread count, same result on a CPU; this panel leaves one core to "
+            "the viewer, so a learned run here can differ in the last digits from the same run on the "
+            "command line",
         )
         self._device = ComboBox(
             label="Device",
