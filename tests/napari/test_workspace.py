@@ -482,3 +482,24 @@ def test_save_selected_layers_with_h5ad_picks_our_writer_and_the_menu_opens_expo
     assert "napari-stentrans.open_export" in [getattr(i, "command", None) and i.command.id for i in items]
     ws.tabs.setCurrentIndex(0)
     assert open_export(viewer) is ws and ws.tabs.tabText(ws.tabs.currentIndex()) == "Export"
+
+
+def test_every_input_of_every_tab_is_labelled(make_napari_viewer):
+    """A bare spin box showing "5" says nothing: each input of a tab has its name beside it (the
+    Quality tab's Epochs, Genes, CSV and "Residual of" had none)."""
+    from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox, LineEdit, SpinBox
+    from qtpy.QtWidgets import QLabel
+
+    viewer = make_napari_viewer()
+    _, ws = _workspace(viewer)
+    inputs = (ComboBox, FileEdit, FloatSpinBox, LineEdit, SpinBox)
+    checked = 0
+    for title, tab in zip(ws.TABS, (ws.genes, ws.lost, ws.train, ws.export, ws.quality), strict=True):
+        shown = {label.text() for label in tab.native.findChildren(QLabel)}
+        for name, widget in vars(tab).items():
+            if isinstance(widget, inputs) and widget.label:
+                assert widget.label in shown, f"{title} tab: {name} ({widget.label!r}) has no label"
+                checked += 1
+    assert checked >= 15
+    quality = {label.text() for label in ws.quality.native.findChildren(QLabel)}
+    assert {"Epochs", "Genes", "Seed", "CSV", "Residual of"} <= quality

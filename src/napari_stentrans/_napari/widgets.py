@@ -1089,14 +1089,16 @@ class QualityWidget(_SlideWidget):
         self._table = Table(value={column: [] for column in ("method", *QUALITY_COLUMNS)})
         self._table.native.setMinimumHeight(140)
         self._csv_path = FileEdit(label="CSV", mode="w", filter="*.csv")
-        self._csv = PushButton(text="Save table as CSV")
+        self._csv = PushButton(text="Save CSV", tooltip="Save the table above as a CSV file")
         self._gene = ComboBox(
             label="Residual of", choices=self._shown, tooltip="Enhanced minus measured counts"
         )
-        self._residual = PushButton(text="Add residual layer")
+        self._residual = PushButton(
+            text="Add layer", tooltip="Add a layer of the enhanced minus the measured counts of this gene"
+        )
         self.extend(
             [
-                _row(self._epochs, self._genes),
+                _row(self._epochs, self._genes, labels=True),
                 self._seed,
                 self._learned,
                 _row(self._run, self._stop),
@@ -1104,8 +1106,8 @@ class QualityWidget(_SlideWidget):
                 self._status,
                 self._verdict,
                 self._table,
-                _row(self._csv_path, self._csv),
-                _row(self._gene, self._residual),
+                _row(self._csv_path, self._csv, labels=True),
+                _row(self._gene, self._residual, labels=True),
             ]
         )
         self._run.changed.connect(self.run)
