@@ -326,17 +326,35 @@ def test_train_panel_imports_torch_in_a_worker_then_offers_its_devices(st_viewer
 
 
 def test_loss_plot_is_drawn_once_matplotlib_is_imported_and_keeps_earlier_points(st_viewer, qtbot):
+    from matplotlib.colors import to_hex
+    from napari.utils.theme import get_theme
+
     widget = _dock(st_viewer, "Train & enhance")
     plot = widget._plot
     # the panel opens with an empty frame of the plot's size; matplotlib comes in the warm-up thread
     assert plot.canvas is None and plot.widget.minimumHeight() == plot.MIN_HEIGHT
-    plot.add(0, None, 1.0)
-    plot.add(1, 0.9, 0.95)
     qtbot.waitUntil(lambda: widget.warmed_up, timeout=60_000)
     assert plot.canvas is not None and plot.canvas.parent() is plot.widget
+    # nothing to show: no ticks at a made-up range (they read +-0.04), a line saying what comes
+    assert len(plot.axes.get_xticks()) == 0 and len(plot.axes.get_yticks()) == 0
+    assert plot._note.get_text() == plot.EMPTY and plot.axes.get_legend() is None
+    # napari's theme, not a white box in the dark theme
+    theme = get_theme(st_viewer.theme)
+    assert to_hex(plot.figure.get_facecolor()) == theme.background.as_hex()
+    assert to_hex(plot._note.get_color()) == theme.text.as_hex()
+    plot.add(0, None, 1.0)
+    plot.add(1, 0.9, 0.95)
+    plot.add(2, 0.8, 0.9)
     epochs, val = plot._val_line.get_data()
-    assert list(epochs) == [0, 1] and np.allclose(val, [1.0, 0.95])
-    assert np.allclose(plot._train_line.get_data()[1], [np.nan, 0.9], equal_nan=True)
-    assert plot.axes.get_ylim()[0] < 0.9 and plot.axes.get_ylim()[1] > 1.0
+    assert list(epochs) == [0, 1, 2] and np.allclose(val, [1.0, 0.95, 0.9])
+    assert np.allclose(plot._train_line.get_data()[1], [np.nan, 0.9, 0.8], equal_nan=True)
+    assert plot.axes.get_ylim()[0] < 0.8 and plot.axes.get_ylim()[1] > 1.0
+    low, high = plot.axes.get_xlim()
+    shown = [tick for tick in plot.axes.get_xticks() if low <= tick <= high]
+    assert plot._note.get_text() == "" and shown == [0.0, 1.0, 2.0]  # whole epochs
+    assert [t.get_text() for t in plot.axes.get_legend().get_texts()] == ["train", "validation"]
     plot.clear()
-    assert len(plot._val_line.get_data()[0]) == 0
+    assert len(plot._val_line.get_data()[0]) == 0 and plot._note.get_text() == plot.EMPTY
+    plot.add(0, None, None)  # a run with 0 epochs: no loss at all
+    plot.say("0 epochs: nothing is trained")
+    assert plot._note.get_text() == "0 epochs: nothing is trained" and len(plot.axes.get_yticks()) == 0

@@ -402,10 +402,13 @@ class _LossPlot:
     dock); new points update the lines' data and redraw once the event loop is idle. The panel
     holds an empty frame of the plot's size until :meth:`build` draws into it: importing
     matplotlib took about 0.25 s of the panel's opening, so the Train panel imports it in its
-    warm-up thread and builds the canvas after (points added before then are kept).
+    warm-up thread and builds the canvas after (points added before then are kept). With no
+    loss to show, the axes carry no ticks and a line of text says why (matplotlib's default
+    range put ticks at +-0.04 on an empty plot); colours follow napari's theme.
     """
 
     MIN_HEIGHT = 180  # px: a readable plot in a 1280x800 window
+    EMPTY = "the train and validation loss per epoch appear here"
 
     def __init__(self) -> None:
         from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
@@ -418,6 +421,8 @@ class _LossPlot:
         self.epochs: list[int] = []
         self.train: list[float] = []
         self.val: list[float] = []
+        self.note = self.EMPTY
+        self.colours = {"background": "#ffffff", "text": "#000000"}
 
     def build(self) -> None:
         """Make the figure and its canvas in the frame (main thread; once)."""
@@ -425,7 +430,6 @@ class _LossPlot:
             return
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
-        from matplotlib.ticker import MaxNLocator
         from qtpy.QtWidgets import QSizePolicy
 
         self.figure = Figure(figsize=(3.2, 2.2))
@@ -436,15 +440,39 @@ class _LossPlot:
         self.axes.set_xlabel("epoch", fontsize=8)
         self.axes.set_ylabel("loss", fontsize=8)
         self.axes.tick_params(labelsize=7)
-        self.axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         (self._train_line,) = self.axes.plot([], [], "o-", ms=3, label="train")
         (self._val_line,) = self.axes.plot([], [], "s-", ms=3, label="validation")
-        self.axes.legend(fontsize=7, loc="upper right")
+        self._note = self.axes.text(
+            0.5, 0.5, "", transform=self.axes.transAxes, ha="center", va="center", fontsize=7, wrap=True
+        )
         self.widget.layout().addWidget(self.canvas)
+        self.style(self.colours)
+
+    def style(self, colours: dict[str, str]) -> None:
+        """Colour the plot: ``{"background": ..., "text": ...}`` (e.g. napari's theme)."""
+        self.colours = dict(colours)
+        if self.canvas is None:
+            return
+        background, text = self.colours["background"], self.colours["text"]
+        self.figure.set_facecolor(background)
+        self.axes.set_facecolor(background)
+        self.axes.tick_params(colors=text)
+        for spine in self.axes.spines.values():
+            spine.set_color(text)
+        self.axes.xaxis.label.set_color(text)
+        self.axes.yaxis.label.set_color(text)
+        self._note.set_color(text)
         self._draw()
 
-    def clear(self) -> None:
+    def clear(self, note: str = EMPTY) -> None:
+        """No points; ``note`` is shown until a loss comes."""
         self.epochs, self.train, self.val = [], [], []
+        self.note = note
+        self._draw()
+
+    def say(self, note: str) -> None:
+        """Show ``note`` while there is no loss to plot (e.g. a run with 0 epochs)."""
+        self.note = note
         self._draw()
 
     def add(self, epoch: int, train: float | None, val: float | None) -> None:
@@ -456,17 +484,44 @@ class _LossPlot:
     def _draw(self) -> None:
         if self.canvas is None:
             return
+        from matplotlib.ticker import MaxNLocator, NullLocator
+
         self._train_line.set_data(self.epochs, self.train)
         self._val_line.set_data(self.epochs, self.val)
         values = np.asarray(self.train + self.val, dtype=float)
         values = values[np.isfinite(values)]
-        if len(self.epochs):
-            self.axes.set_xlim(-0.2, max(1, max(self.epochs)) + 0.2)
+        legend = self.axes.get_legend()
+        if legend is not None:
+            legend.remove()
         if values.size:
+            self._note.set_text("")
+            self.axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+            self.axes.yaxis.set_major_locator(MaxNLocator())
+            self.axes.set_xlim(-0.2, max(1, max(self.epochs)) + 0.2)
             low, high = float(values.min()), float(values.max())
             pad = 0.05 * (high - low) or 0.05 * abs(high) or 1.0
             self.axes.set_ylim(low - pad, high + pad)
+            # where the points are not (a fixed corner hid the last validation points)
+            legend = self.axes.legend(fontsize=7, loc="best", framealpha=0.6)
+            legend.get_frame().set_facecolor(self.colours["background"])
+            for text in legend.get_texts():
+                text.set_color(self.colours["text"])
+        else:
+            self._note.set_text(self.note)
+            self.axes.xaxis.set_major_locator(NullLocator())
+            self.axes.yaxis.set_major_locator(NullLocator())
         self.canvas.draw_idle()
+
+
+def _theme_colours(viewer: napari.viewer.Viewer) -> dict[str, str]:
+    """The background and text colours of the viewer's napari theme (the plot's colours)."""
+    from napari.utils.theme import get_theme
+
+    try:
+        theme = get_theme(viewer.theme)
+    except ValueError:  # a theme registered by a plugin that is gone: napari's default
+        theme = get_theme("dark")
+    return {"background": theme.background.as_hex(), "text": theme.text.as_hex()}
 
 
 def _import_plot_modules() -> None:
@@ -653,7 +708,7 @@ class TrainWidget(_SlideWidget):
         self._warmed.add(learned)
         if not learned:
             plot = _WARM_UP.submit(_import_plot_modules)
-            self._warming.append(("matplotlib", plot, lambda _: self._plot.build()))
+            self._warming.append(("matplotlib", plot, lambda _: self._build_plot()))
         self._warming.append(("torch", _WARM_UP.submit(actions.warm_up, learned), self._set_devices))
         self._warm_timer.start(50)
 
@@ -666,6 +721,10 @@ class TrainWidget(_SlideWidget):
                 then(future.result())
         if not self._warming:
             self._warm_timer.stop()
+
+    def _build_plot(self) -> None:
+        self._plot.colours = _theme_colours(self._viewer)
+        self._plot.build()
 
     def _set_devices(self, found: tuple[list[str], str]) -> None:
         devices, hint = found
@@ -733,6 +792,7 @@ class TrainWidget(_SlideWidget):
             _notify_error(exc)
             return None
         self._stop_flag = threading.Event()
+        self._plot.style(_theme_colours(self._viewer))  # the theme may have changed since
         self._plot.clear()
         self._status.value = f"starting the run on {job.adata.n_obs:,} spots..."
         self._last_verdict, self._verdict.value = self._verdict.value, ""
@@ -781,6 +841,8 @@ class TrainWidget(_SlideWidget):
             self._progress.max = max(1, event.n_steps * event.n_epochs)
             self._device_label.value = f"training on: {event.device}"
             self._plot.add(0, None, event.val_loss)
+            if event.n_epochs == 0:
+                self._plot.say("0 epochs: nothing is trained (the classical estimate)")
             self._status.value = event.message
         elif event.kind == "step":
             self._progress.value = min(self._progress.max, (event.epoch - 1) * event.n_steps + event.step)
