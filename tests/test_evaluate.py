@@ -74,6 +74,19 @@ def test_a_learned_preset_whose_network_is_not_kept_says_why_in_the_report(hex_s
     assert transformer["pcc"] == default["pcc"]  # and the result is exactly the default's
 
 
+def test_evaluate_command_prints_why_a_learned_preset_equals_the_default(hex_slide, tmp_path, capsys):
+    """Two identical rows with no word of why read as a bug: the JSON's note is printed too."""
+    from napari_stentrans.core.estimators.learned import NOT_KEPT, NOTHING_LEARNED
+
+    hex_slide.write_h5ad(tmp_path / "s.h5ad")
+    args = ["evaluate", str(tmp_path / "s.h5ad"), "--methods", "default,transformer", "--epochs", "1"]
+    assert main([*args, "--json", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    note = json.loads((tmp_path / "r.json").read_text())["methods"]["transformer"]["note"]
+    assert note in (NOT_KEPT, NOTHING_LEARNED) and f"note: transformer: {note}" in out
+    assert "note: default" not in out  # nothing to explain there
+
+
 def test_borrowing_strength_across_genes_beats_interpolation_on_shared_domains():
     from napari_stentrans.synthetic import synthetic_slide
 

@@ -835,6 +835,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         + (f"; ARI over the {truth['n_labelled']} scored spots with a label" if ari else "")
         + (f"; {report['warning']}" if "warning" in report else "")
     )
+    for name, scores in report["methods"].items():  # e.g. a learned preset that kept the default
+        if scores.get("note"):
+            print(f"note: {name}: {scores['note']}")
     if "reference" in report:
         used = [name for name, s in report["methods"].items() if s.get("reference")]
         print(f"reference slides: {'; '.join(report['reference'])}; used by {', '.join(used) or 'no method'}")
