@@ -317,3 +317,33 @@ def test_an_unavailable_device_is_refused_even_when_the_preset_runs_no_network(
     assert code == 2
     assert "device 'cuda' requested but CUDA is not available" in err and err.count("\n") == 1
     assert _files(tmp_path) == before
+
+
+def test_plot_titles_name_genes_by_symbol_and_count_spots_as_enhance_does():
+    """`--plot` titled panels by Ensembl id on one line that ran into the next panel's title,
+    and counted near-empty spots as measured where `enhance` says they are imputed."""
+    from napari_stentrans.core.plotting import side_by_side_titles
+
+    slide = make_slide(*block_sites("hex", 12, 24), "hex", n_genes=12)
+    ids = [f"ENSG{i:011d}" for i in range(slide.n_vars)]
+    slide.var["gene_symbols"] = slide.var_names.to_numpy()
+    slide.var_names = ids
+    slide.X = 100 * np.asarray(slide.X.todense() if hasattr(slide.X, "todense") else slide.X, np.float32)
+    slide.X[:2] = 0  # two spots without counts
+    slide.X[2] = 0
+    slide.X[2, 0] = 1  # one near-empty spot (1 count against thousands)
+    enhanced = ad.AnnData(
+        np.zeros((4 * slide.n_obs, 2), np.float32), uns={"stentrans": {"preset": "default"}}
+    )
+    titles = side_by_side_titles(slide, enhanced, ids[:2])
+    symbol = slide.var["gene_symbols"].iloc[0]
+    assert titles[0] == (
+        f"{symbol}\nmeasured ({slide.n_obs - 3:,} spots; 3 empty, imputed)",
+        f"{symbol}\n2x, default ({4 * slide.n_obs:,} sites)",
+    )
+    plain = make_slide(
+        *block_sites("hex", 12, 24), "hex", n_genes=12
+    )  # var names are the symbols; every spot counted
+    assert side_by_side_titles(plain, enhanced, [plain.var_names[1]])[0][0] == (
+        f"{plain.var_names[1]}\nmeasured ({plain.n_obs:,} spots)"
+    )

@@ -91,13 +91,9 @@ def he_layers(adata: ad.AnnData, slide_id: str, frame: DisplayFrame) -> list[tup
 
 def gene_label(adata: ad.AnnData, gene: str) -> str:
     """A gene's layer name: its symbol when var names are ids with symbols in a column, else itself."""
-    from ..core.slide import symbol_column
+    from ..core.slide import gene_label as label
 
-    symbols = symbol_column(adata.var)
-    if symbols is None:
-        return gene
-    symbol = symbols[adata.var_names.get_loc(gene)]
-    return symbol if symbol not in ("", "nan", "None") else gene
+    return label(adata.var, gene)
 
 
 def gene_layers(adata: ad.AnnData, genes: list[str], slide_id: str, frame: DisplayFrame) -> list[tuple]:

@@ -12,6 +12,7 @@ import scipy.sparse as sp
 from .files import atomic_path
 from .io import lattice_of
 from .lattice import fit_affine
+from .slide import gene_label, near_empty
 
 _MARKER = {"hex": "h", "square": "s", "checkerboard": "D"}
 MAX_GENES = 12  # rows of one figure; more genes are named as left out, never dropped silently
@@ -82,15 +83,36 @@ def plot_frame(original: ad.AnnData, enhanced: ad.AnnData) -> PlotFrame:
     return frame
 
 
+def side_by_side_titles(
+    original: ad.AnnData, enhanced: ad.AnnData, genes: list[str]
+) -> list[tuple[str, str]]:
+    """The titles of :func:`plot_side_by_side`'s panels: ``(measured, enhanced)`` per gene.
+
+    Each names the gene by its symbol where the var names are ids (as the napari layers do),
+    on its own line (an id and the panel's counts on one line ran into the next panel's title),
+    and counts the spots as ``stentrans enhance`` does: spots without counts or near-empty ones
+    (:func:`~.slide.near_empty`) are imputed, not measured.
+    """
+    preset_name = enhanced.uns.get("stentrans", {}).get("preset", "stEnTrans")
+    n_empty = int(near_empty(np.asarray(original.X.sum(axis=1)).ravel()).sum())
+    measured = f"measured ({original.n_obs - n_empty:,} spots" + (
+        f"; {n_empty:,} empty, imputed)" if n_empty else ")"
+    )
+    return [
+        (f"{label}\n{measured}", f"{label}\n2x, {preset_name} ({enhanced.n_obs:,} sites)")
+        for label in (gene_label(original.var, gene) for gene in genes)
+    ]
+
+
 def plot_side_by_side(original: ad.AnnData, enhanced: ad.AnnData, genes: list[str], path: str | Path) -> Path:
     """Write a PNG with one row per gene: measured counts (left) and enhanced counts (right).
 
     Spots are drawn in the slide's image orientation over its H&E when it has one
     (:func:`plot_frame`; otherwise at their physical positions), with the lattice's own marker
     shape and size, so the 2x lattice shows as smaller, denser spots over the same tissue.
-    Every gene of ``genes`` is drawn (choose them with :func:`genes_to_plot`).
+    Every gene of ``genes`` is drawn (choose them with :func:`genes_to_plot`); titles from
+    :func:`side_by_side_titles`.
     """
-    preset_name = enhanced.uns.get("stentrans", {}).get("preset", "stEnTrans")
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -100,6 +122,7 @@ def plot_side_by_side(original: ad.AnnData, enhanced: ad.AnnData, genes: list[st
     frame = plot_frame(original, enhanced)
     xy_in, xy_out, pitch = frame.xy_in, frame.xy_out, frame.pitch
     marker = _MARKER[lattice.kind]
+    titles = side_by_side_titles(original, enhanced, genes)
     fig, axes = plt.subplots(len(genes), 2, figsize=(8, 3.6 * len(genes)), squeeze=False)
     low = np.vstack([xy_in, xy_out]).min(axis=0) - pitch
     extent = np.ptp(np.vstack([xy_in, xy_out]), axis=0).max() + 2 * pitch
@@ -108,8 +131,8 @@ def plot_side_by_side(original: ad.AnnData, enhanced: ad.AnnData, genes: list[st
         after = _dense_column(enhanced.X, enhanced.var_names.get_loc(gene))
         vmax = float(np.percentile(np.concatenate([before, after]), 99)) or 1.0
         for ax, xy, values, size_pitch, title in (
-            (axes[i, 0], xy_in, before, pitch, f"{gene}: measured ({len(before)} spots)"),
-            (axes[i, 1], xy_out, after, pitch / 2, f"{gene}: 2x, {preset_name} ({len(after)} sites)"),
+            (axes[i, 0], xy_in, before, pitch, titles[i][0]),
+            (axes[i, 1], xy_out, after, pitch / 2, titles[i][1]),
         ):
             ax.set_aspect("equal")
             if frame.image is not None:

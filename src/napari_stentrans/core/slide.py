@@ -53,6 +53,16 @@ def symbol_column(var: pd.DataFrame) -> np.ndarray | None:
     return None
 
 
+def gene_label(var: pd.DataFrame, gene: str) -> str:
+    """How to show ``gene`` (a var name) to a person: its symbol when the var names are ids
+    with symbols in a column (:data:`SYMBOL_COLUMNS`), else the name itself."""
+    symbols = symbol_column(var)
+    if symbols is None:
+        return gene
+    symbol = symbols[var.index.get_loc(gene)]
+    return symbol if symbol not in ("", "nan", "None") else gene
+
+
 def did_you_mean(name: str, known: np.ndarray) -> str:
     """``" (did you mean 'X'?)"`` for the gene ``name`` was likely meant to be, else ``""``.
 
