@@ -118,6 +118,8 @@ def test_evaluate_command_writes_json_and_plot(hex_slide, tmp_path, capsys):
     assert report["protocol"] == "lost" and set(report["methods"]) == {"nearest", "linear"}
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
     assert "gene-specific r" in out and "measured (truth)" in out
+    # its gene count is over the spots the methods see, not info's over all spots: it says so
+    assert f"{report['n_genes']} genes (detected in >= 10% of the spots the methods see" in out
     assert {"gene_specific_r", "coexpression_r", "pc1_share", "effective_rank"} <= set(
         report["methods"]["linear"]
     )

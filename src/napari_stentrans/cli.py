@@ -182,7 +182,10 @@ def _build_parser() -> argparse.ArgumentParser:
         "--epochs", type=int, help="training epochs of the learned presets (transformer, published)"
     )
     ev.add_argument(
-        "--genes", type=int, help="evaluate the N most variable detected genes (default: all detected)"
+        "--genes",
+        type=int,
+        help="evaluate the N most variable detected genes (default: every gene detected in >= 10%% of "
+        "the spots the methods see, which differs a little from info's count over all spots)",
     )
     ev.add_argument(
         "--methods",
@@ -829,7 +832,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"{truth['effective_rank']:10.1f}" + (f" {truth['ari']:6.3f}" if ari else "")
     )
     print(
-        f"{args.protocol}: {report['n_heldout_spots']} scored spots, {report['n_genes']} genes; gene-specific "
+        f"{args.protocol}: {report['n_heldout_spots']} scored spots, {report['n_genes']} genes "
+        + ("(the most variable of those " if args.genes is not None else "(")
+        + "detected in >= 10% of the spots the methods see; info counts all spots); gene-specific "
         f"r, co-expression r, PC1 share and effective rank over the {len(report['spatial_genes'])} genes "
         "with the highest Moran's I on the seen spots"
         + (f"; ARI over the {truth['n_labelled']} scored spots with a label" if ari else "")
