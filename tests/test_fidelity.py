@@ -181,4 +181,6 @@ def test_pattern_warning_with_few_genes_needs_strong_evidence():
     assert "not suitable for co-expression" in ten["warning"] and "not_judged" not in ten
     per_gene = replace(fitted, params=ClassicalParams(20, None, None, residual=0.0), _bases={})
     rich = per_gene.enhance(adata, genes=[f"G{i}" for i in range(10)]).uns["stentrans"]["patterns"]
-    assert "warning" not in rich and "under 20" in rich["not_judged"]
+    assert "warning" not in rich and "not_judged" not in rich  # judged, on strong evidence only
+    assert rich["no_warning"].startswith("no warning from 10 genes: under 20 genes")
+    assert f"(here {rich['effective_rank']:.1f})" in rich["no_warning"]

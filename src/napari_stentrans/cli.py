@@ -611,8 +611,10 @@ def cmd_enhance(args: argparse.Namespace) -> int:
         )
     if "warning" in patterns:
         print(f"stentrans: warning: {patterns['warning']}", file=sys.stderr)
+    elif "no_warning" in patterns:  # few genes, weak evidence: say what was missing
+        print(f"patterns: {patterns['no_warning']}")
     elif "not_judged" in patterns:  # no verdict either way: say so rather than stay silent
-        print(f"patterns: not judged ({patterns['not_judged']})")
+        print(f"patterns: not judged: {patterns['not_judged']}")
     return 0
 
 

@@ -8,7 +8,8 @@ follow fewer than :data:`FEW_PATTERNS` effective patterns the user is told, in p
 to read co-expression from them. With fewer than :data:`MIN_GENES` genes (but at least
 :data:`MIN_GENES_STRONG`) only strong evidence counts: the enhanced genes follow about one pattern
 (effective rank below :data:`STRONG_RANK`) while the measured ones clearly follow more (at least
-:data:`STRONG_RATIO` times as many); otherwise ``not_judged`` says why no verdict was given.
+:data:`STRONG_RATIO` times as many), and ``no_warning`` says what was missing when it is not;
+with fewer genes or spots ``not_judged`` says why no verdict was given.
 """
 
 from __future__ import annotations
@@ -95,9 +96,10 @@ class PatternCheck:
         elif n >= MIN_GENES_STRONG:
             few = rank < STRONG_RANK and measured_rank >= STRONG_RATIO * rank
             if not few:
-                out["not_judged"] = (
-                    f"only {n} genes (under {MIN_GENES}): a warning needs an effective rank under "
-                    f"{STRONG_RANK} with the measured at least {STRONG_RATIO:g} times higher"
+                out["no_warning"] = (
+                    f"no warning from {n} genes: under {MIN_GENES} genes a warning needs an effective "
+                    f"rank under {STRONG_RANK} (here {rank:.1f}) with the measured genes' at least "
+                    f"{STRONG_RATIO:g} times as high (here {measured_rank:.1f})"
                 )
         else:
             few = False
