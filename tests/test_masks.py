@@ -96,6 +96,18 @@ def test_bad_mask_files_are_refused_naming_the_file(adata, tmp_path, text, messa
     assert str(info.value).startswith(str(path))
 
 
+def test_a_binary_mask_file_is_refused_as_not_text(adata, tmp_path):
+    """A PNG or .xlsx given as the mask: the reason in words, not a codec's traceback text."""
+    path = tmp_path / "lost.csv"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\xf8")
+    with pytest.raises(InputError) as info:
+        Slide.from_adata(adata, path)
+    assert str(info.value) == (
+        f"{path}: the mask file is not UTF-8 text (byte 0 is 0x89; an image or a spreadsheet?); a mask "
+        "file is a CSV with array_row,array_col or barcode columns"
+    )
+
+
 def test_bad_in_memory_masks_are_refused(adata):
     with pytest.raises(InputError, match=r"pair 1 is \(7.5, 15\)"):
         Slide.from_adata(adata, np.array([[7.5, 15.0]]))  # never truncated to (7, 15)

@@ -391,8 +391,9 @@ def check_plausible(
         if swapped_off <= np.log(RATIO_TOLERANCE):
             raise LatticeError(
                 f"array_row and array_col look swapped: in the spot positions (obsm['spatial']) one "
-                f"array_row step is {ratio:.2f} array_col steps long, and swapped the two form a Visium "
-                f"hex lattice ({ROW_COL_RATIO['hex']:.2f}); swap the two columns and read again"
+                f"array_row step is {ratio:.2f} array_col steps long; on a Visium hex lattice it is "
+                f"{ROW_COL_RATIO['hex']:.2f} (sqrt(3)), which these positions give with the two swapped: "
+                "swap the two columns and read again"
             )
     raise LatticeError(
         f"in the spot positions (obsm['spatial']) one array_row step is {ratio:.2f} array_col steps "

@@ -130,7 +130,12 @@ def _sites_of_file(path: Path, obs_names: pd.Index, row: np.ndarray, col: np.nda
     try:
         with open(path, encoding="utf-8-sig", newline="") as fh:
             text = fh.read()
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"{path}: the mask file is not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x}; "
+            "an image or a spreadsheet?); a mask file is a CSV with array_row,array_col or barcode columns"
+        ) from exc
+    except OSError as exc:
         raise InputError(f"{path}: cannot read the mask file ({type(exc).__name__}: {exc})") from exc
     lines = [line for line in text.splitlines() if line.strip()]
     if not lines:
