@@ -503,3 +503,39 @@ def test_every_input_of_every_tab_is_labelled(make_napari_viewer):
     assert checked >= 15
     quality = {label.text() for label in ws.quality.native.findChildren(QLabel)}
     assert {"Epochs", "Genes", "Seed", "CSV", "Residual of"} <= quality
+
+
+def test_file_menu_opens_a_slide_in_the_background(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    """File > Open runs napari's reader on the main thread (the viewer frozen for the read and
+    every layer add); File > IO Utilities offers the Workspace's worker read instead."""
+    from napari._app_model import get_app_model
+    from qtpy.QtWidgets import QFileDialog
+
+    from napari_stentrans._napari.menus import open_in_background
+    from napari_stentrans.synthetic import synthetic_slide
+
+    path = tmp_path / "slide.h5ad"
+    synthetic_slide("hex", n_genes=40, seed=0).write_h5ad(path)
+    viewer = make_napari_viewer()
+    items = get_app_model().menus.get_menu("napari/file/io_utilities")
+    ids = [getattr(i, "command", None) and i.command.id for i in items]
+    assert {"napari-stentrans.open_in_background", "napari-stentrans.open_folder_in_background"} <= set(ids)
+    # the menu command as napari runs it (viewer injected), with the dialog answered
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (str(path), ""))
+    get_app_model().commands.execute_command("napari-stentrans.open_in_background")
+    dock, ws = _workspace(viewer)
+    assert ws.tabs.tabText(ws.tabs.currentIndex()) == "Genes"
+    assert ws.genes.worker is not None  # reading in a worker, not in the menu call
+    qtbot.waitUntil(lambda: ws.genes.idle, timeout=60_000)
+    assert actions.slide(viewer).adata.n_obs == ad_n_obs(path)
+    assert any(layer.metadata["stentrans"].get("role") == "gene" for layer in viewer.layers)
+    # a cancelled dialog opens nothing
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: ("", ""))
+    n_layers = len(viewer.layers)
+    assert open_in_background(viewer) is None and len(viewer.layers) == n_layers
+
+
+def ad_n_obs(path) -> int:
+    import anndata
+
+    return anndata.read_h5ad(path, backed="r").n_obs
