@@ -1025,28 +1025,55 @@ def method_label(name: str) -> str:
     return METHOD_LABELS.get(name, name)
 
 
+#: what the Quality check's verdict compares (report key, words): each gene's own values, what
+#: is left of each gene beyond the slide's main axes, and the genes' correlations with each other
+VERDICT_METRICS = (
+    ("median_pcc", "median r"),
+    ("gene_specific_r", "gene-specific r"),
+    ("coexpression_r", "co-expression r"),
+)
+
+
 def quality_verdict(report: dict) -> str:
-    """One plain sentence: does the enhancement beat interpolation on this slide (median r)?"""
+    """Plain sentences: does the enhancement beat interpolation on this slide, metric by metric?
+
+    The best enhancement and the best interpolation by median r are compared on median r,
+    gene-specific r and co-expression r (a method that wins one and loses the others erases
+    what makes each gene a gene; METHOD.md); then the notes of methods that explain themselves
+    (a learned preset that kept the classical estimate).
+    """
     from ..core.methods import canonical_method
 
-    methods = report["methods"]  # reports of 0.2.0 and earlier name the default "stentrans"
-    r = {
-        canonical_method(m): float(v["median_pcc"])
-        for m, v in methods.items()
-        if np.isfinite(v["median_pcc"])
-    }
+    methods = {canonical_method(m): v for m, v in report["methods"].items()}  # 0.2.0: "stentrans"
+    r = {m: float(v["median_pcc"]) for m, v in methods.items() if np.isfinite(v["median_pcc"])}
     ours = [m for m in ENHANCEMENTS if m in r]
     theirs = [m for m in INTERPOLATIONS if m in r]
     where = f"at {report['n_heldout_spots']:,} held-out spots, {report['n_genes']} genes"
     if not ours or not theirs:
         return f"Not enough methods scored to compare the enhancement with interpolation ({where})."
-    best_ours = max(ours, key=r.get)
-    best_theirs = max(theirs, key=r.get)
-    verb = "beats" if r[best_ours] > r[best_theirs] else "does not beat"
-    return (
-        f"On this slide the enhancement ({method_label(best_ours)}) {verb} interpolation: median r "
-        f"{r[best_ours]:.3f} vs {r[best_theirs]:.3f} ({method_label(best_theirs)}), {where}."
+    best_ours, best_theirs = max(ours, key=r.get), max(theirs, key=r.get)
+    wins, losses = [], []
+    for key, words in VERDICT_METRICS:
+        a, b = methods[best_ours].get(key), methods[best_theirs].get(key)
+        if a is None or b is None or not (np.isfinite(a) and np.isfinite(b)):
+            continue
+        (wins if a > b else losses).append(f"{words} {a:.3f} vs {b:.3f}")
+
+    def listed(items: list[str], conjunction: str) -> str:
+        return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} {conjunction} {items[-1]}"
+
+    if wins and losses:
+        verb = f"beats interpolation on {listed(wins, 'and')}, not on {listed(losses, 'or')}"
+    elif wins:
+        verb = f"beats interpolation on {listed(wins, 'and')}"
+    else:
+        verb = f"does not beat interpolation on {listed(losses, 'or')}"
+    text = (
+        f"On this slide the enhancement ({method_label(best_ours)}) {verb} "
+        f"({method_label(best_theirs)}), {where}."
     )
+    notes = [f"{method_label(m)}: {v['note']}" for m, v in methods.items() if v.get("note")]
+    return " ".join([text, *(note if note.endswith(".") else note + "." for note in notes)])
 
 
 def quality_table(report: dict, columns: dict[str, str]) -> dict[str, list]:
