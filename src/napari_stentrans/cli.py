@@ -730,10 +730,25 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     if world > 1:
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
+        _end_process_group()
     return 0
+
+
+def _end_process_group() -> None:
+    """Leave torch.distributed cleanly: every rank done, the DDP wrapper freed, then the group.
+
+    The training's DistributedDataParallel wrapper sits in reference cycles that hold the
+    process group; left to the interpreter's exit, gloo's threads were torn down during
+    finalisation and one process of a two-process run aborted ("terminate called without an
+    active exception", once in a CI run).
+    """
+    import gc
+
+    import torch.distributed as dist
+
+    dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def _plot(adata, written, path: Path, genes) -> None:

@@ -48,9 +48,9 @@ def open_in_background(viewer: Viewer, path: str | None = None, folder: bool = F
     ``path`` skips the dialog. Returns the read's worker, or None when the dialog was cancelled.
     """
     if path is None:
-        from qtpy.QtWidgets import QFileDialog
+        from qtpy.QtWidgets import QApplication, QFileDialog
 
-        parent = viewer.window._qt_window
+        parent = QApplication.activeWindow()  # napari's window (its private handle is deprecated)
         if folder:
             path = QFileDialog.getExistingDirectory(parent, "Open a Space Ranger folder in the background")
         else:
