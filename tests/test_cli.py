@@ -338,7 +338,7 @@ def test_plot_titles_name_genes_by_symbol_and_count_spots_as_enhance_does():
     titles = side_by_side_titles(slide, enhanced, ids[:2])
     symbol = slide.var["gene_symbols"].iloc[0]
     assert titles[0] == (
-        f"{symbol}\nmeasured ({slide.n_obs - 3:,} spots; 3 empty, imputed)",
+        f"{symbol}\nmeasured ({slide.n_obs - 3:,} spots; 3 sites imputed)",
         f"{symbol}\n2x, default ({4 * slide.n_obs:,} sites)",
     )
     plain = make_slide(
@@ -346,4 +346,9 @@ def test_plot_titles_name_genes_by_symbol_and_count_spots_as_enhance_does():
     )  # var names are the symbols; every spot counted
     assert side_by_side_titles(plain, enhanced, [plain.var_names[1]])[0][0] == (
         f"{plain.var_names[1]}\nmeasured ({plain.n_obs:,} spots)"
+    )
+    # an output's kinds win: spots masked as lost are imputed too (the input's depth cannot say)
+    enhanced.obs["kind"] = ["measured"] * (slide.n_obs - 8) + ["imputed"] * 8 + ["new"] * (3 * slide.n_obs)
+    assert side_by_side_titles(slide, enhanced, ids[:1])[0][0] == (
+        f"{symbol}\nmeasured ({slide.n_obs - 8:,} spots; 8 sites imputed)"
     )

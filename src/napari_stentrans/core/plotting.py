@@ -90,14 +90,18 @@ def side_by_side_titles(
 
     Each names the gene by its symbol where the var names are ids (as the napari layers do),
     on its own line (an id and the panel's counts on one line ran into the next panel's title),
-    and counts the spots as ``stentrans enhance`` does: spots without counts or near-empty ones
-    (:func:`~.slide.near_empty`) are imputed, not measured.
+    and counts the spots as ``stentrans enhance`` does: from the output's ``obs["kind"]`` (spots
+    masked as lost, without counts or near-empty are imputed, not measured), else from the
+    input's depth (:func:`~.slide.near_empty`).
     """
     preset_name = enhanced.uns.get("stentrans", {}).get("preset", "stEnTrans")
-    n_empty = int(near_empty(np.asarray(original.X.sum(axis=1)).ravel()).sum())
-    measured = f"measured ({original.n_obs - n_empty:,} spots" + (
-        f"; {n_empty:,} empty, imputed)" if n_empty else ")"
-    )
+    if "kind" in enhanced.obs:
+        kinds = enhanced.obs["kind"].to_numpy()
+        n_measured, n_imputed = int((kinds == "measured").sum()), int((kinds == "imputed").sum())
+    else:
+        n_imputed = int(near_empty(np.asarray(original.X.sum(axis=1)).ravel()).sum())
+        n_measured = original.n_obs - n_imputed
+    measured = f"measured ({n_measured:,} spots" + (f"; {n_imputed:,} sites imputed)" if n_imputed else ")")
     return [
         (f"{label}\n{measured}", f"{label}\n2x, {preset_name} ({enhanced.n_obs:,} sites)")
         for label in (gene_label(original.var, gene) for gene in genes)
