@@ -237,6 +237,14 @@ def test_quality_check_progress_stop_verdict_and_csv(make_napari_viewer, qtbot, 
     _, ws = _workspace(viewer)
     quality = ws.quality
     quality._genes.value = 40
+    # the command line that scores the same (it named every method of evaluate, and never changed)
+    assert quality._status.value == (
+        "same engine and settings as: stentrans evaluate PATH --methods default,nearest,linear,cubic "
+        "--epochs 5 --genes 40 --seed 0"
+    )
+    quality._learned.value = True
+    assert "--methods default,nearest,linear,cubic,transformer,published " in quality._status.value
+    quality._learned.value = False
     seen = []
     worker = quality.run(methods=("default", "nearest", "linear"))
     worker.yielded.connect(seen.append)
@@ -246,7 +254,10 @@ def test_quality_check_progress_stop_verdict_and_csv(make_napari_viewer, qtbot, 
     report = quality.report
     assert set(report["methods"]) == {"default", "nearest", "linear"}
     headers = quality._table.column_headers
-    assert {"gene-specific r", "co-expression r", "PC1 share"} <= set(headers)
+    # the verdict's metrics first (the dock shows about three columns), three decimals as text
+    assert list(headers[:4]) == ["method", "median r", "gene-specific r", "co-expression r"]
+    assert {"PC1 share", "effective rank"} <= set(headers)
+    assert quality._table.data[0][1] == f"{report['methods']['default']['median_pcc']:.3f}"
     labels = [row[0] for row in quality._table.data]
     assert labels == ["stEnTrans default", "nearest spot (interpolation)", "linear interpolation"]
     verdict = quality._verdict.value
@@ -271,6 +282,7 @@ def test_quality_check_progress_stop_verdict_and_csv(make_napari_viewer, qtbot, 
     qtbot.waitUntil(lambda: quality.worker is None, timeout=180_000)
     assert quality._status.value == "quality check stopped: nothing changed"
     assert quality.report is report and quality._run.enabled and not quality._stop.enabled
+    assert quality._verdict.value == verdict  # the report still in the table keeps its verdict
 
 
 def test_quality_verdict_names_only_runnable_methods():

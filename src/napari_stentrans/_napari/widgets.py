@@ -1109,11 +1109,11 @@ class ExportWidget(_SlideWidget):
 
 
 # table column -> report key (see core.evaluate and core.fidelity)
-QUALITY_COLUMNS = {
+QUALITY_COLUMNS = {  # the verdict's three metrics first: the dock shows about three columns
     "median r": "median_pcc",
-    "median r (norm)": "median_pcc_norm",
     "gene-specific r": "gene_specific_r",
     "co-expression r": "coexpression_r",
+    "median r (norm)": "median_pcc_norm",
     "PC1 share": "pc1_share",
     "effective rank": "effective_rank",
 }
@@ -1143,9 +1143,7 @@ class QualityWidget(_SlideWidget):
         self._run = PushButton(text="Run held-out check")
         self._stop = PushButton(text="Stop", enabled=False)
         self._progress = ProgressBar(label="Progress", min=0, max=1, value=0)
-        self._status = _status_label(
-            value="same engine and settings as: stentrans evaluate PATH --epochs 5 --genes 200"
-        )
+        self._status = _status_label(value="")  # the equivalent command (_say_command)
         self._verdict = _status_label(value="")
         self._verdict.native.setStyleSheet("font-weight: bold;")
         self._table = Table(value={column: [] for column in ("method", *QUALITY_COLUMNS)})
@@ -1179,7 +1177,22 @@ class QualityWidget(_SlideWidget):
         viewer.layers.events.inserted.connect(lambda _e: self._gene.reset_choices())
         self.worker = None
         self.report = None
+        self._last_verdict = ""
         self._stop_flag = threading.Event()
+        for widget in (self._epochs, self._genes, self._seed, self._learned):
+            widget.changed.connect(self._say_command)
+        self._say_command()
+
+    def command(self) -> str:
+        """The `stentrans evaluate` command that scores what a run here scores, with these settings."""
+        return (
+            f"stentrans evaluate PATH --methods {','.join(self.methods())} --epochs {self._epochs.value} "
+            f"--genes {self._genes.value} --seed {self._seed.value}"
+        )
+
+    def _say_command(self, _value=None) -> None:
+        if self.worker is None and self.report is None:
+            self._status.value = f"same engine and settings as: {self.command()}"
 
     def _shown(self, _widget=None) -> list[str]:
         try:
@@ -1205,7 +1218,7 @@ class QualityWidget(_SlideWidget):
         self._stop_flag = threading.Event()
         self._progress.max, self._progress.value = len(methods), 0
         self._status.value = f"running the held-out protocol: {len(methods)} methods..."
-        self._verdict.value = ""
+        self._last_verdict, self._verdict.value = self._verdict.value, ""  # back if stopped
         worker = create_worker(
             actions.quality_events,
             info.adata.copy(),
@@ -1240,6 +1253,7 @@ class QualityWidget(_SlideWidget):
     def _on_report(self, report: dict | None) -> None:
         if report is None:
             self._status.value = "quality check stopped: nothing changed"
+            self._verdict.value = self._last_verdict  # the table's report, still shown
             return
         self.show_report(report)
 
@@ -1249,7 +1263,12 @@ class QualityWidget(_SlideWidget):
 
     def show_report(self, report: dict) -> None:
         self.report = report
-        self._table.value = actions.quality_table(report, QUALITY_COLUMNS)
+        table = actions.quality_table(report, QUALITY_COLUMNS)
+        # as text: a float cell shows four decimals (0.4310) of a value rounded to three
+        self._table.value = {
+            column: values if column == "method" else ["" if v is None else f"{v:.3f}" for v in values]
+            for column, values in table.items()
+        }
         self._verdict.value = actions.quality_verdict(report)
         truth = report["truth"]
         self._status.value = (
