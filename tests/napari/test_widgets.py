@@ -342,6 +342,9 @@ def test_loss_plot_is_drawn_once_matplotlib_is_imported_and_keeps_earlier_points
     theme = get_theme(st_viewer.theme)
     assert to_hex(plot.figure.get_facecolor()) == theme.background.as_hex()
     assert to_hex(plot._note.get_color()) == theme.text.as_hex()
+    st_viewer.theme = "light"  # chosen after the panel opened: the plot follows
+    assert to_hex(plot.figure.get_facecolor()) == get_theme("light").background.as_hex()
+    st_viewer.theme = "dark"
     plot.add(0, None, 1.0)
     plot.add(1, 0.9, 0.95)
     plot.add(2, 0.8, 0.9)

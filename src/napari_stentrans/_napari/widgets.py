@@ -725,6 +725,12 @@ class TrainWidget(_SlideWidget):
     def _build_plot(self) -> None:
         self._plot.colours = _theme_colours(self._viewer)
         self._plot.build()
+        # a theme chosen later (napari's preferences) restyles the plot; not after the panel closed
+        self._viewer.events.theme.connect(self._on_theme)
+        self.native.destroyed.connect(lambda *_: self._viewer.events.theme.disconnect(self._on_theme))
+
+    def _on_theme(self, _event=None) -> None:
+        self._plot.style(_theme_colours(self._viewer))
 
     def _set_devices(self, found: tuple[list[str], str]) -> None:
         devices, hint = found
