@@ -4,7 +4,7 @@ A 10 ms QTimer records when the Qt event loop gets to run; a gap is the time bet
 ticks (what a user feels as a frozen viewer: no redraw, no click). Run under a display or Xvfb::
 
     xvfb-run -a -s "-screen 0 1280x800x24" .venv/bin/python benchmarks/bench_napari_events.py \
-        [--slide PATH] [--preset default|transformer] [--epochs N] [--repeats 3]
+        [--slide PATH] [--preset default|transformer] [--epochs N] [--repeats 3] [--first-read]
 
 Phases (one row each; the longest gap whose end falls in the phase, and the 99th percentile):
 
@@ -26,6 +26,9 @@ Phases (one row each; the longest gap whose end falls in the phase, and the 99th
     the worker enhances the genes on screen.
 ``adding result layers``
     the ``GENE x2`` layers, one per event-loop turn, until the widget is idle.
+
+``--first-read`` (with ``--slide``): a fresh viewer whose first action is File > IO Utilities >
+"Open a slide in the background" (:func:`first_read`); one line per process.
 
 Prints a Markdown table, with the load average, for docs/benchmarks.md. Not a test: gaps
 depend on the machine and its load.
@@ -207,6 +210,45 @@ def run_once(slide: Path | None, preset: str, epochs: int) -> tuple[dict[str, np
     return out, collections
 
 
+def first_read(slide: Path) -> dict[str, float]:
+    """A fresh viewer whose first action is File > IO Utilities > "Open a slide in the
+    background" (the menu command docks the Workspace, whose warm-up imports follow the read).
+
+    Returns the longest gaps (ms) while the worker reads (until the first layer) and while the
+    layers are added, the longest full collection until then, when the first and the last layer
+    arrived (s after the command), and the longest gap of the warm-up imports that follow.
+    """
+    import napari
+    from napari_stentrans._napari.menus import open_in_background
+
+    viewer = napari.Viewer(show=True, title="bench")
+    viewer.window._qt_window.resize(1280, 800)
+    settle()
+    ticks = Ticks()
+    settle(200)
+    first: list[int] = []
+    viewer.layers.events.inserted.connect(lambda _e: first.append(ticks.now()))
+    start = ticks.now()
+    open_in_background(viewer, path=str(slide))
+    _, ws = viewer.window.add_plugin_dock_widget("napari-stentrans", "Workspace (all panels)")
+    wait(lambda: ws.genes.idle)
+    end = ticks.now()
+    wait(lambda: ws.train.warmed_up)
+    out = {
+        "longest gap while reading, ms": float(np.max(ticks.gaps(start, first[0] - 1), initial=0.0)),
+        "longest gap while adding the layers, ms": float(np.max(ticks.gaps(first[0] - 1, end), initial=0.0)),
+        "longest full collection, ms": float(ticks.longest_collection(start, ticks.after(end))),
+        "first layer, s": (first[0] - start) / 1000,
+        "all layers, s": (end - start) / 1000,
+        "imports after, longest gap, ms": float(
+            np.max(ticks.gaps(ticks.after(end), ticks.now()), initial=0.0)
+        ),
+    }
+    ticks.close()
+    viewer.close()
+    return out
+
+
 def probe(preset: str, epochs: int, limited: bool) -> tuple[np.ndarray, dict[str, float]]:
     """Main-thread wake-up delays (ms) while the worker body runs; where the worker was on late ones."""
     import contextlib
@@ -273,9 +315,18 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--probe", action="store_true", help="worker thread limit on/off, no viewer")
+    parser.add_argument(
+        "--first-read",
+        action="store_true",
+        help="a fresh viewer's first action: open --slide in the background",
+    )
     args = parser.parse_args()
     if args.probe:
         main_probe(args)
+        return
+    if args.first_read:  # one per process: only the first read of a session is the first
+        result = first_read(args.slide)
+        print(" | ".join(f"{k} {v:.2f}" if k.endswith(", s") else f"{k} {v:.0f}" for k, v in result.items()))
         return
     results = [run_once(args.slide, args.preset, args.epochs) for _ in range(args.repeats)]
     runs = [gaps for gaps, _ in results]
