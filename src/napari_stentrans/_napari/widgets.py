@@ -422,10 +422,10 @@ class _LossPlot:
         self.train: list[float] = []
         self.val: list[float] = []
         self.note = self.EMPTY
-        self.colours = {"background": "#ffffff", "text": "#000000"}
+        self.colours: dict[str, str] = {}  # set by build and style
 
-    def build(self) -> None:
-        """Make the figure and its canvas in the frame (main thread; once)."""
+    def build(self, colours: dict[str, str]) -> None:
+        """Make the figure and its canvas in the frame, in ``colours`` (:meth:`style`; main thread; once)."""
         if self.canvas is not None:
             return
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
@@ -446,13 +446,11 @@ class _LossPlot:
             0.5, 0.5, "", transform=self.axes.transAxes, ha="center", va="center", fontsize=7, wrap=True
         )
         self.widget.layout().addWidget(self.canvas)
-        self.style(self.colours)
+        self.style(colours)
 
     def style(self, colours: dict[str, str]) -> None:
-        """Colour the plot: ``{"background": ..., "text": ...}`` (e.g. napari's theme)."""
+        """Colour the built plot: ``{"background": ..., "text": ...}`` (e.g. napari's theme)."""
         self.colours = dict(colours)
-        if self.canvas is None:
-            return
         background, text = self.colours["background"], self.colours["text"]
         self.figure.set_facecolor(background)
         self.axes.set_facecolor(background)
@@ -683,6 +681,9 @@ class TrainWidget(_SlideWidget):
         self._pending: list = []
         self._stop_flag = threading.Event()
         self.last_event = None
+        # set by the Workspace: True while its Genes tab reads a slide; the first warm-up waits,
+        # since importing torch beside a read slowed the read 2.4x and stalled the viewer 0.4 s
+        self.busy: Callable[[], bool] | None = None
         self._warmed: set[bool] = set()
         self._warming: list[tuple[str, Future, Callable]] = []  # an import, what to do once it ends
         self._warm_timer = QTimer(self.native)  # polls the imports running in the thread
@@ -693,10 +694,6 @@ class TrainWidget(_SlideWidget):
         self._warm_start.setSingleShot(True)
         self._warm_start.timeout.connect(self._warm_up)
         self._warm_start.start(0)
-
-    #: set by the Workspace: True while its Genes tab reads a slide; the first warm-up waits,
-    #: since importing torch beside a read slowed the read 2.4x and stalled the viewer 0.4 s
-    busy: Callable[[], bool] | None = None
 
     def _warm_up(self, learned: bool = False) -> None:
         """Import matplotlib, then torch, in a thread (:func:`.actions.warm_up`); then draw the
@@ -730,8 +727,7 @@ class TrainWidget(_SlideWidget):
             self._warm_timer.stop()
 
     def _build_plot(self) -> None:
-        self._plot.colours = _theme_colours(self._viewer)
-        self._plot.build()
+        self._plot.build(_theme_colours(self._viewer))
         # a theme chosen later (napari's preferences) restyles the plot; not after the panel closed
         self._viewer.events.theme.connect(self._on_theme)
         self.native.destroyed.connect(lambda *_: self._viewer.events.theme.disconnect(self._on_theme))
@@ -805,7 +801,6 @@ class TrainWidget(_SlideWidget):
             _notify_error(exc)
             return None
         self._stop_flag = threading.Event()
-        self._plot.style(_theme_colours(self._viewer))  # the theme may have changed since
         self._plot.clear()
         self._status.value = f"starting the run on {job.adata.n_obs:,} spots..."
         self._last_verdict, self._verdict.value = self._verdict.value, ""
