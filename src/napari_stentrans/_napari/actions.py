@@ -1047,12 +1047,11 @@ def quality_verdict(report: dict) -> str:
     from ..core.methods import canonical_method
 
     methods = {canonical_method(m): v for m, v in report["methods"].items()}  # 0.2.0: "stentrans"
-
-    def scores(key: str) -> dict[str, float]:
-        values = {m: v.get(key) for m, v in methods.items()}
-        return {m: float(x) for m, x in values.items() if x is not None and np.isfinite(x)}
-
-    r = scores("median_pcc")
+    finite = {  # metric -> method -> its finite value
+        key: {m: float(v[key]) for m, v in methods.items() if v.get(key) is not None and np.isfinite(v[key])}
+        for key, _ in VERDICT_METRICS
+    }
+    r = finite["median_pcc"]
     ours = [m for m in ENHANCEMENTS if m in r]
     where = f"at {report['n_heldout_spots']:,} held-out spots, {report['n_genes']} genes"
     if not ours or not any(m in r for m in INTERPOLATIONS):
@@ -1060,13 +1059,13 @@ def quality_verdict(report: dict) -> str:
     best_ours = max(ours, key=r.get)
     wins, losses = [], []
     for key, words in VERDICT_METRICS:
-        values = scores(key)
+        values = finite[key]
         theirs = [m for m in INTERPOLATIONS if m in values]
         if best_ours not in values or not theirs:
             continue
-        best_theirs = max(theirs, key=values.get)
-        said = f"{words} ({values[best_ours]:.3f} vs {values[best_theirs]:.3f}, {INTERPOLATION_NAMES[best_theirs]})"
-        (wins if values[best_ours] > values[best_theirs] else losses).append(said)
+        best = max(theirs, key=values.get)
+        said = f"{words} ({values[best_ours]:.3f} vs {values[best]:.3f}, {INTERPOLATION_NAMES[best]})"
+        (wins if values[best_ours] > values[best] else losses).append(said)
 
     def listed(items: list[str], conjunction: str) -> str:
         return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} {conjunction} {items[-1]}"
