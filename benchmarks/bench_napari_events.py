@@ -220,8 +220,9 @@ def first_read(slide: Path) -> dict[str, float]:
     background" (the menu command docks the Workspace, whose warm-up imports follow the read).
 
     Returns the longest gaps (ms) of the menu command itself (it docks the Workspace), while the
-    worker reads (until the first layer) and while the layers are added, the longest full collection until then, when the first and the last layer
-    arrived (s after the command), and the longest gap of the warm-up imports that follow.
+    worker reads (until the first layer) and while the layers are added, the longest full
+    collection until then, when the first and the last layer arrived (s after the command), and
+    the longest gap of the warm-up imports that follow.
     """
     import napari
     from napari_stentrans._napari.menus import open_in_background
@@ -240,19 +241,19 @@ def first_read(slide: Path) -> dict[str, float]:
     wait(lambda: ws.genes.idle)
     end = ticks.now()
     wait(lambda: ws.train.warmed_up)
+
+    def longest(gaps: np.ndarray) -> float:
+        return float(np.max(gaps, initial=0.0))
+
     out = {
-        "the menu command (docks the Workspace), ms": float(np.max(ticks.gaps(start, called), initial=0.0)),
+        "the menu command (docks the Workspace), ms": longest(ticks.gaps(start, called)),
         # gaps that ended before the first layer came (the one straddling it is the first add's)
-        "longest gap while reading, ms": float(
-            np.max(ticks.within(ticks.after(called), first[0]), initial=0.0)
-        ),
-        "longest gap while adding the layers, ms": float(np.max(ticks.gaps(first[0] - 1, end), initial=0.0)),
+        "longest gap while reading, ms": longest(ticks.within(ticks.after(called), first[0])),
+        "longest gap while adding the layers, ms": longest(ticks.gaps(first[0] - 1, end)),
         "longest full collection, ms": float(ticks.longest_collection(start, ticks.after(end))),
         "first layer, s": (first[0] - start) / 1000,
         "all layers, s": (end - start) / 1000,
-        "imports after, longest gap, ms": float(
-            np.max(ticks.gaps(ticks.after(end), ticks.now()), initial=0.0)
-        ),
+        "imports after, longest gap, ms": longest(ticks.gaps(ticks.after(end), ticks.now())),
     }
     ticks.close()
     viewer.close()

@@ -18,7 +18,8 @@ Presets (:func:`preset`):
     output site (linear interpolation or Gaussian kernels), plus each gene's own smoothed
     residual shrunk by its Moran's I (``kappa`` 1); smoothers chosen on the slide's own coset
     pairs, and for sites in gaps on hole-filling pairs shaped like the slide's gaps; the rank and
-    the residuals' own smoother on same-scale dropout pairs; no network (``epochs=0``). With ``epochs > 0`` it learns the transformer's correction.
+    the residuals' own smoother on same-scale dropout pairs; no network (``epochs=0``). With
+    ``epochs > 0`` it learns the transformer's correction.
 ``transformer``
     The same classical estimate plus a Vision Transformer correction trained on the slide (20
     epochs, early stopping on a held-out region), fixing METHOD.md defects 1-4 and 8.
