@@ -735,19 +735,16 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _end_process_group() -> None:
-    """Leave torch.distributed cleanly: every rank done, the DDP wrapper freed, then the group.
+    """Leave torch.distributed cleanly: every rank done, then the group.
 
-    The training's DistributedDataParallel wrapper sits in reference cycles that hold the
-    process group; left to the interpreter's exit, gloo's threads were torn down during
-    finalisation and one process of a two-process run aborted ("terminate called without an
-    active exception", once in a CI run).
+    One process of a two-process gloo run once aborted at exit ("terminate called without an
+    active exception", a CI run); training frees its DDP wrapper before returning
+    (:func:`~.core.training.train_slides`), and no rank destroys the group while another still
+    uses it.
     """
-    import gc
-
     import torch.distributed as dist
 
     dist.barrier()
-    gc.collect()
     dist.destroy_process_group()
 
 

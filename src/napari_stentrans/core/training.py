@@ -13,6 +13,7 @@ under ``torchrun`` it runs data-parallel (torch.distributed; NCCL on GPUs, gloo 
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -899,7 +900,12 @@ def train_slides(
         yield event("finished", epoch, n_steps, best=best_val, eta=0.0, text=f"best epoch {best_epoch}")
         return result
     finally:
+        distributed = net is not model
         model = net = optimizer = best_state = None  # release parameters and optimiser state
+        if distributed:
+            # the DDP wrapper holds the process group in reference cycles: free it now, while
+            # every rank is alive, not at the interpreter's exit (a gloo process aborted there)
+            gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
