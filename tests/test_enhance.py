@@ -373,3 +373,8 @@ def test_sites_in_gaps_take_the_smoothers_chosen_on_hole_pairs():
     np.testing.assert_array_equal(mixed[measured], only_main[measured])
     np.testing.assert_array_equal(mixed_depth[measured], main_depth[measured])
     assert not np.allclose(only_main[imputed], only_hole[imputed])
+    # the gap smoothers are reported only where some site lies in a gap
+    assert "; in gaps: rank" in model.predictor(slide, sites, classical="keep").notes["classical_summary"]
+    whole = Slide.from_adata(adata)
+    note = model.predictor(whole, output_sites(whole), classical="keep").notes["classical_summary"]
+    assert note == replace(model.params, holes=None).summary() and "in gaps" not in note

@@ -348,7 +348,8 @@ class Config:
             _refuse(
                 "normalization",
                 self.data.normalization,
-                "'log1p' with a correction network (residual=True): the classical estimate it corrects is log-normalised",
+                "'log1p' with a correction network (residual=True): "
+                "the classical estimate it corrects is log-normalised",
             )
         if self.network.residual and self.data.raster != "index":
             _refuse(

@@ -303,7 +303,9 @@ class ClassicalModel(FittedModel):
         model, source = self.for_slide(slide, classical)
         predictor = ClassicalPredictor(model, slide, sites)
         predictor.notes["classical_choice"] = source
-        predictor.notes["classical_summary"] = model.params.summary()
+        # gap parameters kept from another slide say nothing where no site lies in a gap
+        used = model.params if predictor.fills_gaps else replace(model.params, holes=None)
+        predictor.notes["classical_summary"] = used.summary()
         predictor.params = model.params
         return predictor
 
@@ -332,6 +334,7 @@ class ClassicalPredictor(Predictor):
         dst_xy = sites.positions(slide)
         self.basis = model.basis(slide)
         in_gap = slide.in_gap(dst_xy)  # sites in gaps take the smoothers chosen on hole-filling pairs
+        self.fills_gaps = bool(in_gap.any())
         log_depth = np.log(slide.depth[slide.usable])
         self.groups: list[_SiteGroup] = []
         self.depth = np.empty(len(sites))
