@@ -120,9 +120,22 @@ def test_evaluate_command_writes_json_and_plot(hex_slide, tmp_path, capsys):
     assert "gene-specific r" in out and "measured (truth)" in out
     # its gene count is over the spots the methods see, not info's over all spots: it says so
     assert f"{report['n_genes']} genes (detected in >= 10% of the spots the methods see" in out
-    assert {"gene_specific_r", "coexpression_r", "pc1_share", "effective_rank"} <= set(
-        report["methods"]["linear"]
-    )
+    assert {
+        "gene_specific_r",
+        "coexpression_r",
+        "coexpression_r_signal",
+        "pc1_share",
+        "effective_rank",
+    } <= set(report["methods"]["linear"])
+    # the signal column, and one line saying what it is and whether this split can judge it
+    header = next(line for line in out.splitlines() if line.startswith("method"))
+    assert header.index("co-expr r") < header.index("(signal)") < header.index("PC1 share")
+    reliability = report["truth"]["signal_coexpression_reliability"]
+    note = next(line for line in out.splitlines() if line.startswith("co-expression r (signal): "))
+    if reliability is None:
+        assert "not judged here" in note
+    else:
+        assert f"agree on them at r = {reliability:.2f}" in note
 
 
 def test_evaluate_command_reads_labels_from_a_csv(tmp_path, capsys):

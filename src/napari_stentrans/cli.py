@@ -786,7 +786,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         OptimConfig(epochs=args.epochs)  # validates before the slide is read
     import json
 
-    from .core.evaluate import DEFAULT_METHODS, evaluate
+    from .core.evaluate import DEFAULT_METHODS, evaluate, signal_note
     from .core.files import atomic_outputs
     from .core.methods import METHOD_ALIASES
 
@@ -802,7 +802,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ari = labels is not None
     header = (
         f"{'method':22s} {'median r':>9s} {'r (norm)':>9s} {'gene-specific r':>16s} {'co-expr r':>10s} "
-        f"{'PC1 share':>10s} {'eff. rank':>10s}" + (f" {'ARI':>6s}" if ari else "") + f" {'seconds':>8s}"
+        f"{'(signal)':>9s} {'PC1 share':>10s} {'eff. rank':>10s}"
+        + (f" {'ARI':>6s}" if ari else "")
+        + f" {'seconds':>8s}"
     )
     # printed with the first row: evaluate() checks everything (references included) before
     # scoring, and a refusal must not follow half a table on stdout
@@ -817,8 +819,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     def row(name: str, s: dict) -> str:
         return (
             f"{name:22s} {s['median_pcc']:9.3f} {s['median_pcc_norm']:9.3f} {s['gene_specific_r']:16.3f} "
-            f"{s['coexpression_r']:10.3f} {s['pc1_share']:10.2f} {s['effective_rank']:10.1f}"
-            + (f" {s['ari']:6.3f}" if ari else "")
+            f"{s['coexpression_r']:10.3f} {s['coexpression_r_signal']:9.3f} {s['pc1_share']:10.2f} "
+            f"{s['effective_rank']:10.1f}" + (f" {s['ari']:6.3f}" if ari else "")
         )
 
     def show(name: str, s: dict) -> None:
@@ -842,7 +844,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     truth = report["truth"]
     show_header()  # when no method row was shown
     print(
-        f"{'measured (truth)':22s} {'':9s} {'':9s} {'':16s} {'':10s} {truth['pc1_share']:10.2f} "
+        f"{'measured (truth)':22s} {'':9s} {'':9s} {'':16s} {'':10s} {'':9s} {truth['pc1_share']:10.2f} "
         f"{truth['effective_rank']:10.1f}" + (f" {truth['ari']:6.3f}" if ari else "")
     )
     print(
@@ -854,6 +856,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         + (f"; ARI over the {truth['n_labelled']} scored spots with a label" if ari else "")
         + (f"; {report['warning']}" if "warning" in report else "")
     )
+    print(signal_note(truth.get("signal_coexpression_reliability", float("nan"))))
     for name, scores in report["methods"].items():  # e.g. a learned preset that kept the default
         if scores.get("note"):
             print(f"note: {name}: {scores['note']}")

@@ -120,18 +120,17 @@ def test_the_first_seconds_of_a_run_show_each_stage_with_its_count(make_napari_v
     st_viewer.open_sample("napari-stentrans", "synthetic_st")
     widget = _dock(st_viewer, "Train & enhance")
     _fast(widget, epochs=1)
-    worker = widget.start()
-    shown = []  # connected after the widget's own slot: what the widget shows after each event
-    worker.yielded.connect(
-        lambda event: shown.append(
-            (
-                event.kind,
-                widget._status.value,
-                widget._progress.native.text(),
-                widget._plot.widget.height(),
-            )
+    shown = []  # what the widget shows after each event
+    on_event = widget._on_event
+
+    def recording(event):  # in place of the widget's slot before the worker starts: a slot
+        on_event(event)  # connected after start() missed the first events under load
+        shown.append(
+            (event.kind, widget._status.value, widget._progress.native.text(), widget._plot.widget.height())
         )
-    )
+
+    widget._on_event = recording
+    worker = widget.start()
     with qtbot.waitSignal(worker.finished, timeout=120_000):
         pass
     qtbot.waitUntil(lambda: widget.idle, timeout=10_000)

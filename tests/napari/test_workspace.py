@@ -330,6 +330,13 @@ def test_quality_verdict_judges_several_metrics_and_says_why_a_learned_row_repea
     )
     report["methods"]["linear"]["coexpression_r"] = 0.4
     assert "and co-expression r (0.900 vs 0.500, cubic)," in actions.quality_verdict(report)
+    # against the signal's correlations (count splitting) only where the scored spots determine them
+    scores["coexpression_r_signal"] = 0.95
+    report["methods"]["linear"]["coexpression_r_signal"] = 0.93
+    report["truth"] = {"signal_coexpression_reliability": 0.3}
+    assert "signal" not in actions.quality_verdict(report)
+    report["truth"]["signal_coexpression_reliability"] = 0.9
+    assert "co-expression r against the signal (0.950 vs 0.930, linear)" in actions.quality_verdict(report)
 
 
 def test_slide_opens_with_one_gene_visible_and_distinct_default_genes():

@@ -1033,6 +1033,7 @@ VERDICT_METRICS = (
     ("median_pcc", "median r"),
     ("gene_specific_r", "gene-specific r"),
     ("coexpression_r", "co-expression r"),
+    ("coexpression_r_signal", "co-expression r against the signal"),
 )
 
 
@@ -1040,10 +1041,12 @@ def quality_verdict(report: dict) -> str:
     """Plain sentences: does the enhancement beat interpolation on this slide, metric by metric?
 
     The best enhancement by median r is compared, on median r, gene-specific r and co-expression
-    r, with the best interpolation on that same metric (a method that wins one and loses the
+    r (and co-expression r against the signal where the scored spots determine it,
+    :func:`~..core.evaluate.truth_signal`), with the best interpolation on that same metric (a method that wins one and loses the
     others erases what makes each gene a gene; METHOD.md); then the notes of methods that
     explain themselves (a learned preset that kept the classical estimate).
     """
+    from ..core.evaluate import RELIABLE_SIGNAL
     from ..core.methods import canonical_method
 
     methods = {canonical_method(m): v for m, v in report["methods"].items()}  # 0.2.0: "stentrans"
@@ -1058,7 +1061,12 @@ def quality_verdict(report: dict) -> str:
         return f"Not enough methods scored to compare the enhancement with interpolation ({where})."
     best_ours = max(ours, key=r.get)
     wins, losses = [], []
+    reliability = report.get("truth", {}).get("signal_coexpression_reliability")
     for key, words in VERDICT_METRICS:
+        if key == "coexpression_r_signal" and not (
+            reliability is not None and reliability >= RELIABLE_SIGNAL
+        ):
+            continue  # the scored spots cannot tell the signal's correlations from noise
         values = finite[key]
         theirs = [m for m in INTERPOLATIONS if m in values]
         if best_ours not in values or not theirs:

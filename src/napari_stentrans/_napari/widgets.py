@@ -1125,6 +1125,7 @@ QUALITY_COLUMNS = {  # the verdict's three metrics first: the dock shows about t
     "median r": "median_pcc",
     "gene-specific r": "gene_specific_r",
     "co-expression r": "coexpression_r",
+    "co-expr. r (signal)": "coexpression_r_signal",
     "median r (norm)": "median_pcc_norm",
     "PC1 share": "pc1_share",
     "effective rank": "effective_rank",

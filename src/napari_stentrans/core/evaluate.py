@@ -14,9 +14,10 @@ Protocols (METHOD.md, "Honest evaluation"):
     (pairs down(``x``) -> ``x``) and then scored on the same spots it used as targets.
 
 Beside r, every method gets the gene-specific fidelity metrics of :mod:`.fidelity` at the
-scored spots (gene-specific r, co-expression r, PC1 share and effective rank of the prediction,
-and the ARI of a fixed clustering against annotated labels when ``labels`` names them), computed
-against structure fitted on the seen spots only.
+scored spots (gene-specific r, co-expression r against the measured truth and against its
+signal, PC1 share and effective rank of the prediction, and the ARI of a fixed clustering
+against annotated labels when ``labels`` names them), computed against structure fitted on the
+seen spots only.
 
 Every method runs the same way (:mod:`.estimators`): ``fit`` on the slide the protocol trains
 on, then ``predict`` from the slide it shows at the scored sites (for ``paper`` every method
@@ -47,10 +48,13 @@ from .fidelity import (
     N_AXES,
     cluster_ari,
     coexpression_r,
+    coexpression_signal_r,
     gene_specific_r,
     neighbour_weights,
+    signal_correlation,
     spatially_variable,
     spectrum,
+    upper_agreement,
 )
 from .io import lattice_of
 from .io.enhanced import refuse_enhanced
@@ -61,6 +65,27 @@ from .slide import Slide
 
 PROTOCOLS = ("heldout", "lost", "paper")
 DEFAULT_METHODS = METHODS
+N_COUNT_SPLITS = 5  # binomial splits averaged for the truth's signal correlations
+MIN_RELIABILITY_SPOTS = 20  # scored spots below which the signal's reliability is not judged
+#: split-spot agreement from which the signal correlations are trusted (verdict, tables)
+RELIABLE_SIGNAL = 0.5
+
+
+def signal_note(reliability: float) -> str:
+    """One line on what ``coexpression_r_signal`` is and whether this split can judge it."""
+    what = (
+        "co-expression r (signal): against the scored spots' gene-gene correlations with their Poisson "
+        "sampling noise removed by count splitting (that noise lowers every measured correlation, and "
+        "favours estimates that carry noise, such as linear interpolation); "
+    )
+    if not np.isfinite(reliability):
+        return what + "not judged here (the truth is not integer counts, or under 20 scored spots)"
+    if reliability >= RELIABLE_SIGNAL:
+        return what + f"two halves of the scored spots agree on them at r = {reliability:.2f}: reliable here"
+    return (
+        what + f"two halves of the scored spots agree on them at r = {reliability:.2f} only: "
+        "too few or too shallow spots, read that column as noise here"
+    )
 
 
 @dataclass
@@ -100,7 +125,10 @@ class Reference:
     ``spatial`` indexes the (at most) 100 evaluated genes with the highest Moran's I on the seen
     spots; ``mean`` and ``axes`` are the seen spots' mean and top principal axes (normalised
     values, all evaluated genes); ``truth_norm`` the truth normalised by its own depth;
-    ``labels`` the scored spots' annotations (None without annotations).
+    ``labels`` the scored spots' annotations (None without annotations); ``signal`` the truth's
+    gene-gene correlations over ``spatial`` without Poisson sampling noise
+    (:func:`truth_signal`; None when the truth is not integer counts) and
+    ``signal_reliability`` how well the scored spots determine them.
     """
 
     spatial: np.ndarray
@@ -108,10 +136,58 @@ class Reference:
     axes: np.ndarray
     truth_norm: np.ndarray
     labels: np.ndarray | None
+    signal: np.ndarray | None = None
+    signal_reliability: float = float("nan")
 
 
-def judged_against(split: Split, labels: np.ndarray | None = None) -> Reference:
-    """The split's :class:`Reference` (``labels``: one annotation per spot of the slide, or None)."""
+def truth_signal(
+    counts: np.ndarray, depth: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray | None, float]:
+    """The truth's signal correlations by count splitting, and their split-spot reliability.
+
+    Parameters
+    ----------
+    counts
+        ``(spots, genes)`` measured counts at the scored spots.
+    depth
+        ``(spots,)`` their depth (total counts); each half is normalised by half of it.
+    rng
+        Seeded generator of the binomial splits and of the two halves of the spots.
+
+    Returns
+    -------
+    :func:`.fidelity.signal_correlation` ``(genes, genes)`` from :data:`N_COUNT_SPLITS` splits of
+    every spot, and the agreement (:func:`.fidelity.upper_agreement`) of the same estimate on two
+    random disjoint halves of the spots: near 1 when the spots determine the correlations, near
+    0 when their estimate is noise (NaN under :data:`MIN_RELIABILITY_SPOTS` spots). ``(None,
+    NaN)`` when ``counts`` are not non-negative integers (binomial splitting needs counts).
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    if not (np.isfinite(counts).all() and (counts >= 0).all() and np.array_equal(counts, np.rint(counts))):
+        return None, float("nan")
+    counts = counts.astype(np.int64)
+
+    def estimate(rows: np.ndarray) -> np.ndarray:
+        halves = []
+        for _ in range(N_COUNT_SPLITS):
+            first = rng.binomial(counts[rows], 0.5)
+            half_depth = depth[rows] / 2
+            halves.append((normalize(first, half_depth), normalize(counts[rows] - first, half_depth)))
+        return signal_correlation(halves)
+
+    n = len(counts)
+    signal = estimate(np.arange(n))
+    if n < MIN_RELIABILITY_SPOTS:
+        return signal, float("nan")
+    order = rng.permutation(n)
+    return signal, upper_agreement(estimate(order[: n // 2]), estimate(order[n // 2 :]))
+
+
+def judged_against(split: Split, labels: np.ndarray | None = None, seed: int = 0) -> Reference:
+    """The split's :class:`Reference` (``labels``: one annotation per spot of the slide, or None).
+
+    ``seed`` seeds the count splitting of :func:`truth_signal`.
+    """
     slide = split.known_slide
     seen = slide.expression(split.gene_idx)  # log-normalised, usable seen spots
     spatial = spatially_variable(seen, neighbour_weights(slide.positions(slide.usable)))
@@ -119,12 +195,19 @@ def judged_against(split: Split, labels: np.ndarray | None = None) -> Reference:
     target_labels = None
     if labels is not None:
         target_labels = np.asarray(labels, dtype=object)[split.target_obs]
+    signal, reliability = truth_signal(
+        _dense(split.truth)[:, spatial],
+        np.asarray(split.truth_depth, dtype=np.float64),
+        np.random.default_rng(seed),
+    )
     return Reference(
         spatial=spatial,
         mean=basis.mean.astype(np.float64),
         axes=basis.components.astype(np.float64),
         truth_norm=normalize(split.truth, split.truth_depth),
         labels=target_labels,
+        signal=signal,
+        signal_reliability=reliability,
     )
 
 
@@ -147,6 +230,9 @@ def fidelity(pred_norm: np.ndarray, ref: Reference, seed: int = 0) -> dict:
         "gene_specific_r": median(gs[top]),
         "gene_specific_r_all": median(gs),
         "coexpression_r": coexpression_r(pred_norm[:, top], ref.truth_norm[:, top]),
+        "coexpression_r_signal": (
+            coexpression_signal_r(pred_norm[:, top], ref.signal) if ref.signal is not None else float("nan")
+        ),
         "pc1_share": pc1,
         "effective_rank": erank,
     }
@@ -389,8 +475,9 @@ def evaluate(
     Returns
     -------
     The JSON-ready report ``{"dataset", "protocol", "n_genes", "n_heldout_spots", "truth":
-    {"pc1_share", "effective_rank", "ari"}, "methods": {name: {"median_pcc", "mean_pcc",
-    "median_pcc_norm", ..., "gene_specific_r", "coexpression_r", "pc1_share", ...}}}``.
+    {"pc1_share", "effective_rank", "signal_coexpression_reliability", "ari"}, "methods":
+    {name: {"median_pcc", "mean_pcc", "median_pcc_norm", ..., "gene_specific_r",
+    "coexpression_r", "coexpression_r_signal", "pc1_share", ...}}}``.
     """
     unknown = set(methods) - set(METHODS) - set(METHOD_ALIASES)
     if unknown:
@@ -416,7 +503,7 @@ def evaluate(
         reference_names = default_names(len(references), reference_names)
         check_references(adata, references, reference_names)
     split = make_split(adata, protocol, n_genes=n_genes, seed=seed)
-    ref = judged_against(split, labels)
+    ref = judged_against(split, labels, seed)
     truth_pc1, truth_rank = spectrum(ref.truth_norm[:, ref.spatial])
     report = {
         "dataset": dataset,
@@ -427,7 +514,11 @@ def evaluate(
         "seed": seed,
         "genes": [str(g) for g in split.genes],
         "spatial_genes": [str(split.genes[i]) for i in ref.spatial],
-        "truth": {"pc1_share": truth_pc1, "effective_rank": truth_rank},
+        "truth": {
+            "pc1_share": truth_pc1,
+            "effective_rank": truth_rank,
+            "signal_coexpression_reliability": ref.signal_reliability,
+        },
         "methods": {},
     }
     if ref.labels is not None:
