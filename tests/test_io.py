@@ -251,3 +251,27 @@ def test_st_table_compressed_header_keeps_repeated_gene_names(tmp_path, name):
     assert list(a.var_names) == ["Actb", "Gapdh", "Actb-1"]
     assert list(a.obs_names) == ["1x1", "1x2", "2x1", "2x2"]
     np.testing.assert_array_equal(a.X.toarray(), table.to_numpy())
+
+
+def test_a_selection_table_of_another_section_is_refused_and_unlisted_spots_are_counted(tmp_path):
+    """her2st A1's counts with B1's selection table kept 210 of 346 spots and blamed `selected`."""
+    ids = [f"{x}x{y}" for y in range(2, 12) for x in range(2, 12)]  # 100 spots
+    counts = _st_table(tmp_path, ids, np.ones((len(ids), 2)), name="A1_counts.tsv")
+
+    def selection(xs, ys, name):
+        xy = [(x, y) for y in ys for x in xs]
+        pd.DataFrame({"x": [x for x, _ in xy], "y": [y for _, y in xy], "selected": 1}).to_csv(
+            tmp_path / name, sep="\t", index=False
+        )
+        return tmp_path / name
+
+    other = selection(range(6, 16), range(2, 12), "B1_selection.tsv")  # 40 % of it lies elsewhere
+    with pytest.raises(ReadError, match="40 of its 100 selected spots are not in the counts table and 40 of"):
+        read(counts, coords=other)
+    # a table that leaves out a few spots of the counts (off tissue) reads, and says how many
+    own = selection(range(2, 12), range(2, 11), "A1_selection.tsv")  # the last row is not listed
+    a = read(counts, coords=own)
+    assert a.n_obs == 90
+    assert a.uns["stentrans_read_note"].endswith(
+        "; 10 spots of the counts table are not listed in A1_selection.tsv (left out)"
+    )

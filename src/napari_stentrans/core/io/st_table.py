@@ -29,6 +29,9 @@ POSITION_COLUMNS = frozenset(
     "barcode in_tissue tissue array_row array_col row col pxl_row_in_fullres pxl_col_in_fullres "
     "x y new_x new_y pixel_x pixel_y selected imagerow imagecol spatial_1 spatial_2".split()
 )
+#: share of a selection table's selected spots that may lack counts before it is refused as
+#: another section's table (0-2 % on the real tables)
+MAX_ORPHAN_SELECTED = 0.1
 TEN_X_BARCODE = re.compile(r"^[ACGTN]{12,18}(-\d+)?$")
 
 
@@ -328,6 +331,7 @@ def _coord_keys(coords: pd.DataFrame) -> list[str]:
 
 def _attach_coords(adata: ad.AnnData, coords: pd.DataFrame, coords_path: Path) -> ad.AnnData:
     cols = set(coords.columns)
+    unlisted = 0  # spots of the counts table a selection table does not list
     if coords.attrs.get("positional"):
         if len(coords) != adata.n_obs:
             raise ReadError(f"{coords_path}: {len(coords)} rows but the counts table has {adata.n_obs} spots")
@@ -350,7 +354,18 @@ def _attach_coords(adata: ad.AnnData, coords: pd.DataFrame, coords_path: Path) -
             )
         missing = ~adata.obs_names.isin(keyed.index)
         if missing.any() and "selected" in keyed.columns:
-            # a selection table lists the spots it considered; absent spots were not selected
+            # a selection table lists the spots it considered; absent spots were not selected.
+            # Its own selected spots lack counts rarely (0-2 % on the her2st and ST2k tables, spots
+            # without counts); many of them missing means another section's table
+            selected = keyed.index[keyed["selected"].to_numpy() == 1]
+            orphans = int((~selected.isin(adata.obs_names)).sum())
+            if orphans > MAX_ORPHAN_SELECTED * max(len(selected), 1):
+                raise ReadError(
+                    f"{coords_path}: {orphans} of its {len(selected)} selected spots are not in the counts "
+                    f"table and {int(missing.sum())} of the table's {adata.n_obs} spots are not in it: "
+                    "is it the coordinates file of another section?"
+                )
+            unlisted = int(missing.sum())
             adata = adata[~missing].copy()
             missing = np.zeros(adata.n_obs, dtype=bool)
         if missing.any():
@@ -363,7 +378,10 @@ def _attach_coords(adata: ad.AnnData, coords: pd.DataFrame, coords_path: Path) -
         keep = matched["selected"].to_numpy() == 1
         adata = adata[keep].copy()
         matched = matched[keep]
-        adata.uns["stentrans_read_note"] = f"kept {int(keep.sum())} spots with selected == 1 (under tissue)"
+        note = f"kept {int(keep.sum())} spots with selected == 1 (under tissue)"
+        if unlisted:
+            note += f"; {unlisted} spots of the counts table are not listed in {coords_path.name} (left out)"
+        adata.uns["stentrans_read_note"] = note
     if {"array_row", "array_col"} <= cols:
         row_raw, col_raw = matched["array_row"], matched["array_col"]
     elif {"array_y", "array_x"} <= cols:
