@@ -313,3 +313,30 @@ def test_reader_leaves_images_and_other_tables_to_other_readers(tmp_path):
     counts.T.to_csv(tmp_path / "genes_as_rows.tsv", sep="\t")
     for name in ("counts.csv", "genes_as_rows.tsv"):
         assert get_reader(str(tmp_path / name)) is not None, name
+
+
+def test_an_enhanced_slide_without_an_image_opens_with_one_distinct_gene_visible(tmp_path):
+    """Without an H&E the first gene stayed visible beside the last (two translucent genes over
+    each other), and the genes were the plain top-ranked ones, clones and families included."""
+    import napari_stentrans as st
+    from napari_stentrans._napari.layers import distinct_genes, enhanced_file_layers
+    from napari_stentrans.core.display import spatially_variable_genes
+    from napari_stentrans.core.io import measured_spots
+
+    r, c = block_sites("square", 10, 12)
+    adata = make_slide(r, c, "square", n_genes=24, seed=5)
+    names = list(adata.var_names)
+    names[:3] = ["RP11-34P13.7", "HLA-A", "HLA-B"]  # a clone and one family, the most spatial genes
+    adata.var_names = names
+    x = np.asarray(adata.X.todense() if hasattr(adata.X, "todense") else adata.X, dtype=np.float32)
+    x[:, :3] = np.where(c < 6, 1.0, 200.0)[:, None] * [1.0, 1.1, 1.2]
+    adata.X = np.rint(x)
+    st.fit(adata, preset="default").write(adata, tmp_path / "x2.h5ad")
+    enhanced = st.read(tmp_path / "x2.h5ad")
+    layers = enhanced_file_layers(enhanced, "x2")
+    assert all(attrs["metadata"]["stentrans"]["role"] == "enhanced" for _, attrs, _ in layers)  # no H&E
+    assert [attrs["visible"] for _, attrs, _ in layers] == [False, False, False, True]
+    ranked = spatially_variable_genes(measured_spots(enhanced), n=16)
+    shown = [attrs["name"][: -len(" x2")] for _, attrs, _ in layers]
+    assert shown == distinct_genes(ranked, 4) and shown != ranked[:4]
+    assert "RP11-34P13.7" not in shown and not {"HLA-A", "HLA-B"} <= set(shown)

@@ -198,7 +198,8 @@ def enhanced_file_layers(enhanced: ad.AnnData, name: str, n_genes: int = 4) -> l
 
     The layers sit where they sat when the slide was enhanced: the frame is fitted on the
     measured spots in the input's coordinates (:func:`~..core.io.measured_spots`), and the genes
-    shown are the ``n_genes`` most spatially variable in the measured counts. The layers carry
+    shown are the ``n_genes`` most spatially variable in the measured counts, distinct as for a
+    measured slide (:func:`distinct_genes`); only the last gene layer is visible. The layers carry
     role ``"enhanced"`` (exportable again); the H&E carries the enhanced AnnData, so a request to
     train on it is refused with the reason (an enhanced slide holds predictions).
     """
@@ -207,10 +208,10 @@ def enhanced_file_layers(enhanced: ad.AnnData, name: str, n_genes: int = 4) -> l
     slide_id = new_slide_id(name)
     measured = measured_spots(enhanced)
     frame = DisplayFrame.of(measured)
-    genes = spatially_variable_genes(measured, n=min(n_genes, enhanced.n_vars))
-    layers = he_layers(enhanced, slide_id, frame) + enhanced_layers(enhanced, genes, slide_id, frame)
-    for _, attrs, _ in layers[1:]:
+    genes = distinct_genes(spatially_variable_genes(measured, n=4 * n_genes), min(n_genes, enhanced.n_vars))
+    gene_tuples = enhanced_layers(enhanced, genes, slide_id, frame)
+    for _, attrs, _ in gene_tuples:  # one gene at a time, as for a measured slide
         attrs["visible"] = False
-    if layers and layers[-1][1]["metadata"]["stentrans"]["role"] == "enhanced":
-        layers[-1][1]["visible"] = True
-    return layers
+    if gene_tuples:
+        gene_tuples[-1][1]["visible"] = True
+    return he_layers(enhanced, slide_id, frame) + gene_tuples
