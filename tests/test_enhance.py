@@ -224,6 +224,11 @@ def test_bad_checkpoints_are_refused(tmp_path, square_case):
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="cut.safetensors: not a readable model file"):
         load_model(tmp_path / "cut.safetensors")
+    adata.write_h5ad(tmp_path / "slide.h5ad")  # a slide given as the model: said in those words
+    with pytest.raises(
+        CheckpointError, match=r"slide.h5ad: an HDF5 file \(a slide or enhanced .h5ad\?\), not a model"
+    ):
+        load_model(tmp_path / "slide.h5ad")
     torch.save({"format": "something-else"}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not a napari-stentrans model"):
         load_model(tmp_path / "other.pt")

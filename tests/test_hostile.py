@@ -115,10 +115,16 @@ def test_spots_a_few_pitches_from_the_tissue_are_kept():
     assert slide.row.max() == 30 and len(slide.row) == 31
 
 
-def test_mask_site_off_the_slide_is_refused_naming_it():
+def test_mask_site_off_the_slide_is_refused_naming_it(tmp_path):
     adata = _hex_slide()
-    with pytest.raises(InputError, match=r"mask site \(array_row 3000, array_col 3000\) lies off the slide"):
+    with pytest.raises(
+        InputError, match=r"^mask: site \(array_row 3000, array_col 3000\) lies off the slide"
+    ):
         Slide.from_adata(adata, np.array([[3000, 3000]]))
+    far = tmp_path / "far.csv"
+    far.write_text("array_row,array_col\n3000,3000\n")
+    with pytest.raises(InputError, match=rf"^{far}: site \(array_row 3000, array_col 3000\) lies off"):
+        Slide.from_adata(adata, far)  # a mask file is named, as its other errors name it
     with pytest.raises(InputError, match="lies off the slide"):
         Slide.from_adata(adata, np.array([[100000, 100000]]))
     slide = Slide.from_adata(adata, np.array([[2, 4], [6, 0]]))  # a spot and a site just past the edge

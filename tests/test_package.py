@@ -22,6 +22,10 @@ def test_importing_the_package_loads_neither_torch_nor_napari():
     code = "import sys, napari_stentrans; print('torch' in sys.modules, 'napari' in sys.modules, 'qtpy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False", "False"]
+    # dir() (and so tab completion) lists the lazy API without importing it
+    code = "import sys, napari_stentrans as st; d = dir(st); print('fit' in d, 'read' in d, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "True", "False"]
 
 
 def _imports(path: Path, top_level_only: bool = False) -> set[str]:

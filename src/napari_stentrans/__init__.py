@@ -102,3 +102,8 @@ def __getattr__(name: str):
     if name in _API:
         return getattr(import_module(_API[name]), name)
     raise AttributeError(f"module 'napari_stentrans' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public API with the module's own names, for ``dir()`` and tab completion (PEP 562)."""
+    return sorted({*globals(), *__all__})

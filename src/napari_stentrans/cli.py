@@ -571,7 +571,7 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     n_sites, n_genes = written.shape
     print(
         f"wrote {args.output}: {n_sites} sites ({counts.get('measured', 0)} measured, "
-        f"{counts.get('imputed', 0)} imputed, {counts.get('new', 0)} new) x {n_genes} genes"
+        f"{counts.get('imputed', 0)} imputed, {counts.get('new', 0)} new) x {n_genes} gene{'s' * (n_genes != 1)}"
         + (f"; model {args.save_model}" if args.save_model else "")
         + (f"; plot {args.plot}" if args.plot else "")
     )

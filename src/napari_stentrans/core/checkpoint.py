@@ -117,7 +117,7 @@ def load_model(path: str | Path) -> FittedModel:
     except Exception as exc:  # safetensors raises its own types for foreign or corrupt files
         if zipfile.is_zipfile(path):
             return _load_format_1(path)
-        raise CheckpointError(f"{path}: not a readable model file ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(_not_a_model(path, exc)) from exc
     try:
         return _from_description(description, tensors)
     except CheckpointError as exc:
@@ -234,6 +234,21 @@ def _learned_model(
         history=history,
         target_sum=target_sum,
         pretrained_on=list(pretrained_on),
+    )
+
+
+def _not_a_model(path: Path, exc: Exception) -> str:
+    """Why ``path`` is not a model, naming what it looks like when it is a slide (HDF5)."""
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if head == b"\x89HDF\r\n\x1a\n":
+        return (
+            f"{path}: an HDF5 file (a slide or enhanced .h5ad?), not a model; models are .safetensors "
+            "files written by --save-model or model.save()"
+        )
+    return (
+        f"{path}: not a readable model file ({type(exc).__name__}: {exc}); models are .safetensors files "
+        "written by --save-model or model.save()"
     )
 
 

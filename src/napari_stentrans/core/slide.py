@@ -219,11 +219,11 @@ class Slide:
         counts = sp.csr_matrix(adata.X, dtype=np.float32)
         depth = np.asarray(counts.sum(axis=1)).ravel().astype(np.float64)
         lost = lost_sites(mask, adata.obs_names, row, col)
+        source = str(mask) if isinstance(mask, str | Path) else "mask"  # names a mask file in errors
         if len(lost):
             try:
                 lattice.to_index(lost[:, 0], lost[:, 1])
             except LatticeError as exc:
-                source = str(mask) if isinstance(mask, str | Path) else "mask"
                 raise LatticeError(f"{source}: {exc}") from exc
         if not (isinstance(fill_holes, bool) or fill_holes == "auto"):
             raise InputError(f"fill_holes: {fill_holes!r} is not allowed; expected True, False or 'auto'")
@@ -234,7 +234,7 @@ class Slide:
             np.zeros((0, 2), np.int64) if extra is None else np.asarray(extra, dtype=np.int64).reshape(-1, 2)
         )
         _check_lost_on_slide(
-            lattice, lost, np.concatenate([row, extra[:, 0]]), np.concatenate([col, extra[:, 1]])
+            lattice, lost, np.concatenate([row, extra[:, 0]]), np.concatenate([col, extra[:, 1]]), source
         )
         not_lost = ~np.isin(site_keys(row, col), site_keys(lost[:, 0], lost[:, 1]))
         return cls(
@@ -509,7 +509,9 @@ def site_keys(row: np.ndarray, col: np.ndarray) -> np.ndarray:
     return (np.asarray(row, np.int64) << 32) + (np.asarray(col, np.int64) & 0xFFFFFFFF)
 
 
-def _check_lost_on_slide(lattice: Lattice, lost: np.ndarray, row: np.ndarray, col: np.ndarray) -> None:
+def _check_lost_on_slide(
+    lattice: Lattice, lost: np.ndarray, row: np.ndarray, col: np.ndarray, source: str = "mask"
+) -> None:
     """Raise InputError for a lost site outside the slide's extent (its spots' box plus one site).
 
     A lost site is imputed from the spots around it: one far outside them would be "imputed"
@@ -523,7 +525,7 @@ def _check_lost_on_slide(lattice: Lattice, lost: np.ndarray, row: np.ndarray, co
     if off.any():
         i = int(np.flatnonzero(off)[0])
         raise InputError(
-            f"mask site (array_row {lost[i, 0]}, array_col {lost[i, 1]}) lies off the slide, whose spots "
+            f"{source}: site (array_row {lost[i, 0]}, array_col {lost[i, 1]}) lies off the slide, whose spots "
             f"span array_row {row.min()}..{row.max()}, array_col {col.min()}..{col.max()} "
             f"({int(off.sum())} such site(s)); a lost site must be a site of the slide"
         )
