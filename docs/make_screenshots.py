@@ -22,9 +22,9 @@ OUT = Path(__file__).resolve().parent / "images"
 
 
 def main() -> None:
-    import napari
     from qtpy.QtWidgets import QApplication
 
+    import napari
     from napari_stentrans._napari import actions
 
     viewer = napari.Viewer(show=True, title="napari-stentrans")
