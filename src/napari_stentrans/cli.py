@@ -602,19 +602,21 @@ def cmd_enhance(args: argparse.Namespace) -> int:
             )
         )
     patterns = written.uns["patterns"]
+    # no verdict either way: said (not silent), on the numbers' own line when there are numbers
+    not_judged = f"not judged: {patterns['not_judged']}" if "not_judged" in patterns else None
     if "effective_rank" in patterns:
         print(
             f"patterns: effective rank {patterns['effective_rank']:.1f} of the enhanced genes "
             f"(measured {patterns['measured_effective_rank']:.1f}), PC1 share {patterns['pc1_share']:.0%} "
             f"(measured {patterns['measured_pc1_share']:.0%}) over the {patterns['n_genes']} most spatially "
-            "variable genes"
+            "variable genes" + (f"; {not_judged}" if not_judged else "")
         )
+    elif not_judged:
+        print(f"patterns: {not_judged}")
     if "warning" in patterns:
         print(f"stentrans: warning: {patterns['warning']}", file=sys.stderr)
     elif "no_warning" in patterns:  # few genes, weak evidence: say what was missing
         print(f"patterns: {patterns['no_warning']}")
-    elif "not_judged" in patterns:  # no verdict either way: say so rather than stay silent
-        print(f"patterns: not judged: {patterns['not_judged']}")
     return 0
 
 
