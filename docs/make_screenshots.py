@@ -40,7 +40,8 @@ def main() -> None:
     near = np.linalg.norm(xy - centre, axis=1) < 350.0  # micrometres
     layer = actions.lost_layer(viewer)
     painted = layer.metadata["stentrans"]["raster"].pixels_of_sites(
-        info.adata.obs["array_row"].to_numpy()[near], info.adata.obs["array_col"].to_numpy()[near])
+        info.adata.obs["array_row"].to_numpy()[near], info.adata.obs["array_col"].to_numpy()[near]
+    )
     layer.data_setitem(np.nonzero(painted), actions.LOST_LABEL)
     lost_widget.update_summary()
 
@@ -61,8 +62,11 @@ def main() -> None:
         viewer.reset_view()
         QApplication.processEvents()
         panels.append(viewer.screenshot(canvas_only=True, flash=False))
-    _side_by_side(panels, [f"{gene}: measured (lost region in cyan)", f"{gene} x2: stEnTrans"],
-                  OUT / "napari_enhanced.png")
+    _side_by_side(
+        panels,
+        [f"{gene}: measured (lost region in cyan)", f"{gene} x2: stEnTrans"],
+        OUT / "napari_enhanced.png",
+    )
     viewer.layers.selection.active = viewer.layers[f"{gene} x2"]
     workspace.tabs.setCurrentIndex(workspace.TABS.index("Train"))
     for _ in range(20):
