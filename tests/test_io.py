@@ -275,3 +275,11 @@ def test_a_selection_table_of_another_section_is_refused_and_unlisted_spots_are_
     assert a.uns["stentrans_read_note"].endswith(
         "; 10 spots of the counts table are not listed in A1_selection.tsv (left out)"
     )
+
+
+def test_a_folder_read_through_its_only_h5ad_says_which_file(tmp_path):
+    r, c = block_sites("square", 4, 4)
+    make_slide(r, c, "square").write_h5ad(tmp_path / "mel1_rep2.h5ad")
+    (tmp_path / "counts.csv").write_text("unused table beside it\n")
+    a = read(tmp_path)
+    assert a.n_obs == 16 and a.uns["stentrans_read_note"] == "read mel1_rep2.h5ad, the folder's only .h5ad"

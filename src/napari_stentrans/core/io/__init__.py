@@ -165,8 +165,12 @@ def _read_folder(path: Path, library: str | None) -> ad.AnnData:
     if (path / "spatial").is_dir() or any(path.glob("*filtered_feature_bc_matrix*")):
         return read_spaceranger(path, library_id=library)
     candidates = sorted(path.glob("*.h5ad"))
-    if len(candidates) == 1:
-        return read_h5ad(candidates[0], library)
+    if len(candidates) == 1:  # say which file a folder stood for (it may hold CSV tables too)
+        adata = read_h5ad(candidates[0], library)
+        note = f"read {candidates[0].name}, the folder's only .h5ad"
+        earlier = adata.uns.get("stentrans_read_note")
+        adata.uns["stentrans_read_note"] = f"{note}; {earlier}" if earlier else note
+        return adata
     bins = hd_bin_folders(path) or hd_bin_folders(path / "binned_outputs")
     if bins:
         raise ReadError(
