@@ -348,3 +348,31 @@ def test_cli_enhances_the_shared_store_into_spatialdata(tmp_path, capsys):
     assert "151674_lowres_image" in sdata.images
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x2.zarr"]  # no scratch .h5ad left
     assert is_enhanced(read(out))
+
+
+def test_the_inputs_annotations_travel_to_the_sites_of_their_spots(tmp_path):
+    """Layer labels, clusters and QC values of the input stay with their spots in the output
+    (a scanpy user compares clusters of the enhanced slide with them); new sites have none."""
+    import napari_stentrans as st
+
+    r, c = block_sites("hex", 8, 12)
+    adata = make_slide(r, c, "hex", n_genes=12, seed=2)
+    n = adata.n_obs
+    adata.obs["layer"] = pd.Categorical(np.where(c < 12, "L1", "WM"))
+    adata.obs["cluster"] = (r % 3).astype(np.int64)
+    adata.obs["pct_mito"] = np.linspace(0.0, 5.0, n)
+    adata.obs["note"] = np.where(r < 4, "top", "bottom").astype(object)
+    adata.obs["in_tissue"] = 1  # true of every spot, meaningless at new sites: not copied
+    model = st.fit(adata)
+    for out in (model.enhance(adata), ad.read_h5ad(model.write(adata, tmp_path / "x2.h5ad").path)):
+        obs = out.obs
+        assert {"layer", "cluster", "pct_mito", "note"} <= set(obs.columns) and "in_tissue" not in obs
+        measured = obs[obs["kind"] == "measured"]
+        by_barcode = adata.obs.loc[measured["barcode"].astype(str)]
+        assert (measured["layer"].astype(str).to_numpy() == by_barcode["layer"].astype(str).to_numpy()).all()
+        assert (measured["cluster"].to_numpy(dtype=np.int64) == by_barcode["cluster"].to_numpy()).all()
+        np.testing.assert_allclose(measured["pct_mito"].to_numpy(dtype=float), by_barcode["pct_mito"])
+        assert (measured["note"].astype(str).to_numpy() == by_barcode["note"].to_numpy()).all()
+        new = obs[obs["kind"] == "new"]
+        assert new["layer"].isna().all() and new["cluster"].isna().all() and new["pct_mito"].isna().all()
+        assert str(obs["cluster"].dtype) == "Int64" and isinstance(obs["layer"].dtype, pd.CategoricalDtype)

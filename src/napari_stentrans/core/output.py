@@ -62,7 +62,8 @@ def assemble(
     measured sites); ``obsm["spatial"]`` in the input's image pixels and ``obsm["spatial_um"]``;
     ``uns["spatial"]`` with the spot diameter halved; ``uns["stentrans"]`` the provenance
     (with ``library_id`` when the input names its library); ``obs["library_id"]`` when the
-    input has that column.
+    input has that column; every other column of the input's ``obs`` (layer labels, clusters,
+    QC values) at the sites of its spots, missing at new sites (:func:`input_annotations`).
     """
     has_spot = sites.spot >= 0
     barcodes = np.where(has_spot, slide.barcodes[np.clip(sites.spot, 0, None)], "")
@@ -84,6 +85,8 @@ def assemble(
     library = library_of(slide.adata)
     if library is not None and "library_id" in slide.adata.obs.columns:
         obs["library_id"] = pd.Categorical(np.full(len(obs), library))
+    for name, values in input_annotations(slide.adata.obs, sites.spot, exclude=obs.columns).items():
+        obs[name] = values
     # the input's gene annotations (symbols, ids, feature types) travel with the written genes
     var = slide.adata.var.iloc[gene_idx].drop(columns=["training_gene"], errors="ignore").copy()
     var.index = pd.Index(slide.genes[gene_idx], dtype=str)
@@ -128,6 +131,50 @@ def assemble(
     if patterns is not None:
         info["patterns"] = patterns
     out.uns["stentrans"] = info
+    return out
+
+
+def input_annotations(obs: pd.DataFrame, spot: np.ndarray, exclude=()) -> dict[str, object]:
+    """The input's ``obs`` columns at the output sites: a spot's own value, missing elsewhere.
+
+    Parameters
+    ----------
+    obs
+        The input slide's ``obs`` (one row per spot).
+    spot
+        ``(n_sites,)`` index of each output site's spot in ``obs``, -1 for a site without one
+        (new half-pitch sites, imputed in-tissue sites the matrix lacks).
+    exclude
+        Column names the output sets itself (``array_row``, ``kind``, ...): not copied.
+
+    Returns
+    -------
+    ``{name: column}``: categorical for categories, text and booleans (no category at sites
+    without a spot), nullable ``Int64`` for integers, float with NaN for other numbers.
+    """
+    has = np.asarray(spot) >= 0
+    rows = np.asarray(spot)[has]
+    out: dict[str, object] = {}
+    for name in obs.columns:
+        if name in set(exclude) or name in ("array_row", "array_col", "in_tissue"):
+            continue
+        column = obs[name]
+        if pd.api.types.is_integer_dtype(column):  # e.g. cluster numbers: nullable, not float
+            values = pd.array(np.zeros(len(has), dtype=np.int64), dtype="Int64")
+            values[~has] = pd.NA
+            values[has] = column.to_numpy()[rows]
+            out[name] = values
+        elif pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+            values = np.full(len(has), np.nan)
+            values[has] = column.to_numpy(dtype=np.float64, na_value=np.nan)[rows]
+            out[name] = values
+        else:  # categories, text, booleans: a categorical, missing where there is no spot
+            categorical = pd.Categorical(
+                column.astype("object") if not isinstance(column.dtype, pd.CategoricalDtype) else column
+            )
+            codes = np.full(len(has), -1, dtype=np.int64)
+            codes[has] = categorical.codes[rows]
+            out[name] = pd.Categorical.from_codes(codes, categories=categorical.categories)
     return out
 
 
