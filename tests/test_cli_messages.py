@@ -333,6 +333,9 @@ def test_evaluate_help_explains_seed_and_device(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "--seed SEED random seed" in text
     assert "--device DEVICE auto (default), cpu, cuda" in text
+    assert (
+        "(signal) the same against the truth's correlations without Poisson noise (count splitting)" in text
+    )
 
 
 @pytest.mark.parametrize("content", ["hello\n", "gene\n", "spot,G1\n"])
@@ -370,7 +373,7 @@ def test_enhance_says_when_the_patterns_were_not_judged(tmp_path, capsys):
     assert code == 0
     line = next(x for x in out.splitlines() if x.startswith("patterns: "))  # one line, numbers first
     assert line.startswith("patterns: effective rank ") and line.endswith(
-        "variable genes; not judged: only 3 genes: at least 5 are needed to judge patterns"
+        "variable genes; not judged: only 3 genes (at least 5 are needed to judge patterns)"
     )
     assert sum(x.startswith("patterns") for x in out.splitlines()) == 1
     assert "patterns" not in err

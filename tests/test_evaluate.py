@@ -117,6 +117,8 @@ def test_evaluate_command_writes_json_and_plot(hex_slide, tmp_path, capsys):
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["protocol"] == "lost" and set(report["methods"]) == {"nearest", "linear"}
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+    # per-gene gene-specific r for the plot's second panel: one value per reported gene
+    assert len(report["methods"]["linear"]["gene_specific_pcc"]) == len(report["spatial_genes"])
     assert "gene-specific r" in out and "measured (truth)" in out
     # its gene count is over the spots the methods see, not info's over all spots: it says so
     assert f"{report['n_genes']} genes (detected in >= 10% of the spots the methods see" in out
@@ -131,11 +133,14 @@ def test_evaluate_command_writes_json_and_plot(hex_slide, tmp_path, capsys):
     header = next(line for line in out.splitlines() if line.startswith("method"))
     assert header.index("co-expr r") < header.index("(signal)") < header.index("PC1 share")
     reliability = report["truth"]["signal_coexpression_reliability"]
-    note = next(line for line in out.splitlines() if line.startswith("co-expression r (signal): "))
+    assert any(line.startswith("(signal): co-expression r against the truth's") for line in out.splitlines())
     if reliability is None:
-        assert "not judged here" in note
+        assert "(signal) not judged here" in out
     else:
-        assert f"agree on them at r = {reliability:.2f}" in note
+        assert (
+            f"(signal) here: two halves of the scored spots agree on those correlations at r = {reliability:.2f}"
+            in out
+        )
 
 
 def test_evaluate_command_reads_labels_from_a_csv(tmp_path, capsys):

@@ -266,14 +266,17 @@ def test_a_selection_table_of_another_section_is_refused_and_unlisted_spots_are_
         return tmp_path / name
 
     other = selection(range(6, 16), range(2, 12), "B1_selection.tsv")  # 40 % of it lies elsewhere
-    with pytest.raises(ReadError, match="40 of its 100 selected spots are not in the counts table and 40 of"):
+    with pytest.raises(
+        ReadError, match="40 of its 100 selected spots have no counts and 40 of the counts table's"
+    ):
         read(counts, coords=other)
     # a table that leaves out a few spots of the counts (off tissue) reads, and says how many
-    own = selection(range(2, 12), range(2, 11), "A1_selection.tsv")  # the last row is not listed
+    own = selection(range(2, 13), range(2, 11), "A1_selection.tsv")  # the last row not listed, 9 more
     a = read(counts, coords=own)
     assert a.n_obs == 90
     assert a.uns["stentrans_read_note"].endswith(
         "; 10 spots of the counts table are not listed in A1_selection.tsv (left out)"
+        "; 9 selected spots of A1_selection.tsv have no counts (left out)"
     )
 
 

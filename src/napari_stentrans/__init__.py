@@ -106,4 +106,4 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     """The public API with the module's own names, for ``dir()`` and tab completion (PEP 562)."""
-    return sorted({*globals(), *__all__})
+    return sorted({*__all__, *(name for name in globals() if name.startswith("__"))})

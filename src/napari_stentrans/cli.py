@@ -163,7 +163,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "evaluate",
         help="honest accuracy against interpolation and classical baselines",
         description="Score methods on spots they never saw (every method by default).\n\nmethods:\n"
-        + "\n".join(f"  {name:16s}{what}" for name, what in METHOD_HELP.items()),
+        + "\n".join(f"  {name:16s}{what}" for name, what in METHOD_HELP.items())
+        + "\n\nmetrics (at the scored spots; median r over every scored gene, the others over the 100 most spatially variable; README, 'Accuracy'):\n"
+        + "\n".join(f"  {name:16s}{what}" for name, what in METRIC_HELP.items()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ev.add_argument(
@@ -874,6 +876,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
             plot_evaluation(report, outputs.path(args.plot))
     return 0
+
+
+#: the columns of the evaluate table, as its help lists them
+METRIC_HELP = {
+    "median r": "median per-gene Pearson r on counts (r (norm): on normalised values)",
+    "gene-specific r": "per-gene r left after removing the seen spots' top 3 principal axes",
+    "co-expr r": "r between the gene-gene correlations of prediction and measured truth",
+    "(signal)": "the same against the truth's correlations without Poisson noise (count splitting)",
+    "PC1 share": "variance share of the prediction's first component (eff. rank: its effective rank)",
+    "ARI": "fixed clustering against --labels, beside the same on the measured counts",
+}
 
 
 def _read_labels(spec: str, adata):

@@ -334,9 +334,19 @@ def test_quality_verdict_judges_several_metrics_and_says_why_a_learned_row_repea
     scores["coexpression_r_signal"] = 0.95
     report["methods"]["linear"]["coexpression_r_signal"] = 0.93
     report["truth"] = {"signal_coexpression_reliability": 0.3}
-    assert "signal" not in actions.quality_verdict(report)
+    verdict = actions.quality_verdict(report)
+    assert "against the signal (" not in verdict  # not counted, and the verdict says why
+    assert (
+        "Co-expression r against the signal is not judged: two halves of the scored spots agree on the "
+        "signal's correlations at r = 0.30 only."
+    ) in verdict
     report["truth"]["signal_coexpression_reliability"] = 0.9
     assert "co-expression r against the signal (0.950 vs 0.930, linear)" in actions.quality_verdict(report)
+    # a difference under 0.005 is level, not a win (0.959 vs 0.954 on 266 spots)
+    report["methods"]["linear"]["coexpression_r_signal"] = 0.947
+    assert "is level with it on co-expression r against the signal (0.950 vs 0.947, linear)" in (
+        actions.quality_verdict(report)
+    )
 
 
 def test_slide_opens_with_one_gene_visible_and_distinct_default_genes():

@@ -1025,6 +1025,8 @@ def method_label(name: str) -> str:
     return METHOD_LABELS.get(name, name)
 
 
+#: a difference the verdict calls level rather than a win or a loss
+LEVEL = 0.005
 #: the interpolations as the verdict names the best of them on each metric
 INTERPOLATION_NAMES = {"nearest": "nearest spot", "linear": "linear", "cubic": "cubic"}
 #: what the Quality check's verdict compares (report key, words): each gene's own values, what
@@ -1056,37 +1058,53 @@ def quality_verdict(report: dict) -> str:
     }
     r = finite["median_pcc"]
     ours = [m for m in ENHANCEMENTS if m in r]
-    where = f"at {report['n_heldout_spots']:,} held-out spots, {report['n_genes']} genes"
+    where = f"at {report['n_heldout_spots']:,} held-out spots, {report['n_genes']:,} genes"
     if not ours or not any(m in r for m in INTERPOLATIONS):
         return f"Not enough methods scored to compare the enhancement with interpolation ({where})."
     best_ours = max(ours, key=r.get)
-    wins, losses = [], []
+    wins, level, losses = [], [], []
     reliability = report.get("truth", {}).get("signal_coexpression_reliability")
+    unjudged = None  # why co-expression r against the signal is left out, when it is
     for key, words in VERDICT_METRICS:
-        if key == "coexpression_r_signal" and not (
-            reliability is not None and reliability >= RELIABLE_SIGNAL
-        ):
-            continue  # the scored spots cannot tell the signal's correlations from noise
         values = finite[key]
         theirs = [m for m in INTERPOLATIONS if m in values]
         if best_ours not in values or not theirs:
             continue
+        if key == "coexpression_r_signal" and not (
+            reliability is not None and reliability >= RELIABLE_SIGNAL
+        ):
+            unjudged = (
+                f"{words.capitalize()} is not judged: two halves of the scored spots agree on the "
+                f"signal's correlations at r = {reliability:.2f} only."
+                if reliability is not None
+                else None
+            )
+            continue
         best = max(theirs, key=values.get)
         said = f"{words} ({values[best_ours]:.3f} vs {values[best]:.3f}, {INTERPOLATION_NAMES[best]})"
-        (wins if values[best_ours] > values[best] else losses).append(said)
+        difference = values[best_ours] - values[best]
+        (level if abs(difference) < LEVEL else wins if difference > 0 else losses).append(said)
 
     def listed(items: list[str], conjunction: str) -> str:
         return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} {conjunction} {items[-1]}"
 
-    if wins and losses:
-        verb = f"beats every interpolation on {listed(wins, 'and')}, not on {listed(losses, 'or')}"
-    elif wins:
-        verb = f"beats every interpolation on {listed(wins, 'and')}"
-    else:
-        verb = f"does not beat interpolation on {listed(losses, 'or')}"
+    parts = []
+    if wins:
+        parts.append(f"beats every interpolation on {listed(wins, 'and')}")
+    if level:
+        parts.append(f"is level with {'it' if wins else 'interpolation'} on {listed(level, 'and')}")
+    if losses:
+        if level:
+            parts.append(f"and loses to it on {listed(losses, 'and')}")
+        elif wins:
+            parts.append(f"not on {listed(losses, 'or')}")
+        else:
+            parts.append(f"does not beat interpolation on {listed(losses, 'or')}")
+    verb = ", ".join(parts)
     text = f"On this slide the enhancement ({method_label(best_ours)}) {verb}, {where}."
     notes = [f"{method_label(m)}: {v['note']}" for m, v in methods.items() if v.get("note")]
-    return " ".join([text, *(note if note.endswith(".") else note + "." for note in notes)])
+    sentences = [text, *([unjudged] if unjudged else [])]
+    return " ".join([*sentences, *(note if note.endswith(".") else note + "." for note in notes)])
 
 
 def quality_table(report: dict, columns: dict[str, str]) -> dict[str, list]:

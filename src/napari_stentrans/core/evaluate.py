@@ -72,20 +72,26 @@ RELIABLE_SIGNAL = 0.5
 
 
 def signal_note(reliability: float) -> str:
-    """One line on what ``coexpression_r_signal`` is and whether this split can judge it."""
+    """Two lines: what ``coexpression_r_signal`` is, and how well this split determines it.
+
+    ``reliability`` is the split-half agreement of :func:`truth_signal` (a lower bound of the
+    whole estimate's): from :data:`RELIABLE_SIGNAL` well determined (the verdict counts it), from
+    0.2 weakly, below that not at all.
+    """
     what = (
-        "co-expression r (signal): against the scored spots' gene-gene correlations with their Poisson "
-        "sampling noise removed by count splitting (that noise lowers every measured correlation, and "
-        "favours estimates that carry noise, such as linear interpolation); "
+        "(signal): co-expression r against the truth's correlations with their Poisson noise removed "
+        "(count splitting); the plain co-expression r favours estimates that keep noise like the truth's"
     )
     if not np.isfinite(reliability):
-        return what + "not judged here (the truth is not integer counts, or under 20 scored spots)"
-    if reliability >= RELIABLE_SIGNAL:
-        return what + f"two halves of the scored spots agree on them at r = {reliability:.2f}: reliable here"
-    return (
-        what + f"two halves of the scored spots agree on them at r = {reliability:.2f} only: "
-        "too few or too shallow spots, read that column as noise here"
+        return f"{what}\n(signal) not judged here: the truth is not integer counts, or under 20 scored spots"
+    agree = (
+        f"(signal) here: two halves of the scored spots agree on those correlations at r = {reliability:.2f}"
     )
+    if reliability >= RELIABLE_SIGNAL:
+        return f"{what}\n{agree}: well determined"
+    if reliability >= 0.2:
+        return f"{what}\n{agree}: weakly determined, compare with care"
+    return f"{what}\n{agree}: not determined (too few or too shallow spots)"
 
 
 @dataclass
@@ -228,6 +234,8 @@ def fidelity(pred_norm: np.ndarray, ref: Reference, seed: int = 0) -> dict:
 
     out = {
         "gene_specific_r": median(gs[top]),
+        # per gene, for the box plots of `evaluate --plot` (NaN where a residual is constant)
+        "gene_specific_pcc": [None if np.isnan(v) else round(float(v), 5) for v in gs[top]],
         "gene_specific_r_all": median(gs),
         "coexpression_r": coexpression_r(pred_norm[:, top], ref.truth_norm[:, top]),
         "coexpression_r_signal": (

@@ -104,7 +104,7 @@ class PatternCheck:
         else:
             few = False
             out["not_judged"] = (
-                f"only {_count(n, 'gene')}: at least {MIN_GENES_STRONG} are needed to judge patterns"
+                f"only {_count(n, 'gene')} (at least {MIN_GENES_STRONG} are needed to judge patterns)"
             )
         if few:
             out["warning"] = (

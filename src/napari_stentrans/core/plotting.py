@@ -167,20 +167,57 @@ def plot_side_by_side(original: ad.AnnData, enhanced: ad.AnnData, genes: list[st
 
 
 def plot_evaluation(report: dict, path: str | Path) -> Path:
-    """Box plot of per-gene Pearson r (counts) per method from an :func:`evaluate` report."""
+    """The metrics of an :func:`.evaluate.evaluate` report, one panel each, methods side by side.
+
+    Top: box plot of per-gene Pearson r on counts. Middle: box plot of per-gene gene-specific r
+    (the 100 most spatially variable genes; reports without it skip the panel). Bottom:
+    co-expression r against the measured truth and against its signal (count splitting), with
+    the signal's reliability in the panel's title.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     names = list(report["methods"])
-    data = [[v for v in report["methods"][m]["pcc"] if v is not None] for m in names]
-    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 4))
-    ax.boxplot(data, showfliers=False)
-    ax.set_xticks(range(1, len(names) + 1), names, rotation=30, ha="right")
-    ax.axhline(0, color="0.6", lw=0.8)
-    ax.set_ylabel("per-gene Pearson r (counts) at scored spots")
-    ax.set_title(
+    methods = [report["methods"][m] for m in names]
+
+    def finite(values) -> list[float]:
+        return [v for v in values if v is not None and np.isfinite(v)]
+
+    with_gs = all("gene_specific_pcc" in m for m in methods)
+    rows = 3 if with_gs else 2
+    fig, axes = plt.subplots(rows, 1, figsize=(1.2 * len(names) + 2.5, 3.0 * rows), sharex=True)
+    positions = np.arange(1, len(names) + 1)
+    axes[0].boxplot([finite(m["pcc"]) or [np.nan] for m in methods], positions=positions, showfliers=False)
+    axes[0].set_ylabel("per-gene r (counts)")
+    if with_gs:
+        axes[1].boxplot(
+            [finite(m["gene_specific_pcc"]) or [np.nan] for m in methods],
+            positions=positions,
+            showfliers=False,
+        )
+        axes[1].set_ylabel("gene-specific r\n(100 most spatial genes)")
+    co = axes[-1]
+    for key, marker, label in (
+        ("coexpression_r", "o", "against the measured truth"),
+        ("coexpression_r_signal", "s", "against its signal (count splitting)"),
+    ):
+        values = [m.get(key) for m in methods]
+        values = [np.nan if v is None else v for v in values]
+        if np.isfinite(values).any():
+            co.plot(positions, values, marker, label=label, ms=6)
+    reliability = report.get("truth", {}).get("signal_coexpression_reliability")
+    co.set_ylabel("co-expression r")
+    co.legend(fontsize=8, loc="best")
+    if reliability is not None and np.isfinite(reliability):
+        co.set_title(
+            f"signal correlations: two halves of the spots agree at r = {reliability:.2f}", fontsize=8
+        )
+    for ax in axes[:-1]:  # the co-expression panel keeps its own range: its values sit close together
+        ax.axhline(0, color="0.6", lw=0.8)
+    co.set_xticks(positions, names, rotation=30, ha="right")
+    axes[0].set_title(
         f"{Path(report['dataset']).name or report['dataset']}: {report['protocol']}, {report['n_genes']} genes, "
         f"{report['n_heldout_spots']} spots",
         fontsize=9,

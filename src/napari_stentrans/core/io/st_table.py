@@ -331,7 +331,7 @@ def _coord_keys(coords: pd.DataFrame) -> list[str]:
 
 def _attach_coords(adata: ad.AnnData, coords: pd.DataFrame, coords_path: Path) -> ad.AnnData:
     cols = set(coords.columns)
-    unlisted = 0  # spots of the counts table a selection table does not list
+    unlisted = orphans = 0  # counts spots a selection table does not list; its selected spots without counts
     if coords.attrs.get("positional"):
         if len(coords) != adata.n_obs:
             raise ReadError(f"{coords_path}: {len(coords)} rows but the counts table has {adata.n_obs} spots")
@@ -361,9 +361,9 @@ def _attach_coords(adata: ad.AnnData, coords: pd.DataFrame, coords_path: Path) -
             orphans = int((~selected.isin(adata.obs_names)).sum())
             if orphans > MAX_ORPHAN_SELECTED * max(len(selected), 1):
                 raise ReadError(
-                    f"{coords_path}: {orphans} of its {len(selected)} selected spots are not in the counts "
-                    f"table and {int(missing.sum())} of the table's {adata.n_obs} spots are not in it: "
-                    "is it the coordinates file of another section?"
+                    f"{coords_path}: {orphans} of its {len(selected)} selected spots have no counts and "
+                    f"{int(missing.sum())} of the counts table's {adata.n_obs} spots are not in "
+                    f"{coords_path.name}: is it the coordinates file of another section?"
                 )
             unlisted = int(missing.sum())
             adata = adata[~missing].copy()
@@ -381,6 +381,8 @@ def _attach_coords(adata: ad.AnnData, coords: pd.DataFrame, coords_path: Path) -
         note = f"kept {int(keep.sum())} spots with selected == 1 (under tissue)"
         if unlisted:
             note += f"; {unlisted} spots of the counts table are not listed in {coords_path.name} (left out)"
+        if orphans:  # counts removed upstream (e.g. spots with none): not imputed from an ST table
+            note += f"; {orphans} selected spots of {coords_path.name} have no counts (left out)"
         adata.uns["stentrans_read_note"] = note
     if {"array_row", "array_col"} <= cols:
         row_raw, col_raw = matched["array_row"], matched["array_col"]
