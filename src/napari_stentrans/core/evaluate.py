@@ -67,8 +67,10 @@ PROTOCOLS = ("heldout", "lost", "paper")
 DEFAULT_METHODS = METHODS
 N_COUNT_SPLITS = 5  # binomial splits averaged for the truth's signal correlations
 MIN_RELIABILITY_SPOTS = 20  # scored spots below which the signal's reliability is not judged
-#: split-spot agreement from which the signal correlations are trusted (verdict, tables)
+#: split-spot agreement from which the signal correlations are trusted (verdict, tables), and
+#: under which they are not determined at all
 RELIABLE_SIGNAL = 0.5
+WEAK_SIGNAL = 0.2
 
 
 def signal_note(reliability: float) -> str:
@@ -76,20 +78,23 @@ def signal_note(reliability: float) -> str:
 
     ``reliability`` is the split-half agreement of :func:`truth_signal` (a lower bound of the
     whole estimate's): from :data:`RELIABLE_SIGNAL` well determined (the verdict counts it), from
-    0.2 weakly, below that not at all.
+    :data:`WEAK_SIGNAL` weakly, below that not at all.
     """
     what = (
         "(signal): co-expression r against the truth's correlations with their Poisson noise removed "
         "(count splitting); the plain co-expression r favours estimates that keep noise like the truth's"
     )
     if not np.isfinite(reliability):
-        return f"{what}\n(signal) not judged here: the truth is not integer counts, or under 20 scored spots"
+        return (
+            f"{what}\n(signal) not judged here: the truth is not integer counts, or under "
+            f"{MIN_RELIABILITY_SPOTS} scored spots"
+        )
     agree = (
         f"(signal) here: two halves of the scored spots agree on those correlations at r = {reliability:.2f}"
     )
     if reliability >= RELIABLE_SIGNAL:
         return f"{what}\n{agree}: well determined"
-    if reliability >= 0.2:
+    if reliability >= WEAK_SIGNAL:
         return f"{what}\n{agree}: weakly determined, compare with care"
     return f"{what}\n{agree}: not determined (too few or too shallow spots)"
 
