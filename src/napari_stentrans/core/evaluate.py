@@ -86,8 +86,8 @@ def signal_note(reliability: float) -> str:
     )
     if not np.isfinite(reliability):
         return (
-            f"{what}\n(signal) not judged here: the truth is not integer counts, or under "
-            f"{MIN_RELIABILITY_SPOTS} scored spots"
+            f"{what}\n(signal) not judged here: under {MIN_RELIABILITY_SPOTS} scored spots, under three "
+            "gene pairs with a measurable signal, or a truth that is not integer counts"
         )
     agree = (
         f"(signal) here: two halves of the scored spots agree on those correlations at r = {reliability:.2f}"

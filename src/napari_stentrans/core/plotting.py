@@ -197,7 +197,8 @@ def plot_evaluation(report: dict, path: str | Path) -> Path:
             positions=positions,
             showfliers=False,
         )
-        axes[1].set_ylabel("gene-specific r\n(100 most spatial genes)")
+        spatial = len(report.get("spatial_genes", ())) or 100
+        axes[1].set_ylabel(f"gene-specific r\n({spatial} most spatial genes)")
     co = axes[-1]
     for key, marker, label in (
         ("coexpression_r", "o", "against the measured truth"),
@@ -210,9 +211,17 @@ def plot_evaluation(report: dict, path: str | Path) -> Path:
     reliability = report.get("truth", {}).get("signal_coexpression_reliability")
     co.set_ylabel("co-expression r")
     co.legend(fontsize=8, loc="best")
-    if reliability is not None and np.isfinite(reliability):
+    if reliability is None or not np.isfinite(reliability):
+        co.set_title("signal correlations not judged (too few spots or genes with a signal)", fontsize=8)
+    else:
+        from .evaluate import RELIABLE_SIGNAL, WEAK_SIGNAL
+
+        grade = (
+            "well" if reliability >= RELIABLE_SIGNAL else "weakly" if reliability >= WEAK_SIGNAL else "not"
+        )
         co.set_title(
-            f"signal correlations: two halves of the spots agree at r = {reliability:.2f}", fontsize=8
+            f"signal correlations {grade} determined: two halves of the spots agree at r = {reliability:.2f}",
+            fontsize=8,
         )
     for ax in axes[:-1]:  # the co-expression panel keeps its own range: its values sit close together
         ax.axhline(0, color="0.6", lw=0.8)
