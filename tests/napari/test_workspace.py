@@ -351,11 +351,16 @@ def test_quality_verdict_judges_several_metrics_and_says_why_a_learned_row_repea
 
 def test_slide_opens_with_one_gene_visible_and_distinct_default_genes():
     from napari_stentrans._napari.layers import distinct_genes, slide_layers
+    from napari_stentrans.core.display import spatially_variable_genes
     from napari_stentrans.synthetic import synthetic_slide
 
-    layers = slide_layers(synthetic_slide("square", n_genes=60, seed=0), name="st")  # no H&E
+    adata = synthetic_slide("square", n_genes=60, seed=0)
+    layers = slide_layers(adata, name="st")  # no H&E
     genes = [t for t in layers if t[1]["metadata"]["stentrans"]["role"] == "gene"]
     assert len(genes) == 4 and [t[1]["visible"] for t in genes] == [False, False, False, True]
+    # the visible layer, on top of the list, is the most spatially variable of the distinct genes
+    top = distinct_genes(spatially_variable_genes(adata, n=16), 4)
+    assert [t[1]["metadata"]["stentrans"]["gene"] for t in genes] == top[::-1]
     ranked = ["HLA-B", "HLA-A", "RP11-34P13.7", "AC092143.1", "COL1A1", "COL1A2", "MGP", "HLA-C", "KRT5"]
     assert distinct_genes(ranked, 4) == ["HLA-B", "COL1A1", "MGP", "KRT5"]
 

@@ -178,13 +178,15 @@ def slide_layers(
 ) -> list[tuple]:
     """H&E (when present) and the ``n_genes`` most spatially variable genes of a slide.
 
-    Default genes are distinct (:func:`distinct_genes`); only the last gene layer is visible (one
-    gene at a time over the H&E, the others one click away).
+    Default genes are distinct (:func:`distinct_genes`) and come in reverse rank order, so the
+    most spatially variable is the last layer: on top of napari's layer list and the only one
+    visible (one gene at a time over the H&E, the others one click away). Genes given by name
+    keep their order (the last visible).
     """
     slide_id = new_slide_id(name)
     frame = DisplayFrame.of(adata)
     if genes is None:
-        genes = distinct_genes(spatially_variable_genes(adata, n=4 * n_genes), n_genes)
+        genes = distinct_genes(spatially_variable_genes(adata, n=4 * n_genes), n_genes)[::-1]
     gene_tuples = gene_layers(adata, genes, slide_id, frame)
     for _, attrs, _ in gene_tuples:
         attrs["visible"] = False
@@ -199,7 +201,7 @@ def enhanced_file_layers(enhanced: ad.AnnData, name: str, n_genes: int = 4) -> l
     The layers sit where they sat when the slide was enhanced: the frame is fitted on the
     measured spots in the input's coordinates (:func:`~..core.io.measured_spots`), and the genes
     shown are the ``n_genes`` most spatially variable in the measured counts, distinct as for a
-    measured slide (:func:`distinct_genes`); only the last gene layer is visible. The layers carry
+    measured slide (:func:`distinct_genes`), the most variable last and the only one visible. The layers carry
     role ``"enhanced"`` (exportable again); the H&E carries the enhanced AnnData, so a request to
     train on it is refused with the reason (an enhanced slide holds predictions).
     """
@@ -208,7 +210,8 @@ def enhanced_file_layers(enhanced: ad.AnnData, name: str, n_genes: int = 4) -> l
     slide_id = new_slide_id(name)
     measured = measured_spots(enhanced)
     frame = DisplayFrame.of(measured)
-    genes = distinct_genes(spatially_variable_genes(measured, n=4 * n_genes), min(n_genes, enhanced.n_vars))
+    ranked = distinct_genes(spatially_variable_genes(measured, n=4 * n_genes), min(n_genes, enhanced.n_vars))
+    genes = ranked[::-1]  # the most spatially variable last: on top and visible
     gene_tuples = enhanced_layers(enhanced, genes, slide_id, frame)
     for _, attrs, _ in gene_tuples:  # one gene at a time, as for a measured slide
         attrs["visible"] = False
