@@ -363,10 +363,14 @@ def test_the_inputs_annotations_travel_to_the_sites_of_their_spots(tmp_path):
     adata.obs["pct_mito"] = np.linspace(0.0, 5.0, n)
     adata.obs["note"] = np.where(r < 4, "top", "bottom").astype(object)
     adata.obs["in_tissue"] = 1  # true of every spot, meaningless at new sites: not copied
+    adata.obs["spot_id"] = np.arange(n)  # a SpatialData table's instance and region keys index the
+    adata.obs["region"] = pd.Categorical(["A1"] * n)  # input store: not copied either
+    adata.uns["spatialdata_attrs"] = {"instance_key": "spot_id", "region_key": "region", "region": "A1"}
     model = st.fit(adata)
     for out in (model.enhance(adata), ad.read_h5ad(model.write(adata, tmp_path / "x2.h5ad").path)):
         obs = out.obs
-        assert {"layer", "cluster", "pct_mito", "note"} <= set(obs.columns) and "in_tissue" not in obs
+        assert {"layer", "cluster", "pct_mito", "note"} <= set(obs.columns)
+        assert not {"in_tissue", "spot_id", "region"} & set(obs.columns)
         measured = obs[obs["kind"] == "measured"]
         by_barcode = adata.obs.loc[measured["barcode"].astype(str)]
         assert (measured["layer"].astype(str).to_numpy() == by_barcode["layer"].astype(str).to_numpy()).all()

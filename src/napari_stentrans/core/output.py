@@ -85,7 +85,10 @@ def assemble(
     library = library_of(slide.adata)
     if library is not None and "library_id" in slide.adata.obs.columns:
         obs["library_id"] = pd.Categorical(np.full(len(obs), library))
-    for name, values in input_annotations(slide.adata.obs, sites.spot, exclude=obs.columns).items():
+    # a SpatialData table's region and instance keys index the input store, not annotations
+    store_keys = [slide.adata.uns.get("spatialdata_attrs", {}).get(k) for k in ("region_key", "instance_key")]
+    skip = [*obs.columns, *(k for k in store_keys if k)]
+    for name, values in input_annotations(slide.adata.obs, sites.spot, exclude=skip).items():
         obs[name] = values
     # the input's gene annotations (symbols, ids, feature types) travel with the written genes
     var = slide.adata.var.iloc[gene_idx].drop(columns=["training_gene"], errors="ignore").copy()
