@@ -212,17 +212,14 @@ def plot_evaluation(report: dict, path: str | Path) -> Path:
     co.set_ylabel("co-expression r")
     co.legend(fontsize=8, loc="best")
     if reliability is None or not np.isfinite(reliability):
-        co.set_title("signal correlations not judged (too few spots or genes with a signal)", fontsize=8)
+        co.set_title("signal correlations not judged (too few spots or signal genes)", fontsize=8)
     else:
         from .evaluate import RELIABLE_SIGNAL, WEAK_SIGNAL
 
         grade = (
             "well" if reliability >= RELIABLE_SIGNAL else "weakly" if reliability >= WEAK_SIGNAL else "not"
         )
-        co.set_title(
-            f"signal correlations {grade} determined: two halves of the spots agree at r = {reliability:.2f}",
-            fontsize=8,
-        )
+        co.set_title(f"signal correlations {grade} determined (split-half r = {reliability:.2f})", fontsize=8)
     for ax in axes[:-1]:  # the co-expression panel keeps its own range: its values sit close together
         ax.axhline(0, color="0.6", lw=0.8)
     co.set_xticks(positions, names, rotation=30, ha="right")
@@ -234,6 +231,6 @@ def plot_evaluation(report: dict, path: str | Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
     plt.close(fig)
     return path
