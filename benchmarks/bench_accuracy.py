@@ -302,7 +302,7 @@ def fidelity_headline(reports: list[dict]) -> str:
     more than 0.01; and the same bar with co-expression r judged against the truth's signal
     correlations (count splitting) on the runs whose scored spots determine them.
     """
-    from napari_stentrans.core.evaluate import RELIABLE_SIGNAL
+    from napari_stentrans.core.evaluate import RELIABLE_SIGNAL, signal_grade
 
     trio = ("stentrans", "lowrank", "linear")
     lines = [
@@ -364,7 +364,7 @@ def fidelity_headline(reports: list[dict]) -> str:
                 )
                 if ours is not None and linear is not None:
                     others = [f for f in failed if f != "co-expression r"]
-                    reliable = (r["truth"].get("signal_coexpression_reliability") or 0.0) >= RELIABLE_SIGNAL
+                    reliable = signal_grade(r["truth"].get("signal_coexpression_reliability")) == "well"
                     signal_bar.append((reliable, bool(failed), bool(others) or ours < linear - 0.02))
     short = [b for b in bar if b[3]]
     criteria = ("gene-specific r", "co-expression r", "counts r", "normalised r")

@@ -1048,7 +1048,7 @@ def quality_verdict(report: dict) -> str:
     others erases what makes each gene a gene; METHOD.md); then the notes of methods that
     explain themselves (a learned preset that kept the classical estimate).
     """
-    from ..core.evaluate import RELIABLE_SIGNAL
+    from ..core.evaluate import signal_grade
     from ..core.methods import canonical_method
 
     methods = {canonical_method(m): v for m, v in report["methods"].items()}  # 0.2.0: "stentrans"
@@ -1064,21 +1064,19 @@ def quality_verdict(report: dict) -> str:
     best_ours = max(ours, key=r.get)
     wins, level, losses = [], [], []
     reliability = report.get("truth", {}).get("signal_coexpression_reliability")
+    grade = signal_grade(reliability)
     unjudged = None  # why co-expression r against the signal is left out, when it is
     for key, words in VERDICT_METRICS:
         values = finite[key]
         theirs = [m for m in INTERPOLATIONS if m in values]
         if best_ours not in values or not theirs:
             continue
-        if key == "coexpression_r_signal" and not (
-            reliability is not None and reliability >= RELIABLE_SIGNAL
-        ):
-            unjudged = (
-                f"{words.capitalize()} is not judged: two halves of the scored spots agree on the "
-                f"signal's correlations at r = {reliability:.2f} only."
-                if reliability is not None
-                else None
-            )
+        if key == "coexpression_r_signal" and grade != "well":
+            if grade is not None:
+                unjudged = (
+                    f"{words.capitalize()} is not judged: two halves of the scored spots agree on the "
+                    f"signal's correlations at r = {reliability:.2f} only."
+                )
             continue
         best = max(theirs, key=values.get)
         said = f"{words} ({values[best_ours]:.3f} vs {values[best]:.3f}, {INTERPOLATION_NAMES[best]})"

@@ -186,13 +186,24 @@ def slide_layers(
     slide_id = new_slide_id(name)
     frame = DisplayFrame.of(adata)
     if genes is None:
-        genes = distinct_genes(spatially_variable_genes(adata, n=4 * n_genes), n_genes)[::-1]
-    gene_tuples = gene_layers(adata, genes, slide_id, frame)
+        genes = _default_genes(adata, n_genes)
+    gene_tuples = _last_visible(gene_layers(adata, genes, slide_id, frame))
+    return he_layers(adata, slide_id, frame) + gene_tuples
+
+
+def _default_genes(adata: ad.AnnData, n_genes: int) -> list[str]:
+    """The ``n_genes`` most spatially variable distinct genes, most variable last (the top layer)."""
+    ranked = spatially_variable_genes(adata, n=4 * n_genes)
+    return distinct_genes(ranked, min(n_genes, adata.n_vars))[::-1]
+
+
+def _last_visible(gene_tuples: list[tuple]) -> list[tuple]:
+    """The layer tuples with only the last one visible (one gene at a time)."""
     for _, attrs, _ in gene_tuples:
         attrs["visible"] = False
     if gene_tuples:
         gene_tuples[-1][1]["visible"] = True
-    return he_layers(adata, slide_id, frame) + gene_tuples
+    return gene_tuples
 
 
 def enhanced_file_layers(enhanced: ad.AnnData, name: str, n_genes: int = 4) -> list[tuple]:
@@ -210,11 +221,5 @@ def enhanced_file_layers(enhanced: ad.AnnData, name: str, n_genes: int = 4) -> l
     slide_id = new_slide_id(name)
     measured = measured_spots(enhanced)
     frame = DisplayFrame.of(measured)
-    ranked = distinct_genes(spatially_variable_genes(measured, n=4 * n_genes), min(n_genes, enhanced.n_vars))
-    genes = ranked[::-1]  # the most spatially variable last: on top and visible
-    gene_tuples = enhanced_layers(enhanced, genes, slide_id, frame)
-    for _, attrs, _ in gene_tuples:  # one gene at a time, as for a measured slide
-        attrs["visible"] = False
-    if gene_tuples:
-        gene_tuples[-1][1]["visible"] = True
+    gene_tuples = _last_visible(enhanced_layers(enhanced, _default_genes(measured, n_genes), slide_id, frame))
     return he_layers(enhanced, slide_id, frame) + gene_tuples

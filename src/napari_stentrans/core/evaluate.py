@@ -73,18 +73,27 @@ RELIABLE_SIGNAL = 0.5
 WEAK_SIGNAL = 0.2
 
 
-def signal_note(reliability: float) -> str:
-    """Two lines: what ``coexpression_r_signal`` is, and how well this split determines it.
+def signal_grade(reliability: float | None) -> str | None:
+    """How well a split determines the signal's correlations: ``"well"``, ``"weakly"``, ``"not"``.
 
     ``reliability`` is the split-half agreement of :func:`truth_signal` (a lower bound of the
-    whole estimate's): from :data:`RELIABLE_SIGNAL` well determined (the verdict counts it), from
-    :data:`WEAK_SIGNAL` weakly, below that not at all.
+    whole estimate's): from :data:`RELIABLE_SIGNAL` well (the verdict counts the metric), from
+    :data:`WEAK_SIGNAL` weakly; None when it was not judged (None or NaN).
     """
+    if reliability is None or not np.isfinite(reliability):
+        return None
+    return "well" if reliability >= RELIABLE_SIGNAL else "weakly" if reliability >= WEAK_SIGNAL else "not"
+
+
+def signal_note(reliability: float) -> str:
+    """Two lines: what ``coexpression_r_signal`` is, and how well this split determines it
+    (:func:`signal_grade`)."""
     what = (
         "(signal): co-expression r against the truth's correlations with their Poisson noise removed "
         "(count splitting); the plain co-expression r favours estimates that keep noise like the truth's"
     )
-    if not np.isfinite(reliability):
+    grade = signal_grade(reliability)
+    if grade is None:
         return (
             f"{what}\n(signal) not judged here: under {MIN_RELIABILITY_SPOTS} scored spots, under three "
             "gene pairs with a measurable signal, or a truth that is not integer counts"
@@ -92,11 +101,14 @@ def signal_note(reliability: float) -> str:
     agree = (
         f"(signal) here: two halves of the scored spots agree on those correlations at r = {reliability:.2f}"
     )
-    if reliability >= RELIABLE_SIGNAL:
-        return f"{what}\n{agree}: well determined"
-    if reliability >= WEAK_SIGNAL:
-        return f"{what}\n{agree}: weakly determined, compare with care"
-    return f"{what}\n{agree}: not determined (too few or too shallow spots)"
+    return (
+        f"{what}\n{agree}: "
+        + {
+            "well": "well determined",
+            "weakly": "weakly determined, compare with care",
+            "not": "not determined (too few or too shallow spots)",
+        }[grade]
+    )
 
 
 @dataclass

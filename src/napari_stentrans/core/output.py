@@ -157,9 +157,10 @@ def input_annotations(obs: pd.DataFrame, spot: np.ndarray, exclude=()) -> dict[s
     """
     has = np.asarray(spot) >= 0
     rows = np.asarray(spot)[has]
+    skipped = {*exclude, "array_row", "array_col", "in_tissue"}
     out: dict[str, object] = {}
     for name in obs.columns:
-        if name in set(exclude) or name in ("array_row", "array_col", "in_tissue"):
+        if name in skipped:
             continue
         column = obs[name]
         if pd.api.types.is_integer_dtype(column):  # e.g. cluster numbers: nullable, not float

@@ -211,14 +211,12 @@ def plot_evaluation(report: dict, path: str | Path) -> Path:
     reliability = report.get("truth", {}).get("signal_coexpression_reliability")
     co.set_ylabel("co-expression r")
     co.legend(fontsize=8, loc="best")
-    if reliability is None or not np.isfinite(reliability):
+    from .evaluate import signal_grade
+
+    grade = signal_grade(reliability)
+    if grade is None:
         co.set_title("signal correlations not judged (too few spots or signal genes)", fontsize=8)
     else:
-        from .evaluate import RELIABLE_SIGNAL, WEAK_SIGNAL
-
-        grade = (
-            "well" if reliability >= RELIABLE_SIGNAL else "weakly" if reliability >= WEAK_SIGNAL else "not"
-        )
         co.set_title(f"signal correlations {grade} determined (split-half r = {reliability:.2f})", fontsize=8)
     for ax in axes[:-1]:  # the co-expression panel keeps its own range: its values sit close together
         ax.axhline(0, color="0.6", lw=0.8)
