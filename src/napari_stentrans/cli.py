@@ -164,7 +164,8 @@ def _build_parser() -> argparse.ArgumentParser:
         help="honest accuracy against interpolation and classical baselines",
         description="Score methods on spots they never saw (every method by default).\n\nmethods:\n"
         + "\n".join(f"  {name:16s}{what}" for name, what in METHOD_HELP.items())
-        + "\n\nmetrics (at the scored spots; median r over every scored gene, the others over the 100 most spatially variable; README, 'Accuracy'):\n"
+        + "\n\nmetrics (at the scored spots; median r over every scored gene, the others over the "
+        "100 most spatially variable; README, 'Accuracy'):\n"
         + "\n".join(f"  {name:16s}{what}" for name, what in METRIC_HELP.items()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -573,7 +574,8 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     n_sites, n_genes = written.shape
     print(
         f"wrote {args.output}: {n_sites} sites ({counts.get('measured', 0)} measured, "
-        f"{counts.get('imputed', 0)} imputed, {counts.get('new', 0)} new) x {n_genes} gene{'s' * (n_genes != 1)}"
+        f"{counts.get('imputed', 0)} imputed, {counts.get('new', 0)} new) "
+        f"x {n_genes} gene{'s' * (n_genes != 1)}"
         + (f"; model {args.save_model}" if args.save_model else "")
         + (f"; plot {args.plot}" if args.plot else "")
     )

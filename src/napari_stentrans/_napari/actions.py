@@ -1044,9 +1044,10 @@ def quality_verdict(report: dict) -> str:
 
     The best enhancement by median r is compared, on median r, gene-specific r and co-expression
     r (and co-expression r against the signal where the scored spots determine it,
-    :func:`~..core.evaluate.truth_signal`), with the best interpolation on that same metric (a method that wins one and loses the
-    others erases what makes each gene a gene; METHOD.md); then the notes of methods that
-    explain themselves (a learned preset that kept the classical estimate).
+    :func:`~..core.evaluate.signal_grade`), with the best interpolation on that same metric (a
+    method that wins one and loses the others erases what makes each gene a gene; METHOD.md);
+    differences under :data:`LEVEL` are called level; then the notes of methods that explain
+    themselves (a learned preset that kept the classical estimate).
     """
     from ..core.evaluate import signal_grade
     from ..core.methods import canonical_method

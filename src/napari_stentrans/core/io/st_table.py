@@ -331,7 +331,8 @@ def _coord_keys(coords: pd.DataFrame) -> list[str]:
 
 def _attach_coords(adata: ad.AnnData, coords: pd.DataFrame, coords_path: Path) -> ad.AnnData:
     cols = set(coords.columns)
-    unlisted = orphans = 0  # counts spots a selection table does not list; its selected spots without counts
+    # counts spots a selection table does not list, and its selected spots without counts
+    unlisted = orphans = 0
     if coords.attrs.get("positional"):
         if len(coords) != adata.n_obs:
             raise ReadError(f"{coords_path}: {len(coords)} rows but the counts table has {adata.n_obs} spots")
