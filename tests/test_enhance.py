@@ -383,3 +383,19 @@ def test_sites_in_gaps_take_the_smoothers_chosen_on_hole_pairs():
     whole = Slide.from_adata(adata)
     note = model.predictor(whole, output_sites(whole), classical="keep").notes["classical_summary"]
     assert note == replace(model.params, holes=None).summary() and "in gaps" not in note
+    # the basis stage names the rank it fits and, when the groups differ, whose rank is whose
+    from napari_stentrans.core.estimators.classical import ClassicalEstimator
+
+    steps = ClassicalEstimator(config).fit_model_steps(Slide.from_adata(adata, mask))
+    stages = []
+    try:
+        while True:
+            stages.append(next(steps)[0])
+    except StopIteration as done:
+        params = done.value.params
+    basis_stage = next(s for s in stages if s.startswith("fitting the low-rank basis"))
+    main_rank, gap_rank = params.rank, params.holes.rank
+    expected = f"rank {max(main_rank, gap_rank)}" + (
+        f"; {main_rank} at measured sites, {gap_rank} in gaps)" if main_rank != gap_rank else ")"
+    )
+    assert basis_stage == f"fitting the low-rank basis ({expected}"

@@ -473,7 +473,11 @@ class ClassicalEstimator(Estimator):
             name=self.name,
             reference=reference,
         )
-        what = f"fitting the rank-{max(params.rank, params.for_holes.rank)} basis"
+        # one basis serves both site groups: its rank is the larger of theirs
+        ranks = sorted({params.rank, params.for_holes.rank})
+        what = f"fitting the low-rank basis (rank {ranks[-1]}" + (
+            f"; {params.rank} at measured sites, {params.holes.rank} in gaps)" if len(ranks) > 1 else ")"
+        )
         yield what, 0, 1
         model.basis(slide, values)  # fitted here once; training and prediction on this slide reuse it
         yield what, 1, 1
