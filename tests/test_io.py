@@ -16,7 +16,7 @@ from helpers import (
     write_slide_with_bad_count,
     write_spaceranger,
 )
-from napari_stentrans.core.io import ReadError, read
+from napari_stentrans.core.io import ReadError, input_format, read
 
 # (path below shared/data, lattice kind, spots after reading)
 DATASETS = [
@@ -286,3 +286,8 @@ def test_a_folder_read_through_its_only_h5ad_says_which_file(tmp_path):
     (tmp_path / "counts.csv").write_text("unused table beside it\n")
     a = read(tmp_path)
     assert a.n_obs == 16 and a.uns["stentrans_read_note"] == "read mel1_rep2.h5ad, the folder's only .h5ad"
+    # two slides in one folder: which one is meant is the user's call
+    make_slide(r, c, "square").write_h5ad(tmp_path / "mel1_rep1.h5ad")
+    assert input_format(tmp_path) is None
+    with pytest.raises(ReadError, match=r"holds 2 slides \(mel1_rep1.h5ad, mel1_rep2.h5ad\); open one of them"):
+        read(tmp_path)

@@ -315,6 +315,25 @@ def test_spatialdata_round_trip(tmp_path, kind):
         )
 
 
+def test_a_folder_holding_one_store_is_read_through_it(tmp_path):
+    spatialdata_or_skip()
+    from napari_stentrans.core.io.spatialdata import write_spatialdata
+
+    enhanced = _write_enhanced("write_h5ad", _slide("hex"), tmp_path / "x2.h5ad")
+    folder = tmp_path / "sample"
+    folder.mkdir()
+    write_spatialdata(enhanced, folder / "151674.zarr")
+    (folder / "README.txt").write_text("not a slide\n")
+    assert input_format(folder) == "spatialdata"
+    back = read(folder)
+    assert back.uns["stentrans_read_note"].startswith("read 151674.zarr, the folder's only SpatialData store")
+    np.testing.assert_allclose(np.asarray(back.X), np.asarray(enhanced.X), rtol=1e-6)
+    (tmp_path / "x2.h5ad").rename(folder / "x2.h5ad")  # a store and an .h5ad: ambiguous
+    assert input_format(folder) is None
+    with pytest.raises(ReadError, match=r"holds 2 slides \(151674.zarr, x2.h5ad\)"):
+        read(folder)
+
+
 def test_spatialdata_writer_never_replaces_an_input_or_an_existing_store(tmp_path):
     spatialdata_or_skip()
     from napari_stentrans.core.io.spatialdata import write_spatialdata

@@ -105,7 +105,10 @@ def read(
         raise ReadError(f"{path}: no such file or folder")
     with reading(path):
         if input_format(path) == "spatialdata":
-            adata = read_spatialdata(path, table=table, library_id=library)
+            store = path if is_spatialdata_store(path) else _folder_slides(path)[0]
+            adata = read_spatialdata(store, table=table, library_id=library)
+            if store != path:  # say which store the folder stood for
+                _add_read_note(adata, f"read {store.name}, the folder's only SpatialData store")
         elif path.is_dir():
             adata = _read_folder(path, library)
         elif suffix(path) == ".h5ad":
@@ -136,8 +139,8 @@ def input_format(path: str | Path) -> str | None:
     Returns
     -------
     ``"spatialdata"`` (a SpatialData Zarr store), ``"spaceranger"`` (a folder with ``spatial/``
-    or a ``filtered_feature_bc_matrix``), ``"h5ad"`` (an ``.h5ad`` file, or a folder holding
-    exactly one), ``"table"`` (``.csv``/``.tsv``/``.txt``, plain or compressed with
+    or a ``filtered_feature_bc_matrix``), ``"h5ad"`` (an ``.h5ad`` file; a folder holding exactly one
+    ``.h5ad`` or one store, and no other of either, is read as that one), ``"table"`` (``.csv``/``.tsv``/``.txt``, plain or compressed with
     ``.gz``/``.bz2``/``.xz``/``.zip``), or None for anything else (missing paths included).
     """
     try:
@@ -149,7 +152,10 @@ def input_format(path: str | Path) -> str | None:
                 return "spaceranger"
             if hd_bin_folders(path) or hd_bin_folders(path / "binned_outputs"):
                 return "spaceranger"  # a Visium HD top folder: read() names its bin folders
-            return "h5ad" if len(list(path.glob("*.h5ad"))) == 1 else None
+            inside = _folder_slides(path)
+            if len(inside) == 1:
+                return "spatialdata" if inside[0].is_dir() else "h5ad"
+            return None
         if not path.is_file():
             return None
         if suffix(path) == ".h5ad":
@@ -161,16 +167,30 @@ def input_format(path: str | Path) -> str | None:
     return None
 
 
+def _folder_slides(path: Path) -> list[Path]:
+    """The ``.h5ad`` files and SpatialData stores directly inside the folder ``path``, by name."""
+    return sorted(p for p in path.iterdir() if (p.suffix == ".h5ad" and p.is_file()) or is_spatialdata_store(p))
+
+
+def _add_read_note(adata: ad.AnnData, note: str) -> None:
+    """Put ``note`` first in ``uns["stentrans_read_note"]`` (the reader's own notes follow)."""
+    earlier = adata.uns.get("stentrans_read_note")
+    adata.uns["stentrans_read_note"] = f"{note}; {earlier}" if earlier else note
+
+
 def _read_folder(path: Path, library: str | None) -> ad.AnnData:
     if (path / "spatial").is_dir() or any(path.glob("*filtered_feature_bc_matrix*")):
         return read_spaceranger(path, library_id=library)
-    candidates = sorted(path.glob("*.h5ad"))
+    candidates = _folder_slides(path)
     if len(candidates) == 1:  # say which file a folder stood for (it may hold CSV tables too)
         adata = read_h5ad(candidates[0], library)
-        note = f"read {candidates[0].name}, the folder's only .h5ad"
-        earlier = adata.uns.get("stentrans_read_note")
-        adata.uns["stentrans_read_note"] = f"{note}; {earlier}" if earlier else note
+        _add_read_note(adata, f"read {candidates[0].name}, the folder's only .h5ad")
         return adata
+    if candidates:
+        raise ReadError(
+            f"{path}: folder holds {len(candidates)} slides ({', '.join(c.name for c in candidates)}); "
+            "open one of them"
+        )
     bins = hd_bin_folders(path) or hd_bin_folders(path / "binned_outputs")
     if bins:
         raise ReadError(
@@ -179,7 +199,7 @@ def _read_folder(path: Path, library: str | None) -> ad.AnnData:
         )
     raise ReadError(
         f"{path}: folder is not a Space Ranger output (no spatial/ folder and no "
-        "filtered_feature_bc_matrix) and holds no single .h5ad; pass a file instead"
+        "filtered_feature_bc_matrix) and holds no .h5ad or SpatialData store; pass a file instead"
     )
 
 
