@@ -289,5 +289,7 @@ def test_a_folder_read_through_its_only_h5ad_says_which_file(tmp_path):
     # two slides in one folder: which one is meant is the user's call
     make_slide(r, c, "square").write_h5ad(tmp_path / "mel1_rep1.h5ad")
     assert input_format(tmp_path) is None
-    with pytest.raises(ReadError, match=r"holds 2 slides \(mel1_rep1.h5ad, mel1_rep2.h5ad\); open one of them"):
+    with pytest.raises(
+        ReadError, match=r"holds 2 slides \(mel1_rep1.h5ad, mel1_rep2.h5ad\); open one of them"
+    ):
         read(tmp_path)

@@ -169,7 +169,9 @@ def input_format(path: str | Path) -> str | None:
 
 def _folder_slides(path: Path) -> list[Path]:
     """The ``.h5ad`` files and SpatialData stores directly inside the folder ``path``, by name."""
-    return sorted(p for p in path.iterdir() if (p.suffix == ".h5ad" and p.is_file()) or is_spatialdata_store(p))
+    return sorted(
+        p for p in path.iterdir() if (p.suffix == ".h5ad" and p.is_file()) or is_spatialdata_store(p)
+    )
 
 
 def _add_read_note(adata: ad.AnnData, note: str) -> None:
