@@ -313,10 +313,19 @@ class Slide:
             note = None
             if n_imputed > max(n_measured, 10):
                 unmeasured = len(self.in_tissue_unmeasured) if self.fill_holes else 0
+                parts = [
+                    f"{n} {what}"
+                    for n, what in (
+                        (unmeasured, "marked in tissue without counts"),
+                        (len(self.lost_sites), "declared lost"),
+                    )
+                    if n
+                ]
+                if n_imputed > unmeasured + len(self.lost_sites):
+                    parts.append("the rest enclosed by tissue" if parts else "all enclosed by tissue")
                 note = (
                     f"{n_imputed} sites are imputed against {n_measured} measured spots "
-                    f"({unmeasured} marked in tissue without counts, {len(self.lost_sites)} declared lost, "
-                    f"the rest enclosed by tissue): most of the output is invented, not measured. "
+                    f"({', '.join(parts)}): most of the output is invented, not measured. "
                     "Check the slide's tissue mask, or leave them out with fill_holes=False "
                     "(stentrans enhance --no-fill-holes)"
                 )
