@@ -474,9 +474,9 @@ class ClassicalEstimator(Estimator):
             reference=reference,
         )
         # one basis serves both site groups: its rank is the larger of theirs
-        ranks = sorted({params.rank, params.for_holes.rank})
-        what = f"fitting the low-rank basis (rank {ranks[-1]}" + (
-            f"; {params.rank} at measured sites, {params.holes.rank} in gaps)" if len(ranks) > 1 else ")"
+        rank, gap_rank = params.rank, params.for_holes.rank
+        what = f"fitting the low-rank basis (rank {max(rank, gap_rank)}" + (
+            f"; {rank} at measured sites, {gap_rank} in gaps)" if gap_rank != rank else ")"
         )
         yield what, 0, 1
         model.basis(slide, values)  # fitted here once; training and prediction on this slide reuse it

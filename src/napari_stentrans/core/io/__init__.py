@@ -104,13 +104,10 @@ def read(
     if not path.exists():
         raise ReadError(f"{path}: no such file or folder")
     with reading(path):
-        if input_format(path) == "spatialdata":
-            store = path if is_spatialdata_store(path) else _folder_slides(path)[0]
-            adata = read_spatialdata(store, table=table, library_id=library)
-            if store != path:  # say which store the folder stood for
-                _add_read_note(adata, f"read {store.name}, the folder's only SpatialData store")
+        if path.is_dir() and is_spatialdata_store(path):
+            adata = read_spatialdata(path, table=table, library_id=library)
         elif path.is_dir():
-            adata = _read_folder(path, library)
+            adata = _read_folder(path, library, table)
         elif suffix(path) == ".h5ad":
             adata = read_h5ad(path, library)
         elif suffix(path) in TABLE_SUFFIXES:
@@ -139,9 +136,10 @@ def input_format(path: str | Path) -> str | None:
     Returns
     -------
     ``"spatialdata"`` (a SpatialData Zarr store), ``"spaceranger"`` (a folder with ``spatial/``
-    or a ``filtered_feature_bc_matrix``), ``"h5ad"`` (an ``.h5ad`` file; a folder holding exactly one
-    ``.h5ad`` or one store, and no other of either, is read as that one), ``"table"`` (``.csv``/``.tsv``/``.txt``, plain or compressed with
-    ``.gz``/``.bz2``/``.xz``/``.zip``), or None for anything else (missing paths included).
+    or a ``filtered_feature_bc_matrix``), ``"h5ad"`` (an ``.h5ad`` file), ``"table"``
+    (``.csv``/``.tsv``/``.txt``, plain or compressed with ``.gz``/``.bz2``/``.xz``/``.zip``), or
+    None for anything else (missing paths included). A folder holding exactly one ``.h5ad`` or
+    one store, and no other of either, is that one's format: :func:`read` reads it through it.
     """
     try:
         path = Path(path)
@@ -180,13 +178,18 @@ def _add_read_note(adata: ad.AnnData, note: str) -> None:
     adata.uns["stentrans_read_note"] = f"{note}; {earlier}" if earlier else note
 
 
-def _read_folder(path: Path, library: str | None) -> ad.AnnData:
+def _read_folder(path: Path, library: str | None, table: str | None) -> ad.AnnData:
     if (path / "spatial").is_dir() or any(path.glob("*filtered_feature_bc_matrix*")):
         return read_spaceranger(path, library_id=library)
     candidates = _folder_slides(path)
-    if len(candidates) == 1:  # say which file a folder stood for (it may hold CSV tables too)
-        adata = read_h5ad(candidates[0], library)
-        _add_read_note(adata, f"read {candidates[0].name}, the folder's only .h5ad")
+    if len(candidates) == 1:  # say which slide a folder stood for (it may hold CSV tables too)
+        (only,) = candidates
+        if only.is_dir():
+            adata = read_spatialdata(only, table=table, library_id=library)
+            _add_read_note(adata, f"read {only.name}, the folder's only SpatialData store")
+        else:
+            adata = read_h5ad(only, library)
+            _add_read_note(adata, f"read {only.name}, the folder's only .h5ad")
         return adata
     if candidates:
         raise ReadError(
