@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/bench_speed.py [--genes 500,2000,10000,18000] [--presets default,transformer,published]
                                      [--epochs 2] [--device cpu] [--load idle,loaded] [--blas bounded,unbounded]
+                                     [--keep-network]
 
 The slide is the synthetic full Visium capture area (4,992 spots, seeded). Each (preset, genes,
 load) runs in a fresh child process, so its peak resident memory (``VmHWM``) is its own: read,
@@ -13,6 +14,11 @@ prepare the slide (lattice, depth), rasterise (in gene batches, as the model see
 an ``.h5ad`` as ``stentrans enhance`` does (``genes/s``, written file included).
 
 ``--load loaded`` runs one competing CPU-bound process beside the child (a shared machine).
+``--keep-network`` keeps the trained network whatever validation says (the gate of
+:func:`napari_stentrans.core.estimators.learned.gate` is switched off in the child), so the
+learning presets' enhancement runs the network and its cost is measured; without it, a network
+refused by the gate enhances at the default's cost. On CUDA the peak GPU memory
+(``torch.cuda.max_memory_allocated``) is reported too.
 ``--blas unbounded`` is the baseline for the default preset: the classical choice without its
 one-thread BLAS limit (the behaviour before it), run in the same way beside the bounded one. One
 markdown table is printed.
@@ -33,7 +39,7 @@ TRAIN_GENES = 2000  # the presets' training-gene count; every gene is enhanced
 GENE_BATCH = 256  # genes per batch, as in enhancement
 
 
-def child(path: str, preset_name: str, epochs: int, device: str, blas: str) -> dict:
+def child(path: str, preset_name: str, epochs: int, device: str, blas: str, keep: bool = False) -> dict:
     import contextlib
 
     import numpy as np
@@ -46,6 +52,10 @@ def child(path: str, preset_name: str, epochs: int, device: str, blas: str) -> d
 
     if blas == "unbounded":  # the baseline: BLAS with its default threads during the choice
         classical.threadpool_limits = lambda **_: contextlib.nullcontext()
+    if keep:
+        from napari_stentrans.core.estimators import learned
+
+        learned.gate = lambda result, config: True
     out: dict = {}
     start = time.perf_counter()
     adata = read(path)
@@ -82,6 +92,11 @@ def child(path: str, preset_name: str, epochs: int, device: str, blas: str) -> d
     out["output_sites"], out["enhanced_genes"] = written.shape
     out["genes_per_s"] = out["enhanced_genes"] / out["enhance_s"]
     out["peak_rss_gb"] = peak_rss_gb()
+    out["uses_network"] = bool(model.uses_network)
+    if device.startswith("cuda"):
+        import torch
+
+        out["peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 1024**3
     return out
 
 
@@ -113,11 +128,12 @@ def main() -> None:
     parser.add_argument(
         "--blas", default="bounded", help="bounded, unbounded (baseline, default preset only), or both"
     )
-    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--keep-network", action="store_true", help="skip the gate: the network always runs")
+    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        path, preset_name, epochs, device, blas = args.child
-        print(json.dumps(child(path, preset_name, int(epochs), device, blas)))
+        path, preset_name, epochs, device, blas, keep = args.child
+        print(json.dumps(child(path, preset_name, int(epochs), device, blas, keep == "keep")))
         return
     from napari_stentrans.core.files import write_h5ad
     from napari_stentrans.synthetic import synthetic_slide
@@ -134,37 +150,46 @@ def main() -> None:
                     for blas in args.blas.split(","):
                         if blas == "unbounded" and name != "default":
                             continue
-                        stats = run_child(path, name, args.epochs, args.device, blas, load == "loaded")
+                        stats = run_child(
+                            path, name, args.epochs, args.device, blas, load == "loaded", args.keep_network
+                        )
                         rows.append((n_genes, name, load, blas, stats))
                         print(
                             f"done {n_genes} genes, {name}, {load}, {blas}: {stats}",
                             file=sys.stderr,
                             flush=True,
                         )
+    gpu = args.device.startswith("cuda")
     print(
         f"Synthetic full Visium slide (4,992 spots), device {args.device}, {args.epochs} epochs for the learning presets\n"
     )
     print(
         "| genes | preset | machine | BLAS in the choice | read s | prepare s | rasterise s | fit s "
-        "| train genes x epochs / s | enhance + write s | enhanced genes / s | output sites | output file GB "
-        "| peak RSS GB |"
+        "| train genes x epochs / s | network enhances | enhance + write s | enhanced genes / s | output sites "
+        "| output file GB | peak RSS GB |" + (" peak GPU GB |" if gpu else "")
     )
-    print("|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        "|---:|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|" + ("---:|" if gpu else "")
+    )
     for n_genes, name, load, blas, s in rows:
         tput = "-" if s["train_genes_epochs_per_s"] is None else f"{s['train_genes_epochs_per_s']:.0f}"
         threads = "1 thread" if blas == "bounded" else "default threads"
         print(
             f"| {n_genes} | {name} | {load} | {threads} | {s['read_s']:.2f} | {s['lattice_s']:.3f} "
-            f"| {s['rasterise_s']:.2f} | {s['train_s']:.1f} | {tput} | {s['enhance_s']:.1f} "
-            f"| {s['genes_per_s']:.0f} | {s['output_sites']} | {s['output_gb']:.2f} | {s['peak_rss_gb']:.2f} |"
+            f"| {s['rasterise_s']:.2f} | {s['train_s']:.1f} | {tput} | {'yes' if s['uses_network'] else 'no'} "
+            f"| {s['enhance_s']:.1f} | {s['genes_per_s']:.0f} | {s['output_sites']} | {s['output_gb']:.2f} "
+            f"| {s['peak_rss_gb']:.2f} |" + (f" {s['peak_gpu_gb']:.2f} |" if gpu else "")
         )
 
 
-def run_child(path: Path, name: str, epochs: int, device: str, blas: str, loaded: bool) -> dict:
+def run_child(
+    path: Path, name: str, epochs: int, device: str, blas: str, loaded: bool, keep: bool = False
+) -> dict:
     """One measurement in a fresh process, with a competing CPU-bound process when ``loaded``."""
     competitor = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if loaded else None
     try:
         cmd = [sys.executable, __file__, "--child", str(path), name, str(epochs), device, blas]
+        cmd.append("keep" if keep else "gate")
         result = subprocess.run(cmd, capture_output=True, text=True, check=True)
     finally:
         if competitor is not None:
