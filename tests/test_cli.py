@@ -302,6 +302,42 @@ def test_evaluate_refuses_unknown_methods_before_printing(slide_file, capsys):
     assert code == 2 and out == "" and "--methods: unknown method(s) ['bogus']" in err
 
 
+def test_evaluate_shows_the_training_of_learned_methods_on_stderr_unless_quiet(slide_file, capsys):
+    """A learned method trained for minutes with nothing on screen, and `--quiet` was refused."""
+    args = ["evaluate", slide_file, "--methods", "linear,transformer", "--epochs", "2", "--device", "cpu"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0
+    lines = err.splitlines()
+    assert all(line.startswith("stentrans: ") for line in lines)
+    prepared = [line for line in lines if line.startswith("stentrans: transformer: ")]
+    assert len(prepared) == 1 and "training genes" in prepared[0]
+    assert re.search(r"training on cpu: \d+ steps", err)
+    assert lines[-1].startswith("stentrans: training finished (best epoch ")
+    assert "linear" not in err  # interpolation trains nothing: no lines of its own
+    code_q, out_q, err_q = run_cli([*args, "--quiet"], capsys)
+    assert code_q == 0 and err_q == ""
+    # the table on stdout is the same (the seconds column aside)
+    assert [row.split()[:-1] for row in out.splitlines()[:3]] == [
+        row.split()[:-1] for row in out_q.splitlines()[:3]
+    ]
+
+
+def test_evaluate_passes_each_fit_event_with_its_method_name():
+    from napari_stentrans.core.evaluate import evaluate
+
+    adata = make_slide(*block_sites("square", 12, 12), "square", n_genes=20)
+    seen: list[tuple[str, str]] = []
+    evaluate(
+        adata,
+        methods=("linear", "residual_cnn"),
+        device="cpu",
+        progress=lambda name, event: seen.append((name, event.kind)),
+    )
+    by_method = {name: [kind for n, kind in seen if n == name] for name in ("linear", "residual_cnn")}
+    assert by_method["linear"] == ["prepared", "finished"]
+    assert by_method["residual_cnn"] == ["stage", "stage", "finished"]
+
+
 @pytest.mark.parametrize("command", ["enhance", "evaluate"])
 def test_an_unavailable_device_is_refused_even_when_the_preset_runs_no_network(
     command, slide_file, tmp_path, capsys

@@ -12,6 +12,7 @@ that leaves early (``| head -1``) ends the command quietly (exit 141, as a SIGPI
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import threading
@@ -216,6 +217,11 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", type=Path, help="write the full report (per-gene r included) as JSON")
     ev.add_argument("--plot", type=Path, help="write a box plot of per-gene r per method")
     ev.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    ev.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress of the methods that train (transformer, published, residual_cnn)",
+    )
     return parser
 
 
@@ -794,7 +800,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from .core.evaluate import DEFAULT_METHODS, evaluate, signal_note
     from .core.files import atomic_outputs
-    from .core.methods import METHOD_ALIASES
+    from .core.methods import METHOD_ALIASES, TRAINED_METHODS, canonical_method
 
     methods = tuple(m.strip() for m in args.methods.split(",")) if args.methods else DEFAULT_METHODS
     unknown = sorted(set(methods) - set(DEFAULT_METHODS) - set(METHOD_ALIASES))
@@ -833,20 +839,33 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         show_header()
         print(row(name, s) + f" {s['seconds']:8.1f}", flush=True)
 
-    report = evaluate(
-        adata,
-        args.protocol,
-        methods=methods,
-        n_genes=args.genes,
-        epochs=args.epochs,
-        seed=args.seed,
-        device=args.device,
-        dataset=str(args.path),
-        labels=labels,
-        callback=show,
-        reference=reference,
-        reference_names=[str(p) for p in references] or None,
-    )
+    bar = _ProgressBar(disabled=args.quiet)
+
+    def progress(name: str, event) -> None:
+        # the methods that train take minutes; the others' stages would only crowd stderr
+        if canonical_method(name) in TRAINED_METHODS:
+            if event.kind == "prepared":
+                event = dataclasses.replace(event, message=f"{name}: {event.message}")
+            bar.update(event)
+
+    try:
+        report = evaluate(
+            adata,
+            args.protocol,
+            methods=methods,
+            n_genes=args.genes,
+            epochs=args.epochs,
+            seed=args.seed,
+            device=args.device,
+            dataset=str(args.path),
+            labels=labels,
+            callback=show,
+            reference=reference,
+            reference_names=[str(p) for p in references] or None,
+            progress=progress,
+        )
+    finally:
+        bar.close()
     truth = report["truth"]
     show_header()  # when no method row was shown
     print(

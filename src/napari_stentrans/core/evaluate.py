@@ -31,6 +31,7 @@ depth for the normalised scores).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ from scipy.interpolate import griddata
 
 from .classical import LowRankBasis, normalize
 from .errors import ConfigError, InputError, ReferenceSlideError
-from .estimators import METHOD_ALIASES, METHODS, canonical_method, method_estimator
+from .estimators import METHOD_ALIASES, METHODS, TrainEvent, canonical_method, method_estimator
 from .estimators.interpolation import InterpolationModel
 from .fidelity import (
     N_AXES,
@@ -371,8 +372,11 @@ def run_method(
     device: str = "auto",
     reference: list[Slide] | None = None,
     reference_names: list[str] | None = None,
+    progress: Callable[[TrainEvent], None] | None = None,
 ) -> MethodResult:
     """Fit one method on the split's training slide and predict at its scored sites.
+
+    ``progress`` sees every event of the fit (:class:`~.estimators.TrainEvent`).
 
     ``reference``: same-tissue slides (:mod:`.reference`, checked by :func:`check_references`)
     given to the classical methods (``default``, ``lowrank``, ``lowrank_linear``,
@@ -392,7 +396,7 @@ def run_method(
     uses_reference = bool(reference) and isinstance(estimator, ClassicalEstimator)
     if uses_reference:
         estimator.reference, estimator.reference_names = list(reference), reference_names
-    model = estimator.fit(split.train_slide, genes=split.gene_idx, device=device)
+    model = estimator.fit(split.train_slide, genes=split.gene_idx, device=device, callback=progress)
     # the paper protocol predicts from x_d with what was chosen on the full slide
     counts, depth = model.predict(
         split.known_slide, split.sites, split.gene_idx, device=device, classical="keep"
@@ -479,6 +483,7 @@ def evaluate(
     callback: Callable[[str, dict], None] | None = None,
     reference: list | None = None,
     reference_names: list[str] | None = None,
+    progress: Callable[[str, TrainEvent], None] | None = None,
 ) -> dict:
     """Run every method on one split of a protocol and score it.
 
@@ -496,6 +501,11 @@ def evaluate(
         Other slides of the same tissue (AnnData or Slides; never the evaluated slide, checked
         by :func:`check_references`) given to the classical methods for their basis
         (:mod:`.reference`); ``reference_names`` name them in the report.
+    callback
+        Called with each method's name and summary once it is scored.
+    progress
+        Called with a method's name and each event of its fit
+        (:class:`~.estimators.TrainEvent`: stages, training steps, epochs) while it runs.
 
     Returns
     -------
@@ -566,6 +576,7 @@ def evaluate(
             device=device,
             reference=references,
             reference_names=reference_names,
+            progress=None if progress is None else functools.partial(progress, name),
         )
         summary = score(result, split, ref, seed)
         report["methods"][name] = summary

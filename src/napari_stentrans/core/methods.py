@@ -19,6 +19,8 @@ METHODS = (
     "lowrank_kernel",
     "residual_cnn",
 )
+# the methods that train a network (minutes on a CPU): their training progress is worth showing
+TRAINED_METHODS = ("transformer", "published", "residual_cnn")
 # the presets' names in evaluation reports of version 0.2.0 and earlier
 METHOD_ALIASES = {
     "stentrans": "default",
@@ -45,4 +47,4 @@ def canonical_method(name: str) -> str:
     return METHOD_ALIASES.get(name, name)
 
 
-__all__ = ["METHODS", "METHOD_ALIASES", "METHOD_HELP", "canonical_method"]
+__all__ = ["METHODS", "METHOD_ALIASES", "METHOD_HELP", "TRAINED_METHODS", "canonical_method"]

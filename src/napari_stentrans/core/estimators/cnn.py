@@ -32,7 +32,7 @@ from ..errors import InputError
 from ..lattice import IndexRaster, Lattice
 from ..sites import OutputSites
 from ..slide import Slide
-from .base import Estimator, FitRequest, FittedModel, Predictor, TrainEvent
+from .base import Estimator, FitRequest, FittedModel, Predictor, TrainEvent, stage_event
 
 WIDTH = 64
 RECEPTIVE_RADIUS = 6  # pixels: six 3x3 convolutions
@@ -265,6 +265,9 @@ class CNNEstimator(Estimator):
         if genes is None:
             raise InputError("the CNN baseline trains on given genes: pass genes=...")
         torch_device = resolve_device(device)
+        dev = str(torch_device)
+        what = f"training the CNN baseline ({self.settings.epochs} epochs, {len(genes):,} genes)"
+        yield stage_event(what, 0, 1, time.perf_counter() - start, dev)
         usable = slide.usable
         values = slide.expression(np.asarray(genes), "log1p")
         state, best_epoch = train_cnn(
@@ -277,8 +280,19 @@ class CNNEstimator(Estimator):
             torch_device,
         )
         elapsed = time.perf_counter() - start
-        dev = str(torch_device)
+        yield stage_event(what, 1, 1, elapsed, dev)
         yield TrainEvent(
-            "finished", self.settings.epochs, self.settings.epochs, 0, 0, None, None, None, elapsed, 0.0, dev
+            "finished",
+            self.settings.epochs,
+            self.settings.epochs,
+            0,
+            0,
+            None,
+            None,
+            None,
+            elapsed,
+            0.0,
+            dev,
+            f"best epoch {best_epoch}",
         )
         return CNNModel(state, slide.lattice.kind, [str(g) for g in slide.genes[genes]], best_epoch)
