@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import block_sites, make_slide, two_layer_slide
+from helpers import block_sites, make_slide, run_cli, two_layer_slide
 from napari_stentrans.cli import main
 from napari_stentrans.core.evaluate import evaluate, make_split, pearson_per_gene
 
@@ -211,3 +212,41 @@ def test_a_labels_table_without_header_keeps_its_first_spot(tmp_path):
     (tmp_path / "other.csv").write_text("barcode,layer\nTTT-1,L1\n")
     with pytest.raises(ReadError, match="other.csv: needs barcode,label columns"):
         read_labels(tmp_path / "other.csv", obs_names)
+
+
+def test_a_legacy_st_labels_table_is_matched_by_rounded_array_coordinates(tmp_path):
+    """her2st's ``*_labeled_coordinates.tsv`` keys labels by pixel ids and adjusted x,y: it was refused."""
+    from napari_stentrans.core.errors import ReadError
+    from napari_stentrans.core.io.labels import read_labels
+
+    obs_names = pd.Index(["9x21", "10x13", "11x13"])
+    array = (np.array([21, 13, 13]), np.array([9, 10, 11]))  # (array_row, array_col)
+    table = (
+        "Row.names\tx\ty\tpixel_x\tpixel_y\tlabel\n1002x1762\t9.02\t20.994\t1002.5\t1761.9\tinvasive cancer\n"
+    )
+    (tmp_path / "A_labeled_coordinates.tsv").write_text(
+        table + "1100x2400\t10.1\t12.97\t1100\t2400\tadipose tissue\n"
+    )
+    labels = read_labels(tmp_path / "A_labeled_coordinates.tsv", obs_names, array)
+    np.testing.assert_array_equal(labels, ["invasive cancer", "adipose tissue", "nan"])
+    with pytest.raises(ReadError, match="needs barcode,label columns"):  # no array coordinates given
+        read_labels(tmp_path / "A_labeled_coordinates.tsv", obs_names)
+    (tmp_path / "twice.tsv").write_text(table + "1003x1763\t9.1\t21.2\t1003\t1763\tstroma\n")
+    with pytest.raises(ReadError, match=r"twice.tsv: two rows label the spot at x=9, y=21"):
+        read_labels(tmp_path / "twice.tsv", obs_names, array)
+    (tmp_path / "elsewhere.tsv").write_text(table.replace("9.02\t20.994", "30.0\t2.0"))
+    with pytest.raises(ReadError, match="elsewhere.tsv: its x,y coordinates match none of the slide's spots"):
+        read_labels(tmp_path / "elsewhere.tsv", obs_names, array)
+
+
+def test_her2st_labels_reach_every_spot_of_their_section(shared_data, capsys):
+    """`stentrans evaluate --labels B1_labeled_coordinates.tsv` scores the ARI on her2st's own annotations."""
+    folder = shared_data / "st_her2st_andersson2021"
+    args = ["evaluate", folder / "B1_counts.tsv.gz", "--methods", "linear", "--labels"]
+    code, out, err = run_cli([*args, folder / "B1_labeled_coordinates.tsv"], capsys)
+    assert code == 0, err
+    header, row = out.splitlines()[:2]
+    assert header.split()[-2] == "ARI" and row.startswith("linear")
+    assert re.search(r"ARI over the (\d+) scored spots with a label", out)
+    scored = int(re.search(r"heldout: (\d+) scored spots", out).group(1))
+    assert f"ARI over the {scored} scored spots with a label" in out  # every spot is labelled

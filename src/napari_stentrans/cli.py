@@ -202,8 +202,9 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     ev.add_argument(
         "--labels",
-        help="spot annotations for the ARI of a fixed clustering: an obs column of the slide, or a "
-        "CSV of barcode,label",
+        help="spot annotations for the ARI of a fixed clustering: an obs column of the slide, a CSV or "
+        "TSV of barcode,label, or for legacy ST a table with x, y (array coordinates) and label "
+        "columns (her2st's *_labeled_coordinates.tsv)",
     )
     ev.add_argument(
         "--reference",
@@ -911,14 +912,16 @@ METRIC_HELP = {
 
 
 def _read_labels(spec: str, adata):
-    """Annotations of the slide's spots: an obs column, or a CSV of barcode,label (missing: NA)."""
+    """Annotations of the slide's spots: an obs column, or a table of barcode,label or x,y,label
+    (legacy ST; missing: NA)."""
     if spec in adata.obs:
         return adata.obs[spec].astype(str).to_numpy()
     from .core.io.labels import read_labels
 
     if not Path(spec).is_file():
         raise CliError(f"--labels: {spec!r} is neither an obs column of the slide nor a file")
-    return read_labels(spec, adata.obs_names)
+    array = (adata.obs["array_row"].to_numpy(), adata.obs["array_col"].to_numpy())
+    return read_labels(spec, adata.obs_names, array)
 
 
 def _finite(value):
