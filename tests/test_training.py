@@ -273,6 +273,75 @@ def test_inpainting_base_uses_the_gap_smoothers_in_the_hole_and_the_main_ones_el
     assert np.abs(both[:, drop] - base(main)[:, drop]).max() > 1e-3  # the two smoothers differ in the hole
 
 
+def test_a_windowed_hole_pair_is_the_crop_of_the_whole_slides_pair(square_slide):
+    """The base is computed only at the window's sites: the values must be the whole slide's.
+
+    Each symmetry of the lattice, with the gap smoothers in the hole, and a window placed at
+    random; the crop offset is found by matching the target channel.
+    """
+    slide = Slide.from_adata(square_slide)
+    genes = np.arange(5)
+    values = slide.expression(genes, "log1p")
+    sampler = _sampler(slide, values, ClassicalParams(2, None, holes=ClassicalParams(3, 1.4)))
+    drop = sampler.inpaint_drop(np.random.default_rng(3))
+    cpu = torch.device("cpu")
+    for i, op in enumerate(slide.lattice.symmetries):
+        whole = sampler.hole_pair(genes, op, drop, cpu, None, None, None)
+        part = sampler.hole_pair(genes, op, drop, cpu, None, (7, 6), np.random.default_rng(i))
+        hh, ww = part.target.shape[1:]
+        offsets = [
+            (r, c)
+            for r in range(0, whole.target.shape[1] - hh + 1, 2)
+            for c in range(0, whole.target.shape[2] - ww + 1, 2)
+            if torch.equal(whole.target[:, r : r + hh, c : c + ww], part.target)
+            and torch.equal(whole.target_mask[r : r + hh, c : c + ww], part.target_mask)
+        ]
+        assert offsets, f"symmetry {op}: the window is no crop of the whole slide"
+        r, c = offsets[0]
+        assert part.base.abs().sum() > 0
+        torch.testing.assert_close(part.base, whole.base[:, r : r + hh, c : c + ww], rtol=0, atol=0)
+        torch.testing.assert_close(
+            part.inputs, whole.inputs[..., r // 2 : r // 2 + hh // 2, c // 2 : c // 2 + ww // 2]
+        )
+
+
+def test_validation_builds_its_pairs_once_and_scores_alike_every_time(square_slide, monkeypatch):
+    from napari_stentrans.core import training
+    from napari_stentrans.core.model import StEnTransViT
+
+    slide = Slide.from_adata(square_slide)
+    values = slide.expression(np.arange(24), "log1p")
+    config = tiny_config()
+    sampler = _sampler(slide, values, ClassicalParams(2, None), config)
+    drop = sampler.inpaint_drop(np.random.default_rng(1))
+    net = StEnTransViT(config.network)
+    built = []
+    for name in ("upsampling_pair", "hole_pair"):
+        original = getattr(sampler, name)
+        monkeypatch.setattr(
+            sampler, name, lambda *a, _f=original, _n=name, **k: built.append(_n) or _f(*a, **k)
+        )
+
+    def validation(**kwargs):
+        return training.Validation(
+            sampler, np.arange(20, 24), 0, None, None, drop, torch.device("cpu"), **kwargs
+        )
+
+    kept = validation()
+    first, second, score = kept(net), kept(net), kept.score(net)
+    assert first == second and built == ["upsampling_pair", "hole_pair"] * kept.n_batches
+    built.clear()
+    once = validation(keep_pairs=False)
+    assert once(net) == first and once(net) == first
+    assert built == ["upsampling_pair", "hole_pair"] * 2 * once.n_batches
+    assert once.score(net) == score
+    built.clear()
+    monkeypatch.setattr(training, "VALIDATION_PAIR_BYTES", 0)  # pairs larger than the budget
+    small = validation()
+    small(net), small(net)
+    assert len(built) == 4 * small.n_batches
+
+
 # ----------------------------------------------------------------------------- the gate (issue 13)
 
 

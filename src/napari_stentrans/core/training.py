@@ -37,6 +37,8 @@ IDENTITY = (False, False, False)
 # constant there (every r undefined) and a network that was worse on the real held-out spots
 # (normalised r 0.059 -> 0.055) won the gate
 MIN_SCORED_SPOTS = 30
+# the validation pairs kept between epochs, per validation (they are rebuilt when larger)
+VALIDATION_PAIR_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -47,6 +49,11 @@ class Pair:
     base: torch.Tensor | None  # (B, 2h, 2w)
     target: torch.Tensor  # (B, 2h, 2w)
     target_mask: torch.Tensor  # (2h, 2w) float
+
+    @property
+    def nbytes(self) -> int:
+        tensors = (self.inputs, self.base, self.target, self.target_mask)
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
 class PairSampler:
@@ -83,6 +90,7 @@ class PairSampler:
         self.flat = pr * self.raster.width + pc
         self.positions = slide.positions(slide.usable)
         self._bases: dict[int, LowRankBasis] = {}
+        self._coset_scores: dict[int, np.ndarray] = {}  # (n_usable, rank) per coset, no blobs
 
     def image(self, per_site: np.ndarray) -> np.ndarray:
         """Values ``(n_usable, k)`` at the usable spots -> ``(k, h, w)`` raster images."""
@@ -165,8 +173,14 @@ class PairSampler:
         if residual:
             basis, rank = self.basis(coset), self.params.rank
             rows_in_basis = np.searchsorted(members, kept)
-            weights = self.params.weights(self.positions[kept] / 2.0, self.positions / 2.0)
-            scores = weights @ basis.scores[rows_in_basis, :rank]
+            # the smoothed scores are the same for every gene batch of a whole coset (no blobs)
+            reuse = drop is None and self.params.residual is None
+            scores = self._coset_scores.get(coset) if reuse else None
+            if scores is None:
+                weights = self.params.weights(self.positions[kept] / 2.0, self.positions / 2.0)
+                scores = weights @ basis.scores[rows_in_basis, :rank]
+                if reuse:
+                    self._coset_scores[coset] = scores
             estimate = scores @ basis.components[genes, :rank].T + basis.mean[genes]
             if self.params.residual is not None:  # a base with gene residuals (the default's)
                 kept_scores = basis.scores[rows_in_basis, :rank]
@@ -235,6 +249,34 @@ class PairSampler:
         shrink = residual_shrinkage(moran, noise_factor(weights), params.residual)
         return (shrink * (weights @ residual)).astype(np.float32)
 
+    def _hole_base(self, genes: np.ndarray, drop: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``(len(rows), n_genes)`` the classical base at usable spots ``rows`` with ``drop`` hidden.
+
+        As the base inference gives it: the main smoothers at measured sites, the gap smoothers
+        in gaps. Every smoother is row-wise, so a subset of rows gets exactly the values the
+        whole slide would.
+        """
+        kept = ~drop
+        basis = self.basis(None)
+        estimate = np.empty((len(rows), len(genes)), dtype=np.float32)
+        kept_rows = np.flatnonzero(kept)
+        for group, params in self.params.site_groups(drop[rows]):
+            targets = rows[group]
+            scores = smooth(
+                self.positions[kept],
+                self.positions[targets],
+                params.bandwidth,
+                basis.scores[kept, : params.rank],
+            )
+            estimate[group] = scores @ basis.components[genes, : params.rank].T + basis.mean[genes]
+            if params.residual is not None:  # a base with gene residuals (the default's)
+                weights = params.residual_weights(self.positions[kept], self.positions[targets])
+                kept_scores = basis.scores[kept, : params.rank]
+                estimate[group] += self._residuals(
+                    kept_rows, kept_scores, basis, genes, params.rank, weights, params
+                )
+        return estimate
+
     def hole_pair(
         self,
         genes: np.ndarray,
@@ -250,36 +292,21 @@ class PairSampler:
         Unlike the upsampling pairs, this task has exactly the scale of its use (filling lost
         regions of the slide), so nothing has to transfer across scales. Each dropped spot is
         the target of child 0 of its own pixel; ``window`` crops the raster around a dropped
-        spot so a step costs about as much as an upsampling pair (the classical base sees the
-        whole slide).
+        spot so a step costs about as much as an upsampling pair (the classical base is smoothed
+        from every kept spot of the slide, at the window's sites only).
         """
         kept = ~drop
         n = len(genes)
         scored = drop if targets is None else drop & targets
-        basis = self.basis(None)
-        # the base inference gives: the main smoothers at measured sites, the gap smoothers in gaps
-        estimate = np.empty((len(kept), n), dtype=np.float32)
-        kept_rows = np.flatnonzero(kept)
-        for rows, params in self.params.site_groups(drop):
-            scores = smooth(
-                self.positions[kept],
-                self.positions[rows],
-                params.bandwidth,
-                basis.scores[kept, : params.rank],
-            )
-            estimate[rows] = scores @ basis.components[genes, : params.rank].T + basis.mean[genes]
-            if params.residual is not None:  # a base with gene residuals (the default's)
-                weights = params.residual_weights(self.positions[kept], self.positions[rows])
-                kept_scores = basis.scores[kept, : params.rank]
-                estimate[rows] += self._residuals(
-                    kept_rows, kept_scores, basis, genes, params.rank, weights, params
-                )
+        # each site's row (+1; 0 where no site) travels through the symmetry and the crop, so the
+        # classical base is computed only at the sites the window keeps (a quarter of the slide)
+        rows_plus_one = np.arange(1, len(kept) + 1, dtype=np.float32)[:, None]
         full = np.concatenate(
             [
                 self.image(self.values[:, genes]),
                 self.image(scored[:, None].astype(np.float32)),
                 self.image(kept[:, None].astype(np.float32)),
-                self.image(estimate.astype(np.float32)),
+                self.image(rows_plus_one),
             ],
             axis=0,
         )
@@ -291,7 +318,12 @@ class PairSampler:
             r0 = int(np.clip(cr - wh // 2, 0, full.shape[1] - wh))
             c0 = int(np.clip(cc - ww // 2, 0, full.shape[2] - ww))
             full = full[:, r0 : r0 + wh, c0 : c0 + ww]
-        values, tmask, keep, base = full[:n], full[n], full[n + 1], full[n + 2 :]
+        index = full[n + 2].reshape(-1)
+        pixels = np.flatnonzero(index > 0.5)
+        base = np.zeros((n, index.size), dtype=np.float32)
+        base[:, pixels] = self._hole_base(genes, drop, index[pixels].astype(np.int64) - 1).T
+        base = base.reshape(n, *full.shape[1:])
+        values, tmask, keep = full[:n], full[n], full[n + 1]
         hh, ww = tmask.shape
         target_hr = np.zeros((n, 2 * hh, 2 * ww), dtype=np.float32)
         target_hr[:, ::2, ::2] = values
@@ -352,6 +384,9 @@ class Validation:
         Usable spots scored (never training targets), or None for all.
     hole
         Spots hidden in the validation's hole-filling pair (None: no such pair).
+    keep_pairs
+        Keep the pairs for the next validation (they hold no randomness), up to
+        :data:`VALIDATION_PAIR_BYTES`; False for a validation run once.
     """
 
     def __init__(
@@ -363,9 +398,13 @@ class Validation:
         sites: np.ndarray | None,
         hole: np.ndarray | None,
         device: torch.device,
+        keep_pairs: bool = True,
     ) -> None:
         self.sampler, self.genes, self.coset = sampler, genes, coset
+        self.keep_pairs = keep_pairs
         self.drop, self.sites, self.hole, self.device = drop, sites, hole, device
+        self._pairs: dict[int, tuple[Pair, Pair | None]] = {}
+        self._pair_bytes = 0
 
     def __call__(self, net: StEnTransViT) -> float | None:
         """Mean loss per held-out gene (None without held-out genes)."""
@@ -389,26 +428,48 @@ class Validation:
         if len(self.genes) == 0:
             return None
         losses = []
-        for done, chunk in enumerate(np.array_split(self.genes, self.n_batches), 1):
+        for done, chunk in enumerate(self._chunks(), 1):
             net.eval()
             try:
-                losses.append(self._loss(net, chunk) * len(chunk))
+                losses.append(self._loss(net, done - 1, chunk) * len(chunk))
             finally:
                 net.train()
             yield done
         return sum(losses) / len(self.genes)
 
-    def _loss(self, net: StEnTransViT, chunk: np.ndarray) -> float:
-        config, device = self.sampler.config, self.device
+    def _chunks(self) -> list[np.ndarray]:
+        return np.array_split(self.genes, self.n_batches)
+
+    def _pairs_of(self, i: int, chunk: np.ndarray) -> tuple[Pair, Pair | None]:
+        """Gene batch ``i``'s upsampling pair and hole pair (None without a hole).
+
+        They hold no randomness, so every epoch's validation and score would build the same
+        ones again; they are kept while they fit in :data:`VALIDATION_PAIR_BYTES`.
+        """
+        if i in self._pairs:
+            return self._pairs[i]
+        device = self.device
+        up = self.sampler.upsampling_pair(chunk, self.coset, IDENTITY, self.drop, device, self.sites)
+        hole = None
+        if self.hole is not None:  # the validation region as a lost hole, at full resolution
+            hole = self.sampler.hole_pair(chunk, IDENTITY, self.hole, device, self.hole, None, None)
+        size = sum(pair.nbytes for pair in (up, hole) if pair is not None)
+        if self.keep_pairs and self._pair_bytes + size <= VALIDATION_PAIR_BYTES:
+            self._pairs[i] = (up, hole)
+            self._pair_bytes += size
+        return up, hole
+
+    def _loss(self, net: StEnTransViT, i: int, chunk: np.ndarray) -> float:
+        loss_on = self.sampler.config.pairs.loss_on
+        device = self.device
         with (
             torch.no_grad(),
             torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"),
         ):
-            pair = self.sampler.upsampling_pair(chunk, self.coset, IDENTITY, self.drop, device, self.sites)
-            loss = pair_loss(net(pair.inputs, pair.base), pair, config.pairs.loss_on).item()
-            if self.hole is not None:  # the validation region as a lost hole, at full resolution
-                hole = self.sampler.hole_pair(chunk, IDENTITY, self.hole, device, self.hole, None, None)
-                loss = (loss + pair_loss(net(hole.inputs, hole.base), hole, config.pairs.loss_on).item()) / 2
+            pair, hole = self._pairs_of(i, chunk)
+            loss = pair_loss(net(pair.inputs, pair.base), pair, loss_on).item()
+            if hole is not None:
+                loss = (loss + pair_loss(net(hole.inputs, hole.base), hole, loss_on).item()) / 2
         return loss
 
     def score(self, net: StEnTransViT) -> float | None:
@@ -425,13 +486,12 @@ class Validation:
         """
         if len(self.genes) == 0:
             return None
-        config, device, sampler = self.sampler.config, self.device, self.sampler
-        batch = config.optim.batch_size
+        device, sampler = self.device, self.sampler
         members = np.flatnonzero(sampler.cosets == self.coset)
         tasks = [("up", members if self.drop is None else members[~self.drop])]
         if self.hole is not None:
             tasks.append(("hole", np.flatnonzero(~self.hole)))
-        chunks = np.array_split(self.genes, max(1, int(np.ceil(len(self.genes) / batch))))
+        chunks = self._chunks()
         net.eval()
         preds: dict[str, list[np.ndarray]] = {kind: [] for kind, _ in tasks}
         truths: dict[str, list[np.ndarray]] = {kind: [] for kind, _ in tasks}
@@ -439,14 +499,10 @@ class Validation:
             torch.no_grad(),
             torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"),
         ):
-            for chunk in chunks:
+            for i, chunk in enumerate(chunks):
+                pairs = dict(zip(("up", "hole"), self._pairs_of(i, chunk), strict=True))
                 for kind, _ in tasks:
-                    if kind == "up":
-                        pair = sampler.upsampling_pair(
-                            chunk, self.coset, IDENTITY, self.drop, device, self.sites
-                        )
-                    else:
-                        pair = sampler.hole_pair(chunk, IDENTITY, self.hole, device, self.hole, None, None)
+                    pair = pairs[kind]
                     scored = pair.target_mask.reshape(-1) > 0.5
                     if scored.sum() < MIN_SCORED_SPOTS:
                         continue
@@ -556,6 +612,7 @@ def _prepare(
             val_sites,
             val_hole if inpaint else None,
             device,
+            keep_pairs=False,  # scored once, before training
         )
     return _SlidePart(
         sampler, fit_genes, n_val, cosets, ops, train_sites, inpaint, validate, window, baseline
