@@ -396,6 +396,25 @@ def test_antibody_features_named_like_genes_are_no_duplicate_genes(cases):
     assert adata.n_vars == 2000 and not adata.var_names.str.endswith("-1").any()
     assert set(adata.var["feature_types"]) == {"Gene Expression"}
     assert adata.X.max() == 1823
+    # and the reader says what it left out (they were dropped without a word)
+    assert (
+        "left out 8 'Antibody Capture' features (only 'Gene Expression' is read)"
+        in (adata.uns["stentrans_read_note"])
+    )
+
+
+def test_an_mtx_folder_says_which_features_it_left_out(tmp_path):
+    r, c = block_sites("hex", 6, 10)
+    folder = tmp_path / "sr"
+    write_spaceranger(folder, make_slide(r, c, "hex", n_genes=12), matrix="mtx", positions="v2")
+    path = folder / "filtered_feature_bc_matrix" / "features.tsv.gz"
+    features = pd.read_csv(path, sep="\t", header=None)
+    features[2] = ["Gene Expression"] * 9 + ["Antibody Capture", "Antibody Capture", "CRISPR Guide Capture"]
+    features.to_csv(path, sep="\t", header=False, index=False)
+    adata = read(folder)
+    assert adata.n_vars == 9
+    note = "left out 2 'Antibody Capture', 1 'CRISPR Guide Capture' features (only 'Gene Expression' is read)"
+    assert note in adata.uns["stentrans_read_note"]
 
 
 def test_a_matrix_without_gene_expression_features_is_refused_by_name(tmp_path):

@@ -220,7 +220,17 @@ def _read_10x_h5(path: Path) -> ad.AnnData:
     )
     if ftype is not None:
         adata.var["feature_types"] = ftype[genes]
+    _left_out_note(adata, ftype, genes)
     return adata
+
+
+def _left_out_note(adata: ad.AnnData, ftype: np.ndarray | None, genes: np.ndarray) -> None:
+    """Say in the read note which features other than genes were left out, and how many."""
+    if ftype is None or genes.all():
+        return
+    kinds, counts = np.unique(np.asarray(ftype)[~genes].astype(str), return_counts=True)
+    left = ", ".join(f"{count:,} '{kind}'" for kind, count in zip(kinds, counts, strict=True))
+    adata.uns["stentrans_read_note"] = f"left out {left} features (only 'Gene Expression' is read)"
 
 
 def _gene_features(ftype: np.ndarray | None, n: int, path: Path) -> np.ndarray:
@@ -268,7 +278,9 @@ def _read_10x_mtx(folder: Path) -> ad.AnnData:
     if ftype is not None:
         var["feature_types"] = ftype[genes]
     x = counts if genes.all() else counts[:, np.flatnonzero(genes)]
-    return ad.AnnData(X=x, obs=pd.DataFrame(index=pd.Index(bc)), var=var)
+    adata = ad.AnnData(X=x, obs=pd.DataFrame(index=pd.Index(bc)), var=var)
+    _left_out_note(adata, ftype, genes)
+    return adata
 
 
 def _read_positions(path: Path) -> pd.DataFrame:
