@@ -92,7 +92,7 @@ def test_train_in_a_worker_adds_aligned_x2_layers_and_keeps_the_viewer_responsiv
             np.abs(np.linalg.det(x2.affine.affine_matrix[:2, :2])),
             np.abs(np.linalg.det(original.affine.affine_matrix[:2, :2])) / 4,
         )
-        assert np.asarray(x2.data).max() > 0
+        assert np.nanmax(x2.data) > 0
     # translate: every measured spot's enhanced pixel pair is centred on the original spot
     info = actions.slide(st_viewer)
     enhanced = info.enhanced

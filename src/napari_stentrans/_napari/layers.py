@@ -31,18 +31,21 @@ def _column(x, j: int) -> np.ndarray:
     return np.asarray(col.toarray() if sp.issparse(col) else col, dtype=np.float32).ravel()
 
 
-def expression_colormap():
-    """magma whose lowest values are transparent: spots in colour, the H&E around and under them.
+def expression_colormap() -> str:
+    """magma, opaque: every spot in colour (black at zero), the H&E around it.
 
-    Additive blending over a bright H&E saturates to white; an opaque colormap hides the H&E
-    around the spots (pixels without a spot are 0).
+    Pixels without a spot are NaN (:func:`_spots_only`), which napari (vispy) draws fully
+    transparent; an earlier colormap made its lowest 3 % transparent instead, so spots at
+    exactly zero showed the H&E through while spots just above it were black (patchy tissue).
     """
-    from napari.utils.colormaps import Colormap
-    from napari.utils.colormaps.colormap_utils import ensure_colormap
+    return "magma"
 
-    colors = np.asarray(ensure_colormap("magma").map(np.linspace(0, 1, 256)), dtype=float)
-    colors[:, 3] = np.clip(np.linspace(0, 1, 256) / 0.03, 0, 1)  # fully opaque above 3 % of the range
-    return Colormap(colors, name="magma (transparent zero)")
+
+def _spots_only(raster) -> np.ndarray:
+    """The raster's ``(n_genes, h, w)`` images with NaN where no spot is."""
+    images = raster.images.copy()
+    images[:, ~raster.mask] = np.nan
+    return images
 
 
 def robust_limits(values: np.ndarray) -> tuple[float, float]:
@@ -101,9 +104,10 @@ def gene_layers(adata: ad.AnnData, genes: list[str], slide_id: str, frame: Displ
     rows, cols = adata.obs["array_row"].to_numpy(), adata.obs["array_col"].to_numpy()
     values = np.column_stack([_column(adata.X, adata.var_names.get_loc(g)) for g in genes])
     raster = spot_raster(frame, rows, cols, values)
+    images = _spots_only(raster)
     return [
         (
-            raster.images[i],
+            images[i],
             {
                 "name": gene_label(adata, gene),
                 "affine": raster.affine,
@@ -130,9 +134,10 @@ def enhanced_layers(
     rows, cols = enhanced.obs["array_row"].to_numpy(), enhanced.obs["array_col"].to_numpy()
     values = np.column_stack([_column(enhanced.X, enhanced.var_names.get_loc(g)) for g in genes])
     raster = spot_raster(frame, rows, cols, values, half_pitch=True)
+    images = _spots_only(raster)
     return [
         (
-            raster.images[i],
+            images[i],
             {
                 "name": f"{gene_label(enhanced, gene)}{suffix}",
                 "affine": raster.affine,
