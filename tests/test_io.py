@@ -280,6 +280,84 @@ def test_a_selection_table_of_another_section_is_refused_and_unlisted_spots_are_
     )
 
 
+def _st_section_with_image(folder, size, name="MOB9", px_per_unit=20.0, origin=100.0):
+    """An STUtility-style section: counts, alignment table with pixel positions, and an image."""
+    from PIL import Image
+
+    xy = [(x, y) for y in range(2, 12) for x in range(2, 12) if (x + y) % 2 == 0]
+    ids = [f"{x}x{y}" for x, y in xy]
+    counts = _st_table(folder, ids, np.arange(len(ids) * 2).reshape(-1, 2) + 1.0, name=f"{name}_counts.tsv")
+    pd.DataFrame(
+        {
+            "x": [x for x, _ in xy],
+            "y": [y for _, y in xy],
+            "new_x": [x for x, _ in xy],
+            "new_y": [y for _, y in xy],
+            "pixel_x": [origin + px_per_unit * x for x, _ in xy],
+            "pixel_y": [origin + px_per_unit * y for _, y in xy],
+            "selected": 1,
+        }
+    ).to_csv(folder / f"alignment_table_{name}.tsv", sep="\t", index=False)
+    image = np.zeros((size[1], size[0], 3), dtype=np.uint8)
+    image[:, :, 0] = 200  # tissue colour
+    Image.fromarray(image).save(folder / f"{name}.jpg")
+    return counts
+
+
+def test_an_st_sections_h5e_image_beside_its_counts_is_placed_under_the_spots(tmp_path):
+    """STUtility's MOB1.jpg beside MOB1_counts and its alignment table was not shown."""
+    from napari_stentrans.core.display import DisplayFrame
+
+    counts = _st_section_with_image(tmp_path, (600, 500))
+    a = read(counts)
+    entry = a.uns["spatial"]["MOB9"]
+    assert (
+        entry["images"]["hires"].shape == (500, 600, 3)
+        and entry["scalefactors"]["tissue_hires_scalef"] == 1.0
+    )
+    assert a.uns["stentrans_read_note"].endswith("; H&E: MOB9.jpg (600 x 500 px)")
+    # a spot's world position is its pixel position in the image's frame
+    frame = DisplayFrame.of(a)
+    world = frame.world(a.obs["array_row"].to_numpy(), a.obs["array_col"].to_numpy())
+    np.testing.assert_allclose(world / frame.um_per_pixel, a.obsm["spatial"][:, ::-1], atol=1e-6)
+    # a large scan is kept at 2,000 pixels on its longest side, with its scale
+    large = tmp_path / "large"
+    large.mkdir()
+    a = read(_st_section_with_image(large, (5000, 3000), px_per_unit=250.0))
+    entry = a.uns["spatial"]["MOB9"]
+    assert entry["images"]["hires"].shape == (1200, 2000, 3)
+    assert entry["scalefactors"]["tissue_hires_scalef"] == pytest.approx(0.4)
+
+
+def test_an_st_image_that_does_not_hold_the_spots_is_left_out_with_a_warning(tmp_path):
+    from napari_stentrans.core.io import OptionalPartWarning
+
+    counts = _st_section_with_image(tmp_path, (200, 200))  # the spots reach pixel 320
+    with pytest.warns(
+        OptionalPartWarning, match=r"MOB9.jpg: 200 x 200 pixels, but the spots' pixel_x, pixel_y reach 320"
+    ):
+        a = read(counts)
+    assert "spatial" not in a.uns and a.n_obs == 50
+    (tmp_path / "MOB9.jpg").write_bytes(b"not a jpeg")
+    with pytest.warns(OptionalPartWarning, match=r"MOB9.jpg: cannot be decoded"):
+        a = read(counts)
+    assert "spatial" not in a.uns and a.n_obs == 50
+    (tmp_path / "MOB9.jpg").unlink()
+    a = read(counts)  # no image: nothing to say
+    assert "spatial" not in a.uns and "H&E" not in a.uns.get("stentrans_read_note", "")
+
+
+def test_st2k_mob1_reads_with_its_h5e_image(shared_data):
+    a = read(shared_data / "st2k_stutility_mob_hippo" / "MOB1_counts.tsv.gz")
+    entry = a.uns["spatial"]["MOB1"]
+    assert entry["images"]["hires"].shape == (1905, 1905, 3)
+    assert entry["scalefactors"]["tissue_hires_scalef"] == 1.0
+    # the tissue (darker than the glass) lies under the selected spots
+    image = entry["images"]["hires"].mean(axis=2)
+    x, y = np.round(a.obsm["spatial"]).astype(int).T
+    assert image[y, x].mean() < image.mean() - 10
+
+
 def test_a_folder_read_through_its_only_h5ad_says_which_file(tmp_path):
     r, c = block_sites("square", 4, 4)
     make_slide(r, c, "square").write_h5ad(tmp_path / "mel1_rep2.h5ad")

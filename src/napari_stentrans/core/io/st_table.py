@@ -20,6 +20,7 @@ from pandas.io.common import get_handle
 
 from ..lattice import Lattice, detect_lattice, snap_to_integers
 from .common import ReadError, reading, set_lattice, suffix, unique_names
+from .st_image import attach_image
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".txt")
 SPOT_ID = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*x\s*(-?\d+(?:\.\d+)?)\s*$")
@@ -86,6 +87,11 @@ def read_st_table(path: str | Path, coords: str | Path | None = None) -> ad.AnnD
     if lattice.kind == "hex":  # ST tables are square (1k) or checkerboard (2k) arrays, never Visium
         lattice = Lattice("checkerboard")
     set_lattice(adata, lattice, path)
+    if coord_table is not None and {"pixel_x", "pixel_y"} <= set(coord_table.columns):
+        note = attach_image(adata, path, coords_path)
+        if note is not None:
+            earlier = adata.uns.get("stentrans_read_note")
+            adata.uns["stentrans_read_note"] = f"{earlier}; {note}" if earlier else note
     # which positions were used: ``stentrans info`` says so (a sibling file is picked by name)
     adata.uns["stentrans_lattice"]["coordinates"] = (
         f"from {coords_path}"
