@@ -36,6 +36,9 @@ def _spot_world(layer, raster_doubled: bool, p: np.ndarray, q: np.ndarray) -> np
     [
         ("visium_mouse_muscle_mckellar2021/Vis7B_5dpi", True),
         ("st_melanoma_thrane2018_mel1_rep2/mel1_rep2.h5ad", False),
+        # with its H&E (MOB1.jpg); its pixel positions were fitted by hand, spot by spot, so they
+        # scatter a few micrometres about the lattice's affine (6 um at most on a 100 um pitch)
+        ("st2k_stutility_mob_hippo/MOB1_counts.tsv.gz", True),
     ],
 )
 def test_opened_slide_puts_every_spot_on_its_image_position(make_napari_viewer, relpath, doubled):
@@ -53,7 +56,8 @@ def test_opened_slide_puts_every_spot_on_its_image_position(make_napari_viewer, 
     picks = np.linspace(0, adata.n_obs - 1, 25).astype(int)
     world = _spot_world(layer, doubled, rows[picks] - r0, cols[picks] - c0)
     expected = frame.um_per_pixel * adata.obsm["spatial"][picks, ::-1]
-    np.testing.assert_allclose(world, expected, atol=3.0)  # um; Space Ranger rounds positions
+    tolerance = 10.0 if "MOB1" in relpath else 3.0  # um; Space Ranger rounds positions
+    np.testing.assert_allclose(world, expected, atol=tolerance)
     # the spot's value is the gene's count there, read back through world_to_data
     gene = layer.name
     counts = np.asarray(adata[:, gene].X.todense()).ravel()
