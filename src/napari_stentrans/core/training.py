@@ -298,19 +298,21 @@ class PairSampler:
         kept = ~drop
         n = len(genes)
         scored = drop if targets is None else drop & targets
-        # each site's row (+1; 0 where no site) travels through the symmetry and the crop, so the
-        # classical base is computed only at the sites the window keeps (a quarter of the slide)
-        rows_plus_one = np.arange(1, len(kept) + 1, dtype=np.float32)[:, None]
         full = np.concatenate(
             [
                 self.image(self.values[:, genes]),
                 self.image(scored[:, None].astype(np.float32)),
                 self.image(kept[:, None].astype(np.float32)),
-                self.image(rows_plus_one),
             ],
             axis=0,
         )
-        full = apply_symmetry(full, op) if self.config.pairs.symmetries else full
+        # each pixel's site (its row + 1; 0 where no site) goes through the same symmetry and
+        # crop, so the classical base is computed only at the sites the window keeps
+        index = np.zeros(int(np.prod(self.raster.shape)), dtype=np.int64)
+        index[self.flat] = np.arange(1, len(kept) + 1)
+        index = index.reshape(1, *self.raster.shape)
+        if self.config.pairs.symmetries:
+            full, index = apply_symmetry(full, op), apply_symmetry(index, op)
         if window is not None:
             wh, ww = min(window[0], full.shape[1]), min(window[1], full.shape[2])
             candidates = np.argwhere(full[n] > 0.5)
@@ -318,10 +320,11 @@ class PairSampler:
             r0 = int(np.clip(cr - wh // 2, 0, full.shape[1] - wh))
             c0 = int(np.clip(cc - ww // 2, 0, full.shape[2] - ww))
             full = full[:, r0 : r0 + wh, c0 : c0 + ww]
-        index = full[n + 2].reshape(-1)
-        pixels = np.flatnonzero(index > 0.5)
+            index = index[:, r0 : r0 + wh, c0 : c0 + ww]
+        index = index.reshape(-1)
+        pixels = np.flatnonzero(index)
         base = np.zeros((n, index.size), dtype=np.float32)
-        base[:, pixels] = self._hole_base(genes, drop, index[pixels].astype(np.int64) - 1).T
+        base[:, pixels] = self._hole_base(genes, drop, index[pixels] - 1).T
         base = base.reshape(n, *full.shape[1:])
         values, tmask, keep = full[:n], full[n], full[n + 1]
         hh, ww = tmask.shape
