@@ -82,6 +82,14 @@ def test_sample_data_opens_with_truth_layers(make_napari_viewer, key):
     viewer.open_sample("napari-stentrans", key)
     roles = [layer.metadata["stentrans"]["role"] for layer in viewer.layers]
     assert roles.count("gene") == 4 and roles.count("truth") == 4 and roles.count("he") == 1
+    # the top of the layer list is the one visible gene (over the H&E); the truth lies under the
+    # genes and above the H&E
+    assert roles[-1] == "gene" and viewer.layers[-1].visible
+    visible = [
+        layer.name for layer in viewer.layers if layer.visible and layer.metadata["stentrans"]["role"] != "he"
+    ]
+    assert visible == [viewer.layers[-1].name]
+    assert roles == ["he"] + ["truth"] * 4 + ["gene"] * 4
     gene = next(layer for layer in viewer.layers if layer.metadata["stentrans"]["role"] == "gene")
     truth = viewer.layers[f"{gene.name} truth x2"]
     # half the pixel size, covering the same world extent

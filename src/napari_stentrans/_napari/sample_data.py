@@ -30,7 +30,11 @@ def _sample(kind: str, name: str) -> list[tuple]:
     for _, attrs, _ in truth:
         attrs["visible"] = False
         attrs["metadata"]["stentrans"]["units"] = "expected counts per 10,000"
-    return layers + truth
+    # the truth goes under the gene layers (above the H&E), so the top of the layer list is the
+    # most spatially variable measured gene, the one visible layer
+    he = [layer for layer in layers if layer[1]["metadata"]["stentrans"]["role"] == "he"]
+    rest = [layer for layer in layers if layer[1]["metadata"]["stentrans"]["role"] != "he"]
+    return he + truth + rest
 
 
 def synthetic_visium() -> list[tuple]:
