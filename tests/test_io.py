@@ -316,6 +316,9 @@ def test_an_st_sections_h5e_image_beside_its_counts_is_placed_under_the_spots(tm
         and entry["scalefactors"]["tissue_hires_scalef"] == 1.0
     )
     assert a.uns["stentrans_read_note"].endswith("; H&E: MOB9.jpg (600 x 500 px)")
+    # the spots' diameter in image pixels, which scanpy.pl.spatial needs: half the 100 um pitch
+    # (a diagonal step of 20 x sqrt(2) pixels on this checkerboard array)
+    assert entry["scalefactors"]["spot_diameter_fullres"] == pytest.approx(0.5 * 20.0 * np.sqrt(2))
     # a spot's world position is its pixel position in the image's frame
     frame = DisplayFrame.of(a)
     world = frame.world(a.obs["array_row"].to_numpy(), a.obs["array_col"].to_numpy())
@@ -352,6 +355,7 @@ def test_st2k_mob1_reads_with_its_h5e_image(shared_data):
     entry = a.uns["spatial"]["MOB1"]
     assert entry["images"]["hires"].shape == (1905, 1905, 3)
     assert entry["scalefactors"]["tissue_hires_scalef"] == 1.0
+    assert 14.0 < entry["scalefactors"]["spot_diameter_fullres"] < 18.0  # 50 um at about 3.1 um/px
     # the tissue (darker than the glass) lies under the selected spots
     image = entry["images"]["hires"].mean(axis=2)
     x, y = np.round(a.obsm["spatial"]).astype(int).T

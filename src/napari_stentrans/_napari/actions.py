@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..core.display import DisplayFrame, SpotRaster, spot_raster
+from ..core.display import DisplayFrame, SpotRaster, lattice_spot_diameter_um, spot_raster
 from .layers import enhanced_layers, gene_layers
 
 if TYPE_CHECKING:  # not imported when napari builds the panel (see core.display)
@@ -283,10 +283,6 @@ def legend_html(layer) -> str:
 
 # ----------------------------------------------------------------------------- True-size spots
 
-# spot diameter / centre-to-centre pitch when the slide does not say (Visium: 55 of 100 um; ST: 100
-# of 200 um)
-DIAMETER_OF_PITCH = {"hex": 0.55, "square": 0.5}
-
 
 def spot_diameter_um(info: SlideInfo) -> float:
     """The spots' diameter in micrometres: 55 % of the pitch on a hex lattice (Visium: 55 of
@@ -300,7 +296,7 @@ def spot_diameter_um(info: SlideInfo) -> float:
     for entry in (info.adata.uns.get("spatial") or {}).values():
         if (entry.get("scalefactors") or {}).get("bin_size_um"):
             return float(lattice.pitch_um)
-    return DIAMETER_OF_PITCH.get(lattice.kind, 0.5) * lattice.pitch_um
+    return lattice_spot_diameter_um(lattice)
 
 
 def spot_points_layer(viewer, gene: str, slide_id: str | None = None):

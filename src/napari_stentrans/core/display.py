@@ -26,6 +26,15 @@ if TYPE_CHECKING:  # anndata (with pandas) takes about a second to import: not w
     import anndata as ad
 
 _NEIGHBOUR = {"square": (0, 1), "hex": (0, 2), "checkerboard": (1, 1)}
+# spot diameter / centre-to-centre pitch when the slide does not say (Visium: 55 of 100 um; ST: 100
+# of 200 um)
+DIAMETER_OF_PITCH = {"hex": 0.55, "square": 0.5}
+
+
+def lattice_spot_diameter_um(lattice: Lattice) -> float:
+    """The spots' diameter in micrometres by the lattice alone: 55 % of the pitch on a hex lattice
+    (Visium: 55 of 100 um), half the pitch otherwise (legacy ST: 100 of 200 um)."""
+    return DIAMETER_OF_PITCH.get(lattice.kind, 0.5) * lattice.pitch_um
 
 
 @dataclass(frozen=True)

@@ -56,8 +56,10 @@ def attach_image(adata: ad.AnnData, counts_path: Path, coords_path: Path | None)
 
     ``obsm["spatial"]`` must hold the spots' ``pixel_x, pixel_y`` in that image (full
     resolution). The image is kept as ``hires``, scaled so its longest side is at most
-    :data:`MAX_SIDE` pixels, with ``tissue_hires_scalef`` its scale; the library is named by
-    the sample.
+    :data:`MAX_SIDE` pixels, with ``tissue_hires_scalef`` its scale and ``spot_diameter_fullres``
+    the spot diameter in its pixels (by the lattice: half the pitch on legacy ST arrays, as
+    scanpy's ``pl.spatial`` needs it); the library is named by the sample. The slide's lattice
+    must be set (:func:`~.common.set_lattice`).
 
     Returns
     -------
@@ -103,11 +105,17 @@ def attach_image(adata: ad.AnnData, counts_path: Path, coords_path: Path | None)
             "image (or not the scale) they were measured on; the H&E image is left out"
         )
         return None
+    from ..display import DisplayFrame, lattice_spot_diameter_um
+
     sample = sample_names(counts_path, coords_path)[0]
+    scalefactors = {"tissue_hires_scalef": image.shape[1] / width}
+    frame = DisplayFrame.of(adata)
+    if frame.um_per_pixel > 0:  # scanpy.pl.spatial sizes its spots by this
+        scalefactors["spot_diameter_fullres"] = lattice_spot_diameter_um(frame.lattice) / frame.um_per_pixel
     adata.uns["spatial"] = {
         sample: {
             "images": {"hires": image},
-            "scalefactors": {"tissue_hires_scalef": image.shape[1] / width},
+            "scalefactors": scalefactors,
             "metadata": {"source_image_path": str(path)},
         }
     }
