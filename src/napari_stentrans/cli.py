@@ -189,7 +189,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "--genes",
         type=int,
         help="evaluate the N most variable detected genes (default: every gene detected in >= 10%% of "
-        "the spots the methods see, which differs a little from info's count over all spots)",
+        "the spots the methods see, which differs a little from info's count over all spots); the "
+        "learned presets still train on their own training genes (up to 2,000)",
     )
     ev.add_argument(
         "--methods",
