@@ -82,9 +82,9 @@ def attach_image(adata: ad.AnnData, counts_path: Path, coords_path: Path | None)
                     width, height = im.size
                     scale = min(1.0, MAX_SIDE / max(width, height))
                     if scale < 1.0:
-                        im.draft(
-                            "RGB", (int(width * scale) + 1, int(height * scale) + 1)
-                        )  # JPEG: decode small
+                        # a JPEG decodes at a power-of-two reduction first: a whole-slide scan
+                        # is never held at full size
+                        im.draft("RGB", (int(width * scale) + 1, int(height * scale) + 1))
                         im = im.convert("RGB").resize(
                             (max(1, round(width * scale)), max(1, round(height * scale))),
                             Image.Resampling.LANCZOS,
