@@ -273,6 +273,34 @@ def test_quality_check_matches_stentrans_evaluate(st_viewer, qtbot):
     assert "gene-specific r" in widget._table.column_headers and "effective rank" in widget._status.value
 
 
+def test_quality_check_scores_the_ari_against_a_chosen_annotation(st_viewer, qtbot):
+    """Issue 12: the ARI of the fixed clustering was in `evaluate` but not in the Quality check."""
+    import pandas as pd
+
+    from napari_stentrans.core.evaluate import evaluate
+
+    adata = actions.slide(st_viewer).adata
+    band = np.where(adata.obs["array_col"] < np.median(adata.obs["array_col"]), "left", "right")
+    adata.obs["region"] = pd.Categorical(band)
+    widget = _dock(st_viewer, "Quality check")
+    widget._labels.reset_choices()
+    assert list(widget._labels.choices) == ["(none)", "region"] and widget.labels() is None
+    widget._labels.value = "region"
+    assert widget.command().endswith("--labels region")
+    widget._epochs.value, widget._genes.value = 1, 40
+    worker = widget.run(methods=("default", "linear"))
+    with qtbot.waitSignal(worker.finished, timeout=180_000):
+        pass
+    direct = evaluate(
+        adata, "heldout", methods=("default", "linear"), n_genes=40, epochs=1, device="cpu", labels="region"
+    )
+    aris = [widget.report["methods"][m]["ari"] for m in ("default", "linear")]
+    assert aris == pytest.approx([direct["methods"][m]["ari"] for m in ("default", "linear")], abs=1e-12)
+    column = widget._table.column_headers.index("ARI")
+    assert [widget._table.data[i][column] for i in range(2)] == [f"{v:.3f}" for v in aris]
+    assert f"ARI {direct['truth']['ari']:.3f} against the annotation" in widget._status.value
+
+
 def test_closing_a_slide_releases_it_and_a_late_result_is_discarded(st_viewer, qtbot):
     import gc
     import weakref

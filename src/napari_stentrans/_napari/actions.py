@@ -943,11 +943,13 @@ def quality_events(
     seed: int = 0,
     methods: tuple[str, ...] = QUICK_METHODS,
     stop=None,
+    labels: str | None = None,
 ):
     """Worker: the held-out protocol (as ``stentrans evaluate``), one event per finished method.
 
     Yields ``(done, total, method)`` after each method; returns the report, or None when ``stop``
-    was set (it takes effect when the running method ends).
+    was set (it takes effect when the running method ends). ``labels``: an ``obs`` column of
+    annotations for the ARI (``stentrans evaluate --labels``).
     """
     from ..core.evaluate import evaluate
 
@@ -971,6 +973,7 @@ def quality_events(
                     seed=seed,
                     device="cpu",
                     callback=callback,
+                    labels=labels,
                 )
         except QualityStopped:
             outcome["report"] = None

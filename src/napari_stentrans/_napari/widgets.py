@@ -1129,7 +1129,9 @@ QUALITY_COLUMNS = {  # the verdict's three metrics first: the dock shows about t
     "median r (norm)": "median_pcc_norm",
     "PC1 share": "pc1_share",
     "effective rank": "effective_rank",
+    "ARI": "ari",  # with annotations chosen: the fixed clustering against them
 }
+NO_ANNOTATION = "(none)"
 
 
 class QualityWidget(_SlideWidget):
@@ -1153,6 +1155,13 @@ class QualityWidget(_SlideWidget):
             value=False,
             tooltip="Also score the transformer and the published recipe",
         )
+        self._labels = ComboBox(
+            label="ARI vs",
+            choices=self._label_choices,
+            tooltip="A categorical annotation of the slide's spots (layers, regions): each method's "
+            "prediction is clustered (PCA + k-means, fixed) and scored against it by the adjusted Rand "
+            "index, beside the same clustering of the measured counts",
+        )
         self._run = PushButton(text="Run held-out check")
         self._stop = PushButton(text="Stop", enabled=False)
         self._progress = ProgressBar(label="Progress", min=0, max=1, value=0)
@@ -1174,6 +1183,7 @@ class QualityWidget(_SlideWidget):
                 _row(self._epochs, self._genes, labels=True),
                 self._seed,
                 self._learned,
+                self._labels,
                 _row(self._run, self._stop),
                 self._progress,
                 self._status,
@@ -1188,20 +1198,35 @@ class QualityWidget(_SlideWidget):
         self._csv.changed.connect(lambda _: self.save_csv(self._csv_path.value))
         self._residual.changed.connect(self.add_residual)
         viewer.layers.events.inserted.connect(lambda _e: self._gene.reset_choices())
+        viewer.layers.events.inserted.connect(lambda _e: self._labels.reset_choices())
+        self._slide.changed.connect(lambda _: self._labels.reset_choices())
         self.worker = None
         self.report = None
         self._last_verdict = ""
         self._stop_flag = threading.Event()
-        for widget in (self._epochs, self._genes, self._seed, self._learned):
+        for widget in (self._epochs, self._genes, self._seed, self._learned, self._labels):
             widget.changed.connect(self._say_command)
         self._say_command()
 
     def command(self) -> str:
         """The `stentrans evaluate` command that scores what a run here scores, with these settings."""
+        labels = self.labels()
         return (
             f"stentrans evaluate PATH --methods {','.join(self.methods())} --epochs {self._epochs.value} "
             f"--genes {self._genes.value} --seed {self._seed.value}"
+            + (f" --labels {labels}" if labels else "")
         )
+
+    def _label_choices(self, _widget=None) -> list[str]:
+        try:
+            return [NO_ANNOTATION, *actions.annotation_columns(self._viewer, self.slide_id)]
+        except LookupError:
+            return [NO_ANNOTATION]
+
+    def labels(self) -> str | None:
+        """The annotation column the ARI is scored against, or None."""
+        value = self._labels.value
+        return None if value in (None, NO_ANNOTATION) else str(value)
 
     def _say_command(self, _value=None) -> None:
         if self.worker is None and self.report is None:
@@ -1240,6 +1265,7 @@ class QualityWidget(_SlideWidget):
             self._seed.value,
             methods,
             self._stop_flag,
+            self.labels(),
             _start_thread=False,
             _ignore_errors=True,
         )
@@ -1284,11 +1310,17 @@ class QualityWidget(_SlideWidget):
         }
         self._verdict.value = actions.quality_verdict(report)
         truth = report["truth"]
+        ari = truth.get("ari")
         self._status.value = (
             f"{report['n_heldout_spots']:,} held-out spots, {report['n_genes']} genes. Measured slide at "
             f"those spots: PC1 share {truth['pc1_share']:.2f}, effective rank {truth['effective_rank']:.1f} "
-            f"(over the {len(report['spatial_genes'])} most spatially variable genes); a method close to "
-            "these keeps the slide's gene-specific structure"
+            f"(over the {len(report['spatial_genes'])} most spatially variable genes)"
+            + (
+                f", ARI {ari:.3f} against the annotation ({truth['n_labelled']:,} labelled spots)"
+                if ari is not None and np.isfinite(ari)
+                else ""
+            )
+            + "; a method close to these keeps the slide's gene-specific structure"
         )
 
     def save_csv(self, path):
