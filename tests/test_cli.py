@@ -185,7 +185,7 @@ def test_enhance_real_slides_from_the_command_line(relpath, kind, n_spots, n_emp
     result, source = ad.read_h5ad(out), read(path)
     measured = result.obs[result.obs["kind"] == "measured"]
     # a near-empty spot (melanoma: 6 counts against a median of 4,782) is imputed under its barcode
-    near_empty = result.obs[(result.obs["kind"] == "imputed") & (result.obs["barcode"] != "")]
+    near_empty = result.obs[(result.obs["kind"] == "imputed") & result.obs["barcode"].notna()]
     assert len(measured) == n_spots and len(near_empty) == n_empty
     assert set(measured["barcode"]) | set(near_empty["barcode"]) == set(source.obs_names)
     src = source.obs.loc[measured["barcode"]]

@@ -39,8 +39,13 @@ def test_square_output_kinds_coordinates_and_barcodes(square_case):
     np.testing.assert_array_equal(measured["array_row"], 2 * src["array_row"])
     np.testing.assert_array_equal(measured["array_col"], 2 * src["array_col"])
     imputed = out.obs[out.obs["kind"] == "imputed"]
-    assert (imputed["array_row"].item(), imputed["array_col"].item(), imputed["barcode"].item()) == (6, 6, "")
+    assert (imputed["array_row"].item(), imputed["array_col"].item(), imputed["barcode"].isna().item()) == (
+        6,
+        6,
+        True,
+    )
     new = out.obs[out.obs["kind"] == "new"]
+    assert new["barcode"].isna().all()  # missing, not "" (as the carried annotations are)
     assert ((new["array_row"] % 2 == 1) | (new["array_col"] % 2 == 1)).all()
     assert new["array_row"].between(0, 10).all() and new["array_col"].between(0, 10).all()
 

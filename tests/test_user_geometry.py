@@ -69,7 +69,7 @@ def test_empty_spots_are_imputed_with_their_barcodes(cases, tmp_path, capsys):
     code, stdout, _ = run_cli(["enhance", folder, "-o", out, *FAST], capsys)
     assert code == 0, stdout
     result = ad.read_h5ad(out)
-    barcodes = result.obs["barcode"][result.obs["barcode"] != ""]
+    barcodes = result.obs["barcode"].dropna()
     assert set(barcodes) == set(adata.obs_names)  # every spot of the input is in the output
     # 25 without counts and 2 near-empty (12 and 20 counts against a median of 4,033)
     assert len(result) == 3800 and (result.obs["kind"] == "imputed").sum() == 27
@@ -109,7 +109,7 @@ def test_in_tissue_spots_missing_from_the_matrix_keep_their_barcodes(cases, tmp_
     assert len(named) == 25 and set(named["kind"]) == {"imputed"}
     rows = in_tissue.loc[named["barcode"]].iloc[:, 1:3].astype(int).to_numpy()
     np.testing.assert_array_equal(named[["array_row", "array_col"]].to_numpy(), 2 * rows)
-    assert obs["barcode"][obs["barcode"] != ""].is_unique
+    assert obs["barcode"].dropna().is_unique
 
 
 def test_a_shallow_slide_keeps_every_spot(cases):
@@ -170,7 +170,7 @@ def test_one_library_is_read_alone_and_named_in_the_output(cases, tmp_path, caps
     # no site between the two animals: every site lies within the chosen section's columns
     cols = whole.obs["array_col"][mine]
     assert result.obs["array_col"].min() >= 2 * cols.min() - 1
-    assert set(result.obs["barcode"][result.obs["barcode"] != ""]) == set(whole.obs_names[mine])
+    assert set(result.obs["barcode"].dropna()) == set(whole.obs_names[mine])
 
 
 def test_an_unknown_library_is_refused_naming_the_libraries(cases, tmp_path, capsys):

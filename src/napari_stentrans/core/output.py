@@ -58,7 +58,7 @@ def assemble(
     Returns
     -------
     AnnData: ``X`` = ``counts``; ``obs`` half-pitch ``array_row``/``array_col``, ``kind``,
-    ``barcode``; ``var["training_gene"]``; ``layers["measured"]`` (CSR, measured counts at the
+    ``barcode`` (missing at sites without a spot); ``var["training_gene"]``; ``layers["measured"]`` (CSR, measured counts at the
     measured sites); ``obsm["spatial"]`` in the input's image pixels and ``obsm["spatial_um"]``;
     ``uns["spatial"]`` with the spot diameter halved; ``uns["stentrans"]`` the provenance
     (with ``library_id`` when the input names its library); ``obs["library_id"]`` when the
@@ -78,7 +78,8 @@ def assemble(
             "array_row": sites.row,
             "array_col": sites.col,
             "kind": pd.Categorical(sites.kind, categories=list(KINDS)),
-            "barcode": barcodes,
+            # missing (not "") at sites without a spot, like the input annotations carried below
+            "barcode": pd.Categorical(np.where(barcodes != "", barcodes, None)),
         },
         index=pd.Index(names, dtype=str),
     )
