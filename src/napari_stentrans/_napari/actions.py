@@ -1101,8 +1101,26 @@ def quality_verdict(report: dict) -> str:
     verb = ", ".join(parts)
     text = f"On this slide the enhancement ({method_label(best_ours)}) {verb}, {where}."
     notes = [f"{method_label(m)}: {v['note']}" for m, v in methods.items() if v.get("note")]
-    sentences = [text, *([unjudged] if unjudged else [])]
+    sentences = [text, *([unjudged] if unjudged else []), *_few_patterns(report, methods[best_ours])]
     return " ".join([*sentences, *(note if note.endswith(".") else note + "." for note in notes)])
+
+
+def _few_patterns(report: dict, scores: dict) -> list[str]:
+    """The plain warning of the CLI when the enhanced genes share a few patterns at the held-out
+    spots (effective rank below :data:`~..core.patterns.FEW_PATTERNS` and below half the measured
+    one, over at least :data:`~..core.patterns.MIN_GENES` genes), as one sentence; none otherwise."""
+    from ..core.patterns import FEW_PATTERNS, MIN_GENES
+
+    rank, measured = scores.get("effective_rank"), report.get("truth", {}).get("effective_rank")
+    if rank is None or not np.isfinite(rank) or len(report.get("spatial_genes", [])) < MIN_GENES:
+        return []
+    if rank >= FEW_PATTERNS or (measured is not None and rank >= 0.5 * measured):
+        return []
+    than = f", measured {measured:.1f}" if measured is not None and np.isfinite(measured) else ""
+    return [
+        f"Its genes follow a few shared patterns (effective rank {rank:.1f}{than}): not suitable for "
+        "co-expression, clustering or differential-expression analysis."
+    ]
 
 
 def quality_table(report: dict, columns: dict[str, str]) -> dict[str, list]:
