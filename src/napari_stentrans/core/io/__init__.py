@@ -29,6 +29,7 @@ from .common import (
     DuplicateGeneNamesWarning,
     OptionalPartWarning,
     ReadError,
+    add_read_note,
     check_sparse_matrix,
     check_spots,
     clean_spatial,
@@ -172,12 +173,6 @@ def _folder_slides(path: Path) -> list[Path]:
     )
 
 
-def _add_read_note(adata: ad.AnnData, note: str) -> None:
-    """Put ``note`` first in ``uns["stentrans_read_note"]`` (the reader's own notes follow)."""
-    earlier = adata.uns.get("stentrans_read_note")
-    adata.uns["stentrans_read_note"] = f"{note}; {earlier}" if earlier else note
-
-
 def _read_folder(path: Path, library: str | None, table: str | None) -> ad.AnnData:
     if (path / "spatial").is_dir() or any(path.glob("*filtered_feature_bc_matrix*")):
         return read_spaceranger(path, library_id=library)
@@ -186,10 +181,10 @@ def _read_folder(path: Path, library: str | None, table: str | None) -> ad.AnnDa
         (only,) = candidates
         if only.is_dir():
             adata = read_spatialdata(only, table=table, library_id=library)
-            _add_read_note(adata, f"read {only.name}, the folder's only SpatialData store")
+            add_read_note(adata, f"read {only.name}, the folder's only SpatialData store", first=True)
         else:
             adata = read_h5ad(only, library)
-            _add_read_note(adata, f"read {only.name}, the folder's only .h5ad")
+            add_read_note(adata, f"read {only.name}, the folder's only .h5ad", first=True)
         return adata
     if candidates:
         raise ReadError(

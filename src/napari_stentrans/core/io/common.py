@@ -296,6 +296,15 @@ def library_of(adata: ad.AnnData) -> str | None:
     return None
 
 
+def add_read_note(adata: ad.AnnData, note: str, first: bool = False) -> None:
+    """Add ``note`` to ``uns["stentrans_read_note"]`` (what ``info`` prints), after the notes
+    already there (``first``: before them), joined by ``"; "``."""
+    earlier = adata.uns.get("stentrans_read_note")
+    if earlier:
+        note = f"{note}; {earlier}" if first else f"{earlier}; {note}"
+    adata.uns["stentrans_read_note"] = note
+
+
 def has_non_integer(x) -> bool:
     data = x.data if sp.issparse(x) else np.asarray(x)
     data = np.asarray(data)

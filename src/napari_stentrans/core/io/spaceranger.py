@@ -34,6 +34,7 @@ from .common import (
     READ_FAULTS,
     OptionalPartWarning,
     ReadError,
+    add_read_note,
     check_compressed,
     check_not_empty,
     clean_scalefactors,
@@ -230,7 +231,7 @@ def _left_out_note(adata: ad.AnnData, ftype: np.ndarray | None, genes: np.ndarra
         return
     kinds, counts = np.unique(np.asarray(ftype)[~genes].astype(str), return_counts=True)
     left = ", ".join(f"{count:,} '{kind}'" for kind, count in zip(kinds, counts, strict=True))
-    adata.uns["stentrans_read_note"] = f"left out {left} features (only 'Gene Expression' is read)"
+    add_read_note(adata, f"left out {left} features (only 'Gene Expression' is read)")
 
 
 def _gene_features(ftype: np.ndarray | None, n: int, path: Path) -> np.ndarray:

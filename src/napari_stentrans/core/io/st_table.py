@@ -19,7 +19,7 @@ import scipy.sparse as sp
 from pandas.io.common import get_handle
 
 from ..lattice import Lattice, detect_lattice, snap_to_integers
-from .common import ReadError, reading, set_lattice, suffix, unique_names
+from .common import ReadError, add_read_note, reading, set_lattice, suffix, unique_names
 from .st_image import attach_image
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".txt")
@@ -90,8 +90,7 @@ def read_st_table(path: str | Path, coords: str | Path | None = None) -> ad.AnnD
     if coord_table is not None and {"pixel_x", "pixel_y"} <= set(coord_table.columns):
         note = attach_image(adata, path, coords_path)
         if note is not None:
-            earlier = adata.uns.get("stentrans_read_note")
-            adata.uns["stentrans_read_note"] = f"{earlier}; {note}" if earlier else note
+            add_read_note(adata, note)
     # which positions were used: ``stentrans info`` says so (a sibling file is picked by name)
     adata.uns["stentrans_lattice"]["coordinates"] = (
         f"from {coords_path}"
@@ -390,7 +389,7 @@ def _attach_coords(adata: ad.AnnData, coords: pd.DataFrame, coords_path: Path) -
             note += f"; {unlisted} spots of the counts table are not listed in {coords_path.name} (left out)"
         if orphans:  # counts removed upstream (e.g. spots with none): not imputed from an ST table
             note += f"; {orphans} selected spots of {coords_path.name} have no counts (left out)"
-        adata.uns["stentrans_read_note"] = note
+        add_read_note(adata, note)
     if {"array_row", "array_col"} <= cols:
         row_raw, col_raw = matched["array_row"], matched["array_col"]
     elif {"array_y", "array_x"} <= cols:
