@@ -34,18 +34,11 @@ def _column(x, j: int) -> np.ndarray:
 def expression_colormap() -> str:
     """magma, opaque: every spot in colour (black at zero), the H&E around it.
 
-    Pixels without a spot are NaN (:func:`_spots_only`), which napari (vispy) draws fully
+    Pixels without a spot are NaN (``spot_raster(..., background=nan)``), which napari (vispy) draws fully
     transparent; an earlier colormap made its lowest 3 % transparent instead, so spots at
     exactly zero showed the H&E through while spots just above it were black (patchy tissue).
     """
     return "magma"
-
-
-def _spots_only(raster) -> np.ndarray:
-    """The raster's ``(n_genes, h, w)`` images with NaN where no spot is."""
-    images = raster.images.copy()
-    images[:, ~raster.mask] = np.nan
-    return images
 
 
 def robust_limits(values: np.ndarray) -> tuple[float, float]:
@@ -103,11 +96,10 @@ def gene_layers(adata: ad.AnnData, genes: list[str], slide_id: str, frame: Displ
     """One image layer per gene (raw counts), named by the gene, with the lattice's geometry."""
     rows, cols = adata.obs["array_row"].to_numpy(), adata.obs["array_col"].to_numpy()
     values = np.column_stack([_column(adata.X, adata.var_names.get_loc(g)) for g in genes])
-    raster = spot_raster(frame, rows, cols, values)
-    images = _spots_only(raster)
+    raster = spot_raster(frame, rows, cols, values, background=np.nan)
     return [
         (
-            images[i],
+            raster.images[i],
             {
                 "name": gene_label(adata, gene),
                 "affine": raster.affine,
@@ -133,11 +125,10 @@ def enhanced_layers(
     """2x layers ``"GENE x2"``: half-pitch sites at half the pixel size, centred on the spots."""
     rows, cols = enhanced.obs["array_row"].to_numpy(), enhanced.obs["array_col"].to_numpy()
     values = np.column_stack([_column(enhanced.X, enhanced.var_names.get_loc(g)) for g in genes])
-    raster = spot_raster(frame, rows, cols, values, half_pitch=True)
-    images = _spots_only(raster)
+    raster = spot_raster(frame, rows, cols, values, half_pitch=True, background=np.nan)
     return [
         (
-            images[i],
+            raster.images[i],
             {
                 "name": f"{gene_label(enhanced, gene)}{suffix}",
                 "affine": raster.affine,

@@ -142,6 +142,7 @@ def spot_raster(
     values: np.ndarray,
     half_pitch: bool = False,
     pad: int = 1,
+    background: float = 0.0,
 ) -> SpotRaster:
     """Rasterise per-site values ``(n_sites, n_genes)`` with the lattice's real geometry.
 
@@ -155,6 +156,8 @@ def spot_raster(
         Values per site and gene.
     half_pitch
         The sites are on the 2x lattice of an enhanced slide.
+    background
+        The value of pixels without a site (NaN: napari draws them transparent).
     """
     rows = np.asarray(rows, np.int64)
     cols = np.asarray(cols, np.int64)
@@ -165,7 +168,7 @@ def spot_raster(
     height = int(rows.max()) - r0 + 1 + pad
     width = int(cols.max()) - c0 + 1 + pad + (1 if doubled else 0)
     p, q = rows - r0, cols - c0
-    images = np.zeros((values.shape[1], height, width), dtype=np.float32)
+    images = np.full((values.shape[1], height, width), background, dtype=np.float32)
     mask = np.zeros((height, width), dtype=bool)
     images[:, p, q] = values.T
     mask[p, q] = True
