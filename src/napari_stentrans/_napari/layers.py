@@ -34,9 +34,9 @@ def _column(x, j: int) -> np.ndarray:
 def expression_colormap() -> str:
     """magma, opaque: every spot in colour (black at zero), the H&E around it.
 
-    Pixels without a spot are NaN (``spot_raster(..., background=nan)``), which napari (vispy) draws fully
-    transparent; an earlier colormap made its lowest 3 % transparent instead, so spots at
-    exactly zero showed the H&E through while spots just above it were black (patchy tissue).
+    Pixels without a spot are NaN (``spot_raster(..., background=nan)``), which napari (vispy)
+    draws fully transparent; an earlier colormap made its lowest 3 % transparent instead, so
+    spots at exactly zero showed the H&E through while spots just above it were black (patchy).
     """
     return "magma"
 

@@ -58,8 +58,8 @@ def assemble(
     Returns
     -------
     AnnData: ``X`` = ``counts``; ``obs`` half-pitch ``array_row``/``array_col``, ``kind``,
-    ``barcode`` (missing at sites without a spot); ``var["training_gene"]``; ``layers["measured"]`` (CSR, measured counts at the
-    measured sites); ``obsm["spatial"]`` in the input's image pixels and ``obsm["spatial_um"]``;
+    ``barcode`` (missing at sites without a spot); ``var["training_gene"]``;
+    ``layers["measured"]`` (CSR, measured counts at the measured sites); ``obsm["spatial"]`` in the input's image pixels and ``obsm["spatial_um"]``;
     ``uns["spatial"]`` with the spot diameter halved; ``uns["stentrans"]`` the provenance
     (with ``library_id`` when the input names its library); ``obs["library_id"]`` when the
     input has that column; every other column of the input's ``obs`` (layer labels, clusters,
