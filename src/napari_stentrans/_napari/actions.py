@@ -1107,19 +1107,18 @@ def quality_verdict(report: dict) -> str:
 
 def _few_patterns(report: dict, scores: dict) -> list[str]:
     """The plain warning of the CLI when the enhanced genes share a few patterns at the held-out
-    spots (effective rank below :data:`~..core.patterns.FEW_PATTERNS` and below half the measured
-    one, over at least :data:`~..core.patterns.MIN_GENES` genes), as one sentence; none otherwise."""
-    from ..core.patterns import FEW_PATTERNS, MIN_GENES
+    spots (:func:`~..core.patterns.few_patterns` over the report's spatially variable genes), as
+    one sentence; none otherwise."""
+    from ..core.patterns import few_patterns
 
     rank, measured = scores.get("effective_rank"), report.get("truth", {}).get("effective_rank")
-    if rank is None or not np.isfinite(rank) or len(report.get("spatial_genes", [])) < MIN_GENES:
+    if rank is None or measured is None or not (np.isfinite(rank) and np.isfinite(measured)):
         return []
-    if rank >= FEW_PATTERNS or (measured is not None and rank >= 0.5 * measured):
+    if not few_patterns(rank, measured, len(report.get("spatial_genes", []))):
         return []
-    than = f", measured {measured:.1f}" if measured is not None and np.isfinite(measured) else ""
     return [
-        f"Its genes follow a few shared patterns (effective rank {rank:.1f}{than}): not suitable for "
-        "co-expression, clustering or differential-expression analysis."
+        f"Its genes follow a few shared patterns (effective rank {rank:.1f}, measured {measured:.1f}): "
+        "not suitable for co-expression, clustering or differential-expression analysis."
     ]
 
 

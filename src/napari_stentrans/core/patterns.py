@@ -30,6 +30,18 @@ STRONG_RANK = 1.5  # with few genes: the enhanced genes follow about one pattern
 STRONG_RATIO = 2.0  # ... and the measured ones at least this many times as many
 
 
+def few_patterns(rank: float, measured_rank: float, n_genes: int) -> bool:
+    """Whether enhanced genes with effective rank ``rank`` (measured: ``measured_rank``) over
+    ``n_genes`` genes follow "a few shared patterns": below :data:`FEW_PATTERNS` with at least
+    :data:`MIN_GENES` genes; with fewer (down to :data:`MIN_GENES_STRONG`) only about one pattern
+    against a measured rank :data:`STRONG_RATIO` times as high; never with fewer genes."""
+    if n_genes >= MIN_GENES:
+        return bool(rank < FEW_PATTERNS)
+    if n_genes >= MIN_GENES_STRONG:
+        return bool(rank < STRONG_RANK and measured_rank >= STRONG_RATIO * rank)
+    return False
+
+
 class PatternCheck:
     """Collects the enhanced values of a few genes at the measured spots, batch by batch.
 
@@ -91,18 +103,14 @@ class PatternCheck:
         if not (np.isfinite(rank) and np.isfinite(measured_rank)):
             out["not_judged"] = "the effective rank is not finite (constant values)"
             return out
-        if n >= MIN_GENES:
-            few = rank < FEW_PATTERNS
-        elif n >= MIN_GENES_STRONG:
-            few = rank < STRONG_RANK and measured_rank >= STRONG_RATIO * rank
-            if not few:
-                out["no_warning"] = (
-                    f"no warning from {n} genes: under {MIN_GENES} genes a warning needs an effective "
-                    f"rank under {STRONG_RANK} (here {rank:.1f}) with the measured genes' at least "
-                    f"{STRONG_RATIO:g} times as high (here {measured_rank:.1f})"
-                )
-        else:
-            few = False
+        few = few_patterns(rank, measured_rank, n)
+        if MIN_GENES_STRONG <= n < MIN_GENES and not few:
+            out["no_warning"] = (
+                f"no warning from {n} genes: under {MIN_GENES} genes a warning needs an effective "
+                f"rank under {STRONG_RANK} (here {rank:.1f}) with the measured genes' at least "
+                f"{STRONG_RATIO:g} times as high (here {measured_rank:.1f})"
+            )
+        elif n < MIN_GENES_STRONG:
             out["not_judged"] = (
                 f"only {_count(n, 'gene')} (at least {MIN_GENES_STRONG} are needed to judge patterns)"
             )
@@ -117,7 +125,7 @@ class PatternCheck:
         return out
 
 
-__all__ = ["PatternCheck", "FEW_PATTERNS", "MIN_GENES", "MIN_GENES_STRONG"]
+__all__ = ["PatternCheck", "FEW_PATTERNS", "MIN_GENES", "MIN_GENES_STRONG", "few_patterns"]
 
 
 def _count(n: int, noun: str) -> str:
