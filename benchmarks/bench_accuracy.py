@@ -182,6 +182,12 @@ FIDELITY = [
         "co-expression r against the truth's signal correlations (count splitting)",
         False,
     ),
+    (
+        "count_level",
+        "count level: predicted / measured counts per gene summed over the scored spots (median over genes; "
+        "1 = the measured level)",
+        False,
+    ),
     ("pc1_share", "PC1 share of the prediction (truth in the last column)", True),
     ("effective_rank", "effective rank of the prediction (truth in the last column)", True),
     (

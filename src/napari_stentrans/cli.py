@@ -118,6 +118,14 @@ def _build_parser() -> argparse.ArgumentParser:
         "other site; the measured counts are in layers['measured'] either way)",
     )
     enh.add_argument(
+        "--calibrate-counts",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="scale each gene's enhanced counts so they sum to its measured counts over the measured "
+        "spots (default); --no-calibrate-counts writes the back-transformed smoothed log values, which "
+        "run below the measured level (about 0.35-0.66 of it)",
+    )
+    enh.add_argument(
         "--fill-holes",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -438,7 +446,12 @@ def _lattice_words(kind: str) -> str:
 
 def _training_options(args: argparse.Namespace) -> dict:
     """The training options given on the command line (left out when not given)."""
-    given = {"epochs": args.epochs, "n_train_genes": args.train_genes, "seed": args.seed}
+    given = {
+        "epochs": args.epochs,
+        "n_train_genes": args.train_genes,
+        "seed": args.seed,
+        "calibrate_counts": getattr(args, "calibrate_counts", None),
+    }
     return {k: v for k, v in given.items() if v is not None}
 
 
@@ -465,7 +478,9 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     _check_output(args.plot, [args.path], args.overwrite, ".png")
     options = _training_options(args)
     if args.model is not None and options:
-        raise CliError("--model applies a fitted model: --epochs/--train-genes/--seed do not apply")
+        raise CliError(
+            "--model applies a fitted model: --epochs/--train-genes/--seed/--calibrate-counts do not apply"
+        )
     if args.model is None and args.keep_classical:
         raise CliError("--keep-classical applies to a model given with --model")
     if args.finetune is not None and args.model is None:
@@ -816,7 +831,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ari = labels is not None
     header = (
         f"{'method':22s} {'median r':>9s} {'r (norm)':>9s} {'gene-specific r':>16s} {'co-expr r':>10s} "
-        f"{'(signal)':>9s} {'PC1 share':>10s} {'eff. rank':>10s}"
+        f"{'(signal)':>9s} {'PC1 share':>10s} {'eff. rank':>10s} {'level':>6s}"
         + (f" {'ARI':>6s}" if ari else "")
         + f" {'seconds':>8s}"
     )
@@ -834,7 +849,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return (
             f"{name:22s} {s['median_pcc']:9.3f} {s['median_pcc_norm']:9.3f} {s['gene_specific_r']:16.3f} "
             f"{s['coexpression_r']:10.3f} {s['coexpression_r_signal']:9.3f} {s['pc1_share']:10.2f} "
-            f"{s['effective_rank']:10.1f}" + (f" {s['ari']:6.3f}" if ari else "")
+            f"{s['effective_rank']:10.1f} {s['count_level']:6.2f}" + (f" {s['ari']:6.3f}" if ari else "")
         )
 
     def show(name: str, s: dict) -> None:
@@ -872,7 +887,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     show_header()  # when no method row was shown
     print(
         f"{'measured (truth)':22s} {'':9s} {'':9s} {'':16s} {'':10s} {'':9s} {truth['pc1_share']:10.2f} "
-        f"{truth['effective_rank']:10.1f}" + (f" {truth['ari']:6.3f}" if ari else "")
+        f"{truth['effective_rank']:10.1f} {1.0:6.2f}" + (f" {truth['ari']:6.3f}" if ari else "")
     )
     print(
         f"{args.protocol}: {report['n_heldout_spots']} scored spots, {report['n_genes']} genes "
@@ -880,6 +895,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         + "detected in >= 10% of the spots the methods see; info counts all spots); gene-specific "
         f"r, co-expression r, PC1 share and effective rank over the {len(report['spatial_genes'])} genes "
         "with the highest Moran's I on the seen spots"
+        + "; level: predicted / measured counts per gene over the scored spots (median over genes)"
         + (f"; ARI over the {truth['n_labelled']} scored spots with a label" if ari else "")
         + (f"; {report['warning']}" if "warning" in report else "")
     )

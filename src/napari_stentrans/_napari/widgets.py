@@ -1129,6 +1129,7 @@ QUALITY_COLUMNS = {  # the verdict's three metrics first: the dock shows about t
     "median r (norm)": "median_pcc_norm",
     "PC1 share": "pc1_share",
     "effective rank": "effective_rank",
+    "count level": "count_level",  # predicted / measured counts per gene (1 = the measured level)
     "ARI": "ari",  # with annotations chosen: the fixed clustering against them
 }
 NO_ANNOTATION = "(none)"

@@ -137,6 +137,14 @@ class ClassicalConfig:
         (:func:`.classical.residual_shrinkage`); rank and shrinkage are chosen on the pairs for
         per-gene r, gene-specific r and co-expression jointly. ``"none"``: the low-rank
         reconstruction alone (every gene follows the same few maps; the low-rank baselines).
+    calibrate_counts
+        Scale each gene's predicted counts so that, over the slide's usable spots, they sum to its
+        measured counts (:class:`.estimators.base.CountCalibration`). The estimate is smoothed on
+        log values, and the back-transform of a smoothed log runs below the mean counts (the mean
+        of a log is below the log of the mean): without it ``X`` summed to 0.35-0.66 of the
+        measured counts at held-out spots (docs/design.md). Applies to estimates of
+        log-normalised values (not to the published recipe's raw counts); off for the
+        evaluation's low-rank baselines, which keep the level the previous default wrote.
     """
 
     smoothers: Literal["all", "linear", "kernel"] = "all"
@@ -144,6 +152,7 @@ class ClassicalConfig:
     gap_smoothers: bool = True
     basis_genes: Literal["most_variable", "given"] = "most_variable"
     gene_residuals: Literal["shrunk", "none"] = "shrunk"
+    calibrate_counts: bool = True
 
     def __post_init__(self) -> None:
         _check_choice("smoothers", self.smoothers, ("all", "linear", "kernel"))
@@ -151,6 +160,7 @@ class ClassicalConfig:
         _check_bool("gap_smoothers", self.gap_smoothers)
         _check_choice("basis_genes", self.basis_genes, ("most_variable", "given"))
         _check_choice("gene_residuals", self.gene_residuals, ("shrunk", "none"))
+        _check_bool("calibrate_counts", self.calibrate_counts)
 
 
 PositionCode = Literal["lattice2d", "index1d", "none"]

@@ -23,7 +23,9 @@ Every method runs the same way (:mod:`.estimators`): ``fit`` on the slide the pr
 on, then ``predict`` from the slide it shows at the scored sites (for ``paper`` every method
 fits on the full slide). Scores are per-gene Pearson r at the scored spots, on counts (the
 paper's headline) and on library-size-normalised log expression (truth normalised by its own
-depth), plus RMSE on the normalised scale. Genes whose truth or prediction has zero variance at
+depth), plus RMSE on the normalised scale and the count level (each gene's predicted counts
+summed over the scored spots against its measured counts, median over genes; 1 = the measured
+level). Genes whose truth or prediction has zero variance at
 the scored spots are excluded and counted. Every method predicts counts *and* each spot's depth
 (a method that predicts raw counts only, the published recipe, is given linearly interpolated
 depth for the normalised scores).
@@ -59,7 +61,7 @@ from .fidelity import (
 )
 from .io import lattice_of
 from .io.enhanced import refuse_enhanced
-from .metrics import pearson_per_gene
+from .metrics import count_level, pearson_per_gene
 from .regions import random_disks
 from .sites import OutputSites, sites_at
 from .slide import Slide
@@ -461,6 +463,7 @@ def score(result: MethodResult, split: Split, ref: Reference | None = None, seed
         "median_pcc_norm": float(np.nanmedian(r_norm)) if (~np.isnan(r_norm)).any() else float("nan"),
         "mean_pcc_norm": float(np.nanmean(r_norm)) if (~np.isnan(r_norm)).any() else float("nan"),
         "rmse_norm": float(np.sqrt(np.mean((pred_norm - truth_norm) ** 2))),
+        "count_level": count_level(result.counts, split.truth),
         "n_genes_scored": int(scored.sum()),
         "n_genes_excluded": int((~scored).sum()),
         "seconds": round(result.seconds, 3),

@@ -23,4 +23,26 @@ def pearson_per_gene(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return np.divide((p * t).sum(axis=0), denom, out=np.full(p.shape[1], np.nan), where=denom > 1e-12)
 
 
-__all__ = ["pearson_per_gene"]
+def count_level(pred: np.ndarray, truth) -> float:
+    """How the predicted counts' level compares with the measured: the median over genes of
+    ``sum(pred) / sum(truth)`` over the sites.
+
+    Parameters
+    ----------
+    pred
+        ``(n_sites, n_genes)`` predicted counts (negative values count as 0).
+    truth
+        ``(n_sites, n_genes)`` measured counts on the same sites (dense or SciPy sparse).
+
+    Returns
+    -------
+    1 when each gene's prediction sums to its measured counts; below 1 when it runs low. NaN
+    when no gene has measured counts. Genes without measured counts are left out.
+    """
+    measured = np.asarray(truth.sum(axis=0), dtype=np.float64).ravel()
+    predicted = np.clip(np.asarray(pred, dtype=np.float64), 0, None).sum(axis=0)
+    ok = measured > 0
+    return float(np.median(predicted[ok] / measured[ok])) if ok.any() else float("nan")
+
+
+__all__ = ["pearson_per_gene", "count_level"]

@@ -7,7 +7,7 @@ name                   what                                                     
 ``transformer``        the ``transformer`` preset: classical + learned ViT correction  yes
 ``published``          the ``published`` preset: the authors' recipe                yes
 ``nearest``/``linear``/``cubic``  interpolation of counts and depth                 no
-``lowrank``            the default without gene residuals (the previous default)    no
+``lowrank``            the previous default: no gene residuals, no count calibration  no
 ``lowrank_linear``     low-rank + linear interpolation, on the evaluated genes      no
 ``lowrank_kernel``     low-rank + Gaussian kernels, on the evaluated genes          no
 ``residual_cnn``       the DIST-like residual CNN                                   yes
@@ -72,7 +72,8 @@ def method_estimator(name: str, lattice_kind: str, *, epochs: int | None = None,
         return InterpolationEstimator(name)
     if name == "lowrank":
         config = preset("default", lattice_kind, seed=seed)
-        classical = replace(config.classical, gene_residuals="none")
+        # the previous default as it wrote X: no gene residuals, no count calibration
+        classical = replace(config.classical, gene_residuals="none", calibrate_counts=False)
         return ClassicalEstimator(replace(config, classical=classical), name=name)
     if name in ("lowrank_linear", "lowrank_kernel"):
         classical = ClassicalConfig(
@@ -81,6 +82,7 @@ def method_estimator(name: str, lattice_kind: str, *, epochs: int | None = None,
             gap_smoothers=False,
             basis_genes="given",
             gene_residuals="none",
+            calibrate_counts=False,
         )
         return ClassicalEstimator(Config(classical=classical, seed=seed), name=name)
     if name == "residual_cnn":

@@ -50,7 +50,16 @@ from ..fidelity import morans_i, neighbour_weights
 from ..reference import ReferenceBasis, fit_reference_basis
 from ..sites import OutputSites
 from ..slide import Slide
-from .base import Estimator, FitRequest, FittedModel, Predictor, StageSteps, TrainEvent, staged
+from .base import (
+    Estimator,
+    FitRequest,
+    FittedModel,
+    Predictor,
+    StageSteps,
+    TrainEvent,
+    spot_sites,
+    staged,
+)
 
 MIN_USABLE_SPOTS = 8  # fewer spots make no self-supervised pair to choose on
 
@@ -307,6 +316,8 @@ class ClassicalModel(FittedModel):
         used = model.params if predictor.fills_gaps else replace(model.params, holes=None)
         predictor.notes["classical_summary"] = used.summary()
         predictor.params = model.params
+        if model.config.classical.calibrate_counts:
+            predictor.calibrate(ClassicalPredictor(model, slide, spot_sites(slide)), slide)
         return predictor
 
 

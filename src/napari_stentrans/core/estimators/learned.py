@@ -32,7 +32,16 @@ from ..model import StEnTransViT
 from ..sites import OutputSites
 from ..slide import Slide
 from ..training import train_network
-from .base import BatchTooLarge, Estimator, FitRequest, FittedModel, Predictor, TrainEvent, staged
+from .base import (
+    BatchTooLarge,
+    Estimator,
+    FitRequest,
+    FittedModel,
+    Predictor,
+    TrainEvent,
+    spot_sites,
+    staged,
+)
 from .classical import MIN_USABLE_SPOTS, ClassicalEstimator, ClassicalModel, ClassicalPredictor
 
 #: the note of a learned preset whose trained network the gate refused
@@ -185,7 +194,19 @@ class LearnedModel(FittedModel):
     def predictor(
         self, slide: Slide, sites: OutputSites, *, runtime: Runtime = DEFAULT_RUNTIME, classical: str = "auto"
     ) -> NetworkPredictor:
-        return NetworkPredictor(self, slide, sites, runtime, classical)
+        predictor = NetworkPredictor(self, slide, sites, runtime, classical)
+        if self.config.classical.calibrate_counts and self.config.data.normalization == "log1p":
+            at_spots = NetworkPredictor(
+                self,
+                slide,
+                spot_sites(slide),
+                runtime,
+                classical,
+                base_model=predictor.base_model,
+                net=predictor.net,
+            )
+            predictor.calibrate(at_spots, slide)
+        return predictor
 
 
 class NetworkPredictor(Predictor):
@@ -193,13 +214,23 @@ class NetworkPredictor(Predictor):
     pitch 1 and the network's 2x output gives the half-pitch sites."""
 
     def __init__(
-        self, model: LearnedModel, slide: Slide, sites: OutputSites, runtime: Runtime, classical: str
+        self,
+        model: LearnedModel,
+        slide: Slide,
+        sites: OutputSites,
+        runtime: Runtime,
+        classical: str,
+        base_model: ClassicalModel | None = None,
+        net: StEnTransViT | None = None,
     ) -> None:
+        """``base_model``: the classical model of the base when already chosen for this slide
+        (else it is kept or re-chosen as ``classical`` says); ``net``: the network when another
+        predictor of the same model holds it on the device already."""
         super().__init__()
         config = model.config
         self.model, self.slide = model, slide
         self.device = resolve_device(runtime.device)
-        self.net = model.build(self.device)
+        self.net = net if net is not None else model.build(self.device)
         usable = slide.usable
         u_row, u_col = slide.row[usable], slide.col[usable]
         raster_type = BrickRaster if config.data.raster == "brick" else IndexRaster
@@ -217,8 +248,13 @@ class NetworkPredictor(Predictor):
         self.keep_lr = np.zeros(self.shape[0] * self.shape[1], dtype=np.float32)
         self.keep_lr[self.in_flat] = 1.0
         self.base: ClassicalPredictor | None = None
+        self.base_model = base_model
         if config.network.residual:
-            base_model, source = model.classical.for_slide(slide, classical)
+            if base_model is None:
+                base_model, source = model.classical.for_slide(slide, classical)
+            else:
+                source = "as for the output sites"
+            self.base_model = base_model
             self.base = ClassicalPredictor(base_model, slide, sites)
             self.depth = self.base.depth
             self.notes.update(classical_choice=source, classical_summary=base_model.params.summary())
@@ -262,6 +298,7 @@ class NetworkPredictor(Predictor):
 
     def release(self) -> None:
         """Drop the network weights (and the CUDA cache) once prediction is done."""
+        super().release()
         self.net = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -1,0 +1,133 @@
+"""Enhanced counts at the measured level: each gene's X sums to its measured counts over the spots.
+
+The estimate is smoothed on log values and turned back into counts by expm1, which runs below the
+mean counts (Jensen); :class:`CountCalibration` scales each gene back (docs/design.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from helpers import block_sites, fit_network, make_slide, run_cli, tiny_config
+from napari_stentrans.core.config import preset
+from napari_stentrans.core.metrics import count_level
+
+
+def _slide_and_mask():
+    r, c = block_sites("hex", 18, 30)
+    adata = make_slide(r, c, "hex", n_genes=24, seed=4)
+    lost = np.hypot(r - 9, (c - 15) * 0.5) <= 2.5  # a disk of spots lost
+    return adata, np.column_stack([r[lost], c[lost]])
+
+
+def _sums(adata, rows):
+    x = adata.X.toarray() if sp.issparse(adata.X) else np.asarray(adata.X)
+    measured = adata.layers["measured"]
+    measured = measured.toarray() if sp.issparse(measured) else np.asarray(measured)
+    return x[rows].astype(np.float64).sum(axis=0), measured[rows].astype(np.float64).sum(axis=0)
+
+
+def test_default_x_sums_to_each_genes_measured_counts_and_scales_every_site_alike(tmp_path):
+    from napari_stentrans.core.fitting import fit
+
+    adata, lost = _slide_and_mask()
+    calibrated = fit(adata, preset("default", "hex", min_detection=0.0), mask=lost, device="cpu")
+    raw_model = fit(
+        adata, preset("default", "hex", min_detection=0.0, calibrate_counts=False), mask=lost, device="cpu"
+    )
+    assert raw_model.params == calibrated.params  # calibration does not change what is chosen
+    out = calibrated.enhance(adata, mask=lost)
+    raw = raw_model.enhance(adata, mask=lost)
+    measured = (out.obs["kind"] == "measured").to_numpy()
+    assert measured.sum() == adata.n_obs - len(lost)
+    x_sum, counts_sum = _sums(out, measured)
+    np.testing.assert_allclose(x_sum, counts_sum, rtol=1e-4)
+    raw_sum, _ = _sums(raw, measured)
+    assert np.median(raw_sum / counts_sum) < 0.97  # the back-transformed log runs low
+    # one factor per gene, the same at measured, imputed and new sites
+    factor = counts_sum / raw_sum
+    np.testing.assert_allclose(out.X, raw.X * factor[None, :].astype(np.float32), rtol=1e-4, atol=1e-6)
+    assert out.uns["stentrans"]["count_level"].startswith("each gene scaled")
+    assert "count_level" not in raw.uns["stentrans"]
+    # the streamed writer scales every gene batch the same way
+    calibrated.write(adata, tmp_path / "out.h5ad", mask=lost, batch_size=5)
+    import anndata as ad
+
+    np.testing.assert_allclose(ad.read_h5ad(tmp_path / "out.h5ad").X, out.X, rtol=1e-6)
+
+
+def test_the_learned_correction_is_calibrated_on_its_own_prediction_at_the_spots():
+    adata, lost = _slide_and_mask()
+    model = fit_network(adata, tiny_config("hex", epochs=1), lost)
+    assert model.uses_network
+    out = model.enhance(adata, mask=lost, device="cpu")
+    measured = (out.obs["kind"] == "measured").to_numpy()
+    x_sum, counts_sum = _sums(out, measured)
+    np.testing.assert_allclose(x_sum, counts_sum, rtol=1e-4)
+    raw = fit_network(adata, tiny_config("hex", epochs=1, calibrate_counts=False), lost)
+    raw_sum, _ = _sums(raw.enhance(adata, mask=lost, device="cpu"), measured)
+    assert not np.allclose(raw_sum, counts_sum, rtol=1e-2)
+
+
+def test_count_level_is_predicted_over_measured_counts_median_over_genes():
+    truth = np.array([[1.0, 0.0, 4.0], [3.0, 0.0, 0.0]])
+    assert count_level(truth, truth) == pytest.approx(1.0)
+    assert count_level(2.0 * truth, sp.csr_matrix(truth)) == pytest.approx(2.0)
+    # genes without measured counts are left out; negative predictions count as 0
+    pred = np.array([[0.5, 9.0, -1.0], [1.5, 9.0, 1.0]])
+    assert count_level(pred, truth) == pytest.approx(np.median([2.0 / 4.0, 1.0 / 4.0]))
+    assert np.isnan(count_level(truth, np.zeros_like(truth)))
+
+
+def test_evaluate_reports_the_count_level_and_the_default_is_at_the_measured_level():
+    from napari_stentrans.core.evaluate import evaluate
+
+    adata, _ = _slide_and_mask()
+    report = evaluate(adata, "heldout", methods=("default", "lowrank", "linear"), device="cpu")
+    levels = {m: s["count_level"] for m, s in report["methods"].items()}
+    assert abs(levels["default"] - 1.0) < 0.1
+    assert abs(levels["linear"] - 1.0) < 0.1  # interpolation of counts keeps their level
+    assert levels["lowrank"] < levels["default"] - 0.03  # the previous default, uncalibrated
+
+
+def test_cli_enhance_writes_uncalibrated_counts_on_request_and_refuses_it_with_a_model(tmp_path, capsys):
+    import anndata as ad
+
+    from helpers import write_block_slide
+
+    path = write_block_slide(tmp_path / "slide.h5ad", "hex", 14, 24, n_genes=20, seed=2)
+    code, _, err = run_cli(["enhance", str(path), "-o", str(tmp_path / "cal.h5ad"), "--quiet"], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(
+        ["enhance", str(path), "-o", str(tmp_path / "raw.h5ad"), "--no-calibrate-counts", "--quiet"], capsys
+    )
+    assert code == 0, err
+    cal, raw = ad.read_h5ad(tmp_path / "cal.h5ad"), ad.read_h5ad(tmp_path / "raw.h5ad")
+    measured = (cal.obs["kind"] == "measured").to_numpy()
+    x_cal, counts = _sums(cal, measured)
+    x_raw, _ = _sums(raw, measured)
+    detected = counts > 0
+    np.testing.assert_allclose(x_cal[detected], counts[detected], rtol=1e-4)
+    assert np.median(x_raw[detected] / counts[detected]) < 0.97
+    assert "count_level" not in raw.uns["stentrans"]
+    model = tmp_path / "m.safetensors"
+    code, _, err = run_cli(
+        ["enhance", str(path), "-o", str(tmp_path / "x.h5ad"), "--save-model", str(model), "--quiet"], capsys
+    )
+    assert code == 0, err
+    code, _, err = run_cli(
+        [
+            "enhance",
+            str(path),
+            "-o",
+            str(tmp_path / "y.h5ad"),
+            "--model",
+            str(model),
+            "--no-calibrate-counts",
+        ],
+        capsys,
+    )
+    assert code == 2 and "--calibrate-counts do not apply" in err
+    assert not (tmp_path / "y.h5ad").exists()
