@@ -131,3 +131,15 @@ def test_cli_enhance_writes_uncalibrated_counts_on_request_and_refuses_it_with_a
     )
     assert code == 2 and "--calibrate-counts do not apply" in err
     assert not (tmp_path / "y.h5ad").exists()
+
+
+def test_a_saved_model_keeps_its_count_calibration_choice(tmp_path):
+    import napari_stentrans as st
+
+    adata, lost = _slide_and_mask()
+    model = st.fit(adata, mask=lost, calibrate_counts=False, min_detection=0.0)
+    model.save(tmp_path / "raw.safetensors")
+    loaded = st.load_model(tmp_path / "raw.safetensors")
+    assert loaded.config.classical.calibrate_counts is False
+    np.testing.assert_array_equal(loaded.enhance(adata, mask=lost).X, model.enhance(adata, mask=lost).X)
+    assert st.fit(adata, mask=lost).config.classical.calibrate_counts is True
