@@ -143,3 +143,26 @@ def test_a_saved_model_keeps_its_count_calibration_choice(tmp_path):
     assert loaded.config.classical.calibrate_counts is False
     np.testing.assert_array_equal(loaded.enhance(adata, mask=lost).X, model.enhance(adata, mask=lost).X)
     assert st.fit(adata, mask=lost).config.classical.calibrate_counts is True
+
+
+def test_a_prediction_at_other_sites_gets_the_factors_enhance_gets_from_its_own_spots():
+    """Evaluation predicts held-out sites only: the factors then come from one more prediction
+    at the usable spots, and must equal those ``enhance`` takes from its measured rows."""
+    from napari_stentrans.core.estimators.base import spot_sites, usable_spot_rows
+    from napari_stentrans.core.fitting import fit
+    from napari_stentrans.core.sites import output_sites
+    from napari_stentrans.core.slide import Slide
+
+    adata, lost = _slide_and_mask()
+    model = fit(adata, preset("default", "hex", min_detection=0.0), mask=lost, device="cpu")
+    slide = Slide.from_adata(adata, lost)
+    sites = output_sites(slide)
+    genes = np.arange(len(slide.genes))
+    assert usable_spot_rows(slide, sites) is not None
+    everywhere, _ = model.predict(slide, sites, genes, device="cpu")
+    new = np.flatnonzero(sites.kind != "measured")
+    subset = type(sites)(**{f: getattr(sites, f)[new] for f in sites.__dataclass_fields__})
+    assert usable_spot_rows(slide, subset) is None
+    elsewhere, _ = model.predict(slide, subset, genes, device="cpu")
+    np.testing.assert_allclose(elsewhere, everywhere[new], rtol=1e-4, atol=1e-6)
+    assert len(spot_sites(slide)) == slide.n_usable

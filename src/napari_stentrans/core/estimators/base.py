@@ -223,10 +223,20 @@ class Predictor(ABC):
     def __init__(self) -> None:
         self.notes: dict[str, str] = {}
 
-    def calibrate(self, at_spots: Predictor, slide: Slide) -> None:
-        """Scale every gene batch by :class:`CountCalibration` of ``at_spots`` (this model at the
-        usable spots of ``slide``, see :func:`spot_sites`)."""
-        self.calibration = CountCalibration(at_spots, slide)
+    def calibrate(
+        self, slide: Slide, sites: OutputSites, at_spots: Callable[[OutputSites], Predictor]
+    ) -> None:
+        """Scale every gene batch by a :class:`CountCalibration` to the measured counts' level.
+
+        When ``sites`` hold every usable spot of ``slide`` (``enhance``: measured sites), the
+        factors come from this prediction's own rows there; otherwise ``at_spots(spot_sites(slide))``
+        builds the same model's predictor at those spots (evaluation: held-out sites only).
+        """
+        rows = usable_spot_rows(slide, sites)
+        if rows is not None:
+            self.calibration = CountCalibration(slide, rows=rows)
+        else:
+            self.calibration = CountCalibration(slide, at_spots=at_spots(spot_sites(slide)))
         self.notes["count_level"] = CountCalibration.NOTE
 
     @abstractmethod
@@ -250,7 +260,7 @@ class Predictor(ABC):
             try:
                 counts = self.predict_counts(chunk)
                 if self.calibration is not None:
-                    counts = counts * self.calibration.factor(chunk)[None, :]
+                    counts = counts * self.calibration.factor(chunk, counts)[None, :]
             except BatchTooLarge as exc:
                 if batch_size == 1:
                     raise (exc.__cause__ or exc) from None
@@ -282,7 +292,7 @@ class Predictor(ABC):
 
     def release(self) -> None:
         """Free what prediction held (network weights, device memory)."""
-        if self.calibration is not None:
+        if self.calibration is not None and self.calibration.at_spots is not None:
             self.calibration.at_spots.release()
 
 
@@ -292,6 +302,16 @@ def spot_sites(slide: Slide) -> OutputSites:
 
     usable = slide.usable
     return sites_at(slide, 2 * slide.row[usable], 2 * slide.col[usable], kind="measured")
+
+
+def usable_spot_rows(slide: Slide, sites: OutputSites) -> np.ndarray | None:
+    """Rows of ``sites`` that are measured sites of ``slide``'s usable spots, when every usable
+    spot has one (the output sites of ``enhance``); None otherwise."""
+    rows = np.flatnonzero((sites.kind == "measured") & (sites.spot >= 0))
+    rows = rows[slide.usable[sites.spot[rows]]]
+    if len(rows) != slide.n_usable or len(np.unique(sites.spot[rows])) != slide.n_usable:
+        return None
+    return rows
 
 
 class CountCalibration:
@@ -307,21 +327,31 @@ class CountCalibration:
 
     Parameters
     ----------
-    at_spots
-        The same model's :class:`Predictor` at the usable spots (:func:`spot_sites`).
     slide
         The slide: its measured counts at the usable spots are the target totals.
+    rows
+        Rows of the calibrated prediction that are the usable spots (:func:`usable_spot_rows`):
+        the factors come from the prediction itself.
+    at_spots
+        Otherwise, the same model's :class:`Predictor` at the usable spots (:func:`spot_sites`),
+        run once more per gene batch.
     """
 
     NOTE = "each gene scaled to sum to its measured counts over the usable spots"
 
-    def __init__(self, at_spots: Predictor, slide: Slide) -> None:
-        self.at_spots = at_spots
+    def __init__(
+        self, slide: Slide, *, rows: np.ndarray | None = None, at_spots: Predictor | None = None
+    ) -> None:
+        if (rows is None) == (at_spots is None):
+            raise ValueError("CountCalibration takes either rows or at_spots")
+        self.rows, self.at_spots = rows, at_spots
         self.totals = np.asarray(slide.counts[slide.usable].sum(axis=0), dtype=np.float64).ravel()
 
-    def factor(self, gene_idx: np.ndarray) -> np.ndarray:
-        """``(len(gene_idx),)`` float32 factors; 1 where the prediction at the spots sums to 0."""
-        predicted = np.clip(self.at_spots.predict_counts(gene_idx), 0, None).sum(axis=0, dtype=np.float64)
+    def factor(self, gene_idx: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """``(len(gene_idx),)`` float32 factors for ``counts`` ``(n_sites, len(gene_idx))``, the
+        prediction of these genes; 1 where the prediction at the spots sums to 0."""
+        at_spots = counts[self.rows] if self.at_spots is None else self.at_spots.predict_counts(gene_idx)
+        predicted = np.clip(at_spots, 0, None).sum(axis=0, dtype=np.float64)
         measured = self.totals[gene_idx]
         ok = predicted > 0
         return np.where(ok, measured / np.where(ok, predicted, 1.0), 1.0).astype(np.float32)
@@ -611,4 +641,5 @@ __all__ = [
     "OutOfMemoryFallback",
     "CountCalibration",
     "spot_sites",
+    "usable_spot_rows",
 ]

@@ -57,7 +57,6 @@ from .base import (
     Predictor,
     StageSteps,
     TrainEvent,
-    spot_sites,
     staged,
 )
 
@@ -317,7 +316,7 @@ class ClassicalModel(FittedModel):
         predictor.notes["classical_summary"] = used.summary()
         predictor.params = model.params
         if model.config.classical.calibrate_counts:
-            predictor.calibrate(ClassicalPredictor(model, slide, spot_sites(slide)), slide)
+            predictor.calibrate(slide, sites, lambda spots: ClassicalPredictor(model, slide, spots))
         return predictor
 
 

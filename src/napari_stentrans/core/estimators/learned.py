@@ -39,7 +39,6 @@ from .base import (
     FittedModel,
     Predictor,
     TrainEvent,
-    spot_sites,
     staged,
 )
 from .classical import MIN_USABLE_SPOTS, ClassicalEstimator, ClassicalModel, ClassicalPredictor
@@ -196,16 +195,13 @@ class LearnedModel(FittedModel):
     ) -> NetworkPredictor:
         predictor = NetworkPredictor(self, slide, sites, runtime, classical)
         if self.config.classical.calibrate_counts and self.config.data.normalization == "log1p":
-            at_spots = NetworkPredictor(
-                self,
+            predictor.calibrate(
                 slide,
-                spot_sites(slide),
-                runtime,
-                classical,
-                base_model=predictor.base_model,
-                net=predictor.net,
+                sites,
+                lambda spots: NetworkPredictor(
+                    self, slide, spots, runtime, classical, base_model=predictor.base_model, net=predictor.net
+                ),
             )
-            predictor.calibrate(at_spots, slide)
         return predictor
 
 
