@@ -50,7 +50,7 @@ def test_default_x_sums_to_each_genes_measured_counts_and_scales_every_site_alik
     factor = counts_sum / raw_sum
     np.testing.assert_allclose(out.X, raw.X * factor[None, :].astype(np.float32), rtol=1e-4, atol=1e-6)
     assert out.uns["stentrans"]["count_level"].startswith("each gene scaled")
-    assert "count_level" not in raw.uns["stentrans"]
+    assert raw.uns["stentrans"]["count_level"].startswith("not calibrated")
     # the streamed writer scales every gene batch the same way
     calibrated.write(adata, tmp_path / "out.h5ad", mask=lost, batch_size=5)
     import anndata as ad
@@ -111,7 +111,7 @@ def test_cli_enhance_writes_uncalibrated_counts_on_request_and_refuses_it_with_a
     detected = counts > 0
     np.testing.assert_allclose(x_cal[detected], counts[detected], rtol=1e-4)
     assert np.median(x_raw[detected] / counts[detected]) < 0.97
-    assert "count_level" not in raw.uns["stentrans"]
+    assert raw.uns["stentrans"]["count_level"].startswith("not calibrated")
     model = tmp_path / "m.safetensors"
     code, _, err = run_cli(
         ["enhance", str(path), "-o", str(tmp_path / "x.h5ad"), "--save-model", str(model), "--quiet"], capsys
@@ -129,7 +129,7 @@ def test_cli_enhance_writes_uncalibrated_counts_on_request_and_refuses_it_with_a
         ],
         capsys,
     )
-    assert code == 2 and "--calibrate-counts do not apply" in err
+    assert code == 2 and "--[no-]calibrate-counts do not apply" in err
     assert not (tmp_path / "y.h5ad").exists()
 
 
@@ -166,3 +166,26 @@ def test_a_prediction_at_other_sites_gets_the_factors_enhance_gets_from_its_own_
     elsewhere, _ = model.predict(slide, subset, genes, device="cpu")
     np.testing.assert_allclose(elsewhere, everywhere[new], rtol=1e-4, atol=1e-6)
     assert len(spot_sites(slide)) == slide.n_usable
+
+
+def test_a_raw_count_model_writes_no_negative_counts_and_says_it_is_not_calibrated(tmp_path):
+    """The published recipe predicts raw counts, negative ones too: X holds them clipped at 0."""
+    from napari_stentrans.core.fitting import fit
+    from napari_stentrans.core.sites import output_sites
+    from napari_stentrans.core.slide import Slide
+
+    adata, lost = _slide_and_mask()
+    options = dict(epochs=1, depth=1, heads=2, patch_size=2, embed_dim=16, batch_size=8, min_detection=0.0)
+    model = fit(adata, preset("published", "hex", **options), mask=lost, device="cpu")
+    slide = Slide.from_adata(adata, lost)
+    raw, _ = model.predict(slide, output_sites(slide), np.arange(len(slide.genes)), device="cpu")
+    assert (raw < 0).any()  # what the untrained recipe predicts
+    out = model.enhance(adata, mask=lost, device="cpu")
+    x = np.asarray(out.X)
+    assert x.min() >= 0.0
+    np.testing.assert_allclose(x, np.clip(raw, 0, None), rtol=1e-6)
+    assert out.uns["stentrans"]["count_level"].startswith("the network's raw counts")
+    streamed = model.write(adata, tmp_path / "published.h5ad", mask=lost, device="cpu")
+    import anndata as ad
+
+    assert np.asarray(ad.read_h5ad(streamed.path).X).min() >= 0.0

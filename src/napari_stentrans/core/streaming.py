@@ -89,6 +89,7 @@ def write_streamed(
             )
             x.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})  # anndata's dense array
             for start, counts in predictor.batches(gene_idx, batch_size, stop):
+                np.clip(counts, 0, None, out=counts)  # counts are never negative (raw-count models)
                 check.add(start, counts)
                 if measured is not None:
                     measured.put(counts, gene_idx[start : start + counts.shape[1]])

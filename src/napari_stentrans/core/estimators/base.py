@@ -337,7 +337,11 @@ class CountCalibration:
         run once more per gene batch.
     """
 
-    NOTE = "each gene scaled to sum to its measured counts over the usable spots"
+    NOTE = "each gene scaled to sum to its measured counts over the measured spots (lost spots left out)"
+    #: the note of an estimate of log-normalised values written without the factors
+    OFF = "not calibrated: the back-transformed estimate, below the measured counts (calibrate_counts=False)"
+    #: the note of a model that predicts raw counts (the published recipe)
+    RAW = "the network's raw counts, not calibrated (the published recipe; negative values set to 0)"
 
     def __init__(
         self, slide: Slide, *, rows: np.ndarray | None = None, at_spots: Predictor | None = None
@@ -557,6 +561,7 @@ class FittedModel(ABC):
         keep = _measured_counts(measured)
         slide, gene_idx, sites = self._job(as_slide(data, mask, fill_holes), None, genes, classical)
         counts, predictor = self._predict_all(slide, sites, gene_idx, Runtime(device), stop, classical)
+        np.clip(counts, 0, None, out=counts)  # counts are never negative (raw-count models)
         check = PatternCheck(slide, sites, gene_idx, predictor.depth)
         check.add(0, counts)
         if keep:

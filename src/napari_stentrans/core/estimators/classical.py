@@ -51,6 +51,7 @@ from ..reference import ReferenceBasis, fit_reference_basis
 from ..sites import OutputSites
 from ..slide import Slide
 from .base import (
+    CountCalibration,
     Estimator,
     FitRequest,
     FittedModel,
@@ -317,6 +318,8 @@ class ClassicalModel(FittedModel):
         predictor.params = model.params
         if model.config.classical.calibrate_counts:
             predictor.calibrate(slide, sites, lambda spots: ClassicalPredictor(model, slide, spots))
+        else:
+            predictor.notes["count_level"] = CountCalibration.OFF
         return predictor
 
 

@@ -34,6 +34,7 @@ from ..slide import Slide
 from ..training import train_network
 from .base import (
     BatchTooLarge,
+    CountCalibration,
     Estimator,
     FitRequest,
     FittedModel,
@@ -202,6 +203,9 @@ class LearnedModel(FittedModel):
                     self, slide, spots, runtime, classical, base_model=predictor.base_model, net=predictor.net
                 ),
             )
+        else:
+            raw = self.config.data.normalization != "log1p"
+            predictor.notes["count_level"] = CountCalibration.RAW if raw else CountCalibration.OFF
         return predictor
 
 
