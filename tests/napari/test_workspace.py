@@ -623,3 +623,14 @@ def ad_n_obs(path) -> int:
     import anndata
 
     return anndata.read_h5ad(path, backed="r").n_obs
+
+
+def test_quality_check_command_names_the_opened_slides_file(make_napari_viewer, tmp_path):
+    from helpers import write_block_slide
+
+    path = write_block_slide(tmp_path / "my slide.h5ad", "hex", 12, 20, n_genes=20, seed=1)
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="napari-stentrans")
+    _, ws = _workspace(viewer)
+    # quoted for the shell (the name has a space); a sample without a file keeps PATH
+    assert ws.quality.command().startswith(f"stentrans evaluate '{path}' --methods ")

@@ -1213,10 +1213,21 @@ class QualityWidget(_SlideWidget):
         """The `stentrans evaluate` command that scores what a run here scores, with these settings."""
         labels = self.labels()
         return (
-            f"stentrans evaluate PATH --methods {','.join(self.methods())} --epochs {self._epochs.value} "
+            f"stentrans evaluate {self._source_path()} --methods {','.join(self.methods())} --epochs {self._epochs.value} "
             f"--genes {self._genes.value} --seed {self._seed.value}"
             + (f" --labels {labels}" if labels else "")
         )
+
+    def _source_path(self) -> str:
+        """The slide's file as the shell takes it, or ``PATH`` when it has none (a sample)."""
+        import shlex
+
+        try:
+            source = actions.slide(self._viewer, self.slide_id).adata.uns.get("stentrans_lattice", {})
+        except LookupError:
+            return "PATH"
+        path = str(source.get("source", ""))
+        return shlex.quote(path) if path and Path(path).exists() else "PATH"  # a sample: "synthetic"
 
     def _label_choices(self, _widget=None) -> list[str]:
         try:
