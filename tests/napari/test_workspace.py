@@ -258,6 +258,9 @@ def test_quality_check_progress_stop_verdict_and_csv(make_napari_viewer, qtbot, 
     assert list(headers[:4]) == ["method", "median r", "gene-specific r", "co-expression r"]
     assert {"PC1 share", "effective rank"} <= set(headers)
     assert quality._table.data[0][1] == f"{report['methods']['default']['median_pcc']:.3f}"
+    native = quality._table.native  # row headers name the methods, in view however far it scrolls
+    rows = [native.verticalHeaderItem(i).text() for i in range(native.rowCount())]
+    assert rows == [quality._table.data[i][0] for i in range(native.rowCount())]
     labels = [row[0] for row in quality._table.data]
     assert labels == ["stEnTrans default", "nearest spot (interpolation)", "linear interpolation"]
     verdict = quality._verdict.value

@@ -1320,6 +1320,8 @@ class QualityWidget(_SlideWidget):
             column: values if column == "method" else ["" if v is None else f"{v:.3f}" for v in values]
             for column, values in table.items()
         }
+        # the method as each row's header too: it stays in view when the table scrolls sideways
+        self._table.native.setVerticalHeaderLabels([str(m) for m in table["method"]])
         self._verdict.value = actions.quality_verdict(report)
         truth = report["truth"]
         ari = truth.get("ari")
