@@ -248,10 +248,13 @@ def test_info_of_an_enhanced_file_counts_the_model_training_genes(tmp_path, caps
         in out
     )
     assert "images:    none\n" in out
+    assert "counts:    each gene scaled to sum to its measured counts over the measured spots" in out
     del result.uns["stentrans"]["n_training_genes"]  # as in files of older versions
+    del result.uns["stentrans"]["count_level"]
     result.write_h5ad(tmp_path / "older.h5ad")
     code, out, _ = run_cli(["info", tmp_path / "older.h5ad"], capsys)
     assert code == 0 and f"genes:     3 enhanced ({among} of them training genes of the model)\n" in out
+    assert "counts:    not calibrated (written before count calibration)\n" in out
 
 
 # ----------------------------------------------------------------------------- 3. --library

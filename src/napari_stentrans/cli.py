@@ -434,6 +434,7 @@ def _describe_enhanced(path: Path, adata) -> str:
             f"imputed, {kinds.get('new', 0)} new); array_row {row.min()}..{row.max()}, "
             f"array_col {col.min()}..{col.max()}",
             f"genes:     {genes}",
+            f"counts:    {info.get('count_level') or 'not calibrated (written before count calibration)'}",
             f"images:    {_images_text(adata)}",
         ]
     )
