@@ -322,8 +322,10 @@ class CountCalibration:
     more so the sparser the gene. Uncalibrated, ``X`` of the default summed to 0.35-0.66 of the
     measured counts at held-out spots (DLPFC 151673: 0.35; docs/design.md). The factor of a gene
     is its measured counts summed over the slide's usable spots divided by the same model's
-    prediction summed over those spots, so a region's enhanced counts sum to what was measured
-    there. Pearson r on counts is unchanged by a per-gene factor; values on a log scale are not.
+    prediction summed over those spots, so the enhanced counts at the measured spots sum to what
+    was measured there. One factor per gene: region by region the level still varies with depth
+    and smoothing (README, "What the output contains"). Pearson r on counts is unchanged by a
+    per-gene factor; values on a log scale are not.
 
     Parameters
     ----------
