@@ -200,7 +200,13 @@ class LearnedModel(FittedModel):
                 slide,
                 sites,
                 lambda spots: NetworkPredictor(
-                    self, slide, spots, runtime, classical, base_model=predictor.base_model, net=predictor.net
+                    self,
+                    slide,
+                    spots,
+                    runtime,
+                    classical,
+                    base_model=None if predictor.base is None else predictor.base.model,
+                    net=predictor.net,
                 ),
             )
         else:
@@ -248,13 +254,10 @@ class NetworkPredictor(Predictor):
         self.keep_lr = np.zeros(self.shape[0] * self.shape[1], dtype=np.float32)
         self.keep_lr[self.in_flat] = 1.0
         self.base: ClassicalPredictor | None = None
-        self.base_model = base_model
         if config.network.residual:
+            source = "as for the output sites"
             if base_model is None:
                 base_model, source = model.classical.for_slide(slide, classical)
-            else:
-                source = "as for the output sites"
-            self.base_model = base_model
             self.base = ClassicalPredictor(base_model, slide, sites)
             self.depth = self.base.depth
             self.notes.update(classical_choice=source, classical_summary=base_model.params.summary())
