@@ -16,7 +16,7 @@ from helpers import (
     write_slide_with_bad_count,
     write_spaceranger,
 )
-from napari_stentrans.core.io import ReadError, input_format, read
+from napari_stentrans.core.io import ReadError, input_format, read, source_of
 
 # (path below shared/data, lattice kind, spots after reading)
 DATASETS = [
@@ -114,6 +114,10 @@ def test_spaceranger_folder_round_trip(tmp_path, matrix, positions):
     assert adata.uns["spatial"]["sr"]["scalefactors"]["spot_diameter_fullres"] == 9.0
     # the in-tissue position without counts is remembered for imputation
     np.testing.assert_array_equal(adata.uns["stentrans_lattice"]["in_tissue_unmeasured"], [[40, 40]])
+    # the file it came from, as every writer and message names it; nothing for one built in memory
+    assert source_of(adata) == str(tmp_path / "sr")
+    del src.uns["stentrans_lattice"]
+    assert source_of(src) == ""
 
 
 def test_spaceranger_barcode_without_position_names_the_file(tmp_path):

@@ -857,7 +857,9 @@ def prepare_export(
             known = np.asarray(info.adata.var_names)
             shown = ", ".join(f"{name!r}{did_you_mean(name, known)}" for name in missing[:3])
             raise ValueError(f"{len(missing)} chosen gene(s) not in the slide: {shown}")
-    source = info.adata.uns.get("stentrans_lattice", {}).get("source", "")
+    from ..core.io import source_of
+
+    source = source_of(info.adata)
     return ExportJob(
         info.model, info.adata, lost_sites(viewer, info.slide_id).copy(), chosen, str(path), source, what
     )

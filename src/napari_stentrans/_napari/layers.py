@@ -60,10 +60,10 @@ def he_layers(adata: ad.AnnData, slide_id: str, frame: DisplayFrame) -> list[tup
     An image without its scale factor cannot be placed: it is left out with an
     ``OptionalPartWarning`` (the core readers already do so; this covers AnnData from elsewhere).
     """
-    from ..core.io import clean_spatial
+    from ..core.io import clean_spatial, source_of
 
     out = []
-    source = adata.uns.get("stentrans_lattice", {}).get("source") or "slide"
+    source = source_of(adata) or "slide"
     for library, entry in clean_spatial(adata.uns.get("spatial", {}), source).items():
         images = entry["images"]
         for res in ("hires", "lowres"):

@@ -1222,11 +1222,12 @@ class QualityWidget(_SlideWidget):
         """The slide's file as the shell takes it, or ``PATH`` when it has none (a sample)."""
         import shlex
 
+        from ..core.io import source_of
+
         try:
-            source = actions.slide(self._viewer, self.slide_id).adata.uns.get("stentrans_lattice", {})
+            path = source_of(actions.slide(self._viewer, self.slide_id).adata)
         except LookupError:
             return "PATH"
-        path = str(source.get("source", ""))
         return shlex.quote(path) if path and Path(path).exists() else "PATH"  # a sample: "synthetic"
 
     def _label_choices(self, _widget=None) -> list[str]:

@@ -16,6 +16,7 @@ def write_enhanced(path: str, layer_data: list[tuple]) -> list[str]:
     and opens again in napari as an enhanced slide.
     """
     from ..core.files import write_h5ad
+    from ..core.io import source_of
 
     target = Path(path)
     if target.suffix.lower() != ".h5ad":
@@ -32,7 +33,7 @@ def write_enhanced(path: str, layer_data: list[tuple]) -> list[str]:
         raise ValueError("select an enhanced layer ('GENE x2') to export the enhanced slide")
     # the slide it was made from, and the enhanced file it was read from (when opened from one)
     sources = [enhanced.uns.get("stentrans", {}).get("source")]
-    sources.append(enhanced.uns.get("stentrans_lattice", {}).get("source"))
+    sources.append(source_of(enhanced))
     out = enhanced
     if lost is not None:
         out = enhanced.copy()

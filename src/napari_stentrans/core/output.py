@@ -11,7 +11,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .. import __version__
-from .io import library_of
+from .io import library_of, source_of
 from .io.common import clean_spatial
 from .lattice import fit_affine
 from .sites import KINDS, OutputSites
@@ -126,7 +126,7 @@ def assemble(
         "history": {k: np.asarray(v, dtype=float) for k, v in model.history.items()},
         "n_lost_sites": int(len(slide.lost_sites)),
         "lost_sites": np.asarray(slide.lost_sites, dtype=np.int64).reshape(-1, 2),
-        "source": str(adata.uns.get("stentrans_lattice", {}).get("source", "")),
+        "source": source_of(adata),
         **({"library_id": library} if library is not None else {}),
         **{k: str(v) for k, v in predictor.notes.items()},
     }

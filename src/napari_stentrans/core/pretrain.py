@@ -32,6 +32,7 @@ from .config import Config
 from .errors import ConfigError, InputError
 from .estimators.base import FittedModel, StopFlag, TrainEvent
 from .estimators.classical import MIN_USABLE_SPOTS, ClassicalEstimator, ClassicalModel
+from .io.common import source_of
 from .slide import Slide
 
 NOT_IMPROVED = (
@@ -42,8 +43,7 @@ NOT_IMPROVED = (
 
 def slide_name(slide: Slide, fallback: str) -> str:
     """The slide's source file as read (``uns['stentrans_lattice']['source']``), else ``fallback``."""
-    source = slide.adata.uns.get("stentrans_lattice", {}).get("source", "")
-    return str(source) if source else fallback
+    return source_of(slide.adata) or fallback
 
 
 def _training_part(slide: Slide, config: Config):

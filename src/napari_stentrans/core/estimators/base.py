@@ -24,6 +24,7 @@ import numpy as np
 
 from ..config import DEFAULT_RUNTIME, Runtime
 from ..errors import InputError, TrainingStopped
+from ..io.common import source_of
 from ..slide import MaskLike, Slide, as_slide
 
 if TYPE_CHECKING:
@@ -603,7 +604,7 @@ class FittedModel(ABC):
 
         keep = _measured_counts(measured)
         slide = as_slide(data, mask, fill_holes)
-        source = slide.adata.uns.get("stentrans_lattice", {}).get("source", "")
+        source = source_of(slide.adata)
         refuse_inputs(path, [*inputs, *([source] if source else [])])
         slide, gene_idx, sites = self._job(slide, None, genes, classical)
         predictor = self.predictor(slide, sites, runtime=Runtime(device, batch_size), classical=classical)

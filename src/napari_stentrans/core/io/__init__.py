@@ -36,6 +36,7 @@ from .common import (
     lattice_of,
     library_of,
     reading,
+    source_of,
     suffix,
     validate_counts,
 )
@@ -215,6 +216,7 @@ __all__ = [
     "read_st_table",
     "lattice_of",
     "library_of",
+    "source_of",
     "ReadError",
     "SeveralLibrariesError",
     "DuplicateGeneNamesWarning",

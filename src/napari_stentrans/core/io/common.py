@@ -284,6 +284,14 @@ def lattice_of(adata: ad.AnnData) -> Lattice:
     )
 
 
+def source_of(adata: ad.AnnData) -> str:
+    """The file a reader read the slide from (``uns["stentrans_lattice"]["source"]``); ``""`` when
+    unknown (an AnnData built in memory, the synthetic sample)."""
+    info = adata.uns.get("stentrans_lattice")
+    source = info.get("source") if isinstance(info, dict) else None
+    return str(source) if source else ""
+
+
 def library_of(adata: ad.AnnData) -> str | None:
     """The name of the slide's one library: ``obs["library_id"]`` when it has one value, else the
     only key of ``uns["spatial"]``; None when unknown or when there are several."""

@@ -22,6 +22,7 @@ import scipy.sparse as sp
 
 from ..errors import InputError, ReadError
 from ..lattice import detect_lattice, snap_to_integers
+from .common import source_of
 
 PROVENANCE = "stentrans"  # uns key of an enhanced slide's provenance (core/output.py)
 
@@ -79,7 +80,7 @@ def refuse_enhanced(adata: ad.AnnData) -> None:
     """Raise :class:`InputError` when ``adata`` is an enhanced slide (it holds predictions, not counts)."""
     if not is_enhanced(adata):
         return
-    where = adata.uns.get("stentrans_lattice", {}).get("source") or "this AnnData"
+    where = source_of(adata) or "this AnnData"
     origin = adata.uns[PROVENANCE].get("source") or "the input slide"
     raise InputError(
         f"{where}: an enhanced slide (uns['stentrans']: X holds predictions at half pitch, not counts) "
@@ -122,7 +123,7 @@ def measured_spots(enhanced: ad.AnnData) -> ad.AnnData:
     out.uns["stentrans_lattice"] = {
         "kind": str(info["lattice"]),
         "pitch_um": float(info.get("input_pitch_um", 2 * float(info["pitch_um"]))),
-        "source": str(enhanced.uns.get("stentrans_lattice", {}).get("source", "")),
+        "source": source_of(enhanced),
     }
     return out
 
