@@ -38,7 +38,8 @@ bench: setup
 	$(BIN)/python benchmarks/bench_geometry.py
 
 # the README's accuracy table: estimators that train nothing on seeds 0-2, every method on seed 0
-# (runs already stored in docs/accuracy/runs are kept; delete them to measure again). Hours on 2 cores.
+# (runs whose scores are stored in docs/accuracy/scores are kept; delete them and their
+# docs/accuracy/runs files to measure again). Hours on 2 cores.
 accuracy: setup
 	$(BIN)/python benchmarks/bench_accuracy.py --datasets all --protocols heldout,lost --seeds 0,1,2 \
 		--methods stentrans,lowrank,nearest,linear,cubic,lowrank_linear,lowrank_kernel

@@ -6,7 +6,10 @@ Usage::
                                         [--seeds 0,1,2] [--genes N] [--out docs/accuracy]
 
 Each (dataset, protocol, seed) run is ``stentrans evaluate``'s engine; its JSON report is kept in
-``OUT/runs/`` (a run whose JSON exists is not repeated, so the benchmark can be resumed). The
+``OUT/runs/`` (a run whose JSON exists is not repeated, so the benchmark can be resumed; not
+committed: about 0.7 MB a run with its per-gene lists) and its scores without the per-gene lists in
+``OUT/scores/`` (committed, a few kB a run), from which ``--table-only`` rebuilds every table on a
+fresh checkout; only the box plots need the full runs. The
 table (median over seeds of each method's median per-gene Pearson r on counts, and on
 normalised expression in brackets) goes to ``OUT/README.md``, box plots to ``OUT/*.png``.
 """
@@ -79,7 +82,13 @@ def run_one(
     ``refresh`` names a metric: methods asked for whose stored scores lack it are run again too.
     """
     path = out / "runs" / f"{name}__{protocol}__seed{seed}.json"
-    report = json.loads(path.read_text()) if path.exists() else None
+    scores = out / "scores" / path.name
+    # a fresh checkout holds only the scores: methods stored there are not run again
+    report = (
+        json.loads((path if path.exists() else scores).read_text())
+        if path.exists() or scores.exists()
+        else None
+    )
     # stored before the fidelity metrics: the methods asked for run again, the others keep their
     # stored scores (same seeded split) and show no fidelity metrics
     stale = report is not None and "truth" not in report
@@ -113,16 +122,41 @@ def run_one(
     # stored runs and the tables name the presets as reports of version 0.2.0 did (stentrans, ...)
     new["methods"] = {STORED_NAME.get(m, m): s for m, s in new["methods"].items()}
     if report is not None:  # same split (seeded), more methods
-        assert report["genes"] == new["genes"], f"{path}: the split changed; delete it to re-run"
+        same = report.get("genes_digest", _digest(report.get("genes", []))) == _digest(new["genes"])
+        assert same, f"{path}: the split changed; delete it (and its scores) to re-run"
         report["methods"].update(new["methods"])
         report["truth"] = new["truth"]
         report["wall_seconds"] = report.get("wall_seconds", 0) + new["wall_seconds"]
     else:
         report = new
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_finite(report)))
+    for target, content in ((path, report), (scores, scores_of(report))):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target) as tmp:
+            tmp.write_text(json.dumps(_finite(content), indent=None if target == path else 0))
     return json.loads(path.read_text())
+
+
+def _digest(genes: list) -> str:
+    import hashlib
+
+    return hashlib.sha1("\n".join(map(str, genes)).encode()).hexdigest()[:16]
+
+
+def scores_of(report: dict) -> dict:
+    """``report`` without its per-gene lists (the genes' names, each method's per-gene r): what
+    every table needs, small enough to commit."""
+    out = {k: v for k, v in report.items() if k != "genes"}
+    if "genes" in report:
+        out["genes_digest"] = _digest(report["genes"])
+    out["methods"] = {m: {k: v for k, v in s.items() if k != "pcc"} for m, s in report["methods"].items()}
+    return out
+
+
+def stored_reports(out: Path) -> list[dict]:
+    """Every stored run: the full one where ``OUT/runs`` has it, else its committed scores."""
+    full = {p.name: p for p in (out / "runs").glob("*.json")}
+    scores = {p.name: p for p in (out / "scores").glob("*.json")}
+    return [json.loads(p.read_text()) for _, p in sorted({**scores, **full}.items())]
 
 
 def summarise(reports: list[dict], out: Path, command: str) -> None:
@@ -167,7 +201,12 @@ def summarise(reports: list[dict], out: Path, command: str) -> None:
                 f"| {runs[0]['n_genes']} | " + " | ".join(cells) + " |"
             )
         lines.append("")
-        _boxplot(rows, methods, out / f"{protocol}.png")
+        if all("pcc" in s for r in rows for s in r["methods"].values()):
+            _boxplot(rows, methods, out / f"{protocol}.png")
+        else:  # rebuilt from the committed scores: the per-gene lists are in the full runs only
+            print(
+                f"kept {protocol}.png: some runs are stored without their per-gene r (re-run them to redraw)"
+            )
         lines += [f"![per-gene r, {protocol}]({protocol}.png)", ""]
         lines += fidelity_tables(rows, methods, protocol)
     (out / "README.md").write_text("\n".join(lines))
@@ -505,14 +544,15 @@ def main() -> None:
     # the table covers every stored run of the chosen datasets and protocols, so it lists every
     # command that contributed runs
     command = ("python benchmarks/bench_accuracy.py " + " ".join(sys.argv[1:])).strip()
-    log = args.out / "runs" / "commands.txt"
+    log = args.out / "scores" / "commands.txt"
     commands = log.read_text().splitlines() if log.exists() else []
     if command not in commands and not args.table_only:
+        log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text("\n".join([*commands, command]) + "\n")
         commands.append(command)
     names = {name for name, _ in chosen}
     protocols = set(args.protocols.split(","))
-    stored = [json.loads(p.read_text()) for p in sorted((args.out / "runs").glob("*.json"))]
+    stored = stored_reports(args.out)
     stored = [r for r in stored if r["dataset"] in names and r["protocol"] in protocols]
     # runs stored before the fidelity metrics hold an earlier default: left out until re-run
     stale = [r for r in stored if "truth" not in r]
