@@ -42,6 +42,8 @@ def test_defaults_are_the_default_preset_and_train_nothing():
         ({"normalization": "log1P"}, "normalization", "'log1P'"),
         ({"raster": "hexagon"}, "raster", "'hexagon'"),
         ({"smoothers": "cubic"}, "smoothers", "'cubic'"),
+        ({"calibration_bandwidth": 0.0}, "calibration_bandwidth", "0.0"),
+        ({"calibration_prior": -5.0}, "calibration_prior", "-5.0"),
         ({"blob_fraction": float("nan")}, "blob_fraction", "nan"),
         ({"patch_size": 0}, "patch_size", "0"),
         ({"heads": 3, "embed_dim": 64}, "heads", "3"),

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from helpers import block_sites, fit_network, make_slide, run_cli, tiny_config
+from helpers import block_sites, fit_network, make_slide, run_cli, tiny_config, two_layer_slide
 from napari_stentrans.core.config import preset
 from napari_stentrans.core.metrics import count_level
 
@@ -29,33 +29,69 @@ def _sums(adata, rows):
     return x[rows].astype(np.float64).sum(axis=0), measured[rows].astype(np.float64).sum(axis=0)
 
 
-def test_default_x_sums_to_each_genes_measured_counts_and_scales_every_site_alike(tmp_path):
+def test_default_x_sums_to_each_genes_measured_counts_and_the_slide_wide_factor_scales_every_site_alike(
+    tmp_path,
+):
     from napari_stentrans.core.fitting import fit
 
     adata, lost = _slide_and_mask()
     calibrated = fit(adata, preset("default", "hex", min_detection=0.0), mask=lost, device="cpu")
+    slide_wide = fit(
+        adata,
+        preset("default", "hex", min_detection=0.0, calibration_bandwidth=None),
+        mask=lost,
+        device="cpu",
+    )
     raw_model = fit(
         adata, preset("default", "hex", min_detection=0.0, calibrate_counts=False), mask=lost, device="cpu"
     )
-    assert raw_model.params == calibrated.params  # calibration does not change what is chosen
-    out = calibrated.enhance(adata, mask=lost)
-    raw = raw_model.enhance(adata, mask=lost)
+    assert raw_model.params == calibrated.params == slide_wide.params  # calibration chooses nothing
+    out, flat, raw = (m.enhance(adata, mask=lost) for m in (calibrated, slide_wide, raw_model))
     measured = (out.obs["kind"] == "measured").to_numpy()
     assert measured.sum() == adata.n_obs - len(lost)
     x_sum, counts_sum = _sums(out, measured)
     np.testing.assert_allclose(x_sum, counts_sum, rtol=1e-4)
+    np.testing.assert_allclose(_sums(flat, measured)[0], counts_sum, rtol=1e-4)
     raw_sum, _ = _sums(raw, measured)
     assert np.median(raw_sum / counts_sum) < 0.97  # the back-transformed log runs low
-    # one factor per gene, the same at measured, imputed and new sites
+    # the slide-wide factor: one per gene, the same at measured, imputed and new sites
     factor = counts_sum / raw_sum
-    np.testing.assert_allclose(out.X, raw.X * factor[None, :].astype(np.float32), rtol=1e-4, atol=1e-6)
-    assert out.uns["stentrans"]["count_level"].startswith("each gene scaled")
+    np.testing.assert_allclose(flat.X, raw.X * factor[None, :].astype(np.float32), rtol=1e-4, atol=1e-6)
+    # the local one varies between sites, and never turns a prediction's sign or zero
+    ratio = np.asarray(out.X) / np.maximum(np.asarray(raw.X), 1e-12)
+    assert np.median(np.ptp(ratio, axis=0) / np.median(ratio, axis=0)) > 0.05
+    assert np.all((np.asarray(out.X) > 0) == (np.asarray(raw.X) > 0))
+    assert out.uns["stentrans"]["count_level"].startswith(
+        "each gene scaled to its measured counts within about 1 pitch"
+    )
+    assert flat.uns["stentrans"]["count_level"].startswith("each gene scaled to sum to its measured counts")
     assert raw.uns["stentrans"]["count_level"].startswith("not calibrated")
     # the streamed writer scales every gene batch the same way
     calibrated.write(adata, tmp_path / "out.h5ad", mask=lost, batch_size=5)
     import anndata as ad
 
     np.testing.assert_allclose(ad.read_h5ad(tmp_path / "out.h5ad").X, out.X, rtol=1e-6)
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_the_local_factors_keep_each_genes_level_closer_region_by_region(seed):
+    """Two layers (10 of 30 genes five times higher on the right): the smoothed log flattens each
+    gene's level difference between them; the local factors bring X's sum over each layer's
+    measured spots closer to the measured counts there than one factor per gene does."""
+    from napari_stentrans.core.fitting import fit
+
+    adata = two_layer_slide(seed)
+    errors = []
+    for bandwidth in (None, 1.0):
+        model = fit(
+            adata, preset("default", "hex", min_detection=0.0, calibration_bandwidth=bandwidth), device="cpu"
+        )
+        out = model.enhance(adata)
+        measured = (out.obs["kind"] == "measured").to_numpy()
+        right = out.obs["array_col"].to_numpy() >= 2 * 18  # half-pitch coordinates
+        levels = [np.divide(*_sums(out, measured & (right == side))) for side in (False, True)]
+        errors.append(np.median(np.abs(np.log(levels))))
+    assert errors[1] < 0.85 * errors[0]
 
 
 def test_the_learned_correction_is_calibrated_on_its_own_prediction_at_the_spots():
@@ -143,6 +179,11 @@ def test_a_saved_model_keeps_its_count_calibration_choice(tmp_path):
     assert loaded.config.classical.calibrate_counts is False
     np.testing.assert_array_equal(loaded.enhance(adata, mask=lost).X, model.enhance(adata, mask=lost).X)
     assert st.fit(adata, mask=lost).config.classical.calibrate_counts is True
+    # the local factors' neighbourhood and prior travel with the model too
+    flat = st.fit(adata, mask=lost, calibration_bandwidth=None, calibration_prior=20.0, min_detection=0.0)
+    flat.save(tmp_path / "flat.safetensors")
+    loaded = st.load_model(tmp_path / "flat.safetensors").config.classical
+    assert (loaded.calibration_bandwidth, loaded.calibration_prior) == (None, 20.0)
 
 
 def test_a_prediction_at_other_sites_gets_the_factors_enhance_gets_from_its_own_spots():

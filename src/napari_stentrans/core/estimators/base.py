@@ -30,6 +30,7 @@ from ..slide import MaskLike, Slide, as_slide
 if TYPE_CHECKING:
     import anndata as ad
 
+    from ..config import ClassicalConfig
     from ..sites import OutputSites
     from ..streaming import StreamedSlide
 
@@ -225,20 +226,26 @@ class Predictor(ABC):
         self.notes: dict[str, str] = {}
 
     def calibrate(
-        self, slide: Slide, sites: OutputSites, at_spots: Callable[[OutputSites], Predictor]
+        self,
+        slide: Slide,
+        sites: OutputSites,
+        at_spots: Callable[[OutputSites], Predictor],
+        config: ClassicalConfig,
     ) -> None:
         """Scale every gene batch by a :class:`CountCalibration` to the measured counts' level.
 
         When ``sites`` hold every usable spot of ``slide`` (``enhance``: measured sites), the
         factors come from this prediction's own rows there; otherwise ``at_spots(spot_sites(slide))``
         builds the same model's predictor at those spots (evaluation: held-out sites only).
+        ``config`` gives the neighbourhood and prior of the local factors.
         """
         rows = usable_spot_rows(slide, sites)
+        local = {"bandwidth": config.calibration_bandwidth, "prior": config.calibration_prior}
         if rows is not None:
-            self.calibration = CountCalibration(slide, rows=rows)
+            self.calibration = CountCalibration(slide, sites, rows=rows, **local)
         else:
-            self.calibration = CountCalibration(slide, at_spots=at_spots(spot_sites(slide)))
-        self.notes["count_level"] = CountCalibration.NOTE
+            self.calibration = CountCalibration(slide, sites, at_spots=at_spots(spot_sites(slide)), **local)
+        self.notes["count_level"] = self.calibration.note
 
     @abstractmethod
     def predict_counts(self, gene_idx: np.ndarray) -> np.ndarray:
@@ -261,7 +268,7 @@ class Predictor(ABC):
             try:
                 counts = self.predict_counts(chunk)
                 if self.calibration is not None:
-                    counts = counts * self.calibration.factor(chunk, counts)[None, :]
+                    counts = self.calibration.apply(chunk, counts)
             except BatchTooLarge as exc:
                 if batch_size == 1:
                     raise (exc.__cause__ or exc) from None
@@ -316,30 +323,45 @@ def usable_spot_rows(slide: Slide, sites: OutputSites) -> np.ndarray | None:
 
 
 class CountCalibration:
-    """Per-gene factors that bring a model's predicted counts to the measured counts' level.
+    """Per-gene, per-site factors that bring a model's predicted counts to the measured counts' level.
 
     Every estimate of log-normalised values is turned into counts by ``expm1``; smoothing a log
     averages it, and the mean of a log is below the log of the mean (Jensen's inequality), the
     more so the sparser the gene. Uncalibrated, ``X`` of the default summed to 0.35-0.66 of the
-    measured counts at held-out spots (DLPFC 151673: 0.35; docs/design.md). The factor of a gene
-    is its measured counts summed over the slide's usable spots divided by the same model's
-    prediction summed over those spots, so the enhanced counts at the measured spots sum to what
-    was measured there. One factor per gene: region by region the level still varies with depth
-    and smoothing (README, "What the output contains"). Pearson r on counts is unchanged by a
-    per-gene factor; values on a log scale are not.
+    measured counts at held-out spots (DLPFC 151673: 0.35; docs/design.md), and the shortfall
+    differs between regions: a gene's level differences between regions come out flattened.
+
+    The factor of gene ``g`` at site ``s`` is
+
+        F_sg = (Y_sg + a) / (P_sg + a / f_g),   then rescaled per gene (``e_g``, below),
+
+    with ``Y_sg`` and ``P_sg`` the gene's measured and predicted counts at the usable spots,
+    summed with the normalised Gaussian weights of ``bandwidth`` input pitches around ``s`` and
+    multiplied by the effective number of spots of those weights (``1 / sum w^2``), ``f_g`` the
+    gene's slide-wide factor (measured over predicted counts summed over the usable spots) and
+    ``a`` the ``prior`` in counts: a neighbourhood with few measured counts of the gene keeps
+    ``f_g``; one with many takes its own ratio (a Poisson-gamma posterior mean of the local
+    ratio). ``e_g`` makes the calibrated prediction at the usable spots sum to the measured
+    counts exactly. ``bandwidth=None`` is the slide-wide factor alone. Pearson r on counts is
+    unchanged by a per-gene factor, not by a per-site one.
 
     Parameters
     ----------
     slide
-        The slide: its measured counts at the usable spots are the target totals.
+        The slide: its measured counts at the usable spots are the targets.
+    sites
+        The sites the calibrated prediction is made at (their positions place the local factors).
     rows
         Rows of the calibrated prediction that are the usable spots (:func:`usable_spot_rows`):
         the factors come from the prediction itself.
     at_spots
         Otherwise, the same model's :class:`Predictor` at the usable spots (:func:`spot_sites`),
         run once more per gene batch.
+    bandwidth, prior
+        :class:`~..config.ClassicalConfig` ``calibration_bandwidth`` and ``calibration_prior``.
     """
 
+    #: the note of a slide-wide factor per gene (``bandwidth=None``)
     NOTE = "each gene scaled to sum to its measured counts over the measured spots (lost spots left out)"
     #: the note of an estimate of log-normalised values written without the factors
     OFF = "not calibrated: the back-transformed estimate, below the measured counts (calibrate_counts=False)"
@@ -347,21 +369,93 @@ class CountCalibration:
     RAW = "the network's raw counts, not calibrated (the published recipe; negative values set to 0)"
 
     def __init__(
-        self, slide: Slide, *, rows: np.ndarray | None = None, at_spots: Predictor | None = None
+        self,
+        slide: Slide,
+        sites: OutputSites,
+        *,
+        rows: np.ndarray | None = None,
+        at_spots: Predictor | None = None,
+        bandwidth: float | None = None,
+        prior: float = 100.0,
     ) -> None:
         if (rows is None) == (at_spots is None):
             raise ValueError("CountCalibration takes either rows or at_spots")
         self.rows, self.at_spots = rows, at_spots
-        self.totals = np.asarray(slide.counts[slide.usable].sum(axis=0), dtype=np.float64).ravel()
+        self.bandwidth, self.prior = bandwidth, float(prior)
+        self.measured = slide.counts[slide.usable].tocsc()
+        self.totals = np.asarray(self.measured.sum(axis=0), dtype=np.float64).ravel()
+        self.to_sites = self.to_spots = None
+        if bandwidth is not None:
+            spot_xy = slide.positions(slide.usable)
+            self.to_sites = _count_weights(spot_xy, sites.positions(slide), bandwidth)
+            if rows is None:
+                self.to_spots = _count_weights(spot_xy, spot_xy, bandwidth)
 
-    def factor(self, gene_idx: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        """``(len(gene_idx),)`` float32 factors for ``counts`` ``(n_sites, len(gene_idx))``, the
-        prediction of these genes; 1 where the prediction at the spots sums to 0."""
+    @property
+    def note(self) -> str:
+        """What was done, for ``uns["stentrans"]["count_level"]``."""
+        if self.bandwidth is None:
+            return self.NOTE
+        return (
+            f"each gene scaled to its measured counts within about {self.bandwidth:g} pitch of every "
+            f"site (shrunk toward its slide-wide level by {self.prior:g} counts), summing to its "
+            "measured counts over the measured spots (lost spots left out)"
+        )
+
+    def apply(self, gene_idx: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """``counts`` ``(n_sites, len(gene_idx))``, the prediction of these genes, calibrated.
+
+        A gene predicted 0 at every usable spot is left as it is; one never measured there is 0.
+        Site-sized arrays are float32 and updated in place: the streamed writer's memory is
+        bounded by a few gene batches.
+        """
         at_spots = counts[self.rows] if self.at_spots is None else self.at_spots.predict_counts(gene_idx)
-        predicted = np.clip(at_spots, 0, None).sum(axis=0, dtype=np.float64)
-        measured = self.totals[gene_idx]
-        ok = predicted > 0
-        return np.where(ok, measured / np.where(ok, predicted, 1.0), 1.0).astype(np.float32)
+        predicted = np.clip(np.asarray(at_spots, dtype=np.float32), 0, None)
+        totals = self.totals[gene_idx]
+        slide_wide = _ratio(totals, predicted.sum(axis=0, dtype=np.float64))
+        if self.bandwidth is None:
+            return counts * slide_wide[None, :].astype(np.float32)
+        measured = self.measured[:, gene_idx].toarray().astype(np.float32, copy=False)
+        local = self._local(self.to_sites, measured, predicted, slide_wide)
+        if self.to_spots is None:
+            at_spot = local[self.rows]
+        else:
+            at_spot = self._local(self.to_spots, measured, predicted, slide_wide)
+        at_spot *= predicted
+        local *= _ratio(totals, at_spot.sum(axis=0, dtype=np.float64)).astype(np.float32)[None, :]
+        local *= counts
+        return local
+
+    def _local(
+        self, weights, measured: np.ndarray, predicted: np.ndarray, slide_wide: np.ndarray
+    ) -> np.ndarray:
+        """``(n_targets, n_genes)`` float32 local factors, shrunk toward ``slide_wide`` (0 where it is 0)."""
+        never = slide_wide == 0
+        local = np.asarray(weights @ measured, dtype=np.float32)
+        local += np.float32(self.prior)
+        denominator = np.asarray(weights @ predicted, dtype=np.float32)
+        denominator += (self.prior / np.where(never, 1.0, slide_wide)).astype(np.float32)[None, :]
+        local /= denominator
+        local[:, never] = 0.0
+        return local
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """``numerator / denominator``, 1 where the denominator is 0."""
+    ok = denominator > 0
+    return np.where(ok, numerator / np.where(ok, denominator, 1.0), 1.0)
+
+
+def _count_weights(source_xy: np.ndarray, target_xy: np.ndarray, bandwidth: float):
+    """Normalised Gaussian weights ``(n_target, n_source)`` times each row's effective number of
+    sources (``1 / sum w^2``): a product with counts is a local sum of counts, not a mean."""
+    import scipy.sparse as sp
+
+    from ..classical import kernel_weights
+
+    weights = kernel_weights(source_xy, target_xy, bandwidth)
+    effective = 1.0 / np.asarray(weights.multiply(weights).sum(axis=1)).ravel()
+    return (sp.diags(effective) @ weights).astype(np.float32).tocsr()
 
 
 class MeasuredCounts:

@@ -317,7 +317,9 @@ class ClassicalModel(FittedModel):
         predictor.notes["classical_summary"] = used.summary()
         predictor.params = model.params
         if model.config.classical.calibrate_counts:
-            predictor.calibrate(slide, sites, lambda spots: ClassicalPredictor(model, slide, spots))
+            predictor.calibrate(
+                slide, sites, lambda spots: ClassicalPredictor(model, slide, spots), model.config.classical
+            )
         else:
             predictor.notes["count_level"] = CountCalibration.OFF
         return predictor

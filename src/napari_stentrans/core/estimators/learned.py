@@ -208,6 +208,7 @@ class LearnedModel(FittedModel):
                     base_model=None if predictor.base is None else predictor.base.model,
                     net=predictor.net,
                 ),
+                self.config.classical,
             )
         else:
             raw = self.config.data.normalization != "log1p"
