@@ -554,6 +554,10 @@ def main() -> None:
     protocols = set(args.protocols.split(","))
     stored = stored_reports(args.out)
     stored = [r for r in stored if r["dataset"] in names and r["protocol"] in protocols]
+    if not stored:  # nothing to tabulate: leave every table as it is
+        sys.exit(
+            f"no stored runs of these slides in {args.out / 'scores'} or {args.out / 'runs'}; nothing written"
+        )
     # runs stored before the fidelity metrics hold an earlier default: left out until re-run
     stale = [r for r in stored if "truth" not in r]
     stored = [r for r in stored if "truth" in r]

@@ -248,7 +248,10 @@ def test_info_of_an_enhanced_file_counts_the_model_training_genes(tmp_path, caps
         in out
     )
     assert "images:    none\n" in out
-    assert "counts:    each gene scaled to its measured counts within about 1 pitch of every site" in out
+    assert (
+        "counts:    each gene scaled to its measured counts within about 1 input spot pitch of every site"
+        in out
+    )
     del result.uns["stentrans"]["n_training_genes"]  # as in files of older versions
     del result.uns["stentrans"]["count_level"]
     result.write_h5ad(tmp_path / "older.h5ad")

@@ -62,7 +62,7 @@ def test_default_x_sums_to_each_genes_measured_counts_and_the_slide_wide_factor_
     assert np.median(np.ptp(ratio, axis=0) / np.median(ratio, axis=0)) > 0.05
     assert np.all((np.asarray(out.X) > 0) == (np.asarray(raw.X) > 0))
     assert out.uns["stentrans"]["count_level"].startswith(
-        "each gene scaled to its measured counts within about 1 pitch"
+        "each gene scaled to its measured counts within about 1 input spot pitch"
     )
     assert flat.uns["stentrans"]["count_level"].startswith("each gene scaled to sum to its measured counts")
     assert raw.uns["stentrans"]["count_level"].startswith("not calibrated")
@@ -165,8 +165,46 @@ def test_cli_enhance_writes_uncalibrated_counts_on_request_and_refuses_it_with_a
         ],
         capsys,
     )
-    assert code == 2 and "--[no-]calibrate-counts do not apply" in err
+    assert code == 2 and "--[no-]calibrate-counts/--calibration-bandwidth do not apply" in err
     assert not (tmp_path / "y.h5ad").exists()
+    # one factor per gene on request: every site of a gene scaled alike, sums still exact
+    code, _, err = run_cli(
+        [
+            "enhance",
+            str(path),
+            "-o",
+            str(tmp_path / "flat.h5ad"),
+            "--calibration-bandwidth",
+            "slide",
+            "--quiet",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    flat = ad.read_h5ad(tmp_path / "flat.h5ad")
+    np.testing.assert_allclose(_sums(flat, measured)[0][detected], counts[detected], rtol=1e-4)
+    shown = np.asarray(raw.X)[:, detected] > 1e-2
+    ratio = np.where(
+        shown, np.asarray(flat.X)[:, detected] / np.where(shown, np.asarray(raw.X)[:, detected], 1), np.nan
+    )
+    spread = (np.nanmax(ratio, axis=0) - np.nanmin(ratio, axis=0)) / np.nanmedian(ratio, axis=0)
+    assert np.nanmax(spread) < 1e-3  # one factor per gene
+    local = np.asarray(cal.X)[:, detected] / np.where(shown, np.asarray(raw.X)[:, detected], 1)
+    assert (
+        np.nanmedian(
+            np.nanmax(np.where(shown, local, np.nan), axis=0)
+            / np.nanmin(np.where(shown, local, np.nan), axis=0)
+        )
+        > 1.05
+    )
+    assert flat.uns["stentrans"]["count_level"].startswith("each gene scaled to sum")
+    for bad, why in (("0", "not in (0, 100] pitches"), ("wide", "not a number of pitches or 'slide'")):
+        with pytest.raises(SystemExit) as exit_info:  # argparse: usage and one error line
+            run_cli(
+                ["enhance", str(path), "-o", str(tmp_path / "z.h5ad"), "--calibration-bandwidth", bad], capsys
+            )
+        assert exit_info.value.code == 2 and why in capsys.readouterr().err
+    assert not (tmp_path / "z.h5ad").exists()
 
 
 def test_a_saved_model_keeps_its_count_calibration_choice(tmp_path):
@@ -186,20 +224,54 @@ def test_a_saved_model_keeps_its_count_calibration_choice(tmp_path):
     assert (loaded.calibration_bandwidth, loaded.calibration_prior) == (None, 20.0)
 
 
-def test_a_prediction_at_other_sites_gets_the_factors_enhance_gets_from_its_own_spots():
+def test_a_model_saved_before_the_local_factors_keeps_the_slide_wide_factor_it_wrote(tmp_path):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    import napari_stentrans as st
+    from napari_stentrans.core.checkpoint import METADATA_KEY
+
+    adata, lost = _slide_and_mask()
+    st.fit(adata, mask=lost, min_detection=0.0).save(tmp_path / "new.safetensors")
+    with safe_open(str(tmp_path / "new.safetensors"), framework="np") as f:
+        description = json.loads(f.metadata()[METADATA_KEY])
+    for key in ("calibration_bandwidth", "calibration_prior"):  # as written on 2026-12-01, morning
+        del description["config"]["classical"][key]
+    save_file(
+        load_file(str(tmp_path / "new.safetensors")),
+        str(tmp_path / "old.safetensors"),
+        metadata={METADATA_KEY: json.dumps(description)},
+    )
+    old = st.load_model(tmp_path / "old.safetensors")
+    assert old.config.classical.calibration_bandwidth is None
+    expected = st.fit(adata, mask=lost, min_detection=0.0, calibration_bandwidth=None).enhance(
+        adata, mask=lost
+    )
+    np.testing.assert_allclose(old.enhance(adata, mask=lost).X, expected.X, rtol=1e-6)
+
+
+@pytest.mark.parametrize("order", ["sorted", "shuffled"])
+def test_a_prediction_at_other_sites_gets_the_factors_enhance_gets_from_its_own_spots(order):
     """Evaluation predicts held-out sites only: the factors then come from one more prediction
-    at the usable spots, and must equal those ``enhance`` takes from its measured rows."""
+    at the usable spots, and must equal those ``enhance`` takes from its measured rows. Real
+    slides list their spots in any order (barcode order), unlike the output sites: each spot's
+    measured counts must meet its own prediction."""
     from napari_stentrans.core.estimators.base import spot_sites, usable_spot_rows
     from napari_stentrans.core.fitting import fit
     from napari_stentrans.core.sites import output_sites
     from napari_stentrans.core.slide import Slide
 
     adata, lost = _slide_and_mask()
+    if order == "shuffled":
+        adata = adata[np.random.default_rng(3).permutation(adata.n_obs)].copy()
     model = fit(adata, preset("default", "hex", min_detection=0.0), mask=lost, device="cpu")
     slide = Slide.from_adata(adata, lost)
     sites = output_sites(slide)
     genes = np.arange(len(slide.genes))
-    assert usable_spot_rows(slide, sites) is not None
+    rows = usable_spot_rows(slide, sites)
+    np.testing.assert_array_equal(sites.spot[rows], np.flatnonzero(slide.usable))  # the spots' order
     everywhere, _ = model.predict(slide, sites, genes, device="cpu")
     new = np.flatnonzero(sites.kind != "measured")
     subset = type(sites)(**{f: getattr(sites, f)[new] for f in sites.__dataclass_fields__})

@@ -121,10 +121,20 @@ def _build_parser() -> argparse.ArgumentParser:
         "--calibrate-counts",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="scale each gene's enhanced counts so they sum to its measured counts over the measured "
-        "spots (default and transformer presets; the published recipe writes its raw counts); "
-        "--no-calibrate-counts writes the back-transformed smoothed log values, which run below the "
-        "measured level (per gene a median 0.4-0.8 of it on real slides, far less on shallow ones)",
+        help="scale each gene's enhanced counts to its measured counts near every site and so they sum "
+        "to them over the measured spots (default and transformer presets; the published recipe writes "
+        "its raw counts); --no-calibrate-counts writes the back-transformed smoothed log values, which "
+        "run below the measured level (per gene a median of about 0.4-0.8 of it on real slides, far "
+        "less on shallow ones)",
+    )
+    enh.add_argument(
+        "--calibration-bandwidth",
+        type=_calibration_bandwidth,
+        default=_NOT_GIVEN,
+        metavar="PITCHES|slide",
+        help="neighbourhood, in input spot pitches, over which each gene's counts are matched to the "
+        "measured ones (default 1; a gene with few counts nearby keeps its slide-wide factor); "
+        "'slide': one factor per gene for the whole slide",
     )
     enh.add_argument(
         "--fill-holes",
@@ -446,6 +456,25 @@ def _lattice_words(kind: str) -> str:
     return f"{kind} lattice ({platform})" if platform else f"{kind} lattice"
 
 
+#: an option not given on the command line, where None is a value (``--calibration-bandwidth slide``)
+_NOT_GIVEN = object()
+
+
+def _calibration_bandwidth(text: str) -> float | None:
+    """``--calibration-bandwidth``: a positive number of pitches, or ``slide`` (None)."""
+    if text.strip().lower() == "slide":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of pitches or 'slide'") from None
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError(
+            f"{text} is not in (0, 100] pitches ('slide' for one factor per gene)"
+        )
+    return value
+
+
 def _training_options(args: argparse.Namespace) -> dict:
     """The training options given on the command line (left out when not given)."""
     given = {
@@ -454,7 +483,11 @@ def _training_options(args: argparse.Namespace) -> dict:
         "seed": args.seed,
         "calibrate_counts": getattr(args, "calibrate_counts", None),
     }
-    return {k: v for k, v in given.items() if v is not None}
+    options = {k: v for k, v in given.items() if v is not None}
+    bandwidth = getattr(args, "calibration_bandwidth", _NOT_GIVEN)
+    if bandwidth is not _NOT_GIVEN:
+        options["calibration_bandwidth"] = bandwidth
+    return options
 
 
 def cmd_enhance(args: argparse.Namespace) -> int:
@@ -482,7 +515,7 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     if args.model is not None and options:
         raise CliError(
             "--model applies a fitted model (with its own count calibration): --epochs/--train-genes/"
-            "--seed/--[no-]calibrate-counts do not apply"
+            "--seed/--[no-]calibrate-counts/--calibration-bandwidth do not apply"
         )
     if args.model is None and args.keep_classical:
         raise CliError("--keep-classical applies to a model given with --model")

@@ -146,6 +146,14 @@ def _read_safetensors(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
 
 def _config(data: dict) -> Config:
     data = {k: v for k, v in data.items() if k != "device"}  # a runtime choice; never applied from a file
+    classical = data.get("classical")
+    if (
+        isinstance(classical, dict)
+        and "calibrate_counts" in classical
+        and "calibration_bandwidth" not in classical
+    ):
+        # saved before the local count factors (2026-12-01): it keeps the slide-wide factor it wrote
+        data["classical"] = {**classical, "calibration_bandwidth": None}
     return Config.from_dict(data)
 
 

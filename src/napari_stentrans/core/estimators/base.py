@@ -313,13 +313,17 @@ def spot_sites(slide: Slide) -> OutputSites:
 
 
 def usable_spot_rows(slide: Slide, sites: OutputSites) -> np.ndarray | None:
-    """Rows of ``sites`` that are measured sites of ``slide``'s usable spots, when every usable
-    spot has one (the output sites of ``enhance``); None otherwise."""
+    """Rows of ``sites`` that are measured sites of ``slide``'s usable spots, in the spots' order
+    (row ``i`` is the ``i``-th usable spot, as ``slide.counts[slide.usable]``), when every usable
+    spot has one (the output sites of ``enhance``); None otherwise.
+
+    Output sites are sorted by kind and position, not by spot: a slide's spots come in any order.
+    """
     rows = np.flatnonzero((sites.kind == "measured") & (sites.spot >= 0))
     rows = rows[slide.usable[sites.spot[rows]]]
     if len(rows) != slide.n_usable or len(np.unique(sites.spot[rows])) != slide.n_usable:
         return None
-    return rows
+    return rows[np.argsort(sites.spot[rows], kind="stable")]
 
 
 class CountCalibration:
@@ -397,9 +401,10 @@ class CountCalibration:
         if self.bandwidth is None:
             return self.NOTE
         return (
-            f"each gene scaled to its measured counts within about {self.bandwidth:g} pitch of every "
-            f"site (shrunk toward its slide-wide level by {self.prior:g} counts), summing to its "
-            "measured counts over the measured spots (lost spots left out)"
+            f"each gene scaled to its measured counts within about {self.bandwidth:g} input spot "
+            f"pitch{'es' * (self.bandwidth != 1)} of every site (shrunk toward its slide-wide level by "
+            f"{self.prior:g} counts), summing to its measured counts over the measured spots (lost "
+            "spots left out)"
         )
 
     def apply(self, gene_idx: np.ndarray, counts: np.ndarray) -> np.ndarray:
