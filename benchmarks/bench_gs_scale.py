@@ -10,9 +10,10 @@ residual left after removing the seen spots' top 3 principal axes from predictio
 ``log1p(counts per 10,000 of depth)``. ``log1p`` is nearly linear for small values and
 logarithmic for large ones, so a per-gene factor on a prediction's counts changes that r. Here,
 on the splits of ``make accuracy``, the ``default`` preset as it ships (each gene's ``X`` scaled
-to sum to its measured counts over the seen spots, ``calibrate_counts``), the same estimate
-without that factor (``uncalibrated``: ``X`` as the default wrote it before 2026-12-01) and linear
-interpolation:
+to its measured counts near every site and to sum to them over the seen spots,
+``calibrate_counts``; docs/accuracy/gs_scale.md was made when the factor was one per gene), the
+same estimate without the factors (``uncalibrated``: ``X`` as the default wrote it before
+2026-12-01) and linear interpolation:
 
 - ``gs``: gene-specific r as defined (the accuracy tables' value);
 - ``relative``: the same on ``log(1 + y / mean_g(y))`` (``y`` counts per 10,000 of depth, each
