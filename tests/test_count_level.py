@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from helpers import block_sites, fit_network, make_slide, run_cli, tiny_config, two_layer_slide
+from helpers import (
+    block_sites,
+    fit_network,
+    make_slide,
+    one_error_line,
+    run_cli,
+    tiny_config,
+    two_layer_slide,
+)
 from napari_stentrans.core.config import preset
 from napari_stentrans.core.metrics import count_level
 
@@ -198,12 +206,20 @@ def test_cli_enhance_writes_uncalibrated_counts_on_request_and_refuses_it_with_a
         > 1.05
     )
     assert flat.uns["stentrans"]["count_level"].startswith("each gene scaled to sum")
-    for bad, why in (("0", "not in (0, 100] pitches"), ("wide", "not a number of pitches or 'slide'")):
-        with pytest.raises(SystemExit) as exit_info:  # argparse: usage and one error line
-            run_cli(
-                ["enhance", str(path), "-o", str(tmp_path / "z.h5ad"), "--calibration-bandwidth", bad], capsys
-            )
-        assert exit_info.value.code == 2 and why in capsys.readouterr().err
+    for extra, why in (
+        (
+            ["--calibration-bandwidth", "0"],
+            "--calibration-bandwidth: 0 is not in (0, 100] input spot pitches",
+        ),
+        (["--calibration-bandwidth", "wide"], "--calibration-bandwidth: 'wide' is not a number of pitches"),
+        (
+            ["--calibration-bandwidth", "2", "--no-calibrate-counts"],
+            "does not apply with --no-calibrate-counts",
+        ),
+        (["--calibration-bandwidth", "2", "--preset", "published"], "or the published preset"),
+    ):
+        code, _, err = run_cli(["enhance", str(path), "-o", str(tmp_path / "z.h5ad"), *extra], capsys)
+        assert code == 2 and why in one_error_line(err)
     assert not (tmp_path / "z.h5ad").exists()
 
 

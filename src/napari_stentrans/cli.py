@@ -129,7 +129,6 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     enh.add_argument(
         "--calibration-bandwidth",
-        type=_calibration_bandwidth,
         default=_NOT_GIVEN,
         metavar="PITCHES|slide",
         help="neighbourhood, in input spot pitches, over which each gene's counts are matched to the "
@@ -461,16 +460,17 @@ _NOT_GIVEN = object()
 
 
 def _calibration_bandwidth(text: str) -> float | None:
-    """``--calibration-bandwidth``: a positive number of pitches, or ``slide`` (None)."""
+    """``--calibration-bandwidth``: a positive number of pitches, or ``slide`` (None); a one-line
+    :class:`CliError` otherwise."""
     if text.strip().lower() == "slide":
         return None
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of pitches or 'slide'") from None
+        raise CliError(f"--calibration-bandwidth: {text!r} is not a number of pitches or 'slide'") from None
     if not 0 < value <= 100:
-        raise argparse.ArgumentTypeError(
-            f"{text} is not in (0, 100] pitches ('slide' for one factor per gene)"
+        raise CliError(
+            f"--calibration-bandwidth: {text} is not in (0, 100] input spot pitches ('slide' for one factor per gene)"
         )
     return value
 
@@ -486,7 +486,12 @@ def _training_options(args: argparse.Namespace) -> dict:
     options = {k: v for k, v in given.items() if v is not None}
     bandwidth = getattr(args, "calibration_bandwidth", _NOT_GIVEN)
     if bandwidth is not _NOT_GIVEN:
-        options["calibration_bandwidth"] = bandwidth
+        if options.get("calibrate_counts") is False or getattr(args, "preset", None) == "published":
+            raise CliError(
+                "--calibration-bandwidth sets how counts are calibrated: it does not apply with "
+                "--no-calibrate-counts or the published preset (which writes its raw counts)"
+            )
+        options["calibration_bandwidth"] = _calibration_bandwidth(bandwidth)
     return options
 
 
