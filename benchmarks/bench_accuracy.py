@@ -84,11 +84,8 @@ def run_one(
     path = out / "runs" / f"{name}__{protocol}__seed{seed}.json"
     scores = out / "scores" / path.name
     # a fresh checkout holds only the scores: methods stored there are not run again
-    report = (
-        json.loads((path if path.exists() else scores).read_text())
-        if path.exists() or scores.exists()
-        else None
-    )
+    stored = next((p for p in (path, scores) if p.exists()), None)
+    report = json.loads(stored.read_text()) if stored is not None else None
     # stored before the fidelity metrics: the methods asked for run again, the others keep their
     # stored scores (same seeded split) and show no fidelity metrics
     stale = report is not None and "truth" not in report
@@ -122,7 +119,7 @@ def run_one(
     # stored runs and the tables name the presets as reports of version 0.2.0 did (stentrans, ...)
     new["methods"] = {STORED_NAME.get(m, m): s for m, s in new["methods"].items()}
     if report is not None:  # same split (seeded), more methods
-        same = report.get("genes_digest", _digest(report.get("genes", []))) == _digest(new["genes"])
+        same = (report.get("genes_digest") or _digest(report["genes"])) == _digest(new["genes"])
         assert same, f"{path}: the split changed; delete it (and its scores) to re-run"
         report["methods"].update(new["methods"])
         report["truth"] = new["truth"]

@@ -386,10 +386,11 @@ class CountCalibration:
             raise ValueError("CountCalibration takes either rows or at_spots")
         self.rows, self.at_spots = rows, at_spots
         self.bandwidth, self.prior = bandwidth, float(prior)
-        self.measured = slide.counts[slide.usable].tocsc()
-        self.totals = np.asarray(self.measured.sum(axis=0), dtype=np.float64).ravel()
-        self.to_sites = self.to_spots = None
-        if bandwidth is not None:
+        measured = slide.counts[slide.usable]
+        self.totals = np.asarray(measured.sum(axis=0), dtype=np.float64).ravel()
+        self.measured = self.to_sites = self.to_spots = None
+        if bandwidth is not None:  # the local factors read each gene batch's columns
+            self.measured = measured.tocsc()
             spot_xy = slide.positions(slide.usable)
             self.to_sites = _count_weights(spot_xy, sites.positions(slide), bandwidth)
             if rows is None:
