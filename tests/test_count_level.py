@@ -191,20 +191,18 @@ def test_cli_enhance_writes_uncalibrated_counts_on_request_and_refuses_it_with_a
     assert code == 0, err
     flat = ad.read_h5ad(tmp_path / "flat.h5ad")
     np.testing.assert_allclose(_sums(flat, measured)[0][detected], counts[detected], rtol=1e-4)
-    shown = np.asarray(raw.X)[:, detected] > 1e-2
-    ratio = np.where(
-        shown, np.asarray(flat.X)[:, detected] / np.where(shown, np.asarray(raw.X)[:, detected], 1), np.nan
-    )
+    unscaled = np.asarray(raw.X)[:, detected]
+    shown = unscaled > 1e-2
+
+    def factors(out) -> np.ndarray:
+        """Each site's factor over the uncalibrated counts (NaN where those are near 0)."""
+        return np.where(shown, np.asarray(out.X)[:, detected] / np.where(shown, unscaled, 1), np.nan)
+
+    ratio = factors(flat)
     spread = (np.nanmax(ratio, axis=0) - np.nanmin(ratio, axis=0)) / np.nanmedian(ratio, axis=0)
     assert np.nanmax(spread) < 1e-3  # one factor per gene
-    local = np.asarray(cal.X)[:, detected] / np.where(shown, np.asarray(raw.X)[:, detected], 1)
-    assert (
-        np.nanmedian(
-            np.nanmax(np.where(shown, local, np.nan), axis=0)
-            / np.nanmin(np.where(shown, local, np.nan), axis=0)
-        )
-        > 1.05
-    )
+    local = factors(cal)
+    assert np.nanmedian(np.nanmax(local, axis=0) / np.nanmin(local, axis=0)) > 1.05
     assert flat.uns["stentrans"]["count_level"].startswith("each gene scaled to sum")
     for extra, why in (
         (
