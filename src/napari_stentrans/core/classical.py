@@ -81,6 +81,30 @@ def _neighbours_for(bandwidth: float) -> int:
     return int(np.ceil(33 * bandwidth * bandwidth) + 7)
 
 
+def canonical_order(xy: np.ndarray) -> np.ndarray:
+    """Indices ``(n,)`` that sort positions ``(n, 2)`` by y, then x.
+
+    A k-d tree breaks ties between equidistant neighbours, and a Delaunay triangulation picks the
+    diagonal of a square of co-circular spots, by the order of its input points. On a lattice
+    every target has equidistant rings of neighbours, so smoothers built on the spots in the
+    file's (barcode) order would give a slide's estimate another value when its spots come in
+    another order. Built on this order, they depend on the positions alone.
+    """
+    xy = np.asarray(xy)
+    return np.lexsort((xy[:, 0], xy[:, 1]))
+
+
+def nearest_sources(source_xy: np.ndarray, target_xy: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distances and indices ``(n_target, k)`` of each target's ``k`` nearest sources.
+
+    Equidistant sources are taken in :func:`canonical_order`, whatever the sources' order.
+    """
+    order = canonical_order(source_xy)
+    dist, idx = cKDTree(np.asarray(source_xy)[order]).query(target_xy, k=k)
+    shape = (len(target_xy), k)
+    return dist.reshape(shape), order[np.asarray(idx).reshape(shape)]
+
+
 def kernel_weights(
     source_xy: np.ndarray,
     target_xy: np.ndarray,
@@ -100,11 +124,9 @@ def kernel_weights(
         raise ValueError("kernel smoothing needs at least one source site")
     k = int(min(n_source, max(7, _neighbours_for(bandwidth))))
     if neighbours is None:
-        dist, idx = cKDTree(source_xy).query(target_xy, k=k)
+        dist, idx = nearest_sources(source_xy, target_xy, k)
     else:
         dist, idx = neighbours[0][:, :k], neighbours[1][:, :k]
-    dist = dist.reshape(len(target_xy), k)
-    idx = idx.reshape(len(target_xy), k)
     d2 = dist**2
     w = np.exp(-(d2 - d2[:, :1]) / (2.0 * bandwidth * bandwidth))
     w /= w.sum(axis=1, keepdims=True)
@@ -122,8 +144,9 @@ def linear_weights(source_xy: np.ndarray, target_xy: np.ndarray) -> sp.csr_matri
     from scipy.spatial import Delaunay, QhullError
 
     n_target = len(target_xy)
+    order = canonical_order(source_xy)  # the diagonal of a square of spots: by position only
     try:
-        tri = Delaunay(source_xy)
+        tri = Delaunay(np.asarray(source_xy)[order])
     except (QhullError, ValueError):
         return kernel_weights(source_xy, target_xy, 1.0)
     simplex = tri.find_simplex(target_xy)
@@ -132,7 +155,7 @@ def linear_weights(source_xy: np.ndarray, target_xy: np.ndarray) -> sp.csr_matri
     bary = np.einsum("nij,nj->ni", transform[:, :2], target_xy[inside] - transform[:, 2])
     weights = np.column_stack([bary, 1.0 - bary.sum(axis=1)])
     rows = np.repeat(np.flatnonzero(inside), 3)
-    cols = tri.simplices[simplex[inside]].ravel()
+    cols = order[tri.simplices[simplex[inside]].ravel()]
     matrix = sp.csr_matrix((weights.ravel(), (rows, cols)), shape=(n_target, len(source_xy)))
     if not inside.all():
         outside = np.flatnonzero(~inside)
@@ -471,8 +494,7 @@ class _PairSmoothers:
     def __init__(self, source_xy: np.ndarray, target_xy: np.ndarray, kernels: list[float]) -> None:
         self.source_xy, self.target_xy = source_xy, target_xy
         k_max = int(min(len(source_xy), max([7] + [_neighbours_for(h) for h in kernels])))
-        dist, idx = cKDTree(source_xy).query(target_xy, k=k_max)
-        self.neighbours = (dist.reshape(len(target_xy), -1), idx.reshape(len(target_xy), -1))
+        self.neighbours = nearest_sources(source_xy, target_xy, k_max)
         self.cache: dict[float | None, sp.csr_matrix] = {}
 
     def weights(self, bandwidth: float | None) -> sp.csr_matrix:

@@ -33,6 +33,7 @@ from ..classical import (
     TARGET_SUM,
     ClassicalParams,
     LowRankBasis,
+    canonical_order,
     classical_params_steps,
     denormalize,
     dropout_pairs,
@@ -119,8 +120,13 @@ def choose_params_steps(
     pairs shaped like the slide's gaps (``gap_smoothers``).
     """
     usable = slide.usable
-    keep = slide.lattice.coset(slide.row[usable], slide.col[usable])  # all four coset pairs
-    positions, log_depth = slide.positions(usable), np.log(slide.depth[usable])
+    # every pair, random ones too, is drawn over the spots sorted by position: the same slide
+    # listed in another (barcode) order gets the same choice
+    order = canonical_order(slide.positions(usable))
+    values = values[order]
+    rows, cols = slide.row[usable][order], slide.col[usable][order]
+    keep = slide.lattice.coset(rows, cols)  # all four coset pairs
+    positions, log_depth = slide.positions(usable)[order], np.log(slide.depth[usable][order])
     bandwidths, depth_bandwidths = _GRIDS[config.classical.smoothers]
     choice = dict(
         log_depth=log_depth,

@@ -16,6 +16,7 @@ import numpy as np
 from scipy.interpolate import CloughTocher2DInterpolator, LinearNDInterpolator, NearestNDInterpolator
 from scipy.spatial import Delaunay
 
+from ..classical import canonical_order
 from ..config import DEFAULT_RUNTIME, Runtime
 from ..errors import ConfigError
 from ..sites import OutputSites
@@ -53,7 +54,9 @@ class InterpolationPredictor(Predictor):
     def __init__(self, method: str, slide: Slide, sites: OutputSites) -> None:
         super().__init__()
         self.method, self.slide = method, slide
-        self.rows = np.flatnonzero(slide.not_lost)
+        rows = np.flatnonzero(slide.not_lost)
+        # sorted by position: ties (nearest spot, a square's diagonal) break alike in any file order
+        self.rows = rows[canonical_order(slide.positions(rows))]
         source = slide.positions(self.rows)
         self.targets = sites.positions(slide)
         self.tri = Delaunay(source) if method != "nearest" and len(source) >= 3 else None
