@@ -131,3 +131,37 @@ def test_preset_takes_the_lattice_from_the_slide_and_published_requires_one():
     with pytest.raises(ConfigError, match="lattice_kind: 42 is not allowed"):
         preset("default", 42)
     assert preset("default") == preset("default", visium) == Config()  # lattice-free presets
+
+
+def test_numpy_scalars_are_taken_as_the_python_numbers_they_hold():
+    """A value computed with NumPy (np.float32 is no float subclass, np.int64 no int) passes
+    the same checks and is stored as a plain number (a model's JSON holds no NumPy types)."""
+    import json
+
+    import numpy as np
+
+    config = preset(
+        "default", "hex", min_detection=np.float32(0.25), n_train_genes=np.int64(500), seed=np.int32(3)
+    )
+    assert (config.data.min_detection, config.data.n_train_genes, config.seed) == (0.25, 500, 3)
+    assert type(config.data.n_train_genes) is int and type(config.seed) is int
+    json.dumps(config.to_dict())
+    with pytest.raises(ConfigError, match=r"^n_train_genes: 0 is not allowed"):
+        preset("default", "hex", n_train_genes=np.int64(0))
+    with pytest.raises(ConfigError, match=r"^min_detection: array\("):  # an array is no number
+        preset("default", "hex", min_detection=np.array([0.1, 0.2]))
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "why"),
+    [
+        ("published", {"calibration_bandwidth": 2.0}, "the published recipe writes its raw counts"),
+        ("default", {"calibrate_counts": False, "calibration_prior": 5.0}, "calibrate_counts is False"),
+    ],
+)
+def test_a_count_calibration_setting_nothing_would_use_is_refused(name, options, why):
+    """Silently ignored before: the user believed the counts were calibrated as asked."""
+    key = next(k for k in options if k.startswith("calibration_"))
+    with pytest.raises(ConfigError, match=rf"^{key}: .*{why}: nothing would use it"):
+        preset(name, "hex", **options)
+    assert preset("default", "hex", calibration_bandwidth=None).classical.calibration_bandwidth is None

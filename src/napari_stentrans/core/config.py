@@ -459,6 +459,12 @@ class Config:
             raise ConfigError(
                 f"unknown option(s) {sorted(unknown)}; known: {', '.join(sorted([*_FLAT, 'seed']))}"
             )
+        # a NumPy scalar (a value computed with NumPy, e.g. np.float32(0.05)) as its Python number,
+        # so checks and the JSON a model is saved with see plain int, float and bool
+        overrides = {
+            k: v.item() if getattr(v, "ndim", None) == 0 and hasattr(v, "item") else v
+            for k, v in overrides.items()
+        }
         top = {k: overrides[k] for k in ("preset", "seed") if k in overrides}
         trains = overrides.get("epochs", self.optim.epochs)
         if (
@@ -475,7 +481,19 @@ class Config:
             changed = {k: v for k, v in overrides.items() if _FLAT.get(k) == section}
             if changed:
                 sections[section] = replace(getattr(self, section), **changed)
-        return replace(self, **top, **sections)
+        result = replace(self, **top, **sections)
+        local = sorted({"calibration_bandwidth", "calibration_prior"} & set(overrides))
+        if local and (not result.classical.calibrate_counts or result.data.normalization == "none"):
+            why = (
+                "the published recipe writes its raw counts"
+                if result.data.normalization == "none"
+                else "calibrate_counts is False"
+            )
+            raise ConfigError(
+                f"{local[0]}: {overrides[local[0]]!r} sets how counts are calibrated, and {why}: "
+                "nothing would use it; leave it out"
+            )
+        return result
 
 
 # ----------------------------------------------------------------------------- runtime
