@@ -25,6 +25,7 @@ from helpers import block_sites, build_cases, make_slide, one_error_line, run_cl
 from napari_stentrans.core.io import (
     CountsFromRawWarning,
     DuplicateGeneNamesWarning,
+    LeftOutFeaturesWarning,
     OptionalPartWarning,
     ReadError,
     read,
@@ -393,6 +394,11 @@ def test_antibody_features_named_like_genes_are_no_duplicate_genes(cases):
         warnings.simplefilter("always")
         adata = read(cases / "antibody-capture/gex_protein_h5")
     assert not [w for w in record if w.category is DuplicateGeneNamesWarning]
+    (left_out,) = [str(w.message) for w in record if w.category is LeftOutFeaturesWarning]
+    assert left_out.endswith(
+        "filtered_feature_bc_matrix.h5: left out 8 'Antibody Capture' features "
+        "(only 'Gene Expression' is read)"
+    )
     assert adata.n_vars == 2000 and not adata.var_names.str.endswith("-1").any()
     assert set(adata.var["feature_types"]) == {"Gene Expression"}
     assert adata.X.max() == 1823
@@ -411,7 +417,8 @@ def test_an_mtx_folder_says_which_features_it_left_out(tmp_path):
     features = pd.read_csv(path, sep="\t", header=None)
     features[2] = ["Gene Expression"] * 9 + ["Antibody Capture", "Antibody Capture", "CRISPR Guide Capture"]
     features.to_csv(path, sep="\t", header=False, index=False)
-    adata = read(folder)
+    with pytest.warns(LeftOutFeaturesWarning, match=r"filtered_feature_bc_matrix: left out 2 'Antibody"):
+        adata = read(folder)  # a warning too: in Python the note alone went unseen
     assert adata.n_vars == 9
     note = "left out 2 'Antibody Capture', 1 'CRISPR Guide Capture' features (only 'Gene Expression' is read)"
     assert note in adata.uns["stentrans_read_note"]
@@ -428,3 +435,11 @@ def test_a_matrix_without_gene_expression_features_is_refused_by_name(tmp_path):
         match=r"filtered_feature_bc_matrix\.h5: no 'Gene Expression' features \(feature types: Antibody Capture\)",
     ):
         read(folder)
+
+
+def test_info_says_what_was_left_out_once(cases, capsys):
+    """``info`` prints the read note; the same words as a warning line above it would repeat it."""
+    code, out, err = run_cli(["info", str(cases / "antibody-capture/gex_protein_h5")], capsys)
+    assert code == 0
+    assert "note:      left out 8 'Antibody Capture' features" in out
+    assert "left out" not in err

@@ -372,11 +372,13 @@ def _coordinates_text(adata) -> str | None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .core.io import is_enhanced
+    from .core.io import LeftOutFeaturesWarning, is_enhanced
     from .core.sites import output_sites
     from .core.slide import MIN_DEPTH_FRACTION, Slide
 
-    adata = _read_input(args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LeftOutFeaturesWarning)  # its "note:" line says it
+        adata = _read_input(args)
     if is_enhanced(adata):
         print(_describe_enhanced(args.path, adata))
         return 0

@@ -27,6 +27,7 @@ from .common import (
     READ_FAULTS,
     CountsFromRawWarning,
     DuplicateGeneNamesWarning,
+    LeftOutFeaturesWarning,
     OptionalPartWarning,
     ReadError,
     add_read_note,
@@ -222,6 +223,7 @@ __all__ = [
     "DuplicateGeneNamesWarning",
     "OptionalPartWarning",
     "CountsFromRawWarning",
+    "LeftOutFeaturesWarning",
     "READ_FAULTS",
     "MIN_SPOTS",
 ]

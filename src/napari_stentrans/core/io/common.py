@@ -90,6 +90,11 @@ class OptionalPartWarning(UserWarning):
     unreadable was left out; the slide itself (counts and positions) was read."""
 
 
+class LeftOutFeaturesWarning(UserWarning):
+    """Features of a 10x matrix other than genes (antibody or CRISPR guide captures) were left
+    out: only ``Gene Expression`` is read (also in ``uns["stentrans_read_note"]``)."""
+
+
 class CountsFromRawWarning(UserWarning):
     """``X`` of an ``.h5ad`` holds normalised values; the integer counts of ``adata.raw`` were used."""
 

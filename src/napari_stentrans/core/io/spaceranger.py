@@ -32,6 +32,7 @@ from ..lattice import Lattice, detect_lattice, fit_affine, snap_to_integers
 from .common import (
     IMAGE_RESOLUTIONS,
     READ_FAULTS,
+    LeftOutFeaturesWarning,
     OptionalPartWarning,
     ReadError,
     add_read_note,
@@ -221,17 +222,20 @@ def _read_10x_h5(path: Path) -> ad.AnnData:
     )
     if ftype is not None:
         adata.var["feature_types"] = ftype[genes]
-    _left_out_note(adata, ftype, genes)
+    _left_out_note(adata, ftype, genes, path)
     return adata
 
 
-def _left_out_note(adata: ad.AnnData, ftype: np.ndarray | None, genes: np.ndarray) -> None:
-    """Say in the read note which features other than genes were left out, and how many."""
+def _left_out_note(adata: ad.AnnData, ftype: np.ndarray | None, genes: np.ndarray, path: Path) -> None:
+    """Say which features other than genes were left out, and how many: in the read note and as
+    a :class:`LeftOutFeaturesWarning` (a protein panel dropped without a word surprises)."""
     if ftype is None or genes.all():
         return
     kinds, counts = np.unique(np.asarray(ftype)[~genes].astype(str), return_counts=True)
     left = ", ".join(f"{count:,} '{kind}'" for kind, count in zip(kinds, counts, strict=True))
-    add_read_note(adata, f"left out {left} features (only 'Gene Expression' is read)")
+    note = f"left out {left} features (only 'Gene Expression' is read)"
+    add_read_note(adata, note)
+    warnings.warn(f"{path}: {note}", LeftOutFeaturesWarning, stacklevel=4)
 
 
 def _gene_features(ftype: np.ndarray | None, n: int, path: Path) -> np.ndarray:
@@ -280,7 +284,7 @@ def _read_10x_mtx(folder: Path) -> ad.AnnData:
         var["feature_types"] = ftype[genes]
     x = counts if genes.all() else counts[:, np.flatnonzero(genes)]
     adata = ad.AnnData(X=x, obs=pd.DataFrame(index=pd.Index(bc)), var=var)
-    _left_out_note(adata, ftype, genes)
+    _left_out_note(adata, ftype, genes, folder)
     return adata
 
 
