@@ -32,9 +32,25 @@ def test_smoothers_give_each_spot_the_same_weight_in_any_order(bandwidth):
     shuffled = build(source[order], target).toarray()
     # column j of the shuffled weights is spot order[j]
     np.testing.assert_allclose(shuffled, plain[:, order], atol=1e-12)
-    # a half-pitch site between two spots weighs them alike (no ring cut through)
+    # a site between two spots weighs them alike, a site at a square's centre its four corners:
+    # no ring of equidistant spots is cut, no diagonal preferred
     middle = np.flatnonzero((target[:, 0] == 2.5) & (target[:, 1] == 3.0))[0]
     assert plain[middle, 2 + 3 * 12] == pytest.approx(plain[middle, 3 + 3 * 12], abs=1e-12)
+    centre = np.flatnonzero((target[:, 0] == 2.5) & (target[:, 1] == 3.5))[0]
+    corners = plain[centre, [2 + 3 * 12, 3 + 3 * 12, 2 + 4 * 12, 3 + 4 * 12]]
+    np.testing.assert_allclose(corners, corners[0], atol=1e-12)
+    if bandwidth is None:
+        np.testing.assert_allclose(corners, 0.25, atol=1e-9)
+    # the kernels' rows: every spot as close as the farthest one kept, by symmetry of the grid
+    rows, cols = np.nonzero(plain)
+    if bandwidth is not None:
+        dist = np.hypot(*(source[cols] - target[rows]).T)
+        reach = np.zeros(len(target))
+        np.maximum.at(reach, rows, dist)
+        all_dist = np.hypot(*(source[None, :, :] - target[:, None, :]).transpose(2, 0, 1))
+        np.testing.assert_array_equal(
+            (plain > 0).sum(axis=1), (all_dist <= reach[:, None] + 1e-9).sum(axis=1)
+        )
 
 
 @pytest.mark.parametrize("kind", ["square", "hex"])

@@ -84,25 +84,30 @@ def _neighbours_for(bandwidth: float) -> int:
 def canonical_order(xy: np.ndarray) -> np.ndarray:
     """Indices ``(n,)`` that sort positions ``(n, 2)`` by y, then x.
 
-    A k-d tree breaks ties between equidistant neighbours, and a Delaunay triangulation picks the
-    diagonal of a square of co-circular spots, by the order of its input points. On a lattice
-    every target has equidistant rings of neighbours, so smoothers built on the spots in the
-    file's (barcode) order would give a slide's estimate another value when its spots come in
-    another order. Built on this order, they depend on the positions alone.
+    Random pairs drawn over spot indices differ with the order a file lists its spots in
+    (barcode order, an AnnData subset): drawn over this order, they depend on positions alone.
     """
     xy = np.asarray(xy)
     return np.lexsort((xy[:, 0], xy[:, 1]))
 
 
-def nearest_sources(source_xy: np.ndarray, target_xy: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Distances and indices ``(n_target, k)`` of each target's ``k`` nearest sources.
+#: sources queried beyond the ``k`` a kernel keeps, to complete the ring of the ``k``-th one:
+#: a ring of equidistant lattice spots holds at most 24 within the kernels' reach
+RING_MARGIN = 24
+_RING_TOLERANCE = 1e-9  # relative: equal distances on a lattice differ by rounding only
 
-    Equidistant sources are taken in :func:`canonical_order`, whatever the sources' order.
+
+def nearest_sources(source_xy: np.ndarray, target_xy: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distances and indices ``(n_target, k + RING_MARGIN)`` of each target's nearest sources.
+
+    More than ``k``, so that :func:`kernel_weights` can keep the whole ring of sources as far as
+    the ``k``-th (fewer columns when the slide has fewer sources; missing ones are ``inf``).
     """
-    order = canonical_order(source_xy)
-    dist, idx = cKDTree(np.asarray(source_xy)[order]).query(target_xy, k=k)
-    shape = (len(target_xy), k)
-    return dist.reshape(shape), order[np.asarray(idx).reshape(shape)]
+    n = len(source_xy)
+    width = min(n, k + RING_MARGIN)
+    dist, idx = cKDTree(source_xy).query(target_xy, k=width)
+    shape = (len(target_xy), width)
+    return dist.reshape(shape), np.asarray(idx).reshape(shape)
 
 
 def kernel_weights(
@@ -114,56 +119,105 @@ def kernel_weights(
     """Row-normalised Gaussian weights ``(n_target, n_source)``.
 
     Positions are in units of the source pitch; ``bandwidth`` too. Each target uses its
-    nearest sources (about three bandwidths); weights are computed relative to the nearest
-    source so a target far from every source (inside a large hole) still gets a finite
-    estimate, dominated by its nearest sources. ``neighbours`` (distances, indices from one
-    k-d tree query with at least as many neighbours) avoids querying again per bandwidth.
+    nearest sources (about three bandwidths) and every source as close as the farthest of
+    them: on a lattice a target has rings of equidistant spots, and keeping part of a ring
+    (whichever a k-d tree happens to list first) would make the weights lopsided and depend on
+    the order of the spots. Weights are computed relative to the nearest source so a target
+    far from every source (inside a large hole) still gets a finite estimate, dominated by its
+    nearest sources. ``neighbours`` (:func:`nearest_sources` with at least as many neighbours)
+    avoids querying again per bandwidth.
     """
     n_source = len(source_xy)
     if n_source == 0:
         raise ValueError("kernel smoothing needs at least one source site")
     k = int(min(n_source, max(7, _neighbours_for(bandwidth))))
-    if neighbours is None:
-        dist, idx = nearest_sources(source_xy, target_xy, k)
-    else:
-        dist, idx = neighbours[0][:, :k], neighbours[1][:, :k]
-    d2 = dist**2
-    w = np.exp(-(d2 - d2[:, :1]) / (2.0 * bandwidth * bandwidth))
+    dist, idx = nearest_sources(source_xy, target_xy, k) if neighbours is None else neighbours
+    dist, idx = dist[:, : k + RING_MARGIN], idx[:, : k + RING_MARGIN]
+    reach = dist[:, k - 1 : k] * (1.0 + _RING_TOLERANCE) + 1e-12
+    keep = dist <= reach
+    incomplete = keep[:, -1] & (dist.shape[1] < n_source)
+    if incomplete.any():  # a ring wider than the margin: those targets by a radius query
+        return _ring_complete_weights(source_xy, target_xy, bandwidth, k)
+    d2 = np.where(keep, dist, 0.0) ** 2
+    w = np.where(keep, np.exp(-(d2 - d2[:, :1]) / (2.0 * bandwidth * bandwidth)), 0.0)
     w /= w.sum(axis=1, keepdims=True)
-    indptr = np.arange(0, w.size + 1, k)
-    return sp.csr_matrix((w.ravel(), idx.ravel(), indptr), shape=(len(target_xy), n_source))
+    indptr = np.concatenate([[0], np.cumsum(keep.sum(axis=1))])
+    return sp.csr_matrix((w[keep], idx[keep], indptr), shape=(len(target_xy), n_source))
+
+
+def _ring_complete_weights(
+    source_xy: np.ndarray, target_xy: np.ndarray, bandwidth: float, k: int
+) -> sp.csr_matrix:
+    """:func:`kernel_weights` by radius queries (no margin: every source within the k-th distance)."""
+    tree = cKDTree(source_xy)
+    dist_k = tree.query(target_xy, k=k)[0].reshape(len(target_xy), k)[:, -1]
+    pairs = tree.query_ball_point(target_xy, dist_k * (1.0 + _RING_TOLERANCE) + 1e-12)
+    rows = np.repeat(np.arange(len(target_xy)), [len(p) for p in pairs])
+    cols = np.concatenate([np.asarray(p, dtype=np.int64) for p in pairs])
+    d2 = ((np.asarray(target_xy)[rows] - np.asarray(source_xy)[cols]) ** 2).sum(axis=1)
+    nearest = np.full(len(target_xy), np.inf)
+    np.minimum.at(nearest, rows, d2)
+    w = np.exp(-(d2 - nearest[rows]) / (2.0 * bandwidth * bandwidth))
+    total = np.bincount(rows, weights=w, minlength=len(target_xy))
+    return sp.csr_matrix((w / total[rows], (rows, cols)), shape=(len(target_xy), len(source_xy)))
+
+
+#: shears of the two triangulations of :func:`linear_weights`, in pitches per pitch
+SHEARS = (1e-4, -1e-4)
+
+
+def sheared(xy: np.ndarray, shear: float) -> np.ndarray:
+    """Positions ``(n, 2)`` with ``x`` moved by ``shear * y``: a square of co-circular spots becomes
+    a parallelogram, which Delaunay splits along its shorter diagonal (one per sign of ``shear``)."""
+    xy = np.asarray(xy, dtype=np.float64)
+    return np.column_stack([xy[:, 0] + shear * xy[:, 1], xy[:, 1]])
 
 
 def linear_weights(source_xy: np.ndarray, target_xy: np.ndarray) -> sp.csr_matrix:
     """Barycentric weights of Delaunay linear interpolation ``(n_target, n_source)``.
 
-    The same estimator as ``scipy.interpolate.griddata(method="linear")``, as a sparse matrix
-    so it can act on low-rank scores. Targets outside the convex hull of the sources (and
-    degenerate inputs) take normalised Gaussian weights of one source pitch instead.
+    ``scipy.interpolate.griddata(method="linear")``'s estimator, as a sparse matrix so it can
+    act on low-rank scores, with one difference: a square of four co-circular spots (every cell
+    of a square lattice) has two Delaunay triangulations, and Qhull picks a diagonal by the
+    order of its input. The weights here are the mean of the two triangulations of the spots
+    sheared by ``+-1e-4`` pitch per pitch, which split every such square along each diagonal
+    once (barycentric weights are unchanged by a shear); elsewhere the two coincide. A site at
+    the centre of a square thus weighs its four corners alike, in any order of the spots.
+    Targets outside the convex hull of the sources (and degenerate inputs) take normalised
+    Gaussian weights of one source pitch instead.
     """
     from scipy.spatial import Delaunay, QhullError
 
+    source_xy, target_xy = np.asarray(source_xy, dtype=np.float64), np.asarray(target_xy, dtype=np.float64)
     n_target = len(target_xy)
-    order = canonical_order(source_xy)  # the diagonal of a square of spots: by position only
-    try:
-        tri = Delaunay(np.asarray(source_xy)[order])
-    except (QhullError, ValueError):
-        return kernel_weights(source_xy, target_xy, 1.0)
-    simplex = tri.find_simplex(target_xy)
-    inside = simplex >= 0
-    transform = tri.transform[simplex[inside]]
-    bary = np.einsum("nij,nj->ni", transform[:, :2], target_xy[inside] - transform[:, 2])
-    weights = np.column_stack([bary, 1.0 - bary.sum(axis=1)])
-    rows = np.repeat(np.flatnonzero(inside), 3)
-    cols = order[tri.simplices[simplex[inside]].ravel()]
-    matrix = sp.csr_matrix((weights.ravel(), (rows, cols)), shape=(n_target, len(source_xy)))
-    if not inside.all():
-        outside = np.flatnonzero(~inside)
+    halves, inside_both = [], np.ones(n_target, dtype=bool)
+    for shear in SHEARS:
+        src, dst = sheared(source_xy, shear), sheared(target_xy, shear)
+        try:
+            tri = Delaunay(src)
+        except (QhullError, ValueError):
+            return kernel_weights(source_xy, target_xy, 1.0)
+        simplex = tri.find_simplex(dst)
+        inside = simplex >= 0
+        transform = tri.transform[simplex[inside]]
+        bary = np.einsum("nij,nj->ni", transform[:, :2], dst[inside] - transform[:, 2])
+        weights = np.column_stack([bary, 1.0 - bary.sum(axis=1)])
+        rows = np.repeat(np.flatnonzero(inside), 3)
+        cols = tri.simplices[simplex[inside]].ravel()
+        halves.append(sp.csr_matrix((0.5 * weights.ravel(), (rows, cols)), shape=(n_target, len(source_xy))))
+        inside_both &= inside
+    matrix = halves[0] + halves[1]
+    if not inside_both.all():
+        # outside one triangulation's hull (a target on the hull's edge): the kernel for the whole row
+        outside = np.flatnonzero(~inside_both)
+        keep = sp.diags(inside_both.astype(np.float64))
         fallback = kernel_weights(source_xy, target_xy[outside], 1.0).tocoo()
-        matrix = matrix + sp.csr_matrix(
+        matrix = keep @ matrix + sp.csr_matrix(
             (fallback.data, (outside[fallback.row], fallback.col)), shape=matrix.shape
         )
-    return matrix.tocsr()
+    matrix = matrix.tocsr()
+    matrix.eliminate_zeros()
+    return matrix
 
 
 def smoothing_weights(source_xy: np.ndarray, target_xy: np.ndarray, bandwidth: float | None) -> sp.csr_matrix:
@@ -494,7 +548,7 @@ class _PairSmoothers:
     def __init__(self, source_xy: np.ndarray, target_xy: np.ndarray, kernels: list[float]) -> None:
         self.source_xy, self.target_xy = source_xy, target_xy
         k_max = int(min(len(source_xy), max([7] + [_neighbours_for(h) for h in kernels])))
-        self.neighbours = nearest_sources(source_xy, target_xy, k_max)
+        self.neighbours = nearest_sources(source_xy, target_xy, k_max)  # with the ring margin
         self.cache: dict[float | None, sp.csr_matrix] = {}
 
     def weights(self, bandwidth: float | None) -> sp.csr_matrix:

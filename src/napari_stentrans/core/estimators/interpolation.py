@@ -16,7 +16,7 @@ import numpy as np
 from scipy.interpolate import CloughTocher2DInterpolator, LinearNDInterpolator, NearestNDInterpolator
 from scipy.spatial import Delaunay
 
-from ..classical import canonical_order
+from ..classical import SHEARS, canonical_order, sheared
 from ..config import DEFAULT_RUNTIME, Runtime
 from ..errors import ConfigError
 from ..sites import OutputSites
@@ -49,26 +49,36 @@ class InterpolationModel(FittedModel):
 
 
 class InterpolationPredictor(Predictor):
-    """One triangulation of the sources, reused for every gene batch (and the depth)."""
+    """Two triangulations of the sources, reused for every gene batch (and the depth).
+
+    A square of co-circular spots (every cell of a square lattice) has two Delaunay
+    triangulations; Qhull would pick one by input order. The estimate is the mean of the
+    interpolants on the two triangulations of the slightly sheared spots, one per diagonal
+    (:func:`~..classical.linear_weights`), so it depends on the spots' positions only.
+    """
 
     def __init__(self, method: str, slide: Slide, sites: OutputSites) -> None:
         super().__init__()
         self.method, self.slide = method, slide
         rows = np.flatnonzero(slide.not_lost)
-        # sorted by position: ties (nearest spot, a square's diagonal) break alike in any file order
+        # sorted by position: ``nearest`` breaks ties between equidistant spots alike in any order
         self.rows = rows[canonical_order(slide.positions(rows))]
         source = slide.positions(self.rows)
         self.targets = sites.positions(slide)
-        self.tri = Delaunay(source) if method != "nearest" and len(source) >= 3 else None
+        self.triangulations = (
+            [(Delaunay(sheared(source, s)), sheared(self.targets, s)) for s in SHEARS]
+            if method != "nearest" and len(source) >= 3
+            else []
+        )
         self.source = source
         self.depth = np.clip(self._interpolate(slide.depth[self.rows][:, None]), 0, None)[:, 0]
 
     def _interpolate(self, values: np.ndarray) -> np.ndarray:
         nearest = NearestNDInterpolator(self.source, values)(self.targets)
-        if self.tri is None:
+        if not self.triangulations:
             return nearest
         interpolator = LinearNDInterpolator if self.method == "linear" else CloughTocher2DInterpolator
-        pred = interpolator(self.tri, values)(self.targets)
+        pred = np.mean([interpolator(tri, values)(targets) for tri, targets in self.triangulations], axis=0)
         return np.where(np.isnan(pred), nearest, pred)
 
     def predict_counts(self, gene_idx: np.ndarray) -> np.ndarray:
