@@ -3,7 +3,9 @@
 ``nearest``, ``linear`` and ``cubic`` are scipy's interpolators (``griddata``) over the spot
 centres in pitch units (Visium: ``x = array_col / 2``, ``y = array_row * sqrt(3) / 2``;
 METHOD.md, honest evaluation); linear and cubic are undefined outside the convex hull of the
-measured spots, where the nearest spot's value is taken. They learn nothing: ``fit`` records the
+measured spots, where the nearest spot's value is taken. Where a square of spots has two
+Delaunay triangulations (square lattices), linear and cubic are the mean over both, so the
+result does not depend on the order of the spots (:class:`InterpolationPredictor`). They learn nothing: ``fit`` records the
 method. Every measured spot that is not lost is a source, empty ones included.
 """
 
