@@ -59,6 +59,16 @@ def test_workspace_fits_a_1280x800_screen_with_every_section_open(make_napari_vi
         ws.train._plot.canvas.draw()
         QApplication.processEvents()
     hint = dock.minimumSizeHint()
+    # the Quality tab scrolls: its long verdict keeps the height its wrapped lines need (it was
+    # squeezed into the lines above and cut at the bottom on a 1280x800 screen)
+    ws.tabs.setCurrentIndex(ws.TABS.index("Quality"))
+    ws.quality._verdict.value = "A verdict of many words. " * 40
+    QApplication.processEvents()
+    label = ws.quality._verdict.native
+    assert label.height() >= label.heightForWidth(label.width()), (label.height(), label.width())
+    assert label.width() <= ws.tabs.currentWidget().viewport().width()  # nothing cut at the right
+    ws.tabs.setCurrentIndex(ws.TABS.index("Train"))
+    QApplication.processEvents()
     # a 1280x800 screen leaves ~700 px under the menu and title bars, and the canvas needs width
     assert hint.height() <= 680, hint
     assert hint.width() <= 420, hint
@@ -260,9 +270,15 @@ def test_quality_check_progress_stop_verdict_and_csv(make_napari_viewer, qtbot, 
     assert quality._table.data[0][1] == f"{report['methods']['default']['median_pcc']:.3f}"
     native = quality._table.native  # row headers name the methods, in view however far it scrolls
     rows = [native.verticalHeaderItem(i).text() for i in range(native.rowCount())]
-    assert rows == [quality._table.data[i][0] for i in range(native.rowCount())]
+    assert rows == ["default", "nearest", "linear"]  # short, as --methods takes them
     labels = [row[0] for row in quality._table.data]
     assert labels == ["stEnTrans default", "nearest spot (interpolation)", "linear interpolation"]
+    assert [native.verticalHeaderItem(i).toolTip() for i in range(native.rowCount())] == labels
+    assert native.isColumnHidden(0)  # the method column: the row headers say it in a narrow dock
+    # a cell shows its three decimals as written (magicgui showed 0.085 as 8.500e-02)
+    index = native.model().index(0, 2)
+    shown = native.itemDelegate().displayText(native.model().data(index), native.locale())
+    assert shown == f"{report['methods']['default']['gene_specific_r']:.3f}"
     verdict = quality._verdict.value
     assert verdict.startswith("On this slide the enhancement (stEnTrans default) ")
     ours = report["methods"]["default"]["median_pcc"]

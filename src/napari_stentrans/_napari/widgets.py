@@ -52,6 +52,32 @@ def _status_label(value: str = "") -> Label:
     return label
 
 
+def _scrolling(widget):
+    """``widget`` in a frameless vertical scroll area (its contents keep their natural height).
+
+    As wide as the contents need beside the vertical scroll bar, so nothing is cut at the right.
+    """
+    from qtpy.QtCore import QSize, Qt
+    from qtpy.QtWidgets import QFrame, QScrollArea
+
+    class _Area(QScrollArea):
+        def minimumSizeHint(self) -> QSize:
+            inner = self.widget().minimumSizeHint()
+            bar = self.verticalScrollBar().sizeHint().width()
+            return QSize(inner.width() + bar, super().minimumSizeHint().height())
+
+    layout = widget.layout()  # no right margin: the scroll bar is the edge there
+    if layout is not None:
+        margins = layout.contentsMargins()
+        layout.setContentsMargins(margins.left(), margins.top(), 0, margins.bottom())
+    area = _Area()
+    area.setWidget(widget)
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    return area
+
+
 def _never_shrink(label: Label) -> None:
     """Keep ``label`` at least as high as the text it shows now needs (it grows, never shrinks).
 
@@ -1152,7 +1178,7 @@ class QualityWidget(_SlideWidget):
         )
         self._seed = SpinBox(label="Seed", min=0, max=2**31 - 1, value=0)
         self._learned = CheckBox(
-            text="Include the learned presets (minutes each)",
+            text="Learned presets too (minutes each)",
             value=False,
             tooltip="Also score the transformer and the published recipe",
         )
@@ -1171,6 +1197,10 @@ class QualityWidget(_SlideWidget):
         self._verdict.native.setStyleSheet("font-weight: bold;")
         self._table = Table(value={column: [] for column in ("method", *QUALITY_COLUMNS)})
         self._table.native.setMinimumHeight(140)
+        from qtpy.QtWidgets import QStyledItemDelegate
+
+        # cells as written (three decimals): magicgui's delegate shows 0.085 as 8.500e-02
+        self._table.native.setItemDelegate(QStyledItemDelegate(self._table.native))
         self._csv_path = FileEdit(label="CSV", mode="w", filter="*.csv")
         self._csv = PushButton(text="Save CSV", tooltip="Save the table above as a CSV file")
         self._gene = ComboBox(
@@ -1316,13 +1346,21 @@ class QualityWidget(_SlideWidget):
     def show_report(self, report: dict) -> None:
         self.report = report
         table = actions.quality_table(report, QUALITY_COLUMNS)
-        # as text: a float cell shows four decimals (0.4310) of a value rounded to three
+        # as text with three decimals, shown as written (see the delegate set in __init__)
         self._table.value = {
             column: values if column == "method" else ["" if v is None else f"{v:.3f}" for v in values]
             for column, values in table.items()
         }
-        # the method as each row's header too: it stays in view when the table scrolls sideways
-        self._table.native.setVerticalHeaderLabels([str(m) for m in table["method"]])
+        # each row's header names the method (its `--methods` name; the full label as its tooltip)
+        # and stays in view when the table scrolls sideways; the method column (for the CSV and
+        # the data) is hidden, so a narrow dock shows the verdict's metrics beside the names
+        native = self._table.native
+        names = list(report["methods"])
+        native.setVerticalHeaderLabels(names)
+        for row, label in enumerate(table["method"]):
+            native.verticalHeaderItem(row).setToolTip(str(label))
+        native.setColumnHidden(0, True)
+        native.resizeColumnsToContents()
         self._verdict.value = actions.quality_verdict(report)
         truth = report["truth"]
         ari = truth.get("ari")
@@ -1385,6 +1423,8 @@ class WorkspaceWidget(Container):
         for title, widget in zip(
             self.TABS, (self.genes, self.lost, self.train, self.export, self.quality), strict=True
         ):
-            self.tabs.addTab(widget.native, title)
+            # the Quality tab's verdict and table need more height than a 800 px screen leaves:
+            # it scrolls instead of squeezing its lines into each other
+            self.tabs.addTab(_scrolling(widget.native) if widget is self.quality else widget.native, title)
         self.tabs.setCurrentIndex(2)
         self.native.layout().addWidget(self.tabs)
