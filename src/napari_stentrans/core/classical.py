@@ -138,8 +138,8 @@ def kernel_weights(
     incomplete = keep[:, -1] & (dist.shape[1] < n_source)
     if incomplete.any():  # a ring wider than the margin: those targets by a radius query
         return _ring_complete_weights(source_xy, target_xy, bandwidth, k)
-    d2 = np.where(keep, dist, 0.0) ** 2
-    w = np.where(keep, np.exp(-(d2 - d2[:, :1]) / (2.0 * bandwidth * bandwidth)), 0.0)
+    d2 = np.where(keep, dist, np.inf) ** 2  # beyond the ring: weight exp(-inf) = 0
+    w = np.exp(-(d2 - d2[:, :1]) / (2.0 * bandwidth * bandwidth))
     w /= w.sum(axis=1, keepdims=True)
     indptr = np.concatenate([[0], np.cumsum(keep.sum(axis=1))])
     return sp.csr_matrix((w[keep], idx[keep], indptr), shape=(len(target_xy), n_source))
