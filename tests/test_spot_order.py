@@ -83,3 +83,21 @@ def test_a_shuffled_slide_is_enhanced_to_the_same_values(kind, method):
             predicted.append(model.predict(slide, output_sites(slide), np.arange(40))[0])
         x, y = predicted
     np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-5 * float(np.abs(x).max()))
+
+
+def test_a_ring_wider_than_the_query_margin_is_kept_whole():
+    """A site inside a round gap has its whole rim at one distance: 40 spots, more than the k-d
+    tree query returns (k + RING_MARGIN = 25 at 0.4 pitch); every one weighs 1/40."""
+    from napari_stentrans.core.classical import RING_MARGIN, _neighbours_for, nearest_sources
+
+    angle = np.linspace(0, 2 * np.pi, 40, endpoint=False)
+    rim = 6.0 * np.column_stack([np.cos(angle), np.sin(angle)])
+    source = np.vstack([rim, [[20.0, 20.0], [21.0, 20.0]]])  # two spots far off
+    target = np.array([[0.0, 0.0], [20.5, 20.0]])
+    assert _neighbours_for(0.4) + RING_MARGIN < 40
+    for neighbours in (None, nearest_sources(source, target, _neighbours_for(0.4))):
+        w = kernel_weights(source, target, 0.4, neighbours=neighbours).toarray()
+        np.testing.assert_allclose(w[0, :40], 1 / 40, rtol=1e-12)
+        assert w[0, 40:].sum() == 0
+        np.testing.assert_allclose(w.sum(axis=1), 1.0)
+        assert w[1, 40] == pytest.approx(w[1, 41])  # the other row is left as it was

@@ -91,9 +91,9 @@ def canonical_order(xy: np.ndarray) -> np.ndarray:
     return np.lexsort((xy[:, 0], xy[:, 1]))
 
 
-#: sources queried beyond the ``k`` a kernel keeps, to complete the ring of the ``k``-th one:
-#: a ring of equidistant lattice spots holds at most 24 within the kernels' reach
-RING_MARGIN = 24
+#: sources queried beyond the ``k`` a kernel keeps, to complete the ring of the ``k``-th one (a
+#: ring of equidistant lattice spots mostly holds 4-12; a wider one is completed by a radius query)
+RING_MARGIN = 12
 _RING_TOLERANCE = 1e-9  # relative: equal distances on a lattice differ by rounding only
 
 
@@ -101,10 +101,9 @@ def nearest_sources(source_xy: np.ndarray, target_xy: np.ndarray, k: int) -> tup
     """Distances and indices ``(n_target, k + RING_MARGIN)`` of each target's nearest sources.
 
     More than ``k``, so that :func:`kernel_weights` can keep the whole ring of sources as far as
-    the ``k``-th (fewer columns when the slide has fewer sources; missing ones are ``inf``).
+    the ``k``-th (all sources when the slide has fewer).
     """
-    n = len(source_xy)
-    width = min(n, k + RING_MARGIN)
+    width = min(len(source_xy), k + RING_MARGIN)
     dist, idx = cKDTree(source_xy).query(target_xy, k=width)
     shape = (len(target_xy), width)
     return dist.reshape(shape), np.asarray(idx).reshape(shape)
@@ -135,31 +134,37 @@ def kernel_weights(
     dist, idx = dist[:, : k + RING_MARGIN], idx[:, : k + RING_MARGIN]
     reach = dist[:, k - 1 : k] * (1.0 + _RING_TOLERANCE) + 1e-12
     keep = dist <= reach
-    incomplete = keep[:, -1] & (dist.shape[1] < n_source)
-    if incomplete.any():  # a ring wider than the margin: those targets by a radius query
-        return _ring_complete_weights(source_xy, target_xy, bandwidth, k)
     d2 = np.where(keep, dist, np.inf) ** 2  # beyond the ring: weight exp(-inf) = 0
     w = np.exp(-(d2 - d2[:, :1]) / (2.0 * bandwidth * bandwidth))
     w /= w.sum(axis=1, keepdims=True)
-    indptr = np.concatenate([[0], np.cumsum(keep.sum(axis=1))])
-    return sp.csr_matrix((w[keep], idx[keep], indptr), shape=(len(target_xy), n_source))
+    counts = keep.sum(axis=1)
+    matrix = sp.csr_matrix(
+        (w[keep], idx[keep], np.concatenate([[0], np.cumsum(counts)])), shape=(len(target_xy), n_source)
+    )
+    wider = np.flatnonzero(keep[:, -1]) if dist.shape[1] < n_source else np.empty(0, dtype=np.int64)
+    if len(wider):  # a ring wider than the margin: those targets' rows by a radius query
+        rows, cols, extra = _whole_rings(source_xy, target_xy[wider], reach[wider, 0], bandwidth)
+        extra /= np.bincount(rows, weights=extra, minlength=len(wider))[rows]
+        others = np.ones(len(target_xy))
+        others[wider] = 0.0
+        matrix = sp.diags(others) @ matrix + sp.csr_matrix(
+            (extra, (wider[rows], cols)), shape=(len(target_xy), n_source)
+        )
+        matrix.eliminate_zeros()
+    return matrix
 
 
-def _ring_complete_weights(
-    source_xy: np.ndarray, target_xy: np.ndarray, bandwidth: float, k: int
-) -> sp.csr_matrix:
-    """:func:`kernel_weights` by radius queries (no margin: every source within the k-th distance)."""
-    tree = cKDTree(source_xy)
-    dist_k = tree.query(target_xy, k=k)[0].reshape(len(target_xy), k)[:, -1]
-    pairs = tree.query_ball_point(target_xy, dist_k * (1.0 + _RING_TOLERANCE) + 1e-12)
+def _whole_rings(
+    source_xy: np.ndarray, target_xy: np.ndarray, reach: np.ndarray, bandwidth: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every source within ``reach`` of each target: (target row, source, unnormalised weight)."""
+    pairs = cKDTree(source_xy).query_ball_point(target_xy, reach)
     rows = np.repeat(np.arange(len(target_xy)), [len(p) for p in pairs])
     cols = np.concatenate([np.asarray(p, dtype=np.int64) for p in pairs])
     d2 = ((np.asarray(target_xy)[rows] - np.asarray(source_xy)[cols]) ** 2).sum(axis=1)
     nearest = np.full(len(target_xy), np.inf)
     np.minimum.at(nearest, rows, d2)
-    w = np.exp(-(d2 - nearest[rows]) / (2.0 * bandwidth * bandwidth))
-    total = np.bincount(rows, weights=w, minlength=len(target_xy))
-    return sp.csr_matrix((w / total[rows], (rows, cols)), shape=(len(target_xy), len(source_xy)))
+    return rows, cols, np.exp(-(d2 - nearest[rows]) / (2.0 * bandwidth * bandwidth))
 
 
 #: shears of the two triangulations of :func:`linear_weights`, in pitches per pitch
