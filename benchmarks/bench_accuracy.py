@@ -139,13 +139,19 @@ def _digest(genes: list) -> str:
     return hashlib.sha1("\n".join(map(str, genes)).encode()).hexdigest()[:16]
 
 
+#: a method's per-gene lists, kept in the full runs only (the scores stay a few kB)
+PER_GENE = ("pcc", "count_levels")
+
+
 def scores_of(report: dict) -> dict:
     """``report`` without its per-gene lists (the genes' names, each method's per-gene r): what
     every table needs, small enough to commit."""
     out = {k: v for k, v in report.items() if k != "genes"}
     if "genes" in report:
         out["genes_digest"] = _digest(report["genes"])
-    out["methods"] = {m: {k: v for k, v in s.items() if k != "pcc"} for m, s in report["methods"].items()}
+    out["methods"] = {
+        m: {k: v for k, v in s.items() if k not in PER_GENE} for m, s in report["methods"].items()
+    }
     return out
 
 

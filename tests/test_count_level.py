@@ -123,6 +123,9 @@ def test_count_level_is_predicted_over_measured_counts_median_over_genes():
     pred = np.array([[0.5, 9.0, -1.0], [1.5, 9.0, 1.0]])
     assert count_level(pred, truth) == pytest.approx(np.median([2.0 / 4.0, 1.0 / 4.0]))
     assert np.isnan(count_level(truth, np.zeros_like(truth)))
+    from napari_stentrans.core.metrics import count_levels
+
+    np.testing.assert_allclose(count_levels(pred, truth), [0.5, np.nan, 0.25])  # per gene
 
 
 def test_evaluate_reports_the_count_level_and_the_default_is_at_the_measured_level():
@@ -131,6 +134,10 @@ def test_evaluate_reports_the_count_level_and_the_default_is_at_the_measured_lev
     adata, _ = _slide_and_mask()
     report = evaluate(adata, "heldout", methods=("default", "lowrank", "linear"), device="cpu")
     levels = {m: s["count_level"] for m, s in report["methods"].items()}
+    for scores in report["methods"].values():  # per gene too, in the order of report["genes"]
+        per_gene = np.array(scores["count_levels"], dtype=float)
+        assert len(per_gene) == len(report["genes"])
+        assert np.nanmedian(per_gene) == pytest.approx(scores["count_level"], abs=1e-4)
     assert abs(levels["default"] - 1.0) < 0.1
     assert abs(levels["linear"] - 1.0) < 0.1  # interpolation of counts keeps their level
     assert levels["lowrank"] < levels["default"] - 0.03  # the previous default, uncalibrated

@@ -61,7 +61,7 @@ from .fidelity import (
 )
 from .io import lattice_of
 from .io.enhanced import refuse_enhanced
-from .metrics import count_level, pearson_per_gene
+from .metrics import count_level, count_levels, pearson_per_gene
 from .regions import random_disks
 from .sites import OutputSites, sites_at
 from .slide import Slide
@@ -468,6 +468,10 @@ def score(result: MethodResult, split: Split, ref: Reference | None = None, seed
         "n_genes_excluded": int((~scored).sum()),
         "seconds": round(result.seconds, 3),
         "pcc": [None if np.isnan(v) else round(float(v), 5) for v in r_counts],
+        # per gene, in the order of "genes": which genes run above or below their measured level
+        "count_levels": [
+            None if np.isnan(v) else round(float(v), 4) for v in count_levels(result.counts, split.truth)
+        ],
         **(fidelity(pred_norm, ref, seed) if ref is not None else {}),
         **result.extra,
     }

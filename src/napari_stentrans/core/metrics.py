@@ -39,10 +39,17 @@ def count_level(pred: np.ndarray, truth) -> float:
     1 when each gene's prediction sums to its measured counts; below 1 when it runs low. NaN
     when no gene has measured counts. Genes without measured counts are left out.
     """
+    levels = count_levels(pred, truth)
+    ok = np.isfinite(levels)
+    return float(np.median(levels[ok])) if ok.any() else float("nan")
+
+
+def count_levels(pred: np.ndarray, truth) -> np.ndarray:
+    """``(n_genes,)`` each gene's ``sum(pred) / sum(truth)`` over the sites (:func:`count_level`
+    per gene); NaN for a gene without measured counts there."""
     measured = np.asarray(truth.sum(axis=0), dtype=np.float64).ravel()
     predicted = np.clip(np.asarray(pred, dtype=np.float64), 0, None).sum(axis=0)
-    ok = measured > 0
-    return float(np.median(predicted[ok] / measured[ok])) if ok.any() else float("nan")
+    return np.divide(predicted, measured, out=np.full(len(measured), np.nan), where=measured > 0)
 
 
-__all__ = ["pearson_per_gene", "count_level"]
+__all__ = ["pearson_per_gene", "count_level", "count_levels"]
