@@ -165,3 +165,23 @@ def test_a_count_calibration_setting_nothing_would_use_is_refused(name, options,
     with pytest.raises(ConfigError, match=rf"^{key}: .*{why}: nothing would use it"):
         preset(name, "hex", **options)
     assert preset("default", "hex", calibration_bandwidth=None).classical.calibration_bandwidth is None
+
+
+def test_a_preset_given_as_an_option_is_refused_not_used_as_a_label():
+    """``st.fit(adata, preset="published")`` made a default model labelled "published"."""
+    with pytest.raises(
+        ConfigError, match=r"^preset: 'published' as an option would only rename this 'default'"
+    ):
+        preset("default", "hex", preset="published")
+    assert preset("default", "hex", preset="default") == preset("default", "hex")  # the same: harmless
+    with pytest.raises(ConfigError, match=r"or None for one factor per gene over the whole slide"):
+        preset("default", "hex", calibration_bandwidth="slide")  # the CLI's word, in Python
+
+
+def test_fit_refuses_a_preset_keyword_that_names_another_preset():
+    import napari_stentrans as st
+    from helpers import block_sites, make_slide
+
+    adata = make_slide(*block_sites("hex", 8, 12), "hex", n_genes=12)
+    with pytest.raises(ConfigError, match=r"^preset: 'published'.*st\.fit\(adata, 'published'"):
+        st.fit(adata, preset="published", calibration_bandwidth=2.0)

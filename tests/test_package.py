@@ -108,3 +108,20 @@ def test_synthetic_sample_is_seeded_and_carries_2x_truth():
     assert np.corrcoef(x[:-1].ravel(), x[1:].ravel())[0, 1] > 0.8
     st = synthetic_slide("square", n_genes=10, seed=0)
     assert st.uns["stentrans_lattice"]["kind"] == "square" and 300 < st.n_obs < 1155
+
+
+def test_the_warnings_a_user_may_filter_are_in_the_public_api():
+    import napari_stentrans as st
+
+    names = (
+        "OptionalPartWarning",
+        "DuplicateGeneNamesWarning",
+        "CountsFromRawWarning",
+        "LeftOutFeaturesWarning",
+        "ImputedSitesWarning",
+    )
+    for name in names:
+        assert name in dir(st) and issubclass(getattr(st, name), UserWarning)
+    from napari_stentrans.core.io import LeftOutFeaturesWarning
+
+    assert st.LeftOutFeaturesWarning is LeftOutFeaturesWarning  # the class the reader raises

@@ -59,6 +59,12 @@ _API = {
     "InputError": "napari_stentrans.core.errors",
     "DeviceError": "napari_stentrans.core.errors",
     "TrainingStopped": "napari_stentrans.core.errors",
+    # warnings a user may want to filter (warnings.filterwarnings("ignore", category=...))
+    "OptionalPartWarning": "napari_stentrans.core.io",
+    "DuplicateGeneNamesWarning": "napari_stentrans.core.io",
+    "CountsFromRawWarning": "napari_stentrans.core.io",
+    "LeftOutFeaturesWarning": "napari_stentrans.core.io",
+    "ImputedSitesWarning": "napari_stentrans.core.slide",
 }
 
 __all__ = ["__version__", *_API]
@@ -91,11 +97,17 @@ if TYPE_CHECKING:  # pragma: no cover
     from .core.evaluate import evaluate  # noqa: F401
     from .core.files import write_h5ad  # noqa: F401
     from .core.fitting import Trainer, enhance, fit  # noqa: F401
-    from .core.io import read  # noqa: F401
+    from .core.io import (  # noqa: F401
+        CountsFromRawWarning,
+        DuplicateGeneNamesWarning,
+        LeftOutFeaturesWarning,
+        OptionalPartWarning,
+        read,
+    )
     from .core.io.spatialdata import write_spatialdata  # noqa: F401
     from .core.lattice import Lattice, detect_lattice  # noqa: F401
     from .core.pretrain import finetune, pretrain  # noqa: F401
-    from .core.slide import Slide  # noqa: F401
+    from .core.slide import ImputedSitesWarning, Slide  # noqa: F401
 
 
 def __getattr__(name: str):

@@ -175,6 +175,13 @@ class ClassicalConfig:
         _check_choice("gene_residuals", self.gene_residuals, ("shrunk", "none"))
         _check_bool("calibrate_counts", self.calibrate_counts)
         if self.calibration_bandwidth is not None:
+            if isinstance(self.calibration_bandwidth, str):  # the CLI's word for it
+                _refuse(
+                    "calibration_bandwidth",
+                    self.calibration_bandwidth,
+                    "a number in (0, 100] input spot pitches, or None for one factor per gene over the "
+                    "whole slide (the command line's 'slide')",
+                )
             _check_float("calibration_bandwidth", self.calibration_bandwidth, 0.0, 100.0, open_low=True)
         _check_float("calibration_prior", self.calibration_prior, 0.0, 1e9, open_low=True)
 
@@ -427,9 +434,11 @@ class Config:
         """A configuration from flat names (format 1 checkpoints); runtime fields are dropped."""
         flat = {k: v for k, v in data.items() if k not in RUNTIME_FIELDS}
         model = flat.pop("model", None) or {}
+        name = flat.pop("preset", None)
         if "betas" in flat:
             flat["betas"] = tuple(flat["betas"])
-        return cls().with_overrides(**flat, **model)
+        config = cls().with_overrides(**flat, **model)
+        return config if name is None else replace(config, preset=name)  # the label it was saved with
 
     def flat(self) -> dict:
         """Every option by its flat name (the names :meth:`with_overrides` takes)."""
@@ -465,6 +474,14 @@ class Config:
             k: v.item() if getattr(v, "ndim", None) == 0 and hasattr(v, "item") else v
             for k, v in overrides.items()
         }
+        named = overrides.get("preset", self.preset)
+        if named != self.preset:
+            # the label alone would change: a default configuration named "published"
+            raise ConfigError(
+                f"preset: {named!r} as an option would only rename this {self.preset!r} configuration; "
+                f"choose the preset by name instead: st.fit(adata, {named!r}, ...), "
+                f"st.enhance(adata, {named!r}, ...) or st.preset({named!r}, adata, ...)"
+            )
         top = {k: overrides[k] for k in ("preset", "seed") if k in overrides}
         trains = overrides.get("epochs", self.optim.epochs)
         if (
