@@ -144,6 +144,8 @@ def test_numpy_scalars_are_taken_as_the_python_numbers_they_hold():
         "default", "hex", min_detection=np.float32(0.25), n_train_genes=np.int64(500), seed=np.int32(3)
     )
     assert (config.data.min_detection, config.data.n_train_genes, config.seed) == (0.25, 500, 3)
+    # the value it shows, not the float32 it holds (0.05000000074505806 in a saved model)
+    assert preset("default", "hex", min_detection=np.float32(0.05)).data.min_detection == 0.05
     assert type(config.data.n_train_genes) is int and type(config.seed) is int
     json.dumps(config.to_dict())
     with pytest.raises(ConfigError, match=r"^n_train_genes: 0 is not allowed"):

@@ -67,6 +67,18 @@ def _check_float(name: str, value: Any, low: float, high: float, *, open_low=Fal
         _refuse(name, value, f"a number in {lo}, {hi}")
 
 
+def _python_scalar(value: Any) -> Any:
+    """A NumPy scalar (a value computed with NumPy) as the Python number it shows, so checks and
+    the JSON a model is saved with see plain int, float and bool: ``np.float32(0.05)`` is 0.05,
+    not the 0.05000000074505806 it holds. Anything else unchanged."""
+    if getattr(value, "ndim", None) != 0 or not hasattr(value, "item"):
+        return value
+    item = value.item()
+    if isinstance(item, float) and getattr(value, "itemsize", 8) < 8:
+        return float(str(value))  # the shortest decimal that gives back the same low-precision value
+    return item
+
+
 def _check_choice(name: str, value: Any, choices: tuple) -> None:
     if value not in choices:
         _refuse(name, value, "one of " + ", ".join(repr(c) for c in choices))
@@ -468,12 +480,7 @@ class Config:
             raise ConfigError(
                 f"unknown option(s) {sorted(unknown)}; known: {', '.join(sorted([*_FLAT, 'seed']))}"
             )
-        # a NumPy scalar (a value computed with NumPy, e.g. np.float32(0.05)) as its Python number,
-        # so checks and the JSON a model is saved with see plain int, float and bool
-        overrides = {
-            k: v.item() if getattr(v, "ndim", None) == 0 and hasattr(v, "item") else v
-            for k, v in overrides.items()
-        }
+        overrides = {k: _python_scalar(v) for k, v in overrides.items()}
         named = overrides.get("preset", self.preset)
         if named != self.preset:
             # the label alone would change: a default configuration named "published"
