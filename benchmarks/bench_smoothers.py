@@ -24,7 +24,12 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.spatial import Delaunay, cKDTree
 
-from napari_stentrans.core.classical import _neighbours_for, kernel_weights, linear_weights
+from napari_stentrans.core.classical import (
+    _neighbours_for,
+    barycentric_weights,
+    kernel_weights,
+    linear_weights,
+)
 from napari_stentrans.core.lattice import Lattice
 
 
@@ -42,16 +47,7 @@ def cut_kernel(source: np.ndarray, target: np.ndarray, bandwidth: float) -> sp.c
 
 def one_triangulation(source: np.ndarray, target: np.ndarray) -> sp.csr_matrix:
     """The baseline linear interpolation: one Delaunay triangulation (targets inside the hull)."""
-    tri = Delaunay(source)
-    simplex = tri.find_simplex(target)
-    inside = simplex >= 0
-    transform = tri.transform[simplex[inside]]
-    bary = np.einsum("nij,nj->ni", transform[:, :2], target[inside] - transform[:, 2])
-    weights = np.column_stack([bary, 1.0 - bary.sum(axis=1)])
-    rows = np.repeat(np.flatnonzero(inside), 3)
-    return sp.csr_matrix(
-        (weights.ravel(), (rows, tri.simplices[simplex[inside]].ravel())), shape=(len(target), len(source))
-    )
+    return barycentric_weights(Delaunay(source), target)[0]
 
 
 def timed(build, repeats: int) -> tuple[float, int]:

@@ -178,6 +178,20 @@ def sheared(xy: np.ndarray, shear: float) -> np.ndarray:
     return np.column_stack([xy[:, 0] + shear * xy[:, 1], xy[:, 1]])
 
 
+def barycentric_weights(tri, target_xy: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Weights ``(n_target, n_source)`` of linear interpolation on one Delaunay triangulation
+    ``tri`` of the sources, and which targets lie inside it (rows of the others are empty)."""
+    simplex = tri.find_simplex(target_xy)
+    inside = simplex >= 0
+    transform = tri.transform[simplex[inside]]
+    bary = np.einsum("nij,nj->ni", transform[:, :2], target_xy[inside] - transform[:, 2])
+    weights = np.column_stack([bary, 1.0 - bary.sum(axis=1)])
+    rows = np.repeat(np.flatnonzero(inside), 3)
+    cols = tri.simplices[simplex[inside]].ravel()
+    shape = (len(target_xy), len(tri.points))
+    return sp.csr_matrix((weights.ravel(), (rows, cols)), shape=shape), inside
+
+
 def linear_weights(source_xy: np.ndarray, target_xy: np.ndarray) -> sp.csr_matrix:
     """Barycentric weights of Delaunay linear interpolation ``(n_target, n_source)``.
 
@@ -202,14 +216,8 @@ def linear_weights(source_xy: np.ndarray, target_xy: np.ndarray) -> sp.csr_matri
             tri = Delaunay(src)
         except (QhullError, ValueError):
             return kernel_weights(source_xy, target_xy, 1.0)
-        simplex = tri.find_simplex(dst)
-        inside = simplex >= 0
-        transform = tri.transform[simplex[inside]]
-        bary = np.einsum("nij,nj->ni", transform[:, :2], dst[inside] - transform[:, 2])
-        weights = np.column_stack([bary, 1.0 - bary.sum(axis=1)])
-        rows = np.repeat(np.flatnonzero(inside), 3)
-        cols = tri.simplices[simplex[inside]].ravel()
-        halves.append(sp.csr_matrix((0.5 * weights.ravel(), (rows, cols)), shape=(n_target, len(source_xy))))
+        weights, inside = barycentric_weights(tri, dst)
+        halves.append(0.5 * weights)
         inside_both &= inside
     matrix = halves[0] + halves[1]
     if not inside_both.all():
