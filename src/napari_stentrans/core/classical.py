@@ -145,13 +145,21 @@ def kernel_weights(
     if len(wider):  # a ring wider than the margin: those targets' rows by a radius query
         rows, cols, extra = _whole_rings(source_xy, target_xy[wider], reach[wider, 0], bandwidth)
         extra /= np.bincount(rows, weights=extra, minlength=len(wider))[rows]
-        others = np.ones(len(target_xy))
-        others[wider] = 0.0
-        matrix = sp.diags(others) @ matrix + sp.csr_matrix(
-            (extra, (wider[rows], cols)), shape=(len(target_xy), n_source)
+        matrix = _replace_rows(
+            matrix, wider, sp.coo_matrix((extra, (rows, cols)), shape=(len(wider), n_source))
         )
-        matrix.eliminate_zeros()
     return matrix
+
+
+def _replace_rows(matrix: sp.spmatrix, rows: np.ndarray, block: sp.spmatrix) -> sp.csr_matrix:
+    """``matrix`` with its ``rows`` replaced by the rows of ``block`` ``(len(rows), n_cols)``."""
+    keep = np.ones(matrix.shape[0])
+    keep[rows] = 0.0
+    block = block.tocoo()
+    placed = sp.csr_matrix((block.data, (np.asarray(rows)[block.row], block.col)), shape=matrix.shape)
+    out = (sp.diags(keep) @ matrix + placed).tocsr()
+    out.eliminate_zeros()
+    return out
 
 
 def _whole_rings(
@@ -219,16 +227,11 @@ def linear_weights(source_xy: np.ndarray, target_xy: np.ndarray) -> sp.csr_matri
         weights, inside = barycentric_weights(tri, dst)
         halves.append(0.5 * weights)
         inside_both &= inside
-    matrix = halves[0] + halves[1]
+    matrix = (halves[0] + halves[1]).tocsr()
     if not inside_both.all():
         # outside one triangulation's hull (a target on the hull's edge): the kernel for the whole row
         outside = np.flatnonzero(~inside_both)
-        keep = sp.diags(inside_both.astype(np.float64))
-        fallback = kernel_weights(source_xy, target_xy[outside], 1.0).tocoo()
-        matrix = keep @ matrix + sp.csr_matrix(
-            (fallback.data, (outside[fallback.row], fallback.col)), shape=matrix.shape
-        )
-    matrix = matrix.tocsr()
+        return _replace_rows(matrix, outside, kernel_weights(source_xy, target_xy[outside], 1.0))
     matrix.eliminate_zeros()
     return matrix
 
