@@ -241,6 +241,7 @@ def test_lost_counter_uses_the_cached_site_index(make_napari_viewer, monkeypatch
 
 def test_quality_check_progress_stop_verdict_and_csv(make_napari_viewer, qtbot, tmp_path):
     import pandas as pd
+    from qtpy.QtWidgets import QApplication
 
     viewer = make_napari_viewer()
     viewer.open_sample("napari-stentrans", "synthetic_st")
@@ -263,22 +264,38 @@ def test_quality_check_progress_stop_verdict_and_csv(make_napari_viewer, qtbot, 
     assert [s[0] for s in seen if s[2] is not None] == [1, 2, 3] and quality._progress.value == 3
     report = quality.report
     assert set(report["methods"]) == {"default", "nearest", "linear"}
-    headers = quality._table.column_headers
-    # the verdict's metrics first (the dock shows about three columns), three decimals as text
-    assert list(headers[:4]) == ["method", "median r", "gene-specific r", "co-expression r"]
-    assert {"PC1 share", "effective rank"} <= set(headers)
-    assert quality._table.data[0][1] == f"{report['methods']['default']['median_pcc']:.3f}"
-    native = quality._table.native  # row headers name the methods, in view however far it scrolls
-    rows = [native.verticalHeaderItem(i).text() for i in range(native.rowCount())]
-    assert rows == ["default", "nearest", "linear"]  # short, as --methods takes them
-    labels = [row[0] for row in quality._table.data]
-    assert labels == ["stEnTrans default", "nearest spot (interpolation)", "linear interpolation"]
-    assert [native.verticalHeaderItem(i).toolTip() for i in range(native.rowCount())] == labels
-    assert native.isColumnHidden(0)  # the method column: the row headers say it in a narrow dock
+    # one column per method and one of the measured slide, one row per metric: a ~400 px dock
+    # fits the columns (it showed ~3 of 9 metrics when the methods were rows)
+    native = quality._table.native
+    assert list(quality._table.column_headers) == ["default", "nearest", "linear", "truth"]
+    rows = list(quality._table.row_headers)
+    assert rows[:3] == ["median r", "gene-specific r", "co-expression r"]  # the verdict's metrics first
+    assert {"PC1 share", "effective rank", "ARI"} <= set(rows)
+    tips = [native.horizontalHeaderItem(i).toolTip() for i in range(native.columnCount())]
+    assert tips[:3] == ["stEnTrans default", "nearest spot (interpolation)", "linear interpolation"]
+    assert "Moran" in native.verticalHeaderItem(rows.index("gene-specific r")).toolTip()
+    cell = dict(
+        zip(quality._table.column_headers, quality._table.data[rows.index("gene-specific r")], strict=True)
+    )
+    assert cell["linear"] == f"{report['methods']['linear']['gene_specific_r']:.3f}"
+    assert not cell["truth"]  # empty: the truth has no gene-specific r of its own
+    pc1 = dict(zip(quality._table.column_headers, quality._table.data[rows.index("PC1 share")], strict=True))
+    assert pc1["truth"] == f"{report['truth']['pc1_share']:.3f}"  # beside each method's
+    assert pc1["default"] == f"{report['methods']['default']['pc1_share']:.3f}"
     # a cell shows its three decimals as written (magicgui showed 0.085 as 8.500e-02)
-    index = native.model().index(0, 2)
+    index = native.model().index(rows.index("gene-specific r"), 0)
     shown = native.itemDelegate().displayText(native.model().data(index), native.locale())
     assert shown == f"{report['methods']['default']['gene_specific_r']:.3f}"
+    # every method and the truth in view in the docked panel on a 1280x800 screen, every metric
+    # too (the tab scrolls as a whole): no scrolling inside the table to compare them
+    viewer.window._qt_window.show()
+    viewer.window._qt_window.resize(1280, 800)
+    ws.tabs.setCurrentIndex(ws.TABS.index("Quality"))
+    qtbot.waitUntil(lambda: native.isVisible())
+    QApplication.processEvents()
+    assert native.horizontalScrollBar().maximum() == 0, [native.columnWidth(i) for i in range(5)]
+    assert native.verticalScrollBar().maximum() == 0
+    assert native.width() < 420  # docked at its narrowest (napari's layer controls take ~380 px)
     verdict = quality._verdict.value
     assert verdict.startswith("On this slide the enhancement (stEnTrans default) ")
     ours = report["methods"]["default"]["median_pcc"]
@@ -290,10 +307,13 @@ def test_quality_check_progress_stop_verdict_and_csv(make_napari_viewer, qtbot, 
     assert "residual_cnn" not in verdict and "best" not in verdict
     csv = quality.save_csv(tmp_path / "quality.csv")
     table = pd.read_csv(csv)
-    assert list(table["method id"]) == ["default", "nearest", "linear"]
+    assert list(table["method id"]) == ["default", "nearest", "linear", "truth"]
     np.testing.assert_allclose(
-        table["gene-specific r"],
-        [round(report["methods"][m]["gene_specific_r"], 3) for m in table["method id"]],
+        table["gene-specific r"][:3],
+        [round(report["methods"][m]["gene_specific_r"], 3) for m in table["method id"][:3]],
+    )
+    assert np.isnan(table["gene-specific r"][3]) and table["PC1 share"][3] == round(
+        report["truth"]["pc1_share"], 3
     )
     # Stop: ends after the running method, keeps the previous report, enables Run again
     worker = quality.run(methods=("default", "nearest", "linear", "cubic"))

@@ -1124,28 +1124,42 @@ def _few_patterns(report: dict, scores: dict) -> list[str]:
     ]
 
 
-def quality_table(report: dict, columns: dict[str, str]) -> dict[str, list]:
-    """Table columns (method name, then ``columns``: header -> report key), rounded to 3 digits."""
-    names = list(report["methods"])
+#: the measured slide's own values in the quality table: what a method close to them keeps
+TRUTH_KEYS = ("pc1_share", "effective_rank", "ari")
+TRUTH = "truth"  # the measured slide's column (CSV row), as the JSON report names it
 
-    def value(m: str, key: str):
-        v = report["methods"][m].get(key)
+
+def quality_table(report: dict, columns: dict[str, str]) -> dict[str, list]:
+    """Table columns (method name, then ``columns``: header -> report key), rounded to 3 digits.
+
+    One row per method, then a row of the measured slide at the scored spots, with the values it
+    has of its own (PC1 share, effective rank, ARI of its clustering against the annotation); its
+    other cells are None.
+    """
+    names = list(report["methods"])
+    truth = report.get("truth", {})
+
+    def rounded(v):
         return None if v is None or not np.isfinite(v) else round(float(v), 3)
 
     return {
-        "method": [method_label(m) for m in names],
-        **{column: [value(m, key) for m in names] for column, key in columns.items()},
+        "method": [method_label(m) for m in names] + ["measured slide (truth at the scored spots)"],
+        **{
+            column: [rounded(report["methods"][m].get(key)) for m in names]
+            + [rounded(truth.get(key)) if key in TRUTH_KEYS else None]
+            for column, key in columns.items()
+        },
     }
 
 
 def write_quality_csv(report: dict, path, columns: dict[str, str]) -> Path:
-    """The quality table as CSV (one row per method, plus the measured slide's own PC1 share)."""
+    """The quality table as CSV (one row per method, then the measured slide's own values)."""
     import pandas as pd
 
     from ..core.files import atomic_path
 
     table = pd.DataFrame(quality_table(report, columns))
-    table.insert(1, "method id", list(report["methods"]))
+    table.insert(1, "method id", [*report["methods"], TRUTH])
     path = Path(path)
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False)

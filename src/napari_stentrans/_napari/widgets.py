@@ -1146,18 +1146,41 @@ class ExportWidget(_SlideWidget):
         self._export.enabled, self._stop.enabled = True, False
 
 
-# table column -> report key (see core.evaluate and core.fidelity)
-QUALITY_COLUMNS = {  # the verdict's three metrics first: the dock shows about three columns
+# table row -> report key (see core.evaluate and core.fidelity)
+QUALITY_COLUMNS = {  # the verdict's three metrics first
     "median r": "median_pcc",
     "gene-specific r": "gene_specific_r",
     "co-expression r": "coexpression_r",
-    "co-expr. r (signal)": "coexpression_r_signal",
+    "co-expr. r signal": "coexpression_r_signal",
     "median r (norm)": "median_pcc_norm",
     "PC1 share": "pc1_share",
     "effective rank": "effective_rank",
     "count level": "count_level",  # predicted / measured counts per gene (1 = the measured level)
     "ARI": "ari",  # with annotations chosen: the fixed clustering against them
 }
+#: each metric's row header tooltip, in the words of the README's metric list
+QUALITY_TIPS = dict(
+    zip(
+        QUALITY_COLUMNS,
+        (
+            "Median over genes of the Pearson r between predicted and measured counts at the held-out spots",
+            "Per-gene r after removing the top 3 principal axes of the seen spots: each gene's own "
+            "pattern (100 most spatially variable genes, Moran's I)",
+            "r between the gene-gene correlations of the prediction and of the measured counts "
+            "(same 100 genes): 1 keeps which genes go together",
+            "Co-expression r against the measured counts' signal correlations (count splitting "
+            "removes their Poisson noise)",
+            "Median per-gene r on log-normalised values (depth removed)",
+            "Share of the variance in the first principal component (same 100 genes); far above "
+            "the measured slide's: the genes follow one shared map",
+            "exp(entropy) of the principal components' variance shares; far below the measured "
+            "slide's: the genes follow a few shared patterns",
+            "Predicted over measured counts per gene at the held-out spots (median; 1 = the measured level)",
+            "Adjusted Rand index of the fixed clustering (PCA + k-means) against the chosen annotation",
+        ),
+        strict=True,
+    )
+)
 NO_ANNOTATION = "(none)"
 
 
@@ -1195,7 +1218,7 @@ class QualityWidget(_SlideWidget):
         self._status = _status_label(value="")  # the equivalent command (_say_command)
         self._verdict = _status_label(value="")
         self._verdict.native.setStyleSheet("font-weight: bold;")
-        self._table = Table(value={column: [] for column in ("method", *QUALITY_COLUMNS)})
+        self._table = Table(value={"data": [], "index": [], "columns": []})
         self._table.native.setMinimumHeight(140)
         from qtpy.QtWidgets import QStyledItemDelegate
 
@@ -1219,11 +1242,17 @@ class QualityWidget(_SlideWidget):
                 self._progress,
                 self._status,
                 self._verdict,
-                self._table,
-                _row(self._csv_path, self._csv, labels=True),
-                _row(self._gene, self._residual, labels=True),
             ]
         )
+        # the table, and the rows under it, span the panel's whole width: a magicgui form keeps
+        # an empty label column beside each widget, which cost the table one of its ~5 columns
+        layout = self.native.layout()
+        layout.addWidget(self._table.native)
+        for row in (
+            _row(self._csv_path, self._csv, labels=True),
+            _row(self._gene, self._residual, labels=True),
+        ):
+            layout.addWidget(row.native)
         self._run.changed.connect(self.run)
         self._stop.changed.connect(self.stop)
         self._csv.changed.connect(lambda _: self.save_csv(self._csv_path.value))
@@ -1346,21 +1375,31 @@ class QualityWidget(_SlideWidget):
     def show_report(self, report: dict) -> None:
         self.report = report
         table = actions.quality_table(report, QUALITY_COLUMNS)
-        # as text with three decimals, shown as written (see the delegate set in __init__)
-        self._table.value = {
-            column: values if column == "method" else ["" if v is None else f"{v:.3f}" for v in values]
-            for column, values in table.items()
-        }
-        # each row's header names the method (its `--methods` name; the full label as its tooltip)
-        # and stays in view when the table scrolls sideways; the method column (for the CSV and
-        # the data) is hidden, so a narrow dock shows the verdict's metrics beside the names
+        # one column per method (its `--methods` name; the full label as its tooltip) and one of
+        # the measured slide, one row per metric: a docked panel is ~400 px wide, which showed
+        # about 3 of 9 metrics side by side but fits 4-6 method columns; three decimals as text
+        ids = [*report["methods"], actions.TRUTH]
+        digits = {"effective rank": 1}  # 13.2 as the status line says it: a column stays narrow
+        cells = [
+            ["" if v is None else f"{v:.{digits.get(metric, 3)}f}" for v in table[metric]]
+            for metric in QUALITY_COLUMNS
+        ]
+        self._table.value = {"data": cells, "index": list(QUALITY_COLUMNS), "columns": ids}
         native = self._table.native
-        names = list(report["methods"])
-        native.setVerticalHeaderLabels(names)
-        for row, label in enumerate(table["method"]):
-            native.verticalHeaderItem(row).setToolTip(str(label))
-        native.setColumnHidden(0, True)
-        native.resizeColumnsToContents()
+        for column, label in enumerate(table["method"]):
+            native.horizontalHeaderItem(column).setToolTip(str(label))
+        for row, tip in enumerate(QUALITY_TIPS.values()):
+            native.verticalHeaderItem(row).setToolTip(tip)
+        # columns as wide as their text and a little more: Qt's padding made five columns too
+        # wide for the ~370 px the docked panel leaves the table
+        text = native.horizontalHeader().fontMetrics().horizontalAdvance
+        for column, name in enumerate(ids):
+            native.setColumnWidth(column, max(text(t) for t in [name, *(row[column] for row in cells)]) + 10)
+        native.verticalHeader().setFixedWidth(max(text(t) for t in QUALITY_COLUMNS) + 12)
+        native.verticalHeader().setDefaultSectionSize(native.fontMetrics().height() + 8)
+        # every metric in view (the tab scrolls as a whole): no scroll bar of its own to hide a column
+        rows = sum(native.rowHeight(i) for i in range(native.rowCount()))
+        native.setMinimumHeight(native.horizontalHeader().height() + rows + 2 * native.frameWidth())
         self._verdict.value = actions.quality_verdict(report)
         truth = report["truth"]
         ari = truth.get("ari")
