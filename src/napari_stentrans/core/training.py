@@ -21,7 +21,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .classical import ClassicalParams, LowRankBasis, noise_factor, residual_shrinkage, run_steps, smooth
+from .classical import (
+    ClassicalParams,
+    LowRankBasis,
+    canonical_order,
+    noise_factor,
+    residual_shrinkage,
+    run_steps,
+    smooth,
+)
 from .config import Config
 from .estimators.base import StopFlag, TrainEvent, stage_event
 from .estimators.classical import ClassicalModel
@@ -117,7 +125,7 @@ class PairSampler:
         this region are never training targets, and validation scores only them.
         """
         want = max(1, int(round(fraction * len(self.positions))))
-        return random_disks(self.positions, rng, want, max(1.0, np.sqrt(want / 4 / np.pi)))
+        return self._disks(np.arange(len(self.positions)), rng, want, max(1.0, np.sqrt(want / 4 / np.pi)))
 
     def blob_drop(self, coset: int, rng: np.random.Generator) -> np.ndarray:
         """Boolean over the coset's spots: dropped by random blobs (about 15 % of them)."""
@@ -131,10 +139,21 @@ class PairSampler:
         self, members: np.ndarray, rng: np.random.Generator, fraction: float, radius: tuple[float, float]
     ) -> np.ndarray:
         """Up to 20 random disks (radii in fine pitches) over ``members`` covering about ``fraction``."""
-        dropped = random_disks(self.positions[members], rng, fraction * len(members), radius, max_disks=20)
+        dropped = self._disks(members, rng, fraction * len(members), radius, max_disks=20)
         if dropped.all():
-            dropped[rng.integers(len(members))] = False
+            dropped[canonical_order(self.positions[members])[rng.integers(len(members))]] = False
         return dropped
+
+    def _disks(self, members: np.ndarray, rng: np.random.Generator, *args, **kwargs) -> np.ndarray:
+        """:func:`.regions.random_disks` over ``members``, drawn over them sorted by position.
+
+        A mask over ``members`` in their own order: the same slide listed in another spot order
+        (barcode order, an AnnData subset) gets the same regions, so the same training pairs.
+        """
+        order = canonical_order(self.positions[members])
+        covered = np.empty(len(members), dtype=bool)
+        covered[order] = random_disks(self.positions[members][order], rng, *args, **kwargs)
+        return covered
 
     def upsampling_pair(
         self,
