@@ -269,8 +269,9 @@ def test_quality_check_matches_stentrans_evaluate(st_viewer, qtbot):
         assert report["methods"][method]["median_pcc"] == pytest.approx(scores["median_pcc"], abs=1e-9), (
             method
         )
-    assert widget._table.shape[0] == len(direct["methods"])
-    assert "gene-specific r" in widget._table.column_headers and "effective rank" in widget._status.value
+    # a column per method, then the measured slide's
+    assert list(widget._table.column_headers) == [*direct["methods"], "truth"]
+    assert "gene-specific r" in widget._table.row_headers and "effective rank" in widget._status.value
 
 
 def test_quality_check_scores_the_ari_against_a_chosen_annotation(st_viewer, qtbot):
@@ -296,8 +297,8 @@ def test_quality_check_scores_the_ari_against_a_chosen_annotation(st_viewer, qtb
     )
     aris = [widget.report["methods"][m]["ari"] for m in ("default", "linear")]
     assert aris == pytest.approx([direct["methods"][m]["ari"] for m in ("default", "linear")], abs=1e-12)
-    column = widget._table.column_headers.index("ARI")
-    assert [widget._table.data[i][column] for i in range(2)] == [f"{v:.3f}" for v in aris]
+    row = widget._table.data[widget._table.row_headers.index("ARI")]
+    assert row == [f"{v:.3f}" for v in aris] + [f"{direct['truth']['ari']:.3f}"]  # beside the truth's
     assert f"ARI {direct['truth']['ari']:.3f} against the annotation" in widget._status.value
 
 
