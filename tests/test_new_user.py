@@ -313,3 +313,36 @@ def test_genes_are_asked_for_by_symbol_and_annotations_are_kept(hex_slide, tmp_p
         enhance(adata, config="default", device="cpu", genes=["Sym4"])
     with pytest.raises(InputError, match="1 requested gene\\(s\\) not in the slide, e.g. 'Nope'"):
         enhance(adata, config="default", device="cpu", genes=["Sym1", "Nope"])
+
+
+def test_an_anndata_of_log_values_is_refused_or_its_counts_are_found(hex_slide):
+    """scanpy's normalise + log leaves log values in X: the Python API enhanced them as counts
+    (a new-user trial; `read` and the CLI switch to adata.raw or refuse). Now it does as `read`."""
+    import napari_stentrans as st
+    from napari_stentrans.core.io import CountsFromRawWarning
+
+    counts = sp.csr_matrix(hex_slide.X, dtype=np.float32)
+    depth = np.asarray(counts.sum(axis=1))
+    logged = hex_slide.copy()
+    logged.X = sp.csr_matrix(np.log1p(counts.multiply(1e4 / depth)).toarray())
+    with pytest.raises(InputError, match=r"adata\.X has non-integer values \(e\.g\. [0-9.]+: normalised"):
+        st.fit(logged, min_detection=0.0)
+    reference = st.fit(hex_slide, min_detection=0.0).enhance(hex_slide)
+    with_raw = logged.copy()
+    with_raw.raw = hex_slide
+    with pytest.warns(CountsFromRawWarning, match="using the integer counts in adata.raw"):
+        from_raw = st.fit(with_raw, min_detection=0.0).enhance(with_raw)
+    in_layer = logged.copy()
+    in_layer.layers["counts"] = counts
+    from_layer = st.fit(in_layer, min_detection=0.0).enhance(in_layer)
+    for out in (from_raw, from_layer):  # the same enhancement as from the counts themselves
+        np.testing.assert_allclose(np.asarray(out.X), np.asarray(reference.X), rtol=1e-5, atol=1e-4)
+    assert logged.X.max() < 20  # the caller's AnnData is not changed
+    broken = hex_slide.copy()
+    broken.X = counts.toarray()
+    broken.X[3, 2] = np.nan
+    with pytest.raises(InputError, match=r"adata\.X contains NaN or infinite values \(1 entry\)"):
+        st.fit(broken, min_detection=0.0)
+    broken.X[3, 2] = -2
+    with pytest.raises(InputError, match=r"adata\.X contains negative values \(min -2\)"):
+        st.evaluate(broken, methods=("linear",))

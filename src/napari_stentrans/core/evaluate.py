@@ -64,7 +64,7 @@ from .io.enhanced import refuse_enhanced
 from .metrics import count_level, count_levels, pearson_per_gene
 from .regions import random_disks
 from .sites import OutputSites, sites_at
-from .slide import Slide
+from .slide import Slide, counts_of
 
 PROTOCOLS = ("heldout", "lost", "paper")
 DEFAULT_METHODS = METHODS
@@ -536,6 +536,7 @@ def evaluate(
     elif labels is not None and len(labels) != adata.n_obs:
         raise InputError(f"labels: {len(labels)} values for {adata.n_obs} spots")
     refuse_enhanced(adata)  # predictions scored as truth would mean nothing
+    adata = counts_of(adata)  # log values scored as counts would too
     methods = tuple(dict.fromkeys(canonical_method(m) for m in methods))
     references = None
     if reference:

@@ -23,8 +23,9 @@ from scipy.spatial import cKDTree
 from .classical import TARGET_SUM, normalize
 from .errors import InputError, LatticeError
 from .io import lattice_of
-from .io.common import stray_spot
+from .io.common import check_count_values, stray_spot
 from .io.enhanced import refuse_enhanced
+from .io.h5ad import with_counts
 from .lattice import IndexRaster, Lattice
 from .masks import lost_sites
 
@@ -170,7 +171,9 @@ class Slide:
         Parameters
         ----------
         adata
-            Slide with ``obs["array_row"]``, ``obs["array_col"]`` and raw counts in ``X``.
+            Slide with ``obs["array_row"]``, ``obs["array_col"]`` and raw counts in ``X`` (or, when
+            ``X`` holds normalised values, in ``layers["counts"]`` or ``adata.raw``: used instead,
+            see :func:`counts_of`).
         mask
             Lost sites (never used as input or target; imputed), any of: a list/array of
             barcodes; a ``(k, 2)`` list/array of integer ``(array_row, array_col)`` pairs; a
@@ -193,11 +196,13 @@ class Slide:
             Coordinates missing or off the slide's lattice (the mask's included).
         InputError
             A mask of another form or shape, with unknown barcodes, non-integer coordinates
-            or without usable columns; an unreadable mask file (named); spots of several
+            or without usable columns; an unreadable mask file (named); no raw counts (NaN,
+            negative or non-integer values, see :func:`counts_of`); spots of several
             libraries (``obs["library_id"]``), which never share a lattice; or an enhanced
             slide (its ``X`` holds predictions, not counts).
         """
         refuse_enhanced(adata)
+        adata = counts_of(adata)
         for column in ("array_row", "array_col"):
             if column not in adata.obs:
                 raise LatticeError(f"obs has no {column!r} column; read the slide with napari_stentrans.read")
@@ -468,6 +473,24 @@ class Slide:
                 f"no gene to enhance: none is detected in at least {min_detection:.0%} of the spots"
             )
         return out
+
+
+def counts_of(adata: ad.AnnData) -> ad.AnnData:
+    """``adata`` with its raw counts in ``X`` (see :func:`.io.h5ad.with_counts`), checked.
+
+    What :func:`napari_stentrans.read` does for a file, for an AnnData given in Python: scanpy's
+    normalise + log step leaves log values in ``X``, and enhancing those as counts gave output
+    that looked valid.
+
+    Raises
+    ------
+    InputError
+        ``X`` holds NaN or infinite, negative or non-integer values, and neither
+        ``layers["counts"]`` nor ``adata.raw`` holds integer counts.
+    """
+    adata = with_counts(adata, "adata")
+    check_count_values(adata.X, "adata.X")
+    return adata
 
 
 def as_slide(data: ad.AnnData | Slide, mask: MaskLike = None, fill_holes: bool | str | None = None) -> Slide:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ..errors import LatticeError, ReadError
+from ..errors import InputError, LatticeError, ReadError
 from ..lattice import Lattice, detect_lattice
 
 # what truncated, corrupt or mis-typed files raise inside pandas, h5py, gzip, scipy and PIL
@@ -333,18 +333,31 @@ def check_not_empty(adata: ad.AnnData, path: Path) -> None:
         raise ReadError(f"{path}: empty count matrix ({adata.n_obs} spots x {adata.n_vars} genes)")
 
 
+def check_count_values(x, what: str, error: type[Exception] = InputError) -> None:
+    """Refuse a matrix that cannot hold raw counts: NaN or infinite, negative or non-integer values.
+
+    ``what`` names the matrix in the message (a file's count matrix, ``adata.X``); ``error`` is
+    the exception raised (:class:`ReadError` for a file, :class:`InputError` for an AnnData).
+    """
+    data = x.data if sp.issparse(x) else np.asarray(x)
+    finite = np.isfinite(data)
+    if not finite.all():
+        bad = int((~finite).sum())
+        raise error(f"{what} contains NaN or infinite values ({bad} {'entry' if bad == 1 else 'entries'})")
+    if data.size and data.min() < 0:
+        raise error(f"{what} contains negative values (min {data.min():g})")
+    if has_non_integer(x):
+        example = data[data != np.round(data)].flat[0]
+        raise error(
+            f"{what} has non-integer values (e.g. {example:g}: normalised or log values?); stEnTrans "
+            "needs raw counts (store them in X, layers['counts'] or adata.raw)"
+        )
+
+
 def validate_counts(adata: ad.AnnData, path: Path) -> None:
     check_not_empty(adata, path)
+    check_count_values(adata.X, f"{path}: count matrix", ReadError)
     data = adata.X.data if sp.issparse(adata.X) else np.asarray(adata.X)
-    if not np.all(np.isfinite(data)):
-        raise ReadError(f"{path}: count matrix contains NaN or infinite values")
-    if data.size and data.min() < 0:
-        raise ReadError(f"{path}: count matrix contains negative values (min {data.min():g})")
-    if has_non_integer(adata.X):
-        raise ReadError(
-            f"{path}: count matrix has non-integer values; stEnTrans needs raw counts "
-            "(store them in X, layers['counts'] or adata.raw)"
-        )
     if adata.n_obs < MIN_SPOTS:
         raise ReadError(f"{path}: only {adata.n_obs} spot(s); a slide needs at least {MIN_SPOTS}")
     if not (data != 0).any():

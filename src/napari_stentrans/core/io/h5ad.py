@@ -65,10 +65,7 @@ def slide_from_anndata(adata: ad.AnnData, path: Path) -> ad.AnnData:
     check_not_empty(adata, path)
     if adata.var_names.has_duplicates:
         adata.var_names = unique_names(adata.var_names, path)
-    if has_non_integer(adata.X) and "counts" in adata.layers:
-        adata.X = adata.layers["counts"]
-    elif has_non_integer(adata.X) and adata.raw is not None and not has_non_integer(adata.raw.X):
-        adata = _counts_from_raw(adata, path)
+    adata = with_counts(adata, path)
     adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
     spatial = np.asarray(adata.obsm["spatial"], float) if "spatial" in adata.obsm else None
     rebuilt = False  # lattice coordinates recovered from the positions
@@ -98,7 +95,26 @@ def slide_from_anndata(adata: ad.AnnData, path: Path) -> ad.AnnData:
     return adata
 
 
-def _counts_from_raw(adata: ad.AnnData, path: Path) -> ad.AnnData:
+def with_counts(adata: ad.AnnData, source: Path | str) -> ad.AnnData:
+    """``adata`` with raw counts in ``X``: ``adata`` itself when ``X`` holds integers, else a new
+    AnnData with ``layers["counts"]`` as ``X``, else one of ``adata.raw``'s integer counts (with a
+    :class:`CountsFromRawWarning` naming ``source``), else ``adata`` (for the caller's check to
+    refuse). ``adata`` is not modified.
+
+    scanpy's usual workflow keeps the counts in one of those places after normalising ``X``.
+    """
+    if not has_non_integer(adata.X):
+        return adata
+    if "counts" in adata.layers and not has_non_integer(adata.layers["counts"]):
+        return ad.AnnData(
+            X=adata.layers["counts"], obs=adata.obs, var=adata.var, uns=adata.uns, obsm=adata.obsm
+        )
+    if adata.raw is not None and not has_non_integer(adata.raw.X):
+        return _counts_from_raw(adata, source)
+    return adata
+
+
+def _counts_from_raw(adata: ad.AnnData, path: Path | str) -> ad.AnnData:
     """The slide with ``adata.raw``'s integer counts (all its genes) as ``X``, with a warning.
 
     scanpy's usual normalise + log step leaves the counts only in ``adata.raw`` (same spots; the
