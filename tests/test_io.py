@@ -178,6 +178,33 @@ def test_st_table_coords_file_is_found_beside_the_counts(tmp_path):
     np.testing.assert_array_equal(a.obs["array_row"], [7, 8, 7])
 
 
+def test_st_table_with_a_coordinates_file_of_part_of_its_spots_says_so(tmp_path):
+    """It said "no coordinates file matches" about the file the user had just named."""
+    counts = _st_table(tmp_path, [f"spot{i}" for i in range(16)], np.ones((16, 2)), name="a.tsv")
+    part = pd.DataFrame({"barcode": [f"spot{i}" for i in range(5)], "x": range(5), "y": range(5)})
+    part.to_csv(tmp_path / "part.csv", index=False)
+    with pytest.raises(ReadError, match=r"part\.csv: has coordinates for only 5 of the 16 spots of a\.tsv"):
+        read(counts, coords=tmp_path / "part.csv")
+
+
+def test_st_table_spots_without_an_annotation_stay_missing(tmp_path):
+    """An empty `layer` cell in the coordinates file is a missing annotation, not a category
+    "nan" (it showed as a cluster named "nan" in legends; MOB has 2 such spots)."""
+    _st_table(tmp_path, ["AAA", "CCC", "GGG"], np.ones((3, 2)), name="slideA_counts.tsv")
+    coords = pd.DataFrame(
+        {
+            "barcode": ["GGG", "AAA", "CCC"],
+            "array_x": [2, 1, 2],
+            "array_y": [7, 7, 8],
+            "layer": ["L1", None, 2],
+        }
+    )
+    coords.to_csv(tmp_path / "slideA_coords.csv", index=False)
+    layer = read(tmp_path / "slideA_counts.tsv").obs["layer"]  # in the counts' spot order
+    assert list(layer.cat.categories) == ["2", "L1"]
+    assert layer.isna().tolist() == [True, False, False] and layer.iloc[2] == "L1"
+
+
 def test_st_table_without_any_coordinates_is_refused(tmp_path):
     with pytest.raises(ReadError, match="no coordinates"):
         read(_st_table(tmp_path, ["AAA", "CCC"], np.ones((2, 2)), name="x.tsv"))

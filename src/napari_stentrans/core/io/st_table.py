@@ -54,7 +54,7 @@ def read_st_table(path: str | Path, coords: str | Path | None = None) -> ad.AnnD
         )
     coords_path = Path(coords) if coords is not None else _find_coords(path)
     coord_table = _read_coords(coords_path) if coords_path is not None else None
-    transposed = _spots_are_columns(table, coord_table, path)
+    transposed = _spots_are_columns(table, coord_table, path, coords_path)
     values = _numeric_counts(table, path, transposed)  # as in the file, one conversion for the table
     spots, genes = (table.columns, table.index) if transposed else (table.index, table.columns)
     if transposed:
@@ -295,7 +295,9 @@ def _is_number(token: str) -> bool:
     return True
 
 
-def _spots_are_columns(table: pd.DataFrame, coords: pd.DataFrame | None, path: Path) -> bool:
+def _spots_are_columns(
+    table: pd.DataFrame, coords: pd.DataFrame | None, path: Path, coords_path: Path | None = None
+) -> bool:
     """Whether the table holds spots as columns (genes as rows), from its labels and coordinates."""
     index_ids = _parse_spot_ids(table.index.astype(str)) is not None
     column_ids = _parse_spot_ids(table.columns.astype(str)) is not None
@@ -303,20 +305,34 @@ def _spots_are_columns(table: pd.DataFrame, coords: pd.DataFrame | None, path: P
         return False
     if column_ids:
         return True
+    listed = None  # (labels listed in the coordinates file, of how many, "row"/"column")
     if coords is not None and not coords.attrs.get("positional"):
         keys = set(_coord_keys(coords))
-        if table.index.astype(str).isin(keys).mean() > 0.5:
+        in_index, in_columns = table.index.astype(str).isin(keys), table.columns.astype(str).isin(keys)
+        if in_index.mean() > 0.5:
             return False
-        if table.columns.astype(str).isin(keys).mean() > 0.5:
+        if in_columns.mean() > 0.5:
             return True
+        if in_index.any() or in_columns.any():
+            listed = max(
+                (int(in_index.sum()), len(in_index), "row"),
+                (int(in_columns.sum()), len(in_columns), "column"),
+            )
     if coords is not None and coords.attrs.get("positional"):
         if len(coords) == table.shape[0]:
             return False
         if len(coords) == table.shape[1]:
             return True
+    if listed is not None:  # a coordinates file for part of the spots (another slide's, a subset)
+        n, total, axis = listed
+        raise ReadError(
+            f"{coords_path}: has coordinates for only {n} of the {total} spots of {path.name} (its {axis} "
+            "labels): is it the coordinates file of this slide?"
+        )
     raise ReadError(
         f"{path}: cannot tell spots from genes: neither the row labels nor the column labels are "
         f"spot ids like '12x7' (first row label {str(table.index[0])!r}) and no coordinates file matches"
+        + (f" ({coords_path} lists none of them)" if coords is not None else "")
     )
 
 
@@ -413,5 +429,7 @@ def _attach_coords(adata: ad.AnnData, coords: pd.DataFrame, coords_path: Path) -
         )
     for extra in ("layer", "label", "spatial_cluster_BayesSpace"):
         if extra in cols:
-            adata.obs[extra] = matched[extra].astype(str).to_numpy()
+            # a spot without an annotation stays missing (astype(str) made it a category "nan")
+            values = matched[extra]
+            adata.obs[extra] = pd.Categorical(values.where(values.isna(), values.astype(str)).to_numpy())
     return adata
