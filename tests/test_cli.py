@@ -322,6 +322,26 @@ def test_evaluate_shows_the_training_of_learned_methods_on_stderr_unless_quiet(s
     ]
 
 
+def test_evaluate_of_every_method_says_first_which_ones_train(slide_file, capsys, monkeypatch):
+    """A new user waited minutes per learned method (--genes 50 does not shorten training) with no
+    word of why; `--methods` of the quick ones, or --quiet, leave the note out."""
+    import napari_stentrans.core.evaluate as evaluate_module
+    from napari_stentrans.core.errors import InputError
+
+    def stop(*_args, **_kwargs):
+        raise InputError("stopped before scoring")
+
+    monkeypatch.setattr(evaluate_module, "evaluate", stop)
+    code, out, err = run_cli(["evaluate", slide_file, "--genes", "50"], capsys)
+    note, error = err.splitlines()
+    assert code == 2 and out == "" and error == "stentrans: error: stopped before scoring"
+    assert note.startswith("stentrans: note: every method is scored, transformer, published, residual_cnn ")
+    assert "--methods default,nearest,linear,cubic,lowrank,lowrank_linear,lowrank_kernel " in note
+    for quiet in (["--methods", "default,linear"], ["--quiet"]):
+        code, _, err = run_cli(["evaluate", slide_file, *quiet], capsys)
+        assert code == 2 and "note" not in err
+
+
 def test_evaluate_passes_each_fit_event_with_its_method_name():
     from napari_stentrans.core.evaluate import evaluate
 

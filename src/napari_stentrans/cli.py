@@ -908,6 +908,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 event = dataclasses.replace(event, message=f"{name}: {event.message}")
             bar.update(event)
 
+    learned = [m for m in methods if canonical_method(m) in TRAINED_METHODS]
+    if learned and not args.methods and not args.quiet:
+        # a user trying the command on a CPU waited minutes per learned method without knowing why
+        print(
+            f"stentrans: note: every method is scored, {', '.join(learned)} train on this slide first "
+            f"(minutes each on a CPU; --genes does not shorten it); --methods "
+            f"{','.join(m for m in DEFAULT_METHODS if m not in learned)} scores the others in seconds",
+            file=sys.stderr,
+        )
     try:
         report = evaluate(
             adata,
