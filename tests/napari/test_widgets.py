@@ -33,6 +33,22 @@ def test_each_widget_opens_by_display_name(st_viewer, name):
     assert widget.slide_id is not None and widget.slide_id.startswith("synthetic_st#")
 
 
+def test_the_panels_follow_a_slide_opened_after_another(st_viewer):
+    """A new user opened a sample after a slide and ran the Quality check on the first one: the
+    panels stayed on it. A newly opened slide is now chosen; closing it returns to the other."""
+    widget = _dock(st_viewer, "Quality check")
+    first = widget.slide_id
+    st_viewer.open_sample("napari-stentrans", "synthetic_visium")
+    assert widget.slide_id != first and widget.slide_id.startswith("synthetic_visium#")
+    opened = widget.slide_id
+    widget._slide.value = first  # the user's own choice holds while layers of a slide come and go
+    st_viewer.layers.remove(st_viewer.layers[-1])
+    assert widget.slide_id == first
+    for layer in [layer for layer in st_viewer.layers if layer.metadata["stentrans"]["slide_id"] == opened]:
+        st_viewer.layers.remove(layer)
+    assert widget.slide_id == first and len(widget._slide.choices) == 1
+
+
 def test_genes_widget_searches_and_adds_layers(st_viewer):
     widget = _dock(st_viewer, "Genes")
     widget._query.value = "Gene001"

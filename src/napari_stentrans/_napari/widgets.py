@@ -174,7 +174,13 @@ class _SlideWidget(Container):
         ]
 
     def _refresh_slides(self, _event=None) -> None:
+        before = set(self._slide.choices)
         self._slide.reset_choices()
+        opened = [sid for sid in self._slide.choices if sid not in before]
+        if opened and before:
+            # a slide opened while another was chosen: work on the one just opened (a new user
+            # opened a sample after a slide and ran the Quality check on the first one unawares)
+            self._slide.value = opened[-1]
 
     @property
     def slide_id(self) -> str | None:
