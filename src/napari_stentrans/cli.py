@@ -404,7 +404,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         + f"; array_row {slide.row.min()}..{slide.row.max()}, array_col {slide.col.min()}..{slide.col.max()}",
         f"genes:     {adata.n_vars} ({detected} detected in >= 10% of spots)",
         f"depth:     median {np.median(slide.depth):.0f} counts per spot",
-        f"2x output: {kinds['measured']} measured, {kinds['imputed']} imputed, {kinds['new']} new sites",
+        f"2x output: {kinds['measured']} measured, {kinds['imputed']} imputed"
+        + (f" ({_imputed_text(empty + shallow, absent, kinds['imputed'])})" if kinds["imputed"] else "")
+        + f", {kinds['new']} new sites",
         f"images:    {_images_text(adata)}",
     ]
     if _coordinates_text(adata) is not None:
@@ -415,6 +417,22 @@ def cmd_info(args: argparse.Namespace) -> int:
         lines.append(f"warning:   {slide.imputation_warning()}")
     print("\n".join(lines))
     return 0
+
+
+def _imputed_text(near_empty: int, absent: int, imputed: int) -> str:
+    """Where ``info``'s imputed sites come from: near-empty spots, sites in tissue without counts,
+    and the rest lattice sites enclosed by measured spots (``fill_holes``)."""
+    enclosed = max(0, imputed - near_empty - absent)
+    parts = [
+        f"{n} {what}"
+        for n, what in (
+            (near_empty, "near-empty spots"),
+            (absent, "in tissue without counts"),
+            (enclosed, "enclosed by measured spots"),
+        )
+        if n
+    ]
+    return ", ".join(parts)
 
 
 def _describe_enhanced(path: Path, adata) -> str:

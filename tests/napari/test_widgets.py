@@ -313,6 +313,9 @@ def test_quality_check_scores_the_ari_against_a_chosen_annotation(st_viewer, qtb
     )
     aris = [widget.report["methods"][m]["ari"] for m in ("default", "linear")]
     assert aris == pytest.approx([direct["methods"][m]["ari"] for m in ("default", "linear")], abs=1e-12)
+    assert not widget._table.native.isRowHidden(
+        widget._table.row_headers.index("ARI")
+    )  # an annotation chosen
     row = widget._table.data[widget._table.row_headers.index("ARI")]
     assert row == [f"{v:.3f}" for v in aris] + [f"{direct['truth']['ari']:.3f}"]  # beside the truth's
     assert f"ARI {direct['truth']['ari']:.3f} against the annotation" in widget._status.value

@@ -271,6 +271,7 @@ def test_quality_check_progress_stop_verdict_and_csv(make_napari_viewer, qtbot, 
     rows = list(quality._table.row_headers)
     assert rows[:3] == ["median r", "gene-specific r", "co-expression r"]  # the verdict's metrics first
     assert {"PC1 share", "effective rank", "ARI"} <= set(rows)
+    assert native.isRowHidden(rows.index("ARI")) and not native.isRowHidden(rows.index("count level"))
     tips = [native.horizontalHeaderItem(i).toolTip() for i in range(native.columnCount())]
     assert tips[:3] == ["stEnTrans default", "nearest spot (interpolation)", "linear interpolation"]
     assert "Moran" in native.verticalHeaderItem(rows.index("gene-specific r")).toolTip()

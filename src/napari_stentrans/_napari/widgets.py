@@ -1403,8 +1403,10 @@ class QualityWidget(_SlideWidget):
             native.setColumnWidth(column, max(text(t) for t in [name, *(row[column] for row in cells)]) + 10)
         native.verticalHeader().setFixedWidth(max(text(t) for t in QUALITY_COLUMNS) + 12)
         native.verticalHeader().setDefaultSectionSize(native.fontMetrics().height() + 8)
+        for row, values in enumerate(cells):  # e.g. the ARI without an annotation chosen
+            native.setRowHidden(row, not any(values))
         # every metric in view (the tab scrolls as a whole): no scroll bar of its own to hide a column
-        rows = sum(native.rowHeight(i) for i in range(native.rowCount()))
+        rows = sum(native.rowHeight(i) for i in range(native.rowCount()) if not native.isRowHidden(i))
         native.setMinimumHeight(native.horizontalHeader().height() + rows + 2 * native.frameWidth())
         self._verdict.value = actions.quality_verdict(report)
         truth = report["truth"]
