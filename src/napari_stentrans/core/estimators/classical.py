@@ -469,7 +469,8 @@ class ClassicalEstimator(Estimator):
         else:
             gene_idx = slide.training_genes(config.data.n_train_genes, config.data.min_detection)
         if values is None:
-            what = f"normalising {len(gene_idx):,} genes at {slide.n_usable:,} spots"
+            # the basis genes (the most variable), not the genes enhanced and written
+            what = f"normalising the {len(gene_idx):,} basis genes at {slide.n_usable:,} spots"
             yield what, 0, 1
             values = slide.expression(gene_idx, "log1p", TARGET_SUM)
             yield what, 1, 1
@@ -511,7 +512,10 @@ class ClassicalEstimator(Estimator):
         if model is None:
             return None
         elapsed = time.perf_counter() - start
-        message = f"{slide.n_usable} spots, {len(model.basis_genes)} genes; classical estimate: {model.params.summary()}"
+        message = (
+            f"{slide.n_usable} spots, a basis of {len(model.basis_genes)} genes; classical estimate: "
+            f"{model.params.summary()}"
+        )
         yield TrainEvent("prepared", 0, 0, 0, 0, None, None, None, elapsed, None, "cpu", message)
         yield TrainEvent("finished", 0, 0, 0, 0, None, None, None, elapsed, 0.0, "cpu", "nothing to train")
         return model
