@@ -1037,6 +1037,7 @@ VERDICT_METRICS = (
     ("gene_specific_r", "gene-specific r"),
     ("coexpression_r", "co-expression r"),
     ("coexpression_r_signal", "co-expression r against the signal"),
+    ("ari", "the ARI against the annotation"),  # only when an annotation was chosen
 )
 
 
@@ -1045,7 +1046,8 @@ def quality_verdict(report: dict) -> str:
 
     The best enhancement by median r is compared, on median r, gene-specific r and co-expression
     r (and co-expression r against the signal where the scored spots determine it,
-    :func:`~..core.evaluate.signal_grade`), with the best interpolation on that same metric (a
+    :func:`~..core.evaluate.signal_grade`; the ARI where an annotation was chosen), with the best
+    interpolation on that same metric (a
     method that wins one and loses the others erases what makes each gene a gene; METHOD.md);
     differences under :data:`LEVEL` are called level; then the notes of methods that explain
     themselves (a learned preset that kept the classical estimate).

@@ -1399,15 +1399,23 @@ class QualityWidget(_SlideWidget):
         # columns as wide as their text and a little more: Qt's padding made five columns too
         # wide for the ~370 px the docked panel leaves the table
         text = native.horizontalHeader().fontMetrics().horizontalAdvance
-        for column, name in enumerate(ids):
-            native.setColumnWidth(column, max(text(t) for t in [name, *(row[column] for row in cells)]) + 10)
-        native.verticalHeader().setFixedWidth(max(text(t) for t in QUALITY_COLUMNS) + 12)
+        widths = [
+            max(text(t) for t in [name, *(row[column] for row in cells)]) + 10
+            for column, name in enumerate(ids)
+        ]
+        for column, width in enumerate(widths):
+            native.setColumnWidth(column, width)
+        header = max(text(t) for t in QUALITY_COLUMNS) + 12
+        native.verticalHeader().setFixedWidth(header)
         native.verticalHeader().setDefaultSectionSize(native.fontMetrics().height() + 8)
         for row, values in enumerate(cells):  # e.g. the ARI without an annotation chosen
             native.setRowHidden(row, not any(values))
-        # every metric in view (the tab scrolls as a whole): no scroll bar of its own to hide a column
+        # every metric in view (the tab scrolls as a whole): no vertical scroll bar of its own, also
+        # when the learned presets' columns need the horizontal one, which takes height
         rows = sum(native.rowHeight(i) for i in range(native.rowCount()) if not native.isRowHidden(i))
-        native.setMinimumHeight(native.horizontalHeader().height() + rows + 2 * native.frameWidth())
+        wide = header + sum(widths) + 2 * native.frameWidth() > native.width()
+        below = native.horizontalScrollBar().sizeHint().height() if wide else 0
+        native.setMinimumHeight(native.horizontalHeader().height() + rows + below + 2 * native.frameWidth())
         self._verdict.value = actions.quality_verdict(report)
         truth = report["truth"]
         ari = truth.get("ari")
