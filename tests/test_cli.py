@@ -335,7 +335,7 @@ def test_evaluate_of_every_method_says_first_which_ones_train(slide_file, capsys
     code, out, err = run_cli(["evaluate", slide_file, "--genes", "50"], capsys)
     note, error = err.splitlines()
     assert code == 2 and out == "" and error == "stentrans: error: stopped before scoring"
-    assert note.startswith("stentrans: note: every method is scored, transformer, published, residual_cnn ")
+    assert note.startswith("stentrans: note: every method is scored; transformer, published, residual_cnn ")
     assert "--methods default,nearest,linear,cubic,lowrank,lowrank_linear,lowrank_kernel " in note
     for quiet in (["--methods", "default,linear"], ["--quiet"]):
         code, _, err = run_cli(["evaluate", slide_file, *quiet], capsys)

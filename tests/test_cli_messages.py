@@ -194,7 +194,8 @@ def test_info_names_near_empty_spots_so_the_imputed_count_adds_up(tmp_path, caps
             f"{adata.n_obs} (3 without counts, imputed; 1 with fewer than 0.5% of the median depth, imputed);"
         )
     )
-    assert ", 4 imputed (4 near-empty spots), " in lines["2x output"]
+    # the same words as the spots line: 3 + 1 make the 4
+    assert ", 4 imputed (3 spots without counts, 1 near-empty spot), " in lines["2x output"]
     # a site enclosed by measured spots without a spot of its own is imputed too, and named
     r, c = adata.obs["array_row"].to_numpy(), adata.obs["array_col"].to_numpy()
     inner = np.argmin((r - np.median(r)) ** 2 + (c - np.median(c)) ** 2)
@@ -202,7 +203,10 @@ def test_info_names_near_empty_spots_so_the_imputed_count_adds_up(tmp_path, caps
     holed.write_h5ad(tmp_path / "holed.h5ad")
     code, out, _ = run_cli(["info", tmp_path / "holed.h5ad"], capsys)
     lines = dict(line.split(":", 1) for line in out.splitlines())
-    assert ", 5 imputed (4 near-empty spots, 1 enclosed by measured spots), " in lines["2x output"]
+    assert (
+        ", 5 imputed (3 spots without counts, 1 near-empty spot, 1 enclosed by measured spots), "
+        in (lines["2x output"])
+    )
 
 
 def test_info_without_images_says_none_and_when_the_lattice_was_rebuilt(tmp_path, capsys):

@@ -327,6 +327,15 @@ def test_an_anndata_of_log_values_is_refused_or_its_counts_are_found(hex_slide):
     logged.X = sp.csr_matrix(np.log1p(counts.multiply(1e4 / depth)).toarray())
     with pytest.raises(InputError, match=r"adata\.X has non-integer values \(e\.g\. [0-9.]+: normalised"):
         st.fit(logged, min_detection=0.0)
+    # scanpy's tutorial keeps the log values in adata.raw too: say so, not "store them in adata.raw"
+    tutorial = logged.copy()
+    tutorial.raw = logged
+    with pytest.raises(InputError, match=r"or adata\.raw\); adata\.raw hold(s)? non-integer values too$"):
+        st.fit(tutorial, min_detection=0.0)
+    nearly = hex_slide.copy()
+    nearly.X = counts.toarray() + 1e-5
+    with pytest.raises(InputError, match=r"\(e\.g\. \d+\.0000\d+: normalised"):  # not "e.g. 2"
+        st.fit(nearly, min_detection=0.0)
     reference = st.fit(hex_slide, min_detection=0.0).enhance(hex_slide)
     with_raw = logged.copy()
     with_raw.raw = hex_slide

@@ -405,7 +405,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"genes:     {adata.n_vars} ({detected} detected in >= 10% of spots)",
         f"depth:     median {np.median(slide.depth):.0f} counts per spot",
         f"2x output: {kinds['measured']} measured, {kinds['imputed']} imputed"
-        + (f" ({_imputed_text(empty + shallow, absent, kinds['imputed'])})" if kinds["imputed"] else "")
+        + (f" ({_imputed_text(empty, shallow, absent, kinds['imputed'])})" if kinds["imputed"] else "")
         + f", {kinds['new']} new sites",
         f"images:    {_images_text(adata)}",
     ]
@@ -419,16 +419,18 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _imputed_text(near_empty: int, absent: int, imputed: int) -> str:
-    """Where ``info``'s imputed sites come from: near-empty spots, sites in tissue without counts,
-    and the rest lattice sites enclosed by measured spots (``fill_holes``)."""
-    enclosed = max(0, imputed - near_empty - absent)
+def _imputed_text(empty: int, near_empty: int, absent: int, imputed: int) -> str:
+    """Where ``info``'s imputed sites come from, in the words of its ``spots`` line: spots without
+    counts, near-empty spots, sites in tissue without counts, and the rest lattice sites enclosed
+    by measured spots (``fill_holes``)."""
+    enclosed = max(0, imputed - empty - near_empty - absent)
     parts = [
-        f"{n} {what}"
-        for n, what in (
-            (near_empty, "near-empty spots"),
-            (absent, "in tissue without counts"),
-            (enclosed, "enclosed by measured spots"),
+        f"{n} {one if n == 1 else many}"
+        for n, one, many in (
+            (empty, "spot without counts", "spots without counts"),
+            (near_empty, "near-empty spot", "near-empty spots"),
+            (absent, "in tissue without counts", "in tissue without counts"),
+            (enclosed, "enclosed by measured spots", "enclosed by measured spots"),
         )
         if n
     ]
@@ -930,9 +932,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if learned and not args.methods and not args.quiet:
         # a user trying the command on a CPU waited minutes per learned method without knowing why
         print(
-            f"stentrans: note: every method is scored, {', '.join(learned)} train on this slide first "
-            f"(minutes each on a CPU; --genes does not shorten it); --methods "
-            f"{','.join(m for m in DEFAULT_METHODS if m not in learned)} scores the others in seconds",
+            f"stentrans: note: every method is scored; {', '.join(learned)} train on this slide first "
+            f"(seconds to minutes each on a CPU, more on a large slide; --genes does not shorten "
+            f"training); --methods {','.join(m for m in DEFAULT_METHODS if m not in learned)} scores "
+            "the others in seconds",
             file=sys.stderr,
         )
     try:

@@ -489,7 +489,16 @@ def counts_of(adata: ad.AnnData) -> ad.AnnData:
         ``layers["counts"]`` nor ``adata.raw`` holds integer counts.
     """
     adata = with_counts(adata, "adata")
-    check_count_values(adata.X, "adata.X")
+    elsewhere = [
+        name
+        for name, there in (
+            ("layers['counts']", "counts" in adata.layers),
+            ("adata.raw", adata.raw is not None),
+        )
+        if there
+    ]
+    also = f"; {' and '.join(elsewhere)} hold non-integer values too" if elsewhere else ""
+    check_count_values(adata.X, "adata.X", also=also)
     return adata
 
 

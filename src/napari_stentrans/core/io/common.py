@@ -333,11 +333,12 @@ def check_not_empty(adata: ad.AnnData, path: Path) -> None:
         raise ReadError(f"{path}: empty count matrix ({adata.n_obs} spots x {adata.n_vars} genes)")
 
 
-def check_count_values(x, what: str, error: type[Exception] = InputError) -> None:
+def check_count_values(x, what: str, error: type[Exception] = InputError, also: str = "") -> None:
     """Refuse a matrix that cannot hold raw counts: NaN or infinite, negative or non-integer values.
 
     ``what`` names the matrix in the message (a file's count matrix, ``adata.X``); ``error`` is
-    the exception raised (:class:`ReadError` for a file, :class:`InputError` for an AnnData).
+    the exception raised (:class:`ReadError` for a file, :class:`InputError` for an AnnData);
+    ``also`` ends the non-integer message (e.g. that ``adata.raw`` holds no counts either).
     """
     data = x.data if sp.issparse(x) else np.asarray(x)
     finite = np.isfinite(data)
@@ -347,10 +348,10 @@ def check_count_values(x, what: str, error: type[Exception] = InputError) -> Non
     if data.size and data.min() < 0:
         raise error(f"{what} contains negative values (min {data.min():g})")
     if has_non_integer(x):
-        example = data[data != np.round(data)].flat[0]
+        example = np.format_float_positional(data[data != np.round(data)].flat[0])  # 2.000001, not 2
         raise error(
-            f"{what} has non-integer values (e.g. {example:g}: normalised or log values?); stEnTrans "
-            "needs raw counts (store them in X, layers['counts'] or adata.raw)"
+            f"{what} has non-integer values (e.g. {example}: normalised or log values?); stEnTrans "
+            f"needs raw counts (store them in X, layers['counts'] or adata.raw){also}"
         )
 
 
