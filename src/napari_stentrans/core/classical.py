@@ -690,7 +690,8 @@ def classical_params_steps(
                     continue
                 v = loadings[:, :r]
                 cov = (v * cross[:, :r]).sum(axis=1)
-                var = ((v @ gram[:r, :r]) * v).sum(axis=1)
+                # a quadratic form of a PSD gram: >= 0, but rounding leaves -1e-17 for an all-zero gene
+                var = np.clip(((v @ gram[:r, :r]) * v).sum(axis=1), 0.0, None)
                 denom = np.sqrt(var * truth_ss)
                 r_genes = np.divide(cov, denom, out=np.full(len(cov), np.nan), where=denom > 1e-12)
                 score = float(np.nanmedian(r_genes)) if np.isfinite(r_genes).any() else -1.0
