@@ -14,7 +14,7 @@ from .io import lattice_of
 from .lattice import fit_affine
 from .slide import gene_label, near_empty
 
-_MARKER = {"hex": "h", "square": "s", "checkerboard": "D"}
+_SIDES = {"hex": 6, "square": 4, "checkerboard": 4}  # a site's Voronoi cell on its lattice
 MAX_GENES = 12  # rows of one figure; more genes are named as left out, never dropped silently
 
 
@@ -108,60 +108,131 @@ def side_by_side_titles(
     ]
 
 
+def lattice_angle(xy: np.ndarray, sides: int) -> float:
+    """Direction (radians) of the lattice's nearest-neighbour axes in the ``(n, 2)`` positions ``xy``.
+
+    The circular mean of ``sides`` times each spot's angle to its nearest neighbour, divided by
+    ``sides``: the six (hex) or four (square, checkerboard) neighbour directions fold onto one, so
+    a rotated or mirrored image frame (Vis7B's array rows run against its image's y axis) is read
+    off the positions themselves. 0 for fewer than two spots.
+    """
+    from scipy.spatial import cKDTree
+
+    if len(xy) < 2:
+        return 0.0
+    _, nearest = cKDTree(xy).query(xy, k=2)
+    step = xy[nearest[:, 1]] - xy
+    return float(np.angle(np.exp(1j * sides * np.arctan2(step[:, 1], step[:, 0])).mean()) / sides)
+
+
+def cell_polygons(xy: np.ndarray, pitch: float, sides: int, theta: float) -> np.ndarray:
+    """``(n, sides, 2)`` vertices of each site's cell: the regular polygon that tiles its lattice.
+
+    Edges face the neighbours (directions ``theta + 2 pi k / sides``) at half the ``pitch``
+    (apothem ``pitch / 2``), so the cells of neighbouring sites meet edge to edge: hexagons on
+    a hex lattice, squares on a square one, in the frame's units.
+    """
+    k = np.arange(sides)
+    angles = theta + np.pi / sides + 2 * np.pi * k / sides
+    radius = pitch / 2 / np.cos(np.pi / sides)
+    template = radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    return np.asarray(xy, dtype=float)[:, None, :] + template[None, :, :]
+
+
+PANEL_INCHES = 3.2  # width of one map; its height follows the tissue's aspect
+TITLE_INCHES = 0.8  # a row's two title lines and margins
+DPI = 110
+
+
+def panel_height(frame: PlotFrame) -> float:
+    """Height in inches of one map of ``frame``: the tissue's own aspect, within 0.5-1.8."""
+    xy = np.vstack([frame.xy_in, frame.xy_out])
+    span = np.ptp(xy, axis=0) + 2 * frame.pitch
+    return PANEL_INCHES * float(np.clip(span[1] / span[0], 0.5, 1.8))
+
+
 def plot_side_by_side(original: ad.AnnData, enhanced: ad.AnnData, genes: list[str], path: str | Path) -> Path:
     """Write a PNG with one row per gene: measured counts (left) and enhanced counts (right).
 
-    Spots are drawn in the slide's image orientation over its H&E when it has one
-    (:func:`plot_frame`; otherwise at their physical positions), with the lattice's own marker
-    shape and size, so the 2x lattice shows as smaller, denser spots over the same tissue.
-    Every gene of ``genes`` is drawn (choose them with :func:`genes_to_plot`); titles from
-    :func:`side_by_side_titles`.
+    Spots are drawn in the slide's image orientation (:func:`plot_frame`; otherwise at their
+    physical positions), with the lattice's own marker shape and size, so the 2x lattice shows
+    as smaller, denser spots over the same tissue. The spots tile the tissue and hide what is
+    under them, so a slide with an H&E gets a first row with the image alone, framed as the
+    maps are (the maps themselves are drawn on white), and beside it the sites the output imputed (``obs["kind"]``), in cyan as the
+    napari layers paint lost regions. Each map is framed on the tissue (no square box around a long section). Every
+    gene of ``genes`` is drawn (choose them with :func:`genes_to_plot`); titles from
+    :func:`side_by_side_titles`. The PNG is ``2 * PANEL_INCHES + 1.6`` inches wide and
+    ``panel_height + TITLE_INCHES`` inches a row, at :data:`DPI`.
     """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from matplotlib.collections import PolyCollection
 
     lattice = lattice_of(original)
     frame = plot_frame(original, enhanced)
     xy_in, xy_out, pitch = frame.xy_in, frame.xy_out, frame.pitch
-    marker = _MARKER[lattice.kind]
+    sides = _SIDES[lattice.kind]
+    theta = lattice_angle(xy_in, sides)
+    cells_in = cell_polygons(xy_in, pitch, sides, theta)
+    cells_out = cell_polygons(xy_out, pitch / 2, sides, theta)  # the 2x lattice: same axes, half pitch
     titles = side_by_side_titles(original, enhanced, genes)
-    fig, axes = plt.subplots(len(genes), 2, figsize=(8, 3.6 * len(genes)), squeeze=False)
-    low = np.vstack([xy_in, xy_out]).min(axis=0) - pitch
-    extent = np.ptp(np.vstack([xy_in, xy_out]), axis=0).max() + 2 * pitch
+    image_row = frame.image is not None
+    n_rows = len(genes) + image_row
+    height = panel_height(frame)
+    fig, axes = plt.subplots(
+        n_rows,
+        2,
+        figsize=(2 * PANEL_INCHES + 1.6, (height + TITLE_INCHES) * n_rows),
+        squeeze=False,
+        layout="constrained",
+    )
+    xy_all = np.vstack([xy_in, xy_out])
+    low, high = xy_all.min(axis=0) - pitch, xy_all.max(axis=0) + pitch
+
+    def frame_axes(ax, he: bool = False) -> None:
+        ax.set_aspect("equal")
+        if he:  # the gene maps hide it: drawn in the first row only
+            ax.imshow(frame.image, extent=frame.extent, interpolation="bilinear")
+        ax.set_xlim(low[0], high[0])
+        ax.set_ylim(high[1], low[1])  # y down, as images (and the H&E) are drawn
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+    if image_row:
+        frame_axes(axes[0, 0], he=True)
+        axes[0, 0].set_title("H&E (where the spots below lie)", fontsize=9)
+        imputed = (
+            enhanced.obs["kind"].to_numpy() == "imputed" if "kind" in enhanced.obs else np.zeros(0, bool)
+        )
+        if imputed.any():  # where the output holds values no spot measured
+            frame_axes(axes[0, 1], he=True)
+            axes[0, 1].add_collection(
+                PolyCollection(cells_out[imputed], facecolors="cyan", edgecolors="face", linewidths=0.2)
+            )
+            axes[0, 1].set_title(f"H&E, {int(imputed.sum()):,} sites imputed (cyan)", fontsize=9)
+        else:
+            axes[0, 1].set_axis_off()
     for i, gene in enumerate(genes):
+        row = axes[i + image_row]
         before = _dense_column(original.X, original.var_names.get_loc(gene))
         after = _dense_column(enhanced.X, enhanced.var_names.get_loc(gene))
         vmax = float(np.percentile(np.concatenate([before, after]), 99)) or 1.0
-        for ax, xy, values, size_pitch, title in (
-            (axes[i, 0], xy_in, before, pitch, titles[i][0]),
-            (axes[i, 1], xy_out, after, pitch / 2, titles[i][1]),
+        for ax, cells, values, title in (
+            (row[0], cells_in, before, titles[i][0]),
+            (row[1], cells_out, after, titles[i][1]),
         ):
-            ax.set_aspect("equal")
-            if frame.image is not None:
-                ax.imshow(frame.image, extent=frame.extent, interpolation="bilinear")
-            ax.set_xlim(low[0], low[0] + extent)
-            ax.set_ylim(low[1] + extent, low[1])  # y down, as images (and the H&E) are drawn
-            points_per_unit = ax.get_window_extent().width / extent * 72.0 / fig.dpi
-            sc = ax.scatter(
-                xy[:, 0],
-                xy[:, 1],
-                c=values,
-                s=(size_pitch * 0.95 * points_per_unit) ** 2,
-                marker=marker,
-                cmap="magma",
-                vmin=0,
-                vmax=vmax,
-                linewidths=0,
-            )
+            frame_axes(ax)
+            # edges in the face colour: antialiased seams between cells would show the H&E
+            sc = PolyCollection(cells, array=values, cmap="magma", edgecolors="face", linewidths=0.2)
+            sc.set_clim(0, vmax)
+            ax.add_collection(sc)
             ax.set_title(title, fontsize=9)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        fig.colorbar(sc, ax=axes[i].tolist(), shrink=0.8, label="counts")
+        fig.colorbar(sc, ax=row.tolist(), shrink=0.8, label="counts")
     path = Path(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=DPI, format="png")
     plt.close(fig)
     return path
 

@@ -1,0 +1,94 @@
+"""Geometry of the `--plot` maps: every site's cell tiles its lattice, in any image frame."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helpers import block_sites, make_slide
+from napari_stentrans.core.lattice import Lattice
+from napari_stentrans.core.plotting import cell_polygons, lattice_angle, plot_frame
+
+
+def _polygon_area(cells: np.ndarray) -> np.ndarray:
+    x, y = cells[..., 0], cells[..., 1]
+    return 0.5 * np.abs((x * np.roll(y, -1, axis=1) - np.roll(x, -1, axis=1) * y).sum(axis=1))
+
+
+def _meets_every_neighbour_edge_to_edge(xy: np.ndarray, cells: np.ndarray, pitch: float) -> bool:
+    """Each nearest-neighbour midpoint is the midpoint of an edge of both cells (no gap, no overlap)."""
+    from scipy.spatial import cKDTree
+
+    edge_mid = 0.5 * (cells + np.roll(cells, -1, axis=1))  # (n, sides, 2)
+    pairs = cKDTree(xy).query_pairs(pitch * 1.01, output_type="ndarray")
+    assert len(pairs) > len(xy)  # the test sees the lattice's neighbours
+    mid = 0.5 * (xy[pairs[:, 0]] + xy[pairs[:, 1]])
+    for side in (0, 1):
+        gap = np.linalg.norm(edge_mid[pairs[:, side]] - mid[:, None, :], axis=2).min(axis=1)
+        if gap.max() > 1e-6 * pitch:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("kind", ["hex", "square"])
+@pytest.mark.parametrize("turn", [0.0, 0.4, np.pi / 2, 2.0])
+@pytest.mark.parametrize("mirror", [False, True])
+def test_cells_tile_a_lattice_turned_and_mirrored_as_images_show_it(kind, turn, mirror):
+    lattice = Lattice(kind)
+    xy = lattice.physical(*block_sites(kind, 9, 14))
+    rotation = np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])
+    xy = (xy * ([1, -1] if mirror else [1, 1])) @ rotation.T * 3.7 + 250.0  # pixels, y down
+    pitch = lattice.pitch_um * 3.7
+    sides = 6 if kind == "hex" else 4
+    cells = cell_polygons(xy, pitch, sides, lattice_angle(xy, sides))
+    assert cells.shape == (len(xy), sides, 2)
+    cell_area = pitch**2 * (np.sqrt(3) / 2 if kind == "hex" else 1.0)  # the lattice's Voronoi cell
+    np.testing.assert_allclose(_polygon_area(cells), cell_area, rtol=1e-9)
+    assert _meets_every_neighbour_edge_to_edge(xy, cells, pitch)
+
+
+def test_the_2x_sites_tile_at_half_the_pitch_in_the_image_frame(tmp_path):
+    from helpers import fit_cpu
+
+    r, c = block_sites("hex", 10, 16)
+    adata = make_slide(r, c, "hex")
+    adata.obsm["spatial"] = 2000.0 - Lattice("hex").physical(r, c) * 2.0  # turned 180 degrees
+    out = fit_cpu(adata, "default").enhance(adata, genes=2, device="cpu")
+    frame = plot_frame(adata, out)
+    theta = lattice_angle(frame.xy_in, 6)
+    assert _meets_every_neighbour_edge_to_edge(
+        frame.xy_in, cell_polygons(frame.xy_in, frame.pitch, 6, theta), frame.pitch
+    )
+    half = frame.pitch / 2
+    assert _meets_every_neighbour_edge_to_edge(
+        frame.xy_out, cell_polygons(frame.xy_out, half, 6, theta), half
+    )
+
+
+def test_plot_shows_the_he_and_the_imputed_sites_beside_it(tmp_path):
+    from PIL import Image
+
+    from helpers import fit_cpu
+    from napari_stentrans.core.plotting import plot_side_by_side
+
+    r, c = block_sites("hex", 12, 20)
+    hole = np.hypot((r - 6) * np.sqrt(3), c - 10) < 2.5  # a lumen of 5 spots inside the tissue
+    r, c = r[~hole], c[~hole]
+    adata = make_slide(r, c, "hex")
+    adata.obsm["spatial"] = 2000.0 - Lattice("hex").physical(r, c) * 2.0
+    image = np.zeros((500, 500, 3), dtype=np.uint8)
+    image[..., 1] = 200  # green: no colour map of the genes draws it
+    adata.uns["spatial"] = {
+        "lib": {"images": {"lowres": image}, "scalefactors": {"tissue_lowres_scalef": 0.25}}
+    }
+    out = fit_cpu(adata, "default").enhance(adata, genes=2, device="cpu")
+    n_imputed = int((out.obs["kind"] == "imputed").sum())
+    assert n_imputed == hole.sum()
+    plot_side_by_side(adata, out, list(out.var_names[:1]), tmp_path / "p.png")
+    pixels = np.asarray(Image.open(tmp_path / "p.png").convert("RGB")).astype(int)
+    width = pixels.shape[1]
+    cyan = (pixels[..., 0] < 60) & (pixels[..., 1] > 200) & (pixels[..., 2] > 200)
+    green = (pixels[..., 1] > 150) & (pixels[..., 0] < 60) & (pixels[..., 2] < 60)
+    top = pixels.shape[0] // 2  # the H&E row (one gene row below it)
+    assert cyan[:top, width // 2 :].sum() > 100 and cyan[:top, : width // 2].sum() == 0  # beside the H&E
+    assert green[:top].sum() > 0.2 * top * width and cyan[top:].sum() == 0
