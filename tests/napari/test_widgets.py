@@ -33,13 +33,17 @@ def test_each_widget_opens_by_display_name(st_viewer, name):
     assert widget.slide_id is not None and widget.slide_id.startswith("synthetic_st#")
 
 
-def test_the_panels_follow_a_slide_opened_after_another(st_viewer):
+def test_the_panels_follow_a_slide_opened_after_another(st_viewer, qtbot):
     """A new user opened a sample after a slide and ran the Quality check on the first one: the
     panels stayed on it. A newly opened slide is now chosen; closing it returns to the other."""
     widget = _dock(st_viewer, "Quality check")
     first = widget.slide_id
+    st_viewer.camera.center, st_viewer.camera.zoom = (0.0, -5e4, -5e4), 3.0  # looking far away
     st_viewer.open_sample("napari-stentrans", "synthetic_visium")
     assert widget.slide_id != first and widget.slide_id.startswith("synthetic_visium#")
+    qtbot.waitUntil(lambda: st_viewer.camera.zoom < 1.0)  # the view fits the slides again
+    extent = st_viewer.layers.extent.world
+    np.testing.assert_allclose(st_viewer.camera.center[-2:], extent.mean(axis=0)[-2:], rtol=1e-6)
     opened = widget.slide_id
     widget._slide.value = first  # the user's own choice holds while layers of a slide come and go
     st_viewer.layers.remove(st_viewer.layers[-1])

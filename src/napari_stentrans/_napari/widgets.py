@@ -181,6 +181,11 @@ class _SlideWidget(Container):
             # a slide opened while another was chosen: work on the one just opened (a new user
             # opened a sample after a slide and ran the Quality check on the first one unawares)
             self._slide.value = opened[-1]
+            # napari fits the view to the first layer only: a larger slide opened second lay partly
+            # out of view. Fit once the whole batch of its layers is in (after this event).
+            from qtpy.QtCore import QTimer
+
+            QTimer.singleShot(0, self._viewer.reset_view)
 
     @property
     def slide_id(self) -> str | None:
