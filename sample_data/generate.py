@@ -9,15 +9,15 @@ import argparse
 from pathlib import Path
 
 from napari_stentrans.core.files import write_h5ad
-from napari_stentrans.synthetic import synthetic_slide
+from napari_stentrans.synthetic import SAMPLES, sample_slide
 
 
 def main(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    for kind, name in (("hex", "synthetic_visium.h5ad"), ("square", "synthetic_st.h5ad")):
-        adata = synthetic_slide(kind, n_genes=300, seed=0)
-        write_h5ad(adata, out_dir / name)
-        print(f"wrote {out_dir / name}: {adata.n_obs} spots x {adata.n_vars} genes ({kind} lattice)")
+    for name, kind in SAMPLES.items():
+        adata = sample_slide(name)
+        write_h5ad(adata, out_dir / f"{name}.h5ad")
+        print(f"wrote {out_dir / name}.h5ad: {adata.n_obs} spots x {adata.n_vars} genes ({kind} lattice)")
 
 
 if __name__ == "__main__":

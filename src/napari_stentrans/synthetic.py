@@ -27,6 +27,18 @@ def _fields(xy: np.ndarray, centres: np.ndarray, scales: np.ndarray, tilt: np.nd
     return np.concatenate([domains, gradients], axis=1)
 
 
+#: the bundled samples: name (napari's File > Open Sample key, ``sample_data/NAME.h5ad``) -> lattice
+SAMPLES = {"synthetic_visium": "hex", "synthetic_st": "square"}
+
+
+def sample_slide(name: str) -> ad.AnnData:
+    """The bundled sample ``name`` (:data:`SAMPLES`): 300 genes, seed 0, marked in
+    ``uns["stentrans_sample"]`` so a front end can name the file ``sample_data/generate.py`` writes."""
+    adata = synthetic_slide(SAMPLES[name], n_genes=300, seed=0)
+    adata.uns["stentrans_sample"] = name
+    return adata
+
+
 def synthetic_slide(
     kind: str = "hex", n_genes: int = 300, seed: int = 0, with_truth: bool = True, full_array: bool = False
 ) -> ad.AnnData:

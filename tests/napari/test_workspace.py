@@ -248,11 +248,26 @@ def test_quality_check_progress_stop_verdict_and_csv(make_napari_viewer, qtbot, 
     _, ws = _workspace(viewer)
     quality = ws.quality
     quality._genes.value = 40
-    # the command line that scores the same (it named every method of evaluate, and never changed)
+    # the command line that scores the same (it named every method of evaluate, and never changed);
+    # the sample has no file: the command writes it first (it said PATH)
     assert quality._status.value == (
-        "same engine and settings as: stentrans evaluate PATH --methods default,nearest,linear,cubic "
-        "--epochs 5 --genes 40 --seed 0"
+        "same engine and settings as: python sample_data/generate.py && stentrans evaluate "
+        "sample_data/synthetic_st.h5ad --methods default,nearest,linear,cubic --epochs 5 --genes 40 --seed 0"
     )
+    import importlib.util
+    from pathlib import Path
+
+    import anndata
+
+    generator = Path(__file__).resolve().parents[2] / "sample_data" / "generate.py"
+    spec = importlib.util.spec_from_file_location("generate", generator)
+    generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate)
+    generate.main(tmp_path / "sample_data")  # the file that command scores holds the same counts
+    written = anndata.read_h5ad(tmp_path / "sample_data" / "synthetic_st.h5ad")
+    shown = actions.slide(viewer, quality.slide_id).adata
+    assert (written.obs_names == shown.obs_names).all() and (written.var_names == shown.var_names).all()
+    assert abs(written.X - shown.X).sum() == 0
     quality._learned.value = True
     assert "--methods default,nearest,linear,cubic,transformer,published " in quality._status.value
     quality._learned.value = False
@@ -672,7 +687,7 @@ def test_quality_check_command_names_the_opened_slides_file(make_napari_viewer, 
     viewer = make_napari_viewer()
     viewer.open(str(path), plugin="napari-stentrans")
     _, ws = _workspace(viewer)
-    # quoted for the shell (the name has a space); a sample without a file keeps PATH
+    # quoted for the shell (the name has a space)
     assert ws.quality.command().startswith(f"stentrans evaluate '{path}' --methods ")
 
 

@@ -6,7 +6,7 @@ import anndata as ad
 import numpy as np
 
 from ..core.display import DisplayFrame
-from ..synthetic import synthetic_slide
+from ..synthetic import sample_slide
 from .layers import enhanced_layers, slide_layers
 
 
@@ -19,8 +19,8 @@ def _truth(adata: ad.AnnData) -> ad.AnnData:
     return out
 
 
-def _sample(kind: str, name: str) -> list[tuple]:
-    adata = synthetic_slide(kind, n_genes=300, seed=0)
+def _sample(name: str) -> list[tuple]:
+    adata = sample_slide(name)
     layers = slide_layers(adata, name=name)
     genes = [attrs["name"] for _, attrs, _ in layers if attrs["metadata"]["stentrans"]["role"] == "gene"]
     slide_id = layers[0][1]["metadata"]["stentrans"]["slide_id"]
@@ -39,9 +39,9 @@ def _sample(kind: str, name: str) -> list[tuple]:
 
 def synthetic_visium() -> list[tuple]:
     """A synthetic Visium slide (hex lattice, three holes) and its noise-free 2x truth."""
-    return _sample("hex", "synthetic_visium")
+    return _sample("synthetic_visium")
 
 
 def synthetic_st() -> list[tuple]:
     """A synthetic legacy ST slide (square lattice) and its noise-free 2x truth."""
-    return _sample("square", "synthetic_st")
+    return _sample("synthetic_st")

@@ -1280,25 +1280,38 @@ class QualityWidget(_SlideWidget):
         self._say_command()
 
     def command(self) -> str:
-        """The `stentrans evaluate` command that scores what a run here scores, with these settings."""
+        """The `stentrans evaluate` command that scores what a run here scores, with these settings.
+
+        A bundled sample has no file: the command first writes it with ``sample_data/generate.py``
+        (same generator and seed as File > Open Sample), run in the project's folder.
+        """
         labels = self.labels()
+        path, sample = self._source_path()
         return (
-            f"stentrans evaluate {self._source_path()} --methods {','.join(self.methods())} --epochs {self._epochs.value} "
+            (f"python sample_data/generate.py && stentrans evaluate sample_data/{sample}.h5ad" if sample
+             else f"stentrans evaluate {path}")
+            + f" --methods {','.join(self.methods())} --epochs {self._epochs.value} "
             f"--genes {self._genes.value} --seed {self._seed.value}"
             + (f" --labels {labels}" if labels else "")
-        )
+        )  # fmt: skip
 
-    def _source_path(self) -> str:
-        """The slide's file as the shell takes it, or ``PATH`` when it has none (a sample)."""
+    def _source_path(self) -> tuple[str, str | None]:
+        """The slide's file as the shell takes it (``PATH`` when it has none) and the bundled
+        sample it is, if it is one (its ``uns["stentrans_sample"]``)."""
         import shlex
 
         from ..core.io import source_of
+        from ..synthetic import SAMPLES
 
         try:
-            path = source_of(actions.slide(self._viewer, self.slide_id).adata)
+            adata = actions.slide(self._viewer, self.slide_id).adata
         except LookupError:
-            return "PATH"
-        return shlex.quote(path) if path and Path(path).exists() else "PATH"  # a sample: "synthetic"
+            return "PATH", None
+        path = source_of(adata)
+        if path and Path(path).exists():
+            return shlex.quote(path), None
+        sample = adata.uns.get("stentrans_sample")
+        return "PATH", (str(sample) if sample in SAMPLES else None)
 
     def _label_choices(self, _widget=None) -> list[str]:
         try:
