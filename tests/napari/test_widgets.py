@@ -38,14 +38,24 @@ def test_the_panels_follow_a_slide_opened_after_another(st_viewer, qtbot):
     panels stayed on it. A newly opened slide is now chosen; closing it returns to the other."""
     widget = _dock(st_viewer, "Quality check")
     first = widget.slide_id
+    first_genes = set(actions.shown_genes(st_viewer, first))
+    assert set(widget._gene.choices) == first_genes
+    widget.run(methods=("nearest",))  # a table of the first slide
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    assert widget._status.value.startswith(f"{widget.report['n_heldout_spots']:,} held-out spots")
     st_viewer.camera.center, st_viewer.camera.zoom = (0.0, -5e4, -5e4), 3.0  # looking far away
     st_viewer.open_sample("napari-stentrans", "synthetic_visium")
     assert widget.slide_id != first and widget.slide_id.startswith("synthetic_visium#")
+    # the status line and "Residual of" follow the slide: they kept the first one's command and genes
+    assert widget._status.value.startswith("the table is of synthetic_st; for this slide, same engine")
+    assert "stentrans evaluate sample_data/synthetic_visium.h5ad --methods" in widget._status.value
+    assert set(widget._gene.choices) == set(actions.shown_genes(st_viewer, widget.slide_id)) != first_genes
     qtbot.waitUntil(lambda: st_viewer.camera.zoom < 1.0)  # the view fits the slides again
     extent = st_viewer.layers.extent.world
     np.testing.assert_allclose(st_viewer.camera.center[-2:], extent.mean(axis=0)[-2:], rtol=1e-6)
     opened = widget.slide_id
     widget._slide.value = first  # the user's own choice holds while layers of a slide come and go
+    assert widget._status.value.startswith(f"{widget.report['n_heldout_spots']:,} held-out spots")
     st_viewer.layers.remove(st_viewer.layers[-1])
     assert widget.slide_id == first
     for layer in [layer for layer in st_viewer.layers if layer.metadata["stentrans"]["slide_id"] == opened]:
@@ -189,6 +199,35 @@ def test_stop_mid_run_leaves_every_layer_as_it_was(st_viewer, qtbot):
         assert after[name][1] == visible
     assert actions.slide(st_viewer).model is None
     assert widget._start.enabled and not widget._stop.enabled
+
+
+def test_a_spot_without_counts_counts_once_among_the_sites_to_impute(make_napari_viewer, tmp_path):
+    """Vis5A's proposed holes read "1 of 982 measured spots, 1 empty in-tissue site(s) (-1 painted
+    site(s) outside the tissue are ignored)": a spot without counts is imputed, and was counted
+    as measured too."""
+    import scipy.sparse as sp
+
+    from helpers import block_sites, make_slide
+
+    r, c = block_sites("hex", 12, 20)
+    adata = make_slide(r, c, "hex")
+    centre = int(np.argmin(np.hypot(r - 6, (c - 10) / np.sqrt(3))))
+    counts = adata.X.toarray()
+    counts[centre] = 0
+    adata.X = sp.csr_matrix(counts)
+    adata.write_h5ad(tmp_path / "empty_spot.h5ad")
+    viewer = make_napari_viewer()
+    viewer.open(str(tmp_path / "empty_spot.h5ad"), plugin="napari-stentrans")
+    widget = _dock(viewer, "Lost regions")
+    assert widget.propose() == 1
+    assert widget.update_summary() == {
+        "measured": 0,
+        "empty_in_tissue": 1,
+        "outside": 0,
+        "total": 1,
+        "n_measured": len(r) - 1,  # as the output counts them: the spot without counts is imputed
+    }
+    assert "outside" not in widget._summary.value
 
 
 def test_lost_regions_paint_count_propose_and_undo(make_napari_viewer):

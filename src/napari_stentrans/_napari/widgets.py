@@ -1271,11 +1271,15 @@ class QualityWidget(_SlideWidget):
         viewer.layers.events.inserted.connect(lambda _e: self._gene.reset_choices())
         viewer.layers.events.inserted.connect(lambda _e: self._labels.reset_choices())
         self._slide.changed.connect(lambda _: self._labels.reset_choices())
+        self._slide.changed.connect(lambda _: self._gene.reset_choices())  # "Residual of": its genes
         self.worker = None
         self.report = None
+        self._report_slide: str | None = None  # the slide the table's report is of
+        self._running_slide: str | None = None
+        self._report_status = ""
         self._last_verdict = ""
         self._stop_flag = threading.Event()
-        for widget in (self._epochs, self._genes, self._seed, self._learned, self._labels):
+        for widget in (self._epochs, self._genes, self._seed, self._learned, self._labels, self._slide):
             widget.changed.connect(self._say_command)
         self._say_command()
 
@@ -1325,8 +1329,28 @@ class QualityWidget(_SlideWidget):
         return None if value in (None, NO_ANNOTATION) else str(value)
 
     def _say_command(self, _value=None) -> None:
-        if self.worker is None and self.report is None:
+        """The status line: the equivalent command, or the report's summary while its slide is chosen.
+
+        With a report of another slide in the table, the line says whose it is (a new user opened a
+        second slide and read the first one's table as the new one's).
+        """
+        if self.worker is not None:
+            return
+        if self.report is None:
             self._status.value = f"same engine and settings as: {self.command()}"
+        elif self._report_slide == self.slide_id:
+            self._status.value = self._report_status
+        else:
+            self._status.value = (
+                f"the table is of {self._slide_name(self._report_slide)}; for this slide, "
+                f"same engine and settings as: {self.command()}"
+            )
+
+    def _slide_name(self, slide_id: str | None) -> str:
+        try:
+            return actions.slide(self._viewer, slide_id).name
+        except LookupError:
+            return "a slide no longer open"
 
     def _shown(self, _widget=None) -> list[str]:
         try:
@@ -1352,6 +1376,7 @@ class QualityWidget(_SlideWidget):
         self._stop_flag = threading.Event()
         self._progress.max, self._progress.value = len(methods), 0
         self._status.value = f"running the held-out protocol: {len(methods)} methods..."
+        self._running_slide = self.slide_id
         self._last_verdict, self._verdict.value = self._verdict.value, ""  # back if stopped
         worker = create_worker(
             actions.quality_events,
@@ -1398,6 +1423,7 @@ class QualityWidget(_SlideWidget):
 
     def show_report(self, report: dict) -> None:
         self.report = report
+        self._report_slide = self._running_slide
         table = actions.quality_table(report, QUALITY_COLUMNS)
         # one column per method (its `--methods` name; the full label as its tooltip) and one of
         # the measured slide, one row per metric: a docked panel is ~400 px wide, which showed
@@ -1448,6 +1474,8 @@ class QualityWidget(_SlideWidget):
             )
             + "; a method close to these keeps the slide's gene-specific structure"
         )
+        self._report_status = self._status.value
+        self._say_command()  # another slide chosen while it ran: say whose the table is
 
     def save_csv(self, path):
         if self.report is None:
