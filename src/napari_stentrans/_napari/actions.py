@@ -407,8 +407,8 @@ class SiteIndex:
     output sites on every brush stroke.
     """
 
-    measured: np.ndarray  # sorted keys of the measured spots
-    holes: np.ndarray  # sorted keys of the unmeasured sites enclosed by tissue (imputed if lost)
+    measured: np.ndarray  # sorted keys of the measured spots (the output's kind "measured")
+    holes: np.ndarray  # sorted keys of the sites the output imputes (enclosed, without counts, near-empty)
     hole_rows: np.ndarray
     hole_cols: np.ndarray
 
@@ -423,8 +423,11 @@ def site_index(info: SlideInfo) -> SiteIndex:
     adata = info.adata
     out = output_sites(Slide.from_adata(adata))
     holes = out.kind == "imputed"
+    # measured as the output counts them: a spot without counts or near-empty is imputed, and was
+    # counted as both (Vis5A: "1 of 982 measured spots, 1 empty ... (-1 painted site(s) outside")
+    measured = out.kind == "measured"
     index = SiteIndex(
-        np.unique(site_keys(adata.obs["array_row"].to_numpy(), adata.obs["array_col"].to_numpy())),
+        np.unique(site_keys(out.fine_row[measured], out.fine_col[measured])),
         np.unique(site_keys(out.fine_row[holes], out.fine_col[holes])),
         out.fine_row[holes],
         out.fine_col[holes],
