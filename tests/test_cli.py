@@ -408,3 +408,7 @@ def test_plot_titles_name_genes_by_symbol_and_count_spots_as_enhance_does():
     assert side_by_side_titles(slide, enhanced, ids[:1])[0][0] == (
         f"{symbol}\nmeasured ({slide.n_obs - 8:,} spots; 8 sites imputed)"
     )
+    enhanced.obs["kind"] = ["measured"] * (slide.n_obs - 1) + ["imputed"] + ["new"] * (3 * slide.n_obs)
+    assert side_by_side_titles(slide, enhanced, ids[:1])[0][0] == (  # it read "1 sites imputed"
+        f"{symbol}\nmeasured ({slide.n_obs - 1:,} spots; 1 site imputed)"
+    )

@@ -400,6 +400,14 @@ def test_enhance_says_when_the_patterns_were_not_judged(tmp_path, capsys):
         .uns["stentrans"]["patterns"]["not_judged"]
         .startswith("only 3 genes")
     )
+    # with 2 genes it said "only 2 genes or 64 measured spots": which limit applied was unclear
+    code, out, _ = run_cli(
+        ["enhance", tmp_path / "s.h5ad", "-o", tmp_path / "two.h5ad", "--genes", "2", "--quiet"], capsys
+    )
+    line = next(x for x in out.splitlines() if x.startswith("patterns: "))
+    assert (
+        code == 0 and line == "patterns: not judged: only 2 genes (at least 5 are needed to judge patterns)"
+    )
 
 
 def test_library_on_a_visium_hd_top_folder_still_names_its_bin_folders(tmp_path, capsys):

@@ -86,10 +86,13 @@ class PatternCheck:
     def result(self) -> dict:
         """PC1 share and effective rank of the enhanced and the measured values, and a warning."""
         if len(self.genes) < 3 or len(self.rows) < 3:
-            return {
-                "n_genes": int(len(self.genes)),
-                "not_judged": f"only {_count(len(self.genes), 'gene')} or {_count(len(self.rows), 'measured spot')}",
-            }
+            reasons = []  # the limit that applies (it said "only 2 genes or 981 measured spots")
+            if len(self.genes) < 3:
+                needed = f"at least {MIN_GENES_STRONG} are needed to judge patterns"
+                reasons.append(f"only {_count(len(self.genes), 'gene')} ({needed})")
+            if len(self.rows) < 3:
+                reasons.append(f"only {_count(len(self.rows), 'measured spot')} (at least 3 are needed)")
+            return {"n_genes": int(len(self.genes)), "not_judged": "; ".join(reasons)}
         pc1, rank = spectrum(self.enhanced)
         measured_pc1, measured_rank = spectrum(self.measured)
         out = {

@@ -18,6 +18,11 @@ _SIDES = {"hex": 6, "square": 4, "checkerboard": 4}  # a site's Voronoi cell on 
 MAX_GENES = 12  # rows of one figure; more genes are named as left out, never dropped silently
 
 
+def _count(n: int, noun: str) -> str:
+    """``"1 site"``, ``"2,232 sites"``."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def _dense_column(x, j: int) -> np.ndarray:
     col = x[:, j]
     return np.asarray(col.toarray() if sp.issparse(col) else col).ravel()
@@ -101,7 +106,9 @@ def side_by_side_titles(
     else:
         n_imputed = int(near_empty(np.asarray(original.X.sum(axis=1)).ravel()).sum())
         n_measured = original.n_obs - n_imputed
-    measured = f"measured ({n_measured:,} spots" + (f"; {n_imputed:,} sites imputed)" if n_imputed else ")")
+    measured = f"measured ({_count(n_measured, 'spot')}" + (
+        f"; {_count(n_imputed, 'site')} imputed)" if n_imputed else ")"
+    )
     return [
         (f"{label}\n{measured}", f"{label}\n2x, {preset_name} ({enhanced.n_obs:,} sites)")
         for label in (gene_label(original.var, gene) for gene in genes)
@@ -211,7 +218,7 @@ def plot_side_by_side(original: ad.AnnData, enhanced: ad.AnnData, genes: list[st
             axes[0, 1].add_collection(
                 PolyCollection(cells_out[imputed], facecolors="cyan", edgecolors="face", linewidths=0.2)
             )
-            axes[0, 1].set_title(f"H&E, {int(imputed.sum()):,} sites imputed (cyan)", fontsize=9)
+            axes[0, 1].set_title(f"H&E, {_count(int(imputed.sum()), 'site')} imputed (cyan)", fontsize=9)
         else:
             axes[0, 1].set_axis_off()
     for i, gene in enumerate(genes):
