@@ -75,6 +75,37 @@ def test_info_describes_the_slide(slide_file, capsys):
     assert "lattice:   square (pitch 200 um)" in out and "100 measured" in out
 
 
+def test_info_names_spatially_variable_genes_that_enhance_takes(tmp_path, capsys):
+    """A new user found no gene names in `info` to give `--genes`: it names the most spatially
+    variable ones, by symbol where the var names are ids, and `enhance --genes` takes them."""
+    from napari_stentrans.core.display import spatially_variable_genes
+
+    slide = make_slide(*block_sites("hex", 12, 24), "hex", n_genes=12)
+    symbols = slide.var_names.to_numpy()
+    slide.var["gene_symbols"] = symbols
+    slide.var_names = [f"ENSG{i:011d}" for i in range(slide.n_vars)]
+    slide.write_h5ad(tmp_path / "ids.h5ad")
+    code, out, _ = run_cli(["info", tmp_path / "ids.h5ad"], capsys)
+    line = next(x for x in out.splitlines() if x.startswith("variable:  "))
+    named = line.removeprefix("variable:  ").split(" (the ")[0].split(", ")
+    expected = [symbols[slide.var_names.get_loc(g)] for g in spatially_variable_genes(slide, 8)]
+    assert code == 0 and named == expected and len(named) == 8
+    code, _, _ = run_cli(
+        [
+            "enhance",
+            tmp_path / "ids.h5ad",
+            "-o",
+            tmp_path / "o.h5ad",
+            "--genes",
+            ",".join(named[:2]),
+            "--quiet",
+        ],
+        capsys,
+    )
+    written = ad.read_h5ad(tmp_path / "o.h5ad")
+    assert code == 0 and list(written.var["gene_symbols"]) == named[:2]
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_exits_non_zero_with_one_line_naming_the_file(case, tmp_path, capsys):
     make, pattern = CASES[case]
