@@ -425,8 +425,8 @@ def test_plot_titles_name_genes_by_symbol_and_count_spots_as_enhance_does():
     titles = side_by_side_titles(slide, enhanced, ids[:2])
     symbol = slide.var["gene_symbols"].iloc[0]
     assert titles[0] == (
-        f"{symbol}\nmeasured ({slide.n_obs - 3:,} spots; 3 sites imputed)",
-        f"{symbol}\n2x, default ({4 * slide.n_obs:,} sites)",
+        f"{symbol}\nmeasured ({slide.n_obs - 3:,} spots)",
+        f"{symbol}\n2x, default ({4 * slide.n_obs:,} sites, 3 imputed)",
     )
     plain = make_slide(
         *block_sites("hex", 12, 24), "hex", n_genes=12
@@ -436,10 +436,12 @@ def test_plot_titles_name_genes_by_symbol_and_count_spots_as_enhance_does():
     )
     # an output's kinds win: spots masked as lost are imputed too (the input's depth cannot say)
     enhanced.obs["kind"] = ["measured"] * (slide.n_obs - 8) + ["imputed"] * 8 + ["new"] * (3 * slide.n_obs)
-    assert side_by_side_titles(slide, enhanced, ids[:1])[0][0] == (
-        f"{symbol}\nmeasured ({slide.n_obs - 8:,} spots; 8 sites imputed)"
+    assert side_by_side_titles(slide, enhanced, ids[:1])[0] == (
+        f"{symbol}\nmeasured ({slide.n_obs - 8:,} spots)",
+        f"{symbol}\n2x, default ({4 * slide.n_obs:,} sites, 8 imputed)",
     )
     enhanced.obs["kind"] = ["measured"] * (slide.n_obs - 1) + ["imputed"] + ["new"] * (3 * slide.n_obs)
-    assert side_by_side_titles(slide, enhanced, ids[:1])[0][0] == (  # it read "1 sites imputed"
-        f"{symbol}\nmeasured ({slide.n_obs - 1:,} spots; 1 site imputed)"
+    assert (
+        side_by_side_titles(slide, enhanced, ids[:1])[0][0]
+        == f"{symbol}\nmeasured ({slide.n_obs - 1:,} spots)"
     )

@@ -95,7 +95,7 @@ def side_by_side_titles(
 
     Each names the gene by its symbol where the var names are ids (as the napari layers do),
     on its own line (an id and the panel's counts on one line ran into the next panel's title),
-    and counts the spots as ``stentrans enhance`` does: from the output's ``obs["kind"]`` (spots
+    and counts the spots as ``stentrans enhance`` does, the imputed ones on the 2x panel: from the output's ``obs["kind"]`` (spots
     masked as lost, without counts or near-empty are imputed, not measured), else from the
     input's depth (:func:`~.slide.near_empty`).
     """
@@ -106,11 +106,13 @@ def side_by_side_titles(
     else:
         n_imputed = int(near_empty(np.asarray(original.X.sum(axis=1)).ravel()).sum())
         n_measured = original.n_obs - n_imputed
-    measured = f"measured ({_count(n_measured, 'spot')}" + (
-        f"; {_count(n_imputed, 'site')} imputed)" if n_imputed else ")"
-    )
+    # the imputed sites are the output's: named on its panel (the measured one shows them as holes)
+    imputed = f", {n_imputed:,} imputed" if n_imputed else ""
     return [
-        (f"{label}\n{measured}", f"{label}\n2x, {preset_name} ({enhanced.n_obs:,} sites)")
+        (
+            f"{label}\nmeasured ({_count(n_measured, 'spot')})",
+            f"{label}\n2x, {preset_name} ({enhanced.n_obs:,} sites{imputed})",
+        )
         for label in (gene_label(original.var, gene) for gene in genes)
     ]
 
