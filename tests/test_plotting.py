@@ -128,3 +128,22 @@ def test_plot_shows_the_he_and_the_imputed_sites_beside_it(tmp_path):
     top = pixels.shape[0] // 2  # the H&E row (one gene row below it)
     assert cyan[:top, width // 2 :].sum() > 100 and cyan[:top, : width // 2].sum() == 0  # beside the H&E
     assert green[:top].sum() > 0.2 * top * width and cyan[top:].sum() == 0
+
+
+def test_a_blank_hires_image_gives_way_to_the_lowres_one():
+    """scanpy's tiny Visium slide ships a black hires placeholder: the plot's H&E row was black."""
+    r, c = block_sites("hex", 6, 10)
+    adata = make_slide(r, c, "hex")
+    adata.obsm["spatial"] = Lattice("hex").physical(r, c) * 2.0
+    lowres = np.zeros((60, 60, 3), dtype=np.uint8)
+    lowres[..., 0] = np.arange(60, dtype=np.uint8)[:, None]  # a real image varies
+    images = {"hires": np.zeros((300, 300, 3), dtype=np.uint8), "lowres": lowres}
+    scalefactors = {"tissue_hires_scalef": 0.5, "tissue_lowres_scalef": 0.1}
+    adata.uns["spatial"] = {"lib": {"images": images, "scalefactors": scalefactors}}
+    enhanced = adata.copy()  # plot_frame reads only the output's positions
+    enhanced.obsm["spatial"] = adata.obsm["spatial"]
+    frame = plot_frame(adata, enhanced)
+    assert frame.image is lowres and frame.extent == pytest.approx((-5.0, 595.0, 595.0, -5.0))
+    images["hires"] = np.full((300, 300, 3), 7, dtype=np.uint8)
+    images["hires"][0, 0] = 8
+    assert plot_frame(adata, enhanced).image is images["hires"]  # any variation: a real image
