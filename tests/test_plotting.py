@@ -147,3 +147,27 @@ def test_a_blank_hires_image_gives_way_to_the_lowres_one():
     images["hires"] = np.full((300, 300, 3), 7, dtype=np.uint8)
     images["hires"][0, 0] = 8
     assert plot_frame(adata, enhanced).image is images["hires"]  # any variation: a real image
+
+
+def test_the_measured_map_leaves_out_the_spots_the_output_imputes():
+    """Vis5A's measured map drew 982 cells under "measured (981 spots)": its near-empty spot,
+    imputed by the output, was drawn as a dark measured cell."""
+    import scipy.sparse as sp
+
+    from helpers import fit_cpu
+    from napari_stentrans.core.plotting import measured_spots, side_by_side_titles
+
+    r, c = block_sites("hex", 10, 16)
+    adata = make_slide(r, c, "hex")
+    counts = adata.X.toarray() * 100  # ~thousands of counts a spot: 1 count is near-empty
+    counts[5] = 0  # without counts
+    counts[9] = 0
+    counts[9, 0] = 1  # near-empty
+    adata.X = sp.csr_matrix(counts)
+    out = fit_cpu(adata, "default").enhance(adata, genes=2, device="cpu")
+    measured = measured_spots(adata, out)
+    assert measured.shape == (adata.n_obs,) and list(np.flatnonzero(~measured)) == [5, 9]
+    title = side_by_side_titles(adata, out, [adata.var_names[0]])[0][0]
+    assert title.endswith(f"measured ({measured.sum():,} spots)")
+    del out.obs["kind"]  # not an output of ours: the input's depth says the same
+    assert list(np.flatnonzero(~measured_spots(adata, out))) == [5, 9]

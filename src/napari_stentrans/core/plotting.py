@@ -105,6 +105,19 @@ def plot_frame(original: ad.AnnData, enhanced: ad.AnnData) -> PlotFrame:
     return frame
 
 
+def measured_spots(original: ad.AnnData, enhanced: ad.AnnData) -> np.ndarray:
+    """``(n_spots,)`` whether each spot of ``original`` is measured as ``stentrans enhance`` counts it.
+
+    From the output's ``obs["kind"]`` and ``obs["barcode"]`` when it has them (spots masked as
+    lost, without counts or near-empty are imputed), else from the input's depth
+    (:func:`~.slide.near_empty`).
+    """
+    if "kind" in enhanced.obs and "barcode" in enhanced.obs:
+        kinds = enhanced.obs["kind"].to_numpy()
+        return original.obs_names.isin(enhanced.obs["barcode"].to_numpy()[kinds == "measured"])
+    return ~near_empty(np.asarray(original.X.sum(axis=1)).ravel())
+
+
 def side_by_side_titles(
     original: ad.AnnData, enhanced: ad.AnnData, genes: list[str]
 ) -> list[tuple[str, str]]:
@@ -117,12 +130,12 @@ def side_by_side_titles(
     input's depth (:func:`~.slide.near_empty`).
     """
     preset_name = enhanced.uns.get("stentrans", {}).get("preset", "stEnTrans")
-    if "kind" in enhanced.obs:
+    if "kind" in enhanced.obs:  # an output of ours: its barcodes name these spots (measured_spots)
         kinds = enhanced.obs["kind"].to_numpy()
         n_measured, n_imputed = int((kinds == "measured").sum()), int((kinds == "imputed").sum())
     else:
-        n_imputed = int(near_empty(np.asarray(original.X.sum(axis=1)).ravel()).sum())
-        n_measured = original.n_obs - n_imputed
+        n_measured = int(measured_spots(original, enhanced).sum())
+        n_imputed = original.n_obs - n_measured
     # the imputed sites are the output's: named on its panel (the measured one shows them as holes)
     imputed = f", {n_imputed:,} imputed" if n_imputed else ""
     return [
@@ -199,7 +212,8 @@ def plot_side_by_side(original: ad.AnnData, enhanced: ad.AnnData, genes: list[st
 
     frame = plot_frame(original, enhanced)
     xy_in, xy_out, pitch = frame.xy_in, frame.xy_out, frame.pitch
-    cells_in = xy_in[:, None, :] + frame.cell[None, :, :]
+    measured = measured_spots(original, enhanced)  # the others are holes here, filled in the 2x map
+    cells_in = (xy_in[:, None, :] + frame.cell[None, :, :])[measured]
     cells_out = xy_out[:, None, :] + frame.cell[None, :, :] / 2  # the 2x lattice: same axes, half pitch
     titles = side_by_side_titles(original, enhanced, genes)
     image_row = frame.image is not None
@@ -240,7 +254,7 @@ def plot_side_by_side(original: ad.AnnData, enhanced: ad.AnnData, genes: list[st
             axes[0, 1].set_axis_off()
     for i, gene in enumerate(genes):
         row = axes[i + image_row]
-        before = _dense_column(original.X, original.var_names.get_loc(gene))
+        before = _dense_column(original.X, original.var_names.get_loc(gene))[measured]
         after = _dense_column(enhanced.X, enhanced.var_names.get_loc(gene))
         vmax = float(np.percentile(np.concatenate([before, after]), 99)) or 1.0
         for ax, cells, values, title in (
