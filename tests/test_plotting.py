@@ -7,7 +7,7 @@ import pytest
 
 from helpers import block_sites, make_slide
 from napari_stentrans.core.lattice import Lattice
-from napari_stentrans.core.plotting import cell_polygons, lattice_angle, plot_frame
+from napari_stentrans.core.plotting import plot_frame
 
 
 def _polygon_area(cells: np.ndarray) -> np.ndarray:
@@ -41,12 +41,17 @@ def _meets_every_neighbour_edge_to_edge(
 @pytest.mark.parametrize("mirror", [False, True])
 def test_cells_tile_a_lattice_turned_and_mirrored_as_images_show_it(kind, turn, mirror):
     lattice = Lattice(kind)
-    xy = lattice.physical(*block_sites(kind, 9, 14))
+    r, c = block_sites(kind, 9, 14)
+    adata = make_slide(r, c, kind)
     rotation = np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])
-    xy = (xy * ([1, -1] if mirror else [1, 1])) @ rotation.T * 3.7 + 250.0  # pixels, y down
-    pitch = lattice.pitch_um * 3.7
+    turned = (lattice.physical(r, c) * ([1, -1] if mirror else [1, 1])) @ rotation.T * 3.7 + 250.0
+    adata.obsm["spatial"] = turned  # pixels, y down
+    enhanced = adata.copy()  # plot_frame reads only the output's positions
+    frame = plot_frame(adata, enhanced)
+    xy, pitch = frame.xy_in, lattice.pitch_um * 3.7
+    np.testing.assert_allclose(xy, turned, atol=1e-6 * pitch)
     sides = 6 if kind == "hex" else 4
-    cells = cell_polygons(xy, pitch, sides, lattice_angle(xy, sides))
+    cells = xy[:, None, :] + frame.cell
     assert cells.shape == (len(xy), sides, 2)
     cell_area = pitch**2 * (np.sqrt(3) / 2 if kind == "hex" else 1.0)  # the lattice's Voronoi cell
     np.testing.assert_allclose(_polygon_area(cells), cell_area, rtol=1e-9)

@@ -11,10 +11,9 @@ import scipy.sparse as sp
 
 from .files import atomic_path
 from .io import lattice_of
-from .lattice import fit_affine
+from .lattice import NEIGHBOUR_STEPS, Lattice, fit_affine
 from .slide import gene_label, near_empty
 
-_SIDES = {"hex": 6, "square": 4, "checkerboard": 4}  # a site's Voronoi cell on its lattice
 MAX_GENES = 12  # rows of one figure; more genes are named as left out, never dropped silently
 
 
@@ -71,10 +70,9 @@ def plot_frame(original: ad.AnnData, enhanced: ad.AnnData) -> PlotFrame:
     between cells drawn at them.
     """
     lattice = lattice_of(original)
-    sides = _SIDES[lattice.kind]
     row, col = original.obs["array_row"].to_numpy(), original.obs["array_col"].to_numpy()
     physical = lattice.physical(row, col)
-    cell_um = cell_polygons(np.zeros((1, 2)), lattice.pitch_um, sides, lattice_angle(physical, sides))[0]
+    cell_um = lattice_cell(lattice)
     spatial = np.asarray(original.obsm["spatial"], float) if "spatial" in original.obsm else None
     to_px = fit_affine(row, col, spatial) if spatial is not None else None
     to_um = fit_affine(row, col, physical)
@@ -147,35 +145,19 @@ def side_by_side_titles(
     ]
 
 
-def lattice_angle(xy: np.ndarray, sides: int) -> float:
-    """Direction (radians) of the lattice's nearest-neighbour axes in the ``(n, 2)`` positions ``xy``.
+def lattice_cell(lattice: Lattice) -> np.ndarray:
+    """``(sides, 2)`` vertices (µm) of one site's cell around its centre: the regular polygon
+    that tiles the lattice in physical space.
 
-    The circular mean of ``sides`` times each spot's angle to its nearest neighbour, divided by
-    ``sides``: the six (hex) or four (square, checkerboard) neighbour directions fold onto one, so
-    a rotated or mirrored image frame (Vis7B's array rows run against its image's y axis) is read
-    off the positions themselves. 0 for fewer than two spots.
+    Its edges face the lattice's neighbours (:data:`~.lattice.NEIGHBOUR_STEPS`, both signs) at
+    half the pitch: a hexagon on the hex lattice, a square on the square and checkerboard ones.
     """
-    from scipy.spatial import cKDTree
-
-    if len(xy) < 2:
-        return 0.0
-    _, nearest = cKDTree(xy).query(xy, k=2)
-    step = xy[nearest[:, 1]] - xy
-    return float(np.angle(np.exp(1j * sides * np.arctan2(step[:, 1], step[:, 0])).mean()) / sides)
-
-
-def cell_polygons(xy: np.ndarray, pitch: float, sides: int, theta: float) -> np.ndarray:
-    """``(n, sides, 2)`` vertices of each site's cell: the regular polygon that tiles its lattice.
-
-    Edges face the neighbours (directions ``theta + 2 pi k / sides``) at half the ``pitch``
-    (apothem ``pitch / 2``), so the cells of neighbouring sites meet edge to edge: hexagons on
-    a hex lattice, squares on a square one, in the frame's units.
-    """
-    k = np.arange(sides)
-    angles = theta + np.pi / sides + 2 * np.pi * k / sides
-    radius = pitch / 2 / np.cos(np.pi / sides)
-    template = radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
-    return np.asarray(xy, dtype=float)[:, None, :] + template[None, :, :]
+    steps = NEIGHBOUR_STEPS[lattice.kind]
+    sides = 2 * len(steps)
+    dx, dy = lattice.physical(np.array([steps[0][0]]), np.array([steps[0][1]]))[0]
+    angles = np.arctan2(dy, dx) + np.pi / sides + 2 * np.pi * np.arange(sides) / sides
+    radius = lattice.pitch_um / 2 / np.cos(np.pi / sides)
+    return radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
 
 
 PANEL_INCHES = 3.2  # width of one map; its height follows the tissue's aspect
