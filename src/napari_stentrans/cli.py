@@ -403,7 +403,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         + (f" ({'; '.join(notes)})" if notes else "")
         + f"; array_row {slide.row.min()}..{slide.row.max()}, array_col {slide.col.min()}..{slide.col.max()}",
         f"genes:     {adata.n_vars} ({detected} detected in >= 10% of spots)",
-        f"variable:  {_variable_text(adata)}",
+        f"variable:  {_variable_text(adata, slide)}",
         f"depth:     median {np.median(slide.depth):.0f} counts per spot",
         f"2x output: {kinds['measured']} measured, {kinds['imputed']} imputed"
         + (f" ({_imputed_text(empty, shallow, absent, kinds['imputed'])})" if kinds["imputed"] else "")
@@ -424,13 +424,13 @@ def cmd_info(args: argparse.Namespace) -> int:
 N_INFO_GENES = 8
 
 
-def _variable_text(adata) -> str:
-    """``info``'s spatially variable genes, by symbol where the var names are ids (as ``--genes``
-    takes them), most variable first."""
+def _variable_text(adata, slide) -> str:
+    """``info``'s spatially variable genes of ``slide`` (built from ``adata``), by symbol where the
+    var names are ids (as ``--genes`` takes them), most variable first."""
     from .core.display import spatially_variable_genes
     from .core.slide import gene_label
 
-    genes = [gene_label(adata.var, g) for g in spatially_variable_genes(adata, N_INFO_GENES)]
+    genes = [gene_label(adata.var, g) for g in spatially_variable_genes(slide, N_INFO_GENES)]
     return f"{', '.join(genes)} (the {len(genes)} most spatially variable; --genes takes these names)"
 
 

@@ -25,6 +25,8 @@ from .lattice import Lattice, fit_affine
 if TYPE_CHECKING:  # anndata (with pandas) takes about a second to import: not when napari builds the panel
     import anndata as ad
 
+    from .slide import Slide
+
 _NEIGHBOUR = {"square": (0, 1), "hex": (0, 2), "checkerboard": (1, 1)}
 # spot diameter / centre-to-centre pitch when the slide does not say (Visium: 55 of 100 um; ST: 100
 # of 200 um)
@@ -183,16 +185,17 @@ def spot_raster(
     return SpotRaster(images, mask, frame.array_to_world @ pixel_to_array, (p, q), doubled, (r0, c0))
 
 
-def spatially_variable_genes(adata: ad.AnnData, n: int = 4, candidates: int = 2000) -> list[str]:
+def spatially_variable_genes(adata: ad.AnnData | Slide, n: int = 4, candidates: int = 2000) -> list[str]:
     """The ``n`` genes with the highest variance after smoothing over lattice neighbours.
 
     Smoothing over one pitch keeps spatial structure and averages out spot noise, so its
-    variance ranks genes by spatially coherent variation (not by noise or by depth).
+    variance ranks genes by spatially coherent variation (not by noise or by depth). ``adata``
+    may be the slide already built from it (``stentrans info`` has one).
     """
     from .classical import kernel_weights
     from .slide import Slide
 
-    slide = Slide.from_adata(adata)
+    slide = adata if isinstance(adata, Slide) else Slide.from_adata(adata)
     eligible = slide.eligible_genes(0.10)
     if len(eligible) == 0:
         eligible = np.arange(len(slide.genes))
