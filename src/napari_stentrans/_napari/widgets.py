@@ -153,6 +153,29 @@ class _Section:
         return self.body.native.isVisible() or self.button.isChecked()
 
 
+_FIT_PENDING: set[int] = set()  # viewers whose view fit is scheduled
+
+
+def _fit_view_soon(viewer) -> None:
+    """Fit the view to the layers once the batch of a newly opened slide's layers is in.
+
+    napari fits the view to the first layer only: a larger slide opened second lay partly out
+    of view. Every docked panel sees the slide open; the view is fitted once.
+    """
+    from qtpy.QtCore import QTimer
+
+    viewer = getattr(viewer, "__wrapped__", viewer)  # plugin widgets get a proxy of the viewer
+    if id(viewer) in _FIT_PENDING:
+        return
+    _FIT_PENDING.add(id(viewer))
+
+    def fit() -> None:
+        _FIT_PENDING.discard(id(viewer))
+        viewer.reset_view()
+
+    QTimer.singleShot(0, fit)
+
+
 class _SlideWidget(Container):
     """A container with a slide chooser that follows the viewer's layers."""
 
@@ -181,11 +204,7 @@ class _SlideWidget(Container):
             # a slide opened while another was chosen: work on the one just opened (a new user
             # opened a sample after a slide and ran the Quality check on the first one unawares)
             self._slide.value = opened[-1]
-            # napari fits the view to the first layer only: a larger slide opened second lay partly
-            # out of view. Fit once the whole batch of its layers is in (after this event).
-            from qtpy.QtCore import QTimer
-
-            QTimer.singleShot(0, self._viewer.reset_view)
+            _fit_view_soon(self._viewer)
 
     @property
     def slide_id(self) -> str | None:
@@ -1192,6 +1211,26 @@ QUALITY_TIPS = dict(
         strict=True,
     )
 )
+
+
+def _report_line(report: dict) -> str:
+    """The Quality check's status line for a report: scored spots and genes, and the measured
+    slide's own PC1 share, effective rank and ARI, which the methods' columns are read against."""
+    truth = report["truth"]
+    ari = truth.get("ari")
+    return (
+        f"{report['n_heldout_spots']:,} held-out spots, {report['n_genes']} genes. Measured slide at "
+        f"those spots: PC1 share {truth['pc1_share']:.2f}, effective rank {truth['effective_rank']:.1f} "
+        f"(over the {len(report['spatial_genes'])} most spatially variable genes)"
+        + (
+            f", ARI {ari:.3f} against the annotation ({truth['n_labelled']:,} labelled spots)"
+            if ari is not None and np.isfinite(ari)
+            else ""
+        )
+        + "; a method close to these keeps the slide's gene-specific structure"
+    )
+
+
 NO_ANNOTATION = "(none)"
 
 
@@ -1276,7 +1315,6 @@ class QualityWidget(_SlideWidget):
         self.report = None
         self._report_slide: str | None = None  # the slide the table's report is of
         self._running_slide: str | None = None
-        self._report_status = ""
         self._last_verdict = ""
         self._stop_flag = threading.Event()
         for widget in (self._epochs, self._genes, self._seed, self._learned, self._labels, self._slide):
@@ -1329,22 +1367,23 @@ class QualityWidget(_SlideWidget):
         return None if value in (None, NO_ANNOTATION) else str(value)
 
     def _say_command(self, _value=None) -> None:
+        if self.worker is None:  # a run's progress holds the line meanwhile
+            self._status.value = self._status_text()
+
+    def _status_text(self) -> str:
         """The status line: the equivalent command, or the report's summary while its slide is chosen.
 
         With a report of another slide in the table, the line says whose it is (a new user opened a
         second slide and read the first one's table as the new one's).
         """
-        if self.worker is not None:
-            return
         if self.report is None:
-            self._status.value = f"same engine and settings as: {self.command()}"
-        elif self._report_slide == self.slide_id:
-            self._status.value = self._report_status
-        else:
-            self._status.value = (
-                f"the table is of {self._slide_name(self._report_slide)}; for this slide, "
-                f"same engine and settings as: {self.command()}"
-            )
+            return f"same engine and settings as: {self.command()}"
+        if self._report_slide == self.slide_id:
+            return _report_line(self.report)
+        return (
+            f"the table is of {self._slide_name(self._report_slide)}; for this slide, "
+            f"same engine and settings as: {self.command()}"
+        )
 
     def _slide_name(self, slide_id: str | None) -> str:
         try:
@@ -1461,21 +1500,7 @@ class QualityWidget(_SlideWidget):
         below = native.horizontalScrollBar().sizeHint().height() if wide else 0
         native.setMinimumHeight(native.horizontalHeader().height() + rows + below + 2 * native.frameWidth())
         self._verdict.value = actions.quality_verdict(report)
-        truth = report["truth"]
-        ari = truth.get("ari")
-        self._status.value = (
-            f"{report['n_heldout_spots']:,} held-out spots, {report['n_genes']} genes. Measured slide at "
-            f"those spots: PC1 share {truth['pc1_share']:.2f}, effective rank {truth['effective_rank']:.1f} "
-            f"(over the {len(report['spatial_genes'])} most spatially variable genes)"
-            + (
-                f", ARI {ari:.3f} against the annotation ({truth['n_labelled']:,} labelled spots)"
-                if ari is not None and np.isfinite(ari)
-                else ""
-            )
-            + "; a method close to these keeps the slide's gene-specific structure"
-        )
-        self._report_status = self._status.value
-        self._say_command()  # another slide chosen while it ran: say whose the table is
+        self._status.value = self._status_text()  # its summary, or whose it is if another slide is chosen
 
     def save_csv(self, path):
         if self.report is None:
