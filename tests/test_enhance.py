@@ -344,6 +344,47 @@ def test_default_preset_is_the_classical_estimate_and_a_zero_correction_changes_
     assert depth is not None and (depth > 0).all()
 
 
+def test_a_networks_value_at_a_site_does_not_depend_on_the_other_sites_asked_for():
+    """The network reads its base at the input spots (third channel, as in training): asking for
+    the new sites alone, as evaluation does, must give the values that the whole output has
+    there (the base channel was zero at every input spot then)."""
+    import torch
+
+    from napari_stentrans.core.config import preset
+    from napari_stentrans.core.estimators.learned import LearnedModel
+    from napari_stentrans.core.model import StEnTransViT
+    from napari_stentrans.core.sites import OutputSites, output_sites
+    from napari_stentrans.core.slide import Slide
+
+    r, c = block_sites("hex", 14, 24)
+    adata = make_slide(r, c, "hex", n_genes=20, seed=2)
+    config = preset("transformer", "hex", n_train_genes=16, depth=1, heads=2, patch_size=2, embed_dim=16)
+    slide = Slide.from_adata(adata)
+    model = fit_cpu(adata, preset("default", "hex", n_train_genes=16))
+    torch.manual_seed(0)
+    network = StEnTransViT(config.network)
+    with torch.no_grad():  # a correction that depends on every input channel
+        network.head.weight.normal_(0.0, 0.05)
+    learned = LearnedModel(
+        config=config,
+        state_dict=network.state_dict(),
+        lattice_kind="hex",
+        classical=model,
+        training_genes=model.training_genes,
+        slide_fingerprint=slide.fingerprint,
+    )
+    sites = output_sites(slide)
+    genes = np.arange(len(slide.genes))
+    whole, depth = learned.predict(slide, sites, genes, device="cpu", classical="keep")
+    new = np.flatnonzero(sites.kind == "new")
+    subset = OutputSites(*(getattr(sites, f)[new] for f in OutputSites.__dataclass_fields__))
+    alone, alone_depth = learned.predict(slide, subset, genes, device="cpu", classical="keep")
+    base, _ = model.predict(slide, subset, genes)
+    assert np.abs(alone - base).max() > 1e-3  # the network changes the estimate there
+    np.testing.assert_allclose(alone, whole[new], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(alone_depth, depth[new], rtol=1e-6)
+
+
 def test_sites_in_gaps_take_the_smoothers_chosen_on_hole_pairs():
     from dataclasses import replace
 

@@ -96,6 +96,23 @@ def output_sites(slide: Slide) -> OutputSites:
     return sites
 
 
+def with_input_spots(sites: OutputSites, slide: Slide) -> OutputSites:
+    """``sites`` followed by the slide's usable spots it leaves out, as measured sites (child 0).
+
+    A model that reads its base estimate at the input spots (the correction network's third
+    channel) needs the base there whichever sites are asked for: evaluation asks for held-out
+    sites only.
+    """
+    usable = np.flatnonzero(slide.usable)
+    missing = usable[~np.isin(usable, sites.spot[sites.child == 0])]
+    if not len(missing):
+        return sites
+    spots = sites_at(slide, 2 * slide.row[missing], 2 * slide.col[missing], kind="measured")
+    return OutputSites(
+        *(np.concatenate([getattr(sites, f), getattr(spots, f)]) for f in OutputSites.__dataclass_fields__)
+    )
+
+
 def sites_at(slide: Slide, rows: np.ndarray, cols: np.ndarray, kind: str = "new") -> OutputSites:
     """Output sites at given half-pitch coordinates (e.g. held-out spots for evaluation).
 
@@ -117,4 +134,4 @@ def sites_at(slide: Slide, rows: np.ndarray, cols: np.ndarray, kind: str = "new"
     )
 
 
-__all__ = ["OutputSites", "output_sites", "sites_at", "KINDS"]
+__all__ = ["OutputSites", "output_sites", "sites_at", "with_input_spots", "KINDS"]

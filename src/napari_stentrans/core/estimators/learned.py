@@ -29,7 +29,7 @@ from ..device import resolve_device
 from ..errors import InputError
 from ..lattice import CHILD_OFFSETS, BrickRaster, IndexRaster, scatter
 from ..model import StEnTransViT
-from ..sites import OutputSites
+from ..sites import OutputSites, with_input_spots
 from ..slide import Slide
 from ..training import train_network
 from .base import (
@@ -249,9 +249,7 @@ class NetworkPredictor(Predictor):
         )
         self.shape = raster.shape
         self.in_flat = raster.flat_index(u_row, u_col)
-        fp, fq = raster.pixels(sites.fine_row, sites.fine_col)
-        du, dv = CHILD_OFFSETS[sites.child, 0], CHILD_OFFSETS[sites.child, 1]
-        self.out_flat = (2 * fp + du) * (2 * self.shape[1]) + (2 * fq + dv)
+        self.out_flat = self._output_pixels(raster, sites)
         self.keep_lr = np.zeros(self.shape[0] * self.shape[1], dtype=np.float32)
         self.keep_lr[self.in_flat] = 1.0
         self.base: ClassicalPredictor | None = None
@@ -259,11 +257,21 @@ class NetworkPredictor(Predictor):
             source = "as for the output sites"
             if base_model is None:
                 base_model, source = model.classical.for_slide(slide, classical)
-            self.base = ClassicalPredictor(base_model, slide, sites)
-            self.depth = self.base.depth
+            # the base at the input spots is an input channel, as in training: it is computed
+            # there even when the sites asked for leave the spots out (held-out sites only)
+            base_sites = with_input_spots(sites, slide)
+            self.base = ClassicalPredictor(base_model, slide, base_sites)
+            self.base_flat = self._output_pixels(raster, base_sites)
+            self.depth = self.base.depth[: len(sites)]
             self.notes.update(classical_choice=source, classical_summary=base_model.params.summary())
             self.params = base_model.params
         self.notes["device"] = str(self.device)
+
+    def _output_pixels(self, raster, sites: OutputSites) -> np.ndarray:
+        """Flat indices of ``sites`` in the 2x output raster (child ``(du, dv)`` of their fine pixel)."""
+        fp, fq = raster.pixels(sites.fine_row, sites.fine_col)
+        du, dv = CHILD_OFFSETS[sites.child, 0], CHILD_OFFSETS[sites.child, 1]
+        return (2 * fp + du) * (2 * self.shape[1]) + (2 * fq + dv)
 
     def _network(self, values: np.ndarray) -> np.ndarray:
         n_genes = values.shape[1]
@@ -272,7 +280,7 @@ class NetworkPredictor(Predictor):
         channels = [lr]
         base_t = None
         if self.base is not None:
-            base_hr = scatter(self.base.normalised(values), self.out_flat, (2 * h, 2 * w))
+            base_hr = scatter(self.base.normalised(values), self.base_flat, (2 * h, 2 * w))
             channels += [
                 np.broadcast_to(self.keep_lr, lr.shape),
                 base_hr[:, ::2, ::2].reshape(n_genes, -1) * self.keep_lr,
