@@ -79,13 +79,18 @@ def test_chosen_residuals_are_recorded_and_read_back():
     assert enhanced.uns["stentrans"]["classical"]["residual"] == params.residual
 
 
-def test_a_correction_network_is_not_trained_on_a_base_it_never_sees():
-    with pytest.raises(ConfigError, match="gene_residuals: 'shrunk' is not allowed"):
-        preset("default", "hex", epochs=3, gene_residuals="shrunk")
-    assert preset("transformer", "hex").classical.gene_residuals == "none"
-    trained = preset("default", "hex", epochs=3)  # asking the default to train picks the base it learns on
-    assert trained.learns and trained.classical.gene_residuals == "none"
-    assert preset("default", "hex").classical.gene_residuals == "shrunk"
+def test_a_correction_network_corrects_the_defaults_own_estimate():
+    """The transformer preset and a trained default correct the default's estimate (gene
+    residuals included), fitted once; a low-rank base is still a choice."""
+    from napari_stentrans.core.estimators.learned import corrects_default
+
+    assert preset("transformer", "hex").classical.gene_residuals == "shrunk"
+    trained = preset("default", "hex", epochs=3)
+    assert trained.learns and trained.classical.gene_residuals == "shrunk"
+    assert corrects_default(trained) and corrects_default(preset("transformer", "square", seed=4))
+    low_rank = preset("transformer", "hex", gene_residuals="none")
+    assert low_rank.learns and not corrects_default(low_rank)
+    assert not corrects_default(preset("transformer", "hex", n_train_genes=100))
 
 
 def test_keep_measured_puts_the_measured_counts_in_x_and_estimates_elsewhere(tmp_path):

@@ -180,7 +180,8 @@ def test_judging_a_pretrained_model_calls_its_base_the_classical_base(slides, pr
     model, _ = pretrained
     events = finetune_events(model, Slide.from_adata(slides[0]), 0, "cpu")
     prepared = next(e for e in events if e.kind == "prepared").message
-    assert "classical base (low-rank only): rank " in prepared and "classical estimate" not in prepared
+    assert "the network's classical base (low-rank + gene residuals): rank " in prepared
+    assert "classical estimate" not in prepared
 
 
 def test_cli_finetune_without_model_says_it_needs_one_and_a_negative_count_says_so(tmp_path, capsys):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import block_sites, fit_cpu, make_slide, tiny_config
+from helpers import TINY_OPTIONS, block_sites, fit_cpu, make_slide, tiny_config
 from napari_stentrans.core.classical import ClassicalParams
 from napari_stentrans.core.config import preset
 from napari_stentrans.core.estimators.classical import ClassicalModel
@@ -82,14 +82,33 @@ def test_stages_report_the_work_before_training_with_counts(square_slide, preset
         elapsed = [t for _, _, t in counts]
         assert elapsed == sorted(elapsed)
     if preset_name == "transformer":  # the classical base, the default's estimate, pairs, validation
+        # (the tiny configuration's 16 training genes make its base another fit than the default's)
         assert any(n.startswith("classical base: ") for n in names)
         assert any(n.startswith("default's estimate: ") for n in names)
         # the network's base is named as its stage is, not as the result's "classical estimate"
         prepared = next(e for e in events if e.kind == "prepared").message
-        assert "classical base (low-rank only): rank " in prepared and "classical estimate" not in prepared
+        assert "classical base (low-rank + gene residuals): rank " in prepared
+        assert "classical estimate" not in prepared
         assert "building the training pairs, held-out genes and region" in names
         validation = stages["scoring the starting network on the held-out genes"]
         assert validation[-1][0] == validation[-1][1] >= 1  # counted in gene batches
+
+
+def test_the_transformer_corrects_the_defaults_estimate_fitted_once(square_slide):
+    """With the default's classical options and training genes, the base the network corrects
+    is the default's own estimate (gene residuals included): one classical fit, named so."""
+    small = {k: v for k, v in TINY_OPTIONS.items() if k not in ("n_train_genes", "min_detection")}
+    trainer = Trainer(square_slide, preset("transformer", "square", **small), device="cpu")
+    events = list(trainer.run())
+    names = list(_stages(events))
+    assert any(n.startswith("the default's estimate: ") for n in names)
+    assert not any(n.startswith(("classical base: ", "default's estimate: ")) for n in names)
+    prepared = next(e for e in events if e.kind == "prepared").message
+    assert "the network corrects the default's estimate: rank " in prepared and "gene residuals" in prepared
+    # the default's estimate is scored as the bar and as the network's own start: the same loss
+    history = trainer.result.history
+    assert history["default_val_loss"][0] == pytest.approx(history["val_loss"][0], rel=1e-5)
+    assert history["default_val_score"][0] == pytest.approx(history["classical_val_score"][0], abs=1e-6)
 
 
 def test_stop_during_the_stages_ends_the_fit_before_training(square_slide):
@@ -501,7 +520,7 @@ def test_the_baseline_is_scored_on_the_same_pairs_with_the_defaults_gene_residua
     from napari_stentrans.core.training import train_network
 
     slide = Slide.from_adata(square_slide)
-    config = tiny_config(n_train_genes=24)
+    config = tiny_config(n_train_genes=24, gene_residuals="none")  # a low-rank base
     values = slide.expression(slide.training_genes(24, 0.0), "log1p", TARGET_SUM)
     classical = ClassicalEstimator(config).fit_model(slide, values=values)
     default = default_model(slide, config)
@@ -517,7 +536,7 @@ def test_the_baseline_is_scored_on_the_same_pairs_with_the_defaults_gene_residua
         except StopIteration as done:
             return done.value.default_val
 
-    low_rank = _train(square_slide, tiny_config(n_train_genes=24, epochs=1)).history["val_loss"][0]
+    low_rank = _train(square_slide, config.with_overrides(epochs=1)).history["val_loss"][0]
     # the low-rank model as baseline scores exactly epoch 0 (the same genes, pairs and region) ...
     assert default_val(replace(default, params=classical.params, _bases={})) == pytest.approx(low_rank)
     # ... and the default's own shrunk gene residuals change that score

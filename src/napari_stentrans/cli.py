@@ -692,13 +692,20 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     if not model.uses_network and getattr(model, "note", ""):  # e.g. `default --epochs 2`, not kept
         print(f"note: {model.note}")
     if "classical_val_loss" in model.history and model.uses_network:  # a pretrained model, judged here
+        from .core.estimators.learned import corrects_default
+
         best = int(model.history["best_epoch"][0])
         default = model.history.get("default_val_loss")
+        base = model.history["classical_val_loss"][0]
+        if corrects_default(model.config):  # one estimate: the default's is the network's base
+            bars = f"the default's estimate, which it corrects: {base:.4f}"
+        else:
+            bars = (
+                f"the default's estimate: {float(np.ravel(default)[0]):.4f}; " if default is not None else ""
+            ) + f"the low-rank estimate it corrects: {base:.4f}"
         print(
             f"the learned correction improved held-out genes on this slide: held-out loss "
-            f"{model.history['val_loss'][best]:.4f} ("
-            + (f"the default's estimate: {float(np.ravel(default)[0]):.4f}; " if default is not None else "")
-            + f"the low-rank estimate it corrects: {model.history['classical_val_loss'][0]:.4f})"
+            f"{model.history['val_loss'][best]:.4f} ({bars})"
             + (
                 f"; correlation score {model.history['val_score'][0]:.3f} (the default's: "
                 f"{model.history['default_val_score'][0]:.3f})"

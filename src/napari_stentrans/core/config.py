@@ -403,14 +403,6 @@ class Config:
                 "'index' with a correction network (residual=True): the classical estimate lives on it",
             )
 
-        if self.network.residual and self.optim.epochs > 0 and self.classical.gene_residuals != "none":
-            _refuse(
-                "gene_residuals",
-                self.classical.gene_residuals,
-                "'none' when a correction network trains (epochs > 0): the network learns to correct "
-                "the low-rank estimate alone (use the 'transformer' preset)",
-            )
-
     @property
     def learns(self) -> bool:
         """Whether fitting trains a network (False: the classical estimator alone)."""
@@ -490,16 +482,6 @@ class Config:
                 f"st.enhance(adata, {named!r}, ...) or st.preset({named!r}, adata, ...)"
             )
         top = {k: overrides[k] for k in ("preset", "seed") if k in overrides}
-        trains = overrides.get("epochs", self.optim.epochs)
-        if (
-            self.network.residual
-            and isinstance(trains, int)
-            and trains > 0
-            and "gene_residuals" not in overrides
-        ):
-            # a correction network is trained on the low-rank estimate alone (the training pairs
-            # build no gene residuals): asking a preset to train picks that base
-            overrides = {**overrides, "gene_residuals": "none"}
         sections = {}
         for section in _SECTIONS:
             changed = {k: v for k, v in overrides.items() if _FLAT.get(k) == section}
@@ -601,13 +583,8 @@ def preset(name: str = "default", lattice_kind: Any = None, **overrides) -> Conf
     if name == "default":
         config = Config()
     elif name == "transformer":
-        # the correction network is trained on the low-rank estimate alone (training pairs
-        # build no gene residuals), so the transformer keeps that base
-        config = Config(
-            preset="transformer",
-            classical=ClassicalConfig(gene_residuals="none"),
-            optim=OptimConfig(epochs=20),
-        )
+        # the network corrects the default's own estimate (gene residuals included)
+        config = Config(preset="transformer", optim=OptimConfig(epochs=20))
     else:
         visium = lattice_kind == "hex"
         config = Config(

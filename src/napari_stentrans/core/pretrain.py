@@ -216,7 +216,14 @@ def finetune_events(
         too few usable spots.
     """
     from .device import resolve_device
-    from .estimators.learned import LearnedModel, baseline_copy, default_model, gate
+    from .estimators.learned import (
+        LearnedModel,
+        base_message,
+        baseline_copy,
+        corrects_default,
+        default_model,
+        gate,
+    )
     from .training import train_network
 
     if not isinstance(model, LearnedModel) or model.classical is None:
@@ -231,8 +238,9 @@ def finetune_events(
         )
     config: Config = model.config.with_overrides(epochs=epochs)
     part, genes = _training_part(slide, config)
-    message = f"; the network's classical base (low-rank only): {part.classical.params.summary()}"
-    default = default_model(slide, config)
+    same = corrects_default(config)
+    message = base_message(part.classical, same)
+    default = part.classical if same else default_model(slide, config)
     result = yield from train_network(
         slide,
         part.values,

@@ -19,6 +19,7 @@ from collections.abc import Generator
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from .classical import (
@@ -64,6 +65,42 @@ class Pair:
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
+@dataclass
+class _Smoothers:
+    """What the classical base of one pair needs beyond the genes: shared by every gene batch.
+
+    ``scores`` ``(n_targets, rank)`` are the smoothed basis scores (None when the caller smooths
+    them itself) and ``kept_scores`` the input spots' own; with gene residuals, ``residual`` is
+    their ``(n_targets, n_kept)`` smoother, ``noise`` its noise factor per target
+    (:func:`~.classical.noise_factor`), ``neighbours`` the input spots' nearest-neighbour weights
+    (for each residual's Moran's I) and ``kappa`` the shrinkage's.
+    """
+
+    scores: np.ndarray | None
+    kept_scores: np.ndarray
+    residual: sp.csr_matrix | None = None
+    noise: np.ndarray | None = None
+    neighbours: sp.csr_matrix | None = None
+    kappa: float | None = None
+
+    @classmethod
+    def with_residuals(
+        cls,
+        scores: np.ndarray | None,
+        kept_scores: np.ndarray,
+        params: ClassicalParams,
+        source: np.ndarray,
+        target: np.ndarray,
+        weights: sp.csr_matrix | None = None,
+    ) -> _Smoothers:
+        """``params``' gene-residual smoother from ``source`` to ``target`` positions (the scores'
+        ``weights`` serve when it is the same smoother)."""
+        residual = params.residual_weights(source, target, weights)
+        return cls(
+            scores, kept_scores, residual, noise_factor(residual), neighbour_weights(source), params.residual
+        )
+
+
 class PairSampler:
     """Builds self-supervised training pairs of a slide for one configuration.
 
@@ -98,7 +135,7 @@ class PairSampler:
         self.flat = pr * self.raster.width + pc
         self.positions = slide.positions(slide.usable)
         self._bases: dict[int, LowRankBasis] = {}
-        self._coset_scores: dict[int, np.ndarray] = {}  # (n_usable, rank) per coset, no blobs
+        self._coset_smoothers: dict[int, _Smoothers] = {}  # per coset, no blobs
 
     def image(self, per_site: np.ndarray) -> np.ndarray:
         """Values ``(n_usable, k)`` at the usable spots -> ``(k, h, w)`` raster images."""
@@ -191,24 +228,15 @@ class PairSampler:
         residual = self.config.network.residual
         if residual:
             basis, rank = self.basis(coset), self.params.rank
-            rows_in_basis = np.searchsorted(members, kept)
-            # the smoothed scores are the same for every gene batch of a whole coset (no blobs)
-            reuse = drop is None and self.params.residual is None
-            scores = self._coset_scores.get(coset) if reuse else None
-            if scores is None:
-                weights = self.params.weights(self.positions[kept] / 2.0, self.positions / 2.0)
-                scores = weights @ basis.scores[rows_in_basis, :rank]
-                if reuse:
-                    self._coset_scores[coset] = scores
-            estimate = scores @ basis.components[genes, :rank].T + basis.mean[genes]
-            if self.params.residual is not None:  # a base with gene residuals (the default's)
-                kept_scores = basis.scores[rows_in_basis, :rank]
-                residual_weights = self.params.residual_weights(
-                    self.positions[kept] / 2.0, self.positions / 2.0, weights
-                )
-                estimate = estimate + self._residuals(
-                    kept, kept_scores, basis, genes, rank, residual_weights, self.params
-                )
+            # the smoothers are the same for every gene batch of a whole coset (no blobs)
+            smoothers = self._coset_smoothers.get(coset) if drop is None else None
+            if smoothers is None:
+                smoothers = self._upsampling_smoothers(basis, members, kept)
+                if drop is None:
+                    self._coset_smoothers[coset] = smoothers
+            estimate = smoothers.scores @ basis.components[genes, :rank].T + basis.mean[genes]
+            if smoothers.residual is not None:  # a base with gene residuals (the default's)
+                estimate = estimate + self._residuals(kept, smoothers.kept_scores, basis, genes, smoothers)
             stack.append(self.image(estimate.astype(np.float32)))
         full = np.concatenate(stack, axis=0)
         if self.config.pairs.symmetries:
@@ -242,31 +270,43 @@ class PairSampler:
             target_mask=torch.from_numpy(np.ascontiguousarray(tmask_hr)).to(device),
         )
 
+    def _upsampling_smoothers(self, basis: LowRankBasis, members: np.ndarray, kept: np.ndarray) -> _Smoothers:
+        """The base's smoothers from the input spots ``kept`` (of coset ``members``) to every usable spot.
+
+        Positions are halved: the input is a lattice of twice the pitch, and the classical
+        parameters are in pitches of the lattice they smooth from.
+        """
+        params = self.params
+        source, target = self.positions[kept] / 2.0, self.positions / 2.0
+        weights = params.weights(source, target)
+        kept_scores = basis.scores[np.searchsorted(members, kept), : params.rank]
+        if params.residual is None:
+            return _Smoothers(weights @ kept_scores, kept_scores)
+        return _Smoothers.with_residuals(weights @ kept_scores, kept_scores, params, source, target, weights)
+
     def _residuals(
         self,
         kept: np.ndarray,
         kept_scores: np.ndarray,
         basis: LowRankBasis,
         genes: np.ndarray,
-        rank: int,
-        weights,
-        params: ClassicalParams,
+        smoothers: _Smoothers,
     ) -> np.ndarray:
         """``(n_targets, n_genes)`` each gene's smoothed residual, shrunk as the classical inference does.
 
         ``kept`` are the input spots (indices into the usable spots), ``kept_scores`` their basis
-        scores and ``weights`` the ``(n_targets, n_kept)`` residuals' smoother
-        (:meth:`~.classical.ClassicalParams.residual_weights`); the residual of the rank-``rank``
-        reconstruction at the input spots is smoothed and weighted by
-        :func:`~.classical.residual_shrinkage` with ``params.residual`` (its Moran's I taken over
+        scores (rank ``r`` columns) and ``smoothers`` the residuals' smoother to the targets with
+        its noise factor and the input spots' neighbours (:meth:`_Smoothers.with_residuals`); the
+        residual of the rank-``r`` reconstruction at the input spots is smoothed and weighted by
+        :func:`~.classical.residual_shrinkage` with ``smoothers.kappa`` (its Moran's I taken over
         the input spots' nearest neighbours), as :class:`~.estimators.classical.ClassicalPredictor`
         does on the whole slide.
         """
-        coef = basis.components[genes, :rank].T
+        coef = basis.components[genes, : kept_scores.shape[1]].T
         residual = self.values[np.ix_(kept, genes)] - basis.mean[genes] - kept_scores @ coef
-        moran = morans_i(residual, neighbour_weights(self.positions[kept]))
-        shrink = residual_shrinkage(moran, noise_factor(weights), params.residual)
-        return (shrink * (weights @ residual)).astype(np.float32)
+        moran = morans_i(residual, smoothers.neighbours)
+        shrink = residual_shrinkage(moran, smoothers.noise, smoothers.kappa)
+        return (shrink * (smoothers.residual @ residual)).astype(np.float32)
 
     def _hole_base(self, genes: np.ndarray, drop: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """``(len(rows), n_genes)`` the classical base at usable spots ``rows`` with ``drop`` hidden.
@@ -289,11 +329,11 @@ class PairSampler:
             )
             estimate[group] = scores @ basis.components[genes, : params.rank].T + basis.mean[genes]
             if params.residual is not None:  # a base with gene residuals (the default's)
-                weights = params.residual_weights(self.positions[kept], self.positions[targets])
                 kept_scores = basis.scores[kept, : params.rank]
-                estimate[group] += self._residuals(
-                    kept_rows, kept_scores, basis, genes, params.rank, weights, params
+                smoothers = _Smoothers.with_residuals(
+                    None, kept_scores, params, self.positions[kept], self.positions[targets]
                 )
+                estimate[group] += self._residuals(kept_rows, kept_scores, basis, genes, smoothers)
         return estimate
 
     def hole_pair(

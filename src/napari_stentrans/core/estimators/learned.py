@@ -67,6 +67,32 @@ def _default_estimator(slide: Slide, config: Config) -> ClassicalEstimator:
     return ClassicalEstimator(preset("default", slide.lattice.kind, seed=config.seed))
 
 
+def corrects_default(config: Config) -> bool:
+    """Whether ``config``'s classical base is the ``default`` preset's own estimate on any slide.
+
+    The classical fit depends on the classical options, the training genes and the seed only;
+    when they match the default's, the base the network corrects *is* the default's estimate
+    (low-rank plus shrunk gene residuals) and is fitted once.
+    """
+    from ..config import preset
+
+    default = preset("default", seed=config.seed)
+    return (
+        config.classical == default.classical
+        and config.data.n_train_genes == default.data.n_train_genes
+        and config.data.min_detection == default.data.min_detection
+        and config.data.normalization == default.data.normalization
+    )
+
+
+def base_message(classical: ClassicalModel, corrects: bool) -> str:
+    """What the ``"prepared"`` event says of the base the network corrects."""
+    if corrects:
+        return f"; the network corrects the default's estimate: {classical.params.summary()}"
+    kind = "low-rank + gene residuals" if classical.params.residual is not None else "low-rank only"
+    return f"; the network's classical base ({kind}): {classical.params.summary()}"
+
+
 def baseline_copy(model: ClassicalModel) -> ClassicalModel:
     """``model`` with its own basis cache, for scoring on training genes (its cache stays its own)."""
     return replace(model, _bases={})
@@ -338,26 +364,30 @@ class LearnedEstimator(Estimator):
             return None
         classical, default, message = None, None, ""
         if config.network.residual:
-            # the classical estimate the network corrects, then the default's (the bar to beat)
+            # the classical estimate the network corrects, then the default's (the bar to beat);
+            # one fit when they are the same (the transformer preset corrects the default)
+            same = corrects_default(config)
             classical = yield from staged(
                 ClassicalEstimator(config).fit_model_steps(slide, values=values),
                 start,
                 stop,
                 str(torch_device),
-                "classical base: ",
+                "the default's estimate: " if same else "classical base: ",
             )
             if classical is None:
                 return None
-            default = yield from staged(
-                _default_estimator(slide, config).fit_model_steps(slide),
-                start,
-                stop,
-                str(torch_device),
-                "default's estimate: ",
-            )
-            if default is None:
-                return None
-            message = f"; the network's classical base (low-rank only): {classical.params.summary()}"
+            default = classical
+            if not same:
+                default = yield from staged(
+                    _default_estimator(slide, config).fit_model_steps(slide),
+                    start,
+                    stop,
+                    str(torch_device),
+                    "default's estimate: ",
+                )
+                if default is None:
+                    return None
+            message = base_message(classical, same)
         result = yield from train_network(
             slide,
             values,
