@@ -19,6 +19,9 @@ an ``.h5ad`` as ``stentrans enhance`` does (``genes/s``, written file included).
 learning presets' enhancement runs the network and its cost is measured; without it, a network
 refused by the gate enhances at the default's cost. On CUDA the peak GPU memory
 (``torch.cuda.max_memory_allocated``) is reported too.
+``transformer_lowrank_base`` (a preset name here only) is the baseline for the transformer: its
+network trained on the low-rank estimate alone (``gene_residuals="none"``, the preset's base
+before 2026-12-02), whose training pairs build no gene residuals.
 ``--blas unbounded`` is the baseline for the default preset: the classical choice without its
 one-thread BLAS limit (the behaviour before it), run in the same way beside the bounded one. One
 markdown table is printed.
@@ -71,9 +74,11 @@ def child(path: str, preset_name: str, epochs: int, device: str, blas: str, keep
     out["rasterise_s"] = time.perf_counter() - start
     n_genes = adata.n_vars
     learns = preset_name != "default"
+    base = {"gene_residuals": "none"} if preset_name == "transformer_lowrank_base" else {}
     config = preset(
-        preset_name,
+        "transformer" if base else preset_name,
         slide.lattice.kind,
+        **base,
         epochs=epochs if learns else 0,
         n_train_genes=min(n_genes, TRAIN_GENES),
         patience=None,
