@@ -236,7 +236,7 @@ class PairSampler:
                     self._coset_smoothers[coset] = smoothers
             estimate = smoothers.scores @ basis.components[genes, :rank].T + basis.mean[genes]
             if smoothers.residual is not None:  # a base with gene residuals (the default's)
-                estimate = estimate + self._residuals(kept, smoothers.kept_scores, basis, genes, smoothers)
+                estimate = estimate + self._residuals(kept, basis, genes, smoothers)
             stack.append(self.image(estimate.astype(np.float32)))
         full = np.concatenate(stack, axis=0)
         if self.config.pairs.symmetries:
@@ -285,23 +285,19 @@ class PairSampler:
         return _Smoothers.with_residuals(weights @ kept_scores, kept_scores, params, source, target, weights)
 
     def _residuals(
-        self,
-        kept: np.ndarray,
-        kept_scores: np.ndarray,
-        basis: LowRankBasis,
-        genes: np.ndarray,
-        smoothers: _Smoothers,
+        self, kept: np.ndarray, basis: LowRankBasis, genes: np.ndarray, smoothers: _Smoothers
     ) -> np.ndarray:
         """``(n_targets, n_genes)`` each gene's smoothed residual, shrunk as the classical inference does.
 
-        ``kept`` are the input spots (indices into the usable spots), ``kept_scores`` their basis
-        scores (rank ``r`` columns) and ``smoothers`` the residuals' smoother to the targets with
-        its noise factor and the input spots' neighbours (:meth:`_Smoothers.with_residuals`); the
+        ``kept`` are the input spots (indices into the usable spots) and ``smoothers`` their basis
+        scores (rank ``r`` columns) and the residuals' smoother to the targets with its noise
+        factor and the input spots' neighbours (:meth:`_Smoothers.with_residuals`); the
         residual of the rank-``r`` reconstruction at the input spots is smoothed and weighted by
         :func:`~.classical.residual_shrinkage` with ``smoothers.kappa`` (its Moran's I taken over
         the input spots' nearest neighbours), as :class:`~.estimators.classical.ClassicalPredictor`
         does on the whole slide.
         """
+        kept_scores = smoothers.kept_scores
         coef = basis.components[genes, : kept_scores.shape[1]].T
         residual = self.values[np.ix_(kept, genes)] - basis.mean[genes] - kept_scores @ coef
         moran = morans_i(residual, smoothers.neighbours)
@@ -333,7 +329,7 @@ class PairSampler:
                 smoothers = _Smoothers.with_residuals(
                     None, kept_scores, params, self.positions[kept], self.positions[targets]
                 )
-                estimate[group] += self._residuals(kept_rows, kept_scores, basis, genes, smoothers)
+                estimate[group] += self._residuals(kept_rows, basis, genes, smoothers)
         return estimate
 
     def hole_pair(
