@@ -77,7 +77,8 @@ def _build_parser() -> argparse.ArgumentParser:
         default="default",
         help="default: classical low-rank estimate plus shrunk gene residuals (no training; the "
         "most accurate preset on the honest benchmark, docs/accuracy); "
-        "transformer: a learned ViT correction on top; published: the authors' recipe",
+        "transformer: a learned ViT correction of the default's estimate (research: it has not beaten "
+        "the default); published: the authors' recipe",
     )
     enh.add_argument("--epochs", type=int, help="training epochs (preset default otherwise)")
     enh.add_argument(
