@@ -438,6 +438,24 @@ def _cli_process(args, stdout):
     return subprocess.Popen(command, env=env, stdout=stdout, stderr=subprocess.PIPE)
 
 
+def test_info_of_a_refused_networks_output_says_why_it_is_the_default(tmp_path, capsys):
+    """A learned preset whose network was not kept wrote the default's estimate: ``info`` says
+    so beside the preset's name, not only the file's metadata."""
+    from helpers import fit_cpu, tiny_config
+    from napari_stentrans.core.estimators.learned import NOTHING_LEARNED
+
+    r, c = block_sites("square", 10, 10)
+    adata = make_slide(r, c, "square", n_genes=20)
+    fallback = fit_cpu(adata, tiny_config(lr=1e-12, weight_decay=0.0))  # cannot move: best epoch 0
+    fallback.enhance(adata).write_h5ad(tmp_path / "out.h5ad")
+    code, out, _ = run_cli(["info", tmp_path / "out.h5ad"], capsys)
+    assert code == 0 and "(preset transformer)" in out
+    assert f"note:      {NOTHING_LEARNED}\n" in out
+    fit_cpu(adata, "default").enhance(adata).write_h5ad(tmp_path / "default.h5ad")
+    code, out, _ = run_cli(["info", tmp_path / "default.h5ad"], capsys)
+    assert code == 0 and "note:" not in out
+
+
 def test_info_into_a_reader_that_left_ends_quietly(tmp_path):
     """``stentrans info SLIDE | head -1``: the reader leaves; no traceback, exit 141 (as SIGPIPE)."""
     import os

@@ -109,6 +109,18 @@ def test_the_transformer_corrects_the_defaults_estimate_fitted_once(square_slide
     history = trainer.result.history
     assert history["default_val_loss"][0] == pytest.approx(history["val_loss"][0], rel=1e-5)
     assert history["default_val_score"][0] == pytest.approx(history["classical_val_score"][0], abs=1e-6)
+    # refused (cannot move), the result is the default's fit, recorded with the default's configuration
+    stuck = Trainer(square_slide, preset("transformer", "square", **small, lr=1e-12, weight_decay=0.0))
+    list(stuck.run())
+    fallback = stuck.result
+    default = fit_cpu(square_slide, "default")
+    assert isinstance(fallback, ClassicalModel) and fallback.config.preset == "default"
+    assert (
+        fallback.config.to_dict() == default.config.to_dict() and fallback.requested.preset == "transformer"
+    )
+    enhanced = fallback.enhance(square_slide)
+    assert enhanced.uns["stentrans"]["config"]["preset"] == "default"
+    np.testing.assert_array_equal(enhanced.X, default.enhance(square_slide).X)
 
 
 def test_stop_during_the_stages_ends_the_fit_before_training(square_slide):

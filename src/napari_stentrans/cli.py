@@ -484,6 +484,8 @@ def _describe_enhanced(path: Path, adata) -> str:
             f"counts:    {info.get('count_level') or 'not calibrated (written before count calibration)'}",
             f"images:    {_images_text(adata)}",
         ]
+        # why the model is not what the preset names (a learned preset whose network was refused)
+        + ([f"note:      {note}"] if (note := (info.get("model") or {}).get("note")) else [])
     )
 
 

@@ -218,6 +218,7 @@ def finetune_events(
     from .device import resolve_device
     from .estimators.learned import (
         LearnedModel,
+        as_default,
         base_message,
         baseline_copy,
         corrects_default,
@@ -240,7 +241,7 @@ def finetune_events(
     part, genes = _training_part(slide, config)
     same = corrects_default(config)
     message = base_message(part.classical, same)
-    default = part.classical if same else default_model(slide, config)
+    default = as_default(part.classical, slide) if same else default_model(slide, config)
     result = yield from train_network(
         slide,
         part.values,

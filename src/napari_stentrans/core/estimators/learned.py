@@ -85,6 +85,16 @@ def corrects_default(config: Config) -> bool:
     )
 
 
+def as_default(classical: ClassicalModel, slide: Slide) -> ClassicalModel:
+    """The base a network corrects, when it is the default's estimate, as the ``default`` fit.
+
+    The same parameters and basis; the configuration and name are the ``default`` preset's, so
+    a refused network's result records the configuration that made the estimate, exactly as
+    ``fit(slide)`` would.
+    """
+    return replace(classical, config=_default_estimator(slide, classical.config).config, name="default")
+
+
 def base_message(classical: ClassicalModel, corrects: bool) -> str:
     """What the ``"prepared"`` event says of the base the network corrects."""
     if corrects:
@@ -376,7 +386,7 @@ class LearnedEstimator(Estimator):
             )
             if classical is None:
                 return None
-            default = classical
+            default = as_default(classical, slide)
             if not same:
                 default = yield from staged(
                     _default_estimator(slide, config).fit_model_steps(slide),
