@@ -393,7 +393,7 @@ class LearnedEstimator(Estimator):
                     start,
                     stop,
                     str(torch_device),
-                    "default's estimate: ",
+                    "the default's estimate: ",
                 )
                 if default is None:
                     return None
