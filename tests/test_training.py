@@ -120,6 +120,9 @@ def test_the_transformer_corrects_the_defaults_estimate_fitted_once(square_slide
     )
     enhanced = fallback.enhance(square_slide)
     assert enhanced.uns["stentrans"]["config"]["preset"] == "default"
+    # torch trained a network there, though none made the estimate; the default's own fit used none
+    assert enhanced.uns["stentrans"]["torch_version"].startswith("not used for the estimate (torch ")
+    assert default.enhance(square_slide).uns["stentrans"]["torch_version"] == "not used"
     np.testing.assert_array_equal(enhanced.X, default.enhance(square_slide).X)
 
 

@@ -25,6 +25,17 @@ def _version_of(package: str) -> str:
         return "not installed"
 
 
+def _unused_torch(model) -> str:
+    """What ``torch_version`` says of an estimate made without a network.
+
+    A learned preset whose network was refused trained one with torch (its history has the
+    epochs) and wrote the default's estimate: both are said.
+    """
+    if "train_loss" in model.history:
+        return f"not used for the estimate (torch {_version_of('torch')} trained a network that was not kept)"
+    return "not used"
+
+
 def assemble(
     slide: Slide,
     model,
@@ -107,7 +118,7 @@ def assemble(
     classical = None if predictor.params is None else predictor.params.describe()
     info = {
         "version": __version__,
-        "torch_version": _version_of("torch") if model.uses_network else "not used",
+        "torch_version": _version_of("torch") if model.uses_network else _unused_torch(model),
         "anndata_version": _version_of("anndata"),
         "lattice": slide.lattice.kind,
         "input_pitch_um": float(slide.lattice.pitch_um),
