@@ -251,7 +251,7 @@ def finetune_events(
         stop,
         message,
         model.state_dict,
-        baseline=baseline_copy(default),
+        baseline=part.classical if same else baseline_copy(default),
     )
     if result is None:
         return None

@@ -617,7 +617,9 @@ class TrainingSlide:
     slide: Slide
     values: np.ndarray
     classical: ClassicalModel | None
-    baseline: ClassicalModel | None = None  # scored on the same validation (a zero correction on it)
+    # scored on the same validation (a zero correction on it); ``classical`` itself when the
+    # network's base is the baseline (its own validation then serves, scored once)
+    baseline: ClassicalModel | None = None
 
 
 @dataclass
@@ -660,7 +662,9 @@ def _prepare(
     )
     window = (max(8, sampler.raster.shape[0] // 2), max(8, sampler.raster.shape[1] // 2))
     baseline = None
-    if source.baseline is not None and config.network.residual:
+    if source.baseline is not None and source.baseline is source.classical:
+        baseline = validate  # the same estimate on the same pairs: nothing to build twice
+    elif source.baseline is not None and config.network.residual:
         # the same held-out genes, coset, drop, region and hole, with the baseline's estimate as base
         baseline = Validation(
             PairSampler(slide, values, config, source.baseline),
@@ -786,7 +790,8 @@ def train_network(
         Weights to start from (a pretrained model, fine-tuned here); None: a fresh network.
     baseline
         A classical model (the ``default`` preset's on this slide) whose estimate is scored on
-        the same validation (``TrainResult.default_val``); None: not scored.
+        the same validation (``TrainResult.default_val``); ``classical`` itself when the network
+        corrects that very estimate (scored once, on the network's own pairs); None: not scored.
 
     Returns
     -------
@@ -855,6 +860,7 @@ def train_slides(
     yield stage(what, len(sources), len(sources))
 
     model = StEnTransViT(config.network).to(device)
+    own_base = all(part.baseline is part.validate for part in parts)  # the baseline is the base
     # a fresh residual network corrects nothing (zero head): scored on the baseline's pairs it
     # gives the baseline's own held-out loss
     default_val = default_score = classical_score = None
@@ -863,10 +869,11 @@ def train_slides(
         default_score = _score(parts, model, world, baseline=True)
         # the estimate the network corrects, alone: a correction must beat it too, or a base that
         # happens to score well at the coarse scale would be kept for nothing the network learned
-        classical_score = _score(parts, model, world)
+        classical_score = default_score if own_base else _score(parts, model, world)
     classical_val = None
     if init_state is not None:
-        classical_val = _validate(parts, model, world) if config.network.residual else None
+        if config.network.residual:
+            classical_val = default_val if own_base else _validate(parts, model, world)
         model.load_state_dict(init_state)
     net: torch.nn.Module = model
     if world > 1 and optim.epochs > 0:
@@ -915,9 +922,12 @@ def train_slides(
         return flag
 
     validates = optim.epochs > 0 or init_state is not None
-    best_val = (
-        (yield from scored("scoring the starting network on the held-out genes")) if validates else None
-    )
+    if not validates:
+        best_val = None
+    elif own_base and init_state is None:  # the fresh network is its base: scored above
+        best_val = default_val
+    else:
+        best_val = yield from scored("scoring the starting network on the held-out genes")
     if stopping():
         yield event("stopped", 0, 0, text="stopped by request")
         return None

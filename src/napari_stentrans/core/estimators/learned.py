@@ -372,7 +372,7 @@ class LearnedEstimator(Estimator):
         values = yield from staged(self._normalised(slide, train_idx), start, stop, str(torch_device))
         if values is None:
             return None
-        classical, default, message = None, None, ""
+        classical, default, baseline, message = None, None, None, ""
         if config.network.residual:
             # the classical estimate the network corrects, then the default's (the bar to beat);
             # one fit when they are the same (the transformer preset corrects the default)
@@ -386,8 +386,9 @@ class LearnedEstimator(Estimator):
             )
             if classical is None:
                 return None
-            default = as_default(classical, slide)
-            if not same:
+            if same:  # the base is the bar: scored once, on the network's own validation
+                default, baseline = as_default(classical, slide), classical
+            else:
                 default = yield from staged(
                     _default_estimator(slide, config).fit_model_steps(slide),
                     start,
@@ -397,6 +398,7 @@ class LearnedEstimator(Estimator):
                 )
                 if default is None:
                     return None
+                baseline = baseline_copy(default)
             message = base_message(classical, same)
         result = yield from train_network(
             slide,
@@ -406,7 +408,7 @@ class LearnedEstimator(Estimator):
             torch_device,
             stop,
             message,
-            baseline=baseline_copy(default) if default is not None else None,
+            baseline=baseline,
         )
         if result is None:
             return None
