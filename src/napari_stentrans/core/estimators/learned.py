@@ -61,10 +61,15 @@ def default_model(slide: Slide, config: Config) -> ClassicalModel:
     return _default_estimator(slide, config).fit_model(slide)
 
 
-def _default_estimator(slide: Slide, config: Config) -> ClassicalEstimator:
+def _default_config(config: Config, lattice_kind: str | None = None) -> Config:
+    """The ``default`` preset's configuration with ``config``'s seed."""
     from ..config import preset
 
-    return ClassicalEstimator(preset("default", slide.lattice.kind, seed=config.seed))
+    return preset("default", lattice_kind, seed=config.seed)
+
+
+def _default_estimator(slide: Slide, config: Config) -> ClassicalEstimator:
+    return ClassicalEstimator(_default_config(config, slide.lattice.kind))
 
 
 def corrects_default(config: Config) -> bool:
@@ -74,9 +79,7 @@ def corrects_default(config: Config) -> bool:
     when they match the default's, the base the network corrects *is* the default's estimate
     (low-rank plus shrunk gene residuals) and is fitted once.
     """
-    from ..config import preset
-
-    default = preset("default", seed=config.seed)
+    default = _default_config(config)
     return (
         config.classical == default.classical
         and config.data.n_train_genes == default.data.n_train_genes
@@ -92,7 +95,7 @@ def as_default(classical: ClassicalModel, slide: Slide) -> ClassicalModel:
     a refused network's result records the configuration that made the estimate, exactly as
     ``fit(slide)`` would.
     """
-    return replace(classical, config=_default_estimator(slide, classical.config).config, name="default")
+    return replace(classical, config=_default_config(classical.config, slide.lattice.kind), name="default")
 
 
 def base_message(classical: ClassicalModel, corrects: bool) -> str:
