@@ -1368,8 +1368,18 @@ class QualityWidget(_SlideWidget):
         return None if value in (None, NO_ANNOTATION) else str(value)
 
     def _say_command(self, _value=None) -> None:
-        if self.worker is None:  # a run's progress holds the line meanwhile
+        if self.worker is None:  # a run's progress holds the lines meanwhile
             self._status.value = self._status_text()
+            if self.report is not None:
+                self._verdict.value = self._verdict_text()
+
+    def _verdict_text(self) -> str:
+        """The table's verdict; with another slide chosen, prefixed by the table's slide (a user
+        who opened a second slide read the first one's "On this slide ..." as the second's)."""
+        verdict = actions.quality_verdict(self.report)
+        if self._report_slide == self.slide_id:
+            return verdict
+        return f"The table's slide ({self._slide_name(self._report_slide)}): {verdict}"
 
     def _status_text(self) -> str:
         """The status line: the equivalent command, or the report's summary while its slide is chosen.
@@ -1453,7 +1463,8 @@ class QualityWidget(_SlideWidget):
     def _on_report(self, report: dict | None) -> None:
         if report is None:
             self._status.value = "quality check stopped: nothing changed"
-            self._verdict.value = self._last_verdict  # the table's report, still shown
+            # the table's report, still shown (named by its slide if another one is chosen now)
+            self._verdict.value = self._verdict_text() if self.report is not None else self._last_verdict
             return
         self.show_report(report)
 
@@ -1500,8 +1511,9 @@ class QualityWidget(_SlideWidget):
         wide = header + sum(widths) + 2 * native.frameWidth() > native.width()
         below = native.horizontalScrollBar().sizeHint().height() if wide else 0
         native.setMinimumHeight(native.horizontalHeader().height() + rows + below + 2 * native.frameWidth())
-        self._verdict.value = actions.quality_verdict(report)
-        self._status.value = self._status_text()  # its summary, or whose it is if another slide is chosen
+        # the summary and the verdict, or whose they are if another slide is chosen meanwhile
+        self._verdict.value = self._verdict_text()
+        self._status.value = self._status_text()
 
     def save_csv(self, path):
         if self.report is None:
