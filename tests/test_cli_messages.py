@@ -63,6 +63,24 @@ def test_progress_into_a_log_file_is_a_few_plain_lines():
     assert all(line.startswith("stentrans: ") for line in lines)
 
 
+def test_a_classical_fit_says_it_trained_nothing_without_calling_it_training():
+    """The default fits no network: its last line said 'training finished (nothing to train)'."""
+    from napari_stentrans.core.config import preset
+    from napari_stentrans.core.fitting import Trainer
+
+    log = io.StringIO()
+    bar = _ProgressBar(disabled=False, stream=log)
+    r, c = block_sites("square", 10, 10)
+    for event in Trainer(make_slide(r, c, "square"), preset("default", "square"), device="cpu").run():
+        bar.update(event)
+    bar.close()
+    lines = log.getvalue().splitlines()
+    assert lines[-1].startswith("stentrans: fit finished (no network to train, ") and lines[-1].endswith(
+        " s)"
+    )
+    assert not any("training" in line for line in lines), lines
+
+
 def _stage_events():
     from napari_stentrans.core.estimators.base import stage_event
 

@@ -1136,7 +1136,8 @@ class _ProgressBar:
             if self.bar is not None and event.kind == "finished":  # early stopping ends before the last step
                 self.bar.update(self.bar.total - self.bar.n)
             self.close()  # the bar's last state stays on screen; the line goes under it
-            self.line(f"stentrans: training {event.kind} ({event.message}, {event.elapsed:.1f} s)")
+            what = "fit" if event.n_epochs == 0 else "training"  # a classical fit trains nothing
+            self.line(f"stentrans: {what} {event.kind} ({event.message}, {event.elapsed:.1f} s)")
 
     def stage(self, event) -> None:
         """The work before training: one line per stage (interactive: with a bar of its items)."""

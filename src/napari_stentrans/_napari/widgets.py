@@ -922,7 +922,8 @@ class TrainWidget(_SlideWidget):
             self._progress.native.setFormat("%p%")
             if event.kind == "finished":  # early stopping ends before the last planned step
                 self._progress.value = self._progress.max
-            self._status.value = f"training {event.kind} ({event.message})"
+            what = "fit" if event.n_epochs == 0 else "training"  # a classical fit trains nothing
+            self._status.value = f"{what} {event.kind} ({event.message})"
 
     def _on_run_error(self, exc: BaseException) -> None:
         """A run that failed or was refused: say so where the progress was; nothing changed."""

@@ -190,7 +190,7 @@ def instant_fit(
     model = model_factory()
     elapsed = time.perf_counter() - start
     yield TrainEvent("prepared", 0, 0, 0, 0, None, None, None, elapsed, None, "cpu", message(model))
-    yield TrainEvent("finished", 0, 0, 0, 0, None, None, None, elapsed, 0.0, "cpu", "nothing to train")
+    yield TrainEvent("finished", 0, 0, 0, 0, None, None, None, elapsed, 0.0, "cpu", "no network to train")
     return model
 
 

@@ -517,7 +517,7 @@ class ClassicalEstimator(Estimator):
             f"{model.params.summary()}"
         )
         yield TrainEvent("prepared", 0, 0, 0, 0, None, None, None, elapsed, None, "cpu", message)
-        yield TrainEvent("finished", 0, 0, 0, 0, None, None, None, elapsed, 0.0, "cpu", "nothing to train")
+        yield TrainEvent("finished", 0, 0, 0, 0, None, None, None, elapsed, 0.0, "cpu", "no network to train")
         return model
 
 
