@@ -43,7 +43,8 @@ def test_pretraining_uses_every_slide_and_records_them(slides, pretrained, tmp_p
     assert isinstance(model, LearnedModel)
     prepared = next(e for e in events if e.kind != "stage")
     assert prepared.kind == "prepared" and prepared.message.startswith("2 slides, ")
-    # one epoch passes over both slides' training genes (90 % of 16, in batches of 8)
+    # one epoch passes over both slides' training genes (16 less the validation genes drawn
+    # among them, in batches of 8)
     assert prepared.n_steps == 2 + 2
     assert sum(e.kind == "step" for e in events) == 2 * prepared.n_steps
     names = [s["name"] for s in model.pretrained_on]

@@ -307,6 +307,67 @@ def test_inpainting_base_uses_the_gap_smoothers_in_the_hole_and_the_main_ones_el
     assert np.abs(both[:, drop] - base(main)[:, drop]).max() > 1e-3  # the two smoothers differ in the hole
 
 
+def test_a_gene_outside_the_training_genes_gets_the_base_of_a_training_gene_it_copies(square_slide):
+    """Validation genes outside the training genes (the basis genes) get least-squares loadings
+    on the basis scores, as prediction gives them: a copy of a training gene gets that gene's base
+    (upsampling and hole-filling pairs, gene residuals included), and the training genes' base
+    is the one a sampler without other genes gives."""
+    slide = Slide.from_adata(square_slide)
+    values = slide.expression(np.arange(6), "log1p")
+    extended = np.hstack([values, values[:, [2, 4]]])
+    residuals = dict(residual=1.0)
+    params = ClassicalParams(2, None, holes=ClassicalParams(2, 1.4, **residuals), **residuals)
+    config = tiny_config()
+    model = ClassicalModel(config, params, slide.lattice.kind, [], slide.fingerprint)
+    alone, both = PairSampler(slide, values, config, model), PairSampler(slide, extended, config, model, 6)
+    cpu, op = torch.device("cpu"), (False,) * 3
+    drop = alone.inpaint_drop(np.random.default_rng(3))
+    genes = np.arange(8)
+    for coset in both.available_cosets():
+        pair = both.upsampling_pair(genes, coset, op, None, cpu)
+        assert pair.base[6:].abs().sum() > 0
+        torch.testing.assert_close(pair.base[6:], pair.base[[2, 4]], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(pair.base[:6], alone.upsampling_pair(genes[:6], coset, op, None, cpu).base)
+    hole = both.hole_pair(genes, op, drop, cpu, None, None, None)
+    torch.testing.assert_close(hole.base[6:], hole.base[[2, 4]], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        hole.base[:6], alone.hole_pair(genes[:6], op, drop, cpu, None, None, None).base
+    )
+
+
+def test_validation_genes_are_drawn_from_every_gene_the_output_holds():
+    """As many validation genes as before (a fraction of the training genes), drawn uniformly
+    from the training genes and the others together; none below 10 training genes."""
+    from napari_stentrans.core.training import validation_genes
+
+    rng = np.random.default_rng(0)
+    draws = [validation_genes(200, 300, 0.1, rng) for _ in range(200)]
+    assert all(len(a) + len(b) == 20 for a, b in draws)
+    assert all(
+        a.max(initial=0) < 200 and b.max(initial=0) < 300 and len(np.unique(b)) == len(b) for a, b in draws
+    )
+    share = np.mean([len(b) / 20 for _, b in draws])
+    assert share == pytest.approx(0.6, abs=0.02)  # 300 of 500 genes are outside the training genes
+    a, b = validation_genes(9, 100, 0.5, rng)
+    assert len(a) == len(b) == 0
+    a, b = validation_genes(40, 0, 0.1, rng)  # no other gene: as before
+    assert len(a) == 4 and len(b) == 0
+
+
+def test_a_learned_fit_is_judged_on_genes_outside_its_training_genes_too(square_slide):
+    """The tiny preset trains on 16 of the slide's 24 genes: half of its validation genes are
+    drawn from all 24, some outside the 16, and the training steps never see a validation gene."""
+    config = tiny_config(epochs=1, val_fraction=0.5)
+    events = list(Trainer(square_slide, config, device="cpu").run())
+    prepared = next(e for e in events if e.kind == "prepared").message
+    assert "16 training genes (" in prepared and " other genes for validation" in prepared
+    n_other = int(prepared.split(" other genes for validation")[0].rsplit(", ", 1)[1])
+    n_own = int(prepared.split("16 training genes (")[1].split(" validation")[0])
+    assert n_own + n_other == 8 and n_other >= 1
+    steps = next(e for e in events if e.kind == "prepared").n_steps
+    assert steps == int(np.ceil((16 - n_own) / 8))  # training batches of the non-validation genes
+
+
 def test_a_windowed_hole_pair_is_the_crop_of_the_whole_slides_pair(square_slide):
     """The base is computed only at the window's sites: the values must be the whole slide's.
 

@@ -47,15 +47,18 @@ def slide_name(slide: Slide, fallback: str) -> str:
 
 
 def _training_part(slide: Slide, config: Config):
-    """The slide's training genes, their values and its classical model (None without a base)."""
-    from .training import TrainingSlide
+    """The slide's training genes and validation genes (:func:`~.training.gene_columns`), their
+    values and its classical model (None without a base); the training genes' names."""
+    from .training import TrainingSlide, gene_columns
 
-    train_idx = slide.training_genes(config.data.n_train_genes, config.data.min_detection)
-    values = slide.expression(train_idx, config.data.normalization, TARGET_SUM)
+    train_idx, gene_idx, val_genes = gene_columns(slide, config)
+    values = slide.expression(gene_idx, config.data.normalization, TARGET_SUM)
+    n_train = len(train_idx)
     classical = None
     if config.network.residual:
-        classical = ClassicalEstimator(config).fit_model(slide, values=values)
-    return TrainingSlide(slide, values, classical), [str(g) for g in slide.genes[train_idx]]
+        classical = ClassicalEstimator(config).fit_model(slide, values=values[:, :n_train])
+    part = TrainingSlide(slide, values, classical, n_train=n_train, val_genes=val_genes)
+    return part, [str(g) for g in slide.genes[train_idx]]
 
 
 def pretrain_events(
@@ -252,6 +255,8 @@ def finetune_events(
         message,
         model.state_dict,
         baseline=part.classical if same else baseline_copy(default),
+        n_train=part.n_train,
+        val_genes=part.val_genes,
     )
     if result is None:
         return None

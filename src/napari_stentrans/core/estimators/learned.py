@@ -31,7 +31,7 @@ from ..lattice import CHILD_OFFSETS, BrickRaster, IndexRaster, scatter
 from ..model import StEnTransViT
 from ..sites import OutputSites, with_input_spots
 from ..slide import Slide
-from ..training import train_network
+from ..training import gene_columns, train_network
 from .base import (
     BatchTooLarge,
     CountCalibration,
@@ -371,17 +371,19 @@ class LearnedEstimator(Estimator):
             raise InputError(
                 f"only {slide.n_usable} usable spots: too few to train on (at least {MIN_USABLE_SPOTS})"
             )
-        train_idx = slide.training_genes(config.data.n_train_genes, config.data.min_detection)
-        values = yield from staged(self._normalised(slide, train_idx), start, stop, str(torch_device))
+        # the genes that judge the network are drawn from every gene the output holds
+        train_idx, gene_idx, val_genes = gene_columns(slide, config)
+        values = yield from staged(self._normalised(slide, gene_idx), start, stop, str(torch_device))
         if values is None:
             return None
+        n_train = len(train_idx)
         classical, default, baseline, message = None, None, None, ""
         if config.network.residual:
             # the classical estimate the network corrects, then the default's (the bar to beat);
             # one fit when they are the same (the transformer preset corrects the default)
             same = corrects_default(config)
             classical = yield from staged(
-                ClassicalEstimator(config).fit_model_steps(slide, values=values),
+                ClassicalEstimator(config).fit_model_steps(slide, values=values[:, :n_train]),
                 start,
                 stop,
                 str(torch_device),
@@ -412,6 +414,8 @@ class LearnedEstimator(Estimator):
             stop,
             message,
             baseline=baseline,
+            n_train=n_train,
+            val_genes=val_genes,
         )
         if result is None:
             return None
@@ -422,12 +426,12 @@ class LearnedEstimator(Estimator):
             return replace(default, name=config.preset, history=result.history, note=note, requested=config)
         return LearnedModel.trained_on(slide, config, classical, train_idx, result)
 
-    def _normalised(self, slide: Slide, train_idx: np.ndarray):
-        """Stage steps of the training genes' values (the network's input normalisation)."""
+    def _normalised(self, slide: Slide, gene_idx: np.ndarray):
+        """Stage steps of the genes' values (the network's input normalisation)."""
         config = self.config
-        what = f"normalising {len(train_idx):,} training genes at {slide.n_usable:,} spots"
+        what = f"normalising {len(gene_idx):,} training and validation genes at {slide.n_usable:,} spots"
         yield what, 0, 1
-        values = slide.expression(train_idx, config.data.normalization, TARGET_SUM)
+        values = slide.expression(gene_idx, config.data.normalization, TARGET_SUM)
         yield what, 1, 1
         return values
 
