@@ -275,10 +275,18 @@ def test_info_of_an_enhanced_file_counts_the_model_training_genes(tmp_path, caps
     assert n_training in (16, 30) and result.n_vars == 3
     code, out, _ = run_cli(["info", out_path], capsys)
     assert code == 0
+    # a refused network leaves the default's classical estimate: nothing of it was trained
+    kept = result.uns["stentrans"]["model"]["estimator"] != "classical"
+    what = "its network was trained on" if kept else "its low-rank basis was fitted on"
     assert (
-        f"genes:     3 enhanced; the model was trained on {n_training} genes, {among} of them among these 3\n"
+        f"genes:     3 enhanced; {what} the {n_training} most variable genes, {among} of them among these 3\n"
         in out
     )
+    run_cli(
+        ["enhance", tmp_path / "slide.h5ad", "-o", tmp_path / "d.h5ad", "--genes", "G0,G1", "--quiet"], capsys
+    )
+    code, out, _ = run_cli(["info", tmp_path / "d.h5ad"], capsys)
+    assert code == 0 and "genes:     2 enhanced; its low-rank basis was fitted on the " in out
     assert "images:    none\n" in out
     assert (
         "counts:    each gene scaled to its measured counts within about 1 input spot pitch of every site"

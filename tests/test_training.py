@@ -359,13 +359,14 @@ def test_a_learned_fit_is_judged_on_genes_outside_its_training_genes_too(square_
     drawn from all 24, some outside the 16, and the training steps never see a validation gene."""
     config = tiny_config(epochs=1, val_fraction=0.5)
     events = list(Trainer(square_slide, config, device="cpu").run())
-    prepared = next(e for e in events if e.kind == "prepared").message
-    assert "16 training genes (" in prepared and " other genes for validation" in prepared
-    n_other = int(prepared.split(" other genes for validation")[0].rsplit(", ", 1)[1])
-    n_own = int(prepared.split("16 training genes (")[1].split(" validation")[0])
-    assert n_own + n_other == 8 and n_other >= 1
-    steps = next(e for e in events if e.kind == "prepared").n_steps
-    assert steps == int(np.ceil((16 - n_own) / 8))  # training batches of the non-validation genes
+    prepared = next(e for e in events if e.kind == "prepared")
+    # e.g. "168 spots, 13 training genes, 8 validation genes (3 held out of the 16 most variable, 5 others)"
+    words = prepared.message.split(", ")
+    n_fit, n_val = int(words[1].split(" training genes")[0]), int(words[2].split(" validation genes")[0])
+    n_own = int(words[2].split("(")[1].split(" held out of the 16 most variable")[0])
+    n_other = int(words[3].split(" others)")[0])
+    assert n_val == 8 and n_own + n_other == 8 and n_other >= 1 and n_fit == 16 - n_own
+    assert prepared.n_steps == int(np.ceil(n_fit / 8))  # training batches of the non-validation genes
 
 
 def test_a_windowed_hole_pair_is_the_crop_of_the_whole_slides_pair(square_slide):

@@ -464,8 +464,12 @@ def _describe_enhanced(path: Path, adata) -> str:
     if n_training is None:
         genes = f"{adata.n_vars} enhanced ({among} of them training genes of the model)"
     elif int(n_training):
+        # a classical estimate (the default, or a learned preset whose network was not kept)
+        # trains nothing: its training genes are those of its low-rank basis
+        classical = (info.get("model") or {}).get("estimator") == "classical"
+        what = "its low-rank basis was fitted on" if classical else "its network was trained on"
         genes = (
-            f"{adata.n_vars} enhanced; the model was trained on {int(n_training)} genes, "
+            f"{adata.n_vars} enhanced; {what} the {int(n_training)} most variable genes, "
             f"{among} of them among these {adata.n_vars}"
         )
     else:

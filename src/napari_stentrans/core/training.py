@@ -1025,9 +1025,13 @@ def train_slides(
     record(0, None, best_val)
     n_usable = sum(p.sampler.slide.n_usable for p in parts)
     n_genes = sum(p.sampler.n_train for p in parts)
+    n_fit = sum(len(p.fit_genes) for p in parts)
+    n_val = sum(p.n_val for p in parts)
     n_other = sum(int((p.validate.genes >= p.sampler.n_train).sum()) for p in parts)
-    n_val = sum(p.n_val for p in parts) - n_other
-    others = f", {n_other} other genes for validation" if n_other else ""
+    # a user read "2000 training genes (60 validation), 140 other genes for validation" as 2,000
+    # trained on: the line names what is trained on and what judges it, with where each comes from
+    held = f"held out of the {n_genes} most variable"
+    judged = f"{n_val - n_other} {held}, {n_other} others" if n_other else held
     where = f"{len(sources)} slides, " if len(sources) > 1 else ""
     yield event(
         "prepared",
@@ -1035,7 +1039,8 @@ def train_slides(
         0,
         val_loss=best_val,
         best=best_val,
-        text=f"{where}{n_usable} spots, {n_genes} training genes ({n_val} validation){others}" + message,
+        text=f"{where}{n_usable} spots, {n_fit} training genes, {n_val} validation genes ({judged})"
+        + message,
     )
     done, epoch = 0, 0
     try:
