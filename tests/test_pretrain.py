@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from helpers import block_sites, make_slide, tiny_config
+from napari_stentrans import NetworkNotKeptWarning
 from napari_stentrans.cli import main
 from napari_stentrans.core.checkpoint import load_model
 from napari_stentrans.core.errors import InputError
@@ -95,7 +96,8 @@ def test_a_correction_that_does_not_help_gives_the_classical_estimate(pretrained
     zero = {k: (torch.zeros_like(v) if k.startswith("head.") else v) for k, v in model.state_dict.items()}
     blank = LearnedModel(**{**model.__dict__, "state_dict": zero})
     other = _slide(11, 13, 2, "C", n_genes=18)
-    fitted = finetune(blank, other, device="cpu")
+    with pytest.warns(NetworkNotKeptWarning, match="the learned correction did not improve held-out genes"):
+        fitted = finetune(blank, other, device="cpu")
     assert isinstance(fitted, ClassicalModel) and fitted.note == NOT_IMPROVED
     assert fitted.history["val_loss"][0] == pytest.approx(fitted.history["classical_val_loss"][0])
     # the fallback is exactly the per-slide default's classical estimate (gene residuals included)

@@ -65,6 +65,7 @@ _API = {
     "CountsFromRawWarning": "napari_stentrans.core.io",
     "LeftOutFeaturesWarning": "napari_stentrans.core.io",
     "ImputedSitesWarning": "napari_stentrans.core.slide",
+    "NetworkNotKeptWarning": "napari_stentrans.core.estimators.base",
 }
 
 __all__ = ["__version__", *_API]
@@ -93,7 +94,7 @@ if TYPE_CHECKING:  # pragma: no cover
         StentransError,
         TrainingStopped,
     )
-    from .core.estimators.base import FittedModel, TrainEvent  # noqa: F401
+    from .core.estimators.base import FittedModel, NetworkNotKeptWarning, TrainEvent  # noqa: F401
     from .core.evaluate import evaluate  # noqa: F401
     from .core.files import write_h5ad  # noqa: F401
     from .core.fitting import Trainer, enhance, fit  # noqa: F401

@@ -121,8 +121,12 @@ def fit(
     Returns
     -------
     The fitted model (apply it with ``model.enhance`` / ``model.write``, save it with
-    ``model.save``), or None when ``stop`` was set.
+    ``model.save``), or None when ``stop`` was set. A learned preset whose network was not kept
+    gives the ``default``'s classical estimate, with its ``note`` and a
+    :class:`~.estimators.base.NetworkNotKeptWarning`.
     """
+    from .estimators.base import warn_if_network_not_kept
+
     trainer = Trainer(
         data,
         config,
@@ -136,6 +140,7 @@ def fit(
     for event in trainer.run(stop):
         if callback is not None:
             callback(event)
+    warn_if_network_not_kept(trainer.result)
     return trainer.result
 
 

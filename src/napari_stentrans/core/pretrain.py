@@ -291,14 +291,17 @@ def finetune(
     -------
     The model for this slide (apply it with ``.enhance`` / ``.write``): a learned model, or the
     classical estimate when the correction does not improve held-out genes here (its ``note``
-    says so); None when ``stop`` was set.
+    says so, and a :class:`~.estimators.base.NetworkNotKeptWarning` is issued); None when
+    ``stop`` was set.
     """
-    from .estimators.base import run_fit
+    from .estimators.base import run_fit, warn_if_network_not_kept
     from .slide import as_slide
 
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
         raise ConfigError(f"epochs: {epochs!r} is not allowed; expected an integer >= 0")
-    return run_fit(finetune_events(model, as_slide(data, mask), epochs, device, stop), callback)
+    result = run_fit(finetune_events(model, as_slide(data, mask), epochs, device, stop), callback)
+    warn_if_network_not_kept(result)
+    return result
 
 
 def uses_validation(model: FittedModel) -> bool:

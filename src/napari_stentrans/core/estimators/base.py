@@ -198,6 +198,26 @@ class OutOfMemoryFallback(RuntimeWarning):
     """The device ran out of memory; prediction went on with smaller gene batches."""
 
 
+class NetworkNotKeptWarning(UserWarning):
+    """A learned preset's network was not kept: the model is the ``default``'s classical estimate.
+
+    Its ``note`` says why (training never improved the held-out loss, or the gate refused the
+    network). The CLI prints the note and napari's verdict says it; the Python API warns, as
+    a user who asked for ``"transformer"`` would otherwise not know the result is the default's.
+    """
+
+
+def warn_if_network_not_kept(model: FittedModel | None) -> None:
+    """Warn (:class:`NetworkNotKeptWarning`) when ``model`` is a learned fit that fell back."""
+    note = getattr(model, "note", "")
+    if model is not None and note and not model.uses_network:
+        warnings.warn(
+            f"{note}; model.note keeps this, and model.history the training's losses",
+            NetworkNotKeptWarning,
+            stacklevel=3,
+        )
+
+
 class BatchTooLarge(Exception):
     """Raised by :meth:`Predictor.predict_counts` when a gene batch does not fit the device."""
 
@@ -747,6 +767,8 @@ __all__ = [
     "StopFlag",
     "run_fit",
     "OutOfMemoryFallback",
+    "NetworkNotKeptWarning",
+    "warn_if_network_not_kept",
     "CountCalibration",
     "spot_sites",
     "usable_spot_rows",
