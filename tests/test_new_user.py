@@ -54,6 +54,9 @@ def test_fitted_models_slides_and_streamed_results_have_short_reprs(hex_slide, t
         assert len(text) < 400, text  # the streamed result once printed a whole state dict
         assert "tensor(" not in text and "array(" not in text and "\n" not in text, text
     assert "transformer" in repr(learned) and "hex" in repr(learned)
+    # a kept network was trained on its genes; the classical estimate trained nothing
+    assert learned.uses_network and "16 training genes" in repr(learned)
+    assert " basis genes" in repr(classical) and "training genes" not in repr(classical)
     assert str(tmp_path / "out.h5ad") in repr(written)
 
 

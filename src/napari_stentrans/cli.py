@@ -57,7 +57,7 @@ def _build_parser() -> argparse.ArgumentParser:
     info.add_argument("--library", metavar="NAME", help=LIBRARY_HELP)
     info.add_argument("--table", help=TABLE_HELP)
 
-    enh = sub.add_parser("enhance", help="train on the slide (or load a model) and write the 2x slide")
+    enh = sub.add_parser("enhance", help="fit a model on the slide (or load one) and write the 2x slide")
     enh.add_argument(
         "path", type=Path, help="Space Ranger folder, .h5ad, SpatialData .zarr, or ST counts table"
     )
@@ -87,7 +87,10 @@ def _build_parser() -> argparse.ArgumentParser:
         "per line), or all (every gene, detected or not; default: all genes detected in >= 10%% of spots)",
     )
     enh.add_argument(
-        "--train-genes", type=int, help="number of most variable genes to train on (default 2000)"
+        "--train-genes",
+        type=int,
+        help="most variable genes the model is fitted on: the default's low-rank basis, a learned "
+        "preset's training genes (default 2000)",
     )
     enh.add_argument(
         "--mask",

@@ -565,7 +565,8 @@ class FittedModel(ABC):
         parts = [
             f"{self.name!r}",
             f"{self.lattice_kind} lattice",
-            f"{len(self.training_genes)} training genes",
+            # a classical estimate trains nothing: its genes are those of its low-rank basis
+            f"{len(self.training_genes)} {'training' if self.uses_network else 'basis'} genes",
         ]
         epochs = self.history.get("epoch", []) if isinstance(self.history, dict) else []
         if self.uses_network:
