@@ -393,6 +393,21 @@ def test_st2k_mob1_reads_with_its_h5e_image(shared_data):
     assert image[y, x].mean() < image.mean() - 10
 
 
+def test_a_folder_of_st_sections_names_its_counts_tables(tmp_path):
+    """A new user passed the her2st folder (8 sections' tables): the refusal said only 'pass a
+    file instead'; it names the counts tables, one of them in full."""
+    for name in ("B1_counts.tsv.gz", "A1_counts.tsv.gz", "A1_selection.tsv", "SOURCE.md"):
+        (tmp_path / name).write_text("x\n")
+    with pytest.raises(
+        ReadError, match=r"pass one of its 2 counts tables instead, e\.g\. .*A1_counts\.tsv\.gz$"
+    ):
+        read(tmp_path)
+    for name in ("B1_counts.tsv.gz", "A1_counts.tsv.gz", "A1_selection.tsv"):
+        (tmp_path / name).unlink()
+    with pytest.raises(ReadError, match=r"holds no \.h5ad or SpatialData store; pass a file instead$"):
+        read(tmp_path)
+
+
 def test_a_folder_read_through_its_only_h5ad_says_which_file(tmp_path):
     r, c = block_sites("square", 4, 4)
     make_slide(r, c, "square").write_h5ad(tmp_path / "mel1_rep2.h5ad")

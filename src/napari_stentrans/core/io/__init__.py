@@ -199,9 +199,17 @@ def _read_folder(path: Path, library: str | None, table: str | None) -> ad.AnnDa
             f"{path}: Visium HD bins are in its square_NNNum folders "
             f"({', '.join(b.name for b in bins)}): open one of those, e.g. {bins[-1]}"
         )
+    # a folder of legacy ST sections (her2st, ST 2k): name the counts tables it holds
+    tables = sorted(p for p in path.iterdir() if p.is_file() and suffix(p) in TABLE_SUFFIXES)
+    counts = [p for p in tables if "count" in p.name.lower()]
+    kind = "counts tables" if counts else "tables"
+    counts = counts or tables
+    what = (
+        f"pass one of its {len(counts)} {kind} instead, e.g. {counts[0]}" if counts else "pass a file instead"
+    )
     raise ReadError(
         f"{path}: folder is not a Space Ranger output (no spatial/ folder and no "
-        "filtered_feature_bc_matrix) and holds no .h5ad or SpatialData store; pass a file instead"
+        f"filtered_feature_bc_matrix) and holds no .h5ad or SpatialData store; {what}"
     )
 
 
