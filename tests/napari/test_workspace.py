@@ -252,7 +252,7 @@ def test_quality_check_progress_stop_verdict_and_csv(make_napari_viewer, qtbot, 
     # the sample has no file: the command writes it first (it said PATH)
     assert quality._status.value == (
         "same engine and settings as: python sample_data/generate.py && stentrans evaluate "
-        "sample_data/synthetic_st.h5ad --methods default,nearest,linear,cubic --epochs 5 --genes 40 --seed 0"
+        "sample_data/synthetic_st.h5ad --methods default,nearest,linear,cubic --genes 40 --seed 0"
     )
     import importlib.util
     from pathlib import Path
@@ -269,7 +269,7 @@ def test_quality_check_progress_stop_verdict_and_csv(make_napari_viewer, qtbot, 
     assert (written.obs_names == shown.obs_names).all() and (written.var_names == shown.var_names).all()
     assert abs(written.X - shown.X).sum() == 0
     quality._learned.value = True
-    assert "--methods default,nearest,linear,cubic,transformer,published " in quality._status.value
+    assert "--methods default,nearest,linear,cubic,transformer,published --epochs 5 " in quality._status.value
     quality._learned.value = False
     seen = []
     worker = quality.run(methods=("default", "nearest", "linear"))

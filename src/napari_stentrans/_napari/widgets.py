@@ -1334,8 +1334,10 @@ class QualityWidget(_SlideWidget):
         return (
             (f"python sample_data/generate.py && stentrans evaluate sample_data/{sample}.h5ad" if sample
              else f"stentrans evaluate {path}")
-            + f" --methods {','.join(self.methods())} --epochs {self._epochs.value} "
-            f"--genes {self._genes.value} --seed {self._seed.value}"
+            + f" --methods {','.join(self.methods())}"
+            # epochs only matter to the learned presets (a user asked what --epochs did there)
+            + (f" --epochs {self._epochs.value}" if self._learned.value else "")
+            + f" --genes {self._genes.value} --seed {self._seed.value}"
             + (f" --labels {labels}" if labels else "")
         )  # fmt: skip
 
