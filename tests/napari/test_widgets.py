@@ -50,6 +50,7 @@ def test_the_panels_follow_a_slide_opened_after_another(st_viewer, qtbot):
     assert widget._status.value.startswith("the table is of synthetic_st; for this slide, same engine")
     verdict = actions.quality_verdict(widget.report)  # the bold verdict names its slide too
     assert widget._verdict.value == f"The table's slide (synthetic_st): {verdict}"
+    assert widget._progress.value == 0  # the first slide's finished run is not this slide's
     assert "stentrans evaluate sample_data/synthetic_visium.h5ad --methods" in widget._status.value
     assert set(widget._gene.choices) == set(actions.shown_genes(st_viewer, widget.slide_id)) != first_genes
     qtbot.waitUntil(lambda: st_viewer.camera.zoom < 1.0)  # the view fits the slides again
@@ -58,7 +59,7 @@ def test_the_panels_follow_a_slide_opened_after_another(st_viewer, qtbot):
     opened = widget.slide_id
     widget._slide.value = first  # the user's own choice holds while layers of a slide come and go
     assert widget._status.value.startswith(f"{widget.report['n_heldout_spots']:,} held-out spots")
-    assert widget._verdict.value == verdict
+    assert widget._verdict.value == verdict and widget._progress.value == widget._progress.max == 1
     st_viewer.layers.remove(st_viewer.layers[-1])
     assert widget.slide_id == first
     for layer in [layer for layer in st_viewer.layers if layer.metadata["stentrans"]["slide_id"] == opened]:

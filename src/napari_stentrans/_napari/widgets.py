@@ -1375,6 +1375,9 @@ class QualityWidget(_SlideWidget):
             self._status.value = self._status_text()
             if self.report is not None:
                 self._verdict.value = self._verdict_text()
+                # the bar is the table's run: full on its slide, empty on another one
+                ours = self._report_slide == self.slide_id
+                self._progress.value = self._progress.max if ours else 0
 
     def _verdict_text(self) -> str:
         """The table's verdict; with another slide chosen, prefixed by the table's slide (a user
