@@ -12,7 +12,15 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from helpers import block_sites, make_slide, one_error_line, run_cli, write_spaceranger
+from helpers import (
+    block_sites,
+    fit_network,
+    make_slide,
+    one_error_line,
+    run_cli,
+    tiny_config,
+    write_spaceranger,
+)
 from napari_stentrans.cli import _ProgressBar, _show_warning, main
 from napari_stentrans.core.estimators.base import TrainEvent
 
@@ -278,9 +286,17 @@ def test_info_of_an_enhanced_file_counts_the_model_training_genes(tmp_path, caps
     # a refused network leaves the default's classical estimate: nothing of it was trained
     kept = result.uns["stentrans"]["model"]["estimator"] != "classical"
     what = "its network was trained on" if kept else "its low-rank basis was fitted on"
+    held = " (less those held out to validate it)" if kept else ""
     assert (
-        f"genes:     3 enhanced; {what} the {n_training} most variable genes, {among} of them among these 3\n"
+        f"genes:     3 enhanced; {what} the {n_training} most variable genes{held}, {among} of them among these 3\n"
         in out
+    )
+    network = fit_network(ad.read_h5ad(tmp_path / "slide.h5ad"), tiny_config())  # kept whatever the gate says
+    network.write(ad.read_h5ad(tmp_path / "slide.h5ad"), tmp_path / "n.h5ad", genes=["G0"], device="cpu")
+    code, out, _ = run_cli(["info", tmp_path / "n.h5ad"], capsys)
+    assert code == 0 and (
+        "genes:     1 enhanced; its network was trained on the 16 most variable genes (less those held "
+        "out to validate it), " in out
     )
     run_cli(
         ["enhance", tmp_path / "slide.h5ad", "-o", tmp_path / "d.h5ad", "--genes", "G0,G1", "--quiet"], capsys

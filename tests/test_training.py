@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 import warnings
 
@@ -361,11 +362,15 @@ def test_a_learned_fit_is_judged_on_genes_outside_its_training_genes_too(square_
     config = tiny_config(epochs=1, val_fraction=0.5)
     events = list(Trainer(square_slide, config, device="cpu").run())
     prepared = next(e for e in events if e.kind == "prepared")
-    # e.g. "168 spots, 13 training genes, 8 validation genes (3 held out of the 16 most variable, 5 others)"
-    words = prepared.message.split(", ")
-    n_fit, n_val = int(words[1].split(" training genes")[0]), int(words[2].split(" validation genes")[0])
-    n_own = int(words[2].split("(")[1].split(" held out of the 16 most variable")[0])
-    n_other = int(words[3].split(" others)")[0])
+    # e.g. "168 spots; trains on 13 of its 16 training genes, judged on 8 validation genes (the other
+    # 3 and 5 other detected genes)"
+    found = re.search(
+        r"trains on (\d+) of its 16 training genes, judged on (\d+) validation genes "
+        r"\(the other (\d+) and (\d+) other detected genes\)",
+        prepared.message,
+    )
+    assert found, prepared.message
+    n_fit, n_val, n_own, n_other = map(int, found.groups())
     assert n_val == 8 and n_own + n_other == 8 and n_other >= 1 and n_fit == 16 - n_own
     assert prepared.n_steps == int(np.ceil(n_fit / 8))  # training batches of the non-validation genes
 

@@ -471,8 +471,9 @@ def _describe_enhanced(path: Path, adata) -> str:
         # trains nothing: its training genes are those of its low-rank basis
         classical = (info.get("model") or {}).get("estimator") == "classical"
         what = "its low-rank basis was fitted on" if classical else "its network was trained on"
+        held = "" if classical else " (less those held out to validate it)"
         genes = (
-            f"{adata.n_vars} enhanced; {what} the {int(n_training)} most variable genes, "
+            f"{adata.n_vars} enhanced; {what} the {int(n_training)} most variable genes{held}, "
             f"{among} of them among these {adata.n_vars}"
         )
     else:

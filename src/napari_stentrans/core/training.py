@@ -1029,9 +1029,8 @@ def train_slides(
     n_val = sum(p.n_val for p in parts)
     n_other = sum(int((p.validate.genes >= p.sampler.n_train).sum()) for p in parts)
     # a user read "2000 training genes (60 validation), 140 other genes for validation" as 2,000
-    # trained on: the line names what is trained on and what judges it, with where each comes from
-    held = f"held out of the {n_genes} most variable"
-    judged = f"{n_val - n_other} {held}, {n_other} others" if n_other else held
+    # trained on: the line says how many it trains on and what judges it
+    judged = f"the other {n_val - n_other}" + (f" and {n_other} other detected genes" if n_other else "")
     where = f"{len(sources)} slides, " if len(sources) > 1 else ""
     yield event(
         "prepared",
@@ -1039,8 +1038,8 @@ def train_slides(
         0,
         val_loss=best_val,
         best=best_val,
-        text=f"{where}{n_usable} spots, {n_fit} training genes, {n_val} validation genes ({judged})"
-        + message,
+        text=f"{where}{n_usable} spots; trains on {n_fit} of its {n_genes} training genes, judged on "
+        f"{n_val} validation genes ({judged})" + message,
     )
     done, epoch = 0, 0
     try:
