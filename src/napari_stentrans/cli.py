@@ -89,8 +89,9 @@ def _build_parser() -> argparse.ArgumentParser:
     enh.add_argument(
         "--train-genes",
         type=int,
-        help="most variable genes the model is fitted on: the default's low-rank basis, a learned "
-        "preset's training genes (default 2000)",
+        metavar="N",
+        help="the number of most variable genes the model is fitted on: the default's low-rank "
+        "basis, a learned preset's training genes (some held out to validate it; default 2000)",
     )
     enh.add_argument(
         "--mask",
@@ -173,7 +174,11 @@ def _build_parser() -> argparse.ArgumentParser:
     pre.add_argument("-o", "--output", type=Path, required=True, help="the model to write (.safetensors)")
     pre.add_argument("--epochs", type=int, help="training epochs (default: the transformer preset's 20)")
     pre.add_argument(
-        "--train-genes", type=int, help="most variable genes per slide to train on (default 2000)"
+        "--train-genes",
+        type=int,
+        metavar="N",
+        help="the number of most variable genes per slide to train on (some held out to validate; "
+        "default 2000)",
     )
     pre.add_argument("--seed", type=int, help="random seed (default 0)")
     pre.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
