@@ -71,6 +71,31 @@ def test_progress_into_a_log_file_is_a_few_plain_lines():
     assert all(line.startswith("stentrans: ") for line in lines)
 
 
+def test_progress_lines_show_the_last_epochs_own_validation_beside_the_best():
+    """Every line showed 'best val 0.1724' while the epochs scored 0.1766 and 0.1763: a user could
+    not see why nothing improved. Each line after an epoch now gives that epoch's own loss."""
+    log = io.StringIO()
+    bar = _ProgressBar(disabled=False, stream=log)
+
+    def event(kind, epoch, step, loss=None, val=None, text=""):
+        return TrainEvent(kind, epoch, 3, step, 10, loss, val, 0.1724, 0.1, None, "cpu", text)
+
+    bar.update(event("prepared", 0, 0, text="100 spots"))
+    for epoch, val in ((1, 0.1766), (2, 0.1763), (3, 0.1770)):
+        for step in range(1, 11):
+            bar.update(event("step", epoch, step, loss=0.3))
+        bar.update(event("epoch", epoch, 10, loss=0.3, val=val))
+    bar.update(event("finished", 3, 10, text="best epoch 0: no epoch beat the start on the held-out genes"))
+    bar.close()
+    lines = log.getvalue().splitlines()
+    steps = [line for line in lines if line.startswith("stentrans: training ") and "steps (" in line]
+    first = [line for line in steps if ", epoch 1, " in line]
+    assert first and all("loss 0.3000, best val 0.1724, " in line for line in first)  # no epoch scored yet
+    assert any("loss 0.3000, val 0.1766 (epoch 1), best val 0.1724, " in line for line in steps)
+    assert any("val 0.1763 (epoch 2), best val 0.1724" in line for line in steps)
+    assert lines[-1].startswith("stentrans: training finished (best epoch 0: no epoch beat the start on the ")
+
+
 def test_a_classical_fit_says_it_trained_nothing_without_calling_it_training():
     """The default fits no network: its last line said 'training finished (nothing to train)'."""
     from napari_stentrans.core.config import preset

@@ -1086,6 +1086,8 @@ class _ProgressBar:
         self.started = 0.0
         self.stage_bar = None  # the current stage's bar of items (interactive)
         self.stage_name: str | None = None
+        # the last epoch's own validation loss: the best one alone did not show why nothing improved
+        self.last_val: tuple[int, float] | None = None
 
     def _interactive(self) -> bool:
         isatty = getattr(self.stream, "isatty", None)
@@ -1112,6 +1114,7 @@ class _ProgressBar:
             self.line(f"stentrans: {event.message}")
             self.total = event.n_steps * event.n_epochs
             self.done = self.reported = 0
+            self.last_val = None
             if self.total and self._interactive():
                 from tqdm import tqdm
 
@@ -1126,23 +1129,27 @@ class _ProgressBar:
             elif self.total:
                 self.started = time.monotonic()
                 self.line(f"stentrans: training on {event.device}: {self.total} steps")
+        elif event.kind == "epoch" and event.val_loss is not None:
+            self.last_val = (event.epoch, float(event.val_loss))
         elif event.kind == "step" and self.total:
             self.done = min(self.done + 1, self.total)
+            best = "-" if event.best_val_loss is None else f"{event.best_val_loss:.4f}"
             if self.bar is not None:
                 self.bar.update(1)
-                self.bar.set_postfix(
-                    epoch=event.epoch,
-                    loss=f"{event.train_loss:.4f}",
-                    best_val="-" if event.best_val_loss is None else f"{event.best_val_loss:.4f}",
-                )
+                last = {} if self.last_val is None else {"val": f"{self.last_val[1]:.4f}"}
+                self.bar.set_postfix(epoch=event.epoch, loss=f"{event.train_loss:.4f}", **last, best_val=best)
                 return
             tenth = self.done * 10 // self.total
             if tenth > self.reported and self.done < self.total:
                 self.reported = tenth
-                val = "-" if event.best_val_loss is None else f"{event.best_val_loss:.4f}"
+                last = (
+                    ""
+                    if self.last_val is None
+                    else f"val {self.last_val[1]:.4f} (epoch {self.last_val[0]}), "
+                )
                 self.line(
                     f"stentrans: training {self.done}/{self.total} steps ({self.done / self.total:.0%}), "
-                    f"epoch {event.epoch}, loss {event.train_loss:.4f}, best val {val}, "
+                    f"epoch {event.epoch}, loss {event.train_loss:.4f}, {last}best val {best}, "
                     f"{time.monotonic() - self.started:.0f} s"
                 )
         elif event.kind in ("finished", "stopped"):

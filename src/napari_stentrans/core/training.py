@@ -1116,7 +1116,10 @@ def train_slides(
             default_score=default_score,
             classical_score=classical_score,
         )
-        yield event("finished", epoch, n_steps, best=best_val, eta=0.0, text=f"best epoch {best_epoch}")
+        text = f"best epoch {best_epoch}"
+        if best_epoch == 0 and optim.epochs > 0 and optim.restore_best:  # epoch 0: the start, kept
+            text += ": no epoch beat the start on the held-out genes"
+        yield event("finished", epoch, n_steps, best=best_val, eta=0.0, text=text)
         return result
     finally:
         distributed = net is not model
