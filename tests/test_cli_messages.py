@@ -293,7 +293,7 @@ def test_info_names_the_coordinates_file_of_a_counts_table(tmp_path, capsys):
     assert code == 0 and "coords:    from the spot ids ('{x}x{y}'); no coordinates file\n" in out
 
 
-def test_info_of_an_enhanced_file_counts_the_model_training_genes(tmp_path, capsys):
+def test_info_of_an_enhanced_file_counts_the_model_training_genes(tmp_path, capsys, monkeypatch):
     r, c = block_sites("square", 10, 10)
     make_slide(r, c, "square", n_genes=30).write_h5ad(tmp_path / "slide.h5ad")
     out_path = tmp_path / "out.h5ad"
@@ -328,6 +328,18 @@ def test_info_of_an_enhanced_file_counts_the_model_training_genes(tmp_path, caps
     )
     code, out, _ = run_cli(["info", tmp_path / "d.h5ad"], capsys)
     assert code == 0 and "genes:     2 enhanced; its low-rank basis was fitted on the " in out
+    # an output is described from its sites, genes and provenance: its values stay on disk
+    import napari_stentrans.cli as cli
+
+    def whole_read(_args):
+        raise AssertionError("info read the whole enhanced file")
+
+    monkeypatch.setattr(cli, "_read_input", whole_read)
+    code, described, _ = run_cli(["info", tmp_path / "d.h5ad"], capsys)
+    from napari_stentrans.core.io import read
+
+    whole = cli._describe_enhanced(tmp_path / "d.h5ad", read(tmp_path / "d.h5ad"))  # as the whole file says
+    assert code == 0 and described == out == whole + "\n"
     assert "images:    none\n" in out
     assert (
         "counts:    each gene scaled to its measured counts within about 1 input spot pitch of every site"

@@ -382,9 +382,17 @@ def _coordinates_text(adata) -> str | None:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from .core.io import LeftOutFeaturesWarning, is_enhanced
+    from .core.io.common import suffix
+    from .core.io.enhanced import read_enhanced_summary
     from .core.sites import output_sites
     from .core.slide import MIN_DEPTH_FRACTION, Slide
 
+    path = Path(args.path)
+    if path.is_file() and suffix(path) == ".h5ad":  # an output is described without its values
+        summary = read_enhanced_summary(path)
+        if summary is not None:
+            print(_describe_enhanced(args.path, summary))
+            return 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", LeftOutFeaturesWarning)  # its "note:" line says it
         adata = _read_input(args)

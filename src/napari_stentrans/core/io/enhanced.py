@@ -55,6 +55,45 @@ def read_enhanced(adata: ad.AnnData, path: Path) -> ad.AnnData:
         Sites without half-pitch coordinates, coordinates off the recorded lattice, or
         predicted values that are NaN or infinite.
     """
+    values = adata.X.data if sp.issparse(adata.X) else np.asarray(adata.X)
+    if not np.all(np.isfinite(values)):
+        raise ReadError(f"{path}: enhanced slide whose X holds NaN or infinite values")
+    return _with_lattice(adata, path)
+
+
+def read_enhanced_summary(path: Path) -> ad.AnnData | None:
+    """An enhanced ``.h5ad``'s sites, genes and provenance without its values, or None.
+
+    For ``stentrans info``: ``obs``, ``var`` and ``uns`` are read (the sites checked on the
+    half-pitch lattice as :func:`read_enhanced` does) while ``X`` and the layers stay on disk, so
+    a large output is described in a fraction of a second. ``X`` is not checked here.
+
+    Returns
+    -------
+    An AnnData without ``X`` (``n_sites x n_genes`` from ``obs``/``var``), or None when the file
+    is not an enhanced slide or cannot be opened this way (the caller then reads it whole, which
+    names any problem).
+
+    Raises
+    ------
+    ReadError
+        An enhanced file whose sites are not on its recorded lattice.
+    """
+    try:
+        backed = ad.read_h5ad(path, backed="r")
+    except Exception:  # the full read names the problem
+        return None
+    try:
+        if not is_enhanced(backed):
+            return None
+        summary = ad.AnnData(obs=backed.obs.copy(), var=backed.var.copy(), uns=dict(backed.uns))
+    finally:
+        backed.file.close()
+    return _with_lattice(summary, path)
+
+
+def _with_lattice(adata: ad.AnnData, path: Path) -> ad.AnnData:
+    """Check an enhanced slide's sites on its recorded lattice and record it (in place)."""
     info = adata.uns[PROVENANCE]
     for column in ("array_row", "array_col"):
         if column not in adata.obs:
@@ -62,9 +101,6 @@ def read_enhanced(adata: ad.AnnData, path: Path) -> ad.AnnData:
     row = snap_to_integers(adata.obs["array_row"].to_numpy(dtype=float), f"{path.name} obs['array_row']")
     col = snap_to_integers(adata.obs["array_col"].to_numpy(dtype=float), f"{path.name} obs['array_col']")
     lattice = detect_lattice(row, col, hint=str(info["lattice"]), pitch_um=float(info["pitch_um"]))
-    values = adata.X.data if sp.issparse(adata.X) else np.asarray(adata.X)
-    if not np.all(np.isfinite(values)):
-        raise ReadError(f"{path}: enhanced slide whose X holds NaN or infinite values")
     adata.obs["array_row"] = row
     adata.obs["array_col"] = col
     adata.uns["stentrans_lattice"] = {
@@ -141,4 +177,11 @@ def _full_spot_spatial(spatial: Mapping) -> dict:
     return out
 
 
-__all__ = ["is_enhanced", "read_enhanced", "refuse_enhanced", "measured_spots", "PROVENANCE"]
+__all__ = [
+    "is_enhanced",
+    "read_enhanced",
+    "read_enhanced_summary",
+    "refuse_enhanced",
+    "measured_spots",
+    "PROVENANCE",
+]
