@@ -1164,8 +1164,9 @@ class _ProgressBar:
             if self.bar is not None and event.kind == "finished":  # early stopping ends before the last step
                 self.bar.update(self.bar.total - self.bar.n)
             self.close()  # the bar's last state stays on screen; the line goes under it
-            what = "fit" if event.n_epochs == 0 else "training"  # a classical fit trains nothing
-            self.line(f"stentrans: {what} {event.kind} ({event.message}, {event.elapsed:.1f} s)")
+            from .core.estimators.base import end_text
+
+            self.line(f"stentrans: {end_text(event, elapsed=True)}")
 
     def stage(self, event) -> None:
         """The work before training: one line per stage (interactive: with a bar of its items)."""

@@ -922,8 +922,9 @@ class TrainWidget(_SlideWidget):
             self._progress.native.setFormat("%p%")
             if event.kind == "finished":  # early stopping ends before the last planned step
                 self._progress.value = self._progress.max
-            what = "fit" if event.n_epochs == 0 else "training"  # a classical fit trains nothing
-            self._status.value = f"{what} {event.kind} ({event.message})"
+            from ..core.estimators.base import end_text
+
+            self._status.value = end_text(event)
 
     def _on_run_error(self, exc: BaseException) -> None:
         """A run that failed or was refused: say so where the progress was; nothing changed."""

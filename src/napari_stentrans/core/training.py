@@ -679,9 +679,8 @@ def _prepare(
     slide, values = source.slide, source.values
     sampler = PairSampler(slide, values, config, source.classical, source.n_train)
     if source.val_genes is None:
-        n_genes = sampler.n_train
-        perm = rng.permutation(n_genes)
-        n_val = int(round(pairs.val_fraction * n_genes)) if n_genes >= 10 else 0
+        perm = rng.permutation(sampler.n_train)
+        n_val = n_validation_genes(sampler.n_train, pairs.val_fraction)
         val_genes, fit_genes = np.sort(perm[:n_val]), perm[n_val:]
     else:
         val_genes = np.sort(np.asarray(source.val_genes, dtype=np.int64))
@@ -719,13 +718,18 @@ def _prepare(
     )
 
 
+def n_validation_genes(n_train: int, fraction: float) -> int:
+    """How many genes judge a network trained on ``n_train`` genes (none below 10)."""
+    return int(round(fraction * n_train)) if n_train >= 10 else 0
+
+
 def validation_genes(
     n_train: int, n_other: int, fraction: float, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Validation genes drawn alike from the training genes and the ``n_other`` other genes.
 
     The output holds every detected gene and the network corrects each one alike, so the genes
-    that judge it are a uniform draw from all of them (``round(fraction * n_train)``, the count
+    that judge it are a uniform draw from all of them (:func:`n_validation_genes`, the count
     drawn from the training genes alone before): held out of the training genes for the ones
     drawn there, never trained on for the others. Validation genes from the training genes
     alone (the most variable) let the gate keep networks that were worse on the other genes
@@ -736,8 +740,8 @@ def validation_genes(
     -------
     ``(sorted indices among the training genes, sorted indices among the other genes)``.
     """
-    n_val = int(round(fraction * n_train)) if n_train >= 10 else 0
-    pick = np.sort(rng.choice(n_train + n_other, size=min(n_val, n_train + n_other), replace=False))
+    # fewer than n_train (fraction < 1, Config checks it): always drawable
+    pick = np.sort(rng.choice(n_train + n_other, size=n_validation_genes(n_train, fraction), replace=False))
     return pick[pick < n_train], pick[pick >= n_train] - n_train
 
 

@@ -86,6 +86,14 @@ def stage_text(event: TrainEvent) -> str:
     return f"{event.message}: {event.step}/{event.n_steps} ({event.elapsed:.1f} s)"
 
 
+def end_text(event: TrainEvent, elapsed: bool = False) -> str:
+    """``"fit finished (MESSAGE)"`` or ``"training stopped (MESSAGE, 1.5 s)"``: a ``finished`` or
+    ``stopped`` event in words, ``fit`` for a fit without epochs (a classical fit trains nothing)."""
+    what = "fit" if event.n_epochs == 0 else "training"
+    seconds = f", {event.elapsed:.1f} s" if elapsed else ""
+    return f"{what} {event.kind} ({event.message}{seconds})"
+
+
 def staged(
     steps: StageSteps, start: float, stop: StopFlag | None = None, device: str = "cpu", prefix: str = ""
 ) -> Generator[TrainEvent, None, object]:
@@ -760,6 +768,7 @@ __all__ = [
     "StageSteps",
     "stage_event",
     "stage_text",
+    "end_text",
     "staged",
     "Estimator",
     "FittedModel",

@@ -202,10 +202,9 @@ def _read_folder(path: Path, library: str | None, table: str | None) -> ad.AnnDa
     # a folder of legacy ST sections (her2st, ST 2k): name the counts tables it holds
     tables = sorted(p for p in path.iterdir() if p.is_file() and suffix(p) in TABLE_SUFFIXES)
     counts = [p for p in tables if "count" in p.name.lower()]
-    kind = "counts tables" if counts else "tables"
-    counts = counts or tables
+    listed, kind = (counts, "counts tables") if counts else (tables, "tables")
     what = (
-        f"pass one of its {len(counts)} {kind} instead, e.g. {counts[0]}" if counts else "pass a file instead"
+        f"pass one of its {len(listed)} {kind} instead, e.g. {listed[0]}" if listed else "pass a file instead"
     )
     raise ReadError(
         f"{path}: folder is not a Space Ranger output (no spatial/ folder and no "

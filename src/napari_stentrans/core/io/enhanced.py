@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import anndata as ad
+import h5py
 import numpy as np
 import scipy.sparse as sp
 
@@ -55,10 +56,11 @@ def read_enhanced(adata: ad.AnnData, path: Path) -> ad.AnnData:
         Sites without half-pitch coordinates, coordinates off the recorded lattice, or
         predicted values that are NaN or infinite.
     """
+    adata = _with_lattice(adata, path)
     values = adata.X.data if sp.issparse(adata.X) else np.asarray(adata.X)
     if not np.all(np.isfinite(values)):
         raise ReadError(f"{path}: enhanced slide whose X holds NaN or infinite values")
-    return _with_lattice(adata, path)
+    return adata
 
 
 def read_enhanced_summary(path: Path) -> ad.AnnData | None:
@@ -80,6 +82,10 @@ def read_enhanced_summary(path: Path) -> ad.AnnData | None:
         An enhanced file whose sites are not on its recorded lattice.
     """
     try:
+        # the provenance group first: an input slide's uns (images included) is not read twice
+        with h5py.File(path, "r") as file:
+            if PROVENANCE not in file.get("uns", {}):
+                return None
         backed = ad.read_h5ad(path, backed="r")
     except Exception:  # the full read names the problem
         return None
