@@ -64,12 +64,12 @@ def run_pretrained(model, split, epochs: int, seed: int, device: str):
     counts, depth = fitted.predict(
         split.known_slide, split.sites, split.gene_idx, device=device, classical="keep"
     )
-    history = fitted.history
+    judged = fitted.validation
     extra = {
         "kept": "network" if fitted.uses_network else "classical (default)",
-        "classical_val_loss": float(history["classical_val_loss"][0]),
-        "default_val_loss": float(history.get("default_val_loss", [np.nan])[0]),
-        "best_val_loss": float(np.nanmin(history["val_loss"])),
+        "classical_val_loss": float(judged["classical_val_loss"]),
+        "default_val_loss": float(judged.get("default_val_loss", np.nan)),
+        "best_val_loss": float(np.nanmin(fitted.history["val_loss"])),
         **_gate_scores(fitted),
     }
     return MethodResult(counts, depth, time.perf_counter() - start, extra)
@@ -99,9 +99,10 @@ def run_per_slide_transformer(split, args):
 
 def _gate_scores(model) -> dict:
     """The gate's correlation scores of the kept network and of the default (when recorded)."""
-    history = model.history or {}
     return {
-        key: float(np.ravel(history[key])[0]) for key in ("val_score", "default_val_score") if key in history
+        key: float(model.validation[key])
+        for key in ("val_score", "default_val_score")
+        if key in model.validation
     }
 
 
@@ -129,7 +130,7 @@ def evaluate_fold(test: str, pool: list[str], args) -> None:
         )
     )
     pretrain_seconds = time.perf_counter() - start
-    best = None if model is None else int(model.history["best_epoch"][0])
+    best = None if model is None else int(model.validation["best_epoch"])
     if model is not None:
         print(f"{test}: pretrained on {others} in {pretrain_seconds:.0f} s, best epoch {best}", flush=True)
     adata = read_slide(test)

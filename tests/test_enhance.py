@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -111,8 +113,9 @@ def test_lost_spots_are_imputed_and_their_counts_are_never_used():
     model2 = fit_cpu(tampered, config, mask=lost)
     # the same training (losses) and the same kept result, network or the default's fallback
     assert type(model) is type(model2)
-    for key in ("train_loss", "val_loss", "default_val_loss"):
+    for key in ("train_loss", "val_loss"):
         np.testing.assert_array_equal(model.history[key], model2.history[key])
+    assert model.validation == model2.validation and "default_val_loss" in model.validation
     for key in getattr(model, "state_dict", {}):
         np.testing.assert_array_equal(model.state_dict[key].numpy(), model2.state_dict[key].numpy())
     out2 = model2.enhance(tampered, mask=lost, device="cpu")
@@ -138,6 +141,52 @@ def test_checkpoint_round_trip_gives_identical_predictions(square_case, tmp_path
     assert loaded.training_genes == model.training_genes
     assert loaded.classical.params == model.classical.params
     np.testing.assert_array_equal(loaded.enhance(adata, device="cpu").X, model.enhance(adata, device="cpu").X)
+
+
+def test_a_models_history_is_one_row_per_epoch_and_survives_saving(square_case, tmp_path):
+    """``pandas.DataFrame(model.history)`` is the training's table; the single values are apart.
+
+    Files written before the split (history with one-entry lists, every value a float) load
+    as today's models.
+    """
+    import json
+
+    import pandas as pd
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    adata, trained = square_case
+    table = pd.DataFrame(trained.history)
+    assert list(table.columns) == ["epoch", "train_loss", "val_loss", "seconds"]
+    assert table["epoch"].tolist() == [0, 1, 2] and np.isnan(table["train_loss"][0])
+    best = trained.validation["best_epoch"]
+    assert isinstance(best, int) and 0 <= best <= 2
+    # as a gated fit records them (this fixture trains without the gate)
+    model = replace(trained, validation=trained.validation | {"default_val_loss": 0.25, "val_score": 0.5})
+    loaded = load_model(save_model(model, tmp_path / "m.safetensors"))
+    pd.testing.assert_frame_equal(pd.DataFrame(loaded.history), table)  # epoch stays int64, NaN kept
+    assert loaded.validation == model.validation
+    with safe_open(str(tmp_path / "m.safetensors"), "np") as f:
+        description = json.loads(f.metadata()["napari-stentrans"])
+    old = dict(description)
+    single = old.pop("validation")
+    old["history"] = {k: [float(x) for x in v] for k, v in old["history"].items()} | {
+        k: [v] for k, v in single.items()
+    }
+    save_file(
+        load_file(str(tmp_path / "m.safetensors")),
+        str(tmp_path / "old.safetensors"),
+        {"napari-stentrans": json.dumps(old)},
+    )
+    for path in (tmp_path / "old.safetensors", tmp_path / "old.pt"):
+        if path.suffix == ".pt":
+            _legacy_checkpoint(model, path, device="cpu")
+        again = load_model(path)
+        pd.testing.assert_frame_equal(pd.DataFrame(again.history), table, obj=path.name)
+        assert again.validation == model.validation, path.name
+    enhanced = model.enhance(adata, genes=2, device="cpu").uns["stentrans"]
+    assert enhanced["validation"]["best_epoch"] == best
+    assert enhanced["history"]["epoch"].tolist() == [0, 1, 2]
 
 
 def test_default_checkpoint_holds_no_weights_and_loads_without_torch(tmp_path):
@@ -183,7 +232,9 @@ def _legacy_checkpoint(model, path, device: str) -> None:
             "classical": model.classical.params.describe(),
             "target_sum": 1e4,
             "training_genes": model.training_genes,
-            "history": {k: [float(x) for x in v] for k, v in model.history.items()},
+            # every value a float, the single values as one-entry lists, as version 0.1.0 wrote it
+            "history": {k: [float(x) for x in v] for k, v in model.history.items()}
+            | {k: [float(v)] for k, v in model.validation.items()},
             "torch_version": str(torch.__version__),
         },
         path,

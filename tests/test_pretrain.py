@@ -75,10 +75,10 @@ def test_a_pretrained_model_applies_to_a_slide_with_other_genes(pretrained):
     fitted = finetune(model, other, epochs=1, device="cpu", callback=events.append)
     kinds = [e.kind for e in events if e.kind != "stage"]
     assert kinds[0] == "prepared" and kinds[-1] == "finished"
-    default_loss = fitted.history["default_val_loss"][0]
-    best_loss = fitted.history["val_loss"][int(fitted.history["best_epoch"][0])]
-    history = fitted.history
-    score, default_score = history.get("val_score", [None])[0], history.get("default_val_score", [None])[0]
+    judged = fitted.validation
+    default_loss = judged["default_val_loss"]
+    best_loss = fitted.history["val_loss"][judged["best_epoch"]]
+    score, default_score = judged.get("val_score"), judged.get("default_val_score")
     if isinstance(fitted, LearnedModel):  # kept only when it beat the default's estimate here
         assert best_loss < default_loss and score > default_score
         assert fitted.slide_fingerprint == Slide.from_adata(other).fingerprint
@@ -99,7 +99,7 @@ def test_a_correction_that_does_not_help_gives_the_classical_estimate(pretrained
     with pytest.warns(NetworkNotKeptWarning, match="the learned correction did not improve held-out genes"):
         fitted = finetune(blank, other, device="cpu")
     assert isinstance(fitted, ClassicalModel) and fitted.note == NOT_IMPROVED
-    assert fitted.history["val_loss"][0] == pytest.approx(fitted.history["classical_val_loss"][0])
+    assert fitted.history["val_loss"][0] == pytest.approx(fitted.validation["classical_val_loss"])
     # the fallback is exactly the per-slide default's classical estimate (gene residuals included)
     from napari_stentrans.core.fitting import fit
 

@@ -99,6 +99,8 @@ def test_stages_report_the_work_before_training_with_counts(square_slide, preset
 def test_the_transformer_corrects_the_defaults_estimate_fitted_once(square_slide):
     """With the default's classical options and training genes, the base the network corrects
     is the default's own estimate (gene residuals included): one classical fit, named so."""
+    from napari_stentrans.core.estimators.learned import LearnedModel
+
     small = {k: v for k, v in TINY_OPTIONS.items() if k not in ("n_train_genes", "min_detection")}
     trainer = Trainer(square_slide, preset("transformer", "square", **small), device="cpu")
     events = list(trainer.run())
@@ -108,12 +110,25 @@ def test_the_transformer_corrects_the_defaults_estimate_fitted_once(square_slide
     prepared = next(e for e in events if e.kind == "prepared").message
     assert "the network corrects the default's estimate: rank " in prepared and "gene residuals" in prepared
     # the default's estimate is scored as the bar and as the network's own start: the same loss
-    history = trainer.result.history
-    assert history["default_val_loss"][0] == pytest.approx(history["val_loss"][0], rel=1e-5)
-    assert history["default_val_score"][0] == pytest.approx(history["classical_val_score"][0], abs=1e-6)
+    result = trainer.result
+    # the last line says what the gate made of it, as the result is
+    kept = isinstance(result, LearnedModel)
+    assert events[-1].kind == "finished" and events[-1].message.endswith(
+        "the network beat the default's estimate on the held-out genes and is kept"
+        if kept
+        else "; not kept: the result is the default's estimate"
+    )
+    assert result.validation["default_val_loss"] == pytest.approx(result.history["val_loss"][0], rel=1e-5)
+    assert result.validation["default_val_score"] == pytest.approx(
+        result.validation["classical_val_score"], abs=1e-6
+    )
     # refused (cannot move), the result is the default's fit, recorded with the default's configuration
     stuck = Trainer(square_slide, preset("transformer", "square", **small, lr=1e-12, weight_decay=0.0))
-    list(stuck.run())
+    finished = list(stuck.run())[-1]
+    assert finished.message == (
+        "best epoch 0: no epoch beat the start on the held-out genes; not kept: the result is the "
+        "default's estimate"
+    )
     fallback = stuck.result
     default = fit_cpu(square_slide, "default")
     assert isinstance(fallback, ClassicalModel) and fallback.config.preset == "default"
@@ -191,7 +206,7 @@ def test_same_seed_gives_identical_weights_on_cpu(square_slide):
 def test_best_weights_are_never_worse_than_the_classical_start_on_validation(square_slide):
     result = _train(square_slide, tiny_config(epochs=4, lr=0.05))  # a deliberately wild learning rate
     val = np.asarray(result.history["val_loss"])
-    best_epoch = result.history["best_epoch"][0]
+    best_epoch = result.validation["best_epoch"]
     assert val[best_epoch] == np.nanmin(val)
     assert val[best_epoch] <= val[0]
 
@@ -455,7 +470,7 @@ def _result(val_loss, default_val, restore_best=True, score=0.5, default_score=0
     return TrainResult(
         state_dict={},
         best_epoch=best,
-        history={"val_loss": list(val_loss), "best_epoch": [best]},
+        history={"val_loss": list(val_loss)},
         best_val=float(np.min(val_loss)),
         start_val=val_loss[0],
         classical_val=val_loss[0],
@@ -525,11 +540,11 @@ def test_a_correction_that_lowers_squared_error_without_better_correlations_give
             pretrained_on=[{"name": "shift", "fingerprint": "0", "n_spots": 0}],
         )
         fitted = finetune(shifted, slide, epochs=0, device="cpu")
-        history = fitted.history
-        if history["val_loss"][0] < history["classical_val_loss"][0]:
+        judged = fitted.validation
+        if fitted.history["val_loss"][0] < judged["classical_val_loss"]:
             lowered.append(shift)
         # a constant shift keeps every correlation of its base
-        assert abs(history["val_score"][0] - history["classical_val_score"][0]) < 1e-3
+        assert abs(judged["val_score"] - judged["classical_val_score"]) < 1e-3
         assert is_classical_fallback(fitted)
         np.testing.assert_array_equal(fitted.enhance(square_slide).X, default_x)
     assert lowered  # at least one shift beat its base on squared error, and was refused
@@ -636,7 +651,7 @@ def test_a_per_slide_correction_that_learns_nothing_gives_exactly_the_default(sq
     # Python API says so (the CLI prints the note), the default's own fit does not
     with pytest.warns(NetworkNotKeptWarning, match=r"^training did not improve .*; model\.note keeps this"):
         fitted = fit_cpu(square_slide, tiny_config(lr=1e-12, weight_decay=0.0))
-    assert int(fitted.history["best_epoch"][0]) == 0
+    assert fitted.validation["best_epoch"] == 0
     with warnings.catch_warnings():
         warnings.simplefilter("error", NetworkNotKeptWarning)
         default = fit(square_slide, "default", device="cpu")
@@ -645,7 +660,7 @@ def test_a_per_slide_correction_that_learns_nothing_gives_exactly_the_default(sq
     assert fitted.params.describe() == default.params.describe()
     enhanced = fitted.enhance(square_slide)
     np.testing.assert_array_equal(enhanced.X, default.enhance(square_slide).X)
-    assert np.isfinite(fitted.history["default_val_loss"][0])
+    assert np.isfinite(fitted.validation["default_val_loss"])
     # the record says what ran (the default's configuration) and what was asked for
     info = enhanced.uns["stentrans"]
     assert info["preset"] == "transformer" and info["config"]["preset"] == "default"
@@ -668,14 +683,14 @@ def test_a_kept_per_slide_correction_beat_the_default_on_held_out_genes(square_s
     from napari_stentrans.core.estimators.learned import LearnedModel
 
     fitted = fit_cpu(square_slide, tiny_config(epochs=3, lr=1e-3))
-    history = fitted.history
-    best = history["val_loss"][int(history["best_epoch"][0])]
-    assert np.isfinite(history["default_val_score"][0])
+    judged = fitted.validation
+    best = fitted.history["val_loss"][judged["best_epoch"]]
+    assert np.isfinite(judged["default_val_score"])
     if isinstance(fitted, LearnedModel):
-        assert best < history["default_val_loss"][0]
-        assert history["val_score"][0] > history["default_val_score"][0]
+        assert best < judged["default_val_loss"]
+        assert judged["val_score"] > judged["default_val_score"]
     else:  # the default's own model, chosen on this slide
-        assert best >= history["default_val_loss"][0] or int(history["best_epoch"][0]) == 0
+        assert best >= judged["default_val_loss"] or judged["best_epoch"] == 0
         assert fitted.config.classical.gene_residuals == "shrunk" and fitted.params.residual is not None
 
 

@@ -715,25 +715,26 @@ def cmd_enhance(args: argparse.Namespace) -> int:
         )
     if not model.uses_network and getattr(model, "note", ""):  # e.g. `default --epochs 2`, not kept
         print(f"note: {model.note}")
-    if "classical_val_loss" in model.history and model.uses_network:  # a pretrained model, judged here
+    judged = model.validation
+    if "classical_val_loss" in judged and model.uses_network:  # a pretrained model, judged here
         from .core.estimators.learned import corrects_default
 
-        best = int(model.history["best_epoch"][0])
-        default = model.history.get("default_val_loss")
-        base = model.history["classical_val_loss"][0]
+        best = int(judged["best_epoch"])
+        default = judged.get("default_val_loss")
+        base = judged["classical_val_loss"]
         if corrects_default(model.config):  # one estimate: the default's is the network's base
             bars = f"the default's estimate, which it corrects: {base:.4f}"
         else:
             bars = (
-                f"the default's estimate: {float(np.ravel(default)[0]):.4f}; " if default is not None else ""
+                f"the default's estimate: {default:.4f}; " if default is not None else ""
             ) + f"the low-rank estimate it corrects: {base:.4f}"
         print(
             f"the learned correction improved held-out genes on this slide: held-out loss "
             f"{model.history['val_loss'][best]:.4f} ({bars})"
             + (
-                f"; correlation score {model.history['val_score'][0]:.3f} (the default's: "
-                f"{model.history['default_val_score'][0]:.3f})"
-                if "val_score" in model.history and "default_val_score" in model.history
+                f"; correlation score {judged['val_score']:.3f} (the default's: "
+                f"{judged['default_val_score']:.3f})"
+                if "val_score" in judged and "default_val_score" in judged
                 else ""
             )
         )
@@ -851,9 +852,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         bar.close()
     if rank == 0:
         model.save(args.output)  # atomic
-        history = model.history
-        best = int(history["best_epoch"][0])
-        val = history["val_loss"]
+        best = int(model.validation["best_epoch"])
+        val = model.history["val_loss"]
         print(
             f"wrote {args.output}: a correction network pretrained on {len(slides)} "
             + ("slide " if len(slides) == 1 else "slides ")

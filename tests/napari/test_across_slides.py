@@ -87,7 +87,7 @@ def test_a_pretrained_model_file_is_judged_and_fine_tuned_on_the_slide(st_viewer
     assert [e.epoch for e in events if e.kind == "epoch"] == [1]  # the fine-tuning epoch ran
     if isinstance(model, LearnedModel):  # passed the slide's own gate
         assert len(model.pretrained_on) == 2
-        assert model.history["val_score"][0] > model.history["default_val_score"][0]
+        assert model.validation["val_score"] > model.validation["default_val_score"]
         assert "pretrained correction (2 slides) improved" in widget._verdict.value
     else:  # the classical estimate, said plainly
         assert is_classical_fallback(model)

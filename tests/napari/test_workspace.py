@@ -169,7 +169,7 @@ def test_verdict_stays_visible_and_earlier_runs_are_named_by_preset(make_napari_
     run_to_end(train, qtbot)
     verdict = train._verdict.value
     model = actions.slide(viewer).model
-    if np.ravel(model.history["best_epoch"])[0] == 0:
+    if model.validation["best_epoch"] == 0:
         assert "did not improve" in verdict and "classical estimate" in verdict
     else:
         assert "improved the validation loss" in verdict
@@ -191,9 +191,9 @@ def test_verdict_of_a_correction_that_did_not_improve():
     enhanced = model.enhance(adata, genes=2, device="cpu")
     text = actions.run_verdict(model, enhanced)
     assert text.startswith("default (classical estimate): classical estimate chosen on this slide")
-    model.history = {"val_loss": np.array([1.0, 1.1]), "best_epoch": np.array([0])}
+    model.history, model.validation = {"val_loss": [1.0, 1.1]}, {"best_epoch": 0}
     assert "did not improve" in actions.run_verdict(model, enhanced)
-    model.history = {"val_loss": np.array([1.0, 0.8, 0.9]), "best_epoch": np.array([1])}
+    model.history, model.validation = {"val_loss": [1.0, 0.8, 0.9]}, {"best_epoch": 1}
     assert "from 1 (classical estimate) to 0.8 (epoch 1 of 2)" in actions.run_verdict(model, enhanced)
 
 

@@ -775,15 +775,15 @@ def run_verdict(model, enhanced: ad.AnnData) -> str:
     preset = described.get("preset", getattr(model, "name", ""))
     label = PRESET_LABELS.get(preset, preset)
     history = getattr(model, "history", None) or {}
+    best = int(getattr(model, "validation", {}).get("best_epoch", -1))
     note = described.get("note")
-    if note or (history and int(np.ravel(history.get("best_epoch", [1]))[0]) == 0):
+    if note or best == 0:
         return (
             f"{label}: the learned correction did not improve on the validation genes, so the "
             "result is the classical estimate (the same as the default preset, which takes seconds)."
         )
-    if history and len(np.ravel(history.get("val_loss", []))) > 1:
+    if best > 0 and len(history.get("val_loss", [])) > 1:
         val = np.asarray(history["val_loss"], dtype=float).ravel()
-        best = int(np.ravel(history["best_epoch"])[0])
         return (
             f"{label}: the learned correction improved the validation loss from {val[0]:.4g} "
             f"(classical estimate) to {val[best]:.4g} (epoch {best} of {len(val) - 1})."

@@ -60,7 +60,8 @@ def save_model(model: FittedModel, path: str | Path) -> Path:
         "format_version": FORMAT_VERSION,
         "name": model.name,
         "lattice_kind": model.lattice_kind,
-        "history": {k: [float(x) for x in v] for k, v in model.history.items()},
+        "history": {k: [int(x) if k == "epoch" else float(x) for x in v] for k, v in model.history.items()},
+        "validation": {k: int(v) if k == "best_epoch" else float(v) for k, v in model.validation.items()},
         "versions": {"napari-stentrans": __version__},
     }
     tensors: dict[str, np.ndarray] = {}
@@ -157,8 +158,33 @@ def _config(data: dict) -> Config:
     return Config.from_dict(data)
 
 
+# one-entry lists a model file's history held beside the per-epoch lists before 2026-12-02
+_SINGLE_VALUES = (
+    "best_epoch",
+    "default_val_loss",
+    "default_val_score",
+    "classical_val_score",
+    "classical_val_loss",
+    "val_score",
+)
+
+
+def _history(stored: dict, validation: dict | None) -> tuple[dict, dict]:
+    """A stored history and validation as a model keeps them (per-epoch lists; single values).
+
+    Files written before the validation's single values had their own entry kept them in the
+    history as one-entry lists, and every value as a float: both are read as today's.
+    """
+    history = {k: list(v) for k, v in dict(stored).items()}
+    single = {k: history.pop(k) for k in _SINGLE_VALUES if k in history}
+    values = {k: v[0] for k, v in single.items() if len(v)} | dict(validation or {})
+    if "epoch" in history:
+        history["epoch"] = [int(e) for e in history["epoch"]]
+    return history, {k: int(v) if k == "best_epoch" else float(v) for k, v in values.items()}
+
+
 def _classical_model(
-    part: dict, config: Config, lattice_kind: str, name: str, history: dict
+    part: dict, config: Config, lattice_kind: str, name: str, history: dict, validation: dict | None = None
 ) -> ClassicalModel:
     return ClassicalModel(
         config=config,
@@ -168,6 +194,7 @@ def _classical_model(
         slide_fingerprint=str(part["slide_fingerprint"]),
         target_sum=float(part.get("target_sum", TARGET_SUM)),
         history=history,
+        validation=dict(validation or {}),
         note=str(part.get("note", "")),
         name=name,
         requested=_config(part["requested_config"]) if "requested_config" in part else None,
@@ -177,12 +204,12 @@ def _classical_model(
 def _from_description(description: dict, tensors: dict[str, np.ndarray]) -> FittedModel:
     config = _config(description["config"])
     lattice_kind = str(description["lattice_kind"])
-    history = {k: list(v) for k, v in dict(description.get("history", {})).items()}
+    history, validation = _history(description.get("history", {}), description.get("validation"))
     name = str(description.get("name", config.preset))
     if description["kind"] == "classical":
         if tensors:
             raise CheckpointError("a classical model holds no weights, but the file has some")
-        return _classical_model(description["classical"], config, lattice_kind, name, history)
+        return _classical_model(description["classical"], config, lattice_kind, name, history, validation)
     if description["kind"] != "learned":
         raise CheckpointError(f"unknown model kind {description['kind']!r}")
     part = description.get("classical")
@@ -195,6 +222,7 @@ def _from_description(description: dict, tensors: dict[str, np.ndarray]) -> Fitt
         [str(g) for g in description["training_genes"]],
         str(description.get("slide_fingerprint", "")),
         history,
+        validation,
         float(description.get("target_sum", TARGET_SUM)),
         [dict(s) for s in description.get("pretrained_on", [])],
     )
@@ -208,6 +236,7 @@ def _learned_model(
     training_genes,
     fingerprint,
     history,
+    validation,
     target_sum,
     pretrained_on=(),
 ):
@@ -240,6 +269,7 @@ def _learned_model(
         training_genes=training_genes,
         slide_fingerprint=fingerprint,
         history=history,
+        validation=validation,
         target_sum=target_sum,
         pretrained_on=list(pretrained_on),
     )
@@ -277,13 +307,12 @@ def _load_format_1(path: Path) -> FittedModel:
     try:
         config = Config.from_flat(payload["config"])
         lattice_kind = str(payload["lattice_kind"])
-        history = {k: list(v) for k, v in payload["history"].items()}
+        history, validation = _history(payload["history"], None)
         genes = [str(g) for g in payload["training_genes"]]
         part = {"params": payload["classical"], "basis_genes": genes, "slide_fingerprint": ""}
-        best_epoch = history.get("best_epoch", [None])[0]
-        kept_epoch_0 = config.optim.restore_best and best_epoch is not None and int(best_epoch) == 0
+        kept_epoch_0 = config.optim.restore_best and validation.get("best_epoch") == 0
         if config.network.residual and (config.optim.epochs == 0 or kept_epoch_0):
-            return _classical_model(part, config, lattice_kind, config.preset, history)
+            return _classical_model(part, config, lattice_kind, config.preset, history, validation)
         tensors = {k: v.detach().cpu().float().numpy() for k, v in payload["state_dict"].items()}
         classical = (
             _classical_model(part, config, lattice_kind, config.preset, {})
@@ -291,7 +320,15 @@ def _load_format_1(path: Path) -> FittedModel:
             else None
         )
         return _learned_model(
-            config, tensors, lattice_kind, classical, genes, "", history, float(payload["target_sum"])
+            config,
+            tensors,
+            lattice_kind,
+            classical,
+            genes,
+            "",
+            history,
+            validation,
+            float(payload["target_sum"]),
         )
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from exc

@@ -408,8 +408,8 @@ def run_method(
         depth = InterpolationModel("linear", kind).predictor(split.known_slide, split.sites).depth
     described = model.describe()
     extra = {f"classical_{k}": v for k, v in described.get("classical", {}).items()}
-    if "best_epoch" in described or model.history.get("best_epoch"):
-        extra["best_epoch"] = described.get("best_epoch", model.history.get("best_epoch", [None])[0])
+    if "best_epoch" in described or "best_epoch" in model.validation:
+        extra["best_epoch"] = described.get("best_epoch", model.validation.get("best_epoch"))
     if getattr(model, "note", ""):  # e.g. a learned preset whose network was not kept, and why
         extra["note"] = model.note
     if reference:

@@ -154,6 +154,7 @@ def pretrain_events(
         training_genes=training_genes,
         slide_fingerprint="",  # fitted on no single slide: the classical choice is always re-made
         history=result.history,
+        validation=result.validation,
         pretrained_on=pretrained_on,
     )
 
@@ -209,7 +210,7 @@ def finetune_events(
     starts from the model's weights and trains ``epochs`` epochs on the slide's own pairs
     (0: none), keeping the best validation epoch (epoch 0: the weights as given). When the kept
     network's held-out loss is not below that of the ``default`` preset's estimate on the same
-    held-out genes, pairs and region (history ``default_val_loss``), the result is the
+    held-out genes, pairs and region (``validation['default_val_loss']``), the result is the
     ``default`` preset's classical model on the slide, with :data:`NOT_IMPROVED` as its note.
 
     Raises
@@ -260,9 +261,13 @@ def finetune_events(
     )
     if result is None:
         return None
-    history = dict(result.history, classical_val_loss=[result.classical_val])
+    validation = result.validation
+    if result.classical_val is not None:  # the pretrained network's base, judged on this slide
+        validation["classical_val_loss"] = float(result.classical_val)
     if not gate(result, config):  # exactly what the per-slide default gives on this slide
-        return replace(default, name=config.preset, history=history, note=NOT_IMPROVED)
+        return replace(
+            default, name=config.preset, history=result.history, validation=validation, note=NOT_IMPROVED
+        )
     return LearnedModel(
         config=config,
         state_dict=result.state_dict,
@@ -270,7 +275,8 @@ def finetune_events(
         classical=part.classical,
         training_genes=genes,
         slide_fingerprint=slide.fingerprint,
-        history=history,
+        history=result.history,
+        validation=validation,
         pretrained_on=list(model.pretrained_on),
     )
 

@@ -220,7 +220,7 @@ def warn_if_network_not_kept(model: FittedModel | None) -> None:
     note = getattr(model, "note", "")
     if model is not None and note and not model.uses_network:
         warnings.warn(
-            f"{note}; model.note keeps this, and model.history the training's losses",
+            f"{note}; model.note keeps this, model.history the training's losses and model.validation its verdict",
             NetworkNotKeptWarning,
             stacklevel=3,
         )
@@ -539,13 +539,20 @@ class FittedModel(ABC):
     training_genes
         Genes it learned from.
     history
-        Training history (``epoch``, ``train_loss``, ``val_loss``, ``seconds``, ``best_epoch``).
+        Training history, one entry per epoch (``epoch``, ``train_loss``, ``val_loss``,
+        ``seconds``; ``pandas.DataFrame(model.history)`` is its table); empty without training.
+    validation
+        The validation's single values: ``best_epoch`` (0: no epoch beat the start), and where
+        the gate judged the network ``default_val_loss``, ``val_score``, ``default_val_score``,
+        ``classical_val_score`` (a pretrained model also ``classical_val_loss``); empty without
+        training.
     """
 
     name: str
     lattice_kind: str
     training_genes: list[str]
     history: dict
+    validation: dict
     min_detection: float = 0.10
 
     @property

@@ -233,6 +233,7 @@ class ClassicalModel(FittedModel):
     slide_fingerprint: str
     target_sum: float = TARGET_SUM
     history: dict = field(default_factory=dict, repr=False)
+    validation: dict = field(default_factory=dict, repr=False)
     note: str = ""
     name: str = "default"
     requested: Config | None = field(default=None, repr=False)

@@ -177,6 +177,7 @@ class CNNModel(FittedModel):
     training_genes: list[str] = field(repr=False)
     best_epoch: int
     history: dict = field(default_factory=dict, repr=False)
+    validation: dict = field(default_factory=dict, repr=False)
     name: str = "residual_cnn"
 
     @property

@@ -36,6 +36,7 @@ class InterpolationModel(FittedModel):
     lattice_kind: str
     training_genes: list[str] = field(default_factory=list)
     history: dict = field(default_factory=dict)
+    validation: dict = field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:

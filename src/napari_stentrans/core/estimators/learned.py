@@ -111,48 +111,10 @@ def baseline_copy(model: ClassicalModel) -> ClassicalModel:
     return replace(model, _bases={})
 
 
-# the correlation score (a sum of three r's) must beat the default's by more than this: a network
-# that only shifts its base's values changes every r by rounding and clipping alone (~1e-5)
-SCORE_MARGIN = 1e-3
-
-
 def gate(result, config: Config) -> bool:
-    """Whether the trained network is kept: it beats the default's estimate on held-out genes.
-
-    ``result`` is a :class:`~..training.TrainResult`. Two conditions, both on the same held-out
-    genes, pairs and region of the slide:
-
-    1. the kept weights' correlation score (``result.score``: median per-gene r + median
-       gene-specific r + co-expression r, the criterion the ``default`` preset chooses its own
-       rank by, :func:`~..classical.select_gene_residuals`) is above both
-       ``result.default_score``, the default's estimate's, and ``result.classical_score``, the
-       low-rank estimate's it corrects, by more than :data:`SCORE_MARGIN`;
-    2. their loss (the best epoch's with ``restore_best``, else the last epoch's) is below both
-       ``result.default_val``, the default's estimate's, and ``result.classical_val``, the
-       low-rank estimate it corrects (a zero correction).
-
-    The squared error alone ranked a network whose correlations were all lower above the
-    default (DLPFC 151673: normalised r 0.165 against the default's 0.174): it rewards
-    shrinking towards the mean, which the default's correlation-chosen gene residuals do not
-    do. Beating the default without beating its own base kept, on Visium embryo `heldout` seed
-    0, a network whose base (no gene residuals) scored above the default on the coarse pairs
-    while its correction changed the loss by 1e-5; at the held-out truth it lost on all four
-    metrics. Without a baseline, held-out genes or scores to judge on, nothing is kept.
-    """
-    if result.default_val is None or result.best_val is None:
-        return False
-    if result.score is None or result.default_score is None:
-        return False
-    bars = [result.default_score] + ([] if result.classical_score is None else [result.classical_score])
-    if not (np.isfinite(result.score) and result.score > max(bars) + SCORE_MARGIN):
-        return False
-    kept_val = result.best_val if config.optim.restore_best else result.history["val_loss"][-1]
-    if not np.isfinite(kept_val):
-        return False
-    bar = (
-        result.default_val if result.classical_val is None else min(result.default_val, result.classical_val)
-    )
-    return bool(kept_val < bar)
+    """Whether the trained network is kept: :meth:`~..training.TrainResult.beats_baseline`
+    with the configuration's ``restore_best`` (the best epoch's loss, else the last one's)."""
+    return result.beats_baseline(config.optim.restore_best)
 
 
 @dataclass(eq=False, repr=False)  # FittedModel.__repr__: one short line
@@ -176,6 +138,7 @@ class LearnedModel(FittedModel):
     training_genes: list[str] = field(repr=False)
     slide_fingerprint: str
     history: dict = field(default_factory=dict, repr=False)
+    validation: dict = field(default_factory=dict, repr=False)
     target_sum: float = TARGET_SUM
     pretrained_on: list[dict] = field(default_factory=list)
 
@@ -193,6 +156,7 @@ class LearnedModel(FittedModel):
             training_genes=[str(g) for g in slide.genes[gene_idx]],
             slide_fingerprint=slide.fingerprint,
             history=result.history,
+            validation=result.validation,
         )
 
     @property
@@ -218,7 +182,7 @@ class LearnedModel(FittedModel):
             "preset": self.name,
             "estimator": "transformer correction" if self.classical is not None else "network",
             "n_training_genes": len(self.training_genes),
-            "best_epoch": int(self.history.get("best_epoch", [-1])[0]),
+            "best_epoch": int(self.validation.get("best_epoch", -1)),
         }
         if self.classical is not None:
             out["classical"] = self.classical.params.describe()
@@ -423,7 +387,14 @@ class LearnedEstimator(Estimator):
         if default is not None and (nothing_learned or not gate(result, config)):
             # exactly the per-slide default's model on this slide
             note = NOTHING_LEARNED if nothing_learned else NOT_KEPT
-            return replace(default, name=config.preset, history=result.history, note=note, requested=config)
+            return replace(
+                default,
+                name=config.preset,
+                history=result.history,
+                validation=result.validation,
+                note=note,
+                requested=config,
+            )
         return LearnedModel.trained_on(slide, config, classical, train_idx, result)
 
     def _normalised(self, slide: Slide, gene_idx: np.ndarray):
