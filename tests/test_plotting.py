@@ -106,7 +106,7 @@ def test_cells_tile_a_sheared_image_frame_with_scattered_spot_centres(kind):
     assert _meets_every_neighbour_edge_to_edge(frame.xy_out, half, frame.pitch / 2, pairs_out)
 
 
-def test_plot_shows_the_he_and_the_imputed_sites_beside_it(tmp_path):
+def test_plot_shows_the_he_and_the_imputed_sites_beside_it_or_the_he_alone_centred(tmp_path):
     from PIL import Image
 
     from helpers import fit_cpu
@@ -133,6 +133,18 @@ def test_plot_shows_the_he_and_the_imputed_sites_beside_it(tmp_path):
     top = pixels.shape[0] // 2  # the H&E row (one gene row below it)
     assert cyan[:top, width // 2 :].sum() > 100 and cyan[:top, : width // 2].sum() == 0  # beside the H&E
     assert green[:top].sum() > 0.2 * top * width and cyan[top:].sum() == 0
+    # nothing imputed: no empty cell beside the H&E, which is centred over both columns
+    r, c = block_sites("hex", 12, 20)
+    full = make_slide(r, c, "hex")
+    full.obsm["spatial"] = 2000.0 - Lattice("hex").physical(r, c) * 2.0
+    full.uns["spatial"] = adata.uns["spatial"]
+    out = fit_cpu(full, "default").enhance(full, genes=2, device="cpu")
+    assert (out.obs["kind"] == "imputed").sum() == 0
+    plot_side_by_side(full, out, list(out.var_names[:1]), tmp_path / "full.png")
+    pixels = np.asarray(Image.open(tmp_path / "full.png").convert("RGB")).astype(int)
+    green = (pixels[..., 1] > 150) & (pixels[..., 0] < 60) & (pixels[..., 2] < 60)
+    columns = np.flatnonzero(green[: pixels.shape[0] // 2].any(axis=0))
+    assert columns.min() < 0.4 * pixels.shape[1] and columns.max() > 0.6 * pixels.shape[1]  # over both
 
 
 def test_a_blank_hires_image_gives_way_to_the_lowres_one():

@@ -181,7 +181,7 @@ def plot_side_by_side(original: ad.AnnData, enhanced: ad.AnnData, genes: list[st
     tissue and would hide an H&E under them, so a slide with one gets a first row with the
     image alone, framed as the maps are (the maps themselves are drawn on white), and beside it
     the sites the output imputed (``obs["kind"]``), in cyan as the napari layers paint lost
-    regions. Each map is framed on the tissue (no square box around a long section). Every
+    regions (without imputed sites the image is centred over both columns). Each map is framed on the tissue (no square box around a long section). Every
     gene of ``genes`` is drawn (choose them with :func:`genes_to_plot`); titles from
     :func:`side_by_side_titles`. The PNG is ``2 * PANEL_INCHES + 1.6`` inches wide and
     ``panel_height + TITLE_INCHES`` inches a row, at :data:`DPI`.
@@ -221,19 +221,22 @@ def plot_side_by_side(original: ad.AnnData, enhanced: ad.AnnData, genes: list[st
         ax.set_yticks([])
 
     if image_row:
-        frame_axes(axes[0, 0], he=True)
-        axes[0, 0].set_title("H&E (where the spots below lie)", fontsize=9)
         imputed = (
             enhanced.obs["kind"].to_numpy() == "imputed" if "kind" in enhanced.obs else np.zeros(0, bool)
         )
+        he = axes[0, 0]
+        if not imputed.any():  # nothing to show beside it: the H&E alone, centred over both columns
+            for ax in axes[0]:
+                ax.remove()
+            he = fig.add_subplot(axes[0, 0].get_gridspec()[0, :])
+        frame_axes(he, he=True)
+        he.set_title("H&E (where the spots below lie)", fontsize=9)
         if imputed.any():  # where the output holds values no spot measured
             frame_axes(axes[0, 1], he=True)
             axes[0, 1].add_collection(
                 PolyCollection(cells_out[imputed], facecolors="cyan", edgecolors="face", linewidths=0.2)
             )
             axes[0, 1].set_title(f"H&E, {_count(int(imputed.sum()), 'site')} imputed (cyan)", fontsize=9)
-        else:
-            axes[0, 1].set_axis_off()
     for i, gene in enumerate(genes):
         row = axes[i + image_row]
         before = _dense_column(original.X, original.var_names.get_loc(gene))[measured]
