@@ -44,8 +44,19 @@ def test_the_panels_follow_a_slide_opened_after_another(st_viewer, qtbot):
     qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
     assert widget._status.value.startswith(f"{widget.report['n_heldout_spots']:,} held-out spots")
     st_viewer.camera.center, st_viewer.camera.zoom = (0.0, -5e4, -5e4), 3.0  # looking far away
+    shown_before = {layer.name for layer in st_viewer.layers if layer.visible}
     st_viewer.open_sample("napari-stentrans", "synthetic_visium")
     assert widget.slide_id != first and widget.slide_id.startswith("synthetic_visium#")
+
+    def visible(slide_id: str) -> set[str]:
+        return {
+            layer.name
+            for layer in st_viewer.layers
+            if layer.visible and layer.metadata["stentrans"]["slide_id"] == slide_id
+        }
+
+    # the slides lie over one another: the first one's layers are hidden, the new one's shown
+    assert visible(first) == set() and visible(widget.slide_id)
     # the status line and "Residual of" follow the slide: they kept the first one's command and genes
     assert widget._status.value.startswith("the table is of synthetic_st; for this slide, same engine")
     verdict = actions.quality_verdict(widget.report)  # the bold verdict names its slide too
@@ -58,6 +69,7 @@ def test_the_panels_follow_a_slide_opened_after_another(st_viewer, qtbot):
     np.testing.assert_allclose(st_viewer.camera.center[-2:], extent.mean(axis=0)[-2:], rtol=1e-6)
     opened = widget.slide_id
     widget._slide.value = first  # the user's own choice holds while layers of a slide come and go
+    assert visible(first) == shown_before and visible(opened) == set()  # choosing it brings it back
     assert widget._status.value.startswith(f"{widget.report['n_heldout_spots']:,} held-out spots")
     assert widget._verdict.value == verdict and widget._progress.value == widget._progress.max == 1
     st_viewer.layers.remove(st_viewer.layers[-1])
@@ -65,6 +77,24 @@ def test_the_panels_follow_a_slide_opened_after_another(st_viewer, qtbot):
     for layer in [layer for layer in st_viewer.layers if layer.metadata["stentrans"]["slide_id"] == opened]:
         st_viewer.layers.remove(layer)
     assert widget.slide_id == first and len(widget._slide.choices) == 1
+
+
+def test_a_file_of_sections_opened_after_a_slide_shows_its_first_section(st_viewer, tmp_path):
+    """The panels choose the section that is shown, not a hidden one; the slide before is hidden."""
+    import anndata as ad
+
+    from helpers import block_sites, make_slide
+
+    widget = _dock(st_viewer, "Genes")
+    first = widget.slide_id
+    r, c = block_sites("hex", 6, 12)
+    parts = {name: make_slide(r, c + 14 * k, "hex", seed=k) for k, name in enumerate(["left", "right"])}
+    ad.concat(parts, label="library_id", index_unique="-").write_h5ad(tmp_path / "two.h5ad")
+    st_viewer.open(str(tmp_path / "two.h5ad"), plugin="napari-stentrans")
+    slides = actions.slides(st_viewer)
+    assert slides[widget.slide_id].name == "two left" and actions.is_shown(st_viewer, widget.slide_id)
+    right = next(sid for sid, info in slides.items() if info.name == "two right")
+    assert not actions.is_shown(st_viewer, right) and not actions.is_shown(st_viewer, first)
 
 
 def test_genes_widget_searches_and_adds_layers(st_viewer):

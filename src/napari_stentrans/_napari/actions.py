@@ -88,6 +88,54 @@ def slide(viewer, slide_id: str | None = None) -> SlideInfo:
     return found[slide_id]
 
 
+# per viewer (by id), for each slide, the layers hidden when another slide was brought forward
+_HIDDEN: dict[int, dict[str, list]] = {}
+
+
+def is_shown(viewer, slide_id: str) -> bool:
+    """Whether any layer of the slide is visible."""
+    return any(
+        layer.visible and layer.metadata.get("stentrans", {}).get("slide_id") == slide_id
+        for layer in viewer.layers
+    )
+
+
+def bring_forward(viewer, slide_id: str) -> list[str]:
+    """Show one slide: hide the other slides' visible layers; show again those of this slide hidden here.
+
+    Every slide is drawn in its own micrometre frame from the same origin, so two open slides
+    lie over one another (the second one's H&E over the first one's genes), as the sections of
+    one file would (the reader shows only the first). The layers hidden are one click away in
+    the layer list and remembered: they come back when their slide is brought forward again.
+    Layers of no slide (a user's own points or shapes) are left as they are.
+
+    Returns
+    -------
+    The names of the layers hidden.
+    """
+    viewer = getattr(viewer, "__wrapped__", viewer)  # plugin widgets get a proxy of the viewer
+    if id(viewer) not in _HIDDEN:
+        _HIDDEN[id(viewer)] = {}
+        try:
+            weakref.finalize(viewer, _HIDDEN.pop, id(viewer), None)
+        except TypeError:
+            pass
+    hidden = _HIDDEN[id(viewer)]
+    names = []
+    for layer in viewer.layers:
+        owner = layer.metadata.get("stentrans", {}).get("slide_id")
+        if owner is None or owner == slide_id or not layer.visible:
+            continue
+        layer.visible = False
+        hidden.setdefault(owner, []).append(weakref.ref(layer))
+        names.append(layer.name)
+    for ref in hidden.pop(slide_id, []):
+        layer = ref()
+        if layer is not None and layer in viewer.layers:
+            layer.visible = True
+    return names
+
+
 def _set_or_add(viewer, data: np.ndarray, attrs: dict, keep_previous: bool) -> object:
     """Update a layer by name; with ``keep_previous`` the old one is kept, renamed, not lost."""
     name = attrs["name"]

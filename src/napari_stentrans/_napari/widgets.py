@@ -188,8 +188,10 @@ class _SlideWidget(Container):
         )
         super().__init__(**kwargs)
         self.append(self._slide)
+        self._arriving: set[str] = set()  # slides whose layers are coming in, none shown yet
         viewer.layers.events.inserted.connect(self._refresh_slides)
         viewer.layers.events.removed.connect(self._refresh_slides)
+        self._slide.changed.connect(self._bring_forward)
 
     def _slide_choices(self, _widget=None) -> list[tuple[str, str]]:
         return [
@@ -199,12 +201,37 @@ class _SlideWidget(Container):
     def _refresh_slides(self, _event=None) -> None:
         before = set(self._slide.choices)
         self._slide.reset_choices()
-        opened = [sid for sid in self._slide.choices if sid not in before]
+        # a slide counts as opened once one of its layers is shown (a slide's first layers may
+        # come hidden; the sections of one file after the first stay hidden: not to work on)
+        self._arriving = {sid for sid in self._arriving if sid in self._slide.choices} | {
+            sid for sid in self._slide.choices if sid not in before
+        }
+        opened = [
+            sid
+            for sid in self._slide.choices
+            if sid in self._arriving and actions.is_shown(self._viewer, sid)
+        ]
+        self._arriving -= set(opened)
         if opened and before:
             # a slide opened while another was chosen: work on the one just opened (a new user
             # opened a sample after a slide and ran the Quality check on the first one unawares)
             self._slide.value = opened[-1]
             _fit_view_soon(self._viewer)
+
+    def _bring_forward(self, slide_id: str | None) -> None:
+        """The chosen slide is the one shown (:func:`actions.bring_forward`); said once, when
+        layers were hidden."""
+        if slide_id is None or slide_id not in actions.slides(self._viewer):
+            return
+        hidden = actions.bring_forward(self._viewer, slide_id)
+        if hidden:
+            from napari.utils.notifications import show_info
+
+            show_info(
+                f"{actions.slide(self._viewer, slide_id).name}: the {len(hidden)} layer(s) of the other "
+                "slide(s) are hidden, as the slides lie over one another; tick their eye in the layer "
+                "list to show them (choosing their slide in a panel brings them back)"
+            )
 
     @property
     def slide_id(self) -> str | None:
