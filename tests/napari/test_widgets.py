@@ -97,6 +97,37 @@ def test_a_file_of_sections_opened_after_a_slide_shows_its_first_section(st_view
     assert not actions.is_shown(st_viewer, right) and not actions.is_shown(st_viewer, first)
 
 
+def test_every_panel_works_on_the_slide_shown_and_layer_names_say_their_slide(st_viewer, tmp_path):
+    """New-user trial: choosing a slide in the Genes tab left the Train tab on a hidden slide
+    (its results came in hidden), the layer controls on a hidden layer, and the second file's
+    layers were named ``Gene0253 [1]``."""
+    genes, train = _dock(st_viewer, "Genes"), _dock(st_viewer, "Train & enhance")
+    first = genes.slide_id
+    copy = actions.slide(st_viewer, first).adata.copy()
+    copy.write_h5ad(tmp_path / "copy.h5ad")
+    st_viewer.open(str(tmp_path / "copy.h5ad"), plugin="napari-stentrans")
+    second = genes.slide_id
+    assert second != first and train.slide_id == second
+    names = {layer.name for layer in st_viewer.layers}
+    assert not any(name.endswith(" [1]") for name in names)
+    shown = actions.shown_genes(st_viewer, second)
+    assert shown and all(
+        f"{gene} [copy]" in names for gene in shown if gene in actions.shown_genes(st_viewer, first)
+    )
+    genes._slide.value = first  # chosen in one panel: every panel, and the screen, follow
+    assert train.slide_id == first and actions.is_shown(st_viewer, first)
+    assert not actions.is_shown(st_viewer, second)
+    active = st_viewer.layers.selection.active
+    assert active is not None and active.visible and active.metadata["stentrans"]["slide_id"] == first
+    # the same gene's layer of the other slide is neither updated nor renamed by this slide's
+    gene = shown[0]
+    other = st_viewer.layers[f"{gene} [copy]"]
+    before = other.data.copy()
+    actions.add_gene_layers(st_viewer, [gene], first)
+    np.testing.assert_array_equal(other.data, before)
+    assert other.name == f"{gene} [copy]" and gene in st_viewer.layers
+
+
 def test_genes_widget_searches_and_adds_layers(st_viewer):
     widget = _dock(st_viewer, "Genes")
     widget._query.value = "Gene001"

@@ -162,7 +162,7 @@ def test_verdict_stays_visible_and_earlier_runs_are_named_by_preset(make_napari_
     _fast(train, epochs=0)
     run_to_end(train, qtbot)
     gene = actions.shown_genes(viewer)[0]
-    assert train._verdict.value.startswith("Run 1, default")
+    assert train._verdict.value.startswith("Run 1 on synthetic_st, default")
     assert "{" not in train._status.value and "{" not in train._verdict.value  # no raw dict
     train._preset.value = "transformer"
     _fast(train, epochs=2)
@@ -173,7 +173,7 @@ def test_verdict_stays_visible_and_earlier_runs_are_named_by_preset(make_napari_
         assert "did not improve" in verdict and "classical estimate" in verdict
     else:
         assert "improved the validation loss" in verdict
-    assert verdict.startswith("Run 2, transformer")
+    assert verdict.startswith("Run 2 on synthetic_st, transformer")
     # the status line changes afterwards; the verdict does not
     qtbot.wait(200)
     ws.export._status.value = "anything"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import threading
 import weakref
 from contextlib import contextmanager
@@ -133,11 +134,56 @@ def bring_forward(viewer, slide_id: str) -> list[str]:
         layer = ref()
         if layer is not None and layer in viewer.layers:
             layer.visible = True
+    active = viewer.layers.selection.active
+    if active is not None and not active.visible:  # the layer controls would act on a hidden layer
+        shown = [
+            layer
+            for layer in viewer.layers
+            if layer.visible and layer.metadata.get("stentrans", {}).get("slide_id") == slide_id
+        ]
+        if shown:
+            viewer.layers.selection.active = shown[-1]  # the topmost
     return names
 
 
+_DUPLICATE = re.compile(r"^(.*) \[\d+\]$")  # napari's name for a layer whose name is taken
+
+
+def name_after_slides(viewer) -> list[str]:
+    """Rename layers napari numbered (``Actc1 [1]``) after their slide (``Actc1 [Vis7B_5dpi]``).
+
+    napari appends `` [N]`` to a layer whose name another layer has, here the same gene of
+    another slide; the slide's name says which it is, as :func:`add_gene_layers` names them.
+    Returns the new names.
+    """
+    taken = {layer.name: layer.metadata.get("stentrans", {}).get("slide_id") for layer in viewer.layers}
+    names = slides(viewer)
+    renamed = []
+    for layer in viewer.layers:
+        match = _DUPLICATE.match(layer.name)
+        owner = layer.metadata.get("stentrans", {}).get("slide_id")
+        if match is None or owner is None or owner not in names:
+            continue
+        base = match.group(1)
+        if taken.get(base, owner) == owner:  # not another slide's name
+            continue
+        new = f"{base} [{names[owner].name}]"
+        if new not in taken:
+            layer.name = new
+            taken[new] = owner
+            renamed.append(new)
+    return renamed
+
+
 def _set_or_add(viewer, data: np.ndarray, attrs: dict, keep_previous: bool) -> object:
-    """Update a layer by name; with ``keep_previous`` the old one is kept, renamed, not lost."""
+    """Update a layer of the slide by name; with ``keep_previous`` the old one is kept, renamed, not lost.
+
+    A name another slide's layer has (the same gene open from two slides) gets the slide's name
+    (``Actc1 [Vis7B_5dpi]``): that layer is never updated or renamed here.
+    """
+    sid = attrs["metadata"]["stentrans"]["slide_id"]
+    if _owned_by_other_slide(viewer, attrs["name"], sid):
+        attrs["name"] = f"{attrs['name']} [{slides(viewer)[sid].name}]"
     name = attrs["name"]
     if name in viewer.layers:
         old = viewer.layers[name]
@@ -199,8 +245,6 @@ def add_gene_layers(viewer, genes: list[str], slide_id: str | None = None) -> li
         raise KeyError(f"gene(s) not in the slide: {missing[:5]}")
     out = []
     for data, attrs, _ in gene_layers(info.adata, list(genes), info.slide_id, info.frame):
-        if _owned_by_other_slide(viewer, attrs["name"], info.slide_id):
-            attrs["name"] = f"{attrs['name']} [{info.name}]"  # same gene open from two slides
         out.append(_set_or_add(viewer, data, attrs, keep_previous=False))
     return out
 

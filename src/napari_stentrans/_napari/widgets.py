@@ -8,7 +8,9 @@ thread workers that only yield events and return results; layers change on the m
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -176,8 +178,12 @@ def _fit_view_soon(viewer) -> None:
     QTimer.singleShot(0, fit)
 
 
+# per viewer (by id), its panels with a slide chooser: choosing a slide in one chooses it in all
+_PANELS: dict[int, weakref.WeakSet] = {}
+
+
 class _SlideWidget(Container):
-    """A container with a slide chooser that follows the viewer's layers."""
+    """A container with a slide chooser that follows the viewer's layers and the other panels."""
 
     def __init__(self, viewer: napari.viewer.Viewer, **kwargs) -> None:
         self._viewer = viewer
@@ -192,6 +198,12 @@ class _SlideWidget(Container):
         viewer.layers.events.inserted.connect(self._refresh_slides)
         viewer.layers.events.removed.connect(self._refresh_slides)
         self._slide.changed.connect(self._bring_forward)
+        key = id(getattr(viewer, "__wrapped__", viewer))  # plugin widgets get a proxy of the viewer
+        if key not in _PANELS:
+            _PANELS[key] = weakref.WeakSet()
+            with contextlib.suppress(TypeError):
+                weakref.finalize(getattr(viewer, "__wrapped__", viewer), _PANELS.pop, key, None)
+        _PANELS[key].add(self)
 
     def _slide_choices(self, _widget=None) -> list[tuple[str, str]]:
         return [
@@ -199,7 +211,8 @@ class _SlideWidget(Container):
         ]
 
     def _refresh_slides(self, _event=None) -> None:
-        before = set(self._slide.choices)
+        before = set(self._slide.choices)  # first: a renamed layer resets every chooser (napari)
+        actions.name_after_slides(self._viewer)
         self._slide.reset_choices()
         # a slide counts as opened once one of its layers is shown (a slide's first layers may
         # come hidden; the sections of one file after the first stay hidden: not to work on)
@@ -223,6 +236,9 @@ class _SlideWidget(Container):
         layers were hidden."""
         if slide_id is None or slide_id not in actions.slides(self._viewer):
             return
+        for panel in list(_PANELS.get(id(getattr(self._viewer, "__wrapped__", self._viewer)), ())):
+            if panel is not self and panel._slide.value != slide_id and slide_id in panel._slide.choices:
+                panel._slide.value = slide_id  # every panel works on the slide shown
         hidden = actions.bring_forward(self._viewer, slide_id)
         if hidden:
             from napari.utils.notifications import show_info
@@ -980,7 +996,8 @@ class TrainWidget(_SlideWidget):
         )
         # the verdict has its own line: later status messages never replace it
         source = f" Model file: {Path(model_path).name}." if model_path is not None else ""
-        self._verdict.value = f"Run {run}, {actions.run_verdict(model, enhanced)}{source}"
+        name = actions.slide(self._viewer, slide_id).name
+        self._verdict.value = f"Run {run} on {name}, {actions.run_verdict(model, enhanced)}{source}"
         self._add_next_layer()
 
     def _add_next_layer(self) -> None:
