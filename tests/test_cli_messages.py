@@ -65,7 +65,7 @@ def test_progress_into_a_log_file_is_a_few_plain_lines():
     assert lines[0] == "stentrans: 100 spots, 16 training genes"
     assert lines[1] == "stentrans: training on cpu: 1000 steps"
     assert lines[2].startswith(
-        "stentrans: training 100/1000 steps (10%), epoch 4, loss 0.2500, best val 0.5000"
+        "stentrans: training 100/1000 steps (10%), epoch 4, loss 0.2500, best val 0.5000 (the start)"
     )
     assert lines[-1] == "stentrans: training finished (best epoch 3, 1.5 s)"
     assert all(line.startswith("stentrans: ") for line in lines)
@@ -90,9 +90,17 @@ def test_progress_lines_show_the_last_epochs_own_validation_beside_the_best():
     lines = log.getvalue().splitlines()
     steps = [line for line in lines if line.startswith("stentrans: training ") and "steps (" in line]
     first = [line for line in steps if ", epoch 1, " in line]
-    assert first and all("loss 0.3000, best val 0.1724, " in line for line in first)  # no epoch scored yet
-    assert any("loss 0.3000, val 0.1766 (epoch 1), best val 0.1724, " in line for line in steps)
-    assert any("val 0.1763 (epoch 2), best val 0.1724" in line for line in steps)
+    # no epoch scored yet; and none beat the start, which the best is then said to be
+    assert first and all("loss 0.3000, best val 0.1724 (the start), " in line for line in first)
+    assert any("loss 0.3000, val 0.1766 (epoch 1), best val 0.1724 (the start), " in line for line in steps)
+    assert any("val 0.1763 (epoch 2), best val 0.1724 (the start)" in line for line in steps)
+    # an epoch that beats the start is named as the best
+    bar = _ProgressBar(disabled=False, stream=io.StringIO())
+    bar.update(event("prepared", 0, 0, text="100 spots"))
+    bar.update(event("epoch", 1, 10, loss=0.3, val=0.1724))
+    for step in range(1, 5):  # a line per tenth of the 30 steps
+        bar.update(event("step", 2, step, loss=0.3))
+    assert "val 0.1724 (epoch 1), best val 0.1724 (epoch 1), " in bar.stream.getvalue()
     assert lines[-1].startswith("stentrans: training finished (best epoch 0: no epoch beat the start on the ")
 
 
@@ -132,8 +140,8 @@ def test_stages_before_training_are_one_line_each_in_a_log_and_a_bar_on_a_termin
     bar.close()
     lines = log.getvalue().splitlines()
     assert lines[:3] == [
-        "stentrans: normalising 16 genes at 100 spots... (0.0 s)",
-        "stentrans: choosing rank and smoothers on 4 coset pairs... (0.2 s)",
+        "stentrans: normalising 16 genes at 100 spots... (from 0.0 s)",
+        "stentrans: choosing rank and smoothers on 4 coset pairs... (from 0.2 s)",
         "stentrans: 100 spots, 16 training genes",
     ]
     screen = _Terminal()

@@ -1096,6 +1096,7 @@ class _ProgressBar:
         self.stage_name: str | None = None
         # the last epoch's own validation loss: the best one alone did not show why nothing improved
         self.last_val: tuple[int, float] | None = None
+        self.best_at = 0
 
     def _interactive(self) -> bool:
         isatty = getattr(self.stream, "isatty", None)
@@ -1123,6 +1124,7 @@ class _ProgressBar:
             self.total = event.n_steps * event.n_epochs
             self.done = self.reported = 0
             self.last_val = None
+            self.best_at = 0  # the epoch whose weights are the best so far (0: the start)
             if self.total and self._interactive():
                 from tqdm import tqdm
 
@@ -1139,9 +1141,13 @@ class _ProgressBar:
                 self.line(f"stentrans: training on {event.device}: {self.total} steps")
         elif event.kind == "epoch" and event.val_loss is not None:
             self.last_val = (event.epoch, float(event.val_loss))
+            if event.best_val_loss is not None and float(event.val_loss) <= float(event.best_val_loss):
+                self.best_at = event.epoch
         elif event.kind == "step" and self.total:
             self.done = min(self.done + 1, self.total)
-            best = "-" if event.best_val_loss is None else f"{event.best_val_loss:.4f}"
+            # the best so far is the start's loss until an epoch beats it: said, or it reads as trained
+            at = "the start" if self.best_at == 0 else f"epoch {self.best_at}"
+            best = "-" if event.best_val_loss is None else f"{event.best_val_loss:.4f} ({at})"
             if self.bar is not None:
                 self.bar.update(1)
                 last = {} if self.last_val is None else {"val": f"{self.last_val[1]:.4f}"}

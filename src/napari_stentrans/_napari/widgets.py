@@ -649,7 +649,7 @@ class TrainWidget(_SlideWidget):
             choices=[(actions.PRESET_LABELS.get(name, name), name) for name in PRESETS],
             value="default",
             tooltip="default: low-rank reconstruction + each gene's own residual, smoothers chosen on "
-            "the slide (no training, seconds; best or within 0.001 of the best baseline in 25 of 36 "
+            "the slide (no training, seconds; best or within 0.001 of the best baseline in 21 of 36 "
             "benchmark rows); transformer: a ViT correction of the default's estimate, learned on the slide "
             "(research: it has not beaten the default); "
             "published: the authors' recipe, for comparison",
