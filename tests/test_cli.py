@@ -75,6 +75,32 @@ def test_info_describes_the_slide(slide_file, capsys):
     assert "lattice:   square (pitch 200 um)" in out and "100 measured" in out
 
 
+def test_info_describes_a_saved_model(slide_file, tmp_path, capsys):
+    """A new user had no way to see what a model file holds: `info` refused `.safetensors`."""
+    import napari_stentrans as st
+    from helpers import fit_network, tiny_config
+
+    adata = ad.read_h5ad(slide_file)
+    st.fit(adata).save(tmp_path / "default.safetensors")
+    code, out, _ = run_cli(["info", tmp_path / "default.safetensors"], capsys)
+    assert code == 0
+    assert "model:     preset default: the default's classical estimate; square lattice" in out
+    assert "its low-rank basis was fitted on the 20 most variable genes" in out
+    assert re.search(r"classical: rank \d+, scores .* \(kept on the slide it was fitted on", out)
+    assert "training:" not in out and "note:" not in out
+    trained = fit_network(adata, tiny_config("square", epochs=2, restore_best=False))
+    trained.save(tmp_path / "network.safetensors")
+    code, out, _ = run_cli(["info", tmp_path / "network.safetensors"], capsys)
+    assert code == 0
+    assert "preset transformer: a network correcting the default's estimate" in out
+    val = trained.history["val_loss"]
+    best = trained.validation["best_epoch"]
+    assert (
+        f"training:  2 epoch(s); held-out loss {val[0]:.4f} at the start, best {val[best]:.4f} at epoch {best}"
+        in out
+    )
+
+
 def test_info_names_spatially_variable_genes_that_enhance_takes(tmp_path, capsys):
     """A new user found no gene names in `info` to give `--genes`: it names the most spatially
     variable ones, by symbol where the var names are ids, and `enhance --genes` takes them."""

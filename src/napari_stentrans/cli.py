@@ -47,11 +47,12 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    info = sub.add_parser("info", help="describe a slide: format, lattice, spots, genes")
+    info = sub.add_parser("info", help="describe a slide (format, lattice, spots, genes) or a saved model")
     info.add_argument(
         "path",
         type=Path,
-        help="Space Ranger folder, .h5ad (an enhanced one too), SpatialData .zarr, or ST table",
+        help="Space Ranger folder, .h5ad (an enhanced one too), SpatialData .zarr, ST table, or a model "
+        "file (.safetensors, from --save-model)",
     )
     info.add_argument("--coords", type=Path, help="coordinates table for a counts table")
     info.add_argument("--library", metavar="NAME", help=LIBRARY_HELP)
@@ -388,6 +389,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .core.slide import MIN_DEPTH_FRACTION, Slide
 
     path = Path(args.path)
+    if path.is_file() and path.suffix in (MODEL_SUFFIX, ".pt"):  # a saved model (.pt: version 0.1.0)
+        from .core.checkpoint import load_model
+
+        print(_describe_model(path, load_model(path)))
+        return 0
     if path.is_file() and suffix(path) == ".h5ad":  # an output is described without its values
         summary = read_enhanced_summary(path)
         if summary is not None:
@@ -508,6 +514,50 @@ def _describe_enhanced(path: Path, adata) -> str:
         # why the model is not what the preset names (a learned preset whose network was refused)
         + ([f"note:      {note}"] if (note := (info.get("model") or {}).get("note")) else [])
     )
+
+
+def _describe_model(path: Path, model) -> str:
+    """``info`` of a saved model: what makes its estimate, on which genes, and how it was judged."""
+    classical = getattr(model, "params", None) or getattr(getattr(model, "classical", None), "params", None)
+    judged, history = model.validation, model.history
+    if model.uses_network:
+        what = "a network" + (" correcting the default's estimate" if classical is not None else "")
+        genes = f"its network was trained on the {len(model.training_genes)} most variable genes (less those held out)"
+    else:
+        note = getattr(model, "note", "")
+        what = "the default's classical estimate" + (" (its network was not kept)" if note else "")
+        genes = f"its low-rank basis was fitted on the {len(model.training_genes)} most variable genes"
+    lines = [
+        f"path:      {path}",
+        f"model:     preset {model.name}: {what}; {_lattice_words(model.lattice_kind)}",
+        f"genes:     {genes}",
+    ]
+    if classical is not None:
+        chosen = (
+            "re-chosen on each slide it enhances"
+            if not getattr(model, "slide_fingerprint", "")
+            else ("kept on the slide it was fitted on, re-chosen on any other")
+        )
+        lines.append(f"classical: {classical.summary()} ({chosen})")
+    if history.get("epoch"):
+        val = history["val_loss"]
+        best = int(judged.get("best_epoch", int(np.nanargmin(val))))
+        scores = (
+            f"; correlation score {judged['val_score']:.3f} (the default's {judged['default_val_score']:.3f})"
+            if "val_score" in judged and "default_val_score" in judged
+            else ""
+        )
+        lines.append(
+            f"training:  {int(max(history['epoch']))} epoch(s); held-out loss {val[0]:.4f} at the start, "
+            f"best {val[best]:.4f} at epoch {best}"
+            + (" (no epoch beat the start)" if best == 0 else "")
+            + scores
+        )
+    for slide in getattr(model, "pretrained_on", []):
+        lines.append(f"pretrained on: {slide['name']} ({slide['n_spots']} spots)")
+    if getattr(model, "note", ""):
+        lines.append(f"note:      {model.note}")
+    return "\n".join(lines)
 
 
 def _lattice_words(kind: str) -> str:
