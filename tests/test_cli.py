@@ -367,7 +367,7 @@ def test_evaluate_shows_the_training_of_learned_methods_on_stderr_unless_quiet(s
     lines = err.splitlines()
     assert all(line.startswith("stentrans: ") for line in lines)
     prepared = [line for line in lines if line.startswith("stentrans: transformer: ")]
-    assert len(prepared) == 1 and "training genes" in prepared[0]
+    assert len(prepared) == 1 and "most variable genes" in prepared[0]
     assert re.search(r"training on cpu: \d+ steps", err)
     assert lines[-1].startswith("stentrans: training finished (best epoch ")
     assert "linear" not in err  # interpolation trains nothing: no lines of its own
