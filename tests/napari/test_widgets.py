@@ -126,6 +126,12 @@ def test_every_panel_works_on_the_slide_shown_and_layer_names_say_their_slide(st
     actions.add_gene_layers(st_viewer, [gene], first)
     np.testing.assert_array_equal(other.data, before)
     assert other.name == f"{gene} [copy]" and gene in st_viewer.layers
+    # two slides of one name (the sample opened twice) are told apart by their number
+    st_viewer.open_sample("napari-stentrans", "synthetic_st")
+    third = genes.slide_id
+    assert third not in (first, second) and not any(layer.name.endswith(" [1]") for layer in st_viewer.layers)
+    label = f"synthetic_st ({third.split('#')[1]})"
+    assert actions.slide_label(st_viewer, third) == label and f"{gene} [{label}]" in st_viewer.layers
 
 
 def test_genes_widget_searches_and_adds_layers(st_viewer):

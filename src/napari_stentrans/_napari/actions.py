@@ -146,6 +146,16 @@ def bring_forward(viewer, slide_id: str) -> list[str]:
     return names
 
 
+def slide_label(viewer, slide_id: str) -> str:
+    """The slide's name, with its number when another open slide has the same name
+    (``synthetic_st (3)``, as the panels' Slide choosers show it)."""
+    found = slides(viewer)
+    name = found[slide_id].name
+    if sum(info.name == name for info in found.values()) > 1:
+        return f"{name} ({slide_id.split('#')[1]})"
+    return name
+
+
 _DUPLICATE = re.compile(r"^(.*) \[\d+\]$")  # napari's name for a layer whose name is taken
 
 
@@ -167,7 +177,7 @@ def name_after_slides(viewer) -> list[str]:
         base = match.group(1)
         if taken.get(base, owner) == owner:  # not another slide's name
             continue
-        new = f"{base} [{names[owner].name}]"
+        new = f"{base} [{slide_label(viewer, owner)}]"
         if new not in taken:
             layer.name = new
             taken[new] = owner
@@ -183,7 +193,7 @@ def _set_or_add(viewer, data: np.ndarray, attrs: dict, keep_previous: bool) -> o
     """
     sid = attrs["metadata"]["stentrans"]["slide_id"]
     if _owned_by_other_slide(viewer, attrs["name"], sid):
-        attrs["name"] = f"{attrs['name']} [{slides(viewer)[sid].name}]"
+        attrs["name"] = f"{attrs['name']} [{slide_label(viewer, sid)}]"
     name = attrs["name"]
     if name in viewer.layers:
         old = viewer.layers[name]

@@ -244,7 +244,7 @@ class _SlideWidget(Container):
             from napari.utils.notifications import show_info
 
             show_info(
-                f"{actions.slide(self._viewer, slide_id).name}: the {len(hidden)} layer(s) of the other "
+                f"{actions.slide_label(self._viewer, slide_id)}: the {len(hidden)} layer(s) of the other "
                 "slide(s) are hidden, as the slides lie over one another; tick their eye in the layer "
                 "list to show them (choosing their slide in a panel brings them back)"
             )
@@ -996,7 +996,7 @@ class TrainWidget(_SlideWidget):
         )
         # the verdict has its own line: later status messages never replace it
         source = f" Model file: {Path(model_path).name}." if model_path is not None else ""
-        name = actions.slide(self._viewer, slide_id).name
+        name = actions.slide_label(self._viewer, slide_id)
         self._verdict.value = f"Run {run} on {name}, {actions.run_verdict(model, enhanced)}{source}"
         self._add_next_layer()
 
