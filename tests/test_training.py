@@ -107,6 +107,9 @@ def test_the_transformer_corrects_the_defaults_estimate_fitted_once(square_slide
     names = list(_stages(events))
     assert any(n.startswith("the default's estimate: ") for n in names)
     assert not any(n.startswith("classical base: ") for n in names)  # one classical fit
+    # one clock from the fit's start: the training's stages followed the default's at "from 0.0 s"
+    times = [e.elapsed for e in events]
+    assert times == sorted(times) and times[-1] > 0
     prepared = next(e for e in events if e.kind == "prepared").message
     assert "the network corrects the default's estimate: rank " in prepared and "gene residuals" in prepared
     # the default's estimate is scored as the bar and as the network's own start: the same loss

@@ -221,7 +221,7 @@ def warn_if_network_not_kept(model: FittedModel | None) -> None:
     note = getattr(model, "note", "")
     if model is not None and note and not model.uses_network:
         warnings.warn(
-            f"{note}; model.note keeps this, model.history the training's losses and model.validation its verdict",
+            f"{note}; model.note keeps this, model.history the training's losses and model.validation the gate's numbers",
             NetworkNotKeptWarning,
             stacklevel=3,
         )
