@@ -190,7 +190,12 @@ def test_verdict_of_a_correction_that_did_not_improve():
     model = st.fit(adata, "default")
     enhanced = model.enhance(adata, genes=2, device="cpu")
     text = actions.run_verdict(model, enhanced)
-    assert text.startswith("default (classical estimate): classical estimate chosen on this slide")
+    rank = model.params.rank
+    assert text == (
+        f"default (classical estimate): classical estimate chosen on this slide ({rank} shared patterns "
+        "plus each gene's own spatial residual), nothing trained; the whole choice is in this line's tooltip."
+    )
+    assert actions.run_details(enhanced) == f"classical estimate: {model.params.summary()}"
     model.history, model.validation = {"val_loss": [1.0, 1.1]}, {"best_epoch": 0}
     assert "did not improve" in actions.run_verdict(model, enhanced)
     model.history, model.validation = {"val_loss": [1.0, 0.8, 0.9]}, {"best_epoch": 1}

@@ -902,9 +902,24 @@ def run_verdict(model, enhanced: ad.AnnData) -> str:
         if reference
         else ""
     )
-    return f"{label}: classical estimate chosen on this slide{with_reference}, nothing trained" + (
-        f" ({summary})." if summary else "."
+    # the smoothers and mixture weights are for experts: the line's tooltip (run_details) has them
+    chosen = described.get("classical", {})
+    patterns = (
+        f" ({chosen['rank']} shared patterns"
+        + (" plus each gene's own spatial residual" if chosen.get("residual") is not None else "")
+        + ")"
+        if "rank" in chosen
+        else ""
     )
+    return f"{label}: classical estimate chosen on this slide{with_reference}{patterns}, nothing trained" + (
+        "; the whole choice is in this line's tooltip." if summary else "."
+    )
+
+
+def run_details(enhanced: ad.AnnData) -> str:
+    """The classical choice of a run in full (ranks, smoothers, depth mixtures), for the verdict's tooltip."""
+    summary = enhanced.uns.get("stentrans", {}).get("classical_summary")
+    return f"classical estimate: {summary}" if summary else ""
 
 
 EXPORT_CHOICES = {

@@ -998,6 +998,7 @@ class TrainWidget(_SlideWidget):
         source = f" Model file: {Path(model_path).name}." if model_path is not None else ""
         name = actions.slide_label(self._viewer, slide_id)
         self._verdict.value = f"Run {run} on {name}, {actions.run_verdict(model, enhanced)}{source}"
+        self._verdict.tooltip = actions.run_details(enhanced)
         self._add_next_layer()
 
     def _add_next_layer(self) -> None:
@@ -1613,8 +1614,10 @@ class WorkspaceWidget(Container):
         for title, widget in zip(
             self.TABS, (self.genes, self.lost, self.train, self.export, self.quality), strict=True
         ):
-            # the Quality tab's verdict and table need more height than a 800 px screen leaves:
-            # it scrolls instead of squeezing its lines into each other
-            self.tabs.addTab(_scrolling(widget.native) if widget is self.quality else widget.native, title)
+            # every tab scrolls rather than squeezing its lines into each other or cutting them:
+            # the Quality tab's verdict and table need more than a 800 px screen leaves, and in
+            # a smaller window (napari's first one, about 1090x630) the Train tab's verdict and
+            # loss plot were cut
+            self.tabs.addTab(_scrolling(widget.native), title)
         self.tabs.setCurrentIndex(2)
         self.native.layout().addWidget(self.tabs)
