@@ -525,6 +525,26 @@ def _cli_process(args, stdout):
     return subprocess.Popen(command, env=env, stdout=stdout, stderr=subprocess.PIPE)
 
 
+def test_a_refused_networks_note_comes_before_the_classical_estimate_it_explains(
+    tmp_path, capsys, monkeypatch
+):
+    """A user read `classical estimate chosen on this slide: ...` after a `--preset transformer`
+    run before the `note:` that said why the output is the classical estimate."""
+    from napari_stentrans.core.estimators.learned import NOT_KEPT, NOTHING_LEARNED
+    from napari_stentrans.core.training import TrainResult
+
+    monkeypatch.setattr(TrainResult, "beats_baseline", lambda self, restore_best=True: False)  # refused
+    r, c = block_sites("square", 10, 10)
+    make_slide(r, c, "square", n_genes=20).write_h5ad(tmp_path / "slide.h5ad")
+    command = ["enhance", tmp_path / "slide.h5ad", "-o", tmp_path / "out.h5ad", "--preset", "transformer"]
+    code, out, _ = run_cli([*command, *FAST, "--quiet"], capsys)
+    lines = out.splitlines()
+    note = next(i for i, line in enumerate(lines) if line.startswith("note: "))
+    classical = next(i for i, line in enumerate(lines) if line.startswith("classical estimate chosen"))
+    assert code == 0 and lines[note] in (f"note: {NOT_KEPT}", f"note: {NOTHING_LEARNED}")
+    assert lines[note - 1].startswith("wrote ") and note < classical
+
+
 def test_info_of_a_refused_networks_output_says_why_it_is_the_default(tmp_path, capsys):
     """A learned preset whose network was not kept wrote the default's estimate: ``info`` says
     so beside the preset's name, not only the file's metadata."""

@@ -754,6 +754,9 @@ def cmd_enhance(args: argparse.Namespace) -> int:
         + (f"; model {args.save_model}" if args.save_model else "")
         + (f"; plot {args.plot}" if args.plot else "")
     )
+    # why a learned preset's output is the classical estimate, before that estimate is described
+    if not model.uses_network and getattr(model, "note", ""):  # e.g. `default --epochs 2`, not kept
+        print(f"note: {model.note}")
     if "classical_summary" in written.uns:
         print(f"classical estimate {written.uns['classical_choice']}: {written.uns['classical_summary']}")
     if getattr(model, "reference", None) is not None:
@@ -763,8 +766,6 @@ def cmd_enhance(args: argparse.Namespace) -> int:
             f"{len(ref.genes)} basis genes"
             + (f" ({ref.n_left_out} left out: not in every reference)" if ref.n_left_out else "")
         )
-    if not model.uses_network and getattr(model, "note", ""):  # e.g. `default --epochs 2`, not kept
-        print(f"note: {model.note}")
     judged = model.validation
     if "classical_val_loss" in judged and model.uses_network:  # a pretrained model, judged here
         from .core.estimators.learned import corrects_default
