@@ -75,6 +75,17 @@ def test_info_describes_the_slide(slide_file, capsys):
     assert "lattice:   square (pitch 200 um)" in out and "100 measured" in out
 
 
+def test_the_output_names_its_input_by_an_absolute_path(slide_file, tmp_path, capsys, monkeypatch):
+    """`enhance ../data/A1.tsv.gz` recorded the relative path: read from another folder, it named
+    another file."""
+    monkeypatch.chdir(tmp_path)
+    code, _, _ = run_cli(["enhance", "slide.h5ad", "-o", "out.h5ad", "--genes", "3"], capsys)
+    assert code == 0
+    assert ad.read_h5ad(tmp_path / "out.h5ad").uns["stentrans"]["source"] == str(slide_file)
+    code, out, _ = run_cli(["info", "out.h5ad"], capsys)
+    assert f"from {slide_file};" in out
+
+
 def test_info_describes_a_saved_model(slide_file, tmp_path, capsys):
     """A new user had no way to see what a model file holds: `info` refused `.safetensors`."""
     import napari_stentrans as st

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _package_version
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -23,6 +24,12 @@ def _version_of(package: str) -> str:
         return _package_version(package)
     except PackageNotFoundError:
         return "not installed"
+
+
+def _absolute(source: str) -> str:
+    """The input's path as provenance: absolute, so it names the file from any folder (a path as
+    given on the command line, ``../data/A1.tsv.gz``, pointed elsewhere from another folder)."""
+    return str(Path(source).absolute()) if source and Path(source).exists() else source
 
 
 def _unused_torch(model) -> str:
@@ -138,7 +145,7 @@ def assemble(
         "validation": {k: (int(v) if k == "best_epoch" else float(v)) for k, v in model.validation.items()},
         "n_lost_sites": int(len(slide.lost_sites)),
         "lost_sites": np.asarray(slide.lost_sites, dtype=np.int64).reshape(-1, 2),
-        "source": source_of(adata),
+        "source": _absolute(source_of(adata)),
         **({"library_id": library} if library is not None else {}),
         **{k: str(v) for k, v in predictor.notes.items()},
     }
