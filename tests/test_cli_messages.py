@@ -102,6 +102,8 @@ def test_progress_lines_show_the_last_epochs_own_validation_beside_the_best():
         bar.update(event("step", 2, step, loss=0.3))
     assert "val 0.1724 (epoch 1), best val 0.1724 (epoch 1), " in bar.stream.getvalue()
     assert lines[-1].startswith("stentrans: training finished (best epoch 0: no epoch beat the start on the ")
+    # the last epoch is scored after the last step's line: its own line says its loss
+    assert lines[-2] == "stentrans: epoch 3 of 3: val 0.1770, best val 0.1724 (the start)"
 
 
 def test_a_classical_fit_says_it_trained_nothing_without_calling_it_training():
@@ -203,8 +205,8 @@ def test_enhance_with_stderr_redirected_writes_no_bar(tmp_path, capsys):
     training = [line for line in err.splitlines() if line.startswith("stentrans: training")]
     assert training[0].startswith("stentrans: training on cpu: ") and "finished" in training[-1]
     # one line per stage (16 training genes are not the default's: two classical fits of four
-    # stages each), one per step: no flood
-    assert len(err.splitlines()) <= 17
+    # stages each), one per step, the last epoch's loss: no flood
+    assert len(err.splitlines()) <= 18
 
 
 # ----------------------------------------------------------------------------- 2. info

@@ -1194,6 +1194,13 @@ class _ProgressBar:
             self.last_val = (event.epoch, float(event.val_loss))
             if event.best_val_loss is not None and float(event.val_loss) <= float(event.best_val_loss):
                 self.best_at = event.epoch
+            if self.bar is None and event.epoch == event.n_epochs and event.best_val_loss is not None:
+                # the last epoch is scored after the last step's line: its loss was never shown
+                at = "the start" if self.best_at == 0 else f"epoch {self.best_at}"
+                self.line(
+                    f"stentrans: epoch {event.epoch} of {event.n_epochs}: val {event.val_loss:.4f}, "
+                    f"best val {event.best_val_loss:.4f} ({at})"
+                )
         elif event.kind == "step" and self.total:
             self.done = min(self.done + 1, self.total)
             # the best so far is the start's loss until an epoch beats it: said, or it reads as trained
