@@ -541,6 +541,10 @@ def test_bayesspace_clusters_of_the_melanoma_slide_colour_the_spots(make_napari_
 
 def test_side_by_side_shows_one_gene_measured_and_enhanced(make_napari_viewer, qtbot):
     viewer, ws = _st_after_default_run(make_napari_viewer, qtbot)
+    # each result right above its measured layer (napari put them all on top, away from their slide)
+    for shown_gene in actions.shown_genes(viewer):
+        index = viewer.layers.index(viewer.layers[shown_gene])
+        assert viewer.layers[index + 1].name == f"{shown_gene} x2"
     gene = actions.shown_genes(viewer)[0]
     viewer.layers.selection.active = viewer.layers[f"{gene} x2"]
     shown = ws.export.toggle_side_by_side()

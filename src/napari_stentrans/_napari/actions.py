@@ -824,7 +824,8 @@ def record_result(viewer, slide_id: str, model, enhanced: ad.AnnData) -> int:
 
 
 def add_enhanced_layer(viewer, layer_tuple: tuple, run: int):
-    """Main thread: add one ``GENE x2`` layer, keeping an earlier run's layer renamed.
+    """Main thread: add one ``GENE x2`` layer right above its measured layer, keeping an earlier
+    run's layer renamed.
 
     It is visible when its gene's measured layer is: one gene on screen at a time, and a hidden
     layer costs no drawing (on software OpenGL each new visible layer links a shader, ~0.1 s).
@@ -844,7 +845,11 @@ def add_enhanced_layer(viewer, layer_tuple: tuple, run: int):
         None,
     )
     attrs["visible"] = original is None or bool(original.visible)
-    return _set_or_add(viewer, data, attrs, keep_previous=True)
+    layer = _set_or_add(viewer, data, attrs, keep_previous=True)
+    if original is not None and original in viewer.layers:
+        # right above its measured layer, with its slide's layers (napari adds it on top of all)
+        viewer.layers.move(viewer.layers.index(layer), viewer.layers.index(original) + 1)
+    return layer
 
 
 def refresh_imputation(viewer, slide_id: str | None = None) -> list:
