@@ -23,7 +23,7 @@ import numpy as np
 from .classical import TARGET_SUM, ClassicalParams
 from .config import Config
 from .errors import CheckpointError, ConfigError
-from .estimators.base import FittedModel
+from .estimators.base import FittedModel, typed_history, typed_validation
 from .estimators.classical import ClassicalModel
 from .files import atomic_path
 
@@ -60,8 +60,8 @@ def save_model(model: FittedModel, path: str | Path) -> Path:
         "format_version": FORMAT_VERSION,
         "name": model.name,
         "lattice_kind": model.lattice_kind,
-        "history": {k: [int(x) if k == "epoch" else float(x) for x in v] for k, v in model.history.items()},
-        "validation": {k: int(v) if k == "best_epoch" else float(v) for k, v in model.validation.items()},
+        "history": typed_history(model.history),
+        "validation": typed_validation(model.validation),
         "versions": {"napari-stentrans": __version__},
     }
     tensors: dict[str, np.ndarray] = {}
@@ -178,9 +178,7 @@ def _history(stored: dict, validation: dict | None) -> tuple[dict, dict]:
     history = {k: list(v) for k, v in dict(stored).items()}
     single = {k: history.pop(k) for k in _SINGLE_VALUES if k in history}
     values = {k: v[0] for k, v in single.items() if len(v)} | dict(validation or {})
-    if "epoch" in history:
-        history["epoch"] = [int(e) for e in history["epoch"]]
-    return history, {k: int(v) if k == "best_epoch" else float(v) for k, v in values.items()}
+    return typed_history(history), typed_validation(values)
 
 
 def _classical_model(

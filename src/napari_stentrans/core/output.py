@@ -12,6 +12,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .. import __version__
+from .estimators.base import typed_validation
 from .io import library_of, source_of
 from .io.common import clean_spatial
 from .lattice import fit_affine
@@ -142,7 +143,7 @@ def assemble(
         "model": _plain(described),
         "n_training_genes": len(model.training_genes),
         "history": {k: np.asarray(v, dtype=int if k == "epoch" else float) for k, v in model.history.items()},
-        "validation": {k: (int(v) if k == "best_epoch" else float(v)) for k, v in model.validation.items()},
+        "validation": typed_validation(model.validation),
         "n_lost_sites": int(len(slide.lost_sites)),
         "lost_sites": np.asarray(slide.lost_sites, dtype=np.int64).reshape(-1, 2),
         "source": _absolute(source_of(adata)),

@@ -32,7 +32,7 @@ from .classical import (
     smooth,
 )
 from .config import Config
-from .estimators.base import StopFlag, TrainEvent, stage_event
+from .estimators.base import StopFlag, TrainEvent, stage_event, typed_validation
 from .estimators.classical import ClassicalModel
 from .fidelity import N_AXES, FidelityTarget, morans_i, neighbour_weights, spatially_variable
 from .lattice import BrickRaster, apply_symmetry, scatter
@@ -651,14 +651,13 @@ class TrainResult:
         the kept network, the baseline and the network's own base).
         """
         values = {
+            "best_epoch": self.best_epoch,
             "default_val_loss": self.default_val,
             "val_score": self.score,
             "default_val_score": self.default_score,
             "classical_val_score": self.classical_score,
         }
-        return {"best_epoch": int(self.best_epoch)} | {
-            k: float(v) for k, v in values.items() if v is not None
-        }
+        return typed_validation({k: v for k, v in values.items() if v is not None})
 
     def beats_baseline(self, restore_best: bool = True) -> bool:
         """Whether the trained network is kept: it beats the default's estimate on held-out genes.

@@ -528,6 +528,16 @@ def _measured_counts(measured: str) -> bool:
     return measured == "keep"
 
 
+def typed_history(history: dict) -> dict[str, list]:
+    """A training history as plain lists: ``epoch`` as integers, every other value a float."""
+    return {k: [int(x) if k == "epoch" else float(x) for x in v] for k, v in history.items()}
+
+
+def typed_validation(values: dict) -> dict[str, int | float]:
+    """A validation's single values as plain numbers: ``best_epoch`` an integer, the rest floats."""
+    return {k: int(v) if k == "best_epoch" else float(v) for k, v in values.items()}
+
+
 class FittedModel(ABC):
     """A model fitted on a slide; apply it with :meth:`enhance` or :meth:`write`.
 
@@ -787,6 +797,8 @@ __all__ = [
     "OutOfMemoryFallback",
     "NetworkNotKeptWarning",
     "warn_if_network_not_kept",
+    "typed_history",
+    "typed_validation",
     "CountCalibration",
     "spot_sites",
     "usable_spot_rows",
