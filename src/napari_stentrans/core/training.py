@@ -913,6 +913,7 @@ def train_network(
     baseline: ClassicalModel | None = None,
     n_train: int | None = None,
     val_genes: np.ndarray | None = None,
+    clock: float | None = None,
 ) -> Generator[TrainEvent, None, TrainResult | None]:
     """Train the network on one slide's own pairs, yielding progress events.
 
@@ -945,6 +946,11 @@ def train_network(
     val_genes
         The columns that judge the network (never trained on; :func:`validation_genes`); None:
         a fraction of the training genes drawn here.
+    clock
+        The ``time.perf_counter()`` reading the events' times count from: the fit's start, so
+        that they follow the stages before training on one clock (a user saw a stage line
+        ``from 0.6 s`` followed by ``from 0.0 s``); None: training's own start. The history's
+        seconds and the ETA always count from training's start.
 
     Returns
     -------
@@ -958,6 +964,7 @@ def train_network(
         stop,
         message,
         init_state=init_state,
+        clock=clock,
     )
 
 
@@ -968,6 +975,7 @@ def train_slides(
     stop: StopFlag | None = None,
     message: str = "",
     init_state: dict[str, torch.Tensor] | None = None,
+    clock: float | None = None,
 ) -> Generator[TrainEvent, None, TrainResult | None]:
     """Train one network on the pairs of one or several slides (see :func:`train_network`).
 
@@ -984,13 +992,14 @@ def train_slides(
     """
     optim, pairs = config.optim, config.pairs
     start = time.perf_counter()
+    origin = start if clock is None else clock  # what the events' times count from
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     rank, world = _world()
     dev = str(device) + (f" x{world} processes" if world > 1 else "")
 
     def stage(text: str, done: int, total: int) -> TrainEvent:
-        return stage_event(text, done, total, time.perf_counter() - start, dev)
+        return stage_event(text, done, total, time.perf_counter() - origin, dev)
 
     def scored(what: str, baseline: bool = False) -> Generator[TrainEvent, None, float | None]:
         """A validation as a stage (counted in gene batches); its loss."""
@@ -1055,7 +1064,7 @@ def train_slides(
         return elapsed
 
     def event(kind, epoch, step, train_loss=None, val_loss=None, best=None, eta=None, text=""):
-        elapsed = time.perf_counter() - start
+        elapsed = time.perf_counter() - origin
         return TrainEvent(
             kind, epoch, optim.epochs, step, n_steps, train_loss, val_loss, best, elapsed, eta, dev, text
         )

@@ -98,21 +98,6 @@ def as_default(classical: ClassicalModel, slide: Slide) -> ClassicalModel:
     return replace(classical, config=_default_config(classical.config, slide.lattice.kind), name="default")
 
 
-def since_fit_start(events: Generator[TrainEvent, None, object], offset: float):
-    """``events`` of a training that began ``offset`` seconds into the fit, their times counted
-    from the fit's start as the stages before it are (a user saw a stage line `from 0.6 s`
-    followed by `from 0.0 s`); returns what ``events`` returns."""
-    try:
-        while True:
-            try:
-                event = next(events)
-            except StopIteration as done:
-                return done.value
-            yield replace(event, elapsed=event.elapsed + offset)
-    finally:
-        events.close()
-
-
 def base_message(classical: ClassicalModel, corrects: bool) -> str:
     """What the ``"prepared"`` event says of the base the network corrects."""
     if corrects:
@@ -384,7 +369,7 @@ class LearnedEstimator(Estimator):
                     return None
                 baseline = baseline_copy(default)
             message = base_message(classical, same)
-        training = train_network(
+        result = yield from train_network(
             slide,
             values,
             config,
@@ -395,8 +380,8 @@ class LearnedEstimator(Estimator):
             baseline=baseline,
             n_train=n_train,
             val_genes=val_genes,
+            clock=start,  # one clock with the stages before training
         )
-        result = yield from since_fit_start(training, time.perf_counter() - start)
         if result is None:
             return None
         nothing_learned = config.optim.epochs == 0 or (config.optim.restore_best and result.best_epoch == 0)
