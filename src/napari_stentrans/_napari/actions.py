@@ -12,6 +12,7 @@ import queue
 import re
 import threading
 import weakref
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,16 +48,27 @@ class SlideInfo:
 _SLIDES: dict[int, dict[str, SlideInfo]] = {}
 
 
-def _registry(viewer) -> dict[str, SlideInfo]:
+def per_viewer(store: dict, viewer, new: Callable[[], object]):
+    """``store``'s entry for ``viewer`` (by id), made with ``new()`` on first use and dropped with
+    the viewer, so a later viewer given the same id starts afresh."""
     viewer = getattr(viewer, "__wrapped__", viewer)  # plugin widgets get a proxy of the viewer
     key = id(viewer)
-    if key not in _SLIDES:
-        _SLIDES[key] = {}
-        try:  # drop the registry with its viewer; slide ids are unique, so a reused id is harmless
-            weakref.finalize(viewer, _SLIDES.pop, key, None)
+    if key not in store:
+        store[key] = new()
+        try:
+            weakref.finalize(viewer, store.pop, key, None)
         except TypeError:
             pass
-    return _SLIDES[key]
+    return store[key]
+
+
+def _registry(viewer) -> dict[str, SlideInfo]:
+    return per_viewer(_SLIDES, viewer, dict)
+
+
+def _slide_of(layer) -> str | None:
+    """The id of the slide a layer belongs to; None for a layer of no slide."""
+    return layer.metadata.get("stentrans", {}).get("slide_id")
 
 
 def slides(viewer) -> dict[str, SlideInfo]:
@@ -93,12 +105,14 @@ def slide(viewer, slide_id: str | None = None) -> SlideInfo:
 _HIDDEN: dict[int, dict[str, list]] = {}
 
 
+def _shown_layers(viewer, slide_id: str) -> list:
+    """The slide's visible layers, bottom to top."""
+    return [layer for layer in viewer.layers if layer.visible and _slide_of(layer) == slide_id]
+
+
 def is_shown(viewer, slide_id: str) -> bool:
     """Whether any layer of the slide is visible."""
-    return any(
-        layer.visible and layer.metadata.get("stentrans", {}).get("slide_id") == slide_id
-        for layer in viewer.layers
-    )
+    return bool(_shown_layers(viewer, slide_id))
 
 
 def bring_forward(viewer, slide_id: str) -> list[str]:
@@ -114,17 +128,10 @@ def bring_forward(viewer, slide_id: str) -> list[str]:
     -------
     The names of the layers hidden.
     """
-    viewer = getattr(viewer, "__wrapped__", viewer)  # plugin widgets get a proxy of the viewer
-    if id(viewer) not in _HIDDEN:
-        _HIDDEN[id(viewer)] = {}
-        try:
-            weakref.finalize(viewer, _HIDDEN.pop, id(viewer), None)
-        except TypeError:
-            pass
-    hidden = _HIDDEN[id(viewer)]
+    hidden = per_viewer(_HIDDEN, viewer, dict)
     names = []
     for layer in viewer.layers:
-        owner = layer.metadata.get("stentrans", {}).get("slide_id")
+        owner = _slide_of(layer)
         if owner is None or owner == slide_id or not layer.visible:
             continue
         layer.visible = False
@@ -136,11 +143,7 @@ def bring_forward(viewer, slide_id: str) -> list[str]:
             layer.visible = True
     active = viewer.layers.selection.active
     if active is not None and not active.visible:  # the layer controls would act on a hidden layer
-        shown = [
-            layer
-            for layer in viewer.layers
-            if layer.visible and layer.metadata.get("stentrans", {}).get("slide_id") == slide_id
-        ]
+        shown = _shown_layers(viewer, slide_id)
         if shown:
             viewer.layers.selection.active = shown[-1]  # the topmost
     return names
@@ -149,7 +152,11 @@ def bring_forward(viewer, slide_id: str) -> list[str]:
 def slide_label(viewer, slide_id: str) -> str:
     """The slide's name, with its number when another open slide has the same name
     (``synthetic_st (3)``, as the panels' Slide choosers show it)."""
-    found = slides(viewer)
+    return _label(slides(viewer), slide_id)
+
+
+def _label(found: dict[str, SlideInfo], slide_id: str) -> str:
+    """:func:`slide_label` among the open slides ``found`` (:func:`slides`)."""
     name = found[slide_id].name
     if sum(info.name == name for info in found.values()) > 1:
         return f"{name} ({slide_id.split('#')[1]})"
@@ -166,18 +173,18 @@ def name_after_slides(viewer) -> list[str]:
     another slide; the slide's name says which it is, as :func:`add_gene_layers` names them.
     Returns the new names.
     """
-    taken = {layer.name: layer.metadata.get("stentrans", {}).get("slide_id") for layer in viewer.layers}
-    names = slides(viewer)
+    taken = {layer.name: _slide_of(layer) for layer in viewer.layers}
+    found = slides(viewer)
     renamed = []
     for layer in viewer.layers:
         match = _DUPLICATE.match(layer.name)
-        owner = layer.metadata.get("stentrans", {}).get("slide_id")
-        if match is None or owner is None or owner not in names:
+        owner = _slide_of(layer)
+        if match is None or owner is None or owner not in found:
             continue
         base = match.group(1)
         if taken.get(base, owner) == owner:  # not another slide's name
             continue
-        new = f"{base} [{slide_label(viewer, owner)}]"
+        new = f"{base} [{_label(found, owner)}]"
         if new not in taken:
             layer.name = new
             taken[new] = owner
@@ -244,7 +251,7 @@ def gene_names(viewer, slide_id: str | None = None, query: str = "", limit: int 
 def _owned_by_other_slide(viewer, name: str, slide_id: str) -> bool:
     if name not in viewer.layers:
         return False
-    return viewer.layers[name].metadata.get("stentrans", {}).get("slide_id") != slide_id
+    return _slide_of(viewer.layers[name]) != slide_id
 
 
 def add_gene_layers(viewer, genes: list[str], slide_id: str | None = None) -> list:
@@ -909,13 +916,10 @@ def run_verdict(model, enhanced: ad.AnnData) -> str:
     )
     # the smoothers and mixture weights are for experts: the line's tooltip (run_details) has them
     chosen = described.get("classical", {})
-    patterns = (
-        f" ({chosen['rank']} shared patterns"
-        + (" plus each gene's own spatial residual" if chosen.get("residual") is not None else "")
-        + ")"
-        if "rank" in chosen
-        else ""
-    )
+    patterns = ""
+    if "rank" in chosen:
+        own = " plus each gene's own spatial residual" if chosen.get("residual") is not None else ""
+        patterns = f" ({chosen['rank']} shared patterns{own})"
     return f"{label}: classical estimate chosen on this slide{with_reference}{patterns}, nothing trained" + (
         "; the whole choice is in this line's tooltip." if summary else "."
     )

@@ -8,7 +8,6 @@ thread workers that only yield events and return results; layers change on the m
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import weakref
 from collections.abc import Callable
@@ -198,12 +197,7 @@ class _SlideWidget(Container):
         viewer.layers.events.inserted.connect(self._refresh_slides)
         viewer.layers.events.removed.connect(self._refresh_slides)
         self._slide.changed.connect(self._bring_forward)
-        key = id(getattr(viewer, "__wrapped__", viewer))  # plugin widgets get a proxy of the viewer
-        if key not in _PANELS:
-            _PANELS[key] = weakref.WeakSet()
-            with contextlib.suppress(TypeError):
-                weakref.finalize(getattr(viewer, "__wrapped__", viewer), _PANELS.pop, key, None)
-        _PANELS[key].add(self)
+        actions.per_viewer(_PANELS, viewer, weakref.WeakSet).add(self)
 
     def _slide_choices(self, _widget=None) -> list[tuple[str, str]]:
         return [
@@ -236,7 +230,7 @@ class _SlideWidget(Container):
         layers were hidden."""
         if slide_id is None or slide_id not in actions.slides(self._viewer):
             return
-        for panel in list(_PANELS.get(id(getattr(self._viewer, "__wrapped__", self._viewer)), ())):
+        for panel in list(actions.per_viewer(_PANELS, self._viewer, weakref.WeakSet)):
             if panel is not self and panel._slide.value != slide_id and slide_id in panel._slide.choices:
                 panel._slide.value = slide_id  # every panel works on the slide shown
         hidden = actions.bring_forward(self._viewer, slide_id)
