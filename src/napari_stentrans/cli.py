@@ -534,9 +534,9 @@ def _describe_model(path: Path, model) -> str:
     ]
     if classical is not None:
         chosen = (
-            "re-chosen on each slide it enhances"
-            if not getattr(model, "slide_fingerprint", "")
-            else ("kept on the slide it was fitted on, re-chosen on any other")
+            "kept on the slide it was fitted on, re-chosen on any other"
+            if getattr(model, "slide_fingerprint", "")
+            else "re-chosen on each slide it enhances"
         )
         lines.append(f"classical: {classical.summary()} ({chosen})")
     if history.get("epoch"):
@@ -1149,6 +1149,11 @@ class _ProgressBar:
         self.last_val: tuple[int, float] | None = None
         self.best_at = 0
 
+    def _best_at(self) -> str:
+        """Whose the best validation loss is: the start's until an epoch beats it (said, or a
+        user reads the start's loss as a trained network's)."""
+        return "the start" if self.best_at == 0 else f"epoch {self.best_at}"
+
     def _interactive(self) -> bool:
         isatty = getattr(self.stream, "isatty", None)
         try:
@@ -1196,16 +1201,13 @@ class _ProgressBar:
                 self.best_at = event.epoch
             if self.bar is None and event.epoch == event.n_epochs and event.best_val_loss is not None:
                 # the last epoch is scored after the last step's line: its loss was never shown
-                at = "the start" if self.best_at == 0 else f"epoch {self.best_at}"
                 self.line(
                     f"stentrans: epoch {event.epoch} of {event.n_epochs}: val {event.val_loss:.4f}, "
-                    f"best val {event.best_val_loss:.4f} ({at})"
+                    f"best val {event.best_val_loss:.4f} ({self._best_at()})"
                 )
         elif event.kind == "step" and self.total:
             self.done = min(self.done + 1, self.total)
-            # the best so far is the start's loss until an epoch beats it: said, or it reads as trained
-            at = "the start" if self.best_at == 0 else f"epoch {self.best_at}"
-            best = "-" if event.best_val_loss is None else f"{event.best_val_loss:.4f} ({at})"
+            best = "-" if event.best_val_loss is None else f"{event.best_val_loss:.4f} ({self._best_at()})"
             if self.bar is not None:
                 self.bar.update(1)
                 last = {} if self.last_val is None else {"val": f"{self.last_val[1]:.4f}"}
