@@ -121,6 +121,13 @@ def test_evaluate_command_writes_json_and_plot(hex_slide, tmp_path, capsys):
     # per-gene gene-specific r for the plot's second panel: one value per reported gene
     assert len(report["methods"]["linear"]["gene_specific_pcc"]) == len(report["spatial_genes"])
     assert "gene-specific r" in out and "measured (truth)" in out
+    # the truth's PC1 share and effective rank without its Poisson noise: a row of their own
+    noise_free = next(x for x in out.splitlines() if x.startswith("  without Poisson noise"))
+    truth = report["truth"]
+    assert noise_free.split()[-2:] == [
+        f"{truth['signal_pc1_share']:.2f}",
+        f"{truth['signal_effective_rank']:.1f}",
+    ]
     # its gene count is over the spots the methods see, not info's over all spots: it says so
     assert f"{report['n_genes']} genes (detected in >= 10% of the spots the methods see" in out
     assert {

@@ -115,9 +115,14 @@ def test_the_report_carries_fidelity_for_every_method_and_the_truth():
         "pc1_share",
         "effective_rank",
         "signal_coexpression_reliability",
+        "signal_pc1_share",
+        "signal_effective_rank",
         "ari",
         "n_labelled",
     }
+    truth = report["truth"]  # Poisson noise spreads the variance over more axes than the signal's
+    assert 1 <= truth["signal_effective_rank"] < truth["effective_rank"]
+    assert truth["signal_pc1_share"] > truth["pc1_share"]
     assert 0 < report["truth"]["n_labelled"] <= report["n_heldout_spots"]
     assert len(report["spatial_genes"]) == min(100, report["n_genes"])
     for name in ("default", "linear"):
@@ -193,6 +198,69 @@ def test_pattern_warning_with_few_genes_needs_strong_evidence():
     assert f"(here {rich['effective_rank']:.1f})" in rich["no_warning"]
 
 
+def _own_pattern_slide(n_genes: int = 80, seed: int = 3):
+    """A hex slide whose every gene follows its own smooth map (two random plane waves of 4-8
+    pitches), deep enough that its signal has tens of effective patterns."""
+    import scipy.sparse as sp
+
+    r, c = block_sites("hex", 30, 50)
+    adata = make_slide(r, c, "hex", n_genes=n_genes, seed=seed)
+    xy = Lattice("hex").physical(r, c) / Lattice("hex").pitch_um
+    rng = np.random.default_rng(seed)
+    k = rng.normal(size=(n_genes, 2, 2))
+    k *= rng.uniform(2 * np.pi / 8, 2 * np.pi / 4, size=(n_genes, 2, 1)) / np.linalg.norm(
+        k, axis=2, keepdims=True
+    )
+    fields = np.sin(np.einsum("nd,gkd->ngk", xy, k) + rng.uniform(0, 2 * np.pi, size=(n_genes, 2))).sum(
+        axis=2
+    )
+    adata.X = sp.csr_matrix(rng.poisson(np.exp(2.5 + 0.8 * fields)).astype(np.float32))
+    return adata
+
+
+def test_pattern_check_compares_with_the_measured_signal_without_its_poisson_noise(tmp_path):
+    """Eight shared patterns are not "a few", but they are under half of the 50-odd the measured
+    genes follow once their Poisson noise is taken out: warned, in those words; a per-gene
+    estimate is not."""
+    from dataclasses import replace
+
+    from napari_stentrans.core.classical import ClassicalParams
+    from napari_stentrans.core.config import preset
+    from napari_stentrans.core.fitting import fit
+    from napari_stentrans.core.patterns import FEW_PATTERNS, SIGNAL_SHARE, few_patterns
+
+    adata = _own_pattern_slide()
+    fitted = fit(adata, preset("default", "hex", min_detection=0.0, calibrate_counts=False), device="cpu")
+    rank_eight = replace(fitted, params=ClassicalParams(8, 1.0, None), _bases={})
+    patterns = rank_eight.enhance(adata).uns["stentrans"]["patterns"]
+    signal = patterns["measured_signal_effective_rank"]
+    # the noise is counted as patterns of their own in the measured rank, not in the signal's
+    assert 30 < signal < patterns["measured_effective_rank"]
+    assert patterns["measured_signal_pc1_share"] >= patterns["measured_pc1_share"]
+    assert FEW_PATTERNS <= patterns["effective_rank"] < SIGNAL_SHARE * signal
+    assert (
+        "under half as many shared patterns as the measured genes without their Poisson noise"
+        in (patterns["warning"])
+    )
+    assert (
+        f"measured {patterns['measured_effective_rank']:.1f}, {signal:.1f} without Poisson noise"
+        in (patterns["warning"])
+    )
+    per_gene = replace(fitted, params=ClassicalParams(8, 1.0, None, residual=0.0), _bases={})
+    kept = per_gene.enhance(adata).uns["stentrans"]["patterns"]
+    assert (
+        kept["effective_rank"] >= SIGNAL_SHARE * kept["measured_signal_effective_rank"]
+        and "warning" not in kept
+    )
+    # the same slide gives the same numbers (a fixed split), in memory and streamed alike
+    streamed = rank_eight.write(adata, tmp_path / "o.h5ad").uns["patterns"]
+    assert streamed["measured_signal_effective_rank"] == pytest.approx(signal, rel=1e-6)
+    assert streamed["warning"] == patterns["warning"]
+    # without the signal's rank (NaN) only the absolute bar counts
+    assert not few_patterns(8.0, 60.0, 80) and few_patterns(8.0, 60.0, 80, 20.0)
+    assert few_patterns(4.0, 60.0, 80) and not few_patterns(8.0, 60.0, 80, 15.0)
+
+
 def _poisson_spots(n_spots: int, seed: int = 0):
     """Counts whose expected expression has known gene-gene correlations, genes of unequal depth.
 
@@ -225,12 +293,19 @@ def test_count_splitting_recovers_the_signal_correlations_that_noise_lowers():
     counts, depth, signal, rate = _poisson_spots(3000)
     truth = np.log1p(counts / depth[:, None] * 1e4)
     measured = _correlation(truth)
-    estimate, reliability = truth_signal(counts, depth, np.random.default_rng(1))
+    estimate, reliability, (signal_pc1, signal_rank) = truth_signal(counts, depth, np.random.default_rng(1))
     upper = np.triu_indices(12, k=1)
     # noise shrinks the measured correlations; the split estimate stays close to the signal's
     error_measured = np.abs(measured[upper] - signal[upper]).mean()
     assert error_measured > 0.15 and np.abs(estimate[upper] - signal[upper]).mean() < 0.3 * error_measured
     assert upper_agreement(estimate, signal) > 0.98 and reliability > 0.9
+    # two programmes: the signal's spectrum is the expected expression's, the noise's is wider
+    from napari_stentrans.core.fidelity import spectrum
+
+    expected_pc1, expected_rank = spectrum(np.log1p(rate / depth[:, None] * 1e4))
+    measured_pc1, measured_rank = spectrum(truth)
+    assert abs(signal_rank - expected_rank) < 0.15 * expected_rank and measured_rank > 2.5 * expected_rank
+    assert abs(signal_pc1 - expected_pc1) < 0.05 and measured_pc1 < expected_pc1 - 0.1
     # the expected expression against another noisy measurement of it (what an estimate that
     # carries noise looks like): the measured truth's correlations prefer the noisy one, the
     # signal's the expected expression
@@ -246,15 +321,15 @@ def test_signal_correlations_need_counts_and_spots():
 
     counts, depth, _, _ = _poisson_spots(400)
     rng = np.random.default_rng(0)
-    estimate, reliability = truth_signal(counts / 2.5, depth, rng)  # normalised values, not counts
-    assert estimate is None and np.isnan(reliability)
+    estimate, reliability, spectrum = truth_signal(counts / 2.5, depth, rng)  # not counts
+    assert estimate is None and np.isnan(reliability) and np.isnan(spectrum).all()
     assert np.isnan(truth_signal(-counts, depth, rng)[1])
-    few, reliability = truth_signal(counts[:12], depth[:12], rng)
+    few, reliability, _ = truth_signal(counts[:12], depth[:12], rng)
     assert few.shape == (12, 12) and np.isnan(reliability)  # too few spots to split them in two
     # a gene with no counts has no measurable signal: NaN row, left out of the comparison
     silent = counts.copy()
     silent[:, 3] = 0
-    estimate, _ = truth_signal(silent, depth, rng)
+    estimate, _, _ = truth_signal(silent, depth, rng)
     assert np.isnan(estimate[3]).all() and np.isfinite(np.delete(np.delete(estimate, 3, 0), 3, 1)).all()
     assert np.isfinite(coexpression_signal_r(np.log1p(counts.astype(float)), estimate))
     # independent halves of pure noise: cross-covariances near 0, diagonal not positive -> NaN

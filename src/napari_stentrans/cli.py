@@ -789,15 +789,23 @@ def cmd_enhance(args: argparse.Namespace) -> int:
                 else ""
             )
         )
+    from .core.patterns import with_signal
+
     patterns = written.uns["patterns"]
     # no verdict either way: said (not silent), on the numbers' own line when there are numbers
     not_judged = f"not judged: {patterns['not_judged']}" if "not_judged" in patterns else None
     if "effective_rank" in patterns:
+        nan = float("nan")
+        rank = with_signal(
+            patterns["measured_effective_rank"], patterns.get("measured_signal_effective_rank", nan), ".1f"
+        )
+        pc1 = with_signal(
+            patterns["measured_pc1_share"], patterns.get("measured_signal_pc1_share", nan), ".0%"
+        )
         print(
             f"patterns: effective rank {patterns['effective_rank']:.1f} of the enhanced genes "
-            f"(measured {patterns['measured_effective_rank']:.1f}), PC1 share {patterns['pc1_share']:.0%} "
-            f"(measured {patterns['measured_pc1_share']:.0%}) over the {patterns['n_genes']} most spatially "
-            "variable genes" + (f"; {not_judged}" if not_judged else "")
+            f"(measured {rank}), PC1 share {patterns['pc1_share']:.0%} (measured {pc1}) over the "
+            f"{patterns['n_genes']} most spatially variable genes" + (f"; {not_judged}" if not_judged else "")
         )
     elif not_judged:
         print(f"patterns: {not_judged}")
@@ -1059,6 +1067,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"{'measured (truth)':22s} {'':9s} {'':9s} {'':16s} {'':10s} {'':9s} {truth['pc1_share']:10.2f} "
         f"{truth['effective_rank']:10.1f} {1.0:6.2f}" + (f" {truth['ari']:6.3f}" if ari else "")
     )
+    if np.isfinite(truth.get("signal_effective_rank", float("nan"))):  # the truth's ranks without noise
+        print(
+            f"{'  without Poisson noise':22s} {'':9s} {'':9s} {'':16s} {'':10s} {'':9s} "
+            f"{truth['signal_pc1_share']:10.2f} {truth['signal_effective_rank']:10.1f}"
+        )
     print(
         f"{args.protocol}: {report['n_heldout_spots']} scored spots, {report['n_genes']} genes "
         + ("(the most variable of those " if args.genes is not None else "(")
@@ -1093,7 +1106,8 @@ METRIC_HELP = {
     "gene-specific r": "per-gene r left after removing the seen spots' top 3 principal axes",
     "co-expr r": "r between the gene-gene correlations of prediction and measured truth",
     "(signal)": "the same against the truth's correlations without Poisson noise (count splitting)",
-    "PC1 share": "variance share of the prediction's first component (eff. rank: its effective rank)",
+    "PC1 share": "variance share of the prediction's first component (eff. rank: its effective rank); "
+    "the truth's also without its Poisson noise (count splitting)",
     "level": "predicted / measured counts per gene over the scored spots, median over genes (1: measured)",
     "ARI": "fixed clustering against --labels, beside the same on the measured counts",
 }

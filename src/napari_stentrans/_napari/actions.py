@@ -1242,16 +1242,21 @@ def _few_patterns(report: dict, scores: dict) -> list[str]:
     """The plain warning of the CLI when the enhanced genes share a few patterns at the held-out
     spots (:func:`~..core.patterns.few_patterns` over the report's spatially variable genes), as
     one sentence; none otherwise."""
-    from ..core.patterns import few_patterns
+    from ..core.patterns import few_patterns, how_few, with_signal
 
-    rank, measured = scores.get("effective_rank"), report.get("truth", {}).get("effective_rank")
+    truth = report.get("truth", {})
+    rank, measured = scores.get("effective_rank"), truth.get("effective_rank")
     if rank is None or measured is None or not (np.isfinite(rank) and np.isfinite(measured)):
         return []
-    if not few_patterns(rank, measured, len(report.get("spatial_genes", []))):
+    signal = truth.get("signal_effective_rank")
+    signal = float("nan") if signal is None else float(signal)  # JSON writes NaN as null
+    n_genes = len(report.get("spatial_genes", []))
+    if not few_patterns(rank, measured, n_genes, signal):
         return []
     return [
-        f"Its genes follow a few shared patterns (effective rank {rank:.1f}, measured {measured:.1f}): "
-        "not suitable for co-expression, clustering or differential-expression analysis."
+        f"Its genes follow {how_few(rank, n_genes)} (effective rank {rank:.1f}, measured "
+        f"{with_signal(measured, signal, '.1f')}): not suitable for co-expression, clustering or "
+        "differential-expression analysis."
     ]
 
 

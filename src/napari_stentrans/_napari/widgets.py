@@ -1246,7 +1246,7 @@ QUALITY_TIPS = dict(
             "Share of the variance in the first principal component (same 100 genes); far above "
             "the measured slide's: the genes follow one shared map",
             "exp(entropy) of the principal components' variance shares; far below the measured "
-            "slide's: the genes follow a few shared patterns",
+            "slide's without its Poisson noise (the status line): the genes follow a few shared patterns",
             "Predicted over measured counts per gene at the held-out spots (median; 1 = the measured level)",
             "Adjusted Rand index of the fixed clustering (PCA + k-means) against the chosen annotation",
         ),
@@ -1258,11 +1258,15 @@ QUALITY_TIPS = dict(
 def _report_line(report: dict) -> str:
     """The Quality check's status line for a report: scored spots and genes, and the measured
     slide's own PC1 share, effective rank and ARI, which the methods' columns are read against."""
+    from ..core.patterns import with_signal
+
     truth = report["truth"]
     ari = truth.get("ari")
+    signal = truth.get("signal_effective_rank")
+    rank = with_signal(truth["effective_rank"], float("nan") if signal is None else float(signal), ".1f")
     return (
         f"{report['n_heldout_spots']:,} held-out spots, {report['n_genes']} genes. Measured slide at "
-        f"those spots: PC1 share {truth['pc1_share']:.2f}, effective rank {truth['effective_rank']:.1f} "
+        f"those spots: PC1 share {truth['pc1_share']:.2f}, effective rank {rank} "
         f"(over the {len(report['spatial_genes'])} most spatially variable genes)"
         + (
             f", ARI {ari:.3f} against the annotation ({truth['n_labelled']:,} labelled spots)"

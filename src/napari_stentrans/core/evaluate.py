@@ -52,9 +52,13 @@ from .fidelity import (
     cluster_ari,
     coexpression_r,
     coexpression_signal_r,
+    count_split_halves,
+    covariance_correlation,
+    covariance_spectrum,
     gene_specific_r,
+    is_counts,
     neighbour_weights,
-    signal_correlation,
+    signal_covariance,
     spatially_variable,
     spectrum,
     upper_agreement,
@@ -153,8 +157,9 @@ class Reference:
     values, all evaluated genes); ``truth_norm`` the truth normalised by its own depth;
     ``labels`` the scored spots' annotations (None without annotations); ``signal`` the truth's
     gene-gene correlations over ``spatial`` without Poisson sampling noise
-    (:func:`truth_signal`; None when the truth is not integer counts) and
-    ``signal_reliability`` how well the scored spots determine them.
+    (:func:`truth_signal`; None when the truth is not integer counts),
+    ``signal_reliability`` how well the scored spots determine them and ``signal_spectrum``
+    the PC1 share and effective rank of that signal (NaN without counts).
     """
 
     spatial: np.ndarray
@@ -164,12 +169,14 @@ class Reference:
     labels: np.ndarray | None
     signal: np.ndarray | None = None
     signal_reliability: float = float("nan")
+    signal_spectrum: tuple[float, float] = (float("nan"), float("nan"))
 
 
 def truth_signal(
     counts: np.ndarray, depth: np.ndarray, rng: np.random.Generator
-) -> tuple[np.ndarray | None, float]:
-    """The truth's signal correlations by count splitting, and their split-spot reliability.
+) -> tuple[np.ndarray | None, float, tuple[float, float]]:
+    """The truth's signal correlations by count splitting, their split-spot reliability, and the
+    signal's PC1 share and effective rank.
 
     Parameters
     ----------
@@ -183,30 +190,29 @@ def truth_signal(
     Returns
     -------
     :func:`.fidelity.signal_correlation` ``(genes, genes)`` from :data:`N_COUNT_SPLITS` splits of
-    every spot, and the agreement (:func:`.fidelity.upper_agreement`) of the same estimate on two
+    every spot; the agreement (:func:`.fidelity.upper_agreement`) of the same estimate on two
     random disjoint halves of the spots: near 1 when the spots determine the correlations, near
-    0 when their estimate is noise (NaN under :data:`MIN_RELIABILITY_SPOTS` spots). ``(None,
-    NaN)`` when ``counts`` are not non-negative integers (binomial splitting needs counts).
+    0 when their estimate is noise (NaN under :data:`MIN_RELIABILITY_SPOTS` spots); and
+    :func:`.fidelity.covariance_spectrum` of the signal's covariance, what the truth's PC1 share
+    and effective rank are without their Poisson noise. ``(None, NaN, (NaN, NaN))`` when
+    ``counts`` are not non-negative integers (binomial splitting needs counts).
     """
     counts = np.asarray(counts, dtype=np.float64)
-    if not (np.isfinite(counts).all() and (counts >= 0).all() and np.array_equal(counts, np.rint(counts))):
-        return None, float("nan")
+    if not is_counts(counts):
+        return None, float("nan"), (float("nan"), float("nan"))
     counts = counts.astype(np.int64)
 
     def estimate(rows: np.ndarray) -> np.ndarray:
-        halves = []
-        for _ in range(N_COUNT_SPLITS):
-            first = rng.binomial(counts[rows], 0.5)
-            half_depth = depth[rows] / 2
-            halves.append((normalize(first, half_depth), normalize(counts[rows] - first, half_depth)))
-        return signal_correlation(halves)
+        return signal_covariance(count_split_halves(counts[rows], depth[rows], rng, N_COUNT_SPLITS))
 
     n = len(counts)
-    signal = estimate(np.arange(n))
+    cov = estimate(np.arange(n))
+    signal, spectrum_ = covariance_correlation(cov), covariance_spectrum(cov)
     if n < MIN_RELIABILITY_SPOTS:
-        return signal, float("nan")
+        return signal, float("nan"), spectrum_
     order = rng.permutation(n)
-    return signal, upper_agreement(estimate(order[: n // 2]), estimate(order[n // 2 :]))
+    halves = [covariance_correlation(estimate(part)) for part in (order[: n // 2], order[n // 2 :])]
+    return signal, upper_agreement(*halves), spectrum_
 
 
 def judged_against(split: Split, labels: np.ndarray | None = None, seed: int = 0) -> Reference:
@@ -221,7 +227,7 @@ def judged_against(split: Split, labels: np.ndarray | None = None, seed: int = 0
     target_labels = None
     if labels is not None:
         target_labels = np.asarray(labels, dtype=object)[split.target_obs]
-    signal, reliability = truth_signal(
+    signal, reliability, signal_spectrum = truth_signal(
         _dense(split.truth)[:, spatial],
         np.asarray(split.truth_depth, dtype=np.float64),
         np.random.default_rng(seed),
@@ -234,7 +240,32 @@ def judged_against(split: Split, labels: np.ndarray | None = None, seed: int = 0
         labels=target_labels,
         signal=signal,
         signal_reliability=reliability,
+        signal_spectrum=signal_spectrum,
     )
+
+
+def truth_scores(ref: Reference, seed: int = 0) -> dict:
+    """The measured slide's own values at the scored spots, which the methods are read against.
+
+    PC1 share and effective rank of the truth (normalised values over ``ref.spatial``), the
+    same without its Poisson noise (``signal_pc1_share``, ``signal_effective_rank``), how well
+    the scored spots determine the signal's correlations (``signal_coexpression_reliability``)
+    and, with labels, the ARI of the fixed clustering of the truth (``ari``, over
+    ``n_labelled`` annotated spots; ``seed`` seeds its k-means).
+    """
+    pc1, rank = spectrum(ref.truth_norm[:, ref.spatial])
+    truth = {
+        "pc1_share": pc1,
+        "effective_rank": rank,
+        "signal_coexpression_reliability": ref.signal_reliability,
+        "signal_pc1_share": ref.signal_spectrum[0],
+        "signal_effective_rank": ref.signal_spectrum[1],
+    }
+    if ref.labels is not None:
+        keep = _annotated(ref.labels)
+        truth["ari"] = cluster_ari(ref.truth_norm[keep], ref.labels[keep], seed=seed)
+        truth["n_labelled"] = int(keep.sum())  # scored spots with an annotation
+    return truth
 
 
 def _annotated(labels: np.ndarray) -> np.ndarray:
@@ -518,7 +549,8 @@ def evaluate(
     Returns
     -------
     The JSON-ready report ``{"dataset", "protocol", "n_genes", "n_heldout_spots", "truth":
-    {"pc1_share", "effective_rank", "signal_coexpression_reliability", "ari"}, "methods":
+    {"pc1_share", "effective_rank", "signal_coexpression_reliability", "signal_pc1_share",
+    "signal_effective_rank", "ari"}, "methods":
     {name: {"median_pcc", "mean_pcc", "median_pcc_norm", ..., "gene_specific_r",
     "coexpression_r", "coexpression_r_signal", "pc1_share", ...}}}``.
     """
@@ -548,7 +580,6 @@ def evaluate(
         check_references(adata, references, reference_names)
     split = make_split(adata, protocol, n_genes=n_genes, seed=seed)
     ref = judged_against(split, labels, seed)
-    truth_pc1, truth_rank = spectrum(ref.truth_norm[:, ref.spatial])
     report = {
         "dataset": dataset,
         "protocol": protocol,
@@ -558,17 +589,9 @@ def evaluate(
         "seed": seed,
         "genes": [str(g) for g in split.genes],
         "spatial_genes": [str(split.genes[i]) for i in ref.spatial],
-        "truth": {
-            "pc1_share": truth_pc1,
-            "effective_rank": truth_rank,
-            "signal_coexpression_reliability": ref.signal_reliability,
-        },
+        "truth": truth_scores(ref, seed),
         "methods": {},
     }
-    if ref.labels is not None:
-        keep = _annotated(ref.labels)
-        report["truth"]["ari"] = cluster_ari(ref.truth_norm[keep], ref.labels[keep], seed=seed)
-        report["truth"]["n_labelled"] = int(keep.sum())  # scored spots with an annotation
     if protocol == "paper":
         report["warning"] = "published (leaky) protocol: stEnTrans is scored on spots it trained on"
     if references:

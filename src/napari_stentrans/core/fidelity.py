@@ -115,8 +115,33 @@ def _coexpression(pred_upper: np.ndarray, truth_upper: np.ndarray) -> float:
     return float(pearson_per_gene(pred_upper[:, None], truth_upper[:, None])[0])
 
 
-def signal_correlation(halves: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """Gene-gene correlations ``(genes, genes)`` of the truth without its sampling noise.
+def is_counts(values: np.ndarray) -> bool:
+    """Whether ``values`` are finite non-negative integers (what binomial splitting needs)."""
+    values = np.asarray(values)
+    return bool(np.isfinite(values).all() and (values >= 0).all() and np.array_equal(values, np.rint(values)))
+
+
+def count_split_halves(
+    counts: np.ndarray, depth: np.ndarray, rng: np.random.Generator, n_splits: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``n_splits`` binomial splits of integer ``counts`` ``(spots, genes)``, log-normalised.
+
+    Each count is divided binomially in two (p = 1/2); each half is normalised by half the
+    spot's ``depth`` ``(spots,)``. The input of :func:`signal_covariance` (count splitting,
+    Neufeld et al. 2024).
+    """
+    from .classical import normalize  # classical imports this module
+
+    halves = []
+    for _ in range(n_splits):
+        first = rng.binomial(counts, 0.5)
+        half_depth = depth / 2
+        halves.append((normalize(first, half_depth), normalize(counts - first, half_depth)))
+    return halves
+
+
+def signal_covariance(halves: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Gene-gene covariance ``(genes, genes)`` of the truth without its sampling noise.
 
     Count splitting (Neufeld, Gao, Popp, Battle & Witten 2024, Biostatistics 25(1):270): each
     split divides every count binomially into two halves whose Poisson sampling noise is
@@ -125,22 +150,36 @@ def signal_correlation(halves: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarra
     each gene's noise to its diagonal and so lowers every correlation. Only Poisson noise is
     removed: extra-Poisson variation of a spot's expression is shared by both halves and stays
     in the signal (negative binomial counts would need Dirichlet-multinomial splitting, Neufeld
-    et al. 2023, arXiv:2307.12985). The cross-covariance (symmetrised) is averaged over the
-    splits and scaled to correlations, clipped to [-1, 1]; a gene whose cross-variance is not
-    positive (no signal measurable above its noise at these spots) gets NaN.
+    et al. 2023, arXiv:2307.12985). The cross-covariance is symmetrised and averaged over the
+    splits; it need not be positive semi-definite (its noise can make eigenvalues negative).
 
     Parameters
     ----------
     halves
         One ``(a, b)`` per split: log-normalised values ``(spots, genes)`` of the two halves
-        (each normalised by half the spot's depth).
+        (each normalised by half the spot's depth; :func:`count_split_halves`).
     """
     cross = []
     for a, b in halves:
         a = np.asarray(a, dtype=np.float64) - np.asarray(a, dtype=np.float64).mean(axis=0)
         b = np.asarray(b, dtype=np.float64) - np.asarray(b, dtype=np.float64).mean(axis=0)
         cross.append((a.T @ b + b.T @ a) / (2 * len(a)))
-    cov = np.mean(cross, axis=0)
+    return np.mean(cross, axis=0)
+
+
+def signal_correlation(halves: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Gene-gene correlations ``(genes, genes)`` of the truth without its sampling noise.
+
+    :func:`signal_covariance` scaled to correlations (:func:`covariance_correlation`): a gene
+    whose cross-variance is not positive (no signal measurable above its noise at these spots)
+    gets NaN.
+    """
+    return covariance_correlation(signal_covariance(halves))
+
+
+def covariance_correlation(cov: np.ndarray) -> np.ndarray:
+    """Correlations ``(genes, genes)`` of a covariance estimate, clipped to [-1, 1]; NaN rows and
+    columns for genes whose variance is not positive."""
     var = np.diag(cov).copy()
     scale = np.where(var > 1e-12, np.sqrt(np.clip(var, 1e-12, None)), np.nan)
     return np.clip(cov / scale[:, None] / scale[None, :], -1.0, 1.0)
@@ -207,7 +246,23 @@ def spectrum(values: np.ndarray) -> tuple[float, float]:
     of genes for uncorrelated genes of equal variance.
     """
     values = np.asarray(values, dtype=np.float64)
-    s = np.linalg.svd(values - values.mean(axis=0), compute_uv=False) ** 2
+    return eigen_spectrum(np.linalg.svd(values - values.mean(axis=0), compute_uv=False) ** 2)
+
+
+def covariance_spectrum(cov: np.ndarray) -> tuple[float, float]:
+    """:func:`spectrum` of a covariance matrix ``(genes, genes)`` given as such.
+
+    For an estimate that need not be positive semi-definite (:func:`signal_covariance`), the
+    negative eigenvalues (noise of the estimate) count as 0.
+    """
+    cov = np.asarray(cov, dtype=np.float64)
+    return eigen_spectrum(np.clip(np.linalg.eigvalsh((cov + cov.T) / 2), 0.0, None))
+
+
+def eigen_spectrum(eigenvalues: np.ndarray) -> tuple[float, float]:
+    """PC1 share and effective rank (``exp`` of the entropy) of non-negative eigenvalues; NaN
+    for an all-zero spectrum."""
+    s = np.sort(np.asarray(eigenvalues, dtype=np.float64))[::-1]
     total = s.sum()
     if total <= 1e-12:
         return float("nan"), float("nan")

@@ -3,9 +3,12 @@
 A low-rank estimate makes unrelated genes follow the same few maps (METHOD.md, "One number is
 not enough"). While the enhanced matrix is predicted, the values of the most spatially variable
 enhanced genes at the measured spots are kept; at the end their PC1 share and effective rank
-are compared with the measured slide's at the same spots and genes, and when the enhanced genes
-follow fewer than :data:`FEW_PATTERNS` effective patterns the user is told, in plain words, not
-to read co-expression from them. With fewer than :data:`MIN_GENES` genes (but at least
+are compared with the measured slide's at the same spots and genes, as measured and without its
+Poisson noise (count splitting: the measured rank counts each gene's sampling noise as a pattern
+of its own, so on real slides it is 2.4-8 times the signal's). When the enhanced genes follow
+fewer than :data:`FEW_PATTERNS` effective patterns, or under :data:`SIGNAL_SHARE` of the
+signal's, the user is told, in plain words, not to read co-expression from them. With fewer
+than :data:`MIN_GENES` genes (but at least
 :data:`MIN_GENES_STRONG`) only strong evidence counts: the enhanced genes follow about one pattern
 (effective rank below :data:`STRONG_RANK`) while the measured ones clearly follow more (at least
 :data:`STRONG_RATIO` times as many), and ``no_warning`` says what was missing when it is not;
@@ -17,7 +20,15 @@ from __future__ import annotations
 import numpy as np
 
 from .classical import TARGET_SUM, normalize
-from .fidelity import neighbour_weights, spatially_variable, spectrum
+from .fidelity import (
+    count_split_halves,
+    covariance_spectrum,
+    is_counts,
+    neighbour_weights,
+    signal_covariance,
+    spatially_variable,
+    spectrum,
+)
 from .sites import OutputSites
 from .slide import Slide
 
@@ -28,18 +39,33 @@ MIN_GENES = 20  # below this, the effective rank is capped by the gene count: on
 MIN_GENES_STRONG = 5  # fewer genes say nothing about how many patterns they share
 STRONG_RANK = 1.5  # with few genes: the enhanced genes follow about one pattern ...
 STRONG_RATIO = 2.0  # ... and the measured ones at least this many times as many
+#: an effective rank under this share of the measured signal's (without Poisson noise) is
+#: warned about too: on the 18 real slides the default keeps 0.23-0.51 of it, its low-rank part
+#: alone 0.09-0.47, a per-gene smoother of the same fit 0.75-3.05 (docs/design.md)
+SIGNAL_SHARE = 0.5
+N_SPLITS = 5  # binomial count splits averaged for the measured signal
 
 
-def few_patterns(rank: float, measured_rank: float, n_genes: int) -> bool:
-    """Whether enhanced genes with effective rank ``rank`` (measured: ``measured_rank``) over
-    ``n_genes`` genes follow "a few shared patterns": below :data:`FEW_PATTERNS` with at least
-    :data:`MIN_GENES` genes; with fewer (down to :data:`MIN_GENES_STRONG`) only about one pattern
-    against a measured rank :data:`STRONG_RATIO` times as high; never with fewer genes."""
+def few_patterns(rank: float, measured_rank: float, n_genes: int, signal_rank: float = float("nan")) -> bool:
+    """Whether enhanced genes with effective rank ``rank`` (measured: ``measured_rank``; without
+    its Poisson noise: ``signal_rank``, NaN when unknown) over ``n_genes`` genes follow "a few
+    shared patterns": with at least :data:`MIN_GENES` genes below :data:`FEW_PATTERNS`, or below
+    :data:`SIGNAL_SHARE` of ``signal_rank``; with fewer (down to :data:`MIN_GENES_STRONG`) only
+    about one pattern against a measured rank :data:`STRONG_RATIO` times as high; never with
+    fewer genes."""
     if n_genes >= MIN_GENES:
-        return bool(rank < FEW_PATTERNS)
+        return bool(rank < FEW_PATTERNS or rank < SIGNAL_SHARE * signal_rank)  # NaN compares False
     if n_genes >= MIN_GENES_STRONG:
         return bool(rank < STRONG_RANK and measured_rank >= STRONG_RATIO * rank)
     return False
+
+
+def how_few(rank: float, n_genes: int) -> str:
+    """What :func:`few_patterns` found, in words: ``"a few shared patterns"``, or, when only the
+    measured signal's rank made it few, under half as many as that."""
+    if rank < FEW_PATTERNS or n_genes < MIN_GENES:
+        return "a few shared patterns"
+    return "under half as many shared patterns as the measured genes without their Poisson noise"
 
 
 class PatternCheck:
@@ -72,7 +98,9 @@ class PatternCheck:
         order = np.argsort(gene_idx)  # gene_idx follows the user's request, not the slide's order
         self.columns = order[np.searchsorted(np.asarray(gene_idx)[order], self.genes)]  # batch columns
         self.measured = slide.expression(self.genes)[spot_rows]
+        self.counts = slide.expression(self.genes, "none")[spot_rows]  # for the signal's spectrum
         measured_depth = slide.depth[sites.spot[measured]]
+        self.measured_depth = measured_depth
         self.depth = measured_depth if depth is None else np.asarray(depth)[measured]
         self.enhanced = np.zeros((len(measured), len(self.genes)), dtype=np.float32)
 
@@ -95,6 +123,7 @@ class PatternCheck:
             return {"n_genes": int(len(self.genes)), "not_judged": "; ".join(reasons)}
         pc1, rank = spectrum(self.enhanced)
         measured_pc1, measured_rank = spectrum(self.measured)
+        signal_pc1, signal_rank = self.signal_spectrum()
         out = {
             "n_genes": int(len(self.genes)),
             "pc1_share": pc1,
@@ -102,11 +131,14 @@ class PatternCheck:
             "measured_pc1_share": measured_pc1,
             "measured_effective_rank": measured_rank,
         }
+        if np.isfinite(signal_rank):
+            out["measured_signal_pc1_share"] = signal_pc1
+            out["measured_signal_effective_rank"] = signal_rank
         n = len(self.genes)
         if not (np.isfinite(rank) and np.isfinite(measured_rank)):
             out["not_judged"] = "the effective rank is not finite (constant values)"
             return out
-        few = few_patterns(rank, measured_rank, n)
+        few = few_patterns(rank, measured_rank, n, signal_rank)
         if MIN_GENES_STRONG <= n < MIN_GENES and not few:
             out["no_warning"] = (
                 f"no warning from {n} genes: under {MIN_GENES} genes a warning needs an effective "
@@ -119,16 +151,46 @@ class PatternCheck:
             )
         if few:
             out["warning"] = (
-                f"the enhanced genes follow a few shared patterns (effective rank {rank:.1f} over the "
-                f"{len(self.genes)} most spatially variable genes; measured {measured_rank:.1f}; PC1 holds "
-                f"{pc1:.0%} of their variance, measured {measured_pc1:.0%}): not suitable for "
+                f"the enhanced genes follow {how_few(rank, n)} (effective rank {rank:.1f} over the "
+                f"{len(self.genes)} most spatially variable genes; measured "
+                f"{with_signal(measured_rank, signal_rank, '.1f')}; PC1 holds {pc1:.0%} of their "
+                f"variance, measured {with_signal(measured_pc1, signal_pc1, '.0%')}): not suitable for "
                 "co-expression, clustering or differential-expression analysis; use layers['measured'] "
                 "for those"
             )
         return out
 
+    def signal_spectrum(self) -> tuple[float, float]:
+        """PC1 share and effective rank of the measured genes without their Poisson noise.
 
-__all__ = ["PatternCheck", "FEW_PATTERNS", "MIN_GENES", "MIN_GENES_STRONG", "few_patterns"]
+        Count splitting (:func:`~.fidelity.signal_covariance`, :data:`N_SPLITS` splits, a fixed
+        seed: the same slide gives the same numbers) at the measured spots; the measured
+        ``effective_rank`` counts each gene's sampling noise as patterns of its own, this one
+        does not. NaN when the input is not integer counts.
+        """
+        if not is_counts(self.counts):
+            return float("nan"), float("nan")
+        counts = self.counts.astype(np.int64)
+        halves = count_split_halves(counts, self.measured_depth, np.random.default_rng(0), N_SPLITS)
+        return covariance_spectrum(signal_covariance(halves))
+
+
+__all__ = [
+    "PatternCheck",
+    "FEW_PATTERNS",
+    "MIN_GENES",
+    "MIN_GENES_STRONG",
+    "SIGNAL_SHARE",
+    "few_patterns",
+    "how_few",
+    "with_signal",
+]
+
+
+def with_signal(measured: float, signal: float, spec: str) -> str:
+    """``"18.2"``, or ``"18.2, 5.3 without Poisson noise"`` when the signal's value is known."""
+    text = format(measured, spec)
+    return f"{text}, {format(signal, spec)} without Poisson noise" if np.isfinite(signal) else text
 
 
 def _count(n: int, noun: str) -> str:
