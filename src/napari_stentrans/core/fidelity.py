@@ -15,7 +15,8 @@ number is not enough"). These metrics see that, on log-normalised values at the 
   an estimate that carries similar noise (linear interpolation of two or three neighbours)
   matches that pattern, a denoised one cannot;
 - **PC1 share** and **effective rank** (Roy & Vetterli 2007: ``exp`` of the entropy of the
-  normalised eigenvalues) of a matrix's centred covariance;
+  normalised eigenvalues) of a matrix's centred covariance, and of the truth's covariance
+  without its Poisson noise (count splitting, :func:`covariance_spectrum`);
 - **spatial variability**: Moran's I of each gene on the seen spots' lattice neighbours
   (Moran 1950; weights 1 between nearest lattice neighbours, rows normalised), used to pick the
   genes these metrics are reported over;
@@ -132,10 +133,9 @@ def count_split_halves(
     """
     from .classical import normalize  # classical imports this module
 
-    halves = []
+    halves, half_depth = [], depth / 2
     for _ in range(n_splits):
         first = rng.binomial(counts, 0.5)
-        half_depth = depth / 2
         halves.append((normalize(first, half_depth), normalize(counts - first, half_depth)))
     return halves
 
