@@ -103,6 +103,8 @@ def test_every_panel_works_on_the_slide_shown_and_layer_names_say_their_slide(st
     layers were named ``Gene0253 [1]``."""
     genes, train = _dock(st_viewer, "Genes"), _dock(st_viewer, "Train & enhance")
     first = genes.slide_id
+    # one slide open: its name alone ("synthetic_st (1)" said a number no other slide needed)
+    assert genes._slide_choices() == [("synthetic_st", first)]
     copy = actions.slide(st_viewer, first).adata.copy()
     copy.write_h5ad(tmp_path / "copy.h5ad")
     st_viewer.open(str(tmp_path / "copy.h5ad"), plugin="napari-stentrans")
@@ -132,6 +134,9 @@ def test_every_panel_works_on_the_slide_shown_and_layer_names_say_their_slide(st
     assert third not in (first, second) and not any(layer.name.endswith(" [1]") for layer in st_viewer.layers)
     label = f"synthetic_st ({third.split('#')[1]})"
     assert actions.slide_label(st_viewer, third) == label and f"{gene} [{label}]" in st_viewer.layers
+    assert (label, third) in train._slide_choices() and (f"synthetic_st ({first.split('#')[1]})", first) in (
+        train._slide_choices()
+    )  # the choosers name them as the layers and verdicts do
 
 
 def test_genes_widget_searches_and_adds_layers(st_viewer):

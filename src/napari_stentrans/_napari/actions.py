@@ -152,10 +152,10 @@ def bring_forward(viewer, slide_id: str) -> list[str]:
 def slide_label(viewer, slide_id: str) -> str:
     """The slide's name, with its number when another open slide has the same name
     (``synthetic_st (3)``, as the panels' Slide choosers show it)."""
-    return _label(slides(viewer), slide_id)
+    return label_among(slides(viewer), slide_id)
 
 
-def _label(found: dict[str, SlideInfo], slide_id: str) -> str:
+def label_among(found: dict[str, SlideInfo], slide_id: str) -> str:
     """:func:`slide_label` among the open slides ``found`` (:func:`slides`)."""
     name = found[slide_id].name
     if sum(info.name == name for info in found.values()) > 1:
@@ -184,7 +184,7 @@ def name_after_slides(viewer) -> list[str]:
         base = match.group(1)
         if taken.get(base, owner) == owner:  # not another slide's name
             continue
-        new = f"{base} [{_label(found, owner)}]"
+        new = f"{base} [{label_among(found, owner)}]"
         if new not in taken:
             layer.name = new
             taken[new] = owner

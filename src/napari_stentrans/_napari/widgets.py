@@ -200,9 +200,9 @@ class _SlideWidget(Container):
         actions.per_viewer(_PANELS, viewer, weakref.WeakSet).add(self)
 
     def _slide_choices(self, _widget=None) -> list[tuple[str, str]]:
-        return [
-            (f"{info.name} ({sid.split('#')[1]})", sid) for sid, info in actions.slides(self._viewer).items()
-        ]
+        # labelled as the verdicts and notes name them: a number only where two share a name
+        found = actions.slides(self._viewer)
+        return [(actions.label_among(found, sid), sid) for sid in found]
 
     def _refresh_slides(self, _event=None) -> None:
         before = set(self._slide.choices)  # first: a renamed layer resets every chooser (napari)
