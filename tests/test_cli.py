@@ -86,6 +86,36 @@ def test_the_output_names_its_input_by_an_absolute_path(slide_file, tmp_path, ca
     assert f"from {slide_file};" in out
 
 
+def test_info_of_an_output_repeats_its_pattern_check(slide_file, tmp_path, capsys):
+    """A new user: `info` of an enhanced file said nothing of the pattern check `enhance` printed."""
+    code, out, err = run_cli(["enhance", slide_file, "-o", tmp_path / "out.h5ad"], capsys)
+    assert code == 0
+    printed = next(x for x in out.splitlines() if x.startswith("patterns: "))
+    patterns = ad.read_h5ad(tmp_path / "out.h5ad").uns["stentrans"]["patterns"]
+    code, info, _ = run_cli(["info", tmp_path / "out.h5ad"], capsys)
+    assert code == 0 and "patterns:  " + printed.removeprefix("patterns: ") in info.splitlines()
+    assert "without its Poisson noise" in printed
+    # 3.8 patterns against 4.6 in the measured genes without their noise: not warned (the fixed
+    # bar of 5 warned, though the measured signal itself follows fewer)
+    assert (
+        patterns["effective_rank"] < 5
+        and patterns["effective_rank"] >= 0.5 * patterns["measured_signal_effective_rank"]
+    )
+    assert "warning" not in patterns and "warning" not in err and "warning:" not in info
+    # a rank-1 estimate of the same slide is warned, in the same words in info
+    from dataclasses import replace
+
+    import napari_stentrans as st
+    from napari_stentrans.core.classical import ClassicalParams
+
+    slide = ad.read_h5ad(slide_file)
+    fitted = st.fit(slide)
+    replace(fitted, params=ClassicalParams(1, None, None), _bases={}).write(slide, tmp_path / "one.h5ad")
+    warning = ad.read_h5ad(tmp_path / "one.h5ad").uns["stentrans"]["patterns"]["warning"]
+    code, info, _ = run_cli(["info", tmp_path / "one.h5ad"], capsys)
+    assert code == 0 and f"warning:   {warning}" in info.splitlines()
+
+
 def test_info_describes_a_saved_model(slide_file, tmp_path, capsys):
     """A new user had no way to see what a model file holds: `info` refused `.safetensors`."""
     import napari_stentrans as st

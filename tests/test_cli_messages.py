@@ -486,7 +486,7 @@ def test_enhance_says_when_the_patterns_were_not_judged(tmp_path, capsys):
     )
     patterns = ad.read_h5ad(tmp_path / "o.h5ad").uns["stentrans"]["patterns"]
     rank = f"(measured {patterns['measured_effective_rank']:.1f}, "
-    assert f"{rank}{patterns['measured_signal_effective_rank']:.1f} without Poisson noise)" in line
+    assert f"{rank}or {patterns['measured_signal_effective_rank']:.1f} without its Poisson noise)" in line
     assert sum(x.startswith("patterns") for x in out.splitlines()) == 1
     assert "patterns" not in err
     assert (

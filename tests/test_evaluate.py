@@ -122,7 +122,13 @@ def test_evaluate_command_writes_json_and_plot(hex_slide, tmp_path, capsys):
     assert len(report["methods"]["linear"]["gene_specific_pcc"]) == len(report["spatial_genes"])
     assert "gene-specific r" in out and "measured (truth)" in out
     # the truth's PC1 share and effective rank without its Poisson noise: a row of their own
-    noise_free = next(x for x in out.splitlines() if x.startswith("  without Poisson noise"))
+    noise_free = next(x for x in out.splitlines() if x.startswith(" without Poisson noise"))
+    measured = next(x for x in out.splitlines() if x.startswith("measured (truth)"))
+    # its numbers end where the measured truth's do (the label overran its column by one)
+    assert measured.index(f"{report['truth']['effective_rank']:.1f}") + len(
+        f"{report['truth']['effective_rank']:.1f}"
+    ) == len(noise_free)
+    assert "without Poisson noise: the truth's PC1 share and effective rank by count splitting" in out
     truth = report["truth"]
     assert noise_free.split()[-2:] == [
         f"{truth['signal_pc1_share']:.2f}",

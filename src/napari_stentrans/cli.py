@@ -513,6 +513,9 @@ def _describe_enhanced(path: Path, adata) -> str:
         ]
         # why the model is not what the preset names (a learned preset whose network was refused)
         + ([f"note:      {note}"] if (note := (info.get("model") or {}).get("note")) else [])
+        # the pattern check enhance printed (absent from files of older versions)
+        + ([f"patterns:  {text}"] if (text := _patterns_text(info.get("patterns") or {})) else [])
+        + ([f"warning:   {info['patterns']['warning']}"] if "warning" in (info.get("patterns") or {}) else [])
     )
 
 
@@ -789,31 +792,35 @@ def cmd_enhance(args: argparse.Namespace) -> int:
                 else ""
             )
         )
-    from .core.patterns import with_signal
-
     patterns = written.uns["patterns"]
-    # no verdict either way: said (not silent), on the numbers' own line when there are numbers
-    not_judged = f"not judged: {patterns['not_judged']}" if "not_judged" in patterns else None
-    if "effective_rank" in patterns:
-        nan = float("nan")
-        rank = with_signal(
-            patterns["measured_effective_rank"], patterns.get("measured_signal_effective_rank", nan), ".1f"
-        )
-        pc1 = with_signal(
-            patterns["measured_pc1_share"], patterns.get("measured_signal_pc1_share", nan), ".0%"
-        )
-        print(
-            f"patterns: effective rank {patterns['effective_rank']:.1f} of the enhanced genes "
-            f"(measured {rank}), PC1 share {patterns['pc1_share']:.0%} (measured {pc1}) over the "
-            f"{patterns['n_genes']} most spatially variable genes" + (f"; {not_judged}" if not_judged else "")
-        )
-    elif not_judged:
-        print(f"patterns: {not_judged}")
+    if (text := _patterns_text(patterns)) is not None:
+        print(f"patterns: {text}")
     if "warning" in patterns:
         print(f"stentrans: warning: {patterns['warning']}", file=sys.stderr)
     elif "no_warning" in patterns:  # few genes, weak evidence: say what was missing
         print(f"patterns: {patterns['no_warning']}")
     return 0
+
+
+def _patterns_text(patterns: dict) -> str | None:
+    """The output's pattern check in one line (``uns["stentrans"]["patterns"]``): the enhanced
+    genes' effective rank and PC1 share beside the measured ones', and why no verdict was
+    given when none was (said, not silent); None when there is nothing to say."""
+    from .core.patterns import with_signal
+
+    not_judged = f"not judged: {patterns['not_judged']}" if "not_judged" in patterns else None
+    if "effective_rank" not in patterns:
+        return not_judged
+    nan = float("nan")
+    rank = with_signal(
+        patterns["measured_effective_rank"], patterns.get("measured_signal_effective_rank", nan), ".1f"
+    )
+    pc1 = with_signal(patterns["measured_pc1_share"], patterns.get("measured_signal_pc1_share", nan), ".0%")
+    return (
+        f"effective rank {patterns['effective_rank']:.1f} of the enhanced genes (measured {rank}), PC1 share "
+        f"{patterns['pc1_share']:.0%} (measured {pc1}) over the {patterns['n_genes']} most spatially variable "
+        "genes" + (f"; {not_judged}" if not_judged else "")
+    )
 
 
 def _check_free_space(args: argparse.Namespace, slide, n_genes: int) -> None:
@@ -1069,7 +1076,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     if np.isfinite(truth.get("signal_effective_rank", float("nan"))):  # the truth's ranks without noise
         print(
-            f"{'  without Poisson noise':22s} {'':9s} {'':9s} {'':16s} {'':10s} {'':9s} "
+            f"{' without Poisson noise':22s} {'':9s} {'':9s} {'':16s} {'':10s} {'':9s} "
             f"{truth['signal_pc1_share']:10.2f} {truth['signal_effective_rank']:10.1f}"
         )
     print(
@@ -1082,6 +1089,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         + (f"; ARI over the {truth['n_labelled']} scored spots with a label" if ari else "")
         + (f"; {report['warning']}" if "warning" in report else "")
     )
+    if np.isfinite(truth.get("signal_effective_rank", float("nan"))):
+        print(
+            "without Poisson noise: the truth's PC1 share and effective rank by count splitting; a method "
+            "under half of that rank follows fewer patterns than the slide (not for co-expression)"
+        )
     print(signal_note(truth.get("signal_coexpression_reliability", float("nan"))))
     for name, scores in report["methods"].items():  # e.g. a learned preset that kept the default
         if scores.get("note"):

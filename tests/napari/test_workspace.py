@@ -388,10 +388,15 @@ def test_quality_verdict_warns_when_the_enhanced_genes_share_a_few_patterns():
     assert "shared patterns" not in actions.quality_verdict(report)
     # 5.5 is not few either, but under half of the measured genes' 12 once their Poisson noise is out
     report["methods"]["default"]["effective_rank"], report["truth"]["signal_effective_rank"] = 5.5, 12.0
-    assert "(effective rank 5.5, measured 13.2, 12.0 without Poisson noise)" in actions.quality_verdict(
-        report
-    )
-    report["truth"]["signal_effective_rank"] = None  # a JSON report's NaN: the absolute bar only
+    assert (
+        "Its genes follow under half as many shared patterns as the measured genes once their Poisson "
+        "noise is removed (effective rank 5.5, measured 13.2, or 12.0 without its Poisson noise)"
+    ) in actions.quality_verdict(report)
+    # 2.5 is "few", but so are the measured genes' 4.0 without their noise: not warned
+    report["methods"]["default"]["effective_rank"], report["truth"]["signal_effective_rank"] = 2.5, 4.0
+    assert "shared patterns" not in actions.quality_verdict(report)
+    report["methods"]["default"]["effective_rank"] = 9.0
+    report["truth"]["signal_effective_rank"] = None  # a JSON report's NaN: the fixed bar only
     assert "shared patterns" not in actions.quality_verdict(report)
     report["methods"]["default"]["effective_rank"], report["spatial_genes"] = 2.5, ["g1", "g2"]
     assert "shared patterns" not in actions.quality_verdict(report)  # too few genes to say

@@ -1254,7 +1254,7 @@ def _few_patterns(report: dict, scores: dict) -> list[str]:
     if not few_patterns(rank, measured, n_genes, signal):
         return []
     return [
-        f"Its genes follow {how_few(rank, n_genes)} (effective rank {rank:.1f}, measured "
+        f"Its genes follow {how_few(signal)} (effective rank {rank:.1f}, measured "
         f"{with_signal(measured, signal, '.1f')}): not suitable for co-expression, clustering or "
         "differential-expression analysis."
     ]

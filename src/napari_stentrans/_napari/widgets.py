@@ -1257,7 +1257,8 @@ QUALITY_TIPS = dict(
 
 def _report_line(report: dict) -> str:
     """The Quality check's status line for a report: scored spots and genes, and the measured
-    slide's own PC1 share, effective rank and ARI, which the methods' columns are read against."""
+    slide's own PC1 share, effective rank (also without its Poisson noise) and ARI, which the
+    methods' columns are read against."""
     from ..core.patterns import with_signal
 
     truth = report["truth"]
@@ -1273,7 +1274,12 @@ def _report_line(report: dict) -> str:
             if ari is not None and np.isfinite(ari)
             else ""
         )
-        + "; a method close to these keeps the slide's gene-specific structure"
+        + (
+            "; a method whose effective rank is under half of the slide's without noise follows "
+            "fewer patterns than the slide (its genes are not for co-expression)"
+            if signal is not None and np.isfinite(signal)
+            else "; a method whose effective rank is far below the slide's follows fewer patterns than the slide"
+        )
     )
 
 

@@ -6,9 +6,10 @@ enhanced genes at the measured spots are kept; at the end their PC1 share and ef
 are compared with the measured slide's at the same spots and genes, as measured and without its
 Poisson noise (count splitting: the measured rank counts each gene's sampling noise as a pattern
 of its own, so on real slides it is 2.4-8 times the signal's). When the enhanced genes follow
-fewer than :data:`FEW_PATTERNS` effective patterns, or under :data:`SIGNAL_SHARE` of the
-signal's, the user is told, in plain words, not to read co-expression from them. With fewer
-than :data:`MIN_GENES` genes (but at least
+under :data:`SIGNAL_SHARE` of the signal's effective patterns the user is told, in plain
+words, not to read co-expression from them. Only where the signal cannot be estimated (not
+counts) do the bars of the measured rank apply: fewer than :data:`FEW_PATTERNS` effective
+patterns, and with fewer than :data:`MIN_GENES` genes (but at least
 :data:`MIN_GENES_STRONG`) only strong evidence counts: the enhanced genes follow about one pattern
 (effective rank below :data:`STRONG_RANK`) while the measured ones clearly follow more (at least
 :data:`STRONG_RATIO` times as many), and ``no_warning`` says what was missing when it is not;
@@ -39,33 +40,42 @@ MIN_GENES = 20  # below this, the effective rank is capped by the gene count: on
 MIN_GENES_STRONG = 5  # fewer genes say nothing about how many patterns they share
 STRONG_RANK = 1.5  # with few genes: the enhanced genes follow about one pattern ...
 STRONG_RATIO = 2.0  # ... and the measured ones at least this many times as many
-#: an effective rank under this share of the measured signal's (without Poisson noise) is
-#: warned about too: on the 18 real slides the default keeps 0.23-0.51 of it, its low-rank part
-#: alone 0.09-0.47, a per-gene smoother of the same fit 0.75-3.05 (docs/design.md)
+#: the bar when the measured signal's rank (without Poisson noise) is known: an enhanced rank under
+#: this share of it is warned about. The signal's spatially smooth part (its covariance between
+#: neighbouring spots), what an estimate at an unmeasured site can reach, holds 0.59-0.91 of it on
+#: the 18 real slides; the default keeps 0.23-0.51, its low-rank part alone 0.09-0.47, each
+#: gene's whole smoothed residual 0.75-3.05 (docs/design.md)
 SIGNAL_SHARE = 0.5
 N_SPLITS = 5  # binomial count splits averaged for the measured signal
 
 
 def few_patterns(rank: float, measured_rank: float, n_genes: int, signal_rank: float = float("nan")) -> bool:
-    """Whether enhanced genes with effective rank ``rank`` (measured: ``measured_rank``; without
-    its Poisson noise: ``signal_rank``, NaN when unknown) over ``n_genes`` genes follow "a few
-    shared patterns": with at least :data:`MIN_GENES` genes below :data:`FEW_PATTERNS`, or below
-    :data:`SIGNAL_SHARE` of ``signal_rank``; with fewer (down to :data:`MIN_GENES_STRONG`) only
-    about one pattern against a measured rank :data:`STRONG_RATIO` times as high; never with
-    fewer genes."""
+    """Whether enhanced genes with effective rank ``rank`` over ``n_genes`` genes follow too few
+    shared patterns to read co-expression from them.
+
+    With the measured genes' rank without their Poisson noise known (``signal_rank``; count
+    splitting, :class:`PatternCheck`): under :data:`SIGNAL_SHARE` of it, from
+    :data:`MIN_GENES_STRONG` genes (the measured signal is the yardstick whatever the number of
+    genes: over 20 genes of a Visium slide it can itself hold under 3 patterns). Without it (NaN)
+    the bars of the measured rank ``measured_rank``, which counts each gene's noise as a pattern:
+    below :data:`FEW_PATTERNS` with at least :data:`MIN_GENES` genes; with fewer only about one
+    pattern (:data:`STRONG_RANK`) against a measured rank :data:`STRONG_RATIO` times as high.
+    Never with fewer than :data:`MIN_GENES_STRONG` genes.
+    """
+    if n_genes < MIN_GENES_STRONG:
+        return False
+    if np.isfinite(signal_rank):
+        return bool(rank < SIGNAL_SHARE * signal_rank)
     if n_genes >= MIN_GENES:
-        return bool(rank < FEW_PATTERNS or rank < SIGNAL_SHARE * signal_rank)  # NaN compares False
-    if n_genes >= MIN_GENES_STRONG:
-        return bool(rank < STRONG_RANK and measured_rank >= STRONG_RATIO * rank)
-    return False
+        return bool(rank < FEW_PATTERNS)
+    return bool(rank < STRONG_RANK and measured_rank >= STRONG_RATIO * rank)
 
 
-def how_few(rank: float, n_genes: int) -> str:
-    """What :func:`few_patterns` found, in words: ``"a few shared patterns"``, or, when only the
-    measured signal's rank made it few, under half as many as that."""
-    if rank < FEW_PATTERNS or n_genes < MIN_GENES:
-        return "a few shared patterns"
-    return "under half as many shared patterns as the measured genes without their Poisson noise"
+def how_few(signal_rank: float) -> str:
+    """What :func:`few_patterns` found, in words, by the bar it used."""
+    if np.isfinite(signal_rank):
+        return "under half as many shared patterns as the measured genes once their Poisson noise is removed"
+    return "a few shared patterns"
 
 
 class PatternCheck:
@@ -139,7 +149,7 @@ class PatternCheck:
             out["not_judged"] = "the effective rank is not finite (constant values)"
             return out
         few = few_patterns(rank, measured_rank, n, signal_rank)
-        if MIN_GENES_STRONG <= n < MIN_GENES and not few:
+        if MIN_GENES_STRONG <= n < MIN_GENES and not few and not np.isfinite(signal_rank):
             out["no_warning"] = (
                 f"no warning from {n} genes: under {MIN_GENES} genes a warning needs an effective "
                 f"rank under {STRONG_RANK} (here {rank:.1f}) with the measured genes' at least "
@@ -151,12 +161,12 @@ class PatternCheck:
             )
         if few:
             out["warning"] = (
-                f"the enhanced genes follow {how_few(rank, n)} (effective rank {rank:.1f} over the "
+                f"the enhanced genes follow {how_few(signal_rank)} (effective rank {rank:.1f} over the "
                 f"{len(self.genes)} most spatially variable genes; measured "
                 f"{with_signal(measured_rank, signal_rank, '.1f')}; PC1 holds {pc1:.0%} of their "
                 f"variance, measured {with_signal(measured_pc1, signal_pc1, '.0%')}): not suitable for "
-                "co-expression, clustering or differential-expression analysis; use layers['measured'] "
-                "for those"
+                "co-expression, clustering or differential-expression analysis; use the measured spots "
+                "for those (layers['measured'] where obs['kind'] == 'measured'; it is 0 at new sites)"
             )
         return out
 
@@ -188,9 +198,9 @@ __all__ = [
 
 
 def with_signal(measured: float, signal: float, spec: str) -> str:
-    """``"18.2"``, or ``"18.2, 5.3 without Poisson noise"`` when the signal's value is known."""
+    """``"18.2"``, or ``"18.2, or 5.3 without its Poisson noise"`` when the signal's value is known."""
     text = format(measured, spec)
-    return f"{text}, {format(signal, spec)} without Poisson noise" if np.isfinite(signal) else text
+    return f"{text}, or {format(signal, spec)} without its Poisson noise" if np.isfinite(signal) else text
 
 
 def _count(n: int, noun: str) -> str:
