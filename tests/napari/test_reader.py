@@ -276,6 +276,34 @@ def test_enhanced_file_opens_at_half_pitch_over_its_slide_and_exports_again(
         write_enhanced(str(tmp_path / "x2.h5ad"), layers)
 
 
+def test_opening_an_output_whose_genes_share_few_patterns_says_so(make_napari_viewer, tmp_path):
+    """`stentrans enhance` warned that the output's genes follow few shared patterns; opened in
+    napari, the same file said nothing."""
+    from dataclasses import replace
+
+    from napari.utils.notifications import notification_manager
+
+    import napari_stentrans as st
+    from napari_stentrans.core.classical import ClassicalParams
+
+    r, c = block_sites("hex", 12, 20)
+    adata = make_slide(r, c, "hex", n_genes=30)
+    fitted = st.fit(adata)
+    replace(fitted, params=ClassicalParams(1, None, None), _bases={}).write(adata, tmp_path / "one.h5ad")
+    fitted.write(adata, tmp_path / "default.h5ad")
+    warnings_of = {
+        name: read(tmp_path / name).uns["stentrans"]["patterns"].get("warning")
+        for name in ("one.h5ad", "default.h5ad")
+    }
+    assert warnings_of["one.h5ad"] is not None
+    viewer = make_napari_viewer()
+    for name, warning in warnings_of.items():
+        before = len(notification_manager.records)
+        viewer.open(str(tmp_path / name), plugin="napari-stentrans")
+        said = [str(n.message) for n in notification_manager.records[before:]]
+        assert said == ([f"{name}: {warning}"] if warning else []), name
+
+
 def test_inputs_the_core_reads_open_in_napari(make_napari_viewer, tmp_path):
     """The inputs the napari reader used to decline: a folder holding one .h5ad and a .tsv.bz2 table."""
     import bz2

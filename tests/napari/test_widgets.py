@@ -339,6 +339,11 @@ def test_live_imputation_and_export_round_trip(st_viewer, qtbot, tmp_path):
     widget = _dock(st_viewer, "Train & enhance")
     _fast(widget)
     run_to_end(widget, qtbot)
+    # four genes on screen are too few to judge shared patterns: said, and where they are judged
+    assert widget._status.value.endswith(
+        ". Shared patterns not judged: only 4 genes (at least 5 are needed to judge patterns); Export "
+        "checks every gene"
+    )
     gene = actions.shown_genes(st_viewer)[0]
     before = np.asarray(st_viewer.layers[f"{gene} x2"].data).copy()
     layer = actions.lost_layer(st_viewer)

@@ -115,6 +115,8 @@ def test_export_writes_all_or_chosen_genes_and_reopens(make_napari_viewer, qtbot
         assert back.n_vars == n_genes
         assert f"x {n_genes:,} genes" in export._status.value  # it says what it wrote
         assert ("every gene detected" in export._status.value) == (which == "all")
+        warned = back.uns["stentrans"]["patterns"].get("warning")
+        assert ("Note:" in export._status.value) == (warned is not None)
         assert back.n_obs == info.enhanced.n_obs
     assert list(back.var_names) == [str(info.adata.var_names[5]), str(info.adata.var_names[7])]
     # the export is the CLI writer's file: it opens again through the core and the plugin reader
@@ -125,6 +127,18 @@ def test_export_writes_all_or_chosen_genes_and_reopens(make_napari_viewer, qtbot
     assert reader is not None
     roles = [t[1]["metadata"]["stentrans"]["role"] for t in reader(str(tmp_path / "all.h5ad"))]
     assert roles.count("enhanced") == 4  # its "GENE x2" layers
+    # the pattern check of the file written, over every gene, in the status line (napari never
+    # showed it: Train's 4 genes on screen are too few to judge)
+    from dataclasses import replace
+
+    from napari_stentrans.core.classical import ClassicalParams
+
+    info.model = replace(info.model, params=ClassicalParams(1, None, None), _bases={})  # a rank-1 estimate
+    export._which.value = "all"
+    assert export.export(tmp_path / "rank1.h5ad") is not None
+    qtbot.waitUntil(lambda: export.worker is None, timeout=120_000)
+    warning = ad.read_h5ad(tmp_path / "rank1.h5ad").uns["stentrans"]["patterns"]["warning"]
+    assert export._status.value.endswith(f"to rank1.h5ad. Note: {warning}")
 
 
 def test_export_refuses_unknown_genes_and_writes_nothing(make_napari_viewer, qtbot, tmp_path):

@@ -1011,9 +1011,10 @@ def run_export(job: ExportJob, stop=None) -> str:
             inputs=tuple(p for p in [job.source] if p),
         )
     n_sites, n_genes = len(written.obs), len(written.var)
+    warning = written.uns.get("patterns", {}).get("warning")  # the check over every gene written
     return (
         f"exported {n_sites:,} sites x {n_genes:,} genes ({job.what}; {n_genes:,} of the slide's "
-        f"{job.adata.n_vars:,}) to {Path(job.path).name}"
+        f"{job.adata.n_vars:,}) to {Path(job.path).name}" + (f". Note: {warning}" if warning else "")
     )
 
 

@@ -47,6 +47,11 @@ def read_slide_layers(path: str | list[str]) -> list[tuple]:
         return _library_layers(path, several.libraries)
     name = path.name.split(".")[0]
     if is_enhanced(adata):
+        warning = (adata.uns["stentrans"].get("patterns") or {}).get("warning")
+        if warning:  # what `stentrans enhance` printed when it wrote the file
+            from napari.utils.notifications import show_warning
+
+            show_warning(f"{path.name}: {warning}")
         return enhanced_file_layers(adata, name=name)
     return slide_layers(adata, name=name)
 

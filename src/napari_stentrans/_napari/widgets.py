@@ -982,11 +982,17 @@ class TrainWidget(_SlideWidget):
             return
         run = actions.record_result(self._viewer, slide_id, model, enhanced)
         self._pending = [(t, run) for t in layer_tuples]
-        warning = enhanced.uns["stentrans"].get("patterns", {}).get("warning")
+        patterns = enhanced.uns["stentrans"].get("patterns", {})
+        warning = patterns.get("warning")
+        if warning:
+            note = f". Note: {warning}"
+        elif "not_judged" in patterns:  # the genes on screen are too few to say
+            note = f". Shared patterns not judged: {patterns['not_judged']}; Export checks every gene"
+        else:
+            note = ""
         self._status.value = (
             f"run {run}: enhanced {enhanced.n_obs:,} sites x {enhanced.n_vars} genes on screen as "
-            f"'GENE x2' layers (the Export panel writes every gene)"
-            + (f". Note: {warning}" if warning else "")
+            f"'GENE x2' layers (the Export panel writes every gene)" + note
         )
         # the verdict has its own line: later status messages never replace it
         source = f" Model file: {Path(model_path).name}." if model_path is not None else ""
