@@ -1074,7 +1074,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"{'measured (truth)':22s} {'':9s} {'':9s} {'':16s} {'':10s} {'':9s} {truth['pc1_share']:10.2f} "
         f"{truth['effective_rank']:10.1f} {1.0:6.2f}" + (f" {truth['ari']:6.3f}" if ari else "")
     )
-    if np.isfinite(truth.get("signal_effective_rank", float("nan"))):  # the truth's ranks without noise
+    noise_free = np.isfinite(
+        truth.get("signal_effective_rank", float("nan"))
+    )  # the truth's ranks without noise
+    if noise_free:
         print(
             f"{' without Poisson noise':22s} {'':9s} {'':9s} {'':16s} {'':10s} {'':9s} "
             f"{truth['signal_pc1_share']:10.2f} {truth['signal_effective_rank']:10.1f}"
@@ -1089,7 +1092,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         + (f"; ARI over the {truth['n_labelled']} scored spots with a label" if ari else "")
         + (f"; {report['warning']}" if "warning" in report else "")
     )
-    if np.isfinite(truth.get("signal_effective_rank", float("nan"))):
+    if noise_free:
         print(
             "without Poisson noise: the truth's PC1 share and effective rank by count splitting; a method "
             "under half of that rank follows fewer patterns than the slide (not for co-expression)"
