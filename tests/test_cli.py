@@ -109,9 +109,15 @@ def test_info_of_an_output_repeats_its_pattern_check(slide_file, tmp_path, capsy
     from napari_stentrans.core.classical import ClassicalParams
 
     slide = ad.read_h5ad(slide_file)
-    fitted = st.fit(slide)
-    replace(fitted, params=ClassicalParams(1, None, None), _bases={}).write(slide, tmp_path / "one.h5ad")
+    replace(st.fit(slide), params=ClassicalParams(1, None, None), _bases={}).save(
+        tmp_path / "one.safetensors"
+    )
+    code, _, err = run_cli(
+        ["enhance", slide_file, "--model", tmp_path / "one.safetensors", "-o", tmp_path / "one.h5ad"], capsys
+    )
     warning = ad.read_h5ad(tmp_path / "one.h5ad").uns["stentrans"]["patterns"]["warning"]
+    assert code == 0 and err.count("stentrans: warning: the enhanced genes") == 1  # said once
+    assert f"stentrans: warning: {warning}" in err.splitlines()
     code, info, _ = run_cli(["info", tmp_path / "one.h5ad"], capsys)
     assert code == 0 and f"warning:   {warning}" in info.splitlines()
 

@@ -231,17 +231,20 @@ def test_pattern_check_compares_with_the_measured_signal_without_its_poisson_noi
     """Eight shared patterns are not "a few", but they are under half of the 50-odd the measured
     genes follow once their Poisson noise is taken out: warned, in those words; a per-gene
     estimate is not."""
+    import warnings
     from dataclasses import replace
 
     from napari_stentrans.core.classical import ClassicalParams
     from napari_stentrans.core.config import preset
     from napari_stentrans.core.fitting import fit
-    from napari_stentrans.core.patterns import FEW_PATTERNS, SIGNAL_SHARE, few_patterns
+    from napari_stentrans.core.patterns import FEW_PATTERNS, SIGNAL_SHARE, SharedPatternsWarning, few_patterns
 
     adata = _own_pattern_slide()
     fitted = fit(adata, preset("default", "hex", min_detection=0.0, calibrate_counts=False), device="cpu")
     rank_eight = replace(fitted, params=ClassicalParams(8, 1.0, None), _bases={})
-    patterns = rank_eight.enhance(adata).uns["stentrans"]["patterns"]
+    with pytest.warns(SharedPatternsWarning) as said:  # the Python API says it, not only uns
+        patterns = rank_eight.enhance(adata).uns["stentrans"]["patterns"]
+    assert [str(w.message) for w in said if w.category is SharedPatternsWarning] == [patterns["warning"]]
     signal = patterns["measured_signal_effective_rank"]
     # the noise is counted as patterns of their own in the measured rank, not in the signal's
     assert 30 < signal < patterns["measured_effective_rank"]
@@ -256,13 +259,16 @@ def test_pattern_check_compares_with_the_measured_signal_without_its_poisson_noi
         in patterns["warning"]
     )
     per_gene = replace(fitted, params=ClassicalParams(8, 1.0, None, residual=0.0), _bases={})
-    kept = per_gene.enhance(adata).uns["stentrans"]["patterns"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SharedPatternsWarning)  # not warned: raising would fail
+        kept = per_gene.enhance(adata).uns["stentrans"]["patterns"]
     assert (
         kept["effective_rank"] >= SIGNAL_SHARE * kept["measured_signal_effective_rank"]
         and "warning" not in kept
     )
     # the same slide gives the same numbers (a fixed split), in memory and streamed alike
-    streamed = rank_eight.write(adata, tmp_path / "o.h5ad").uns["patterns"]
+    with pytest.warns(SharedPatternsWarning, match="under half as many shared patterns"):
+        streamed = rank_eight.write(adata, tmp_path / "o.h5ad").uns["patterns"]
     assert streamed["measured_signal_effective_rank"] == pytest.approx(signal, rel=1e-6)
     assert streamed["warning"] == patterns["warning"]
     # the signal's rank is the bar when known, whatever the fixed bar of 5 says: 20 genes of a

@@ -66,6 +66,7 @@ _API = {
     "LeftOutFeaturesWarning": "napari_stentrans.core.io",
     "ImputedSitesWarning": "napari_stentrans.core.slide",
     "NetworkNotKeptWarning": "napari_stentrans.core.estimators.base",
+    "SharedPatternsWarning": "napari_stentrans.core.patterns",
 }
 
 __all__ = ["__version__", *_API]
@@ -107,6 +108,7 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from .core.io.spatialdata import write_spatialdata  # noqa: F401
     from .core.lattice import Lattice, detect_lattice  # noqa: F401
+    from .core.patterns import SharedPatternsWarning  # noqa: F401
     from .core.pretrain import finetune, pretrain  # noqa: F401
     from .core.slide import ImputedSitesWarning, Slide  # noqa: F401
 

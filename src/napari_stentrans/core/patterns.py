@@ -18,6 +18,8 @@ with fewer genes or spots ``not_judged`` says why no verdict was given.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from .classical import TARGET_SUM, normalize
@@ -69,6 +71,19 @@ def few_patterns(rank: float, measured_rank: float, n_genes: int, signal_rank: f
     if n_genes >= MIN_GENES:
         return bool(rank < FEW_PATTERNS)
     return bool(rank < STRONG_RANK and measured_rank >= STRONG_RATIO * rank)
+
+
+class SharedPatternsWarning(UserWarning):
+    """The enhanced genes follow too few shared patterns to read co-expression from them
+    (:func:`few_patterns`); the message is ``uns["stentrans"]["patterns"]["warning"]``."""
+
+
+def warn_shared_patterns(patterns: dict, stacklevel: int = 2) -> None:
+    """Issue the check's warning, if it has one, as a :class:`SharedPatternsWarning` (the Python
+    API's user sees it without reading ``uns``; the CLI prints it as ``stentrans: warning: ...``
+    and napari's workers relay it as a notification)."""
+    if "warning" in patterns:
+        warnings.warn(patterns["warning"], SharedPatternsWarning, stacklevel=stacklevel + 1)
 
 
 def how_few(signal_rank: float) -> str:
@@ -187,6 +202,8 @@ class PatternCheck:
 
 __all__ = [
     "PatternCheck",
+    "SharedPatternsWarning",
+    "warn_shared_patterns",
     "FEW_PATTERNS",
     "MIN_GENES",
     "MIN_GENES_STRONG",

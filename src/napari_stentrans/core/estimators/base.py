@@ -706,7 +706,7 @@ class FittedModel(ABC):
         parameters, versions and training history.
         """
         from ..output import assemble
-        from ..patterns import PatternCheck
+        from ..patterns import PatternCheck, warn_shared_patterns
 
         keep = _measured_counts(measured)
         slide, gene_idx, sites = self._job(as_slide(data, mask, fill_holes), None, genes, classical)
@@ -717,7 +717,9 @@ class FittedModel(ABC):
         if keep:
             MeasuredCounts(slide, sites).put(counts, gene_idx)
             predictor.notes["measured_sites"] = MeasuredCounts.NOTE
-        return assemble(slide, self, gene_idx, sites, counts, predictor, check.result())
+        patterns = check.result()
+        warn_shared_patterns(patterns)
+        return assemble(slide, self, gene_idx, sites, counts, predictor, patterns)
 
     def write(
         self,
@@ -747,6 +749,7 @@ class FittedModel(ABC):
             ``path`` is an input file.
         """
         from ..files import refuse_inputs
+        from ..patterns import warn_shared_patterns
         from ..streaming import write_streamed
 
         keep = _measured_counts(measured)
@@ -758,7 +761,7 @@ class FittedModel(ABC):
         if keep:
             predictor.notes["measured_sites"] = MeasuredCounts.NOTE
         try:
-            return write_streamed(
+            written = write_streamed(
                 slide,
                 self,
                 gene_idx,
@@ -771,6 +774,8 @@ class FittedModel(ABC):
             )
         finally:
             predictor.release()
+        warn_shared_patterns(written.uns["patterns"])
+        return written
 
     def _job(self, data, mask, genes, classical: str) -> tuple[Slide, np.ndarray, OutputSites]:
         from ..sites import output_sites
