@@ -342,7 +342,13 @@ def test_quality_check_progress_stop_verdict_and_csv(make_napari_viewer, qtbot, 
     assert "residual_cnn" not in verdict and "best" not in verdict
     csv = quality.save_csv(tmp_path / "quality.csv")
     table = pd.read_csv(csv)
-    assert list(table["method id"]) == ["default", "nearest", "linear", "truth"]
+    assert list(table["method id"]) == ["default", "nearest", "linear", "truth", "truth_signal"]
+    # the bar of the pattern verdict: the truth's rank without its Poisson noise, in the CSV and
+    # as the truth cell's tooltip (only in the status line before)
+    noise_free = report["truth"]["signal_effective_rank"]
+    assert table["effective rank"][4] == round(noise_free, 3) and np.isnan(table["median r"][4])
+    tip = native.item(rows.index("effective rank"), 3).toolTip()
+    assert tip == f"{noise_free:.1f} without its Poisson noise (count splitting)"
     np.testing.assert_allclose(
         table["gene-specific r"][:3],
         [round(report["methods"][m]["gene_specific_r"], 3) for m in table["method id"][:3]],

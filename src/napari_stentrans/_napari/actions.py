@@ -1264,6 +1264,8 @@ def _few_patterns(report: dict, scores: dict) -> list[str]:
 #: the measured slide's own values in the quality table: what a method close to them keeps
 TRUTH_KEYS = ("pc1_share", "effective_rank", "ari")
 TRUTH = "truth"  # the measured slide's column (CSV row), as the JSON report names it
+TRUTH_SIGNAL = "truth_signal"  # the CSV row of the truth without its Poisson noise
+SIGNAL_KEYS = ("pc1_share", "effective_rank")  # what the truth has without its noise
 
 
 def quality_table(report: dict, columns: dict[str, str]) -> dict[str, list]:
@@ -1290,13 +1292,27 @@ def quality_table(report: dict, columns: dict[str, str]) -> dict[str, list]:
 
 
 def write_quality_csv(report: dict, path, columns: dict[str, str]) -> Path:
-    """The quality table as CSV (one row per method, then the measured slide's own values)."""
+    """The quality table as CSV (one row per method, then the measured slide's own values, then
+    its PC1 share and effective rank without its Poisson noise when the report has them)."""
     import pandas as pd
 
     from ..core.files import atomic_path
 
     table = pd.DataFrame(quality_table(report, columns))
     table.insert(1, "method id", [*report["methods"], TRUTH])
+    noise_free = {  # the truth's spectrum without its Poisson noise: the pattern verdict's bar
+        column: round(float(value), 3)
+        for column, key in columns.items()
+        if key in SIGNAL_KEYS
+        and (value := report.get("truth", {}).get(f"signal_{key}")) is not None
+        and np.isfinite(value)
+    }
+    if noise_free:
+        row = {
+            "method": "measured slide without its Poisson noise (count splitting)",
+            "method id": TRUTH_SIGNAL,
+        }
+        table = pd.concat([table, pd.DataFrame([{**row, **noise_free}])], ignore_index=True)
     path = Path(path)
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False)

@@ -1553,6 +1553,15 @@ class QualityWidget(_SlideWidget):
             native.horizontalHeaderItem(column).setToolTip(str(label))
         for row, tip in enumerate(QUALITY_TIPS.values()):
             native.verticalHeaderItem(row).setToolTip(tip)
+        truth = report.get("truth", {})
+        for row, metric in enumerate(QUALITY_COLUMNS):  # the truth's value without its noise
+            value = truth.get(f"signal_{QUALITY_COLUMNS[metric]}")
+            if QUALITY_COLUMNS[metric] in actions.SIGNAL_KEYS and value is not None and np.isfinite(value):
+                item = native.item(row, len(ids) - 1)
+                if item is not None:
+                    item.setToolTip(
+                        f"{value:.{digits.get(metric, 3)}f} without its Poisson noise (count splitting)"
+                    )
         # columns as wide as their text and a little more: Qt's padding made five columns too
         # wide for the ~370 px the docked panel leaves the table
         text = native.horizontalHeader().fontMetrics().horizontalAdvance
