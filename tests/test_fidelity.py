@@ -271,6 +271,12 @@ def test_pattern_check_compares_with_the_measured_signal_without_its_poisson_noi
         streamed = rank_eight.write(adata, tmp_path / "o.h5ad").uns["patterns"]
     assert streamed["measured_signal_effective_rank"] == pytest.approx(signal, rel=1e-6)
     assert streamed["warning"] == patterns["warning"]
+    # st.enhance says it at the caller's line, as model.enhance does (it named fitting.py)
+    import napari_stentrans as st
+
+    with pytest.warns(SharedPatternsWarning) as said:
+        st.enhance(adata, min_detection=0.0, gene_residuals="none", calibrate_counts=False)
+    assert {w.filename for w in said if w.category is SharedPatternsWarning} == {__file__}
     # the signal's rank is the bar when known, whatever the fixed bar of 5 says: 20 genes of a
     # Visium case follow 2.4 patterns without their noise, and 1.8 is not too few
     assert few_patterns(8.0, 60.0, 80, 20.0) and not few_patterns(8.0, 60.0, 80, 15.0)

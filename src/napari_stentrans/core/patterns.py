@@ -79,9 +79,10 @@ class SharedPatternsWarning(UserWarning):
 
 
 def warn_shared_patterns(patterns: dict, stacklevel: int = 2) -> None:
-    """Issue the check's warning, if it has one, as a :class:`SharedPatternsWarning` (the Python
-    API's user sees it without reading ``uns``; the CLI prints it as ``stentrans: warning: ...``
-    and napari's workers relay it as a notification)."""
+    """Issue the check's warning, if it has one, as a :class:`SharedPatternsWarning`: the Python
+    API's user sees it without reading ``uns``, and the CLI prints it as ``stentrans: warning:
+    ...``. napari 0.9 does not show a worker's warnings; its panels say the warning in their
+    status lines and its reader as a notification."""
     if "warning" in patterns:
         warnings.warn(patterns["warning"], SharedPatternsWarning, stacklevel=stacklevel + 1)
 
