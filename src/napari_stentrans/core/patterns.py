@@ -123,9 +123,9 @@ class PatternCheck:
         self.genes = np.sort(candidates[top])  # slide gene indices
         order = np.argsort(gene_idx)  # gene_idx follows the user's request, not the slide's order
         self.columns = order[np.searchsorted(np.asarray(gene_idx)[order], self.genes)]  # batch columns
-        self.measured = slide.expression(self.genes)[spot_rows]
-        self.counts = slide.expression(self.genes, "none")[spot_rows]  # for the signal's spectrum
+        self.counts = slide.expression(self.genes, "none")[spot_rows]  # also for the signal's spectrum
         measured_depth = slide.depth[sites.spot[measured]]
+        self.measured = normalize(self.counts, measured_depth, TARGET_SUM)  # as slide.expression does
         self.measured_depth = measured_depth
         self.depth = measured_depth if depth is None else np.asarray(depth)[measured]
         self.enhanced = np.zeros((len(measured), len(self.genes)), dtype=np.float32)
