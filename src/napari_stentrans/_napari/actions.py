@@ -1249,8 +1249,7 @@ def _few_patterns(report: dict, scores: dict) -> list[str]:
     rank, measured = scores.get("effective_rank"), truth.get("effective_rank")
     if rank is None or measured is None or not (np.isfinite(rank) and np.isfinite(measured)):
         return []
-    signal = truth.get("signal_effective_rank")
-    signal = float("nan") if signal is None else float(signal)  # JSON writes NaN as null
+    signal = without_noise(truth, "effective_rank")
     n_genes = len(report.get("spatial_genes", []))
     if not few_patterns(rank, measured, n_genes, signal):
         return []
@@ -1266,6 +1265,13 @@ TRUTH_KEYS = ("pc1_share", "effective_rank", "ari")
 TRUTH = "truth"  # the measured slide's column (CSV row), as the JSON report names it
 TRUTH_SIGNAL = "truth_signal"  # the CSV row of the truth without its Poisson noise
 SIGNAL_KEYS = ("pc1_share", "effective_rank")  # what the truth has without its noise
+
+
+def without_noise(truth: dict, key: str) -> float:
+    """The truth's ``key`` (one of :data:`SIGNAL_KEYS`) without its Poisson noise, from a
+    report's ``truth``; NaN when the report has none (a JSON report writes NaN as null)."""
+    value = truth.get(f"signal_{key}")
+    return float("nan") if value is None else float(value)
 
 
 def quality_table(report: dict, columns: dict[str, str]) -> dict[str, list]:
@@ -1301,11 +1307,9 @@ def write_quality_csv(report: dict, path, columns: dict[str, str]) -> Path:
     table = pd.DataFrame(quality_table(report, columns))
     table.insert(1, "method id", [*report["methods"], TRUTH])
     noise_free = {  # the truth's spectrum without its Poisson noise: the pattern verdict's bar
-        column: round(float(value), 3)
+        column: round(value, 3)
         for column, key in columns.items()
-        if key in SIGNAL_KEYS
-        and (value := report.get("truth", {}).get(f"signal_{key}")) is not None
-        and np.isfinite(value)
+        if key in SIGNAL_KEYS and np.isfinite(value := without_noise(report.get("truth", {}), key))
     }
     if noise_free:
         row = {

@@ -1269,8 +1269,8 @@ def _report_line(report: dict) -> str:
 
     truth = report["truth"]
     ari = truth.get("ari")
-    signal = truth.get("signal_effective_rank")
-    rank = with_signal(truth["effective_rank"], float("nan") if signal is None else float(signal), ".1f")
+    signal = actions.without_noise(truth, "effective_rank")
+    rank = with_signal(truth["effective_rank"], signal, ".1f")
     return (
         f"{report['n_heldout_spots']:,} held-out spots, {report['n_genes']} genes. Measured slide at "
         f"those spots: PC1 share {truth['pc1_share']:.2f}, effective rank {rank} "
@@ -1283,7 +1283,7 @@ def _report_line(report: dict) -> str:
         + (
             "; a method whose effective rank is under half of the slide's without noise follows "
             "fewer patterns than the slide (its genes are not for co-expression)"
-            if signal is not None and np.isfinite(signal)
+            if np.isfinite(signal)
             else "; a method whose effective rank is far below the slide's follows fewer patterns than the slide"
         )
     )
@@ -1554,9 +1554,8 @@ class QualityWidget(_SlideWidget):
         for row, tip in enumerate(QUALITY_TIPS.values()):
             native.verticalHeaderItem(row).setToolTip(tip)
         truth = report.get("truth", {})
-        for row, metric in enumerate(QUALITY_COLUMNS):  # the truth's value without its noise
-            value = truth.get(f"signal_{QUALITY_COLUMNS[metric]}")
-            if QUALITY_COLUMNS[metric] in actions.SIGNAL_KEYS and value is not None and np.isfinite(value):
+        for row, (metric, key) in enumerate(QUALITY_COLUMNS.items()):  # the truth's value without its noise
+            if key in actions.SIGNAL_KEYS and np.isfinite(value := actions.without_noise(truth, key)):
                 item = native.item(row, len(ids) - 1)
                 if item is not None:
                     item.setToolTip(
