@@ -67,6 +67,26 @@ def labels_of(name: str, adata) -> np.ndarray | None:
     return read_labels(SHARED / LABELS[name], adata.obs_names, array)
 
 
+def _stored(out: Path, name: str, protocol: str, seed: int) -> tuple[Path, Path, dict | None]:
+    """A run's full report path, its scores path, and what is stored of it (the full report, or
+    on a fresh checkout the scores alone; None when the run was never made)."""
+    path = out / "runs" / f"{name}__{protocol}__seed{seed}.json"
+    scores = out / "scores" / path.name
+    stored = next((p for p in (path, scores) if p.exists()), None)
+    return path, scores, json.loads(stored.read_text()) if stored is not None else None
+
+
+def _store(report: dict, path: Path, scores: Path, full: bool = True) -> None:
+    """Write a run's scores and (``full``) its full report, each atomically."""
+    from napari_stentrans.cli import _finite
+    from napari_stentrans.core.files import atomic_path
+
+    for target, content in ((path, report), (scores, scores_of(report)))[0 if full else 1 :]:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target) as tmp:
+            tmp.write_text(json.dumps(_finite(content), indent=None if target == path else 0))
+
+
 def run_one(
     name: str,
     relpath: str,
@@ -81,11 +101,8 @@ def run_one(
 
     ``refresh`` names a metric: methods asked for whose stored scores lack it are run again too.
     """
-    path = out / "runs" / f"{name}__{protocol}__seed{seed}.json"
-    scores = out / "scores" / path.name
     # a fresh checkout holds only the scores: methods stored there are not run again
-    stored = next((p for p in (path, scores) if p.exists()), None)
-    report = json.loads(stored.read_text()) if stored is not None else None
+    path, scores, report = _stored(out, name, protocol, seed)
     # stored before the fidelity metrics: the methods asked for run again, the others keep their
     # stored scores (same seeded split) and show no fidelity metrics
     stale = report is not None and "truth" not in report
@@ -99,9 +116,7 @@ def run_one(
     )
     if not missing:
         return report
-    from napari_stentrans.cli import _finite
     from napari_stentrans.core.evaluate import evaluate
-    from napari_stentrans.core.files import atomic_path
     from napari_stentrans.core.io import read
 
     start = time.perf_counter()
@@ -126,10 +141,7 @@ def run_one(
         report["wall_seconds"] = report.get("wall_seconds", 0) + new["wall_seconds"]
     else:
         report = new
-    for target, content in ((path, report), (scores, scores_of(report))):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(target) as tmp:
-            tmp.write_text(json.dumps(_finite(content), indent=None if target == path else 0))
+    _store(report, path, scores)
     return json.loads(path.read_text())
 
 
@@ -137,27 +149,18 @@ def refresh_truth(name: str, relpath: str, protocol: str, seed: int, genes: int 
     """The stored report of one run with its ``truth`` block computed again by today's code
     (for example the truth's spectrum without Poisson noise, added after the run); no method is
     run. The split is rebuilt from the seed and checked against the stored genes."""
-    from napari_stentrans.cli import _finite
     from napari_stentrans.core.evaluate import judged_against, make_split, truth_scores
-    from napari_stentrans.core.files import atomic_path
     from napari_stentrans.core.io import read
 
-    path = out / "runs" / f"{name}__{protocol}__seed{seed}.json"
-    scores = out / "scores" / path.name
-    stored = next((p for p in (path, scores) if p.exists()), None)
-    if stored is None:
+    path, scores, report = _stored(out, name, protocol, seed)
+    if report is None:
         sys.exit(f"{name} {protocol} seed {seed}: no stored run to refresh; run it first")
-    report = json.loads(stored.read_text())
     adata = read(SHARED / relpath)
     split = make_split(adata, protocol, n_genes=genes, seed=seed)
     digest = report.get("genes_digest") or _digest(report["genes"])
-    assert digest == _digest(split.genes.tolist()), f"{stored}: the split changed; re-run it"
+    assert digest == _digest(split.genes.tolist()), f"{scores}: the split changed; re-run it"
     report["truth"] = truth_scores(judged_against(split, labels_of(name, adata), seed), seed)
-    for target, content in ((path, report), (scores, scores_of(report))):
-        if target == path and not path.exists():
-            continue  # a fresh checkout holds the scores only
-        with atomic_path(target) as tmp:
-            tmp.write_text(json.dumps(_finite(content), indent=None if target == path else 0))
+    _store(report, path, scores, full=path.exists())  # a fresh checkout holds the scores only
     return report
 
 
