@@ -182,8 +182,8 @@ def plot_side_by_side(original: ad.AnnData, enhanced: ad.AnnData, genes: list[st
     image alone, framed as the maps are (the maps themselves are drawn on white), and beside it
     the sites the output imputed (``obs["kind"]``), in cyan as the napari layers paint lost
     regions (without imputed sites the image is centred over both columns). Each map is framed
-    on the tissue (no square box around a long section). Every gene of ``genes`` is drawn (choose them with :func:`genes_to_plot`); titles from
-    :func:`side_by_side_titles`. The PNG is ``2 * PANEL_INCHES + 1.6`` inches wide and
+    on the tissue (no square box around a long section). Every gene of ``genes`` is drawn
+    (choose them with :func:`genes_to_plot`); titles from :func:`side_by_side_titles`. The PNG is ``2 * PANEL_INCHES + 1.6`` inches wide and
     ``panel_height + TITLE_INCHES`` inches a row, at :data:`DPI`.
     """
     import matplotlib
