@@ -401,7 +401,7 @@ def test_quality_verdict_warns_when_the_enhanced_genes_share_a_few_patterns():
         },
     }
     assert actions.quality_verdict(report).endswith(
-        "Its genes follow a few shared patterns (effective rank 2.5, measured 13.2): not suitable for "
+        "Its genes follow a few shared patterns (effective rank 2.5; measured 13.2): not suitable for "
         "co-expression, clustering or differential-expression analysis."
     )
     report["methods"]["default"]["effective_rank"] = 9.0  # not few
@@ -409,8 +409,8 @@ def test_quality_verdict_warns_when_the_enhanced_genes_share_a_few_patterns():
     # 5.5 is not few either, but under half of the measured genes' 12 once their Poisson noise is out
     report["methods"]["default"]["effective_rank"], report["truth"]["signal_effective_rank"] = 5.5, 12.0
     assert (
-        "Its genes follow under half as many shared patterns as the measured genes once their Poisson "
-        "noise is removed (effective rank 5.5, measured 13.2, or 12.0 without its Poisson noise)"
+        "Its genes follow under half as many shared patterns as the measured genes without their "
+        "Poisson noise (effective rank 5.5 against 12.0)"
     ) in actions.quality_verdict(report)
     # 2.5 is "few", but so are the measured genes' 4.0 without their noise: not warned
     report["methods"]["default"]["effective_rank"], report["truth"]["signal_effective_rank"] = 2.5, 4.0

@@ -1243,7 +1243,7 @@ def _few_patterns(report: dict, scores: dict) -> list[str]:
     """The plain warning of the CLI when the enhanced genes share a few patterns at the held-out
     spots (:func:`~..core.patterns.few_patterns` over the report's spatially variable genes), as
     one sentence; none otherwise."""
-    from ..core.patterns import few_patterns, how_few, with_signal
+    from ..core.patterns import NOT_SUITABLE, compared, few_patterns, how_few
 
     truth = report.get("truth", {})
     rank, measured = scores.get("effective_rank"), truth.get("effective_rank")
@@ -1253,11 +1253,7 @@ def _few_patterns(report: dict, scores: dict) -> list[str]:
     n_genes = len(report.get("spatial_genes", []))
     if not few_patterns(rank, measured, n_genes, signal):
         return []
-    return [
-        f"Its genes follow {how_few(signal)} (effective rank {rank:.1f}, measured "
-        f"{with_signal(measured, signal, '.1f')}): not suitable for co-expression, clustering or "
-        "differential-expression analysis."
-    ]
+    return [f"Its genes follow {how_few(signal)} ({compared(rank, measured, signal)}): {NOT_SUITABLE}."]
 
 
 #: the measured slide's own values in the quality table: what a method close to them keeps
