@@ -156,8 +156,9 @@ def test_st_table_repeated_gene_names_are_kept_renamed_with_a_warning(tmp_path, 
     counts = np.arange(12).reshape(4, 3)
     table = pd.DataFrame(counts, index=["1x1", "1x2", "2x1", "2x2"], columns=["Actb", "Gapdh", "Actb"])
     (table if genes_as == "columns" else table.T).to_csv(tmp_path / "counts.tsv", sep="\t")
-    with pytest.warns(DuplicateGeneNamesWarning, match=r"counts\.tsv: 1 gene name\(s\) .*'Actb'"):
+    with pytest.warns(DuplicateGeneNamesWarning, match=r"counts\.tsv: 1 gene name\(s\) .*'Actb'") as said:
         a = read(tmp_path / "counts.tsv")
+    assert [w.filename for w in said] == [__file__]  # the user's line, not the reader's module
     # the same names whichever way the table is turned (pandas alone renames header repeats "Actb.1")
     assert list(a.var_names) == ["Actb", "Gapdh", "Actb-1"]
     np.testing.assert_array_equal(a.X.toarray(), counts)

@@ -15,12 +15,12 @@ progress bar and the napari worker both drive it.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterator
 
 import anndata as ad
 import numpy as np
 
+from .caller import warns_at_caller
 from .config import Config, Runtime, preset
 from .errors import ConfigError, TrainingStopped
 from .estimators import make_estimator
@@ -183,6 +183,7 @@ def _fitted(slide, config, device, stop, callback, overrides) -> FittedModel:
     return model
 
 
+@warns_at_caller
 def enhance(
     data: ad.AnnData | Slide,
     *,
@@ -225,15 +226,8 @@ def enhance(
     resolved = resolve_config(config, slide.lattice.kind, overrides)
     slide.gene_indices(genes, resolved.data.min_detection)  # a typo fails here, not after training
     references = {"reference": reference, "reference_names": reference_names} if reference else {}
-    # the fit's and the enhancement's warnings (a network not kept, shared patterns, imputed
-    # sites) name the caller's line, as st.fit's and model.enhance's do, not this module's
-    with warnings.catch_warnings(record=True) as said:
-        warnings.simplefilter("always")
-        model = _fitted(slide, resolved, device, stop, callback, references)
-        enhanced = model.enhance(slide, genes=genes, device=device, stop=stop, measured=measured)
-    for warning in said:
-        warnings.warn(warning.message, warning.category, stacklevel=2)
-    return enhanced
+    model = _fitted(slide, resolved, device, stop, callback, references)
+    return model.enhance(slide, genes=genes, device=device, stop=stop, measured=measured)
 
 
 __all__ = ["Trainer", "fit", "enhance", "resolve_config"]

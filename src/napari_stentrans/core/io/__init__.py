@@ -21,6 +21,7 @@ from pathlib import Path
 
 import anndata as ad
 
+from ..caller import warns_at_caller
 from ..errors import InputError, SeveralLibrariesError
 from .common import (
     MIN_SPOTS,
@@ -48,6 +49,7 @@ from .spatialdata import is_spatialdata_store, read_spatialdata
 from .st_table import TABLE_SUFFIXES, read_st_table
 
 
+@warns_at_caller
 def read(
     path: str | Path,
     *,
