@@ -322,16 +322,20 @@ def test_info_of_an_enhanced_file_counts_the_model_training_genes(tmp_path, caps
     kept = result.uns["stentrans"]["model"]["estimator"] != "classical"
     what = "its network was trained on" if kept else "its low-rank basis was fitted on"
     held = " (less those held out to validate it)" if kept else ""
-    assert (
-        f"genes:     3 enhanced; {what} the {n_training} most variable genes{held}, {among} of them among these 3\n"
-        in out
-    )
+    which = (
+        "all 3 of these among them" if among == 3 else f"{among} of them among these 3"
+    )  # not "3 of ... 3"
+    assert f"genes:     3 enhanced; {what} the {n_training} most variable genes{held}, {which}\n" in out
     network = fit_network(ad.read_h5ad(tmp_path / "slide.h5ad"), tiny_config())  # kept whatever the gate says
     network.write(ad.read_h5ad(tmp_path / "slide.h5ad"), tmp_path / "n.h5ad", genes=["G0"], device="cpu")
     code, out, _ = run_cli(["info", tmp_path / "n.h5ad"], capsys)
     assert code == 0 and (
         "genes:     1 enhanced; its network was trained on the 16 most variable genes (less those held "
         "out to validate it), " in out
+    )
+    one = ad.read_h5ad(tmp_path / "n.h5ad").var["training_gene"].iloc[0]
+    assert out.split("validate it), ")[1].startswith(
+        "this gene among them\n" if one else "0 of them among these 1\n"
     )
     run_cli(
         ["enhance", tmp_path / "slide.h5ad", "-o", tmp_path / "d.h5ad", "--genes", "G0,G1", "--quiet"], capsys

@@ -255,7 +255,7 @@ def test_a_legacy_st_labels_table_is_matched_by_rounded_array_coordinates(tmp_pa
 def test_her2st_labels_reach_every_spot_of_their_section(shared_data, capsys):
     """`stentrans evaluate --labels B1_labeled_coordinates.tsv` scores the ARI on her2st's own annotations."""
     folder = shared_data / "st_her2st_andersson2021"
-    args = ["evaluate", folder / "B1_counts.tsv.gz", "--methods", "linear", "--labels"]
+    args = ["evaluate", folder / "B1_counts.tsv.gz", "--methods", "linear,lowrank", "--labels"]
     code, out, err = run_cli([*args, folder / "B1_labeled_coordinates.tsv"], capsys)
     assert code == 0, err
     header, row = out.splitlines()[:2]
@@ -264,3 +264,37 @@ def test_her2st_labels_reach_every_spot_of_their_section(shared_data, capsys):
     scored = int(re.search(r"heldout: (\d+) scored spots", out).group(1))
     # every spot of B1 has a label; its 26 "undetermined" spots count as unannotated
     assert scored - 26 <= labelled < scored
+    # the rank-1 estimate follows one pattern where the truth without its noise follows about 9:
+    # named, as enhance would warn; linear interpolation (13 patterns) is not
+    signal = float(re.search(r"^ without Poisson noise +[\d.]+ +([\d.]+)$", out, re.M).group(1))
+    patterns = [line for line in out.splitlines() if line.startswith("patterns: ")]
+    assert len(patterns) == 1 and patterns[0].startswith(
+        "patterns: lowrank follows under half as many shared patterns as the measured genes without "
+        f"their Poisson noise (lowrank: effective rank 1.0 against {signal:.1f}): not suitable for"
+    )
+
+
+def test_evaluate_names_the_methods_under_the_pattern_bar_by_the_truth_it_has():
+    """The patterns line of `evaluate` judges every method by enhance's bar: half the truth's rank
+    without its Poisson noise, or the fixed bar of 5 patterns when a report has no signal."""
+    from napari_stentrans.cli import _few_patterns_line
+
+    methods = {
+        "default": {"effective_rank": 3.0},
+        "linear": {"effective_rank": 12.0},
+        "cubic": {"effective_rank": 4.5},
+    }
+    report = {"truth": {"effective_rank": 30.0, "signal_effective_rank": 8.0}, "spatial_genes": [0] * 100}
+    report["methods"] = methods
+    assert _few_patterns_line(report) == (
+        "patterns: default follows under half as many shared patterns as the measured genes without "
+        "their Poisson noise (default: effective rank 3.0 against 8.0): not suitable for co-expression, "
+        "clustering or differential-expression analysis"
+    )
+    report["truth"]["signal_effective_rank"] = float("nan")  # not counts: under 5 patterns
+    assert _few_patterns_line(report).startswith(
+        "patterns: default, cubic follow a few shared patterns (default: effective rank 3.0; measured "
+        "30.0; cubic: effective rank 4.5; measured 30.0)"
+    )
+    methods["default"]["effective_rank"] = methods["cubic"]["effective_rank"] = 6.0
+    assert _few_patterns_line(report) is None

@@ -163,7 +163,11 @@ def _build_parser() -> argparse.ArgumentParser:
         help=REFERENCE_HELP,
     )
     enh.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    enh.add_argument("--quiet", action="store_true", help="no progress bar")
+    enh.add_argument(
+        "--quiet",
+        action="store_true",
+        help=QUIET_HELP,
+    )
 
     pre = sub.add_parser(
         "pretrain",
@@ -184,7 +188,11 @@ def _build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--seed", type=int, help="random seed (default 0)")
     pre.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
     pre.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    pre.add_argument("--quiet", action="store_true", help="no progress bar")
+    pre.add_argument(
+        "--quiet",
+        action="store_true",
+        help=QUIET_HELP,
+    )
 
     from .core.methods import METHOD_HELP
 
@@ -255,6 +263,7 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+QUIET_HELP = "no progress on stderr (stage lines, training bar); warnings and the summary still print"
 REFERENCE_HELP = (
     "other slides of the same tissue (e.g. adjacent sections; Space Ranger folders, .h5ad, .zarr; "
     "never the slide itself): the low-rank basis of the default estimate (gene loadings) is fitted "
@@ -491,10 +500,11 @@ def _describe_enhanced(path: Path, adata) -> str:
         classical = (info.get("model") or {}).get("estimator") == "classical"
         what = "its low-rank basis was fitted on" if classical else "its network was trained on"
         held = "" if classical else " (less those held out to validate it)"
-        genes = (
-            f"{adata.n_vars} enhanced; {what} the {int(n_training)} most variable genes{held}, "
-            f"{among} of them among these {adata.n_vars}"
-        )
+        if among == adata.n_vars:  # it said "4 of them among these 4"
+            which = "this gene among them" if among == 1 else f"all {among} of these among them"
+        else:
+            which = f"{among} of them among these {adata.n_vars}"
+        genes = f"{adata.n_vars} enhanced; {what} the {int(n_training)} most variable genes{held}, {which}"
     else:
         genes = f"{adata.n_vars} enhanced (the method uses no training genes)"
     return "\n".join(
@@ -1094,9 +1104,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if noise_free:
         print(
             "without Poisson noise: the truth's PC1 share and effective rank by count splitting; a method "
-            "under half of that rank follows fewer patterns than the slide (not for co-expression)"
+            "under half of that rank is named on a patterns line (the bar of enhance's warning)"
         )
     print(signal_note(truth.get("signal_coexpression_reliability", float("nan"))))
+    if (verdict := _few_patterns_line(report)) is not None:
+        print(verdict)
     for name, scores in report["methods"].items():  # e.g. a learned preset that kept the default
         if scores.get("note"):
             print(f"note: {name}: {scores['note']}")
@@ -1112,6 +1124,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
             plot_evaluation(report, outputs.path(args.plot))
     return 0
+
+
+def _few_patterns_line(report: dict) -> str | None:
+    """The methods whose predictions at the scored spots follow too few shared patterns
+    (:func:`~.core.patterns.few_patterns`, the bar ``enhance`` warns by), in one line; None when
+    no method does. The napari Quality verdict says the same of the best method."""
+    from .core.patterns import NOT_SUITABLE, compared, few_patterns, how_few
+
+    truth = report["truth"]
+    measured, signal = truth["effective_rank"], truth.get("signal_effective_rank", float("nan"))
+    n_genes = len(report["spatial_genes"])
+    few = {
+        name: s["effective_rank"]
+        for name, s in report["methods"].items()
+        if np.isfinite(s["effective_rank"]) and few_patterns(s["effective_rank"], measured, n_genes, signal)
+    }
+    if not few or not np.isfinite(measured):
+        return None
+    numbers = "; ".join(f"{name}: {compared(rank, measured, signal)}" for name, rank in few.items())
+    verb = "follows" if len(few) == 1 else "follow"
+    return f"patterns: {', '.join(few)} {verb} {how_few(signal)} ({numbers}): {NOT_SUITABLE}"
 
 
 #: the columns of the evaluate table, as its help lists them

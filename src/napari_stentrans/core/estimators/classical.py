@@ -471,7 +471,7 @@ class ClassicalEstimator(Estimator):
             gene_idx = slide.training_genes(config.data.n_train_genes, config.data.min_detection)
         if values is None:
             # the basis genes (the most variable), not the genes enhanced and written
-            what = f"normalising the {len(gene_idx):,} basis genes at {slide.n_usable:,} spots"
+            what = f"normalising the {len(gene_idx)} basis genes at {slide.n_usable} spots"
             yield what, 0, 1
             values = slide.expression(gene_idx, "log1p", TARGET_SUM)
             yield what, 1, 1

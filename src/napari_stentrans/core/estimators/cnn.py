@@ -267,7 +267,7 @@ class CNNEstimator(Estimator):
             raise InputError("the CNN baseline trains on given genes: pass genes=...")
         torch_device = resolve_device(device)
         dev = str(torch_device)
-        what = f"training the CNN baseline ({self.settings.epochs} epochs, {len(genes):,} genes)"
+        what = f"training the CNN baseline ({self.settings.epochs} epochs, {len(genes)} genes)"
         yield stage_event(what, 0, 1, time.perf_counter() - start, dev)
         usable = slide.usable
         values = slide.expression(np.asarray(genes), "log1p")

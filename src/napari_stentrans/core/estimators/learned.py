@@ -401,7 +401,7 @@ class LearnedEstimator(Estimator):
     def _normalised(self, slide: Slide, gene_idx: np.ndarray):
         """Stage steps of the genes' values (the network's input normalisation)."""
         config = self.config
-        what = f"normalising {len(gene_idx):,} training and validation genes at {slide.n_usable:,} spots"
+        what = f"normalising {len(gene_idx)} training and validation genes at {slide.n_usable} spots"
         yield what, 0, 1
         values = slide.expression(gene_idx, config.data.normalization, TARGET_SUM)
         yield what, 1, 1
