@@ -691,3 +691,16 @@ def test_evaluate_refuses_a_near_copy_reference_before_printing_anything(tmp_pat
         "slide's spots"
     )
     assert not report.exists()
+
+
+def test_the_default_describes_its_classical_choice_once(tmp_path, capsys):
+    """`stentrans enhance` printed the whole classical choice twice: on the progress line
+    (stderr) and on the summary (stdout); the progress line now names only the rank."""
+    r, c = block_sites("square", 10, 10)
+    make_slide(r, c, "square", n_genes=20).write_h5ad(tmp_path / "slide.h5ad")
+    code, out, err = run_cli(["enhance", tmp_path / "slide.h5ad", "-o", tmp_path / "out.h5ad"], capsys)
+    summary = ad.read_h5ad(tmp_path / "out.h5ad").uns["stentrans"]["classical_summary"]
+    rank = ad.read_h5ad(tmp_path / "out.h5ad").uns["stentrans"]["classical"]["rank"]
+    assert code == 0 and (out + err).count(summary) == 1
+    assert f"classical estimate chosen on this slide: {summary}\n" in out
+    assert f"genes; classical estimate chosen (rank {rank})\n" in err

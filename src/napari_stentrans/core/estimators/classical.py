@@ -513,9 +513,11 @@ class ClassicalEstimator(Estimator):
         if model is None:
             return None
         elapsed = time.perf_counter() - start
+        # the choice in full is the result's (uns classical_summary: the CLI's summary line, the
+        # napari verdict); the progress line printed it a second time
         message = (
-            f"{slide.n_usable} spots, a basis of {len(model.basis_genes)} genes; classical estimate: "
-            f"{model.params.summary()}"
+            f"{slide.n_usable} spots, a basis of {len(model.basis_genes)} genes; classical estimate "
+            f"chosen (rank {model.params.rank})"
         )
         yield TrainEvent("prepared", 0, 0, 0, 0, None, None, None, elapsed, None, "cpu", message)
         yield TrainEvent("finished", 0, 0, 0, 0, None, None, None, elapsed, 0.0, "cpu", "no network to train")
