@@ -422,3 +422,40 @@ def test_a_folder_read_through_its_only_h5ad_says_which_file(tmp_path):
         ReadError, match=r"holds 2 slides \(mel1_rep1.h5ad, mel1_rep2.h5ad\); open one of them"
     ):
         read(tmp_path)
+
+
+def test_warnings_at_the_callers_line_also_on_error_and_never_from_a_worker_thread():
+    """The public API's warnings name the caller's line (st.read, st.enhance), even when the call
+    then raises; a worker thread's call leaves the process-wide warning state alone (napari reads
+    slides in workers: two overlapping recorders could swallow every later warning)."""
+    import sys
+    import threading
+    import warnings
+
+    from napari_stentrans.core.caller import warns_at_caller
+
+    @warns_at_caller
+    def deep(fail: bool):
+        warnings.warn("first", UserWarning, stacklevel=1)  # this line, unless re-issued
+        if fail:
+            raise ValueError("then an error")
+        return warnings.showwarning
+
+    own_line = deep.__wrapped__.__code__.co_firstlineno + 2
+    with pytest.warns(UserWarning, match="first") as said:
+        call_line = sys._getframe().f_lineno + 1
+        deep(False)
+    assert [(w.filename, w.lineno) for w in said] == [(__file__, call_line)]
+    with pytest.warns(UserWarning, match="first") as said, pytest.raises(ValueError, match="then an error"):
+        deep(True)
+    assert [w.filename for w in said] == [__file__]
+    seen = {}
+    before = warnings.showwarning
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        worker = threading.Thread(target=lambda: seen.update(hook=deep(False)))
+        worker.start()
+        worker.join()
+        assert seen["hook"] is warnings.showwarning  # the worker swapped nothing in
+    assert warnings.showwarning is before
+    assert [w.lineno for w in said] == [own_line]  # its own line: nothing re-issued

@@ -163,11 +163,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help=REFERENCE_HELP,
     )
     enh.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    enh.add_argument(
-        "--quiet",
-        action="store_true",
-        help=QUIET_HELP,
-    )
+    enh.add_argument("--quiet", action="store_true", help=QUIET_HELP)
 
     pre = sub.add_parser(
         "pretrain",
@@ -188,11 +184,7 @@ def _build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--seed", type=int, help="random seed (default 0)")
     pre.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
     pre.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    pre.add_argument(
-        "--quiet",
-        action="store_true",
-        help=QUIET_HELP,
-    )
+    pre.add_argument("--quiet", action="store_true", help=QUIET_HELP)
 
     from .core.methods import METHOD_HELP
 

@@ -9,6 +9,7 @@ rather than once per call of theirs.
 from __future__ import annotations
 
 import functools
+import threading
 import warnings
 from collections.abc import Callable
 from typing import TypeVar
@@ -21,12 +22,16 @@ def warns_at_caller(func: F) -> F:
 
     They are recorded while ``func`` runs and issued, in order, when it returns or raises (a
     warning that came before an error still reaches the user), each through the caller's own
-    warning filters. ``warnings.catch_warnings`` is process-global: meant for calls from the
-    main thread, as the Python API's are.
+    warning filters. Only in the main thread: ``warnings.catch_warnings`` swaps process-global
+    state, so two overlapping calls in napari's workers (a slide read while Train reads its
+    references) could leave every later warning recorded into a finished call's list; a worker's
+    call keeps its warnings' own lines.
     """
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        if threading.current_thread() is not threading.main_thread():
+            return func(*args, **kwargs)
         said: list[warnings.WarningMessage] = []
         try:
             with warnings.catch_warnings(record=True) as said:
