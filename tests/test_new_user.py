@@ -45,6 +45,30 @@ def test_api_enhance_checks_every_option_before_any_training(hex_slide, options,
     assert events == []
 
 
+def test_a_path_or_an_array_given_for_the_slide_says_to_read_it_first(hex_slide, tmp_path):
+    """`st.enhance("Vis5A_2dpi/")` failed with AttributeError: 'str' object has no attribute 'uns'
+    (the CLI and st.read take paths, so the mistake is easy)."""
+    import napari_stentrans as st
+
+    folder = str(tmp_path / "Vis5A_2dpi")
+    model = fit_cpu(hex_slide, tiny_config())
+    calls = (
+        lambda data: st.enhance(data),
+        lambda data: st.fit(data),
+        lambda data: model.enhance(data),
+        lambda data: st.evaluate(data, methods=("linear",)),
+    )
+    for call in calls:
+        with pytest.raises(
+            InputError, match=re.escape(f"the path {folder!r}: read it first, st.read({folder!r})")
+        ):
+            call(folder)
+        with pytest.raises(InputError, match=r"got ndarray: read a slide with st\.read\(path\)"):
+            call(np.zeros((3, 3)))
+        with pytest.raises(InputError, match="got Path|the path"):
+            call(Path(folder))
+
+
 def test_fitted_models_slides_and_streamed_results_have_short_reprs(hex_slide, tmp_path):
     learned = fit_network(hex_slide, tiny_config("hex"))  # a network, kept whatever the gate says
     classical = fit_cpu(hex_slide, "default")

@@ -68,7 +68,7 @@ from .io.enhanced import refuse_enhanced
 from .metrics import count_level, count_levels, pearson_per_gene
 from .regions import random_disks
 from .sites import OutputSites, sites_at
-from .slide import Slide, counts_of
+from .slide import Slide, counts_of, require_anndata
 
 PROTOCOLS = ("heldout", "lost", "paper")
 DEFAULT_METHODS = METHODS
@@ -554,6 +554,7 @@ def evaluate(
     {name: {"median_pcc", "mean_pcc", "median_pcc_norm", ..., "gene_specific_r",
     "coexpression_r", "coexpression_r_signal", "pc1_share", ...}}}``.
     """
+    require_anndata(adata, accepts_slide=False)
     unknown = set(methods) - set(METHODS) - set(METHOD_ALIASES)
     if unknown:
         raise ConfigError(f"methods: unknown method(s) {sorted(unknown)}; choose from {', '.join(METHODS)}")

@@ -502,11 +502,40 @@ def counts_of(adata: ad.AnnData) -> ad.AnnData:
     return adata
 
 
+def require_anndata(data: object, accepts_slide: bool = True) -> None:
+    """Refuse what is neither an AnnData nor (with ``accepts_slide``) a :class:`Slide`, naming
+    what was given and how to read a file: ``st.enhance("slide_folder/")`` failed with
+    ``AttributeError: 'str' object has no attribute 'uns'``.
+
+    Raises
+    ------
+    InputError
+        ``data`` is a path, an array or anything else.
+    """
+    if isinstance(data, ad.AnnData) or (accepts_slide and isinstance(data, Slide)):
+        return
+    wanted = "an AnnData" + (" or st.Slide" if accepts_slide else "")
+    if isinstance(data, str | Path):
+        raise InputError(
+            f"expected {wanted}, got the path {str(data)!r}: read it first, st.read({str(data)!r})"
+        )
+    raise InputError(
+        f"expected {wanted}, got {type(data).__name__}: read a slide with st.read(path), or give an "
+        "AnnData of raw counts with obs['array_row'] and obs['array_col']"
+    )
+
+
 def as_slide(data: ad.AnnData | Slide, mask: MaskLike = None, fill_holes: bool | str | None = None) -> Slide:
     """A prepared slide: ``data`` itself when it is one (and no other mask or fill_holes is given).
 
     ``fill_holes=None`` keeps a Slide's own choice (``"auto"`` for an AnnData).
+
+    Raises
+    ------
+    InputError
+        ``data`` is neither (a path, an array: :func:`require_anndata`), or a problem of the slide.
     """
+    require_anndata(data)
     if isinstance(data, Slide):
         if mask is not None or (fill_holes is not None and fill_holes != data.fill_holes):
             mask = data.lost_sites if mask is None else mask
