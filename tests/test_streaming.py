@@ -44,8 +44,17 @@ def test_streamed_file_equals_the_in_memory_result(slide, tmp_path, name):
     assert model.uses_network == (name == "transformer")
     expected_path = tmp_path / "memory.h5ad"
     model.enhance(slide, device="cpu").write_h5ad(expected_path)
-    written = model.write(slide, tmp_path / "streamed.h5ad", device="cpu", batch_size=16)
+    events = []  # the CLI's bar shows the write's progress: it was seconds of silence after the fit
+    written = model.write(
+        slide, tmp_path / "streamed.h5ad", device="cpu", batch_size=16, callback=events.append
+    )
     expected = ad.read_h5ad(expected_path)
+    n_sites, n_genes = expected.shape
+    assert {(e.kind, e.message, e.n_steps) for e in events} == {
+        ("stage", f"writing {n_genes} genes at {n_sites} sites", n_genes)
+    }
+    assert [e.step for e in events] == [0, *range(16, n_genes, 16), n_genes]
+    assert [e.elapsed for e in events] == sorted(e.elapsed for e in events)
     got = ad.read_h5ad(written.path)
     _same_slide(got, expected)
     assert written.shape == expected.shape and written.shape[1] > 16  # several batches

@@ -735,6 +735,7 @@ def cmd_enhance(args: argparse.Namespace) -> int:
                 inputs=(args.path, args.coords, args.mask, args.model),
                 classical="keep" if args.keep_classical else "auto",
                 measured="keep" if args.keep_measured else "estimate",
+                callback=bar.update,  # seconds of silence after the fit on a large slide
             )
             if args.save_model is not None:
                 model.save(outputs.path(args.save_model))

@@ -11,6 +11,7 @@ previous one. Use it through :meth:`FittedModel.write <.estimators.base.FittedMo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,14 +64,19 @@ def write_streamed(
     batch_size: int = 256,
     stop: StopFlag | None = None,
     measured: MeasuredCounts | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> StreamedSlide:
     """Write the enhanced AnnData to ``path``, ``X`` filled gene batch by gene batch (atomically).
 
     ``measured``, when given, puts the measured counts at measured sites after the pattern
-    check has seen each batch's estimate.
+    check has seen each batch's estimate. ``progress`` is called with the number of genes
+    written so far, 0 first and then after every batch.
     """
     path = Path(path)
     from anndata.io import write_elem
+
+    if progress is not None:
+        progress(0)
 
     skeleton = assemble(slide, model, gene_idx, sites, None, predictor)
     n_sites, n_genes = skeleton.shape
@@ -95,6 +101,8 @@ def write_streamed(
                     measured.put(counts, gene_idx[start : start + counts.shape[1]])
                 x[:, start : start + counts.shape[1]] = counts
                 log_variance[start : start + counts.shape[1]] = np.log1p(counts).var(axis=0)
+                if progress is not None:
+                    progress(start + counts.shape[1])
             patterns = check.result()
             write_elem(f["uns"]["stentrans"], "patterns", patterns)
     uns = dict(skeleton.uns["stentrans"], patterns=patterns)
