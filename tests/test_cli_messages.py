@@ -322,9 +322,7 @@ def test_info_of_an_enhanced_file_counts_the_model_training_genes(tmp_path, caps
     kept = result.uns["stentrans"]["model"]["estimator"] != "classical"
     what = "its network was trained on" if kept else "its low-rank basis was fitted on"
     held = " (less those held out to validate it)" if kept else ""
-    which = (
-        "all 3 of these among them" if among == 3 else f"{among} of them among these 3"
-    )  # not "3 of ... 3"
+    which = "all 3 of these among them" if among == 3 else f"{among or 'none'} of these 3 among them"
     assert f"genes:     3 enhanced; {what} the {n_training} most variable genes{held}, {which}\n" in out
     network = fit_network(ad.read_h5ad(tmp_path / "slide.h5ad"), tiny_config())  # kept whatever the gate says
     network.write(ad.read_h5ad(tmp_path / "slide.h5ad"), tmp_path / "n.h5ad", genes=["G0"], device="cpu")
@@ -335,7 +333,7 @@ def test_info_of_an_enhanced_file_counts_the_model_training_genes(tmp_path, caps
     )
     one = ad.read_h5ad(tmp_path / "n.h5ad").var["training_gene"].iloc[0]
     assert out.split("validate it), ")[1].startswith(
-        "this gene among them\n" if one else "0 of them among these 1\n"
+        "this gene among them\n" if one else "this gene not among them\n"
     )
     run_cli(
         ["enhance", tmp_path / "slide.h5ad", "-o", tmp_path / "d.h5ad", "--genes", "G0,G1", "--quiet"], capsys
@@ -704,3 +702,18 @@ def test_the_default_describes_its_classical_choice_once(tmp_path, capsys):
     assert code == 0 and (out + err).count(summary) == 1
     assert f"classical estimate chosen on this slide: {summary}\n" in out
     assert f"genes; classical estimate chosen (rank {rank})\n" in err
+    # the write has its own progress line (a large slide's took seconds of silence after the fit)
+    n_sites, n_genes = ad.read_h5ad(tmp_path / "out.h5ad").shape
+    assert f"stentrans: writing {n_genes} genes at {n_sites} sites... (from 0.0 s)\n" in err
+    command = ["enhance", tmp_path / "slide.h5ad", "-o", tmp_path / "quiet.h5ad", "--quiet"]
+    code, _, err = run_cli(command, capsys)
+    assert code == 0 and "writing" not in err
+
+
+def test_info_says_how_many_of_an_outputs_genes_the_model_trained_on_in_words():
+    """`info` said "4 of them among these 4" and "0 of them among these 1"."""
+    from napari_stentrans.cli import _among
+
+    assert _among(1, 1) == "this gene among them" and _among(0, 1) == "this gene not among them"
+    assert _among(4, 4) == "all 4 of these among them" and _among(0, 5) == "none of these 5 among them"
+    assert _among(2000, 7595) == "2000 of these 7595 among them"

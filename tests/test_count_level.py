@@ -21,6 +21,7 @@ from helpers import (
 )
 from napari_stentrans.core.config import preset
 from napari_stentrans.core.metrics import count_level
+from napari_stentrans.core.slide import Slide
 
 
 def _slide_and_mask():
@@ -74,6 +75,17 @@ def test_default_x_sums_to_each_genes_measured_counts_and_the_slide_wide_factor_
     )
     assert flat.uns["stentrans"]["count_level"].startswith("each gene scaled to sum to its measured counts")
     assert raw.uns["stentrans"]["count_level"].startswith("not calibrated")
+    # the spots left out of the sums are counted; a slide without any says nothing of them
+    left_out = int(np.sum(~Slide.from_adata(adata, lost).usable))
+    assert left_out >= len(lost)
+    for note in (out.uns["stentrans"]["count_level"], flat.uns["stentrans"]["count_level"]):
+        assert note.endswith(f"over the measured spots ({left_out} lost or empty spots left out)")
+    empty = int(np.sum(~Slide.from_adata(adata).usable))  # no mask: only empty spots, if any
+    whole = calibrated.enhance(adata, genes=3).uns["stentrans"]["count_level"]
+    plural = "s" * (empty != 1)
+    assert whole.endswith(
+        "over the measured spots" + (f" ({empty} lost or empty spot{plural} left out)" if empty else "")
+    )
     # the streamed writer scales every gene batch the same way
     calibrated.write(adata, tmp_path / "out.h5ad", mask=lost, batch_size=5)
     import anndata as ad

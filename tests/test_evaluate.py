@@ -298,3 +298,8 @@ def test_evaluate_names_the_methods_under_the_pattern_bar_by_the_truth_it_has():
     )
     methods["default"]["effective_rank"] = methods["cubic"]["effective_rank"] = 6.0
     assert _few_patterns_line(report) is None
+    # too few genes to judge: said, as enhance says it (its silence read as a pass)
+    report["spatial_genes"], methods["default"]["effective_rank"] = [0] * 4, 1.0
+    assert _few_patterns_line(report) == (
+        "patterns: not judged: only 4 genes (at least 5 are needed to judge patterns)"
+    )

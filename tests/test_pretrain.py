@@ -183,7 +183,7 @@ def test_judging_a_pretrained_model_calls_its_base_the_classical_base(slides, pr
     model, _ = pretrained
     events = finetune_events(model, Slide.from_adata(slides[0]), 0, "cpu")
     prepared = next(e for e in events if e.kind == "prepared").message
-    assert "the network's classical base (low-rank + gene residuals): rank " in prepared
+    assert "the network's classical base (low-rank + gene residuals, rank " in prepared
     assert "classical estimate" not in prepared
 
 

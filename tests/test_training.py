@@ -89,7 +89,7 @@ def test_stages_report_the_work_before_training_with_counts(square_slide, preset
         assert any(n.startswith("the default's estimate: ") for n in names)
         # the network's base is named as its stage is, not as the result's "classical estimate"
         prepared = next(e for e in events if e.kind == "prepared").message
-        assert "classical base (low-rank + gene residuals): rank " in prepared
+        assert "classical base (low-rank + gene residuals, rank " in prepared
         assert "classical estimate" not in prepared
         assert "building the training pairs, held-out genes and region" in names
         validation = stages["scoring the starting network on the held-out genes"]
@@ -111,7 +111,9 @@ def test_the_transformer_corrects_the_defaults_estimate_fitted_once(square_slide
     times = [e.elapsed for e in events]
     assert times == sorted(times) and times[-1] > 0
     prepared = next(e for e in events if e.kind == "prepared").message
-    assert "the network corrects the default's estimate: rank " in prepared and "gene residuals" in prepared
+    # its rank only: the whole choice is the summary line's (it was printed twice)
+    assert "the network corrects the default's estimate (low-rank + gene residuals, rank " in prepared
+    assert "scores " not in prepared and "depth " not in prepared
     # the default's estimate is scored as the bar and as the network's own start: the same loss
     result = trainer.result
     # the last line says what the gate made of it, as the result is

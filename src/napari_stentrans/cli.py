@@ -476,6 +476,16 @@ def _imputed_text(empty: int, near_empty: int, absent: int, imputed: int) -> str
     return ", ".join(parts)
 
 
+def _among(among: int, n: int) -> str:
+    """How many of an output's ``n`` genes are among the model's training genes, in words (it
+    said "4 of them among these 4" and "0 of them among these 1")."""
+    if n == 1:
+        return "this gene among them" if among else "this gene not among them"
+    if among == n:
+        return f"all {n} of these among them"
+    return f"{among or 'none'} of these {n} among them"
+
+
 def _describe_enhanced(path: Path, adata) -> str:
     """``info`` of an enhanced slide: where it came from, its half-pitch lattice and its sites."""
     info = adata.uns["stentrans"]
@@ -492,10 +502,7 @@ def _describe_enhanced(path: Path, adata) -> str:
         classical = (info.get("model") or {}).get("estimator") == "classical"
         what = "its low-rank basis was fitted on" if classical else "its network was trained on"
         held = "" if classical else " (less those held out to validate it)"
-        if among == adata.n_vars:  # it said "4 of them among these 4"
-            which = "this gene among them" if among == 1 else f"all {among} of these among them"
-        else:
-            which = f"{among} of them among these {adata.n_vars}"
+        which = _among(among, adata.n_vars)
         genes = f"{adata.n_vars} enhanced; {what} the {int(n_training)} most variable genes{held}, {which}"
     else:
         genes = f"{adata.n_vars} enhanced (the method uses no training genes)"
@@ -1122,12 +1129,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _few_patterns_line(report: dict) -> str | None:
     """The methods whose predictions at the scored spots follow too few shared patterns
     (:func:`~.core.patterns.few_patterns`, the bar ``enhance`` warns by), in one line; None when
-    no method does. The napari Quality verdict says the same of the best method."""
-    from .core.patterns import NOT_SUITABLE, compared, few_patterns, how_few
+    no method does; with too few genes to judge, why not (as ``enhance`` says it: silence read as
+    a pass). The napari Quality verdict says the same of the best method."""
+    from .core.patterns import MIN_GENES_STRONG, NOT_SUITABLE, compared, few_patterns, how_few, too_few_genes
 
     truth = report["truth"]
     measured, signal = truth["effective_rank"], truth.get("signal_effective_rank", float("nan"))
     n_genes = len(report["spatial_genes"])
+    if n_genes < MIN_GENES_STRONG:
+        return f"patterns: not judged: {too_few_genes(n_genes)}"
     few = {
         name: s["effective_rank"]
         for name, s in report["methods"].items()

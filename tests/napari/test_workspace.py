@@ -206,7 +206,7 @@ def test_verdict_of_a_correction_that_did_not_improve():
     text = actions.run_verdict(model, enhanced)
     rank = model.params.rank
     assert text == (
-        f"default (classical estimate): classical estimate chosen on this slide ({rank} shared patterns "
+        f"default (classical estimate): classical estimate chosen on this slide (a rank-{rank} low-rank part "
         "plus each gene's own spatial residual), nothing trained; the whole choice is in this line's tooltip."
     )
     assert actions.run_details(enhanced) == f"classical estimate: {model.params.summary()}"

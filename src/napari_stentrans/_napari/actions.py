@@ -918,8 +918,10 @@ def run_verdict(model, enhanced: ad.AnnData) -> str:
     chosen = described.get("classical", {})
     patterns = ""
     if "rank" in chosen:
+        # "rank", not "N shared patterns": the pattern check counts its genes' effective patterns
+        # (e.g. 2.5 against 5.4), which read as contradicting "5 shared patterns" beside it
         own = " plus each gene's own spatial residual" if chosen.get("residual") is not None else ""
-        patterns = f" ({chosen['rank']} shared patterns{own})"
+        patterns = f" (a rank-{chosen['rank']} low-rank part{own})"
     return f"{label}: classical estimate chosen on this slide{with_reference}{patterns}, nothing trained" + (
         "; the whole choice is in this line's tooltip." if summary else "."
     )

@@ -154,8 +154,7 @@ class PatternCheck:
         if len(self.genes) < 3 or len(self.rows) < 3:
             reasons = []  # the limit that applies (it said "only 2 genes or 981 measured spots")
             if len(self.genes) < 3:
-                needed = f"at least {MIN_GENES_STRONG} are needed to judge patterns"
-                reasons.append(f"only {_count(len(self.genes), 'gene')} ({needed})")
+                reasons.append(too_few_genes(len(self.genes)))
             if len(self.rows) < 3:
                 reasons.append(f"only {_count(len(self.rows), 'measured spot')} (at least 3 are needed)")
             return {"n_genes": int(len(self.genes)), "not_judged": "; ".join(reasons)}
@@ -184,9 +183,7 @@ class PatternCheck:
                 f"{STRONG_RATIO:g} times as high (here {measured_rank:.1f})"
             )
         elif n < MIN_GENES_STRONG:
-            out["not_judged"] = (
-                f"only {_count(n, 'gene')} (at least {MIN_GENES_STRONG} are needed to judge patterns)"
-            )
+            out["not_judged"] = too_few_genes(n)
         if few:
             # short: the CLI prints the numbers in full on its `patterns:` line just before
             out["warning"] = (
@@ -222,6 +219,7 @@ __all__ = [
     "SIGNAL_SHARE",
     "few_patterns",
     "how_few",
+    "too_few_genes",
     "compared",
     "NOT_SUITABLE",
     "with_signal",
@@ -232,6 +230,11 @@ def with_signal(measured: float, signal: float, spec: str) -> str:
     """``"18.2"``, or ``"18.2, or 5.3 without its Poisson noise"`` when the signal's value is known."""
     text = format(measured, spec)
     return f"{text}, or {format(signal, spec)} without its Poisson noise" if np.isfinite(signal) else text
+
+
+def too_few_genes(n_genes: int) -> str:
+    """Why no verdict is given for ``n_genes`` (under :data:`MIN_GENES_STRONG`) genes."""
+    return f"only {_count(n_genes, 'gene')} (at least {MIN_GENES_STRONG} are needed to judge patterns)"
 
 
 def _count(n: int, noun: str) -> str:

@@ -395,7 +395,7 @@ class CountCalibration:
     """
 
     #: the note of a slide-wide factor per gene (``bandwidth=None``)
-    NOTE = "each gene scaled to sum to its measured counts over the measured spots (lost spots left out)"
+    NOTE = "each gene scaled to sum to its measured counts over the measured spots"
     #: the note of an estimate of log-normalised values written without the factors
     OFF = "not calibrated: the back-transformed estimate, below the measured counts (calibrate_counts=False)"
     #: the note of a model that predicts raw counts (the published recipe)
@@ -416,6 +416,7 @@ class CountCalibration:
         self.rows, self.at_spots = rows, at_spots
         self.bandwidth, self.prior = bandwidth, float(prior)
         measured = slide.counts[slide.usable]
+        self.left_out = int(np.sum(~slide.usable))  # lost or (near) empty: not in the totals
         self.totals = np.asarray(measured.sum(axis=0), dtype=np.float64).ravel()
         self.measured = self.to_sites = self.to_spots = None
         if bandwidth is not None:  # the local factors read each gene batch's columns
@@ -428,13 +429,18 @@ class CountCalibration:
     @property
     def note(self) -> str:
         """What was done, for ``uns["stentrans"]["count_level"]``."""
+        # it said "(lost spots left out)" on slides without any
+        left_out = (
+            f" ({self.left_out} lost or empty spot{'s' * (self.left_out != 1)} left out)"
+            if self.left_out
+            else ""
+        )
         if self.bandwidth is None:
-            return self.NOTE
+            return self.NOTE + left_out
         return (
             f"each gene scaled to its measured counts within about {self.bandwidth:g} input spot "
             f"pitch{'es' * (self.bandwidth != 1)} of every site (shrunk toward its slide-wide level by "
-            f"{self.prior:g} counts), summing to its measured counts over the measured spots (lost "
-            "spots left out)"
+            f"{self.prior:g} counts), summing to its measured counts over the measured spots{left_out}"
         )
 
     def apply(self, gene_idx: np.ndarray, counts: np.ndarray) -> np.ndarray:

@@ -99,11 +99,11 @@ def as_default(classical: ClassicalModel, slide: Slide) -> ClassicalModel:
 
 
 def base_message(classical: ClassicalModel, corrects: bool) -> str:
-    """What the ``"prepared"`` event says of the base the network corrects."""
-    if corrects:
-        return f"; the network corrects the default's estimate: {classical.params.summary()}"
+    """What the ``"prepared"`` event says of the base the network corrects: its rank (the whole
+    choice is the result's ``classical_summary``, which the CLI's summary line prints)."""
     kind = "low-rank + gene residuals" if classical.params.residual is not None else "low-rank only"
-    return f"; the network's classical base ({kind}): {classical.params.summary()}"
+    what = "the network corrects the default's estimate" if corrects else "the network's classical base"
+    return f"; {what} ({kind}, rank {classical.params.rank})"
 
 
 def baseline_copy(model: ClassicalModel) -> ClassicalModel:
