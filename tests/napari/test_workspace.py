@@ -103,6 +103,9 @@ def test_export_writes_all_or_chosen_genes_and_reopens(make_napari_viewer, qtbot
     expected_all = int(((info.adata.X > 0).sum(axis=0).A1 >= detected * info.adata.n_obs).sum())
     assert expected_all > len(shown)
     export = ws.export
+    said = []  # every status line: the write's progress came in none (seconds of "exporting...")
+    say = export._say
+    export._say = lambda text: (said.append(text), say(text))
     for which, chosen, n_genes in (
         ("all", "", expected_all),
         ("chosen", f"{info.adata.var_names[5]}, {info.adata.var_names[7]}", 2),
@@ -113,6 +116,12 @@ def test_export_writes_all_or_chosen_genes_and_reopens(make_napari_viewer, qtbot
         qtbot.waitUntil(lambda: export.worker is None, timeout=120_000)
         back = ad.read_h5ad(path)
         assert back.n_vars == n_genes
+        # one line per gene batch (256 genes), from 0 to all of them written, then the summary
+        what = "every gene detected in >= 10% of spots" if which == "all" else "the chosen genes"
+        lines = [t for t in said if t.startswith(f"exporting {what}: writing {n_genes} genes at ")]
+        assert lines[0].endswith("... (from 0.0 s)") and f": {n_genes}/{n_genes} (" in lines[-1]
+        assert len(lines) == 1 + -(-n_genes // 256) and said[-1] == export._status.value
+        said.clear()
         assert f"x {n_genes:,} genes" in export._status.value  # it says what it wrote
         assert ("every gene detected" in export._status.value) == (which == "all")
         warned = back.uns["stentrans"]["patterns"].get("warning")

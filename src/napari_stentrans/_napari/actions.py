@@ -996,12 +996,18 @@ def prepare_export(
     )
 
 
-def run_export(job: ExportJob, stop=None) -> str:
+def run_export(job: ExportJob, stop=None, progress: Callable[[str], None] | None = None) -> str:
     """Worker: enhance and stream the slide to ``job.path`` with the CLI's writer; a summary line.
 
     The file is written by :meth:`FittedModel.write` (atomic, never over an input), the same
-    writer as ``stentrans enhance``, so it opens again like any enhanced output.
+    writer as ``stentrans enhance``, so it opens again like any enhanced output. ``progress``
+    gets a status line after every gene batch (called in the worker's thread).
     """
+    from ..core.estimators.base import stage_text
+
+    def said(event) -> None:
+        progress(f"exporting {job.what}: {stage_text(event)}")
+
     with leave_a_core_to_the_viewer(job.model.uses_network):
         written = job.model.write(
             job.adata,
@@ -1011,6 +1017,7 @@ def run_export(job: ExportJob, stop=None) -> str:
             stop=stop,
             device="cpu",
             inputs=tuple(p for p in [job.source] if p),
+            callback=None if progress is None else said,
         )
     n_sites, n_genes = len(written.obs), len(written.var)
     warning = written.uns.get("patterns", {}).get("warning")  # the check over every gene written

@@ -1196,8 +1196,16 @@ class ExportWidget(_SlideWidget):
             return None
         self._stop_flag = threading.Event()
         self._say(f"exporting {job.what}...")
+        from superqt.utils import ensure_main_thread
+
+        # the write of every gene takes seconds to tens of seconds: its progress in the status
         worker = create_worker(
-            actions.run_export, job, self._stop_flag, _start_thread=False, _ignore_errors=True
+            actions.run_export,
+            job,
+            self._stop_flag,
+            ensure_main_thread(self._on_export_progress),
+            _start_thread=False,
+            _ignore_errors=True,
         )
         worker.returned.connect(self._on_exported)
         worker.errored.connect(self._on_export_error)
@@ -1206,6 +1214,10 @@ class ExportWidget(_SlideWidget):
         self._export.enabled, self._stop.enabled = False, True
         worker.start()
         return worker
+
+    def _on_export_progress(self, text: str) -> None:
+        if self.worker is not None:  # a late line never replaces the summary
+            self._say(text)
 
     def _on_exported(self, summary: str) -> None:
         self._say(summary)
