@@ -70,13 +70,10 @@ def write_streamed(
 
     ``measured``, when given, puts the measured counts at measured sites after the pattern
     check has seen each batch's estimate. ``progress`` is called with the number of genes
-    written so far, 0 first and then after every batch.
+    written so far after every batch.
     """
     path = Path(path)
     from anndata.io import write_elem
-
-    if progress is not None:
-        progress(0)
 
     skeleton = assemble(slide, model, gene_idx, sites, None, predictor)
     n_sites, n_genes = skeleton.shape

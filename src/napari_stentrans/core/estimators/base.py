@@ -767,9 +767,6 @@ class FittedModel(ABC):
         source = source_of(slide.adata)
         refuse_inputs(path, [*inputs, *([source] if source else [])])
         slide, gene_idx, sites = self._job(slide, None, genes, classical)
-        predictor = self.predictor(slide, sites, runtime=Runtime(device, batch_size), classical=classical)
-        if keep:
-            predictor.notes["measured_sites"] = MeasuredCounts.NOTE
         progress = None
         if callback is not None:
             start, what = time.perf_counter(), f"writing {len(gene_idx)} genes at {len(sites)} sites"
@@ -777,6 +774,10 @@ class FittedModel(ABC):
             def progress(done: int) -> None:
                 callback(stage_event(what, done, len(gene_idx), time.perf_counter() - start))
 
+            progress(0)  # before the predictor: a model from another slide re-chooses its smoothers there
+        predictor = self.predictor(slide, sites, runtime=Runtime(device, batch_size), classical=classical)
+        if keep:
+            predictor.notes["measured_sites"] = MeasuredCounts.NOTE
         try:
             written = write_streamed(
                 slide,
