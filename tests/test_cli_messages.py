@@ -142,7 +142,7 @@ def test_stages_before_training_are_one_line_each_in_a_log_and_a_bar_on_a_termin
     bar.close()
     lines = log.getvalue().splitlines()
     assert lines[:3] == [
-        "stentrans: normalising 16 genes at 100 spots... (from 0.0 s)",
+        "stentrans: normalising 16 genes at 100 spots...",  # the first: no "(from 0.0 s)"
         "stentrans: choosing rank and smoothers on 4 coset pairs... (from 0.2 s)",
         "stentrans: 100 spots, 16 training genes",
     ]
@@ -704,7 +704,7 @@ def test_the_default_describes_its_classical_choice_once(tmp_path, capsys):
     assert f"genes; classical estimate chosen (rank {rank})\n" in err
     # the write has its own progress line (a large slide's took seconds of silence after the fit)
     n_sites, n_genes = ad.read_h5ad(tmp_path / "out.h5ad").shape
-    assert f"stentrans: writing {n_genes} genes at {n_sites} sites... (from 0.0 s)\n" in err
+    assert f"stentrans: writing {n_genes} genes at {n_sites} sites...\n" in err
     command = ["enhance", tmp_path / "slide.h5ad", "-o", tmp_path / "quiet.h5ad", "--quiet"]
     code, _, err = run_cli(command, capsys)
     assert code == 0 and "writing" not in err
@@ -717,3 +717,69 @@ def test_info_says_how_many_of_an_outputs_genes_the_model_trained_on_in_words():
     assert _among(1, 1) == "this gene among them" and _among(0, 1) == "this gene not among them"
     assert _among(4, 4) == "all 4 of these among them" and _among(0, 5) == "none of these 5 among them"
     assert _among(2000, 7595) == "2000 of these 7595 among them"
+
+
+def test_a_terminal_without_a_size_gets_plain_lines(monkeypatch):
+    """tqdm draws nothing on a pseudo-terminal of 0 rows (`script -qc` without a size, some job
+    runners): training looked frozen there; plain lines are written instead."""
+    import os
+
+    class Sized(_Terminal):
+        def fileno(self) -> int:
+            return 99
+
+    sizes = {}
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd: os.terminal_size(sizes[fd]))
+    for size, drawn in (((0, 0), False), ((120, 0), False), ((120, 40), True)):
+        sizes[99] = size
+        screen = Sized()
+        bar = _ProgressBar(disabled=False, stream=screen)
+        for event in _events(n_epochs=40, n_steps=25):
+            bar.update(event)
+        bar.close()
+        assert ("\r" in screen.getvalue()) == drawn  # a bar redraws in place
+        if not drawn:  # a few plain lines, as into a log file
+            assert 10 <= len(screen.getvalue().splitlines()) <= 14
+
+
+def test_a_spatialdata_output_says_when_the_store_is_written(tmp_path, capsys):
+    """Writing the .zarr store after the .h5ad took seconds of silence after the write's bar."""
+    from napari_stentrans.core.io import read
+
+    r, c = block_sites("square", 10, 10)
+    make_slide(r, c, "square", n_genes=20).write_h5ad(tmp_path / "slide.h5ad")
+    code, out, err = run_cli(["enhance", tmp_path / "slide.h5ad", "-o", tmp_path / "out.zarr"], capsys)
+    lines = err.splitlines()
+    store = lines.index("stentrans: writing the SpatialData store out.zarr...")
+    assert code == 0 and lines[store - 1].startswith("stentrans: writing 20 genes at ")
+    assert out.startswith(f"wrote {tmp_path / 'out.zarr'}: ") and read(tmp_path / "out.zarr").n_vars == 20
+
+
+def test_a_model_file_without_a_network_says_its_note_is_of_the_slide_it_was_fitted_on(
+    tmp_path, capsys, monkeypatch
+):
+    """`enhance --model` of a transformer file whose network was refused on its own slide printed
+    "note: training did not improve the held-out loss of this slide" for another slide."""
+    from napari_stentrans.core.estimators.learned import NOT_KEPT, NOTHING_LEARNED
+    from napari_stentrans.core.training import TrainResult
+
+    monkeypatch.setattr(TrainResult, "beats_baseline", lambda self, restore_best=True: False)  # refused
+    r, c = block_sites("square", 10, 10)
+    make_slide(r, c, "square", n_genes=20).write_h5ad(tmp_path / "a.h5ad")
+    make_slide(r, c, "square", n_genes=20, seed=5).write_h5ad(tmp_path / "b.h5ad")
+    command = ["enhance", tmp_path / "a.h5ad", "-o", tmp_path / "a2.h5ad", "--preset", "transformer"]
+    code, _, _ = run_cli([*command, *FAST, "--quiet", "--save-model", tmp_path / "m.safetensors"], capsys)
+    assert code == 0
+    command = [
+        "enhance",
+        tmp_path / "b.h5ad",
+        "-o",
+        tmp_path / "b2.h5ad",
+        "--model",
+        tmp_path / "m.safetensors",
+    ]
+    code, out, _ = run_cli([*command, "--quiet"], capsys)
+    note = next(line for line in out.splitlines() if line.startswith("note: "))
+    expected = [text.replace("this slide", "that slide") for text in (NOT_KEPT, NOTHING_LEARNED)]
+    prefix = "note: m.safetensors holds no network; when it was fitted on its own slide, "
+    assert code == 0 and note in [prefix + text for text in expected]

@@ -751,8 +751,11 @@ def cmd_enhance(args: argparse.Namespace) -> int:
             if spatialdata_out:  # last: the store appears when everything else has worked
                 import anndata as ad
 
+                from .core.estimators.base import stage_event
                 from .core.io.spatialdata import write_spatialdata
 
+                # seconds after the write's bar ended (Vis7B: 3 s), said
+                bar.update(stage_event(f"writing the SpatialData store {args.output.name}", 0, 1, 0.0))
                 write_spatialdata(
                     ad.read_h5ad(h5ad_path), args.output, inputs=(args.path,), overwrite=args.overwrite
                 )
@@ -1219,11 +1222,20 @@ class _ProgressBar:
         return "the start" if self.best_at == 0 else f"epoch {self.best_at}"
 
     def _interactive(self) -> bool:
+        """A terminal that can draw a bar: tqdm draws nothing on one of 0 rows or columns (a
+        pseudo-terminal without a size, as `script` or some job runners give), where plain lines
+        are written instead (training looked frozen there)."""
         isatty = getattr(self.stream, "isatty", None)
         try:
-            return bool(isatty and isatty())
+            if not (isatty and isatty()):
+                return False
         except ValueError:  # a closed stream
             return False
+        try:
+            size = os.get_terminal_size(self.stream.fileno())
+        except (OSError, ValueError, AttributeError):  # a terminal whose size cannot be read
+            return True
+        return size.columns > 0 and size.lines > 0
 
     def line(self, text: str) -> None:
         """Print ``text`` on its own line of stderr, clearing the bar around it."""

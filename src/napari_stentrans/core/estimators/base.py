@@ -81,9 +81,10 @@ def stage_event(message: str, done: int, total: int, elapsed: float, device: str
 
 def stage_text(event: TrainEvent) -> str:
     """A ``"stage"`` event in words: ``"STAGE: 2/4 (3.1 s)"``, ``"STAGE... (from 0.4 s)"`` as it
-    begins (seconds since the fit began: the start line is not the stage's duration)."""
+    begins (seconds since the fit began: the start line is not the stage's duration), ``"STAGE..."``
+    at the start (a write's own clock always said "from 0.0 s")."""
     if event.step == 0:
-        return f"{event.message}... (from {event.elapsed:.1f} s)"
+        return f"{event.message}..." + (f" (from {event.elapsed:.1f} s)" if event.elapsed >= 0.05 else "")
     return f"{event.message}: {event.step}/{event.n_steps} ({event.elapsed:.1f} s)"
 
 
