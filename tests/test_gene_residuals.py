@@ -93,7 +93,7 @@ def test_a_correction_network_corrects_the_defaults_own_estimate():
     assert not corrects_default(preset("transformer", "hex", n_train_genes=100))
 
 
-def test_keep_measured_puts_the_measured_counts_in_x_and_estimates_elsewhere(tmp_path):
+def test_keep_measured_puts_the_measured_counts_in_x_and_estimates_elsewhere(tmp_path, capsys):
     from napari_stentrans.core.fitting import fit
 
     r, c = block_sites("hex", 14, 24)
@@ -121,6 +121,17 @@ def test_keep_measured_puts_the_measured_counts_in_x_and_estimates_elsewhere(tmp
     )
     with pytest.raises(ConfigError, match="measured: 'raw' is not allowed"):
         model.enhance(adata, measured="raw")
+    # `info` says what X holds: it said "predictions, not counts" of a kept file too
+    from napari_stentrans.cli import main
+
+    for name, holds in (
+        ("kept", "the measured counts at measured sites (--keep-measured)"),
+        ("est", "predictions"),
+    ):
+        if name == "est":
+            model.write(adata, tmp_path / "est.h5ad", mask=lost)
+        assert main(["info", str(tmp_path / f"{name}.h5ad")]) == 0
+        assert f"; X holds {holds}" in capsys.readouterr().out
 
 
 def test_the_rank_is_chosen_with_fixed_shrinkage_and_a_grid_still_chooses_kappa():

@@ -51,6 +51,7 @@ def test_a_path_or_an_array_given_for_the_slide_says_to_read_it_first(hex_slide,
     import napari_stentrans as st
 
     folder = str(tmp_path / "Vis5A_2dpi")
+    (tmp_path / "Vis5A_2dpi").mkdir()
     model = fit_cpu(hex_slide, tiny_config())
     calls = (
         lambda data: st.enhance(data),
@@ -67,6 +68,8 @@ def test_a_path_or_an_array_given_for_the_slide_says_to_read_it_first(hex_slide,
             call(np.zeros((3, 3)))
         with pytest.raises(InputError, match="got Path|the path"):
             call(Path(folder))
+        with pytest.raises(InputError, match="got the path 'no/such.h5ad', which does not exist$"):
+            call("no/such.h5ad")
 
 
 def test_fitted_models_slides_and_streamed_results_have_short_reprs(hex_slide, tmp_path):

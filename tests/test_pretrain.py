@@ -113,8 +113,19 @@ def test_finetune_refuses_a_classical_model(slides):
     from napari_stentrans.core.fitting import fit
 
     classical = fit(slides[0], "default", device="cpu")
-    with pytest.raises(InputError, match="not a learned correction"):
+    with pytest.raises(InputError, match="not a learned correction: nothing to fine-tune$"):
         finetune(classical, slides[1], device="cpu")
+    # a learned preset's file whose network was refused: why it holds none, of the slide it was fitted on
+    from dataclasses import replace
+
+    from napari_stentrans.core.estimators.learned import NOTHING_LEARNED
+
+    refused = replace(classical, note=NOTHING_LEARNED)
+    with pytest.raises(
+        InputError, match="its network was not kept when it was fitted: training did not improve"
+    ) as why:
+        finetune(refused, slides[1], device="cpu")
+    assert "held-out loss of that slide" in str(why.value)
 
 
 # ----------------------------------------------------------------------------- data parallel

@@ -476,6 +476,16 @@ def _imputed_text(empty: int, near_empty: int, absent: int, imputed: int) -> str
     return ", ".join(parts)
 
 
+def _x_holds(info: dict) -> str:
+    """What ``X`` of an enhanced file holds: a --keep-measured output keeps the measured counts
+    at measured sites (``info`` said "predictions, not counts" of it)."""
+    from .core.estimators.base import MeasuredCounts
+
+    if info.get("measured_sites") == MeasuredCounts.NOTE:
+        return "X holds the measured counts at measured sites (--keep-measured) and predictions elsewhere"
+    return "X holds predictions, not counts"
+
+
 def _among(among: int, n: int) -> str:
     """How many of an output's ``n`` genes are among the model's training genes, in words (it
     said "4 of them among these 4" and "0 of them among these 1")."""
@@ -510,7 +520,7 @@ def _describe_enhanced(path: Path, adata) -> str:
         [
             f"path:      {path}",
             f"enhanced:  by napari-stentrans {info.get('version', '?')} (preset {info.get('preset', '?')}) "
-            f"from {info.get('source') or 'an unnamed slide'}; X holds predictions, not counts",
+            f"from {info.get('source') or 'an unnamed slide'}; {_x_holds(info)}",
             f"lattice:   {lattice['kind']} at half pitch ({lattice['pitch_um']:g} um; input "
             f"{float(info.get('input_pitch_um', 2 * lattice['pitch_um'])):g} um)",
             f"sites:     {adata.n_obs} ({kinds.get('measured', 0)} measured, {kinds.get('imputed', 0)} "
@@ -772,7 +782,13 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     )
     # why a learned preset's output is the classical estimate, before that estimate is described
     if not model.uses_network and getattr(model, "note", ""):  # e.g. `default --epochs 2`, not kept
-        print(f"note: {model.note}")
+        if args.model is not None:  # the note is of the slide it was fitted on: nothing trained here
+            fitted_on = model.note.replace("this slide", "that slide")
+            print(
+                f"note: {args.model.name} holds no network; when it was fitted on its own slide, {fitted_on}"
+            )
+        else:
+            print(f"note: {model.note}")
     if "classical_summary" in written.uns:
         print(f"classical estimate {written.uns['classical_choice']}: {written.uns['classical_summary']}")
     if getattr(model, "reference", None) is not None:
@@ -1131,10 +1147,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _few_patterns_line(report: dict) -> str | None:
     """The methods whose predictions at the scored spots follow too few shared patterns
-    (:func:`~.core.patterns.few_patterns`, the bar ``enhance`` warns by), in one line; None when
-    no method does; with too few genes to judge, why not (as ``enhance`` says it: silence read as
-    a pass). The napari Quality verdict says the same of the best method."""
-    from .core.patterns import MIN_GENES_STRONG, NOT_SUITABLE, compared, few_patterns, how_few, too_few_genes
+    (:func:`~.core.patterns.few_patterns`, the bar ``enhance`` warns by), in one line, or that
+    none does; with too few genes to judge, why not (as ``enhance`` says it: silence was read as
+    a pass); None without a finite truth rank. The napari Quality verdict says the same of the
+    best method."""
+    from .core.patterns import (
+        FEW_PATTERNS,
+        MIN_GENES_STRONG,
+        NOT_SUITABLE,
+        SIGNAL_SHARE,
+        compared,
+        few_patterns,
+        how_few,
+        too_few_genes,
+    )
 
     truth = report["truth"]
     measured, signal = truth["effective_rank"], truth.get("signal_effective_rank", float("nan"))
@@ -1146,8 +1172,15 @@ def _few_patterns_line(report: dict) -> str | None:
         for name, s in report["methods"].items()
         if np.isfinite(s["effective_rank"]) and few_patterns(s["effective_rank"], measured, n_genes, signal)
     }
-    if not few or not np.isfinite(measured):
+    if not np.isfinite(measured):
         return None
+    if not few:  # said, or the footer's "named on a patterns line" leaves the reader guessing
+        if np.isfinite(signal):
+            return (
+                f"patterns: every method keeps at least {SIGNAL_SHARE:.0%} of the truth's effective rank "
+                f"without its Poisson noise ({signal:.1f})"
+            )
+        return f"patterns: no method follows fewer than {FEW_PATTERNS:g} shared patterns"
     numbers = "; ".join(f"{name}: {compared(rank, measured, signal)}" for name, rank in few.items())
     verb = "follows" if len(few) == 1 else "follow"
     return f"patterns: {', '.join(few)} {verb} {how_few(signal)} ({numbers}): {NOT_SUITABLE}"

@@ -232,7 +232,15 @@ def finetune_events(
     from .training import train_network
 
     if not isinstance(model, LearnedModel) or model.classical is None:
-        raise InputError(f"the model ({model.name}) is not a learned correction: nothing to fine-tune")
+        kept = getattr(model, "note", "")  # a learned preset whose network was refused when fitted
+        raise InputError(
+            f"the model ({model.name}) is not a learned correction: nothing to fine-tune"
+            + (
+                f" (its network was not kept when it was fitted: {kept.replace('this slide', 'that slide')})"
+                if kept
+                else ""
+            )
+        )
     if slide.lattice.kind != model.lattice_kind:
         raise InputError(
             f"the model was trained on a {model.lattice_kind} lattice but this slide is {slide.lattice.kind}"

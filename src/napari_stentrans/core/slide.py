@@ -516,6 +516,8 @@ def require_anndata(data: object, accepts_slide: bool = True) -> None:
         return
     wanted = "an AnnData" + (" or st.Slide" if accepts_slide else "")
     if isinstance(data, str | Path):
+        if not Path(data).exists():
+            raise InputError(f"expected {wanted}, got the path {str(data)!r}, which does not exist")
         raise InputError(
             f"expected {wanted}, got the path {str(data)!r}: read it first, st.read({str(data)!r})"
         )
