@@ -297,7 +297,9 @@ def test_evaluate_names_the_methods_under_the_pattern_bar_by_the_truth_it_has():
         "30.0; cubic: effective rank 4.5; measured 30.0)"
     )
     methods["default"]["effective_rank"] = methods["cubic"]["effective_rank"] = 6.0
-    assert _few_patterns_line(report) == "patterns: no method follows fewer than 5 shared patterns"
+    assert (
+        _few_patterns_line(report) == "patterns: no method follows too few shared patterns by enhance's bar"
+    )
     report["truth"]["signal_effective_rank"] = 8.0  # none is under 4.0 either: said, not silent
     assert _few_patterns_line(report) == (
         "patterns: every method keeps at least 50% of the truth's effective rank without its Poisson noise (8.0)"

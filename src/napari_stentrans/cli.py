@@ -1152,7 +1152,6 @@ def _few_patterns_line(report: dict) -> str | None:
     a pass); None without a finite truth rank. The napari Quality verdict says the same of the
     best method."""
     from .core.patterns import (
-        FEW_PATTERNS,
         MIN_GENES_STRONG,
         NOT_SUITABLE,
         SIGNAL_SHARE,
@@ -1167,20 +1166,20 @@ def _few_patterns_line(report: dict) -> str | None:
     n_genes = len(report["spatial_genes"])
     if n_genes < MIN_GENES_STRONG:
         return f"patterns: not judged: {too_few_genes(n_genes)}"
+    if not np.isfinite(measured):
+        return None
     few = {
         name: s["effective_rank"]
         for name, s in report["methods"].items()
         if np.isfinite(s["effective_rank"]) and few_patterns(s["effective_rank"], measured, n_genes, signal)
     }
-    if not np.isfinite(measured):
-        return None
     if not few:  # said, or the footer's "named on a patterns line" leaves the reader guessing
         if np.isfinite(signal):
             return (
                 f"patterns: every method keeps at least {SIGNAL_SHARE:.0%} of the truth's effective rank "
                 f"without its Poisson noise ({signal:.1f})"
             )
-        return f"patterns: no method follows fewer than {FEW_PATTERNS:g} shared patterns"
+        return "patterns: no method follows too few shared patterns by enhance's bar"
     numbers = "; ".join(f"{name}: {compared(rank, measured, signal)}" for name, rank in few.items())
     verb = "follows" if len(few) == 1 else "follow"
     return f"patterns: {', '.join(few)} {verb} {how_few(signal)} ({numbers}): {NOT_SUITABLE}"
