@@ -716,7 +716,8 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     try:
         from .core.pretrain import uses_validation
 
-        if model is not None and (args.finetune is not None or uses_validation(model)):
+        judged_here = model is not None and (args.finetune is not None or uses_validation(model))
+        if judged_here:
             # a pretrained model is judged on this slide's held-out genes (and fine-tuned) first
             if args.keep_classical:
                 raise CliError(
@@ -782,7 +783,7 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     )
     # why a learned preset's output is the classical estimate, before that estimate is described
     if not model.uses_network and getattr(model, "note", ""):  # e.g. `default --epochs 2`, not kept
-        if args.model is not None:  # the note is of the slide it was fitted on: nothing trained here
+        if args.model is not None and not judged_here:  # its note is of the slide it was fitted on
             fitted_on = model.note.replace("this slide", "that slide")
             print(
                 f"note: {args.model.name} holds no network; when it was fitted on its own slide, {fitted_on}"
