@@ -784,9 +784,11 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     # why a learned preset's output is the classical estimate, before that estimate is described
     if not model.uses_network and getattr(model, "note", ""):  # e.g. `default --epochs 2`, not kept
         if args.model is not None and not judged_here:  # its note is of the slide it was fitted on
-            fitted_on = model.note.replace("this slide", "that slide")
+            from .core.estimators.learned import fitted_elsewhere
+
             print(
-                f"note: {args.model.name} holds no network; when it was fitted on its own slide, {fitted_on}"
+                f"note: {args.model.name} holds no network; when it was fitted on its own slide, "
+                f"{fitted_elsewhere(model.note)}"
             )
         else:
             print(f"note: {model.note}")

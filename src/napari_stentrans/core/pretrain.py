@@ -227,6 +227,7 @@ def finetune_events(
         baseline_copy,
         corrects_default,
         default_model,
+        fitted_elsewhere,
         gate,
     )
     from .training import train_network
@@ -235,11 +236,7 @@ def finetune_events(
         kept = getattr(model, "note", "")  # a learned preset whose network was refused when fitted
         raise InputError(
             f"the model ({model.name}) is not a learned correction: nothing to fine-tune"
-            + (
-                f" (its network was not kept when it was fitted: {kept.replace('this slide', 'that slide')})"
-                if kept
-                else ""
-            )
+            + (f" (its network was not kept when it was fitted: {fitted_elsewhere(kept)})" if kept else "")
         )
     if slide.lattice.kind != model.lattice_kind:
         raise InputError(

@@ -56,6 +56,13 @@ NOTHING_LEARNED = (
 )
 
 
+def fitted_elsewhere(note: str) -> str:
+    """A refused network's note (:data:`NOT_KEPT`, :data:`NOTHING_LEARNED`) said of the slide the
+    model was fitted on, for a model file used on another slide (it said "this slide" of a slide
+    it never trained on)."""
+    return note.replace("this slide", "that slide")
+
+
 def default_model(slide: Slide, config: Config) -> ClassicalModel:
     """The ``default`` preset's classical model fitted on ``slide`` (what ``fit(slide)`` gives)."""
     return _default_estimator(slide, config).fit_model(slide)
@@ -414,6 +421,7 @@ __all__ = [
     "NetworkPredictor",
     "NOT_KEPT",
     "NOTHING_LEARNED",
+    "fitted_elsewhere",
     "gate",
     "default_model",
 ]
