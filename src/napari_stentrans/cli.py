@@ -1159,14 +1159,13 @@ def _few_patterns_line(report: dict) -> str | None:
         NOT_SUITABLE,
         SIGNAL_SHARE,
         compared,
-        few_patterns,
+        few_in_report,
         how_few,
+        report_bar,
         too_few_genes,
     )
 
-    truth = report["truth"]
-    measured, signal = truth["effective_rank"], truth.get("signal_effective_rank", float("nan"))
-    n_genes = len(report["spatial_genes"])
+    measured, signal, n_genes = report_bar(report)
     if n_genes < MIN_GENES_STRONG:
         return f"patterns: not judged: {too_few_genes(n_genes)}"
     if not np.isfinite(measured):
@@ -1174,7 +1173,7 @@ def _few_patterns_line(report: dict) -> str | None:
     few = {
         name: s["effective_rank"]
         for name, s in report["methods"].items()
-        if np.isfinite(s["effective_rank"]) and few_patterns(s["effective_rank"], measured, n_genes, signal)
+        if few_in_report(report, s.get("effective_rank"))
     }
     if not few:  # said, or the footer's "named on a patterns line" leaves the reader guessing
         if np.isfinite(signal):

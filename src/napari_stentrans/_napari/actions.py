@@ -1252,16 +1252,12 @@ def _few_patterns(report: dict, scores: dict) -> list[str]:
     """The plain warning of the CLI when the enhanced genes share a few patterns at the held-out
     spots (:func:`~..core.patterns.few_patterns` over the report's spatially variable genes), as
     one sentence; none otherwise."""
-    from ..core.patterns import NOT_SUITABLE, compared, few_patterns, how_few
+    from ..core.patterns import NOT_SUITABLE, compared, few_in_report, how_few, report_bar
 
-    truth = report.get("truth", {})
-    rank, measured = scores.get("effective_rank"), truth.get("effective_rank")
-    if rank is None or measured is None or not (np.isfinite(rank) and np.isfinite(measured)):
+    rank = scores.get("effective_rank")
+    if not few_in_report(report, rank):
         return []
-    signal = without_noise(truth, "effective_rank")
-    n_genes = len(report.get("spatial_genes", []))
-    if not few_patterns(rank, measured, n_genes, signal):
-        return []
+    measured, signal, _ = report_bar(report)
     return [f"Its genes follow {how_few(signal)} ({compared(rank, measured, signal)}): {NOT_SUITABLE}."]
 
 

@@ -73,6 +73,30 @@ def few_patterns(rank: float, measured_rank: float, n_genes: int, signal_rank: f
     return bool(rank < STRONG_RANK and measured_rank >= STRONG_RATIO * rank)
 
 
+def report_bar(report: dict) -> tuple[float, float, int]:
+    """From an ``evaluate`` report: the truth's effective rank at the scored spots, the same
+    without its Poisson noise, and how many genes they are over (NaN where a value is missing or
+    null, as a JSON report writes NaN)."""
+    truth = report.get("truth", {})
+    measured, signal = (truth.get(key) for key in ("effective_rank", "signal_effective_rank"))
+    nan = float("nan")
+    return (
+        nan if measured is None else float(measured),
+        nan if signal is None else float(signal),
+        len(report.get("spatial_genes", [])),
+    )
+
+
+def few_in_report(report: dict, rank: float | None) -> bool:
+    """Whether a method of an ``evaluate`` report with effective rank ``rank`` follows too few
+    patterns (:func:`few_patterns` against the report's truth, :func:`report_bar`); False when
+    the rank or the truth's is missing or not finite."""
+    measured, signal, n_genes = report_bar(report)
+    if rank is None or not (np.isfinite(rank) and np.isfinite(measured)):
+        return False
+    return few_patterns(float(rank), measured, n_genes, signal)
+
+
 class SharedPatternsWarning(UserWarning):
     """The enhanced genes follow too few shared patterns to read co-expression from them
     (:func:`few_patterns`); the message is ``uns["stentrans"]["patterns"]["warning"]``."""
@@ -218,6 +242,8 @@ __all__ = [
     "MIN_GENES_STRONG",
     "SIGNAL_SHARE",
     "few_patterns",
+    "few_in_report",
+    "report_bar",
     "how_few",
     "too_few_genes",
     "compared",
