@@ -382,11 +382,11 @@ def test_a_learned_fit_is_judged_on_genes_outside_its_training_genes_too(square_
     config = tiny_config(epochs=1, val_fraction=0.5)
     events = list(Trainer(square_slide, config, device="cpu").run())
     prepared = next(e for e in events if e.kind == "prepared")
-    # e.g. "168 spots; trains on 13 of the 16 most variable genes, judged on 8 validation genes it
-    # never trains on (the other 3 and 5 less variable detected genes)"
+    # e.g. "168 spots; trains on 13 of the 16 most variable genes, judged on 8 genes held out from
+    # training (3 of those 16 and 5 less variable detected genes)"
     found = re.search(
-        r"trains on (\d+) of the 16 most variable genes, judged on (\d+) validation genes it never "
-        r"trains on \(the other (\d+) and (\d+) less variable detected genes\)",
+        r"trains on (\d+) of the 16 most variable genes, judged on (\d+) genes held out from "
+        r"training \((\d+) of those 16 and (\d+) less variable detected genes\)",
         prepared.message,
     )
     assert found, prepared.message

@@ -1098,7 +1098,8 @@ def train_slides(
     n_other = sum(int((p.validate.genes >= p.sampler.n_train).sum()) for p in parts)
     # a user read "2000 training genes (60 validation), 140 other genes for validation" as 2,000
     # trained on: the line says how many it trains on and what judges it
-    judged = f"the other {n_val - n_other}" + (
+    # "(the other 51 and 149 less variable detected genes)" was read as one list of 51 and 149
+    judged = f"{n_val - n_other} of those {n_genes}" + (
         f" and {n_other} less variable detected genes" if n_other else ""
     )
     where = f"{len(sources)} slides, " if len(sources) > 1 else ""
@@ -1109,7 +1110,7 @@ def train_slides(
         val_loss=best_val,
         best=best_val,
         text=f"{where}{n_usable} spots; trains on {n_fit} of the {n_genes} most variable genes, judged on "
-        f"{n_val} validation genes it never trains on ({judged})" + message,
+        f"{n_val} genes held out from training ({judged})" + message,
     )
     done, epoch = 0, 0
     try:
