@@ -76,21 +76,52 @@ def test_default_x_sums_to_each_genes_measured_counts_and_the_slide_wide_factor_
     assert flat.uns["stentrans"]["count_level"].startswith("each gene scaled to sum to its measured counts")
     assert raw.uns["stentrans"]["count_level"].startswith("not calibrated")
     # the spots left out of the sums are counted; a slide without any says nothing of them
-    left_out = int(np.sum(~Slide.from_adata(adata, lost).usable))
+    held = Slide.from_adata(adata, lost)
+    left_out = int(np.sum(~held.usable & (held.depth > 0)))
     assert left_out >= len(lost)
     for note in (out.uns["stentrans"]["count_level"], flat.uns["stentrans"]["count_level"]):
-        assert note.endswith(f"over the measured spots ({left_out} lost or empty spots left out)")
-    empty = int(np.sum(~Slide.from_adata(adata).usable))  # no mask: only empty spots, if any
+        assert note.endswith(
+            f"over the measured spots (the counts of {left_out} lost or near-empty spots left out)"
+        )
+    whole_slide = Slide.from_adata(adata)  # no mask: only near-empty spots with some counts, if any
+    empty = int(np.sum(~whole_slide.usable & (whole_slide.depth > 0)))
     whole = calibrated.enhance(adata, genes=3).uns["stentrans"]["count_level"]
     plural = "s" * (empty != 1)
     assert whole.endswith(
-        "over the measured spots" + (f" ({empty} lost or empty spot{plural} left out)" if empty else "")
+        "over the measured spots"
+        + (f" (the counts of {empty} lost or near-empty spot{plural} left out)" if empty else "")
     )
     # the streamed writer scales every gene batch the same way
     calibrated.write(adata, tmp_path / "out.h5ad", mask=lost, batch_size=5)
     import anndata as ad
 
     np.testing.assert_allclose(ad.read_h5ad(tmp_path / "out.h5ad").X, out.X, rtol=1e-6)
+
+
+def test_spots_without_counts_add_nothing_to_the_totals_and_are_not_counted_as_left_out():
+    """An in-tissue spot with 0 counts and one absent from the matrix give the same note: only
+    the counts of lost or near-empty spots are missing from the totals (a user compared the two
+    notes of the same slide: "27 lost or empty spots left out" against "2")."""
+    from napari_stentrans.core.estimators.base import CountCalibration
+    from napari_stentrans.core.sites import output_sites
+
+    adata, _ = _slide_and_mask()
+    counts = adata.X.tolil(copy=True) if sp.issparse(adata.X) else np.array(adata.X)
+    counts[:3] = 0  # three spots that captured nothing
+    adata.X = sp.csr_matrix(counts) if sp.issparse(adata.X) else counts
+    slide = Slide.from_adata(adata)
+    assert np.sum(~slide.usable) >= 3
+    rows = np.flatnonzero(slide.usable)  # any rows: the note reads only the slide
+    calibration = CountCalibration(slide, output_sites(slide), rows=rows)
+    with_counts = int(np.sum(~slide.usable & (slide.depth > 0)))
+    assert calibration.left_out == with_counts
+    if with_counts == 0:
+        assert "left out" not in calibration.note
+    slide.usable[3] = False  # a spot with counts marked lost: its counts are left out
+    lost = CountCalibration(slide, output_sites(slide), rows=rows)
+    assert lost.left_out == with_counts + 1
+    plural = "s" * (with_counts != 0)
+    assert lost.note.endswith(f"(the counts of {with_counts + 1} lost or near-empty spot{plural} left out)")
 
 
 @pytest.mark.parametrize("seed", [5, 6])

@@ -417,7 +417,9 @@ class CountCalibration:
         self.rows, self.at_spots = rows, at_spots
         self.bandwidth, self.prior = bandwidth, float(prior)
         measured = slide.counts[slide.usable]
-        self.left_out = int(np.sum(~slide.usable))  # lost or (near) empty: not in the totals
+        # lost or near-empty spots whose counts are not in the totals; a spot without counts
+        # adds nothing, so an empty spot and one absent from the matrix give the same note
+        self.left_out = int(np.sum(~slide.usable & (slide.depth > 0)))
         self.totals = np.asarray(measured.sum(axis=0), dtype=np.float64).ravel()
         self.measured = self.to_sites = self.to_spots = None
         if bandwidth is not None:  # the local factors read each gene batch's columns
@@ -432,7 +434,7 @@ class CountCalibration:
         """What was done, for ``uns["stentrans"]["count_level"]``."""
         # it said "(lost spots left out)" on slides without any
         left_out = (
-            f" ({self.left_out} lost or empty spot{'s' * (self.left_out != 1)} left out)"
+            f" (the counts of {self.left_out} lost or near-empty spot{'s' * (self.left_out != 1)} left out)"
             if self.left_out
             else ""
         )
