@@ -310,7 +310,8 @@ def test_quality_check_progress_stop_verdict_and_csv(make_napari_viewer, qtbot, 
     # one column per method and one of the measured slide, one row per metric: a ~400 px dock
     # fits the columns (it showed ~3 of 9 metrics when the methods were rows)
     native = quality._table.native
-    assert list(quality._table.column_headers) == ["default", "nearest", "linear", "truth"]
+    # ... and one of the measured slide without its Poisson noise: the pattern verdict's bar
+    assert list(quality._table.column_headers) == ["default", "nearest", "linear", "truth", "no noise"]
     rows = list(quality._table.row_headers)
     assert rows[:3] == ["median r", "gene-specific r", "co-expression r"]  # the verdict's metrics first
     assert {"PC1 share", "effective rank", "ARI"} <= set(rows)
@@ -353,11 +354,21 @@ def test_quality_check_progress_stop_verdict_and_csv(make_napari_viewer, qtbot, 
     table = pd.read_csv(csv)
     assert list(table["method id"]) == ["default", "nearest", "linear", "truth", "truth_signal"]
     # the bar of the pattern verdict: the truth's rank without its Poisson noise, in the CSV and
-    # as the truth cell's tooltip (only in the status line before)
+    # as a column of its own (a tooltip of the truth's cell before, and the status line)
     noise_free = report["truth"]["signal_effective_rank"]
     assert table["effective rank"][4] == round(noise_free, 3) and np.isnan(table["median r"][4])
-    tip = native.item(rows.index("effective rank"), 3).toolTip()
-    assert tip == f"{noise_free:.1f} without its Poisson noise (count splitting)"
+    ranks = dict(
+        zip(quality._table.column_headers, quality._table.data[rows.index("effective rank")], strict=True)
+    )
+    assert (
+        ranks["no noise"] == f"{noise_free:.1f}"
+        and ranks["truth"] == f"{report['truth']['effective_rank']:.1f}"
+    )
+    medians = dict(
+        zip(quality._table.column_headers, quality._table.data[rows.index("median r")], strict=True)
+    )
+    assert not medians["no noise"] and not medians["truth"]  # values a method has, not the slide
+    assert native.horizontalHeaderItem(4).toolTip().startswith("measured slide without its Poisson noise")
     np.testing.assert_allclose(
         table["gene-specific r"][:3],
         [round(report["methods"][m]["gene_specific_r"], 3) for m in table["method id"][:3]],

@@ -1276,11 +1276,13 @@ def without_noise(truth: dict, key: str) -> float:
 
 
 def quality_table(report: dict, columns: dict[str, str]) -> dict[str, list]:
-    """Table columns (method name, then ``columns``: header -> report key), rounded to 3 digits.
+    """Table columns (method label, method id, then ``columns``: header -> report key), rounded
+    to 3 digits.
 
     One row per method, then a row of the measured slide at the scored spots, with the values it
-    has of its own (PC1 share, effective rank, ARI of its clustering against the annotation); its
-    other cells are None.
+    has of its own (PC1 share, effective rank, ARI of its clustering against the annotation), then,
+    when the report has them, its PC1 share and effective rank without its Poisson noise (id
+    :data:`TRUTH_SIGNAL`): the bar of the pattern verdict. Other cells of those rows are None.
     """
     names = list(report["methods"])
     truth = report.get("truth", {})
@@ -1288,36 +1290,34 @@ def quality_table(report: dict, columns: dict[str, str]) -> dict[str, list]:
     def rounded(v):
         return None if v is None or not np.isfinite(v) else round(float(v), 3)
 
-    return {
+    table = {
         "method": [method_label(m) for m in names] + ["measured slide (truth at the scored spots)"],
+        "method id": [*names, TRUTH],
         **{
             column: [rounded(report["methods"][m].get(key)) for m in names]
             + [rounded(truth.get(key)) if key in TRUTH_KEYS else None]
             for column, key in columns.items()
         },
     }
+    noise_free = {
+        column: rounded(without_noise(truth, key)) if key in SIGNAL_KEYS else None
+        for column, key in columns.items()
+    }
+    if any(v is not None for v in noise_free.values()):
+        table["method"].append("measured slide without its Poisson noise (count splitting)")
+        table["method id"].append(TRUTH_SIGNAL)
+        for column, value in noise_free.items():
+            table[column].append(value)
+    return table
 
 
 def write_quality_csv(report: dict, path, columns: dict[str, str]) -> Path:
-    """The quality table as CSV (one row per method, then the measured slide's own values, then
-    its PC1 share and effective rank without its Poisson noise when the report has them)."""
+    """The quality table (:func:`quality_table`) as CSV, written atomically."""
     import pandas as pd
 
     from ..core.files import atomic_path
 
     table = pd.DataFrame(quality_table(report, columns))
-    table.insert(1, "method id", [*report["methods"], TRUTH])
-    noise_free = {  # the truth's spectrum without its Poisson noise: the pattern verdict's bar
-        column: round(value, 3)
-        for column, key in columns.items()
-        if key in SIGNAL_KEYS and np.isfinite(value := without_noise(report.get("truth", {}), key))
-    }
-    if noise_free:
-        row = {
-            "method": "measured slide without its Poisson noise (count splitting)",
-            "method id": TRUTH_SIGNAL,
-        }
-        table = pd.concat([table, pd.DataFrame([{**row, **noise_free}])], ignore_index=True)
     path = Path(path)
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False)

@@ -1273,6 +1273,14 @@ QUALITY_TIPS = dict(
 )
 
 
+#: the column of the measured slide without its Poisson noise: the pattern verdict's bar, a cell
+#: of its own (a user read the truth's measured 22.8 where the verdict said "against 19.5")
+QUALITY_HEADERS = {actions.TRUTH_SIGNAL: "no noise"}
+SIGNAL_TIP = (
+    ": a method whose effective rank is under half of this one's follows fewer patterns than the slide"
+)
+
+
 def _report_line(report: dict) -> str:
     """The Quality check's status line for a report: scored spots and genes, and the measured
     slide's own PC1 share, effective rank (also without its Poisson noise) and ARI, which the
@@ -1553,7 +1561,7 @@ class QualityWidget(_SlideWidget):
         # one column per method (its `--methods` name; the full label as its tooltip) and one of
         # the measured slide, one row per metric: a docked panel is ~400 px wide, which showed
         # about 3 of 9 metrics side by side but fits 4-6 method columns; three decimals as text
-        ids = [*report["methods"], actions.TRUTH]
+        ids = [QUALITY_HEADERS.get(i, i) for i in table["method id"]]
         digits = {"effective rank": 1}  # 13.2 as the status line says it: a column stays narrow
         cells = [
             ["" if v is None else f"{v:.{digits.get(metric, 3)}f}" for v in table[metric]]
@@ -1561,18 +1569,11 @@ class QualityWidget(_SlideWidget):
         ]
         self._table.value = {"data": cells, "index": list(QUALITY_COLUMNS), "columns": ids}
         native = self._table.native
-        for column, label in enumerate(table["method"]):
-            native.horizontalHeaderItem(column).setToolTip(str(label))
+        for column, (label, key) in enumerate(zip(table["method"], table["method id"], strict=True)):
+            tip = str(label) + (SIGNAL_TIP if key == actions.TRUTH_SIGNAL else "")
+            native.horizontalHeaderItem(column).setToolTip(tip)
         for row, tip in enumerate(QUALITY_TIPS.values()):
             native.verticalHeaderItem(row).setToolTip(tip)
-        truth = report.get("truth", {})
-        for row, (metric, key) in enumerate(QUALITY_COLUMNS.items()):  # the truth's value without its noise
-            if key in actions.SIGNAL_KEYS and np.isfinite(value := actions.without_noise(truth, key)):
-                item = native.item(row, len(ids) - 1)
-                if item is not None:
-                    item.setToolTip(
-                        f"{value:.{digits.get(metric, 3)}f} without its Poisson noise (count splitting)"
-                    )
         # columns as wide as their text and a little more: Qt's padding made five columns too
         # wide for the ~370 px the docked panel leaves the table
         text = native.horizontalHeader().fontMetrics().horizontalAdvance
