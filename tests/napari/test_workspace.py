@@ -300,18 +300,17 @@ def test_quality_check_progress_stop_verdict_and_csv(make_napari_viewer, qtbot, 
     assert "--methods default,nearest,linear,cubic,transformer,published --epochs 5 " in quality._status.value
     quality._learned.value = False
     seen = []
-    worker = quality.run(methods=("default", "nearest", "linear"))
+    worker = quality.run()  # the quick methods, as Run does: default and three interpolations
     worker.yielded.connect(seen.append)
     qtbot.waitUntil(lambda: quality.worker is None, timeout=180_000)
-    # (the first, "0 of 3", can be emitted before this test connects)
-    assert [s[0] for s in seen if s[2] is not None] == [1, 2, 3] and quality._progress.value == 3
+    # (the first, "0 of 4", can be emitted before this test connects)
+    assert [s[0] for s in seen if s[2] is not None] == [1, 2, 3, 4] and quality._progress.value == 4
     report = quality.report
-    assert set(report["methods"]) == {"default", "nearest", "linear"}
+    assert set(report["methods"]) == {"default", "nearest", "linear", "cubic"}
     # one column per method and one of the measured slide, one row per metric: a ~400 px dock
     # fits the columns (it showed ~3 of 9 metrics when the methods were rows)
     native = quality._table.native
-    # ... and one of the measured slide without its Poisson noise: the pattern verdict's bar
-    assert list(quality._table.column_headers) == ["default", "nearest", "linear", "truth", "no noise"]
+    assert list(quality._table.column_headers) == ["default", "nearest", "linear", "cubic", "truth"]
     rows = list(quality._table.row_headers)
     assert rows[:3] == ["median r", "gene-specific r", "co-expression r"]  # the verdict's metrics first
     assert {"PC1 share", "effective rank", "ARI"} <= set(rows)
@@ -338,7 +337,7 @@ def test_quality_check_progress_stop_verdict_and_csv(make_napari_viewer, qtbot, 
     ws.tabs.setCurrentIndex(ws.TABS.index("Quality"))
     qtbot.waitUntil(lambda: native.isVisible())
     QApplication.processEvents()
-    assert native.horizontalScrollBar().maximum() == 0, [native.columnWidth(i) for i in range(5)]
+    assert native.horizontalScrollBar().maximum() == 0, [native.columnWidth(i) for i in range(6)]
     assert native.verticalScrollBar().maximum() == 0
     assert native.width() < 420  # docked at its narrowest (napari's layer controls take ~380 px)
     verdict = quality._verdict.value
@@ -352,28 +351,22 @@ def test_quality_check_progress_stop_verdict_and_csv(make_napari_viewer, qtbot, 
     assert "residual_cnn" not in verdict and "best" not in verdict
     csv = quality.save_csv(tmp_path / "quality.csv")
     table = pd.read_csv(csv)
-    assert list(table["method id"]) == ["default", "nearest", "linear", "truth", "truth_signal"]
-    # the bar of the pattern verdict: the truth's rank without its Poisson noise, in the CSV and
-    # as a column of its own (a tooltip of the truth's cell before, and the status line)
+    assert list(table["method id"]) == ["default", "nearest", "linear", "cubic", "truth"]
+    # the bar of the pattern verdict: the truth's rank without its Poisson noise, a row of its own
+    # in the table and the CSV (a tooltip of the truth's cell before: a user read its noisy rank)
     noise_free = report["truth"]["signal_effective_rank"]
-    assert table["effective rank"][4] == round(noise_free, 3) and np.isnan(table["median r"][4])
+    assert table["eff. rank signal"][4] == round(noise_free, 3) and table["eff. rank signal"][:4].isna().all()
     ranks = dict(
-        zip(quality._table.column_headers, quality._table.data[rows.index("effective rank")], strict=True)
+        zip(quality._table.column_headers, quality._table.data[rows.index("eff. rank signal")], strict=True)
     )
-    assert (
-        ranks["no noise"] == f"{noise_free:.1f}"
-        and ranks["truth"] == f"{report['truth']['effective_rank']:.1f}"
-    )
-    medians = dict(
-        zip(quality._table.column_headers, quality._table.data[rows.index("median r")], strict=True)
-    )
-    assert not medians["no noise"] and not medians["truth"]  # values a method has, not the slide
-    assert native.horizontalHeaderItem(4).toolTip().startswith("measured slide without its Poisson noise")
+    assert ranks["truth"] == f"{noise_free:.1f}" and not ranks["default"]
+    assert rows.index("eff. rank signal") == rows.index("effective rank") + 1
+    assert not native.isRowHidden(rows.index("eff. rank signal"))
     np.testing.assert_allclose(
-        table["gene-specific r"][:3],
-        [round(report["methods"][m]["gene_specific_r"], 3) for m in table["method id"][:3]],
+        table["gene-specific r"][:4],
+        [round(report["methods"][m]["gene_specific_r"], 3) for m in table["method id"][:4]],
     )
-    assert np.isnan(table["gene-specific r"][3]) and table["PC1 share"][3] == round(
+    assert np.isnan(table["gene-specific r"][4]) and table["PC1 share"][4] == round(
         report["truth"]["pc1_share"], 3
     )
     # Stop: ends after the running method, keeps the previous report, enables Run again

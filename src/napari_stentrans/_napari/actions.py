@@ -1261,10 +1261,10 @@ def _few_patterns(report: dict, scores: dict) -> list[str]:
     return [f"Its genes follow {how_few(signal)} ({compared(rank, measured, signal)}): {NOT_SUITABLE}."]
 
 
-#: the measured slide's own values in the quality table: what a method close to them keeps
-TRUTH_KEYS = ("pc1_share", "effective_rank", "ari")
+#: the measured slide's own values in the quality table: what a method close to them keeps, and
+#: its PC1 share and effective rank without its Poisson noise (the pattern verdict's bar)
+TRUTH_KEYS = ("pc1_share", "effective_rank", "ari", "signal_pc1_share", "signal_effective_rank")
 TRUTH = "truth"  # the measured slide's column (CSV row), as the JSON report names it
-TRUTH_SIGNAL = "truth_signal"  # the CSV row of the truth without its Poisson noise
 SIGNAL_KEYS = ("pc1_share", "effective_rank")  # what the truth has without its noise
 
 
@@ -1280,9 +1280,8 @@ def quality_table(report: dict, columns: dict[str, str]) -> dict[str, list]:
     to 3 digits.
 
     One row per method, then a row of the measured slide at the scored spots, with the values it
-    has of its own (PC1 share, effective rank, ARI of its clustering against the annotation), then,
-    when the report has them, its PC1 share and effective rank without its Poisson noise (id
-    :data:`TRUTH_SIGNAL`): the bar of the pattern verdict. Other cells of those rows are None.
+    has of its own (:data:`TRUTH_KEYS`: PC1 share, effective rank, both also without its Poisson
+    noise, and the ARI of its clustering against the annotation); its other cells are None.
     """
     names = list(report["methods"])
     truth = report.get("truth", {})
@@ -1290,7 +1289,7 @@ def quality_table(report: dict, columns: dict[str, str]) -> dict[str, list]:
     def rounded(v):
         return None if v is None or not np.isfinite(v) else round(float(v), 3)
 
-    table = {
+    return {
         "method": [method_label(m) for m in names] + ["measured slide (truth at the scored spots)"],
         "method id": [*names, TRUTH],
         **{
@@ -1299,16 +1298,6 @@ def quality_table(report: dict, columns: dict[str, str]) -> dict[str, list]:
             for column, key in columns.items()
         },
     }
-    noise_free = {
-        column: rounded(without_noise(truth, key)) if key in SIGNAL_KEYS else None
-        for column, key in columns.items()
-    }
-    if any(v is not None for v in noise_free.values()):
-        table["method"].append("measured slide without its Poisson noise (count splitting)")
-        table["method id"].append(TRUTH_SIGNAL)
-        for column, value in noise_free.items():
-            table[column].append(value)
-    return table
 
 
 def write_quality_csv(report: dict, path, columns: dict[str, str]) -> Path:

@@ -1243,8 +1243,13 @@ QUALITY_COLUMNS = {  # the verdict's three metrics first
     "co-expression r": "coexpression_r",
     "co-expr. r signal": "coexpression_r_signal",
     "median r (norm)": "median_pcc_norm",
+    # each under it, the measured slide's without its Poisson noise: the pattern verdict's bar, in
+    # rows of their own (a user read the truth's noisy 22.8 where the verdict said "against
+    # 19.5"; a column of its own did not fit a docked panel beside four methods)
     "PC1 share": "pc1_share",
+    "PC1 share signal": "signal_pc1_share",
     "effective rank": "effective_rank",
+    "eff. rank signal": "signal_effective_rank",
     "count level": "count_level",  # predicted / measured counts per gene (1 = the measured level)
     "ARI": "ari",  # with annotations chosen: the fixed clustering against them
 }
@@ -1263,21 +1268,16 @@ QUALITY_TIPS = dict(
             "Median per-gene r on log-normalised values (depth removed)",
             "Share of the variance in the first principal component (same 100 genes); far above "
             "the measured slide's: the genes follow one shared map",
+            "The measured slide's PC1 share without its Poisson noise (count splitting)",
             "exp(entropy) of the principal components' variance shares; far below the measured "
-            "slide's without its Poisson noise (the status line): the genes follow a few shared patterns",
+            "slide's without its Poisson noise (the row below): the genes follow a few shared patterns",
+            "The measured slide's effective rank without its Poisson noise (count splitting): a "
+            "method whose effective rank is under half of it follows fewer patterns than the slide",
             "Predicted over measured counts per gene at the held-out spots (median; 1 = the measured level)",
             "Adjusted Rand index of the fixed clustering (PCA + k-means) against the chosen annotation",
         ),
         strict=True,
     )
-)
-
-
-#: the column of the measured slide without its Poisson noise: the pattern verdict's bar, a cell
-#: of its own (a user read the truth's measured 22.8 where the verdict said "against 19.5")
-QUALITY_HEADERS = {actions.TRUTH_SIGNAL: "no noise"}
-SIGNAL_TIP = (
-    ": a method whose effective rank is under half of this one's follows fewer patterns than the slide"
 )
 
 
@@ -1561,17 +1561,19 @@ class QualityWidget(_SlideWidget):
         # one column per method (its `--methods` name; the full label as its tooltip) and one of
         # the measured slide, one row per metric: a docked panel is ~400 px wide, which showed
         # about 3 of 9 metrics side by side but fits 4-6 method columns; three decimals as text
-        ids = [QUALITY_HEADERS.get(i, i) for i in table["method id"]]
-        digits = {"effective rank": 1}  # 13.2 as the status line says it: a column stays narrow
+        ids = table["method id"]
+        digits = {
+            "effective rank": 1,
+            "eff. rank signal": 1,
+        }  # 13.2 as the status line says it: a column stays narrow
         cells = [
             ["" if v is None else f"{v:.{digits.get(metric, 3)}f}" for v in table[metric]]
             for metric in QUALITY_COLUMNS
         ]
         self._table.value = {"data": cells, "index": list(QUALITY_COLUMNS), "columns": ids}
         native = self._table.native
-        for column, (label, key) in enumerate(zip(table["method"], table["method id"], strict=True)):
-            tip = str(label) + (SIGNAL_TIP if key == actions.TRUTH_SIGNAL else "")
-            native.horizontalHeaderItem(column).setToolTip(tip)
+        for column, label in enumerate(table["method"]):
+            native.horizontalHeaderItem(column).setToolTip(str(label))
         for row, tip in enumerate(QUALITY_TIPS.values()):
             native.verticalHeaderItem(row).setToolTip(tip)
         # columns as wide as their text and a little more: Qt's padding made five columns too
