@@ -433,10 +433,11 @@ def test_warnings_at_the_callers_line_also_on_error_and_never_from_a_worker_thre
     import warnings
 
     from napari_stentrans.core.caller import warns_at_caller
+    from napari_stentrans.core.io.common import DuplicateGeneNamesWarning
 
     @warns_at_caller
     def deep(fail: bool):
-        warnings.warn("first", UserWarning, stacklevel=1)  # this line, unless re-issued
+        warnings.warn("first", DuplicateGeneNamesWarning, stacklevel=1)  # this line, unless re-issued
         if fail:
             raise ValueError("then an error")
         return warnings.showwarning
@@ -459,3 +460,33 @@ def test_warnings_at_the_callers_line_also_on_error_and_never_from_a_worker_thre
         assert seen["hook"] is warnings.showwarning  # the worker swapped nothing in
     assert warnings.showwarning is before
     assert [w.lineno for w in said] == [own_line]  # its own line: nothing re-issued
+
+
+def test_other_libraries_warnings_keep_their_line_and_their_filters():
+    """Only the engine's warnings move to the caller's line: another library's warning is shown
+    where it was issued, and a DeprecationWarning that Python's default filters hide stays hidden
+    (a user saw ome_zarr's deprecation notice at their own `st.read` line)."""
+    import sys
+    import warnings
+
+    from napari_stentrans.core.caller import warns_at_caller
+
+    @warns_at_caller
+    def reads():
+        warnings.warn("a library's notice", UserWarning, stacklevel=1)
+        warnings.warn("a library's deprecation", DeprecationWarning, stacklevel=1)
+        return 1
+
+    library_line = reads.__wrapped__.__code__.co_firstlineno + 2
+    with warnings.catch_warnings(record=True) as said:
+        warnings.resetwarnings()  # Python's defaults: DeprecationWarning shown only in __main__
+        warnings.simplefilter("default")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        call_line = sys._getframe().f_lineno + 1
+        assert reads() == 1
+    assert [(str(w.message), w.lineno) for w in said] == [("a library's notice", library_line)]
+    assert call_line not in [w.lineno for w in said]
+    with warnings.catch_warnings(record=True) as said:  # a user's ignore filter is kept
+        warnings.simplefilter("ignore")
+        reads()
+    assert said == []
