@@ -66,6 +66,55 @@ def test_output_positions_in_the_input_image_pixels(square_case):
     np.testing.assert_allclose(out.obsm["spatial_um"] / 100.0, (expected - 5) / 10.0 * 2.0, atol=1e-9)
 
 
+def test_measured_spots_keep_their_image_positions_and_new_sites_lie_between_theirs():
+    """Spot centres found on an image deviate from the lattice's affine map (legacy ST: up to a
+    quarter of the pitch): a measured or lost spot keeps its own position in the output, a new
+    site lies midway between the real positions of the two spots it lies between, and a hole
+    enclosed by spots takes its neighbours' offsets (a user found her2st C1's measured spots
+    moved by up to 68 px of a 269 px pitch)."""
+    from scipy.spatial import Delaunay, cKDTree
+
+    from napari_stentrans.core.config import preset
+    from napari_stentrans.core.fitting import fit
+
+    r, c = block_sites("hex", 10, 14)
+    r, c = _without(r, c, (4, 8))  # a hole enclosed by spots: an imputed site
+    adata = make_slide(r, c, "hex", n_genes=8, seed=3)
+    jitter = np.random.default_rng(0).normal(0.0, 2.0, size=(adata.n_obs, 2))  # pitch: 10 px
+    adata.obsm["spatial"] = adata.obsm["spatial"] + jitter
+    lost = np.array([[r[20], c[20]]])
+    model = fit(adata, preset("default", "hex"), mask=lost, device="cpu")
+    out = model.enhance(adata, mask=lost, genes=2)
+    kind = out.obs["kind"].to_numpy()
+    spots = out.obs["barcode"].notna().to_numpy()
+    assert set(kind[spots]) == {"measured", "imputed"}  # the lost spot too
+    rows = adata.obs_names.get_indexer(out.obs["barcode"][spots].astype(str))
+    np.testing.assert_array_equal(out.obsm["spatial"][spots], adata.obsm["spatial"][rows])
+    # every new site midway between the real positions of the two spots 0.5 pitch away
+    half = np.column_stack([out.obs["array_row"], out.obs["array_col"]]) / 2.0
+    lattice_xy = Lattice("hex").physical(half[:, 0], half[:, 1]) / 100.0
+    tree = cKDTree(Lattice("hex").physical(r, c) / 100.0)
+    new = np.flatnonzero(kind == "new")
+    pairs = [tree.query_ball_point(lattice_xy[i], 0.51) for i in new]
+    between = np.array([len(p) == 2 for p in pairs])
+    assert between.sum() > 0.8 * len(new)
+    expected = np.array(
+        [adata.obsm["spatial"][p].mean(axis=0) for p, b in zip(pairs, between, strict=True) if b]
+    )
+    np.testing.assert_allclose(out.obsm["spatial"][new[between]], expected, atol=1e-6)
+    # the hole: the lattice's map plus a mean of its neighbours' offsets from it
+    hole = np.flatnonzero((kind == "imputed") & ~spots)
+    assert len(hole) == 1
+    affine = np.column_stack([r, c, np.ones(len(r))])
+    coef, *_ = np.linalg.lstsq(affine, adata.obsm["spatial"], rcond=None)
+    around = tree.query_ball_point(lattice_xy[hole[0]], 1.01)
+    assert len(around) == 6
+    offsets = adata.obsm["spatial"][around] - affine[around] @ coef
+    applied = out.obsm["spatial"][hole[0]] - np.array([4.0, 8.0, 1.0]) @ coef
+    assert np.linalg.norm(applied) > 1e-3  # not the map alone
+    assert Delaunay(offsets).find_simplex(applied) >= 0  # inside the hull of its neighbours' offsets
+
+
 def test_output_values_layers_and_provenance(square_case):
     adata, model = square_case
     out = model.enhance(adata, genes=["G3", "G1"], device="cpu")

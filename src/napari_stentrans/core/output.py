@@ -12,6 +12,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .. import __version__
+from .classical import linear_weights
 from .estimators.base import typed_validation
 from .io import library_of, source_of
 from .io.common import clean_spatial
@@ -118,7 +119,7 @@ def assemble(
     out = ad.AnnData(X=counts, obs=obs, var=var, layers={"measured": measured})
     adata = slide.adata
     out.obsm["spatial_um"] = slide.lattice.physical(sites.row, sites.col, scale=2.0)
-    out.obsm["spatial"] = _image_positions(adata, slide, sites.row / 2.0, sites.col / 2.0)
+    out.obsm["spatial"] = _image_positions(adata, slide, sites)
     if "spatial" in adata.uns:
         out.uns["spatial"] = _half_spot_spatial(clean_spatial(adata.uns["spatial"], "input slide"))
     described = model.describe()
@@ -221,13 +222,28 @@ def _measured_layer(slide: Slide, gene_idx: np.ndarray, spot: np.ndarray) -> sp.
     )
 
 
-def _image_positions(adata: ad.AnnData, slide: Slide, row: np.ndarray, col: np.ndarray) -> np.ndarray:
-    """Map (possibly fractional) input array coordinates to the input's ``obsm["spatial"]``."""
-    if "spatial" in adata.obsm:
-        coef = fit_affine(slide.row, slide.col, adata.obsm["spatial"])
-        if coef is not None:
-            return np.column_stack([row, col, np.ones(len(row))]) @ coef
-    return slide.lattice.physical(row, col)
+def _image_positions(adata: ad.AnnData, slide: Slide, sites: OutputSites) -> np.ndarray:
+    """Positions ``(n_sites, 2)`` of the sites in the input's ``obsm["spatial"]`` frame.
+
+    A site at a spot of the input (measured, or lost) keeps that spot's own position. Every
+    other site takes the least-squares affine map from array coordinates to the input's
+    positions, plus the spots' own offsets from that map interpolated linearly between them
+    (:func:`~.classical.linear_weights`): a new site between two spots lies midway between their
+    real positions. Spot positions found on an image deviate from any affine map (legacy ST:
+    up to a quarter of the pitch), and the map alone moved measured spots off where they were
+    measured. Without ``obsm["spatial"]``: the lattice's physical positions (micrometres).
+    """
+    row, col = sites.row / 2.0, sites.col / 2.0
+    spatial = np.asarray(adata.obsm["spatial"], float) if "spatial" in adata.obsm else None
+    coef = None if spatial is None else fit_affine(slide.row, slide.col, spatial)
+    if coef is None:
+        return slide.lattice.physical(row, col)
+    offsets = spatial - np.column_stack([slide.row, slide.col, np.ones(len(slide.row))]) @ coef
+    out = np.column_stack([row, col, np.ones(len(row))]) @ coef
+    out += linear_weights(slide.positions(), sites.positions(slide)) @ offsets
+    at_spot = sites.spot >= 0
+    out[at_spot] = spatial[sites.spot[at_spot]]
+    return out
 
 
 def _half_spot_spatial(spatial: dict) -> dict:
