@@ -297,8 +297,24 @@ def test_spatialdata_round_trip(tmp_path, kind):
             ("x", "y"), ("x", "y")
         )
         np.testing.assert_allclose(to_full, np.diag([2.0, 2.0, 1.0]))  # lowres scale factor 0.5
+        # the circles are in the image's own coordinate system too (they vanished from it)
+        to_lowres = get_transformation(circles, to_coordinate_system="lib_downscaled_lowres")
+        np.testing.assert_allclose(
+            to_lowres.to_affine_matrix(("x", "y"), ("x", "y")), np.diag([0.5, 0.5, 1.0])
+        )
     else:  # no scale factors: a quarter of the half pitch (100 um on this ST slide) across, in pixels
         np.testing.assert_allclose(circles["radius"] * um, 0.25 * 100.0, rtol=1e-6)
+    # micrometres: the store's frame is obsm["spatial_um"]'s, for the circles and the image alike
+    to_um = get_transformation(circles, to_coordinate_system=f"{library}_um").to_affine_matrix(
+        ("x", "y"), ("x", "y")
+    )
+    centres = np.column_stack([circles.geometry.x, circles.geometry.y, np.ones(len(circles))])
+    np.testing.assert_allclose((centres @ to_um.T)[:, :2], enhanced.obsm["spatial_um"], atol=1e-6)
+    if kind == "hex":
+        image_um = get_transformation(image, to_coordinate_system="lib_um").to_affine_matrix(
+            ("x", "y"), ("x", "y")
+        )
+        np.testing.assert_allclose(image_um, to_um @ to_full, atol=1e-9)
     # micrometres: neighbouring measured spots one input pitch apart
     measured = enhanced.obs["kind"].to_numpy() == "measured"
     xy = enhanced.obsm["spatial"][measured] * um

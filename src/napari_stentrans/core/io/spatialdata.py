@@ -214,7 +214,7 @@ def write_spatialdata(
     if sdata_pkg is None:
         raise InputError(f"{path}: writing SpatialData needs the spatialdata package: {INSTALL}")
     from spatialdata.models import Image2DModel, ShapesModel, TableModel
-    from spatialdata.transformations import Identity, Scale
+    from spatialdata.transformations import Affine, Identity, Scale, Sequence
 
     path = Path(path)
     resolved = path.resolve()
@@ -229,18 +229,28 @@ def write_spatialdata(
     entry = enhanced.uns.get("spatial", {}).get(library, {})
     scalefactors = dict(entry.get("scalefactors", {}))
     xy = np.asarray(enhanced.obsm["spatial"], float)
-    um_per_px = _um_per_unit(enhanced)
+    px_to_um = _to_um(enhanced)
+    um_per_px = float(np.sqrt(abs(np.linalg.det(px_to_um[:2, :2])))) or 1.0
     diameter = scalefactors.get("spot_diameter_fullres")
     if diameter is None:  # no Visium scale factors: a spot half the half pitch across
         diameter = 0.5 * float(enhanced.uns["stentrans"]["pitch_um"]) / um_per_px
-    to_um = Scale([um_per_px, um_per_px], axes=("x", "y"))
+    # the frame of obsm["spatial_um"] (the lattice's micrometres), not pixels times a scale: one
+    # micrometre frame for the table and the store (a user found them apart by up to 2 mm)
+    to_um = Affine(px_to_um, input_axes=("x", "y"), output_axes=("x", "y"))
+    # the circles in every coordinate system of the images too (they vanished from the lowres one)
+    in_images = {
+        f"{library}_downscaled_{resolution}": Scale(
+            [float(scalefactors[f"tissue_{resolution}_scalef"])] * 2, axes=("x", "y")
+        )
+        for resolution in entry.get("images", {})
+    }
     shapes_key = f"{library}_x2"
     circles = ShapesModel.parse(
         xy,
         geometry=0,
         radius=np.full(len(xy), float(diameter) / 2.0),
         index=np.arange(len(xy)),
-        transformations={library: Identity(), f"{library}_um": to_um},
+        transformations={library: Identity(), f"{library}_um": to_um, **in_images},
     )
     # the matrices are shared, not copied (the enhanced X can be large); the tables are copied
     uns = {k: v for k, v in enhanced.uns.items() if k != "stentrans_lattice"}
@@ -269,7 +279,7 @@ def write_spatialdata(
             transformations={
                 f"{library}_downscaled_{resolution}": Identity(),
                 library: to_full,
-                f"{library}_um": Scale([um_per_px / scalef, um_per_px / scalef], axes=("x", "y")),
+                f"{library}_um": Sequence([to_full, to_um]),
             },
         )
     sdata = sdata_pkg.SpatialData(images=images, shapes={shapes_key: circles}, tables={"table": table})
@@ -279,16 +289,15 @@ def write_spatialdata(
     return path
 
 
-def _um_per_unit(enhanced: ad.AnnData) -> float:
-    """Micrometres per ``obsm["spatial"]`` unit, from ``obsm["spatial_um"]`` (least squares)."""
+def _to_um(enhanced: ad.AnnData) -> np.ndarray:
+    """``3 x 3`` affine (x, y, 1) from ``obsm["spatial"]`` to ``obsm["spatial_um"]`` (least
+    squares; the identity without them)."""
     if "spatial_um" not in enhanced.obsm or enhanced.n_obs < 3:
-        return 1.0
+        return np.eye(3)
     um = np.asarray(enhanced.obsm["spatial_um"], float)
     px = np.asarray(enhanced.obsm["spatial"], float)
-    design = np.column_stack([px, np.ones(len(px))])
-    coef, *_ = np.linalg.lstsq(design, um, rcond=None)
-    det = abs(float(np.linalg.det(coef[:2, :2])))
-    return float(np.sqrt(det)) if det > 0 else 1.0
+    coef, *_ = np.linalg.lstsq(np.column_stack([px, np.ones(len(px))]), um, rcond=None)
+    return np.vstack([coef.T, [0.0, 0.0, 1.0]]) if np.linalg.det(coef[:2, :2]) != 0 else np.eye(3)
 
 
 def _channels_first(pixels: np.ndarray) -> np.ndarray:
