@@ -202,7 +202,8 @@ def write_spatialdata(
     halved spot diameter ``spot_diameter_fullres / 2``; without scale factors a quarter of the
     half pitch, so neighbouring circles do not touch) and ``images/{library}_{res}_image`` (the
     H&E, when the slide had one). Coordinate systems: ``{library}`` (full-resolution pixels),
-    ``{library}_um`` (micrometres) and ``{library}_downscaled_{res}`` (the image's pixels).
+    ``{library}_um`` (micrometres: the frame of ``obsm["spatial_um"]``, an affine map of the pixels)
+    and ``{library}_downscaled_{res}`` (the image's pixels), for the circles and the images alike.
 
     Raises
     ------
