@@ -266,10 +266,22 @@ def test_info_names_near_empty_spots_so_the_imputed_count_adds_up(tmp_path, caps
     holed.write_h5ad(tmp_path / "holed.h5ad")
     code, out, _ = run_cli(["info", tmp_path / "holed.h5ad"], capsys)
     lines = dict(line.split(":", 1) for line in out.splitlines())
+    # ... and why: an .h5ad has no tissue mask, so a tear or lumen would be filled too
     assert (
-        ", 5 imputed (3 spots without counts, 1 near-empty spot, 1 enclosed by measured spots), "
-        in (lines["2x output"])
+        ", 5 imputed (3 spots without counts, 1 near-empty spot, 1 enclosed by measured spots: this "
+        "input has no tissue mask, so a tear, fold or lumen enclosed by tissue is imputed too; "
+        "--no-fill-holes leaves such sites empty), " in (lines["2x output"])
     )
+    # enhance says it once, and not when the holes are left empty
+    out_path = tmp_path / "x2.h5ad"
+    code, out, _ = run_cli(["enhance", tmp_path / "holed.h5ad", "-o", out_path, "--genes", "2"], capsys)
+    assert code == 0
+    assert "note: 1 site enclosed by measured spots imputed: this input has no tissue mask" in out
+    code, out, _ = run_cli(
+        ["enhance", tmp_path / "holed.h5ad", "-o", tmp_path / "x2b.h5ad", "--genes", "2", "--no-fill-holes"],
+        capsys,
+    )
+    assert code == 0 and "4 imputed" in out and "enclosed by measured spots" not in out
 
 
 def test_info_without_images_says_none_and_when_the_lattice_was_rebuilt(tmp_path, capsys):

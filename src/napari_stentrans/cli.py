@@ -430,7 +430,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"variable:  {_variable_text(adata, slide)}",
         f"depth:     median {np.median(slide.depth):.0f} counts per spot",
         f"2x output: {kinds['measured']} measured, {kinds['imputed']} imputed"
-        + (f" ({_imputed_text(empty, shallow, absent, kinds['imputed'])})" if kinds["imputed"] else "")
+        + (
+            f" ({_imputed_text(empty, shallow, absent, kinds['imputed'], bool(slide.unmasked_holes()))})"
+            if kinds["imputed"]
+            else ""
+        )
         + f", {kinds['new']} new sites",
         f"images:    {_images_text(adata)}",
     ]
@@ -458,10 +462,17 @@ def _variable_text(adata, slide) -> str:
     return f"{', '.join(genes)} (the {len(genes)} most spatially variable; --genes takes these names)"
 
 
-def _imputed_text(empty: int, near_empty: int, absent: int, imputed: int) -> str:
+#: why sites enclosed by measured spots are imputed on a slide without a tissue mask, and the way out
+HOLES_NOTE = (
+    "this input has no tissue mask, so a tear, fold or lumen enclosed by tissue is imputed too; "
+    "--no-fill-holes leaves such sites empty"
+)
+
+
+def _imputed_text(empty: int, near_empty: int, absent: int, imputed: int, unmasked: bool = False) -> str:
     """Where ``info``'s imputed sites come from, in the words of its ``spots`` line: spots without
     counts, near-empty spots, sites in tissue without counts, and the rest lattice sites enclosed
-    by measured spots (``fill_holes``)."""
+    by measured spots (``fill_holes``; ``unmasked``: on a slide without a tissue mask, said why)."""
     enclosed = max(0, imputed - empty - near_empty - absent)
     parts = [
         f"{n} {one if n == 1 else many}"
@@ -473,6 +484,8 @@ def _imputed_text(empty: int, near_empty: int, absent: int, imputed: int) -> str
         )
         if n
     ]
+    if unmasked and enclosed:  # the last part
+        parts[-1] += f": {HOLES_NOTE}"
     return ", ".join(parts)
 
 
@@ -781,6 +794,8 @@ def cmd_enhance(args: argparse.Namespace) -> int:
         + (f"; model {args.save_model}" if args.save_model else "")
         + (f"; plot {args.plot}" if args.plot else "")
     )
+    if holes := slide.unmasked_holes():
+        print(f"note: {holes} site{'s' * (holes != 1)} enclosed by measured spots imputed: {HOLES_NOTE}")
     # why a learned preset's output is the classical estimate, before that estimate is described
     if not model.uses_network and getattr(model, "note", ""):  # e.g. `default --epochs 2`, not kept
         if args.model is not None and not judged_here:  # its note is of the slide it was fitted on

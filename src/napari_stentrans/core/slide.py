@@ -309,6 +309,29 @@ class Slide:
                 imputed |= raster.mask(sites[:, 0], sites[:, 1])
         return measured, imputed & ~measured
 
+    def unmasked_holes(self) -> int:
+        """How many sites are imputed only as holes enclosed by measured spots because the slide
+        has no tissue mask (``fill_holes="auto"``, :meth:`site_images`): there a tear, a fold or
+        a lumen enclosed by tissue cannot be told from tissue, and is filled too (a SpatialData
+        store holds only the in-tissue spots: 28 sites over glass of DLPFC 151674 that its
+        Space Ranger folder marks ``in_tissue = 0``). 0 for a slide with a mask or an explicit
+        ``fill_holes``.
+        """
+        if self.fill_holes != "auto" or self.tissue_mask:
+            return 0
+        if "unmasked_holes" not in self._cache:
+            raster = self.index_raster(pad=2)
+            measured, _ = self.site_images(raster)
+            holes = (
+                ndimage.binary_fill_holes(measured, structure=neighbour_structure(self.lattice)) & ~measured
+            )
+            empty = self.not_lost & ~self.usable
+            others = raster.mask(self.row[empty], self.col[empty])
+            if len(self.lost_sites):
+                others |= raster.mask(self.lost_sites[:, 0], self.lost_sites[:, 1])
+            self._cache["unmasked_holes"] = int((holes & ~others).sum())
+        return self._cache["unmasked_holes"]
+
     def imputation_warning(self) -> str | None:
         """A plain-words warning when far more sites are imputed than spots were measured."""
         if "imputation_warning" not in self._cache:
