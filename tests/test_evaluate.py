@@ -116,6 +116,18 @@ def test_evaluate_command_writes_json_and_plot(hex_slide, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0 and "linear" in out and "lost:" in out
     report = json.loads((tmp_path / "r.json").read_text())
+    # held-out spots outside the seen spots' hull are counted, not silently missing
+    split = make_split(hex_slide, "lost", seed=0)
+    assert report["n_outside_spots"] == split.n_outside
+    assert report["n_heldout_spots"] + split.n_outside == int(split.mask.shape[0])
+    said = f"lost: {report['n_heldout_spots']} scored spots"
+    assert said + (f" ({split.n_outside} more held out outside" if split.n_outside else ",") in out
+    held = make_split(hex_slide, "heldout", seed=0)  # a coset: some of it lies on the rim
+    assert held.n_outside > 0
+    assert len(held.target_rows) + held.n_outside == hex_slide.n_obs - held.known.n_obs
+    code, printed, _ = run_cli(["evaluate", tmp_path / "s.h5ad", "--methods", "nearest"], capsys)
+    said = f"heldout: {len(held.target_rows)} scored spots ({held.n_outside} more held out outside the seen "
+    assert code == 0 and said in printed
     assert report["protocol"] == "lost" and set(report["methods"]) == {"nearest", "linear"}
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
     # per-gene gene-specific r for the plot's second panel: one value per reported gene

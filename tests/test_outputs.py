@@ -103,6 +103,10 @@ def test_cli_info_describes_an_enhanced_file_and_enhance_refuses_it(tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "x2.h5ad: an enhanced slide" in err and str(src) in err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+    # evaluate refuses it in one line too, before its note on the methods that train
+    assert main(["evaluate", str(tmp_path / "x2.h5ad")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "x2.h5ad: an enhanced slide" in err and "note" not in err
 
 
 def test_an_edited_enhanced_file_is_refused_by_name(tmp_path):

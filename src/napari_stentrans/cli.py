@@ -1045,6 +1045,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if unknown:
         raise CliError(f"--methods: unknown method(s) {unknown}; choose from {', '.join(DEFAULT_METHODS)}")
     adata = _read_input(args)
+    from .core.io import refuse_enhanced
+
+    refuse_enhanced(adata)  # before the note on training: the file cannot be scored at all
     labels = _read_labels(args.labels, adata) if args.labels is not None else None
     from .core.reference import read_references
 
@@ -1129,7 +1132,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"{truth['signal_pc1_share']:10.2f} {truth['signal_effective_rank']:10.1f}"
         )
     print(
-        f"{args.protocol}: {report['n_heldout_spots']} scored spots, {report['n_genes']} genes "
+        f"{args.protocol}: {report['n_heldout_spots']} scored spots"
+        + (
+            f" ({outside} more held out outside the seen spots' convex hull, where not every method "
+            "predicts: not scored)"
+            if (outside := report.get("n_outside_spots", 0))
+            else ""
+        )
+        + f", {report['n_genes']} genes "
         + ("(the most variable of those " if args.genes is not None else "(")
         + "detected in >= 10% of the spots the methods see; info counts all spots); gene-specific "
         f"r, co-expression r, PC1 share and effective rank over the {len(report['spatial_genes'])} genes "

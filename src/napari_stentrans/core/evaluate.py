@@ -128,7 +128,8 @@ class Split:
     the methods (``lost`` only); ``train_on`` the slide the methods fit on; ``target_xy`` the
     scored spots' positions in pitch units of the full slide. ``known_slide`` and
     ``train_slide`` are those prepared once, ``sites`` the scored sites, ``gene_idx`` the
-    evaluated genes' columns, ``target_obs`` the scored spots' rows in the slide's ``obs``.
+    evaluated genes' columns, ``target_obs`` the scored spots' rows in the slide's ``obs``,
+    ``n_outside`` the held-out spots outside the convex hull of the seen ones (not scored).
     """
 
     protocol: str
@@ -146,6 +147,7 @@ class Split:
     sites: OutputSites
     gene_idx: np.ndarray
     target_obs: np.ndarray
+    n_outside: int = 0
 
 
 @dataclass
@@ -385,6 +387,7 @@ def make_split(
         sites=sites_at(known_slide, target_rows, target_cols),
         gene_idx=gene_idx,  # the known slide has the slide's genes
         target_obs=np.flatnonzero(targets)[inside],
+        n_outside=int(np.sum(~inside)),
     )
 
 
@@ -587,6 +590,7 @@ def evaluate(
         "n_genes": int(len(split.genes)),
         "n_heldout_spots": int(len(split.target_rows)),
         "n_known_spots": int(split.known_slide.not_lost.sum()),
+        "n_outside_spots": split.n_outside,  # held out, outside the seen spots' hull: not scored
         "seed": seed,
         "genes": [str(g) for g in split.genes],
         "spatial_genes": [str(split.genes[i]) for i in ref.spatial],
