@@ -566,9 +566,13 @@ def test_colour_by_annotation_and_site_kinds_with_legends(make_napari_viewer, qt
     kinds = ws.export.show_site_kinds()
     counts = actions.slide(viewer).enhanced.obs["kind"].astype(str).value_counts()
     data = np.asarray(kinds.data)
-    for label, (name, _) in enumerate(actions.legend(kinds), start=1):
-        assert (data == label).sum() == counts[name], name
-    assert {name for name, _ in actions.legend(kinds)} == set(counts.index)
+    names = list(kinds.features["site kind"])
+    for name, color in actions.legend(kinds):
+        assert (data == names.index(name)).sum() == counts[name], name
+        # one colour per kind on every slide, none of them the lost regions' cyan
+        np.testing.assert_allclose(color, actions.KIND_COLORS[name], atol=1e-6)
+        assert not np.allclose(color, actions.LOST_COLOR)
+    assert {name for name, _ in actions.legend(kinds)} == set(counts[counts > 0].index)
 
 
 def test_bayesspace_clusters_of_the_melanoma_slide_colour_the_spots(make_napari_viewer, shared_data):

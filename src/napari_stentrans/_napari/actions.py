@@ -306,20 +306,35 @@ def annotation_columns(viewer, slide_id: str | None = None) -> list[str]:
     return out
 
 
-def _category_layer(viewer, values, rows, cols, frame, half_pitch: bool, name: str, meta: dict):
+def _category_layer(
+    viewer, values, rows, cols, frame, half_pitch: bool, name: str, meta: dict, colors: dict | None = None
+):
     """A Labels layer of one category per site (label = category + 1; 0 = no site or no value).
 
     Its ``features`` name each label, so napari's status bar shows the category under the cursor.
+    ``colors`` (category -> RGBA) fixes the categories, in its order, and their colours: the same
+    on every slide, whichever categories it has; otherwise the sorted categories present take
+    napari's label colours.
     """
     import pandas as pd
 
-    codes, categories = pd.factorize(pd.Series(values), sort=True)  # -1 for a missing value
+    if colors is None:
+        codes, categories = pd.factorize(pd.Series(values), sort=True)  # -1 for a missing value
+    else:
+        categories = list(colors)
+        codes = pd.Categorical(values, categories=categories).codes
     raster = spot_raster(frame, rows, cols, (codes + 1)[:, None].astype(np.float32), half_pitch=half_pitch)
     features = pd.DataFrame(
         {"index": np.arange(len(categories) + 1), meta["column"]: ["(none)", *map(str, categories)]}
     )
     if name in viewer.layers:
         viewer.layers.remove(name)
+    extra = {}
+    if colors is not None:
+        from napari.utils.colormaps import DirectLabelColormap
+
+        fixed = {i + 1: color for i, color in enumerate(colors.values())}
+        extra["colormap"] = DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0), **fixed})
     return viewer.add_labels(
         raster.images[0].astype(np.int32),
         name=name,
@@ -327,6 +342,7 @@ def _category_layer(viewer, values, rows, cols, frame, half_pitch: bool, name: s
         opacity=0.6,
         features=features,
         metadata={"stentrans": meta},
+        **extra,
     )
 
 
@@ -367,15 +383,31 @@ def site_kind_layer(viewer, slide_id: str | None = None):
         True,
         f"{info.name} site kinds",
         meta,
+        KIND_COLORS,
     )
 
 
+#: one colour per site kind on every slide (they followed the kinds present: "measured" was brown
+#: on one slide and cyan, the lost regions' colour, on another); none of them is that cyan
+KIND_COLORS = {
+    "measured": (0.62, 0.62, 0.62, 1.0),  # grey: the slide as it was
+    "imputed": (1.0, 0.35, 0.1, 1.0),  # orange: lost spots and holes, where nothing was measured
+    "new": (0.6, 0.45, 1.0, 1.0),  # lilac: between spots
+}
+
+
 def legend(layer) -> list[tuple[str, tuple[float, float, float, float]]]:
-    """``(category, RGBA)`` of a category layer, in label order (no entry for label 0)."""
+    """``(category, RGBA)`` of a category layer, in label order: the categories it shows (no
+    entry for label 0, nor for a fixed category without a site, such as "imputed" on a slide
+    without lost spots)."""
     column = layer.metadata["stentrans"]["column"]
     names = list(layer.features[column])[1:]
-    colors = np.asarray(layer.colormap.map(np.arange(1, len(names) + 1)), dtype=float)
-    return [(name, tuple(float(v) for v in color)) for name, color in zip(names, colors, strict=True)]
+    labels = np.intersect1d(np.arange(1, len(names) + 1), np.unique(np.asarray(layer.data)))
+    colors = np.asarray(layer.colormap.map(labels), dtype=float).reshape(len(labels), 4)
+    return [
+        (names[label - 1], tuple(float(v) for v in color))
+        for label, color in zip(labels, colors, strict=True)
+    ]
 
 
 def legend_html(layer) -> str:
