@@ -130,3 +130,9 @@ def test_export_tab_names_the_model_and_reports_a_model_it_cannot_save(st_viewer
     assert export._status.value.startswith("model not saved: ") and not target.exists()
     export._describe_model()  # a layer added later (its handler) keeps the last action's message
     assert export._status.value.startswith("model not saved: ")
+    # an export that cannot start says why in the panel, not only in a toast
+    export._which.value, export._chosen.value = "chosen", "NOPE"
+    assert export.export(tmp_path / "x.h5ad") is None and not (tmp_path / "x.h5ad").exists()
+    assert export._status.value == "not exported: 1 chosen gene(s) not in the slide: 'NOPE'"
+    export.load_model(tmp_path / "absent.safetensors")
+    assert export._status.value.startswith("model not loaded: ")

@@ -1172,6 +1172,7 @@ class ExportWidget(_SlideWidget):
                     f"the model is for {model.lattice_kind} lattices, the slide is {info.frame.lattice.kind}"
                 )
         except (StentransError, ValueError, LookupError) as exc:
+            self._say(f"model not loaded: {readable_error(exc)}")
             _notify_error(exc)
             return
         info.model = model
@@ -1192,6 +1193,8 @@ class ExportWidget(_SlideWidget):
                 self._viewer, path, self._which.value, self._chosen.value.split(","), self.slide_id
             )
         except (LookupError, ValueError, RuntimeError, OSError) as exc:  # OSError: a WriteError
+            # in the panel too: a user who missed the toast read the old "ready" status
+            self._say(f"not exported: {readable_error(exc)}")
             _notify_error(exc)
             return None
         self._stop_flag = threading.Event()
