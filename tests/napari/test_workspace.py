@@ -250,6 +250,28 @@ def test_lost_counter_follows_undo_and_a_flood_fill_is_undone(make_napari_viewer
     assert actions.lost_sites(viewer).shape == (3, 2)
 
 
+def test_a_runs_result_outlines_the_lost_regions_and_painting_fills_them_again(make_napari_viewer, qtbot):
+    """The filled cyan lost-regions layer, on top, hid the imputed values of the x2 layers: after
+    a run it is drawn as outlines; painting again shows it filled."""
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-stentrans", "synthetic_st")
+    _, ws = _workspace(viewer)
+    layer = ws.lost.create_layer()
+    adata = actions.slide(viewer).adata
+    rows, cols = adata.obs["array_row"].to_numpy()[40:43], adata.obs["array_col"].to_numpy()[40:43]
+    layer.data_setitem(np.nonzero(layer.metadata["stentrans"]["raster"].pixels_of_sites(rows, cols)), 1)
+    assert layer.contour == 0
+    _fast(ws.train, epochs=0)
+    run_to_end(ws.train, qtbot)
+    assert (actions.slide(viewer).enhanced.obs["kind"] == "imputed").sum() >= 3
+    shown = actions.lost_layer(viewer, create=False)
+    assert shown.contour > 0 and shown.visible and np.asarray(shown.data).any()  # painted as before
+    assert ws.lost.create_layer() == shown and shown in viewer.layers
+    layer = shown
+    assert layer.contour == 0, layer.contour
+    assert layer.mode == "paint", layer.mode
+
+
 def test_lost_counter_uses_the_cached_site_index(make_napari_viewer, monkeypatch):
     import napari_stentrans.core.sites as sites
 

@@ -531,6 +531,14 @@ def lost_layer(viewer, slide_id: str | None = None, create: bool = True):
     return layer
 
 
+def outline_lost_regions(viewer, slide_id: str | None = None) -> None:
+    """Draw the slide's lost regions as outlines (when it has any): the imputed values of a run's
+    x2 layers show through them (the filled cyan layer, on top, hid them)."""
+    layer = lost_layer(viewer, slide_id, create=False)
+    if layer is not None:
+        layer.contour = 1
+
+
 def lost_sites(viewer, slide_id: str | None = None) -> np.ndarray:
     """``(k, 2)`` lattice sites painted as lost (empty when there is no lost-regions layer)."""
     layer = lost_layer(viewer, slide_id, create=False)

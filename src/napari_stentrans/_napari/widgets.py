@@ -435,6 +435,7 @@ class LostRegionsWidget(_SlideWidget):
             self._connected.add(id(layer))
         self._viewer.layers.selection.active = layer
         layer.mode = "paint"
+        layer.contour = 0  # filled again to paint (a run's result outlines it)
         self.update_summary()
         return layer
 
@@ -982,6 +983,7 @@ class TrainWidget(_SlideWidget):
             return
         run = actions.record_result(self._viewer, slide_id, model, enhanced)
         self._pending = [(t, run) for t in layer_tuples]
+        actions.outline_lost_regions(self._viewer, slide_id)
         patterns = enhanced.uns["stentrans"].get("patterns", {})
         warning = patterns.get("warning")
         if warning:
