@@ -597,6 +597,37 @@ def test_colour_by_annotation_and_site_kinds_with_legends(make_napari_viewer, qt
     assert {name for name, _ in actions.legend(kinds)} == set(counts[counts > 0].index)
 
 
+def test_a_table_of_spot_annotations_is_added_to_colour_by_and_to_score_the_ari(make_napari_viewer, tmp_path):
+    """DLPFC's layer_annotations.csv lies beside the slide, but no panel could load it: "Colour by"
+    was empty and "ARI vs" offered nothing. A table of barcode,label is added as an obs column."""
+    import pandas as pd
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-stentrans", "synthetic_visium")
+    _, ws = _workspace(viewer)
+    adata = actions.slide(viewer).adata
+    cols = adata.obs["array_col"].to_numpy()
+    listed = adata.obs_names[:-5]  # five spots the table does not list
+    labels = np.where(cols[:-5] < np.median(cols), "L1", "L2")
+    table = tmp_path / "layer_annotations.csv"
+    pd.DataFrame({"barcode": listed, "layer": labels}).to_csv(table, index=False)
+    before = list(adata.obs.columns)
+    (tmp_path / "bad.csv").write_text("barcode,layer\nnot-a-spot,L1\n")
+    assert ws.genes.add_annotations(tmp_path / "bad.csv") is None
+    assert ws.genes._legend.value.startswith("annotations not added: ")
+    assert list(adata.obs.columns) == before  # nothing changed
+    layer = ws.genes.add_annotations(table)
+    column = adata.obs["layer_annotations"]
+    assert column.dtype == "category" and column.isna().sum() == 5
+    assert (column[listed].astype(str).to_numpy() == labels).all()
+    assert (
+        ws.genes._annotation.value == "layer_annotations"
+        and layer.metadata["stentrans"]["role"] == "annotation"
+    )
+    assert [name for name, _ in actions.legend(layer)] == ["L1", "L2"]
+    assert "layer_annotations" in ws.quality._labels.choices  # the ARI can be scored against it
+
+
 def test_bayesspace_clusters_of_the_melanoma_slide_colour_the_spots(make_napari_viewer, shared_data):
     viewer = make_napari_viewer()
     viewer.open(

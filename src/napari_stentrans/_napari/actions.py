@@ -306,6 +306,36 @@ def annotation_columns(viewer, slide_id: str | None = None) -> list[str]:
     return out
 
 
+def add_annotations(viewer, path, slide_id: str | None = None) -> str:
+    """Read a table of spot annotations (``barcode,label``, e.g. DLPFC's layer labels, or legacy
+    ST's ``x,y,...,label``; :func:`~..core.io.labels.read_labels`) into the slide's ``obs`` as a
+    categorical column named after the file (spots it does not list: missing), so it colours the
+    spots, is an "ARI vs" choice and travels to the enhanced output. Returns the column's name.
+
+    Raises
+    ------
+    ReadError
+        The table cannot be read or names none of the slide's spots (nothing is changed).
+    ValueError
+        No file given, or every spot it names has one label (no annotation to show).
+    """
+    import pandas as pd
+
+    from ..core.io.labels import read_labels
+
+    if not path or str(path) in (".", ""):
+        raise ValueError("choose a table of spot annotations (barcode,label) to add")
+    info = slide(viewer, slide_id)
+    obs = info.adata.obs
+    labels = read_labels(path, obs.index, (obs["array_row"].to_numpy(), obs["array_col"].to_numpy()))
+    values = pd.Series(labels, index=obs.index).replace("nan", np.nan)
+    if values.nunique(dropna=True) < 2:
+        raise ValueError(f"{Path(path).name}: every spot it lists has the same label, nothing to colour by")
+    name = Path(path).stem
+    obs[name] = pd.Categorical(values)
+    return name
+
+
 def _category_layer(
     viewer, values, rows, cols, frame, half_pitch: bool, name: str, meta: dict, colors: dict | None = None
 ):

@@ -281,6 +281,14 @@ class GenesWidget(_SlideWidget):
             tooltip="Categorical spot annotations of the slide (clusters, layers, regions)",
         )
         self._show_annotation = PushButton(text="Show")
+        self._labels_path = FileEdit(
+            label="Annotations",
+            mode="r",
+            filter="*.csv *.tsv *.txt",
+            tooltip="A table of barcode,label (e.g. DLPFC's layer_annotations.csv) or legacy ST x,y,label: "
+            "added to the slide as a column to colour by and to score the ARI against",
+        )
+        self._add_labels = PushButton(text="Add")
         self._legend = _status_label(value="")
         self.extend(
             [
@@ -292,12 +300,14 @@ class GenesWidget(_SlideWidget):
                 _row(self._add, self._spots),
                 self._status,
                 _row(self._annotation, self._show_annotation, labels=True),
+                _row(self._labels_path, self._add_labels, labels=True),
                 self._legend,
             ]
         )
         self._slide.changed.connect(lambda _: self._annotation.reset_choices())
         viewer.layers.events.inserted.connect(lambda _e: self._annotation.reset_choices())
         self._show_annotation.changed.connect(lambda _: self.show_annotation(self._annotation.value))
+        self._add_labels.changed.connect(lambda _: self.add_annotations(self._labels_path.value))
         self._query.changed.connect(lambda _: self._genes.reset_choices())
         self._slide.changed.connect(lambda _: self._genes.reset_choices())
         self._add.changed.connect(self.add_selected)
@@ -323,6 +333,20 @@ class GenesWidget(_SlideWidget):
             return actions.annotation_columns(self._viewer, self.slide_id)
         except LookupError:
             return []
+
+    def add_annotations(self, path):
+        """Add a table of spot annotations to the slide and colour the spots by it."""
+        from ..core.errors import StentransError
+
+        try:
+            column = actions.add_annotations(self._viewer, path, self.slide_id)
+        except (StentransError, ValueError, LookupError) as exc:
+            self._legend.value = f"annotations not added: {readable_error(exc)}"
+            _notify_error(exc)
+            return None
+        self._annotation.reset_choices()
+        self._annotation.value = column
+        return self.show_annotation(column)
 
     def show_annotation(self, column: str | None):
         """A layer coloured by an annotation column, with its legend under the chooser."""
