@@ -81,9 +81,12 @@ def plot_frame(original: ad.AnnData, enhanced: ad.AnnData) -> PlotFrame:
     um_to_px = np.linalg.solve(to_um[:2], to_px[:2])  # (2, 2): a µm step (row vector) -> pixels
     px_per_um = float(np.sqrt(abs(np.linalg.det(um_to_px))))
     fitted = np.column_stack([row, col, np.ones(len(row))]) @ to_px
+    # the output's sites by the same map, not at obsm["spatial"]: that keeps each spot's detected
+    # centre, and cells drawn at scattered centres open seams
+    half = enhanced.obs[["array_row", "array_col"]].to_numpy(dtype=float) / 2.0
     frame = PlotFrame(
         fitted,
-        np.asarray(enhanced.obsm["spatial"], float),
+        np.column_stack([half, np.ones(len(half))]) @ to_px,
         lattice.pitch_um * px_per_um,
         "px",
         cell_um @ um_to_px,
