@@ -581,6 +581,17 @@ def test_colour_by_annotation_and_site_kinds_with_legends(make_napari_viewer, qt
     np.testing.assert_array_equal(labels, expected)
     assert list(layer.features["region"]) == ["(none)", "cortex", "medulla"]
     assert [name for name, _ in actions.legend(layer)] == ["cortex", "medulla"]
+    # annotation colours never the lost regions' cyan (DLPFC's L2 was), clusters in numeric order
+    twelve = actions.annotation_palette(12)
+    assert len({c for c in twelve}) == 12
+    assert all(np.linalg.norm(np.subtract(c[:3], actions.LOST_COLOR[:3])) > 0.45 for c in twelve)
+    adata.obs["cluster"] = (rows % 12).astype(int)
+    clusters = ws.genes.show_annotation("cluster")
+    assert [name for name, _ in actions.legend(clusters)] == [str(i) for i in range(12)]
+    for name, color in actions.legend(clusters):
+        np.testing.assert_allclose(color, twelve[int(name)], atol=1e-6)
+    adata.obs["cluster"] = (rows % 3).astype(int)
+    ws.genes.show_annotation("region")
     assert "cortex" in ws.genes._legend.value and "&#9632;" in ws.genes._legend.value
     # site kinds of the enhanced slide: one label per kind, as many pixels as sites of each kind
     _fast(ws.train, epochs=0)

@@ -385,16 +385,38 @@ def annotation_layer(viewer, column: str, slide_id: str | None = None):
             f"obs has no column {column!r}; annotations: {annotation_columns(viewer, info.slide_id)}"
         )
     meta = {"role": "annotation", "slide_id": info.slide_id, "column": column, "adata": info.adata}
+    values = obs[column].astype(str).where(obs[column].notna(), None)  # missing: no label
+    present = list(obs[column].dropna().unique())
+    try:  # clusters 2 before 10
+        present = sorted(present)
+    except TypeError:
+        present = sorted(present, key=str)
+    categories = list(dict.fromkeys(map(str, present)))
     return _category_layer(
         viewer,
-        obs[column].to_numpy(),
+        values.to_numpy(),
         obs["array_row"].to_numpy(),
         obs["array_col"].to_numpy(),
         info.frame,
         False,
         f"{info.name} {column}",
         meta,
+        dict(zip(categories, annotation_palette(len(categories)), strict=True)),
     )
+
+
+def annotation_palette(n: int) -> list[tuple[float, float, float, float]]:
+    """``n`` distinct RGBA colours for annotation categories (matplotlib's tab20, cycled), none
+    near the lost regions' cyan: napari's label colours drew DLPFC's L2 in a cyan that the lost
+    regions' outline beside it could not be told from."""
+    from matplotlib import colormaps
+
+    lost = np.asarray(LOST_COLOR[:3])
+    tab20 = np.asarray(colormaps["tab20"].colors, dtype=float)
+    # the pairs' darker colour first (0, 2, ..., 18), then the lighter ones
+    ordered = np.concatenate([tab20[0::2], tab20[1::2]])
+    kept = [c for c in ordered if np.linalg.norm(c - lost) > 0.45]
+    return [(*map(float, kept[i % len(kept)]), 1.0) for i in range(n)]
 
 
 def site_kind_layer(viewer, slide_id: str | None = None):
