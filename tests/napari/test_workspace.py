@@ -627,6 +627,10 @@ def test_a_table_of_spot_annotations_is_added_to_colour_by_and_to_score_the_ari(
     assert ws.genes.add_annotations(tmp_path / "bad.csv") is None
     assert ws.genes._legend.value.startswith("annotations not added: ")
     assert list(adata.obs.columns) == before  # nothing changed
+    (tmp_path / "array_row.csv").write_text(table.read_text())  # would replace the coordinates
+    assert ws.genes.add_annotations(tmp_path / "array_row.csv") is None
+    assert "names a column the slide needs" in ws.genes._legend.value
+    assert list(adata.obs.columns) == before
     layer = ws.genes.add_annotations(table)
     column = adata.obs["layer_annotations"]
     assert column.dtype == "category" and column.isna().sum() == 5

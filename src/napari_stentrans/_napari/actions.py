@@ -317,7 +317,8 @@ def add_annotations(viewer, path, slide_id: str | None = None) -> str:
     ReadError
         The table cannot be read or names none of the slide's spots (nothing is changed).
     ValueError
-        No file given, or every spot it names has one label (no annotation to show).
+        No file given, every spot it names has one label (no annotation to show), or the file is
+        named after a column the slide needs (``array_row.csv``).
     """
     import pandas as pd
 
@@ -332,6 +333,8 @@ def add_annotations(viewer, path, slide_id: str | None = None) -> str:
     if values.nunique(dropna=True) < 2:
         raise ValueError(f"{Path(path).name}: every spot it lists has the same label, nothing to colour by")
     name = Path(path).stem
+    if name in _NOT_ANNOTATIONS:  # array_row.csv must not replace the slide's coordinates
+        raise ValueError(f"{Path(path).name}: {name!r} names a column the slide needs; rename the file")
     obs[name] = pd.Categorical(values)
     return name
 

@@ -1591,10 +1591,8 @@ class QualityWidget(_SlideWidget):
         # the measured slide, one row per metric: a docked panel is ~400 px wide, which showed
         # about 3 of 9 metrics side by side but fits 4-6 method columns; three decimals as text
         ids = table["method id"]
-        digits = {
-            "effective rank": 1,
-            "eff. rank signal": 1,
-        }  # 13.2 as the status line says it: a column stays narrow
+        # 13.2 as the status line says it: a column stays narrow
+        digits = {"effective rank": 1, "eff. rank signal": 1}
         cells = [
             ["" if v is None else f"{v:.{digits.get(metric, 3)}f}" for v in table[metric]]
             for metric in QUALITY_COLUMNS

@@ -9,6 +9,7 @@ rather than once per call of theirs.
 from __future__ import annotations
 
 import functools
+import os
 import threading
 import warnings
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from typing import TypeVar
 F = TypeVar("F", bound=Callable)
 
 #: where the package's modules lie: a warning issued from one of them is the engine's
-PACKAGE = str(Path(__file__).resolve().parents[1])
+PACKAGE = str(Path(__file__).resolve().parents[1]) + os.sep
 #: categories Python hides by default: left where they were issued, so the usual filters hide them
 HIDDEN = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)
 
